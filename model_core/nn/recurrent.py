@@ -1,0 +1,253 @@
+"""Multi-layer, optionally bidirectional recurrent layers with PyTorch's constructor and names.
+
+``forward`` is inference; ``forward_train`` returns a ``cache`` that ``backward`` consumes.
+Nothing per call is stored on the layer, so one instance serves many threads at once.
+"""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+
+from model_core.backend import device_of
+from model_core.nn.module import Module, uniform_init
+from model_core.nn.recurrent_loop import backward_direction, forward_direction
+
+
+class RecurrentBase(Module):
+    """Shared machinery; subclasses set ``mode`` and ``_cell``."""
+
+    mode = ""
+    _cell: SimpleNamespace
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device: str = "cpu", dtype="float32", seed: int | None = None):
+        super().__init__(device=device, dtype=dtype)
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
+        self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
+        self.dropout = float(dropout)
+        self.num_directions = 2 if bidirectional else 1
+        self._consts = self._cell.gate_constants(self.xp, self.hidden_size, self.dtype)
+        # torch's default: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), in torch's parameter order
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        GH = self._cell.GATES * self.hidden_size
+        for layer in range(self.num_layers):
+            in_size = self.input_size if layer == 0 else self.hidden_size * self.num_directions
+            for suffix in self._suffixes():
+                self._add_param(f"weight_ih_l{layer}{suffix}", uniform_init(rng, (GH, in_size), bound))
+                self._add_param(f"weight_hh_l{layer}{suffix}", uniform_init(rng, (GH, self.hidden_size), bound))
+                if self.bias:
+                    self._add_param(f"bias_ih_l{layer}{suffix}", uniform_init(rng, (GH,), bound))
+                    self._add_param(f"bias_hh_l{layer}{suffix}", uniform_init(rng, (GH,), bound))
+
+    def _suffixes(self):
+        return ("", "_reverse")[: self.num_directions]
+
+    def extra_repr(self) -> str:
+        return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, bias={self.bias}, "
+                f"batch_first={self.batch_first}, bidirectional={self.bidirectional}, device={self.device!r}, "
+                f"dtype={self.dtype.name}")
+
+    # -- state helpers ------------------------------------------------------------------------
+    @property
+    def state_size(self) -> int:
+        """1 for RNN/GRU (h), 2 for LSTM (h, c)."""
+        return self._cell.STATE_SIZE
+
+    def init_state(self, batch: int):
+        """Zero state: ``h_0`` (L*D, B, H), or ``(h_0, c_0)`` for the LSTM."""
+        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        parts = tuple(self.xp.zeros(shape, dtype=self.dtype) for _ in range(self.state_size))
+        return self._pack_state(parts)
+
+    def _pack_state(self, parts):
+        return parts if self.state_size > 1 else parts[0]
+
+    def _unpack_state(self, state, batch: int, what: str = "state"):
+        if state is None:
+            return None
+        parts = tuple(state) if self.state_size > 1 else (state,)
+        if self.state_size > 1 and len(parts) != self.state_size:
+            raise ValueError(f"{what} for {type(self).__name__} must be a tuple (h, c), got {len(parts)} arrays")
+        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        out = []
+        for p in parts:
+            p = self._as_array(p, what)
+            if p.shape != shape:
+                raise ValueError(f"{what} must have shape {shape} (num_layers*num_directions, batch, hidden_size), got {tuple(p.shape)}")
+            out.append(p)
+        return tuple(out)
+
+    def _as_array(self, a, what: str):
+        if self.xp is np and device_of(a) == "gpu":
+            raise ValueError(f"{what} is a GPU array but the layer is on the CPU: move it with model_core.backend.to_numpy")
+        return self.xp.asarray(a, dtype=self.dtype)
+
+    # -- input checks -------------------------------------------------------------------------
+    def _prepare(self, x, lengths):
+        x = self._as_array(x, "input")
+        if x.ndim != 3:
+            layout = "(B, T, I)" if self.batch_first else "(T, B, I)"
+            raise ValueError(f"input must be 3-D {layout}, got shape {tuple(x.shape)}")
+        if self.batch_first:
+            x = x.transpose(1, 0, 2)
+        x = self.xp.ascontiguousarray(x)                                  # (T, B, I)
+        T, B, I = x.shape
+        if I != self.input_size:
+            raise ValueError(f"input has {I} features, expected input_size={self.input_size}")
+        masks = None
+        if lengths is not None:
+            lengths_host = np.asarray(lengths if device_of(lengths) == "cpu" else lengths.get())
+            if lengths_host.shape != (B,) or not np.issubdtype(lengths_host.dtype, np.integer):
+                raise ValueError(f"lengths must be an integer array of shape ({B},), got {lengths_host.dtype} {lengths_host.shape}")
+            if lengths_host.size and (lengths_host.min() < 0 or lengths_host.max() > T):
+                raise ValueError(f"lengths must lie in [0, {T}], got min {lengths_host.min()} max {lengths_host.max()}")
+            if not (lengths_host == T).all():                            # full-length batches skip masking
+                keep = self.xp.asarray(np.arange(T)[:, None] < lengths_host[None, :])[:, :, None]  # (T, B, 1)
+                masks = (keep, keep.astype(self.dtype))
+        return x, masks
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(self, x, state=None, lengths=None):
+        """Inference. x: (T, B, I) or (B, T, I) with batch_first.
+
+        Returns y: (T, B, D*H) ((B, T, D*H) with batch_first) and the final state, each part
+        (L*D, B, H). With ``lengths`` the outputs past a sequence's end are zero and the final
+        state is taken at its last valid step.
+        """
+        y, state, _ = self._run(x, state, lengths, train=False, rng=None)
+        return y, state
+
+    __call__ = forward
+
+    def forward_train(self, x, state=None, lengths=None, rng=None):
+        """Like ``forward`` and also returns the ``cache`` for ``backward``.
+
+        ``rng`` (a NumPy ``Generator`` or CuPy ``RandomState``) draws the inter-layer dropout
+        masks when ``dropout > 0``.
+        """
+        return self._run(x, state, lengths, train=True, rng=rng)
+
+    def step(self, x_t, state):
+        """One timestep for a batch of independent streams: x_t (B, I) -> (y_t (B, H), state)."""
+        if self.bidirectional:
+            raise ValueError("step() needs a unidirectional layer: a bidirectional one must see the whole sequence")
+        x_t = self._as_array(x_t, "input")
+        if x_t.ndim != 2:
+            raise ValueError(f"step input must be 2-D (B, I), got shape {tuple(x_t.shape)}")
+        x = x_t[:, None, :] if self.batch_first else x_t[None]
+        y, state = self.forward(x, state)
+        return (y[:, 0] if self.batch_first else y[0]), state
+
+    def _run(self, x, state, lengths, train, rng):
+        xp, H, D, cell = self.xp, self.hidden_size, self.num_directions, self._cell
+        x, masks = self._prepare(x, lengths)
+        T, B, _ = x.shape
+        state0 = self._unpack_state(state, B, "state")
+        if state0 is None:
+            state0 = tuple(xp.zeros((self.num_layers * D, B, H), dtype=self.dtype) for _ in range(self.state_size))
+        finals = [xp.empty_like(s) for s in state0]
+        dropout = self.dropout if train else 0.0
+        if dropout and rng is None:
+            raise ValueError("forward_train with dropout > 0 needs an rng for the dropout masks")
+        inp, layer_caches = x, []
+        for layer in range(self.num_layers):
+            y = xp.empty((T, B, D * H), dtype=self.dtype)
+            dir_caches = []
+            for d, suffix in enumerate(self._suffixes()):
+                p = self._layer_params(layer, suffix)
+                xproj = (inp.reshape(T * B, -1) @ p["w_ih"].T).reshape(T, B, -1)   # all steps in one product
+                if p["bias"] is not None:
+                    xproj += p["bias"]
+                idx = layer * D + d
+                final, cache = forward_direction(
+                    xp, cell, self._consts, xproj, tuple(s[idx] for s in state0), p["w_hh"], p["b_hh"],
+                    masks, reverse=d == 1, y_out=y[:, :, d * H:(d + 1) * H], train=train)
+                for k, f in enumerate(final):
+                    finals[k][idx] = f
+                dir_caches.append(cache)
+            drop_mask = None
+            if dropout and layer < self.num_layers - 1:
+                keep = rng.random(y.shape) >= dropout
+                drop_mask = xp.asarray(keep, dtype=self.dtype) / (1.0 - dropout)     # inverted dropout
+                y = y * drop_mask
+            layer_caches.append({"input": inp, "dirs": dir_caches, "drop": drop_mask})
+            inp = y
+        y = inp.transpose(1, 0, 2) if self.batch_first else inp
+        cache = {"layers": layer_caches, "masks": masks, "state0_given": state is not None} if train else None
+        return y, self._pack_state(tuple(finals)), cache
+
+    def _layer_params(self, layer: int, suffix: str) -> dict:
+        P = self._params
+        w_ih, w_hh = P[f"weight_ih_l{layer}{suffix}"], P[f"weight_hh_l{layer}{suffix}"]
+        b_ih, b_hh = P.get(f"bias_ih_l{layer}{suffix}"), P.get(f"bias_hh_l{layer}{suffix}")
+        bias = self._cell.fold_bias(b_ih, b_hh) if self.bias else None
+        return {"w_ih": w_ih, "w_hh": w_hh, "bias": bias, "b_hh": b_hh}
+
+    # -- backward -----------------------------------------------------------------------------
+    def backward(self, cache, dy, dstate=None):
+        """BPTT through the whole stack.
+
+        dy: gradient on ``y`` (same layout as ``y``; None for zeros); dstate: gradient on the
+        final state (None for zeros), for truncated BPTT across chunks.
+        Returns (dx in the layout of x, dstate0 in the layout of state, grads by parameter name).
+        """
+        xp, H, D, cell = self.xp, self.hidden_size, self.num_directions, self._cell
+        layers, masks = cache["layers"], cache["masks"]
+        T, B, _ = layers[0]["input"].shape
+        if dy is None:
+            dy = xp.zeros((T, B, D * H), dtype=self.dtype)
+        else:
+            dy = self._as_array(dy, "dy")
+            if self.batch_first:
+                dy = dy.transpose(1, 0, 2)
+            if dy.shape != (T, B, D * H):
+                raise ValueError(f"dy must match the output's shape {(T, B, D * H)} (time-major), got {tuple(dy.shape)}")
+        d_final = self._unpack_state(dstate, B, "dstate")
+        if d_final is None:
+            d_final = tuple(xp.zeros((self.num_layers * D, B, H), dtype=self.dtype) for _ in range(self.state_size))
+        dstate0 = [xp.empty_like(s) for s in d_final]
+        grads: dict[str, object] = {}
+        separate = cell.GATES == 3  # only the GRU's hidden-side gradient differs from the input side
+        for layer in reversed(range(self.num_layers)):
+            lc = layers[layer]
+            if lc["drop"] is not None:
+                dy = dy * lc["drop"]
+            inp = lc["input"]
+            flat_in = inp.reshape(T * B, -1)
+            dinp = xp.zeros(flat_in.shape, dtype=self.dtype)
+            for d, suffix in enumerate(self._suffixes()):
+                p = self._layer_params(layer, suffix)
+                idx = layer * D + d
+                dgx, dgh, d0 = backward_direction(
+                    xp, cell, self._consts, lc["dirs"][d], p["w_hh"], dy[:, :, d * H:(d + 1) * H],
+                    tuple(s[idx] for s in d_final), masks, separate)
+                for k, g in enumerate(d0):
+                    dstate0[k][idx] = g
+                GH = dgx.shape[-1]
+                dgx2, dgh2 = dgx.reshape(T * B, GH), dgh.reshape(T * B, GH)
+                prev_h = lc["dirs"][d]["prev"][0].reshape(T * B, H)
+                # weight gradients: one product over all timesteps each
+                grads[f"weight_ih_l{layer}{suffix}"] = dgx2.T @ flat_in
+                grads[f"weight_hh_l{layer}{suffix}"] = dgh2.T @ prev_h
+                if self.bias:
+                    grads[f"bias_ih_l{layer}{suffix}"] = dgx2.sum(axis=0)
+                    grads[f"bias_hh_l{layer}{suffix}"] = dgh2.sum(axis=0)
+                dinp += dgx2 @ p["w_ih"]
+            dy = dinp.reshape(T, B, -1)
+        dx = dy.transpose(1, 0, 2) if self.batch_first else dy
+        grads = {k: grads[k] for k in self._params}                        # parameter order
+        return dx, self._pack_state(tuple(dstate0)), grads
+
+    def to(self, device: str):
+        clone = super().to(device)
+        clone._consts = self._cell.gate_constants(clone.xp, self.hidden_size, self.dtype)
+        return clone
