@@ -1,0 +1,40 @@
+# Two entry points for a fresh machine (Python 3.11+):
+#   make demo   - create .venv, install, train a small LSTM on the temporal-order task
+#   make test   - create .venv, install, run the test suite (no torch, no GPU needed)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PYTEST_ARGS ?= -q
+
+.PHONY: setup setup-reference demo test test-reference bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev,scripts]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+# torch and onnxruntime are test-time references only (live parity tests, benchmarks).
+$(VENV)/.reference: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[dev,scripts,reference]'
+	touch $@
+
+setup-reference: $(VENV)/.reference
+
+demo: setup
+	$(BIN)/python scripts/demo.py
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-reference: setup-reference
+	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "torch or not torch"
+
+bench: setup-reference
+	$(BIN)/python scripts/bench_core.py --cell all
+
+clean:
+	rm -rf $(VENV) .pytest_cache
