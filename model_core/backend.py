@@ -57,8 +57,8 @@ def get_xp(device: str = "cpu") -> ModuleType:
 
 
 def device_of(array) -> str:
-    """``"gpu"`` for a CuPy array, ``"cpu"`` for anything else."""
-    return "cpu" if isinstance(array, np.ndarray | np.generic) else "gpu"
+    """``"gpu"`` for a CuPy array, ``"cpu"`` for anything else (NumPy arrays, lists, scalars)."""
+    return "gpu" if hasattr(array, "__cuda_array_interface__") else "cpu"
 
 
 def to_numpy(array) -> np.ndarray:
@@ -74,8 +74,7 @@ def to_device(array, device: str, dtype=None):
     """Place ``array`` on ``device`` ("cpu" or "gpu"), optionally casting."""
     xp = get_xp(device)
     if xp is np:
-        out = to_numpy(array)
-        return out if dtype is None else out.astype(dtype, copy=False)
+        return np.array(to_numpy(array), dtype=dtype, copy=True)
     return xp.asarray(array, dtype=dtype)
 
 

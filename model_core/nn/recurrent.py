@@ -74,6 +74,8 @@ class RecurrentBase(Module):
     def _unpack_state(self, state, batch: int, what: str = "state"):
         if state is None:
             return None
+        if self.state_size > 1 and not isinstance(state, tuple | list):
+            raise ValueError(f"{what} for {type(self).__name__} must be a tuple (h, c), got a single array")
         parts = tuple(state) if self.state_size > 1 else (state,)
         if self.state_size > 1 and len(parts) != self.state_size:
             raise ValueError(f"{what} for {type(self).__name__} must be a tuple (h, c), got {len(parts)} arrays")
@@ -105,7 +107,7 @@ class RecurrentBase(Module):
             raise ValueError(f"input has {I} features, expected input_size={self.input_size}")
         masks = None
         if lengths is not None:
-            lengths_host = np.asarray(lengths if device_of(lengths) == "cpu" else lengths.get())
+            lengths_host = np.asarray(lengths) if device_of(lengths) == "cpu" else lengths.get()
             if lengths_host.shape != (B,) or not np.issubdtype(lengths_host.dtype, np.integer):
                 raise ValueError(f"lengths must be an integer array of shape ({B},), got {lengths_host.dtype} {lengths_host.shape}")
             if lengths_host.size and (lengths_host.min() < 0 or lengths_host.max() > T):
@@ -164,7 +166,7 @@ class RecurrentBase(Module):
             dir_caches = []
             for d, suffix in enumerate(self._suffixes()):
                 p = self._layer_params(layer, suffix)
-                xproj = (inp.reshape(T * B, -1) @ p["w_ih"].T).reshape(T, B, -1)   # all steps in one product
+                xproj = (inp.reshape(T * B, inp.shape[-1]) @ p["w_ih"].T).reshape(T, B, p["w_ih"].shape[0])   # all steps in one product
                 if p["bias"] is not None:
                     xproj += p["bias"]
                 idx = layer * D + d
@@ -222,7 +224,7 @@ class RecurrentBase(Module):
             if lc["drop"] is not None:
                 dy = dy * lc["drop"]
             inp = lc["input"]
-            flat_in = inp.reshape(T * B, -1)
+            flat_in = inp.reshape(T * B, inp.shape[-1])
             dinp = xp.zeros(flat_in.shape, dtype=self.dtype)
             for d, suffix in enumerate(self._suffixes()):
                 p = self._layer_params(layer, suffix)
@@ -232,7 +234,7 @@ class RecurrentBase(Module):
                     tuple(s[idx] for s in d_final), masks, separate)
                 for k, g in enumerate(d0):
                     dstate0[k][idx] = g
-                GH = dgx.shape[-1]
+                GH = self._cell.GATES * H
                 dgx2, dgh2 = dgx.reshape(T * B, GH), dgh.reshape(T * B, GH)
                 prev_h = lc["dirs"][d]["prev"][0].reshape(T * B, H)
                 # weight gradients: one product over all timesteps each
@@ -242,7 +244,7 @@ class RecurrentBase(Module):
                     grads[f"bias_ih_l{layer}{suffix}"] = dgx2.sum(axis=0)
                     grads[f"bias_hh_l{layer}{suffix}"] = dgh2.sum(axis=0)
                 dinp += dgx2 @ p["w_ih"]
-            dy = dinp.reshape(T, B, -1)
+            dy = dinp.reshape(T, B, inp.shape[-1])
         dx = dy.transpose(1, 0, 2) if self.batch_first else dy
         grads = {k: grads[k] for k in self._params}                        # parameter order
         return dx, self._pack_state(tuple(dstate0)), grads
