@@ -96,7 +96,7 @@ class SequenceModel:
             raise ValueError("inputs are GPU arrays but the model is on the CPU")
         if c.uses_tokens:
             ids = xp.asarray(inputs)
-            if ids.ndim != 2 or not xp.issubdtype(ids.dtype, xp.integer):
+            if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
                 raise ValueError(f"token inputs must be an integer array (T, B), got {ids.dtype} {tuple(ids.shape)}")
             if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= c.input_size):
                 raise ValueError(f"token ids must lie in [0, {c.input_size}), got min {int(ids.min())} max {int(ids.max())}")
