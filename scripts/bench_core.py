@@ -1,0 +1,321 @@
+#!/usr/bin/env python
+"""Benchmark model_core's RNN/LSTM/GRU against torch and onnxruntime, forward, training and per step.
+
+    python scripts/bench_core.py                          # LSTM on the CPU, default grid
+    python scripts/bench_core.py --cell all --json bench.json
+    python scripts/bench_core.py --shapes "32,100,64,256;1,10,8,16" --repeat 9
+    python scripts/bench_core.py --device gpu             # adds large shapes; torch on CUDA is cuDNN
+
+Shapes are B,T,I,H; every layer is float32, one layer, unidirectional, zero initial state. Times
+are the median (or ``--stat min``) of ``--repeat`` runs after a warm-up, one contestant at a time.
+Before timing a shape, ours and onnxruntime are checked against torch (1e-4 on the outputs) and the
+run stops if either differs. torch and onnxruntime are optional: a missing peer shows as "n/a".
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+
+def _preparse_threads(argv: list[str], default: int = 2) -> int:
+    """``--threads N`` read before NumPy loads, so the BLAS pool starts with the right size."""
+    for k, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--threads=") else (
+            argv[k + 1] if arg == "--threads" and k + 1 < len(argv) else None)
+        if value is not None:
+            try:
+                return max(1, int(value))
+            except ValueError:
+                return default                                          # argparse reports it later
+    return default
+
+
+THREADS = _preparse_threads(sys.argv[1:])
+HAVE_THREADPOOLCTL = importlib.util.find_spec("threadpoolctl") is not None
+if not HAVE_THREADPOOLCTL:
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = str(THREADS)
+
+import argparse  # noqa: E402 - everything below loads after the thread pin
+import contextlib  # noqa: E402
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+_HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(_HERE), str(_HERE.parent)]                          # bench_peers; model_core from a checkout
+import bench_peers as peers  # noqa: E402
+from model_core.backend import get_xp, gpu_available, to_device, to_numpy  # noqa: E402
+from model_core.nn import GRU, LSTM, RNN  # noqa: E402
+
+if HAVE_THREADPOOLCTL:
+    import threadpoolctl  # noqa: E402
+
+    _BLAS_LIMIT = threadpoolctl.threadpool_limits(limits=THREADS)     # held for the process's life
+
+OURS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
+DEFAULT_SHAPES = [(1, 100, 64, 256), (32, 100, 64, 256), (256, 50, 64, 256), (32, 100, 128, 512)]
+GPU_EXTRA_SHAPES = [(1024, 100, 128, 512), (4096, 50, 256, 1024)]
+QUICK_SHAPES = [(2, 6, 8, 16)]
+STEP_I, STEP_H = 64, 256
+TOL = 1e-4
+FWD_HEADERS = ["shape B,T,I,H", "ours fwd ms", "torch fwd ms", "ort fwd ms", "ours/ort", "ours/torch",
+               "ours fwd+bwd ms", "torch fwd+bwd ms", "ratio ours/torch"]
+STEP_HEADERS = ["cell", "B", "ours step µs", "torch cell µs", "naive step µs", "ours/torch", "ours/naive"]
+
+
+def _nothing():
+    return None
+
+
+class Env:
+    """What a run needs: device, array module, syncs, and the peers that are usable."""
+
+    def __init__(self, args):
+        self.gpu = args.device == "gpu"
+        self.device = args.device
+        self.xp = get_xp(self.device)
+        self.ours_sync = self.xp.cuda.Device().synchronize if self.gpu else _nothing
+        torch = peers.optional("torch")
+        if torch is not None and self.gpu and not torch.cuda.is_available():
+            torch = None                                                # a CPU-only torch is no cuDNN
+        if torch is not None:
+            torch.set_num_threads(THREADS)
+            with contextlib.suppress(RuntimeError):
+                torch.set_num_interop_threads(1)
+        self.torch = torch
+        self.tdev = "cuda" if self.gpu else "cpu"
+        self.torch_sync = torch.cuda.synchronize if (torch is not None and self.gpu) else _nothing
+        ort, onnx = peers.optional("onnxruntime"), peers.optional("onnx")
+        self.ort = ort if (onnx is not None and peers.ort_usable(ort, self.gpu)) else None
+        self.onnx = onnx
+        self.warmup = 3 if self.gpu else 1
+        self.stat = args.stat
+
+    def inference(self):
+        return self.torch.inference_mode() if self.torch is not None else contextlib.nullcontext()
+
+
+def _fail(what: str, cell: str, shape, err: float) -> None:
+    raise SystemExit(f"\n*** MISMATCH: {what} differs from torch for {cell} {shape}: max |diff| = {err:.3g} "
+                     f"> {TOL:g}. Timings would be meaningless; fix the model or the conversion first. ***")
+
+
+def _rel(a, b) -> float:
+    return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
+
+
+# -- one shape ---------------------------------------------------------------------------------
+def bench_shape(env: Env, cell: str, shape, repeat: int) -> dict:
+    B, T, I, H = shape
+    rng = np.random.default_rng(0)
+    ours = OURS[cell](I, H, device=env.device, seed=0)
+    sd = ours.state_dict()
+    x = rng.standard_normal((T, B, I), dtype=np.float32)
+    dy = rng.standard_normal((T, B, H), dtype=np.float32)
+    xs, dys = to_device(x, env.device), to_device(dy, env.device)
+    row = {"shape": list(shape), "ours_fwd": None, "torch_fwd": None, "ort_fwd": None,
+           "ours_train": None, "torch_train": None, "check": {}, "ms": {}}
+    jobs = {}                                                           # name -> (fn, sync)
+
+    y_ours = to_numpy(ours.forward(xs)[0])
+    ref = y_ours
+    if env.torch is not None:
+        torch = env.torch
+        tmod = peers.torch_layer(torch, cell, sd, env.tdev)
+        tx = torch.from_numpy(x).to(env.tdev)
+        with torch.inference_mode():
+            ref = tmod(tx)[0].cpu().numpy()
+        err = float(np.max(np.abs(y_ours - ref)))
+        row["check"]["ours_vs_torch"] = err
+        if err > TOL:
+            _fail("ours", cell, shape, err)
+
+        def torch_fwd():
+            with torch.inference_mode():
+                tmod(tx)
+
+        tx_train = tx.clone().requires_grad_(True)
+        tdy = torch.from_numpy(dy).to(env.tdev)
+
+        def torch_train():
+            tmod.zero_grad(set_to_none=True)
+            tx_train.grad = None
+            tmod(tx_train)[0].backward(tdy)
+
+        jobs["torch_fwd"] = (torch_fwd, env.torch_sync)
+        jobs["torch_train"] = (torch_train, env.torch_sync)
+    if env.ort is not None:
+        runner = peers.OrtRunner(env.ort, peers.onnx_model_bytes(env.onnx, cell, sd), THREADS, env.gpu)
+        err = float(np.max(np.abs(runner.output(x) - ref)))
+        row["check"]["ort_vs_" + ("torch" if env.torch is not None else "ours")] = err
+        if err > TOL:
+            _fail("onnxruntime", cell, shape, err)
+        runner.bind(x)
+        jobs["ort_fwd"] = (lambda: runner.run(x), _nothing)
+
+    def ours_train():
+        _, _, cache = ours.forward_train(xs)
+        return ours.backward(cache, dys)
+
+    jobs["ours_fwd"] = (lambda: ours.forward(xs), env.ours_sync)
+    jobs["ours_train"] = (ours_train, env.ours_sync)
+    row["ms"] = peers.blocks_ms(jobs, repeat, env.warmup)
+    row.update({name: st[env.stat] for name, st in row["ms"].items()})
+    if env.torch is not None:                                           # gradients agree too (relative)
+        dx, _, grads = ours_train()
+        tgrads = {k: p.grad.cpu().numpy() for k, p in tmod.named_parameters()}
+        rel = max([_rel(to_numpy(dx), tx_train.grad.cpu().numpy())]
+                  + [_rel(to_numpy(grads[k]), tgrads[k]) for k in tgrads])
+        row["check"]["grads_rel"] = rel
+        if rel > 1e-3:
+            print(f"WARNING: {cell} {shape} gradients differ from torch: max relative diff {rel:.3g}", flush=True)
+    return row
+
+
+# -- single step -------------------------------------------------------------------------------
+def bench_step(env: Env, cell: str, batch: int, calls: int) -> dict:
+    xp = env.xp
+    rng = np.random.default_rng(1)
+    ours = OURS[cell](STEP_I, STEP_H, device=env.device, seed=1)
+    sd = ours.state_dict()
+    x = rng.standard_normal((batch, STEP_I), dtype=np.float32)
+    xs = to_device(x, env.device)
+    row = {"cell": cell, "B": batch, "ours": None, "torch": None, "naive": None, "us": {}}
+
+    def ours_step(state):
+        return ours.step(xs, state)[1]
+
+    naive = peers.naive_step(xp, cell, sd)
+
+    def naive_step(state):
+        return naive(xs, state)[1]
+
+    zeros = xp.zeros((batch, STEP_H), dtype=np.float32)
+    naive_state0 = (zeros, zeros) if cell == "lstm" else (zeros,)
+    # the baseline must compute the same thing: three steps of each from zero
+    s_ours, s_naive = ours.init_state(batch), naive_state0
+    for _ in range(3):
+        s_ours, s_naive = ours_step(s_ours), naive_step(s_naive)
+    h_ours = to_numpy(s_ours[0] if cell == "lstm" else s_ours)[0]
+    err = float(np.max(np.abs(h_ours - to_numpy(s_naive[0]))))
+    if err > TOL:
+        _fail("the naive step (vs ours)", cell, (batch, 1, STEP_I, STEP_H), err)
+    jobs = {"ours": (ours_step, ours.init_state(batch), env.ours_sync),
+            "naive": (naive_step, naive_state0, env.ours_sync)}
+    if env.torch is not None:
+        torch = env.torch
+        tcell = peers.torch_cell(torch, cell, sd, env.tdev)
+        tx = torch.from_numpy(x).to(env.tdev)
+        tz = torch.zeros((batch, STEP_H), device=env.tdev)
+        jobs["torch"] = (lambda s: tcell(tx, s), (tz, tz) if cell == "lstm" else tz, env.torch_sync)
+    with env.inference():                                               # no autograd for torch's cell
+        row["us"] = peers.step_us(jobs, calls)
+    row.update({name: st[env.stat] for name, st in row["us"].items()})
+    return row
+
+
+# -- output ------------------------------------------------------------------------------------
+def _fmt(v, digits: int = 2) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _ratio(a, b) -> str:
+    return "n/a" if a is None or b is None or b == 0 else f"{a / b:.2f}"
+
+
+def fwd_cells(row: dict) -> list[str]:
+    shape = ",".join(str(v) for v in row["shape"])
+    o, t, r, ot, tt = (row[k] for k in ("ours_fwd", "torch_fwd", "ort_fwd", "ours_train", "torch_train"))
+    return [shape, _fmt(o), _fmt(t), _fmt(r), _ratio(o, r), _ratio(o, t), _fmt(ot), _fmt(tt), _ratio(ot, tt)]
+
+
+def step_cells(row: dict) -> list[str]:
+    o, t, n = row["ours"], row["torch"], row["naive"]
+    return [row["cell"], str(row["B"]), _fmt(o, 1), _fmt(t, 1), _fmt(n, 1), _ratio(o, t), _ratio(o, n)]
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+def parse_shapes(text: str) -> list[tuple[int, int, int, int]]:
+    shapes = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        dims = tuple(int(v) for v in part.split(","))
+        if len(dims) != 4 or min(dims) < 1:
+            raise argparse.ArgumentTypeError(f"a shape is four positive integers B,T,I,H, got {part!r}")
+        shapes.append(dims)
+    if not shapes:
+        raise argparse.ArgumentTypeError("--shapes needs at least one B,T,I,H")
+    return shapes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", type=parse_shapes, help='B,T,I,H list separated by ";" (replaces the grid)')
+    p.add_argument("--cell", choices=[*peers.CELLS, "all"], default="lstm")
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--repeat", type=int, default=5, help="timed runs per measurement, after a warm-up")
+    p.add_argument("--threads", type=int, default=2, help="torch, onnxruntime and BLAS threads")
+    p.add_argument("--stat", choices=["median", "min"], default="median",
+                   help="statistic shown (both go to --json); min resists load from other processes")
+    p.add_argument("--step-calls", type=int, default=2000, help="calls per single-step latency")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--quick", action="store_true", help="a tiny grid and few step calls (smoke test)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.repeat < 1 or args.threads < 1 or args.step_calls < 1:
+        raise SystemExit("--repeat, --threads and --step-calls must be positive")
+    if args.device == "gpu" and not gpu_available():
+        raise SystemExit("--device gpu: no usable GPU (CuPy with a visible CUDA device is needed)")
+    cells = list(peers.CELLS) if args.cell == "all" else [args.cell]
+    if args.shapes:
+        shapes = args.shapes
+    elif args.quick:
+        shapes = QUICK_SHAPES
+    else:
+        shapes = DEFAULT_SHAPES + (GPU_EXTRA_SHAPES if args.device == "gpu" else [])
+    calls = min(args.step_calls, 100) if args.quick else args.step_calls
+    step_batches = [1, 64, 1024] if args.device == "gpu" and not args.quick else [1]
+
+    if args.quick:
+        peers.SETTLE_S = 0.01                                           # a smoke test, not a measurement
+    env = Env(args)
+    info = peers.machine_info(THREADS)
+    print(peers.machine_line(info))
+    warning = peers.busy_warning(info["cores"])
+    if warning:
+        print(warning)
+        info["busy_warning"] = warning
+    print(f"device {args.device}; float32, 1 layer, unidirectional, zero state; {args.stat} of {args.repeat} "
+          f"after {env.warmup} warm-up, contestants one at a time; outputs checked against torch to {TOL:g}",
+          flush=True)
+    results = {"machine": info, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+               "forward": {}, "step": []}
+    for cell in cells:
+        rows = []
+        for shape in shapes:
+            row = bench_shape(env, cell, shape, args.repeat)
+            checks = ", ".join(f"{k} {v:.1e}" for k, v in row["check"].items())
+            print(f"  {cell} {','.join(map(str, shape))}: {checks or 'no peer to check against'}", flush=True)
+            rows.append(row)
+        results["forward"][cell] = rows
+        peers.print_table(f"{cell.upper()} forward / training step (ms, {args.device})", FWD_HEADERS,
+                          [fwd_cells(r) for r in rows])
+    for cell in cells:
+        for batch in step_batches:
+            results["step"].append(bench_step(env, cell, batch, calls))
+    peers.print_table(f"Single step, I={STEP_I} H={STEP_H} (µs, {args.stat} of {calls} calls, {args.device})",
+                      STEP_HEADERS, [step_cells(r) for r in results["step"]])
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

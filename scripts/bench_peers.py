@@ -1,0 +1,314 @@
+"""Helpers for ``scripts/bench_core.py``: the peers (torch, onnxruntime, a naive step), machine info,
+timing and tables.
+
+``bench_core`` imports this only after it has pinned the BLAS thread count, so importing NumPy
+here is safe. Every peer is optional: ``optional()`` returns None for a package that is missing,
+and the caller shows that peer as "n/a".
+
+All weights come from one place, a model_core layer's ``state_dict()`` in PyTorch's names and gate
+order; the helpers below convert them for torch (a straight copy) and for ONNX (gates reordered).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+CELLS = ("lstm", "gru", "rnn")
+TORCH_LAYER = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
+TORCH_CELL = {"lstm": "LSTMCell", "gru": "GRUCell", "rnn": "RNNCell"}
+ONNX_OP = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
+# Which torch gate block lands in each ONNX slot: torch LSTM i,f,g,o -> ONNX i,o,f,c;
+# torch GRU r,z,n -> ONNX z,r,h (with linear_before_reset=1, torch's equation for n).
+ONNX_GATE_ORDER = {"lstm": (0, 3, 1, 2), "gru": (1, 0, 2), "rnn": (0,)}
+
+
+def optional(name: str):
+    """The module, or None when it is not installed (or fails to load)."""
+    try:
+        return importlib.import_module(name)
+    except Exception:
+        return None
+
+
+# -- machine -----------------------------------------------------------------------------------
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _blas() -> str:
+    tpc = optional("threadpoolctl")
+    if tpc is not None:
+        pools = [f"{p.get('internal_api')} {p.get('version')} ({p.get('num_threads')} threads)"
+                 for p in tpc.threadpool_info()]
+        if pools:
+            return "; ".join(pools)
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        return f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
+    except Exception:
+        return "unknown BLAS"
+
+
+def machine_info(threads: int) -> dict:
+    """CPU, visible cores, library versions and BLAS, for the header line and the JSON."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch, ort = optional("torch"), optional("onnxruntime")
+    return {
+        "cpu": _cpu_model(), "cores": cores, "threads": threads, "python": platform.python_version(),
+        "numpy": np.__version__, "blas": _blas(),
+        "torch": torch.__version__ if torch else "n/a",
+        "onnxruntime": ort.__version__ if ort else "n/a",
+        "blas_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS") if k in os.environ},
+    }
+
+
+def _cpu_times() -> tuple[int, int]:
+    with open("/proc/stat", encoding="utf-8") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    return sum(fields), fields[3] + fields[4]                           # total, idle + iowait
+
+
+def busy_warning(cores: int, window_s: float = 0.5) -> str | None:
+    """A warning when other processes keep the CPUs busy right now (sampled over ``window_s``)."""
+    try:
+        total0, idle0 = _cpu_times()
+        time.sleep(window_s)
+        total1, idle1 = _cpu_times()
+    except (OSError, ValueError, IndexError):
+        return None
+    busy = 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+    if busy < 0.25:
+        return None
+    return (f"WARNING: the CPUs were {busy:.0%} busy before starting ({cores} cores): other processes compete, "
+            "and a thread pool that waits on a descheduled worker loses up to a scheduler slice per call. "
+            "Trust the ratios more than the times, and re-run when the machine is quiet.")
+
+
+def machine_line(info: dict) -> str:
+    return (f"{info['cpu']} | {info['cores']} cores visible, threads={info['threads']} | "
+            f"python {info['python']} | numpy {info['numpy']} ({info['blas']}) | "
+            f"torch {info['torch']} | onnxruntime {info['onnxruntime']}")
+
+
+# -- torch -------------------------------------------------------------------------------------
+def torch_layer(torch, cell: str, sd: dict, device: str):
+    """``torch.nn.LSTM/GRU/RNN`` (one layer, time-major) holding the weights in ``sd``."""
+    input_size, hidden = sd["weight_ih_l0"].shape[1], sd["weight_hh_l0"].shape[1]
+    mod = getattr(torch.nn, TORCH_LAYER[cell])(input_size, hidden)
+    mod.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()})
+    return mod.to(device)
+
+
+def torch_cell(torch, cell: str, sd: dict, device: str):
+    """``torch.nn.LSTMCell/GRUCell/RNNCell`` with the layer-0 weights of ``sd``."""
+    input_size, hidden = sd["weight_ih_l0"].shape[1], sd["weight_hh_l0"].shape[1]
+    mod = getattr(torch.nn, TORCH_CELL[cell])(input_size, hidden)
+    mod.load_state_dict({k.removesuffix("_l0"): torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()})
+    return mod.to(device)
+
+
+# -- onnxruntime -------------------------------------------------------------------------------
+def onnx_model_bytes(onnx, cell: str, sd: dict) -> bytes:
+    """A one-node ONNX graph (X (T, B, I) -> Y (T, 1, B, H), Y_h) with W/R/B initializers."""
+    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415 - only when onnx is present
+
+    hidden = sd["weight_hh_l0"].shape[1]
+    input_size = sd["weight_ih_l0"].shape[1]
+
+    def reorder(a):                                                     # (G*H, ...) torch -> ONNX gates
+        return np.concatenate([a[k * hidden:(k + 1) * hidden] for k in ONNX_GATE_ORDER[cell]], axis=0)
+
+    W = reorder(sd["weight_ih_l0"])[None]                               # (1, G*H, I)
+    R = reorder(sd["weight_hh_l0"])[None]                               # (1, G*H, H)
+    B = np.concatenate([reorder(sd["bias_ih_l0"]), reorder(sd["bias_hh_l0"])])[None]  # (1, 2*G*H)
+    attrs = {"hidden_size": hidden}
+    if cell == "gru":
+        attrs["linear_before_reset"] = 1
+    node = helper.make_node(ONNX_OP[cell], ["X", "W", "R", "B"], ["Y", "Y_h"], **attrs)
+    graph = helper.make_graph(
+        [node], f"bench_{cell}",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "B", input_size])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["T", 1, "B", hidden]),
+         helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [1, "B", hidden])],
+        initializer=[numpy_helper.from_array(np.ascontiguousarray(a, dtype=np.float32), name)
+                     for name, a in (("W", W), ("R", R), ("B", B))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8                                                # readable by any recent ORT
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+class OrtRunner:
+    """An InferenceSession over ``onnx_model_bytes``; ``run(x)`` returns Y as (T, B, H).
+
+    On the GPU (CUDA execution provider) the input and output stay on the device through
+    IO binding, so the timing excludes host/device copies, as it does for ours and cuDNN.
+    """
+
+    def __init__(self, ort, model_bytes: bytes, threads: int, gpu: bool):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = ["CUDAExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+        self.ort, self.gpu = ort, gpu
+        self.sess = ort.InferenceSession(model_bytes, so, providers=providers)
+        self._binding = None
+
+    def bind(self, x: np.ndarray) -> None:
+        """GPU only: put ``x`` on the device once, before timing."""
+        if self.gpu:
+            io = self.sess.io_binding()
+            io.bind_ortvalue_input("X", self.ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+            io.bind_output("Y", "cuda")
+            io.bind_output("Y_h", "cuda")
+            self._binding = io
+
+    def run(self, x: np.ndarray) -> None:
+        if self._binding is not None:
+            self.sess.run_with_iobinding(self._binding)
+        else:
+            self.sess.run(["Y"], {"X": x})
+
+    def output(self, x: np.ndarray) -> np.ndarray:
+        """Y as a host (T, B, H) array, for the correctness check."""
+        return self.sess.run(["Y"], {"X": x})[0][:, 0]
+
+
+def ort_usable(ort, gpu: bool) -> bool:
+    provider = "CUDAExecutionProvider" if gpu else "CPUExecutionProvider"
+    return ort is not None and provider in ort.get_available_providers()
+
+
+# -- the straightforward step ------------------------------------------------------------------
+def naive_step(xp, cell: str, sd: dict):
+    """The straightforward step of PERF_NOTES: separate exp-based sigmoids and tanh, new temporaries.
+
+    Returns ``step(x (B, I), state) -> (h (B, H), state)``; state is ``(h, c)`` or ``(h,)``.
+    """
+    W_ih, W_hh = xp.asarray(sd["weight_ih_l0"]), xp.asarray(sd["weight_hh_l0"])
+    b_ih, b_hh = xp.asarray(sd["bias_ih_l0"]), xp.asarray(sd["bias_hh_l0"])
+    H = W_hh.shape[1]
+
+    def sigmoid(z):
+        return 1.0 / (1.0 + xp.exp(-z))
+
+    def lstm(x, state):
+        h, c = state
+        z = x @ W_ih.T + b_ih + h @ W_hh.T + b_hh                     # (B, 4H)
+        i, f = sigmoid(z[:, :H]), sigmoid(z[:, H:2 * H])
+        g, o = xp.tanh(z[:, 2 * H:3 * H]), sigmoid(z[:, 3 * H:])
+        c = f * c + i * g
+        h = o * xp.tanh(c)
+        return h, (h, c)
+
+    def gru(x, state):
+        (h,) = state
+        gx, gh = x @ W_ih.T + b_ih, h @ W_hh.T + b_hh                 # (B, 3H) each
+        r = sigmoid(gx[:, :H] + gh[:, :H])
+        z = sigmoid(gx[:, H:2 * H] + gh[:, H:2 * H])
+        n = xp.tanh(gx[:, 2 * H:] + r * gh[:, 2 * H:])
+        h = (1.0 - z) * n + z * h
+        return h, (h,)
+
+    def rnn(x, state):
+        (h,) = state
+        h = xp.tanh(x @ W_ih.T + b_ih + h @ W_hh.T + b_hh)            # (B, H)
+        return h, (h,)
+
+    return {"lstm": lstm, "gru": gru, "rnn": rnn}[cell]
+
+
+# -- timing ------------------------------------------------------------------------------------
+SETTLE_S = 0.3  # seconds idle before each contestant: longer than OpenBLAS's ~0.1 s worker spin-wait
+
+
+def settle() -> None:
+    """Let the previous contestant's idle worker threads stop spinning before the next one runs.
+
+    On a machine with few cores, a library's workers keep spinning for a while after a call
+    (OpenBLAS for ~2^28 cycles); the next library's own pool then waits on a worker that has no
+    core, and loses a scheduler slice per call. Run back to back, each library is slowed by the last.
+    """
+    time.sleep(SETTLE_S)
+
+
+def _stats(times_s, unit: float) -> dict:
+    """Median and min of times in seconds, converted by ``unit`` (1e3 for ms, 1e6 for µs)."""
+    return {"median": float(np.median(times_s)) * unit, "min": float(np.min(times_s)) * unit}
+
+
+def blocks_ms(jobs: dict, repeat: int, warmup: int) -> dict:
+    """``{name: {"median", "min"}}`` in ms for each ``name: (fn, sync)``: one contestant at a time,
+    warm-up first."""
+    out = {}
+    for name, (fn, sync) in jobs.items():
+        settle()
+        for _ in range(warmup):
+            fn()
+            sync()
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+        out[name] = _stats(times, 1e3)
+    return out
+
+
+def step_us(jobs: dict, calls: int) -> dict:
+    """``{name: {"median", "min"}}`` latency in µs of ``state = step(state)`` for each
+    ``name: (step, state0, sync)``.
+
+    Each call is timed alone, as a streaming session waits for every step.
+    """
+    out = {}
+    for name, (step, state, sync) in jobs.items():
+        settle()
+        for _ in range(min(200, calls)):                                # warm-up
+            state = step(state)
+        sync()
+        times = np.empty(calls)
+        for k in range(calls):
+            t0 = time.perf_counter_ns()
+            state = step(state)
+            sync()
+            times[k] = time.perf_counter_ns() - t0
+        out[name] = _stats(times / 1e9, 1e6)
+    return out
+
+
+# -- tables ----------------------------------------------------------------------------------
+def print_table(title: str, headers: list[str], rows: list[list[str]]) -> None:
+    rich = optional("rich.table")
+    if rich is not None:
+        from rich.console import Console  # noqa: PLC0415 - optional pretty output
+
+        table = rich.Table(title=title)
+        for k, h in enumerate(headers):
+            table.add_column(h, justify="left" if k == 0 else "right")
+        for r in rows:
+            table.add_row(*r)
+        console = Console()
+        (console if console.is_terminal else Console(width=200)).print(table)     # no ellipses in a log
+        return
+    widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) if k == 0 else c.rjust(w)  # noqa: E731
+                                   for k, (c, w) in enumerate(zip(cells, widths)))
+    print(f"\n{title}\n{line(headers)}\n{'  '.join('-' * w for w in widths)}")
+    for r in rows:
+        print(line(r))
+    sys.stdout.flush()
