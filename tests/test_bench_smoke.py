@@ -13,6 +13,7 @@ pytest.importorskip("onnxruntime")
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_core.py"
 
 
+@pytest.mark.torch
 @pytest.mark.timeout(60)
 def test_bench_quick_runs_and_prints_tables(tmp_path):
     out = tmp_path / "bench.json"

@@ -115,6 +115,7 @@ def test_gpu_request_without_gpu(saved):
     assert model_core.load(path, device="auto").device == "cpu"
 
 
+@pytest.mark.torch
 def test_torch_state_dict_names_load_unchanged():
     """A torch LSTM state_dict (converted with .numpy()) loads into the rnn part of a model."""
     torch = pytest.importorskip("torch")
