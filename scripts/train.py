@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--clip", type=positive_float, default=1.0, help="global gradient-norm clip")
+    p.add_argument("--forget-bias", type=float, default=0.0,
+                   help="LSTM only: start the forget-gate biases this much higher (e.g. 3 for long lags)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["cpu", "gpu", "auto"], default="cpu")
     p.add_argument("--out", type=Path, required=True, help="output directory")
@@ -82,7 +84,7 @@ def config_from_args(args) -> TrainConfig:
     return TrainConfig(task=args.task, cell=args.cell, hidden_size=args.hidden_size, num_layers=args.num_layers,
                        embedding_dim=args.embedding_dim, dropout=args.dropout, epochs=args.epochs, steps=args.steps,
                        lr=args.lr, optimizer=args.optimizer, batch_size=args.batch_size, clip=args.clip,
-                       seed=args.seed, device=args.device, task_options=opts)
+                       forget_bias=args.forget_bias, seed=args.seed, device=args.device, task_options=opts)
 
 
 def run(cfg: TrainConfig, out: Path, resume: Path | None = None, progress: bool = True) -> dict:

@@ -37,6 +37,7 @@ class TrainConfig:
     momentum: float = 0.9
     batch_size: int = 32
     clip: float | None = 1.0
+    forget_bias: float = 0.0          # added to the LSTM's initial forget-gate biases (fresh runs)
     seed: int = 0
     device: str = "cpu"
     task_options: dict = field(default_factory=dict)
@@ -55,6 +56,8 @@ class TrainConfig:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.clip is not None and not self.clip > 0:
             raise ValueError(f"clip must be > 0, got {self.clip}")
+        if self.forget_bias and self.cell != "lstm":
+            raise ValueError(f"forget_bias applies to the LSTM only, not {self.cell!r}")
 
 
 def make_task(cfg: TrainConfig):
@@ -62,6 +65,20 @@ def make_task(cfg: TrainConfig):
     if cfg.task in ("temporal-order", "charlm"):
         opts.setdefault("batch_size", cfg.batch_size)
     return TASKS[cfg.task](seed=cfg.seed, **opts)
+
+
+def raise_forget_bias(model: SequenceModel, amount: float) -> None:
+    """Start every LSTM forget gate (gate order i, f, g, o) ``amount`` higher.
+
+    With torch's init every forget gate starts near σ(0) = 0.5, so information decays by half each
+    step and a long-range signal (temporal order HARD: ~40 steps) vanishes below float32
+    resolution before training can find it. A positive start (Gers et al. 2000; Jozefowicz et al.
+    2015) keeps the cell remembering from the first step.
+    """
+    H = model.config.hidden_size
+    for name, bias in model.rnn.parameters().items():
+        if name.startswith("bias_hh_"):
+            bias[H:2 * H] += amount
 
 
 def make_optimizer(cfg: TrainConfig, model: SequenceModel):
@@ -121,6 +138,8 @@ def train(cfg: TrainConfig, out_dir=None, resume=None, on_step: Callable | None 
         model = SequenceModel(task.config(cfg.cell, cfg.hidden_size, num_layers=cfg.num_layers,
                                           embedding_dim=cfg.embedding_dim, dropout=cfg.dropout),
                               device=cfg.device, seed=cfg.seed)
+        if cfg.forget_bias:
+            raise_forget_bias(model, cfg.forget_bias)
         optimizer = make_optimizer(cfg, model)
     n_batches = min(task.num_batches(), cfg.steps or task.num_batches())
     for epoch in range(start_epoch, cfg.epochs):
