@@ -44,6 +44,7 @@ def save(model: SequenceModel, path, extra: dict | None = None, extra_tensors: d
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
+    os.chmod(tmp, 0o644)                                    # readable by a service running as another user
     os.replace(tmp, path)                                   # never leave a half-written checkpoint
     return path
 
