@@ -15,25 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling helper modules
+from cli_types import non_negative_int, positive_int  # noqa: E402
+
 import model_core
 from model_core import CheckpointError, DeviceError
 from model_core.data.charlm import Vocab
 from model_core.sampling import generate
 from model_core.training import CHECKPOINT_NAME
-
-
-def non_negative_int(s: str) -> int:
-    v = int(s)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
-    return v
-
-
-def positive_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
-    return v
 
 
 def temperature(s: str) -> float:

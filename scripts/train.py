@@ -18,26 +18,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling helper modules
 
+from cli_types import positive_float, positive_int  # noqa: E402
 from plots import plot_curves  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from model_core import CheckpointError, DeviceError  # noqa: E402
 from model_core.data.temporal_order import Difficulty  # noqa: E402
 from model_core.training import CHECKPOINT_NAME, TASKS, TrainConfig, train  # noqa: E402
-
-
-def positive_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
-    return v
-
-
-def positive_float(s: str) -> float:
-    v = float(s)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
-    return v
 
 
 def difficulty(s: str) -> str:
