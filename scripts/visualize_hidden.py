@@ -64,7 +64,7 @@ def run_states(model, seq: str, layer: int):
         hs.append(to_numpy(parts[0][layer, 0]))                          # (H,)
         if len(parts) > 1:
             cs.append(to_numpy(parts[1][layer, 0]))
-    logits, _ = model.forward(x)                                         # (1, C)
+    logits, _ = model.forward(x.argmax(-1))                              # ids (T, 1) -> (1, C)
     probs = np.exp(to_numpy(logits[0]) - to_numpy(logits[0]).max())
     h = np.stack(hs, axis=1)                                             # (H, T)
     c = np.stack(cs, axis=1) if cs else None                             # (H, T)

@@ -37,8 +37,8 @@ class TemporalOrderTask:
 
     def config(self, cell, hidden_size, num_layers=1, **_):
         return ModelConfig(cell=cell, task="classify", input_size=temporal_order.N_SYMBOLS, hidden_size=hidden_size,
-                           num_layers=num_layers, output_size=temporal_order.N_CLASSES, input_encoding="features",
-                           vocab=None, labels=temporal_order.CLASSES,
+                           num_layers=num_layers, output_size=temporal_order.N_CLASSES, input_encoding="onehot",
+                           vocab=temporal_order.SYMBOLS, labels=temporal_order.CLASSES,
                            metadata={"task": self.name, "difficulty": self.difficulty.name,
                                      "symbols": list(temporal_order.SYMBOLS)})
 
@@ -48,10 +48,15 @@ class TemporalOrderTask:
     def num_batches(self):
         return len(self.data)
 
+    @staticmethod
+    def _ids(x):
+        """One-hot (B, T, 8) -> symbol ids (T, B); padded steps become id 0 and are masked by lengths."""
+        return x.argmax(-1).T
+
     def train_step(self, model, batch, carry, rng):
         x, lengths, y = batch
         xp = model.xp
-        logits, _, cache = model.forward_train(x.transpose(1, 0, 2), lengths=lengths, rng=rng)
+        logits, _, cache = model.forward_train(self._ids(x), lengths=lengths, rng=rng)
         loss, dlogits = losses.cross_entropy(logits, xp.asarray(y))
         grads, _ = model.backward(cache, dlogits)
         correct = float((logits.argmax(-1) == xp.asarray(y)).sum())
@@ -59,7 +64,7 @@ class TemporalOrderTask:
 
     def evaluate(self, model):
         x, lengths, y = self.val
-        logits, _ = model.forward(x.transpose(1, 0, 2), lengths=lengths)
+        logits, _ = model.forward(self._ids(x), lengths=lengths)
         loss, _ = losses.cross_entropy(logits, model.xp.asarray(y))
         return {"loss": loss, "accuracy": float((logits.argmax(-1) == model.xp.asarray(y)).mean())}
 
