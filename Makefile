@@ -1,4 +1,5 @@
 # Two entry points for a fresh machine (Python 3.11+):
+#   make serve  - create .venv, install, start the service with the bundled models (models/)
 #   make demo   - create .venv, install, train a small LSTM on the temporal-order task
 #   make test   - create .venv, install, run the test suite (no torch, no GPU needed)
 PYTHON ?= python3
@@ -6,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?= -q
 
-.PHONY: setup setup-reference demo test test-reference bench clean
+.PHONY: setup setup-reference serve demo test test-reference bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +24,12 @@ $(VENV)/.reference: $(VENV)/.installed
 	touch $@
 
 setup-reference: $(VENV)/.reference
+
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+serve: setup
+	$(BIN)/python -m service --host $(HOST) --port $(PORT)
 
 demo: setup
 	$(BIN)/python scripts/demo.py

@@ -1,0 +1,29 @@
+"""``python -m service [--host H] [--port P] [--model-dir DIR] [--device cpu|gpu|auto]``.
+
+Flags override the ``RNN_SERVE_*`` environment variables.
+"""
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from service.main import create_app
+from service.settings import Settings
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--model-dir")
+    p.add_argument("--device", choices=["cpu", "gpu", "auto"])
+    args = p.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    settings = Settings(**overrides)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                timeout_graceful_shutdown=10)
+
+
+if __name__ == "__main__":
+    main()

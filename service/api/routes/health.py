@@ -1,0 +1,35 @@
+"""Health and server metadata, on the KServe v2 / Triton paths so standard probes work."""
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from service.api.deps import Registry
+
+router = APIRouter(prefix="/v2", tags=["health"])
+SERVER_NAME = "rnn-serve"
+
+
+@router.get("/health/live")
+def live() -> dict:
+    """The process is up."""
+    return {"live": True}
+
+
+@router.get("/health/ready")
+def ready(registry: Registry):
+    """Ready when every model in the repository has loaded (503 otherwise)."""
+    ok = registry.all_ready
+    return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+
+@router.get("")
+def server_metadata() -> dict:
+    from service import __version__
+    return {"name": SERVER_NAME, "version": __version__, "extensions": []}
+
+
+@router.get("/models/{name}/ready")
+def model_ready(name: str, registry: Registry):
+    ok = registry.get(name).status == "ready"
+    return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)

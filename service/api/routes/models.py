@@ -1,0 +1,21 @@
+"""Model listing and metadata (v1)."""
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.api.deps import Registry
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+@router.get("")
+def list_models(registry: Registry) -> dict:
+    """Every model in the repository with its status and version."""
+    return {"models": [{"name": e.name, "version": e.version, "status": e.status,
+                        **({"task": e.config.task} if e.model else {})} for e in registry.entries()]}
+
+
+@router.get("/{name}")
+def model_metadata(name: str, registry: Registry) -> dict:
+    """Task, input spec, labels, vocabulary, cell, sizes, device and version of one model."""
+    return registry.get(name).metadata()

@@ -1,0 +1,63 @@
+"""Request and response bodies of the v1 HTTP API (they document themselves in OpenAPI)."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# A sequence: text (character models), token ids, or feature vectors (T x I).
+Sequence = str | list[int] | list[list[float]]
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": ["BaXbcYdE"], "top_k": 2}]})
+    inputs: list[Sequence] = Field(min_length=1, description="a batch of sequences; ragged lengths are fine")
+    top_k: int | None = Field(None, ge=1, description="also return the k most likely labels")
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": ["To be, or not"], "top_k": 3}]})
+    inputs: list[Sequence] = Field(min_length=1)
+    top_k: int = Field(5, ge=1, description="for softmax outputs: the k most likely tokens at each step")
+
+
+class CompleteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"prompt": "ROMEO:", "n": 2, "max_length": 40}]})
+    prompt: str = Field(min_length=1)
+    n: int = Field(1, ge=1, description="number of completions")
+    max_length: int = Field(32, ge=1, description="characters to generate at most")
+    temperature: float = Field(1.0, ge=0.0, description="0 means greedy")
+    top_k: int | None = Field(None, ge=1)
+    greedy: bool = False
+    stop: list[str] = Field(default_factory=list, description="tokens that end a completion (included)")
+    seed: int | None = Field(None, description="for reproducible sampling")
+
+
+class Classification(BaseModel):
+    label: str
+    index: int
+    probabilities: dict[str, float]
+    top_k: list[dict] | None = None
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    version: str
+    results: list[Classification]
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: str
+    outputs: list[list[dict]] = Field(description="per sequence, per step")
+
+
+class Completion(BaseModel):
+    text: str
+    tokens: int
+    finish_reason: str
+
+
+class CompleteResponse(BaseModel):
+    model: str
+    version: str
+    prompt: str
+    completions: list[Completion]

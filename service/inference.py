@@ -1,0 +1,93 @@
+"""The math behind the HTTP endpoints: batch, run, and turn logits into JSON-ready results.
+
+These run in a worker thread (FastAPI runs sync endpoints off the event loop).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from model_core.backend import to_numpy
+from model_core.model import SequenceModel
+from model_core.sampling import complete as sample_completions
+from service.encoding import encode_sequence, encode_text, pad_batch, stop_ids
+from service.errors import InvalidInput
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _labels(model: SequenceModel) -> list[str]:
+    c = model.config
+    if c.labels:
+        return list(c.labels)
+    if c.vocab:
+        return list(c.vocab)
+    return [str(i) for i in range(c.output_size)]
+
+
+def top_k_entries(probs: np.ndarray, labels: list[str], k: int) -> list[dict]:
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [{"label": labels[i], "index": int(i), "probability": float(probs[i])} for i in order]
+
+
+def encode_inputs(model: SequenceModel, inputs: list, max_len: int) -> list[np.ndarray]:
+    return [encode_sequence(model.config, item, max_len, where=f"inputs[{i}]") for i, item in enumerate(inputs)]
+
+
+def classify(model: SequenceModel, seqs: list[np.ndarray], top_k: int | None) -> list[dict]:
+    if model.config.task != "classify":
+        raise InvalidInput(f"this is a {model.config.task} model; classify needs a classifier (use /predict)")
+    x, lengths = pad_batch(model.config, seqs)
+    logits, _ = model.forward(x, lengths=lengths)
+    probs = softmax(to_numpy(logits).astype(np.float64))                    # (B, C)
+    labels = _labels(model)
+    out = []
+    for p in probs:
+        best = int(p.argmax())
+        item = {"label": labels[best], "index": best, "probabilities": {labels[i]: float(v) for i, v in enumerate(p)}}
+        if top_k:
+            item["top_k"] = top_k_entries(p, labels, top_k)
+        out.append(item)
+    return out
+
+
+def step_outputs(model: SequenceModel, logits: np.ndarray, top_k: int) -> list[dict]:
+    """Per-step results for seq2seq/LM logits (T, C) (or running class logits for classifiers)."""
+    c = model.config
+    logits = logits.astype(np.float64)
+    if c.output == "binary":
+        p = 1.0 / (1.0 + np.exp(-logits))                                    # (T, C)
+        return [{"probabilities": [float(v) for v in row], "bits": [int(v > 0.5) for v in row]} for row in p]
+    if c.output == "regression":
+        return [{"values": [float(v) for v in row]} for row in logits]
+    labels = _labels(model)
+    probs = softmax(logits)
+    return [{"top_k": top_k_entries(row, labels, top_k)} for row in probs]
+
+
+def predict(model: SequenceModel, seqs: list[np.ndarray], top_k: int) -> list[list[dict]]:
+    if model.config.task == "classify":
+        raise InvalidInput("this is a classifier; per-step outputs come from seq2seq and lm models (use /classify)")
+    x, lengths = pad_batch(model.config, seqs)
+    logits, _ = model.forward(x, lengths=lengths)
+    logits = to_numpy(logits)                                                # (T, B, C)
+    return [step_outputs(model, logits[: lengths[b], b], top_k) for b in range(len(seqs))]
+
+
+def complete(model: SequenceModel, prompt: str, n: int, max_length: int, temperature: float, top_k: int | None,
+             greedy: bool, stop: list[str], seed: int | None) -> list[dict]:
+    if model.config.task != "lm":
+        raise InvalidInput(f"this is a {model.config.task} model; completion needs a language model")
+    ids = encode_text(model.config, prompt)
+    if ids.size == 0:
+        raise InvalidInput("prompt must not be empty")
+    logits, state = model.forward(ids.reshape(-1, 1))
+    outs = sample_completions(model, state, logits[-1, 0], n=n, max_length=max_length, temperature=temperature,
+                              top_k=top_k, greedy=greedy, stop_ids=stop_ids(model.config, stop),
+                              rng=np.random.default_rng(seed))
+    vocab = model.config.vocab
+    return [{"text": "".join(vocab[i] for i in o), "tokens": len(o),
+             "finish_reason": "stop" if o and vocab[o[-1]] in stop else "length"} for o in outs]

@@ -1,0 +1,38 @@
+"""Builds the FastAPI app: settings, error handlers, routers, and models loaded in the lifespan."""
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from service import __version__
+from service.api.routes import health, inference, models
+from service.errors import install_error_handlers
+from service.registry import ModelRegistry
+from service.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        registry = ModelRegistry(settings.model_dir, settings.device)
+        registry.load_all()                       # before yield: no request sees a half-loaded repository
+        app.state.registry = registry
+        yield
+        app.state.registry = None
+
+    app = FastAPI(title="rnn-serve", version=__version__, lifespan=lifespan,
+                  description="Recurrent sequence models (RNN, LSTM, GRU): classification, per-step outputs, "
+                              "autocomplete, sessions and streaming.")
+    app.state.settings = settings
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"])
+    install_error_handlers(app)
+    for router in (models.router, inference.router, health.router):
+        app.include_router(router)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return app

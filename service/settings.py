@@ -1,0 +1,36 @@
+"""All service settings in one place, read from ``RNN_SERVE_*`` environment variables."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RNN_SERVE_", env_file=None, extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    model_dir: Path = DEFAULT_MODEL_DIR
+    device: str = Field("cpu", pattern="^(cpu|gpu|auto)$")
+    log_level: str = "info"
+
+    # request limits: bad input is refused with a clear 4xx before any math runs
+    max_request_bytes: int = Field(1_000_000, ge=1_000)
+    max_batch_sequences: int = Field(256, ge=1)
+    max_sequence_length: int = Field(4096, ge=1)
+    max_completion_length: int = Field(512, ge=1)
+    max_completions: int = Field(16, ge=1)
+
+    # auth and CORS
+    api_keys: list[str] = Field(default_factory=list, description="accepted X-API-Key values; empty: no auth")
+    cors_origins: list[str] = Field(default_factory=list)
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
