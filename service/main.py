@@ -8,9 +8,11 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
-from service.api.routes import health, inference, models
+from service.api.routes import health, inference, models, sessions
 from service.errors import install_error_handlers
 from service.registry import ModelRegistry
+from service.sessions.manager import SessionManager
+from service.sessions.store import MemorySessionStore
 from service.settings import Settings, get_settings
 
 
@@ -22,8 +24,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = ModelRegistry(settings.model_dir, settings.device)
         registry.load_all()                       # before yield: no request sees a half-loaded repository
         app.state.registry = registry
+        store = MemorySessionStore(ttl=settings.session_ttl_seconds, max_sessions=settings.max_sessions)
+        app.state.sessions = SessionManager(registry, store, settings)
         yield
-        app.state.registry = None
+        await app.state.sessions.close()
 
     app = FastAPI(title="rnn-serve", version=__version__, lifespan=lifespan,
                   description="Recurrent sequence models (RNN, LSTM, GRU): classification, per-step outputs, "
@@ -32,7 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"])
     install_error_handlers(app)
-    for router in (models.router, inference.router, health.router):
+    for router in (models.router, inference.router, sessions.router, health.router):
         app.include_router(router)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     return app

@@ -26,6 +26,15 @@ class Settings(BaseSettings):
     max_completion_length: int = Field(512, ge=1)
     max_completions: int = Field(16, ge=1)
 
+    # sessions and batching
+    session_ttl_seconds: float = Field(600.0, gt=0, description="idle time before a session expires")
+    max_sessions: int = Field(100_000, ge=1, description="past this, the least recently used session is evicted")
+    max_steps_per_message: int = Field(1024, ge=1)
+    max_steps_per_session: int = Field(1_000_000, ge=1)
+    batching: bool = True
+    max_batch_size: int = Field(64, ge=1)
+    max_queue_delay_ms: float = Field(2.0, ge=0)
+
     # auth and CORS
     api_keys: list[str] = Field(default_factory=list, description="accepted X-API-Key values; empty: no auth")
     cors_origins: list[str] = Field(default_factory=list)

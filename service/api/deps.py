@@ -6,6 +6,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.registry import ModelRegistry
+from service.sessions.manager import SessionManager
 from service.settings import Settings
 
 
@@ -17,5 +18,10 @@ def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def get_sessions(request: Request) -> SessionManager:
+    return request.app.state.sessions
+
+
 Registry = Annotated[ModelRegistry, Depends(get_registry)]
 AppSettings = Annotated[Settings, Depends(get_app_settings)]
+Sessions = Annotated[SessionManager, Depends(get_sessions)]

@@ -1,0 +1,90 @@
+"""Sessions over plain HTTP: create, feed steps, complete, inspect, export/import state, end."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from model_core.state import VERSION as STATE_VERSION
+from service.api.deps import Sessions
+from service.api.schemas import CompleteResponse, Sequence
+from service.errors import PayloadTooLarge
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+MAX_STATE_BYTES = 16 * 1024 * 1024
+
+
+class CreateSession(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(description="the model this session runs")
+
+
+class StepRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"input": "hello wor", "top_k": 3}]})
+    input: Sequence = Field(description="new steps: text, token ids or feature vectors")
+    top_k: int = Field(5, ge=1)
+
+
+class SessionComplete(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    n: int = Field(1, ge=1)
+    max_length: int = Field(32, ge=1)
+    temperature: float = Field(1.0, ge=0.0)
+    top_k: int | None = Field(None, ge=1)
+    greedy: bool = False
+    stop: list[str] = Field(default_factory=list)
+    seed: int | None = None
+
+
+@router.post("", status_code=201)
+def create_session(body: CreateSession, sessions: Sessions) -> dict:
+    """Start a session; its recurrent state starts at zero."""
+    return sessions.create(body.model).info()
+
+
+@router.post("/{session_id}/step")
+async def step(session_id: str, body: StepRequest, sessions: Sessions) -> dict:
+    """Feed one or more new steps; returns one output per step, in order, and keeps the state."""
+    session, outputs = await sessions.step(session_id, body.input, body.top_k)
+    return {"session_id": session_id, "steps": session.steps, "outputs": outputs}
+
+
+@router.post("/{session_id}/complete", response_model=CompleteResponse)
+async def complete(session_id: str, body: SessionComplete, sessions: Sessions):
+    """Completions from the current state, without consuming them into it."""
+    s = sessions.store.get(session_id)
+    completions = await sessions.complete(session_id, body.n, body.max_length, body.temperature, body.top_k,
+                                          body.greedy or body.temperature == 0, body.stop, body.seed)
+    return {"model": s.model, "version": s.model_version, "prompt": "", "completions": completions}
+
+
+@router.post("/{session_id}/reset")
+async def reset(session_id: str, sessions: Sessions) -> dict:
+    return (await sessions.reset(session_id)).info()
+
+
+@router.get("/{session_id}")
+def info(session_id: str, sessions: Sessions) -> dict:
+    """Model, steps consumed, created and last-used times, expiry."""
+    return sessions.store.get(session_id).info()
+
+
+@router.delete("/{session_id}", status_code=204)
+def end(session_id: str, sessions: Sessions) -> Response:
+    sessions.end(session_id)
+    return Response(status_code=204)
+
+
+@router.get("/{session_id}/state", responses={200: {"content": {"application/octet-stream": {}}}})
+def export_state(session_id: str, sessions: Sessions) -> Response:
+    """The recurrent state as versioned, checksummed bytes (see the README's state format)."""
+    return Response(sessions.export_state(session_id), media_type="application/octet-stream",
+                    headers={"X-State-Format-Version": str(STATE_VERSION)})
+
+
+@router.put("/{session_id}/state")
+async def import_state(session_id: str, request: Request, sessions: Sessions) -> dict:
+    """Restore a state exported from this or another replica (same model)."""
+    blob = await request.body()
+    if len(blob) > MAX_STATE_BYTES:
+        raise PayloadTooLarge(f"state of {len(blob)} bytes is over the limit of {MAX_STATE_BYTES}")
+    return (await sessions.import_state(session_id, blob)).info()

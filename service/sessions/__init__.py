@@ -1,0 +1,1 @@
+"""Per-session recurrent state: the store interface, its in-memory implementation, and the batcher."""

@@ -1,0 +1,141 @@
+"""Session operations shared by the HTTP session API, the WebSocket stream and the v2 sequences.
+
+One request per session runs at a time (a per-session asyncio lock), steps go through the
+model's dynamic batcher, and the new state is committed with a compare-and-set before the reply
+is sent.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from dataclasses import replace
+
+import numpy as np
+
+from model_core.sampling import complete as sample_completions
+from model_core.state import StateFormatError, state_from_bytes, state_to_bytes
+from service.encoding import encode_sequence, stop_ids
+from service.errors import InvalidInput, PayloadTooLarge
+from service.inference import step_outputs
+from service.registry import ModelEntry, ModelRegistry
+from service.sessions.batcher import DynamicBatcher
+from service.sessions.stepper import load_state, logits_from_bytes, logits_to_bytes
+from service.sessions.store import Session, SessionStore
+from service.settings import Settings
+
+
+class SessionManager:
+    def __init__(self, registry: ModelRegistry, store: SessionStore, settings: Settings, on_batch=None):
+        self.registry, self.store, self.settings = registry, store, settings
+        self._batchers: dict[str, DynamicBatcher] = {}
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._on_batch = on_batch
+
+    def _entry(self, session: Session) -> ModelEntry:
+        return self.registry.ready(session.model)
+
+    def batcher(self, entry: ModelEntry) -> DynamicBatcher:
+        key = f"{entry.name}@{entry.version}"
+        b = self._batchers.get(key)
+        if b is None:
+            b = self._batchers[key] = DynamicBatcher(
+                entry.model, max_batch=self.settings.max_batch_size, max_delay=self.settings.max_queue_delay_ms / 1000,
+                enabled=self.settings.batching, on_batch=self._on_batch)
+        return b
+
+    def lock(self, session_id: str) -> asyncio.Lock:
+        lock = self._locks.get(session_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[session_id] = lock
+        return lock
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def create(self, model: str, session_id: str | None = None) -> Session:
+        entry = self.registry.ready(model)
+        if entry.model.config.bidirectional:
+            raise InvalidInput(f"model {model!r} is bidirectional: it needs whole sequences, so it cannot stream")
+        return self.store.create(model, entry.version, session_id)
+
+    def encode(self, session: Session, item, where: str = "input") -> np.ndarray:
+        entry = self._entry(session)
+        arr = encode_sequence(entry.model.config, item, self.settings.max_steps_per_message, where)
+        if session.steps + len(arr) > self.settings.max_steps_per_session:
+            raise PayloadTooLarge(f"session would pass its limit of {self.settings.max_steps_per_session} steps; "
+                                  "reset it or start a new one")
+        return arr
+
+    async def step(self, session_id: str, item, top_k: int = 5) -> tuple[Session, list[dict]]:
+        """Feed new steps; returns the updated session and one output per step, in order."""
+        async with self.lock(session_id):
+            session = self.store.get(session_id)
+            entry = self._entry(session)
+            arr = self.encode(session, item)
+            logits, state = await self.batcher(entry).submit(session.state, arr)
+            new = session.advanced(state, logits_to_bytes(logits[-1]), len(arr))
+            self.store.put(new, expected_revision=session.revision)      # committed before the reply
+        return new, step_outputs(entry.model, logits, top_k)
+
+    async def reset(self, session_id: str) -> Session:
+        async with self.lock(session_id):
+            s = self.store.get(session_id)
+            new = replace(s, state=None, last_output=None, steps=0, revision=s.revision + 1, last_used=time.time())
+            return self.store.put(new, expected_revision=s.revision)
+
+    def end(self, session_id: str) -> None:
+        self.store.get(session_id)                                       # clear 404/410 when unknown
+        self.store.delete(session_id)
+
+    # -- completion ---------------------------------------------------------------------------
+    async def complete(self, session_id: str, n: int, max_length: int, temperature: float, top_k: int | None,
+                       greedy: bool, stop: list[str], seed: int | None) -> list[dict]:
+        """Continuations from the session's current state, which is left untouched."""
+        session = self.store.get(session_id)
+        entry = self._entry(session)
+        model = entry.model
+        if model.config.task != "lm":
+            raise InvalidInput(f"model {session.model!r} is a {model.config.task} model; completion needs an lm")
+        if session.last_output is None:
+            raise InvalidInput("send some input first: a completion continues from the last step's output")
+        if max_length > self.settings.max_completion_length or n > self.settings.max_completions:
+            raise PayloadTooLarge(f"at most n={self.settings.max_completions} completions of "
+                                  f"max_length={self.settings.max_completion_length}")
+        ids = stop_ids(model.config, stop)
+
+        def run():
+            state = load_state(model, session.state)
+            logits = model.xp.asarray(logits_from_bytes(session.last_output))
+            return sample_completions(model, state, logits, n=n, max_length=max_length, temperature=temperature,
+                                      top_k=top_k, greedy=greedy, stop_ids=ids, rng=np.random.default_rng(seed))
+
+        outs = await asyncio.get_running_loop().run_in_executor(None, run)
+        vocab = model.config.vocab
+        return [{"text": "".join(vocab[i] for i in o), "tokens": len(o),
+                 "finish_reason": "stop" if o and o[-1] in ids else "length"} for o in outs]
+
+    # -- state export / import ----------------------------------------------------------------
+    def export_state(self, session_id: str) -> bytes:
+        """The engine's versioned state bytes (zeros for a session with no steps yet)."""
+        s = self.store.get(session_id)
+        entry = self._entry(s)
+        if s.state is not None:
+            return s.state
+        state = entry.model.init_state(1)
+        return state_to_bytes(tuple(np.asarray(p) for p in state) if isinstance(state, tuple) else np.asarray(state))
+
+    async def import_state(self, session_id: str, blob: bytes) -> Session:
+        async with self.lock(session_id):
+            s = self.store.get(session_id)
+            entry = self._entry(s)
+            try:
+                state_from_bytes(blob)
+                load_state(entry.model, blob)                              # shape and dtype for this model
+            except (StateFormatError, ValueError) as exc:
+                raise InvalidInput(f"state not accepted: {exc}") from None
+            new = replace(s, state=bytes(blob), last_output=None, revision=s.revision + 1, last_used=time.time())
+            return self.store.put(new, expected_revision=s.revision)
+
+    async def close(self) -> None:
+        for b in self._batchers.values():
+            await b.close()

@@ -1,0 +1,51 @@
+"""Advance many sessions at once: one batched ``forward`` over their new inputs.
+
+Each session brings its state and K_i new steps. They are padded to max K_i with ``lengths``, so
+packed-sequence semantics give every session exactly its own result: outputs for its K_i steps
+and its state after the last of them. Outputs are the head applied at every step, which for a
+classifier is the running class logits.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from model_core.backend import to_numpy
+from model_core.model import SequenceModel
+from model_core.state import parts, slice_state, stack_states, state_from_bytes, state_to_bytes
+from service.encoding import pad_batch
+
+
+def load_state(model: SequenceModel, blob: bytes | None):
+    """Session bytes -> a B=1 state on the model's device (zeros for a new session)."""
+    if blob is None:
+        return model.init_state(1)
+    state = state_from_bytes(blob, as_tuple=model.rnn.state_size > 1)
+    expected = (model.rnn.num_layers * model.rnn.num_directions, 1, model.config.hidden_size)
+    for p in parts(state):
+        if p.shape != expected or p.dtype != model.dtype:
+            raise ValueError(f"state has shape {p.shape} {p.dtype}, this model needs {expected} {model.dtype}")
+    xp = model.xp
+    return tuple(xp.asarray(p) for p in state) if isinstance(state, tuple) else xp.asarray(state)
+
+
+def advance(model: SequenceModel, states: list[bytes | None], inputs: list[np.ndarray]):
+    """Run each session's new steps. Returns per session (logits (K_i, C) float32, new state bytes)."""
+    x, lengths = pad_batch(model.config, inputs)
+    state = stack_states([load_state(model, s) for s in states], xp=model.xp)
+    enc = model.encode(x)                                                 # (K, B, I')
+    y, new_state = model.rnn.forward(enc, state, lengths=lengths if len(set(lengths.tolist())) > 1 else None)
+    logits = to_numpy(model.head.forward(y)).astype(np.float32)           # (K, B, C)
+    out = []
+    for b, k in enumerate(lengths.tolist()):
+        s_b = slice_state(new_state, b)
+        out.append((logits[:k, b], state_to_bytes(tuple(to_numpy(p) for p in parts(s_b))
+                                                   if isinstance(s_b, tuple) else to_numpy(s_b))))
+    return out
+
+
+def logits_to_bytes(row: np.ndarray) -> bytes:
+    return np.ascontiguousarray(row, dtype="<f4").tobytes()
+
+
+def logits_from_bytes(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f4").copy()

@@ -1,0 +1,155 @@
+"""Session store: each client's recurrent state between messages.
+
+``SessionStore`` is the interface (the Redis store of the deployment issue implements it too);
+``MemorySessionStore`` is the default for one process. State is held as the engine's versioned
+bytes (``model_core.state``), so every store keeps exactly the same thing.
+
+Expired (idle past the TTL) and evicted (least recently used, past ``max_sessions``) sessions are
+remembered for a while, so using one gives a clear error saying which, never a silently fresh state.
+"""
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+
+from service.errors import ServiceError
+
+
+class SessionNotFound(ServiceError):
+    status, code = 404, "session_not_found"
+
+
+class SessionGone(ServiceError):
+    """Expired or evicted: 410 Gone, with the reason in the code."""
+
+    status = 410
+
+
+class SessionLimit(ServiceError):
+    status, code = 429, "session_limit"
+
+
+@dataclass(frozen=True)
+class Session:
+    """A value: stores hand out copies and take back new versions (compare-and-set on ``revision``)."""
+
+    id: str
+    model: str
+    model_version: str
+    state: bytes | None = None           # model_core.state bytes; None = the model's zero state
+    last_output: bytes | None = None     # the last step's logits (float32 bytes), for completions
+    steps: int = 0
+    revision: int = 0
+    created: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.time)
+    ttl: float = 600.0
+    sequence_id: str | None = None       # set for sessions made by the v2 sequence extension
+
+    @property
+    def expires_at(self) -> float:
+        return self.last_used + self.ttl
+
+    def advanced(self, state: bytes, last_output: bytes | None, steps: int) -> Session:
+        return replace(self, state=state, last_output=last_output, steps=self.steps + steps,
+                       revision=self.revision + 1, last_used=time.time())
+
+    def info(self) -> dict:
+        return {"session_id": self.id, "model": self.model, "model_version": self.model_version,
+                "steps": self.steps, "created": self.created, "last_used": self.last_used,
+                "expires_at": self.expires_at, "ttl_seconds": self.ttl}
+
+
+def new_session_id() -> str:
+    return secrets.token_urlsafe(16)
+
+
+class SessionStore:
+    """Interface. Implementations must make ``put`` a compare-and-set on ``revision``."""
+
+    def create(self, model: str, model_version: str, session_id: str | None = None) -> Session: ...
+    def get(self, session_id: str) -> Session: ...
+    def put(self, session: Session, expected_revision: int) -> Session: ...
+    def delete(self, session_id: str) -> bool: ...
+    def count(self) -> int: ...
+
+
+class ConflictError(ServiceError):
+    status, code = 409, "session_conflict"
+
+
+class MemorySessionStore(SessionStore):
+    def __init__(self, ttl: float = 600.0, max_sessions: int = 100_000, on_event=None):
+        self.ttl, self.max_sessions = ttl, max_sessions
+        self._sessions: OrderedDict[str, Session] = OrderedDict()   # least recently used first
+        self._gone: OrderedDict[str, str] = OrderedDict()           # id -> "expired" | "evicted"
+        self._lock = threading.Lock()
+        self._on_event = on_event or (lambda event: None)
+
+    def _forget(self, sid: str, reason: str) -> None:
+        self._sessions.pop(sid, None)
+        self._gone[sid] = reason
+        while len(self._gone) > max(10 * self.max_sessions, 10_000):
+            self._gone.popitem(last=False)
+        self._on_event(reason)
+
+    def _expire(self, now: float) -> None:
+        while self._sessions:
+            sid, s = next(iter(self._sessions.items()))
+            if s.expires_at > now:
+                break
+            self._forget(sid, "expired")
+
+    def create(self, model: str, model_version: str, session_id: str | None = None) -> Session:
+        with self._lock:
+            self._expire(time.time())
+            sid = session_id or new_session_id()
+            if sid in self._sessions:
+                raise ConflictError(f"session {sid!r} already exists")
+            while len(self._sessions) >= self.max_sessions:
+                self._forget(next(iter(self._sessions)), "evicted")
+            s = Session(id=sid, model=model, model_version=model_version, ttl=self.ttl)
+            self._sessions[sid] = s
+            self._gone.pop(sid, None)
+            self._on_event("created")
+            return s
+
+    def get(self, session_id: str) -> Session:
+        with self._lock:
+            now = time.time()
+            s = self._sessions.get(session_id)
+            if s is not None and s.expires_at <= now:
+                self._forget(session_id, "expired")
+                s = None
+            if s is None:
+                reason = self._gone.get(session_id)
+                if reason == "expired":
+                    raise SessionGone(f"session {session_id!r} expired after {self.ttl:g} s idle; start a new one",
+                                      code="session_expired")
+                if reason == "evicted":
+                    raise SessionGone(f"session {session_id!r} was evicted (more than {self.max_sessions} sessions); "
+                                      "start a new one", code="session_evicted")
+                raise SessionNotFound(f"unknown session {session_id!r}")
+            return s
+
+    def put(self, session: Session, expected_revision: int) -> Session:
+        with self._lock:
+            current = self._sessions.get(session.id)
+            if current is None:
+                raise SessionNotFound(f"session {session.id!r} ended while this step ran")
+            if current.revision != expected_revision:
+                raise ConflictError(f"session {session.id!r} was advanced by another request; retry")
+            self._sessions[session.id] = session
+            self._sessions.move_to_end(session.id)
+            return session
+
+    def delete(self, session_id: str) -> bool:
+        with self._lock:
+            return self._sessions.pop(session_id, None) is not None
+
+    def count(self) -> int:
+        with self._lock:
+            self._expire(time.time())
+            return len(self._sessions)
