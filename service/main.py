@@ -8,7 +8,8 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
-from service.api.routes import health, inference, models, sessions
+from service.api.routes import health, inference, models, sessions, stream
+from service.auth import APIKeyMiddleware
 from service.errors import install_error_handlers
 from service.registry import ModelRegistry
 from service.sessions.manager import SessionManager
@@ -36,7 +37,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"])
     install_error_handlers(app)
-    for router in (models.router, inference.router, sessions.router, health.router):
+    app.add_middleware(APIKeyMiddleware)
+    for router in (models.router, inference.router, sessions.router, stream.router, health.router):
         app.include_router(router)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     return app

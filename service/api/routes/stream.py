@@ -1,0 +1,111 @@
+"""WebSocket streaming: ``/v1/models/{name}/stream``. One connection is one session."""
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from pydantic import ValidationError
+
+from service.api.stream_protocol import CloseMessage, CompleteMessage, InputMessage, ResetMessage, client_message
+from service.auth import websocket_authorised
+from service.errors import ServiceError
+from service.sessions.manager import SessionManager
+
+router = APIRouter(tags=["streaming"])
+MAX_MESSAGE_BYTES = 1_000_000
+
+
+class StreamConnection:
+    """Owns one socket's session id; every message gets exactly one reply, errors included."""
+
+    def __init__(self, ws: WebSocket, sessions: SessionManager, model: str):
+        self.ws, self.sessions, self.model = ws, sessions, model
+        self.session_id: str | None = None
+
+    async def open(self, resume_id: str | None) -> bool:
+        try:
+            if resume_id:
+                s = self.sessions.store.get(resume_id)
+                if s.model != self.model:
+                    raise ServiceError(f"session {resume_id!r} belongs to model {s.model!r}, not {self.model!r}",
+                                       code="session_model_mismatch")
+                resumed = True
+            else:
+                s, resumed = self.sessions.create(self.model), False
+        except ServiceError as exc:
+            await self.ws.send_json({"type": "error", "id": None, "code": exc.code, "message": exc.message})
+            await self.ws.close(code=1008)
+            return False
+        self.session_id = s.id
+        await self.ws.send_json({"type": "session", "session_id": s.id, "model": s.model,
+                                 "model_version": s.model_version, "resumed": resumed, "steps": s.steps})
+        return True
+
+    async def handle(self, raw: str) -> bool:
+        """Process one message; returns False when the client asked to close."""
+        msg_id = None
+        try:
+            if len(raw) > MAX_MESSAGE_BYTES:
+                raise ServiceError(f"message of {len(raw)} bytes is over the limit of {MAX_MESSAGE_BYTES}",
+                                   code="payload_too_large")
+            try:
+                data = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ServiceError(f"message is not JSON: {exc}", code="invalid_request") from None
+            if isinstance(data, dict):
+                msg_id = data.get("id") if isinstance(data.get("id"), str | int) else None
+            try:
+                msg = client_message.validate_python(data)
+            except ValidationError as exc:
+                detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'message'}: {e['msg']}" for e in exc.errors()[:3])
+                raise ServiceError(detail, code="invalid_request") from None
+            if isinstance(msg, InputMessage):
+                session, outputs = await self.sessions.step(self.session_id, msg.payload, msg.top_k)
+                await self.ws.send_json({"type": "output", "id": msg.id, "steps": session.steps, "outputs": outputs})
+            elif isinstance(msg, CompleteMessage):
+                completions = await self.sessions.complete(self.session_id, msg.n, msg.max_length, msg.temperature,
+                                                           msg.top_k, msg.greedy or msg.temperature == 0, msg.stop,
+                                                           msg.seed)
+                await self.ws.send_json({"type": "completion", "id": msg.id, "completions": completions})
+            elif isinstance(msg, ResetMessage):
+                await self.sessions.reset(self.session_id)
+                await self.ws.send_json({"type": "reset", "id": msg.id, "steps": 0})
+            elif isinstance(msg, CloseMessage):
+                self.sessions.end(self.session_id)
+                await self.ws.send_json({"type": "closed", "id": msg.id})
+                return False
+        except ServiceError as exc:
+            await self.ws.send_json({"type": "error", "id": msg_id, "code": exc.code, "message": exc.message})
+        return True
+
+
+@router.websocket("/v1/models/{name}/stream")
+async def stream(ws: WebSocket, name: str, session_id: str | None = None):
+    """Stream steps into a session and read per-step outputs and completions.
+
+    1. Connect to ``/v1/models/{name}/stream`` (add ``?session_id=...`` to resume a session that has
+       not expired). The server sends ``{"type": "session", "session_id", "model", "resumed", "steps"}``.
+    2. Send ``{"type": "input", "text": "..."}`` (or ``"tokens": [...]`` or ``"features": [[...]]``,
+       optional ``"top_k"`` and ``"id"``). Exactly one reply per input: ``{"type": "output", "id",
+       "steps", "outputs": [one per step, in order]}`` (next-token top-k for LMs, running class
+       top-k for classifiers, bits for echo models). Outputs do not depend on how text is chunked.
+    3. Send ``{"type": "complete", "n", "max_length", "temperature", "top_k", "greedy", "stop",
+       "seed"}`` for ``{"type": "completion", "completions": [...]}`` from the current state; the
+       state is not advanced.
+    4. ``{"type": "reset"}`` zeroes the state; ``{"type": "close"}`` ends the session and the socket.
+    5. A bad message gets ``{"type": "error", "id", "code", "message"}`` and the socket stays open.
+       Disconnecting without ``close`` keeps the session until its idle TTL, for resuming.
+    """
+    if not websocket_authorised(ws):
+        await ws.close(code=1008, reason="missing or invalid API key")
+        return
+    await ws.accept()
+    conn = StreamConnection(ws, ws.app.state.sessions, name)
+    try:
+        if not await conn.open(session_id):
+            return
+        while await conn.handle(await ws.receive_text()):
+            pass
+        await ws.close()
+    except WebSocketDisconnect:
+        pass

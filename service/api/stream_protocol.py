@@ -1,0 +1,57 @@
+"""The WebSocket message protocol: typed pydantic messages with a ``type`` field."""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str | int | None = Field(None, description="echoed back in the reply")
+
+
+class InputMessage(_Message):
+    """New steps: exactly one of ``text``, ``tokens`` or ``features``."""
+
+    type: Literal["input"]
+    text: str | None = None
+    tokens: list[int] | None = None
+    features: list[list[float]] | None = None
+    top_k: int = Field(5, ge=1)
+
+    @model_validator(mode="after")
+    def _one_payload(self):
+        given = [k for k in ("text", "tokens", "features") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("an input message needs exactly one of 'text', 'tokens' or 'features'")
+        return self
+
+    @property
+    def payload(self):
+        return self.text if self.text is not None else (self.tokens if self.tokens is not None else self.features)
+
+
+class CompleteMessage(_Message):
+    """Completions from the current state; the state is not advanced."""
+
+    type: Literal["complete"]
+    n: int = Field(1, ge=1)
+    max_length: int = Field(16, ge=1)
+    temperature: float = Field(1.0, ge=0.0)
+    top_k: int | None = Field(None, ge=1)
+    greedy: bool = False
+    stop: list[str] = Field(default_factory=list)
+    seed: int | None = None
+
+
+class ResetMessage(_Message):
+    type: Literal["reset"]
+
+
+class CloseMessage(_Message):
+    type: Literal["close"]
+
+
+ClientMessage = Annotated[InputMessage | CompleteMessage | ResetMessage | CloseMessage, Field(discriminator="type")]
+client_message = TypeAdapter(ClientMessage)
