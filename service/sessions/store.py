@@ -28,10 +28,6 @@ class SessionGone(ServiceError):
     status = 410
 
 
-class SessionLimit(ServiceError):
-    status, code = 429, "session_limit"
-
-
 @dataclass(frozen=True)
 class Session:
     """A value: stores hand out copies and take back new versions (compare-and-set on ``revision``)."""
