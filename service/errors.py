@@ -54,11 +54,15 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
-    async def _service_error(_: Request, exc: ServiceError):
+    async def _service_error(request: Request, exc: ServiceError):
+        if request.url.path.startswith("/v2/"):       # the v2 protocol's own error shape
+            return JSONResponse({"error": exc.message}, status_code=exc.status)
         return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError):
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        if request.url.path.startswith("/v2/"):
+            return JSONResponse({"error": _validation_message(exc)}, status_code=400)
         return JSONResponse(error_body("invalid_request", _validation_message(exc)), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)

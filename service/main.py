@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
-from service.api.routes import health, inference, models, sessions, stream
+from service.api.routes import health, inference, kserve, models, sessions, stream
 from service.auth import APIKeyMiddleware
 from service.errors import install_error_handlers
 from service.registry import ModelRegistry
@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"])
     install_error_handlers(app)
     app.add_middleware(APIKeyMiddleware)
-    for router in (models.router, inference.router, sessions.router, stream.router, health.router):
+    for router in (models.router, inference.router, sessions.router, stream.router, health.router, kserve.router):
         app.include_router(router)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     return app

@@ -68,14 +68,23 @@ class SessionManager:
 
     async def step(self, session_id: str, item, top_k: int = 5) -> tuple[Session, list[dict]]:
         """Feed new steps; returns the updated session and one output per step, in order."""
+        session, logits = await self.step_logits(session_id, item)
+        return session, step_outputs(self.registry.ready(session.model).model, logits, top_k)
+
+    async def step_logits(self, session_id: str, item) -> tuple[Session, np.ndarray]:
+        """Feed new steps (raw input or an encoded array); returns the session and logits (K, C)."""
         async with self.lock(session_id):
             session = self.store.get(session_id)
             entry = self._entry(session)
-            arr = self.encode(session, item)
+            arr = item if isinstance(item, np.ndarray) else self.encode(session, item)
+            if len(arr) > self.settings.max_steps_per_message:
+                raise PayloadTooLarge(f"{len(arr)} steps is over the limit of {self.settings.max_steps_per_message}")
+            if session.steps + len(arr) > self.settings.max_steps_per_session:
+                raise PayloadTooLarge(f"session would pass its limit of {self.settings.max_steps_per_session} steps")
             logits, state = await self.batcher(entry).submit(session.state, arr)
             new = session.advanced(state, logits_to_bytes(logits[-1]), len(arr))
             self.store.put(new, expected_revision=session.revision)      # committed before the reply
-        return new, step_outputs(entry.model, logits, top_k)
+        return new, logits
 
     async def reset(self, session_id: str) -> Session:
         async with self.lock(session_id):

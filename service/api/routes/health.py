@@ -26,7 +26,7 @@ def ready(registry: Registry):
 @router.get("")
 def server_metadata() -> dict:
     from service import __version__
-    return {"name": SERVER_NAME, "version": __version__, "extensions": []}
+    return {"name": SERVER_NAME, "version": __version__, "extensions": ["sequence", "sequence(string_id)"]}
 
 
 @router.get("/models/{name}/ready")

@@ -1,0 +1,100 @@
+"""KServe v2 inference and model metadata, with Triton's sequence extension (see ``service.kserve``)."""
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from model_core.backend import to_numpy
+from service.api.deps import Registry, Sessions
+from service.errors import ServiceError
+from service.kserve import V2Error, build_outputs, model_metadata, parse_inputs, sequence_params
+from service.sessions.store import SessionNotFound
+
+router = APIRouter(prefix="/v2/models", tags=["kserve-v2"])
+
+
+class InferRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = None
+    parameters: dict | None = None
+    inputs: list[dict] = Field(min_length=1)
+    outputs: list[dict] | None = None
+
+
+def _v2(exc: ServiceError) -> V2Error:
+    return exc if isinstance(exc, V2Error) else V2Error(exc.message, status=exc.status)
+
+
+@router.get("/{name}")
+@router.get("/{name}/versions/{version}")
+def metadata(name: str, registry: Registry, version: str | None = None) -> dict:
+    """Tensor names, datatypes and shapes, as the protocol specifies."""
+    try:
+        entry = registry.ready(name)
+    except ServiceError as exc:
+        raise _v2(exc) from None
+    if version not in (None, entry.version):
+        raise V2Error(f"model {name!r} has version {entry.version!r}, not {version!r}", status=404)
+    return model_metadata(entry)
+
+
+@router.post("/{name}/infer")
+@router.post("/{name}/versions/{version}/infer")
+async def infer(name: str, body: InferRequest, registry: Registry, sessions: Sessions, version: str | None = None):
+    try:
+        return await _infer(name, body, registry, sessions, version)
+    except ServiceError as exc:
+        raise _v2(exc) from None
+
+
+async def _infer(name, body, registry, sessions, version):
+    entry = registry.ready(name)
+    if version not in (None, entry.version):
+        raise V2Error(f"model {name!r} has version {entry.version!r}, not {version!r}", status=404)
+    c = entry.config
+    seqs, lengths = parse_inputs(c, body.inputs)
+    seq_id, start, end = sequence_params(body.parameters)
+    out = {"model_name": name, "model_version": entry.version, "outputs": None}
+    if body.id is not None:
+        out["id"] = body.id
+    if seq_id is None:
+        import asyncio
+        logits = await asyncio.get_running_loop().run_in_executor(None, _stateless, entry.model, seqs, lengths)
+    else:
+        if len(seqs) != 1:
+            raise V2Error("a sequence request must have batch size 1")
+        logits = await _sequence_step(sessions, name, seq_id, start, end, seqs[0])
+        out["parameters"] = {"sequence_id": body.parameters["sequence_id"]}
+    out["outputs"] = build_outputs(c, logits, body.outputs)
+    return out
+
+
+def _stateless(model, seqs, lengths):
+    from service.encoding import pad_batch
+    x, lens = pad_batch(model.config, seqs)
+    logits, _ = model.forward(x, lengths=lens)
+    logits = to_numpy(logits)
+    return logits if model.config.task == "classify" else logits.transpose(1, 0, 2)   # (B, T, C)
+
+
+async def _sequence_step(sessions, name, seq_id, start, end, inputs) -> np.ndarray:
+    sid = f"v2:{name}:{seq_id}"
+    if start:
+        try:
+            sessions.end(sid)                       # a new start resets a sequence still held
+        except ServiceError:
+            pass
+        sessions.create(name, session_id=sid)
+    try:
+        session = sessions.store.get(sid)
+    except SessionNotFound:
+        raise V2Error(f"sequence {seq_id!r} is not active on model {name!r}: its first request needs "
+                      "parameters.sequence_start=true") from None
+    if session.model != name:
+        raise V2Error(f"sequence {seq_id!r} belongs to model {session.model!r}")
+    _, logits = await sessions.step_logits(sid, inputs)
+    if end:
+        sessions.store.delete(sid)
+    model = sessions.registry.ready(name).model
+    return logits[-1:] if model.config.task == "classify" else logits[None]              # (1, C) or (1, T, C)
