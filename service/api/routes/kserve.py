@@ -1,12 +1,15 @@
 """KServe v2 inference and model metadata, with Triton's sequence extension (see ``service.kserve``)."""
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from model_core.backend import to_numpy
 from service.api.deps import Registry, Sessions
+from service.encoding import pad_batch
 from service.errors import ServiceError
 from service.kserve import V2Error, build_outputs, model_metadata, parse_inputs, sequence_params
 from service.sessions.store import SessionNotFound
@@ -59,7 +62,6 @@ async def _infer(name, body, registry, sessions, version):
     if body.id is not None:
         out["id"] = body.id
     if seq_id is None:
-        import asyncio
         logits = await asyncio.get_running_loop().run_in_executor(None, _stateless, entry.model, seqs, lengths)
     else:
         if len(seqs) != 1:
@@ -71,7 +73,6 @@ async def _infer(name, body, registry, sessions, version):
 
 
 def _stateless(model, seqs, lengths):
-    from service.encoding import pad_batch
     x, lens = pad_batch(model.config, seqs)
     logits, _ = model.forward(x, lengths=lens)
     logits = to_numpy(logits)
