@@ -11,6 +11,7 @@ from service import __version__
 from service.api.routes import health, inference, kserve, models, sessions, stream
 from service.auth import APIKeyMiddleware
 from service.errors import install_error_handlers
+from service.metrics import Metrics, MetricsMiddleware
 from service.registry import ModelRegistry
 from service.sessions.manager import SessionManager
 from service.sessions.store import MemorySessionStore
@@ -22,11 +23,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        metrics = app.state.metrics
         registry = ModelRegistry(settings.model_dir, settings.device)
         registry.load_all()                       # before yield: no request sees a half-loaded repository
+        for e in registry.entries():
+            metrics.model_loaded.labels(e.name, e.version).set(1 if e.status == "ready" else 0)
         app.state.registry = registry
-        store = MemorySessionStore(ttl=settings.session_ttl_seconds, max_sessions=settings.max_sessions)
-        app.state.sessions = SessionManager(registry, store, settings)
+        store = MemorySessionStore(ttl=settings.session_ttl_seconds, max_sessions=settings.max_sessions,
+                                   on_event=metrics.on_session_event)
+        metrics.active_sessions.set_function(store.count)
+        app.state.sessions = SessionManager(registry, store, settings, on_batch=metrics.on_batch,
+                                            on_steps=metrics.steps.inc)
         yield
         await app.state.sessions.close()
 
@@ -34,10 +41,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Recurrent sequence models (RNN, LSTM, GRU): classification, per-step outputs, "
                               "autocomplete, sessions and streaming.")
     app.state.settings = settings
+    app.state.metrics = Metrics()
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"])
     install_error_handlers(app)
     app.add_middleware(APIKeyMiddleware)
+    app.add_middleware(MetricsMiddleware)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics_endpoint():
+        return app.state.metrics.render()
+
     for router in (models.router, inference.router, sessions.router, stream.router, health.router, kserve.router):
         app.include_router(router)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")

@@ -26,8 +26,10 @@ from service.settings import Settings
 
 
 class SessionManager:
-    def __init__(self, registry: ModelRegistry, store: SessionStore, settings: Settings, on_batch=None):
+    def __init__(self, registry: ModelRegistry, store: SessionStore, settings: Settings, on_batch=None,
+                 on_steps=None):
         self.registry, self.store, self.settings = registry, store, settings
+        self._on_steps = on_steps or (lambda n: None)
         self._batchers: dict[str, DynamicBatcher] = {}
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._on_batch = on_batch
@@ -84,6 +86,7 @@ class SessionManager:
             logits, state = await self.batcher(entry).submit(session.state, arr)
             new = session.advanced(state, logits_to_bytes(logits[-1]), len(arr))
             self.store.put(new, expected_revision=session.revision)      # committed before the reply
+        self._on_steps(len(arr))
         return new, logits
 
     async def reset(self, session_id: str) -> Session:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
@@ -21,6 +22,7 @@ class StreamConnection:
     def __init__(self, ws: WebSocket, sessions: SessionManager, model: str):
         self.ws, self.sessions, self.model = ws, sessions, model
         self.session_id: str | None = None
+        self._kind = "invalid"
 
     async def open(self, resume_id: str | None) -> bool:
         try:
@@ -43,7 +45,21 @@ class StreamConnection:
 
     async def handle(self, raw: str) -> bool:
         """Process one message; returns False when the client asked to close."""
-        msg_id = None
+        start, outcome = time.perf_counter(), "error"
+        try:
+            keep_open = await self._handle(raw)
+            outcome = "ok"
+            return keep_open
+        except ServiceError as exc:
+            await self.ws.send_json({"type": "error", "id": exc.msg_id, "code": exc.code, "message": exc.message})
+            return True
+        finally:
+            metrics = self.ws.app.state.metrics
+            metrics.ws_messages.labels(self._kind, outcome).inc()
+            metrics.ws_latency.labels(self._kind).observe(time.perf_counter() - start)
+
+    async def _handle(self, raw: str) -> bool:
+        msg_id, self._kind = None, "invalid"
         try:
             if len(raw) > MAX_MESSAGE_BYTES:
                 raise ServiceError(f"message of {len(raw)} bytes is over the limit of {MAX_MESSAGE_BYTES}",
@@ -59,6 +75,7 @@ class StreamConnection:
             except ValidationError as exc:
                 detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'message'}: {e['msg']}" for e in exc.errors()[:3])
                 raise ServiceError(detail, code="invalid_request") from None
+            self._kind = msg.type
             if isinstance(msg, InputMessage):
                 session, outputs = await self.sessions.step(self.session_id, msg.payload, msg.top_k)
                 await self.ws.send_json({"type": "output", "id": msg.id, "steps": session.steps, "outputs": outputs})
@@ -75,7 +92,8 @@ class StreamConnection:
                 await self.ws.send_json({"type": "closed", "id": msg.id})
                 return False
         except ServiceError as exc:
-            await self.ws.send_json({"type": "error", "id": msg_id, "code": exc.code, "message": exc.message})
+            exc.msg_id = msg_id
+            raise
         return True
 
 
