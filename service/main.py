@@ -8,9 +8,10 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
-from service.api.routes import health, inference, kserve, models, sessions, stream
+from service.api.routes import admin, health, inference, kserve, models, sessions, stream
 from service.auth import APIKeyMiddleware
 from service.errors import install_error_handlers
+from service.limits import BodySizeLimit
 from service.metrics import Metrics, MetricsMiddleware
 from service.registry import ModelRegistry
 from service.sessions.manager import SessionManager
@@ -47,12 +48,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(APIKeyMiddleware)
     app.add_middleware(MetricsMiddleware)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics_endpoint():
         return app.state.metrics.render()
 
-    for router in (models.router, inference.router, sessions.router, stream.router, health.router, kserve.router):
+    for router in (models.router, inference.router, sessions.router, stream.router, health.router, kserve.router, admin.router):
         app.include_router(router)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     return app

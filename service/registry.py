@@ -63,9 +63,16 @@ def _version_of(path: Path) -> str:
 
 
 class ModelRegistry:
-    def __init__(self, model_dir: Path, device: str = "cpu"):
-        self.model_dir, self.device = Path(model_dir), device
+    """Current entry per model, plus the versions that live sessions may still be using.
+
+    Reloading loads the file again; a changed file becomes a new current version while the
+    previous ones stay for the sessions that started on them (up to ``keep_versions`` each).
+    """
+
+    def __init__(self, model_dir: Path, device: str = "cpu", keep_versions: int = 3):
+        self.model_dir, self.device, self.keep_versions = Path(model_dir), device, keep_versions
         self._models: dict[str, ModelEntry] = {}
+        self._versions: dict[str, dict[str, ModelEntry]] = {}
         self._lock = threading.Lock()
 
     def load_all(self) -> None:
@@ -87,7 +94,33 @@ class ModelRegistry:
             entry.status, entry.error = "failed", str(exc)
             log.error("model %s failed to load: %s", name, exc)
         with self._lock:
+            current = self._models.get(name)
+            if entry.status != "ready" and current is not None and current.status == "ready":
+                return entry                                   # a bad new file never replaces a good model
             self._models[name] = entry
+            if entry.status == "ready":
+                versions = self._versions.setdefault(name, {})
+                versions.pop(entry.version, None)
+                versions[entry.version] = entry
+                while len(versions) > self.keep_versions:
+                    versions.pop(next(iter(versions)))
+        return entry
+
+    def reload(self, name: str | None = None) -> list[ModelEntry]:
+        """Reload one model, or rescan the repository (new models appear; current ones reload)."""
+        if name is not None:
+            self.get(name)
+            return [self.load(name)]
+        if not self.model_dir.is_dir():
+            return []
+        return [self.load(p.name) for p in sorted(self.model_dir.iterdir()) if (p / CHECKPOINT).is_file()]
+
+    def version(self, name: str, version: str) -> ModelEntry:
+        """The entry a session started on, while it is kept."""
+        entry = self._versions.get(name, {}).get(version)
+        if entry is None:
+            raise Unavailable(f"model {name!r} version {version!r} is no longer loaded; start a new session",
+                              status=409, code="model_version_retired")
         return entry
 
     def names(self) -> list[str]:

@@ -35,7 +35,9 @@ class SessionManager:
         self._on_batch = on_batch
 
     def _entry(self, session: Session) -> ModelEntry:
-        return self.registry.ready(session.model)
+        """The model version the session started on: a reload never changes a live session's model."""
+        self.registry.get(session.model)
+        return self.registry.version(session.model, session.model_version)
 
     def batcher(self, entry: ModelEntry) -> DynamicBatcher:
         key = f"{entry.name}@{entry.version}"
@@ -71,7 +73,7 @@ class SessionManager:
     async def step(self, session_id: str, item, top_k: int = 5) -> tuple[Session, list[dict]]:
         """Feed new steps; returns the updated session and one output per step, in order."""
         session, logits = await self.step_logits(session_id, item)
-        return session, step_outputs(self.registry.ready(session.model).model, logits, top_k)
+        return session, step_outputs(self._entry(session).model, logits, top_k)
 
     async def step_logits(self, session_id: str, item) -> tuple[Session, np.ndarray]:
         """Feed new steps (raw input or an encoded array); returns the session and logits (K, C)."""

@@ -97,5 +97,5 @@ async def _sequence_step(sessions, name, seq_id, start, end, inputs) -> np.ndarr
     _, logits = await sessions.step_logits(sid, inputs)
     if end:
         sessions.store.delete(sid)
-    model = sessions.registry.ready(name).model
+    model = sessions.registry.version(name, session.model_version).model
     return logits[-1:] if model.config.task == "classify" else logits[None]              # (1, C) or (1, T, C)

@@ -1,0 +1,48 @@
+"""Request body size limit, enforced while the body streams in (with or without Content-Length).
+
+The body is read here up to the limit (so memory per request is bounded by it) and replayed to
+the app; past the limit the request gets a 413 in the service's error shape.
+"""
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import error_body
+
+
+class BodySizeLimit:
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._reject(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                return await self._reject(scope, receive, send)
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()                     # later: disconnect notifications
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, scope, receive, send):
+        body = error_body("payload_too_large", f"request body is over the limit of {self.max_bytes} bytes")
+        await JSONResponse(body, status_code=413)(scope, receive, send)
