@@ -4,7 +4,10 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
+from pathlib import Path
+
 from fastapi import FastAPI
+from fastapi.responses import FileResponse
 from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
@@ -49,6 +52,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(APIKeyMiddleware)
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+
+    @app.get("/", include_in_schema=False)
+    def demo_page():
+        """The demo: autocomplete over the WebSocket and a classification panel (no build step, no CDN)."""
+        return FileResponse(Path(__file__).parent / "static" / "index.html")
 
     @app.get("/metrics", include_in_schema=False)
     def metrics_endpoint():
