@@ -1,0 +1,223 @@
+"""Load test against a real uvicorn (``python -m service``) on this machine.
+
+    python scripts/loadtest.py                      # every scenario, default sizes
+    python scripts/loadtest.py --scenario stream --sessions 10,100,1000
+    python scripts/loadtest.py --scenario throughput --duration 10
+    python scripts/loadtest.py --scenario classify --clients 64
+    python scripts/loadtest.py --scenario memory --idle-sessions 100000
+
+Scenarios:
+* stream: N WebSocket sessions type into the char-LM, one keystroke per message every
+  ``--interval`` seconds each (start times staggered); per-keystroke round-trip p50/p99.
+* throughput: sessions send single-keystroke messages back to back (closed loop); aggregate
+  steps/s with the batcher on, then with batching off (a second server), and the ratio.
+* classify: ``--clients`` concurrent HTTP clients post temporal-order sequences; req/s and p99.
+* memory: ``--idle-sessions`` char-LM sessions each fed one step, then the server's RSS.
+
+The load generator shares the machine with the server, so numbers are a floor for what the
+server can do on its own; each run prints its settings and the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import websockets
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import free_port, start_server  # noqa: E402
+
+TEXT = ("Now is the winter of our discontent made glorious summer by this sun of York; and all the clouds "
+        "that lour'd upon our house in the deep bosom of the ocean buried.")
+
+
+def pct(xs, q):
+    return float(np.percentile(np.asarray(xs) * 1000, q)) if xs else float("nan")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Server:
+    def __init__(self, **env):
+        self.port = free_port()
+        self.env = {f"RNN_SERVE_{k.upper()}": str(v) for k, v in env.items()}
+
+    def __enter__(self):
+        self.proc = start_server(self.port, self.env)
+        self.host = f"127.0.0.1:{self.port}"
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(timeout=15)
+
+
+# -- scenarios ------------------------------------------------------------------------------
+async def typist(url, keystrokes, interval, delay, rtts, errors):
+    await asyncio.sleep(delay)
+    try:
+        async with websockets.connect(url, max_size=2**22, open_timeout=60) as ws:
+            json.loads(await ws.recv())
+            next_at = time.perf_counter()
+            for i in range(keystrokes):
+                t0 = time.perf_counter()
+                await ws.send(json.dumps({"type": "input", "text": TEXT[i % len(TEXT)], "top_k": 3}))
+                reply = json.loads(await ws.recv())
+                if reply["type"] != "output":
+                    errors.append(reply)
+                rtts.append(time.perf_counter() - t0)
+                next_at += interval
+                await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+    except Exception as exc:  # report, don't hide
+        errors.append(repr(exc))
+
+
+def run_stream(n_list, keystrokes, interval):
+    rows = []
+    with Server(max_batch_size=256) as srv:
+        url = f"ws://{srv.host}/v1/models/charlm/stream"
+        for n in n_list:
+            rtts, errors = [], []
+
+            async def main():
+                await asyncio.gather(*(typist(url, keystrokes, interval, interval * i / n, rtts, errors) for i in range(n)))
+            t0 = time.perf_counter()
+            asyncio.run(main())
+            wall = time.perf_counter() - t0
+            rows.append([n, len(rtts), f"{len(rtts) / wall:.0f}", f"{pct(rtts, 50):.1f}", f"{pct(rtts, 99):.1f}",
+                         f"{pct(rtts, 100):.1f}", len(errors)])
+    print_table(f"Streaming: WebSocket sessions typing into charlm, one keystroke per message every {interval * 1000:.0f} ms",
+                ["sessions", "keystrokes", "msg/s", "p50 ms", "p99 ms", "max ms", "errors"], rows)
+    return rows
+
+
+async def closed_loop(url, duration, counter, chars):
+    async with websockets.connect(url, max_size=2**22, open_timeout=60) as ws:
+        json.loads(await ws.recv())
+        end, i = time.perf_counter() + duration, 0
+        while time.perf_counter() < end:
+            await ws.send(json.dumps({"type": "input", "text": TEXT[i:i + chars] or "a", "top_k": 1}))
+            reply = json.loads(await ws.recv())
+            counter[0] += len(reply.get("outputs", ()))
+            i = (i + chars) % (len(TEXT) - chars)
+
+
+def run_throughput(sessions, duration, chars):
+    rows, rates = [], {}
+    for batching in (True, False):
+        with Server(batching=batching, max_batch_size=256) as srv:
+            counter = [0]
+
+            async def main():
+                await asyncio.gather(*(closed_loop(f"ws://{srv.host}/v1/models/charlm/stream", duration, counter, chars)
+                                       for _ in range(sessions)))
+            t0 = time.perf_counter()
+            asyncio.run(main())
+            rates[batching] = counter[0] / (time.perf_counter() - t0)
+            rows.append(["on" if batching else "off", sessions, chars, f"{rates[batching]:.0f}"])
+    print_table(f"Throughput: {sessions} sessions sending back to back for {duration:g} s",
+                ["batching", "sessions", "steps/msg", "steps/s"], rows)
+    print(f"batching on / off: {rates[True] / rates[False]:.1f}x")
+    return rates
+
+
+def run_classify(clients, duration):
+    seq = "B" + "ab" * 6 + "X" + "cd" * 20 + "Y" + "ba" * 22 + "E"
+    lat, errors = [], [0]
+    with Server() as srv:
+        async def client(http):
+            end = time.perf_counter() + duration
+            while time.perf_counter() < end:
+                t0 = time.perf_counter()
+                r = await http.post(f"http://{srv.host}/v1/models/temporal-order/classify", json={"inputs": [seq]})
+                lat.append(time.perf_counter() - t0)
+                errors[0] += r.status_code != 200
+
+        async def main():
+            limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+            async with httpx.AsyncClient(limits=limits, timeout=30) as http:
+                await asyncio.gather(*(client(http) for _ in range(clients)))
+        t0 = time.perf_counter()
+        asyncio.run(main())
+        wall = time.perf_counter() - t0
+    rows = [[clients, len(lat), f"{len(lat) / wall:.0f}", f"{pct(lat, 50):.1f}", f"{pct(lat, 99):.1f}", errors[0]]]
+    print_table("HTTP classify (temporal-order, one 100-step sequence per request)",
+                ["clients", "requests", "req/s", "p50 ms", "p99 ms", "errors"], rows)
+    return rows
+
+
+def run_memory(n, concurrency=64):
+    with Server(max_sessions=n + 10) as srv:
+        base = rss_mb(srv.proc.pid)
+
+        async def worker(http, k):
+            for _ in range(k):
+                sid = (await http.post(f"http://{srv.host}/v1/sessions", json={"model": "charlm"})).json()["session_id"]
+                await http.post(f"http://{srv.host}/v1/sessions/{sid}/step", json={"input": "a", "top_k": 1})
+
+        async def main():
+            async with httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency), timeout=60) as http:
+                await asyncio.gather(*(worker(http, n // concurrency + (i < n % concurrency)) for i in range(concurrency)))
+        t0 = time.perf_counter()
+        asyncio.run(main())
+        created = time.perf_counter() - t0
+        count = httpx.get(f"http://{srv.host}/metrics").text
+        active = next(float(l.split()[1]) for l in count.splitlines() if l.startswith("rnn_sessions_active "))
+        rss = rss_mb(srv.proc.pid)
+    rows = [[n, int(active), f"{base:.0f}", f"{rss:.0f}", f"{(rss - base) * 1024 / max(n, 1):.2f}", f"{created:.0f}"]]
+    print_table("Memory: idle char-LM sessions (each fed one step, so each holds a state)",
+                ["sessions", "active", "RSS before MB", "RSS after MB", "KB/session", "setup s"], rows)
+    return rows
+
+
+def print_table(title, header, rows):
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(header)]
+    print(f"\n{title}")
+    print("  ".join(str(h).rjust(w) for h, w in zip(header, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(str(c).rjust(w) for c, w in zip(r, widths)))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scenario", choices=["all", "stream", "throughput", "classify", "memory"], default="all")
+    p.add_argument("--sessions", default="10,100,1000", help="stream: session counts")
+    p.add_argument("--keystrokes", type=int, default=20, help="stream: keystrokes per session")
+    p.add_argument("--interval", type=float, default=0.2, help="stream: seconds between a session's keystrokes")
+    p.add_argument("--throughput-sessions", type=int, default=256)
+    p.add_argument("--chars", type=int, default=1, help="throughput: keystrokes per message")
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--clients", type=int, default=64)
+    p.add_argument("--idle-sessions", type=int, default=100_000)
+    args = p.parse_args(argv)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}; "
+          "load generator and server share the machine")
+    if args.scenario in ("all", "stream"):
+        run_stream([int(s) for s in args.sessions.split(",")], args.keystrokes, args.interval)
+    if args.scenario in ("all", "throughput"):
+        run_throughput(args.throughput_sessions, args.duration, args.chars)
+    if args.scenario in ("all", "classify"):
+        run_classify(args.clients, args.duration)
+    if args.scenario in ("all", "memory"):
+        run_memory(args.idle_sessions)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
