@@ -8,7 +8,7 @@ import hmac
 
 from fastapi import Request, WebSocket
 from fastapi.responses import JSONResponse
-from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import error_body
 
@@ -34,11 +34,18 @@ def websocket_authorised(ws: WebSocket) -> bool:
     return _key_ok(_presented(ws), ws.app.state.settings.api_keys)
 
 
-class APIKeyMiddleware(BaseHTTPMiddleware):
-    async def dispatch(self, request: Request, call_next):
-        keys = request.app.state.settings.api_keys
-        if keys and request.url.path not in OPEN_PATHS and request.url.path != "/" \
-                and not _key_ok(_presented(request), keys):
-            return JSONResponse(error_body("unauthorized", "missing or invalid API key: send it in the X-API-Key header"),
-                                status_code=401)
-        return await call_next(request)
+class APIKeyMiddleware:
+    """HTTP requests need a key (WebSockets are checked in their endpoint); plain ASGI, no extra task."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            keys = scope["app"].state.settings.api_keys
+            path = scope["path"]
+            if keys and path not in OPEN_PATHS and path != "/" and not _key_ok(_presented(Request(scope)), keys):
+                response = JSONResponse(error_body("unauthorized", "missing or invalid API key: send it in the "
+                                                   "X-API-Key header"), status_code=401)
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)

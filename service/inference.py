@@ -37,12 +37,40 @@ def encode_inputs(model: SequenceModel, inputs: list, max_len: int) -> list[np.n
     return [encode_sequence(model.config, item, max_len, where=f"inputs[{i}]") for i, item in enumerate(inputs)]
 
 
-def classify(model: SequenceModel, seqs: list[np.ndarray], top_k: int | None) -> list[dict]:
-    if model.config.task != "classify":
-        raise InvalidInput(f"this is a {model.config.task} model; classify needs a classifier (use /predict)")
+def check_task(model: SequenceModel, endpoint: str) -> None:
+    task = model.config.task
+    if endpoint == "classify" and task != "classify":
+        raise InvalidInput(f"this is a {task} model; classify needs a classifier (use /predict)")
+    if endpoint == "predict" and task == "classify":
+        raise InvalidInput("this is a classifier; per-step outputs come from seq2seq and lm models (use /classify)")
+
+
+def run_classify(model: SequenceModel, requests: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Class probabilities for several requests' sequences in one padded forward: [(B_i, C), ...]."""
+    seqs = [s for r in requests for s in r]
     x, lengths = pad_batch(model.config, seqs)
     logits, _ = model.forward(x, lengths=lengths)
-    probs = softmax(to_numpy(logits).astype(np.float64))                    # (B, C)
+    probs = softmax(to_numpy(logits).astype(np.float64))                    # (sum B_i, C)
+    return np.split(probs, np.cumsum([len(r) for r in requests])[:-1])
+
+
+def run_predict(model: SequenceModel, requests: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+    """Per-step logits for several requests' sequences in one padded forward: [[(K, C), ...], ...]."""
+    seqs = [s for r in requests for s in r]
+    x, lengths = pad_batch(model.config, seqs)
+    logits, _ = model.forward(x, lengths=lengths)
+    logits = to_numpy(logits)                                                # (T, sum B_i, C)
+    flat = [logits[: lengths[b], b] for b in range(len(seqs))]
+    bounds = np.cumsum([0] + [len(r) for r in requests])
+    return [flat[bounds[i]:bounds[i + 1]] for i in range(len(requests))]
+
+
+def classify(model: SequenceModel, seqs: list[np.ndarray], top_k: int | None) -> list[dict]:
+    check_task(model, "classify")
+    return format_classification(model, run_classify(model, [seqs])[0], top_k)
+
+
+def format_classification(model: SequenceModel, probs: np.ndarray, top_k: int | None) -> list[dict]:
     labels = _labels(model)
     out = []
     for p in probs:
@@ -69,12 +97,8 @@ def step_outputs(model: SequenceModel, logits: np.ndarray, top_k: int) -> list[d
 
 
 def predict(model: SequenceModel, seqs: list[np.ndarray], top_k: int) -> list[list[dict]]:
-    if model.config.task == "classify":
-        raise InvalidInput("this is a classifier; per-step outputs come from seq2seq and lm models (use /classify)")
-    x, lengths = pad_batch(model.config, seqs)
-    logits, _ = model.forward(x, lengths=lengths)
-    logits = to_numpy(logits)                                                # (T, B, C)
-    return [step_outputs(model, logits[: lengths[b], b], top_k) for b in range(len(seqs))]
+    check_task(model, "predict")
+    return [step_outputs(model, lg, top_k) for lg in run_predict(model, [seqs])[0]]
 
 
 def complete(model: SequenceModel, prompt: str, n: int, max_length: int, temperature: float, top_k: int | None,

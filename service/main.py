@@ -19,6 +19,7 @@ from service.metrics import Metrics, MetricsMiddleware
 from service.registry import ModelRegistry
 from service.sessions.manager import SessionManager
 from service.sessions.store import MemorySessionStore
+from service.stateless import StatelessBatchers
 from service.settings import Settings, get_settings
 
 
@@ -38,8 +39,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.active_sessions.set_function(store.count)
         app.state.sessions = SessionManager(registry, store, settings, on_batch=metrics.on_batch,
                                             on_steps=metrics.steps.inc)
+        app.state.stateless = StatelessBatchers(settings, on_batch=metrics.on_batch)
         yield
         await app.state.sessions.close()
+        await app.state.stateless.close()
 
     app = FastAPI(title="rnn-serve", version=__version__, lifespan=lifespan,
                   description="Recurrent sequence models (RNN, LSTM, GRU): classification, per-step outputs, "

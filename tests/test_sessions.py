@@ -199,8 +199,8 @@ def test_batcher_preserves_order_within_a_session():
     model = registry.get("charlm").model
 
     async def main():
-        batcher = DynamicBatcher(model, max_batch=8, max_delay=0.005)
-        futures = [asyncio.ensure_future(batcher.submit(None, np.array([i % 5]))) for i in range(20)]
+        batcher = DynamicBatcher.for_sessions(model, max_batch=8, max_delay=0.005)
+        futures = [asyncio.ensure_future(batcher.submit((None, np.array([i % 5])))) for i in range(20)]
         results = await asyncio.gather(*futures)
         await batcher.close()
         return results

@@ -1,10 +1,10 @@
-"""Dynamic batching across sessions.
+"""Dynamic batching: concurrent requests wait at most ``max_delay`` seconds, then run together.
 
-Pending steps from many sessions wait at most ``max_delay`` seconds, then run as one batched
-``advance`` of at most ``max_batch`` sessions, in a worker thread so the event loop never blocks
-on math. Callers serialise their own session (one request in flight per session), so a batch never
-holds two requests of one session and order within a session is preserved. Requests are served
-first come, first served.
+``run(items) -> results`` does the math for a whole batch (at most ``max_batch`` items) in a worker
+thread, so the event loop never blocks on it. For sessions, an item is (state, new steps) and
+``run`` is one padded ``advance``; callers serialise their own session (one request in flight per
+session), so a batch never holds two requests of one session and order within a session is kept.
+Requests are served first come, first served.
 """
 from __future__ import annotations
 
@@ -13,43 +13,43 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from service.sessions.stepper import advance
 
 
 @dataclass
 class _Pending:
-    state: bytes | None
-    inputs: np.ndarray
+    item: object
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
 
 
 class DynamicBatcher:
-    def __init__(self, model, max_batch: int = 64, max_delay: float = 0.002, enabled: bool = True,
-                 on_batch=None):
-        self.model, self.max_batch, self.max_delay, self.enabled = model, max_batch, max_delay, enabled
+    def __init__(self, run, max_batch: int = 64, max_delay: float = 0.002, enabled: bool = True, on_batch=None):
+        self.run, self.max_batch, self.max_delay, self.enabled = run, max_batch, max_delay, enabled
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batcher")
         self._on_batch = on_batch or (lambda size, delay: None)
 
-    async def submit(self, state: bytes | None, inputs: np.ndarray):
-        """Advance one session by ``inputs``; returns (logits (K, C), new state bytes)."""
+    @classmethod
+    def for_sessions(cls, model, **kwargs) -> DynamicBatcher:
+        """Items are (state bytes, new steps); results are (logits (K, C), new state bytes)."""
+        return cls(lambda items: advance(model, [s for s, _ in items], [x for _, x in items]), **kwargs)
+
+    async def submit(self, item):
         loop = asyncio.get_running_loop()
         if not self.enabled:
-            (result,) = await loop.run_in_executor(self._executor, advance, self.model, [state], [inputs])
+            (result,) = await loop.run_in_executor(self._executor, self.run, [item])
             self._on_batch(1, 0.0)
             return result
         if self._task is None:
             self._queue = asyncio.Queue()
-            self._task = asyncio.create_task(self._run())
-        item = _Pending(state, inputs, loop.create_future())
-        await self._queue.put(item)
-        return await item.future
+            self._task = asyncio.create_task(self._loop())
+        pending = _Pending(item, loop.create_future())
+        await self._queue.put(pending)
+        return await pending.future
 
-    async def _run(self) -> None:
+    async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             first = await self._queue.get()
@@ -67,8 +67,7 @@ class DynamicBatcher:
                     break
             started = time.perf_counter()
             try:
-                results = await loop.run_in_executor(self._executor, advance, self.model,
-                                                     [p.state for p in batch], [p.inputs for p in batch])
+                results = await loop.run_in_executor(self._executor, self.run, [p.item for p in batch])
             except Exception as exc:  # a bad batch fails its own requests, never the batcher
                 for p in batch:
                     if not p.future.done():

@@ -43,7 +43,7 @@ class SessionManager:
         key = f"{entry.name}@{entry.version}"
         b = self._batchers.get(key)
         if b is None:
-            b = self._batchers[key] = DynamicBatcher(
+            b = self._batchers[key] = DynamicBatcher.for_sessions(
                 entry.model, max_batch=self.settings.max_batch_size, max_delay=self.settings.max_queue_delay_ms / 1000,
                 enabled=self.settings.batching, on_batch=self._on_batch)
         return b
@@ -85,7 +85,7 @@ class SessionManager:
                 raise PayloadTooLarge(f"{len(arr)} steps is over the limit of {self.settings.max_steps_per_message}")
             if session.steps + len(arr) > self.settings.max_steps_per_session:
                 raise PayloadTooLarge(f"session would pass its limit of {self.settings.max_steps_per_session} steps")
-            logits, state = await self.batcher(entry).submit(session.state, arr)
+            logits, state = await self.batcher(entry).submit((session.state, arr))
             new = session.advanced(state, logits_to_bytes(logits[-1]), len(arr))
             self.store.put(new, expected_revision=session.revision)      # committed before the reply
         self._on_steps(len(arr))

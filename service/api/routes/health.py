@@ -11,25 +11,25 @@ SERVER_NAME = "rnn-serve"
 
 
 @router.get("/health/live")
-def live() -> dict:
+async def live() -> dict:
     """The process is up."""
     return {"live": True}
 
 
 @router.get("/health/ready")
-def ready(registry: Registry):
+async def ready(registry: Registry):
     """Ready when every model in the repository has loaded (503 otherwise)."""
     ok = registry.all_ready
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
 @router.get("")
-def server_metadata() -> dict:
+async def server_metadata() -> dict:
     from service import __version__
     return {"name": SERVER_NAME, "version": __version__, "extensions": ["sequence", "sequence(string_id)"]}
 
 
 @router.get("/models/{name}/ready")
-def model_ready(name: str, registry: Registry):
+async def model_ready(name: str, registry: Registry):
     ok = registry.get(name).status == "ready"
     return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)

@@ -31,7 +31,7 @@ def _v2(exc: ServiceError) -> V2Error:
 
 @router.get("/{name}")
 @router.get("/{name}/versions/{version}")
-def metadata(name: str, registry: Registry, version: str | None = None) -> dict:
+async def metadata(name: str, registry: Registry, version: str | None = None) -> dict:
     """Tensor names, datatypes and shapes, as the protocol specifies."""
     try:
         entry = registry.ready(name)

@@ -9,13 +9,13 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 @router.get("")
-def list_models(registry: Registry) -> dict:
+async def list_models(registry: Registry) -> dict:
     """Every model in the repository with its status and version."""
     return {"models": [{"name": e.name, "version": e.version, "status": e.status,
                         **({"task": e.config.task} if e.model else {})} for e in registry.entries()]}
 
 
 @router.get("/{name}")
-def model_metadata(name: str, registry: Registry) -> dict:
+async def model_metadata(name: str, registry: Registry) -> dict:
     """Task, input spec, labels, vocabulary, cell, sizes, device and version of one model."""
     return registry.get(name).metadata()

@@ -36,7 +36,7 @@ class SessionComplete(BaseModel):
 
 
 @router.post("", status_code=201)
-def create_session(body: CreateSession, sessions: Sessions) -> dict:
+async def create_session(body: CreateSession, sessions: Sessions) -> dict:
     """Start a session; its recurrent state starts at zero."""
     return sessions.create(body.model).info()
 
@@ -63,19 +63,19 @@ async def reset(session_id: str, sessions: Sessions) -> dict:
 
 
 @router.get("/{session_id}")
-def info(session_id: str, sessions: Sessions) -> dict:
+async def info(session_id: str, sessions: Sessions) -> dict:
     """Model, steps consumed, created and last-used times, expiry."""
     return sessions.store.get(session_id).info()
 
 
 @router.delete("/{session_id}", status_code=204)
-def end(session_id: str, sessions: Sessions) -> Response:
+async def end(session_id: str, sessions: Sessions) -> Response:
     sessions.end(session_id)
     return Response(status_code=204)
 
 
 @router.get("/{session_id}/state", responses={200: {"content": {"application/octet-stream": {}}}})
-def export_state(session_id: str, sessions: Sessions) -> Response:
+async def export_state(session_id: str, sessions: Sessions) -> Response:
     """The recurrent state as versioned, checksummed bytes (see the README's state format)."""
     return Response(sessions.export_state(session_id), media_type="application/octet-stream",
                     headers={"X-State-Format-Version": str(STATE_VERSION)})
