@@ -19,9 +19,10 @@ class PredictRequest(BaseModel):
     top_k: int = Field(5, ge=1, description="for softmax outputs: the k most likely tokens at each step")
 
 
-class CompleteRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"prompt": "ROMEO:", "n": 2, "max_length": 40}]})
-    prompt: str = Field(min_length=1)
+class CompletionOptions(BaseModel):
+    """Sampling options shared by every completion endpoint and the WebSocket ``complete`` message."""
+
+    model_config = ConfigDict(extra="forbid")
     n: int = Field(1, ge=1, description="number of completions")
     max_length: int = Field(32, ge=1, description="characters to generate at most")
     temperature: float = Field(1.0, ge=0.0, description="0 means greedy")
@@ -29,6 +30,11 @@ class CompleteRequest(BaseModel):
     greedy: bool = False
     stop: list[str] = Field(default_factory=list, description="tokens that end a completion (included)")
     seed: int | None = Field(None, description="for reproducible sampling")
+
+
+class CompleteRequest(CompletionOptions):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"prompt": "ROMEO:", "n": 2, "max_length": 40}]})
+    prompt: str = Field(min_length=1)
 
 
 class Classification(BaseModel):

@@ -5,6 +5,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
+from service.api.schemas import CompletionOptions
+
 
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -32,17 +34,10 @@ class InputMessage(_Message):
         return self.text if self.text is not None else (self.tokens if self.tokens is not None else self.features)
 
 
-class CompleteMessage(_Message):
+class CompleteMessage(_Message, CompletionOptions):
     """Completions from the current state; the state is not advanced."""
 
     type: Literal["complete"]
-    n: int = Field(1, ge=1)
-    max_length: int = Field(16, ge=1)
-    temperature: float = Field(1.0, ge=0.0)
-    top_k: int | None = Field(None, ge=1)
-    greedy: bool = False
-    stop: list[str] = Field(default_factory=list)
-    seed: int | None = None
 
 
 class ResetMessage(_Message):

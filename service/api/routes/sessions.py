@@ -6,7 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from model_core.state import VERSION as STATE_VERSION
 from service.api.deps import Sessions
-from service.api.schemas import CompleteResponse, Sequence
+from service.api.schemas import CompleteResponse, CompletionOptions, Sequence
 from service.errors import PayloadTooLarge
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
@@ -24,17 +24,6 @@ class StepRequest(BaseModel):
     top_k: int = Field(5, ge=1)
 
 
-class SessionComplete(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    n: int = Field(1, ge=1)
-    max_length: int = Field(32, ge=1)
-    temperature: float = Field(1.0, ge=0.0)
-    top_k: int | None = Field(None, ge=1)
-    greedy: bool = False
-    stop: list[str] = Field(default_factory=list)
-    seed: int | None = None
-
-
 @router.post("", status_code=201)
 async def create_session(body: CreateSession, sessions: Sessions) -> dict:
     """Start a session; its recurrent state starts at zero."""
@@ -49,7 +38,7 @@ async def step(session_id: str, body: StepRequest, sessions: Sessions) -> dict:
 
 
 @router.post("/{session_id}/complete", response_model=CompleteResponse)
-async def complete(session_id: str, body: SessionComplete, sessions: Sessions):
+async def complete(session_id: str, body: CompletionOptions, sessions: Sessions):
     """Completions from the current state, without consuming them into it."""
     s = sessions.store.get(session_id)
     completions = await sessions.complete(session_id, body.n, body.max_length, body.temperature, body.top_k,
