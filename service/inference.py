@@ -46,12 +46,11 @@ def check_task(model: SequenceModel, endpoint: str) -> None:
 
 
 def run_classify(model: SequenceModel, requests: list[list[np.ndarray]]) -> list[np.ndarray]:
-    """Class probabilities for several requests' sequences in one padded forward: [(B_i, C), ...]."""
+    """Class logits for several requests' sequences in one padded forward: [(B_i, C), ...]."""
     seqs = [s for r in requests for s in r]
     x, lengths = pad_batch(model.config, seqs)
     logits, _ = model.forward(x, lengths=lengths)
-    probs = softmax(to_numpy(logits).astype(np.float64))                    # (sum B_i, C)
-    return np.split(probs, np.cumsum([len(r) for r in requests])[:-1])
+    return np.split(to_numpy(logits), np.cumsum([len(r) for r in requests])[:-1])   # (sum B_i, C)
 
 
 def run_predict(model: SequenceModel, requests: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
@@ -65,15 +64,10 @@ def run_predict(model: SequenceModel, requests: list[list[np.ndarray]]) -> list[
     return [flat[bounds[i]:bounds[i + 1]] for i in range(len(requests))]
 
 
-def classify(model: SequenceModel, seqs: list[np.ndarray], top_k: int | None) -> list[dict]:
-    check_task(model, "classify")
-    return format_classification(model, run_classify(model, [seqs])[0], top_k)
-
-
-def format_classification(model: SequenceModel, probs: np.ndarray, top_k: int | None) -> list[dict]:
+def format_classification(model: SequenceModel, logits: np.ndarray, top_k: int | None) -> list[dict]:
     labels = _labels(model)
     out = []
-    for p in probs:
+    for p in softmax(logits.astype(np.float64)):
         best = int(p.argmax())
         item = {"label": labels[best], "index": best, "probabilities": {labels[i]: float(v) for i, v in enumerate(p)}}
         if top_k:
@@ -94,11 +88,6 @@ def step_outputs(model: SequenceModel, logits: np.ndarray, top_k: int) -> list[d
     labels = _labels(model)
     probs = softmax(logits)
     return [{"top_k": top_k_entries(row, labels, top_k)} for row in probs]
-
-
-def predict(model: SequenceModel, seqs: list[np.ndarray], top_k: int) -> list[list[dict]]:
-    check_task(model, "predict")
-    return [step_outputs(model, lg, top_k) for lg in run_predict(model, [seqs])[0]]
 
 
 def complete(model: SequenceModel, prompt: str, n: int, max_length: int, temperature: float, top_k: int | None,

@@ -63,12 +63,7 @@ class SessionManager:
         return self.store.create(model, entry.version, session_id)
 
     def encode(self, session: Session, item, where: str = "input") -> np.ndarray:
-        entry = self._entry(session)
-        arr = encode_sequence(entry.model.config, item, self.settings.max_steps_per_message, where)
-        if session.steps + len(arr) > self.settings.max_steps_per_session:
-            raise PayloadTooLarge(f"session would pass its limit of {self.settings.max_steps_per_session} steps; "
-                                  "reset it or start a new one")
-        return arr
+        return encode_sequence(self._entry(session).model.config, item, self.settings.max_steps_per_message, where)
 
     async def step(self, session_id: str, item, top_k: int = 5) -> tuple[Session, list[dict]]:
         """Feed new steps; returns the updated session and one output per step, in order."""
@@ -84,7 +79,8 @@ class SessionManager:
             if len(arr) > self.settings.max_steps_per_message:
                 raise PayloadTooLarge(f"{len(arr)} steps is over the limit of {self.settings.max_steps_per_message}")
             if session.steps + len(arr) > self.settings.max_steps_per_session:
-                raise PayloadTooLarge(f"session would pass its limit of {self.settings.max_steps_per_session} steps")
+                raise PayloadTooLarge(f"session would pass its limit of {self.settings.max_steps_per_session} steps; "
+                                      "reset it or start a new one")
             logits, state = await self.batcher(entry).submit((session.state, arr))
             new = session.advanced(state, logits_to_bytes(logits[-1]), len(arr))
             self.store.put(new, expected_revision=session.revision)      # committed before the reply
@@ -135,8 +131,7 @@ class SessionManager:
         entry = self._entry(s)
         if s.state is not None:
             return s.state
-        state = entry.model.init_state(1)
-        return state_to_bytes(tuple(np.asarray(p) for p in state) if isinstance(state, tuple) else np.asarray(state))
+        return state_to_bytes(entry.model.init_state(1))
 
     async def import_state(self, session_id: str, blob: bytes) -> Session:
         async with self.lock(session_id):

@@ -33,14 +33,9 @@ def advance(model: SequenceModel, states: list[bytes | None], inputs: list[np.nd
     x, lengths = pad_batch(model.config, inputs)
     state = stack_states([load_state(model, s) for s in states], xp=model.xp)
     enc = model.encode(x)                                                 # (K, B, I')
-    y, new_state = model.rnn.forward(enc, state, lengths=lengths if len(set(lengths.tolist())) > 1 else None)
+    y, new_state = model.rnn.forward(enc, state, lengths=lengths)     # equal lengths skip masking
     logits = to_numpy(model.head.forward(y)).astype(np.float32)           # (K, B, C)
-    out = []
-    for b, k in enumerate(lengths.tolist()):
-        s_b = slice_state(new_state, b)
-        out.append((logits[:k, b], state_to_bytes(tuple(to_numpy(p) for p in parts(s_b))
-                                                   if isinstance(s_b, tuple) else to_numpy(s_b))))
-    return out
+    return [(logits[:k, b], state_to_bytes(slice_state(new_state, b))) for b, k in enumerate(lengths.tolist())]
 
 
 def logits_to_bytes(row: np.ndarray) -> bytes:

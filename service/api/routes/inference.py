@@ -25,31 +25,28 @@ from service.errors import PayloadTooLarge
 router = APIRouter(prefix="/v1/models/{name}", tags=["inference"])
 
 
-def _check_batch(n: int, settings) -> None:
-    if n > settings.max_batch_sequences:
-        raise PayloadTooLarge(f"{n} sequences is over the limit of {settings.max_batch_sequences} per request")
+async def _batched(kind: str, name: str, inputs: list, registry, settings, request: Request):
+    """Validate and encode one request's sequences, then run them through the model's batcher."""
+    entry = registry.ready(name)
+    inference.check_task(entry.model, kind)
+    if len(inputs) > settings.max_batch_sequences:
+        raise PayloadTooLarge(f"{len(inputs)} sequences is over the limit of {settings.max_batch_sequences} per request")
+    seqs = inference.encode_inputs(entry.model, inputs, settings.max_sequence_length)
+    return entry, await request.app.state.stateless.run(entry, kind, seqs)
 
 
 @router.post("/classify", response_model=ClassifyResponse)
 async def classify(name: str, body: ClassifyRequest, registry: Registry, settings: AppSettings, request: Request):
     """Label each sequence (seq2vec) from its last step; ragged batches give the same as one-by-one."""
-    entry = registry.ready(name)
-    inference.check_task(entry.model, "classify")
-    _check_batch(len(body.inputs), settings)
-    seqs = inference.encode_inputs(entry.model, body.inputs, settings.max_sequence_length)
-    probs = await request.app.state.stateless.run(entry, "classify", seqs)
+    entry, logits = await _batched("classify", name, body.inputs, registry, settings, request)
     return {"model": name, "version": entry.version,
-            "results": inference.format_classification(entry.model, probs, body.top_k)}
+            "results": inference.format_classification(entry.model, logits, body.top_k)}
 
 
 @router.post("/predict", response_model=PredictResponse)
 async def predict(name: str, body: PredictRequest, registry: Registry, settings: AppSettings, request: Request):
     """Outputs at every step: bits for echo models, the next-token top-k for language models."""
-    entry = registry.ready(name)
-    inference.check_task(entry.model, "predict")
-    _check_batch(len(body.inputs), settings)
-    seqs = inference.encode_inputs(entry.model, body.inputs, settings.max_sequence_length)
-    logits = await request.app.state.stateless.run(entry, "predict", seqs)
+    entry, logits = await _batched("predict", name, body.inputs, registry, settings, request)
     return {"model": name, "version": entry.version,
             "outputs": [inference.step_outputs(entry.model, lg, body.top_k) for lg in logits]}
 

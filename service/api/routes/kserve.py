@@ -1,15 +1,11 @@
 """KServe v2 inference and model metadata, with Triton's sequence extension (see ``service.kserve``)."""
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from model_core.backend import to_numpy
 from service.api.deps import Registry, Sessions
-from service.encoding import pad_batch
 from service.errors import ServiceError
 from service.kserve import V2Error, build_outputs, model_metadata, parse_inputs, sequence_params
 from service.sessions.store import SessionNotFound
@@ -44,14 +40,15 @@ async def metadata(name: str, registry: Registry, version: str | None = None) ->
 
 @router.post("/{name}/infer")
 @router.post("/{name}/versions/{version}/infer")
-async def infer(name: str, body: InferRequest, registry: Registry, sessions: Sessions, version: str | None = None):
+async def infer(name: str, body: InferRequest, registry: Registry, sessions: Sessions, request: Request,
+                version: str | None = None):
     try:
-        return await _infer(name, body, registry, sessions, version)
+        return await _infer(name, body, registry, sessions, request.app.state.stateless, version)
     except ServiceError as exc:
         raise _v2(exc) from None
 
 
-async def _infer(name, body, registry, sessions, version):
+async def _infer(name, body, registry, sessions, stateless, version):
     entry = registry.ready(name)
     if version not in (None, entry.version):
         raise V2Error(f"model {name!r} has version {entry.version!r}, not {version!r}", status=404)
@@ -62,7 +59,7 @@ async def _infer(name, body, registry, sessions, version):
     if body.id is not None:
         out["id"] = body.id
     if seq_id is None:
-        logits = await asyncio.get_running_loop().run_in_executor(None, _stateless, entry.model, seqs, lengths)
+        logits = await _stateless(stateless, entry, seqs, lengths)
     else:
         if len(seqs) != 1:
             raise V2Error("a sequence request must have batch size 1")
@@ -72,11 +69,15 @@ async def _infer(name, body, registry, sessions, version):
     return out
 
 
-def _stateless(model, seqs, lengths):
-    x, lens = pad_batch(model.config, seqs)
-    logits, _ = model.forward(x, lengths=lens)
-    logits = to_numpy(logits)
-    return logits if model.config.task == "classify" else logits.transpose(1, 0, 2)   # (B, T, C)
+async def _stateless(stateless, entry, seqs, lengths) -> np.ndarray:
+    """Through the same batcher as v1: (B, C) for classifiers, (B, T, C) zero-padded otherwise."""
+    if entry.config.task == "classify":
+        return await stateless.run(entry, "classify", seqs)
+    per_seq = await stateless.run(entry, "predict", seqs)
+    out = np.zeros((len(seqs), int(lengths.max()), entry.config.output_size), dtype=np.float32)
+    for b, lg in enumerate(per_seq):
+        out[b, : len(lg)] = lg
+    return out
 
 
 async def _sequence_step(sessions, name, seq_id, start, end, inputs) -> np.ndarray:
