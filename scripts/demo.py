@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
 from model_core import ModelConfig, SequenceModel
 from model_core.data import temporal_order as to
 from model_core.nn import losses

@@ -6,3 +6,5 @@ from model_core.nn.module import Module
 from model_core.nn.rnn import RNN
 from model_core.nn.lstm import LSTM
 from model_core.nn.gru import GRU
+
+__all__ = ["Embedding", "Linear", "losses", "Module", "RNN", "LSTM", "GRU"]

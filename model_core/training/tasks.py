@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from model_core.config import ModelConfig
 from model_core.data import charlm, echo, temporal_order
 from model_core.nn import losses
