@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import numpy as np
 import pytest
@@ -130,32 +129,35 @@ def test_step_errors_and_limits(client):
 
 
 def test_ttl_expiry_and_lru_eviction():
-    events = []
-    store = MemorySessionStore(ttl=0.2, max_sessions=2, on_event=events.append)
-    a = store.create("m", "v")
-    time.sleep(0.25)
-    with pytest.raises(Exception) as exc:
-        store.get(a.id)
-    assert exc.value.status == 410 and exc.value.code == "session_expired"
-    store = MemorySessionStore(ttl=60, max_sessions=2, on_event=events.append)
-    s1, s2 = store.create("m", "v"), store.create("m", "v")
-    store.get(s1.id)
-    store.put(store.get(s1.id), expected_revision=0)                 # s1 is now most recent
-    store.create("m", "v")                                            # evicts s2, the least recently used
-    with pytest.raises(Exception) as exc:
-        store.get(s2.id)
-    assert exc.value.status == 410 and exc.value.code == "session_evicted"
-    assert store.get(s1.id).id == s1.id
-    assert {"created", "expired", "evicted"} <= set(events)
+    async def run():
+        events = []
+        store = MemorySessionStore(ttl=0.2, max_sessions=2, on_event=events.append)
+        a = await store.create("m", "v")
+        await asyncio.sleep(0.25)
+        with pytest.raises(Exception) as exc:
+            await store.get(a.id)
+        assert exc.value.status == 410 and exc.value.code == "session_expired"
+        store = MemorySessionStore(ttl=60, max_sessions=2, on_event=events.append)
+        s1, s2 = await store.create("m", "v"), await store.create("m", "v")
+        await store.put(await store.get(s1.id), expected_revision=0)     # s1 is now most recent
+        await store.create("m", "v")                                      # evicts s2, the least recently used
+        with pytest.raises(Exception) as exc:
+            await store.get(s2.id)
+        assert exc.value.status == 410 and exc.value.code == "session_evicted"
+        assert (await store.get(s1.id)).id == s1.id
+        assert {"created", "expired", "evicted"} <= set(events)
+    asyncio.run(run())
 
 
 def test_put_is_compare_and_set():
-    store = MemorySessionStore()
-    s = store.create("m", "v")
-    store.put(s.advanced(b"x", None, 1), expected_revision=0)
-    with pytest.raises(Exception) as exc:
-        store.put(s.advanced(b"y", None, 1), expected_revision=0)     # a stale writer loses
-    assert exc.value.status == 409
+    async def run():
+        store = MemorySessionStore()
+        s = await store.create("m", "v")
+        await store.put(s.advanced(b"x", None, 1), expected_revision=0)
+        with pytest.raises(Exception) as exc:
+            await store.put(s.advanced(b"y", None, 1), expected_revision=0)  # a stale writer loses
+        assert exc.value.status == 409
+    asyncio.run(run())
 
 
 def run_sessions(batching: bool, texts: list[str], chunk: int):
@@ -167,7 +169,7 @@ def run_sessions(batching: bool, texts: list[str], chunk: int):
     manager = SessionManager(registry, MemorySessionStore(), settings, on_batch=lambda n, d: batches.append(n))
 
     async def one(text):
-        sid = manager.create("charlm").id
+        sid = (await manager.create("charlm")).id
         outs = []
         for i in range(0, len(text), chunk):
             outs += (await manager.step(sid, text[i:i + chunk], top_k=2))[1]

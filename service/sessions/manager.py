@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from dataclasses import replace
 
 import numpy as np
@@ -31,7 +30,6 @@ class SessionManager:
         self.registry, self.store, self.settings = registry, store, settings
         self._on_steps = on_steps or (lambda n: None)
         self._batchers: dict[str, DynamicBatcher] = {}
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._on_batch = on_batch
 
     def _entry(self, session: Session) -> ModelEntry:
@@ -48,19 +46,12 @@ class SessionManager:
                 enabled=self.settings.batching, on_batch=self._on_batch)
         return b
 
-    def lock(self, session_id: str) -> asyncio.Lock:
-        lock = self._locks.get(session_id)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[session_id] = lock
-        return lock
-
     # -- lifecycle ----------------------------------------------------------------------------
-    def create(self, model: str, session_id: str | None = None) -> Session:
+    async def create(self, model: str, session_id: str | None = None) -> Session:
         entry = self.registry.ready(model)
         if entry.model.config.bidirectional:
             raise InvalidInput(f"model {model!r} is bidirectional: it needs whole sequences, so it cannot stream")
-        return self.store.create(model, entry.version, session_id)
+        return await self.store.create(model, entry.version, session_id)
 
     def encode(self, session: Session, item, where: str = "input") -> np.ndarray:
         return encode_sequence(self._entry(session).model.config, item, self.settings.max_steps_per_message, where)
@@ -72,8 +63,8 @@ class SessionManager:
 
     async def step_logits(self, session_id: str, item) -> tuple[Session, np.ndarray]:
         """Feed new steps (raw input or an encoded array); returns the session and logits (K, C)."""
-        async with self.lock(session_id):
-            session = self.store.get(session_id)
+        async with self.store.lock(session_id):
+            session = await self.store.get(session_id)
             entry = self._entry(session)
             arr = item if isinstance(item, np.ndarray) else self.encode(session, item)
             if len(arr) > self.settings.max_steps_per_message:
@@ -83,25 +74,25 @@ class SessionManager:
                                       "reset it or start a new one")
             logits, state = await self.batcher(entry).submit((session.state, arr))
             new = session.advanced(state, logits_to_bytes(logits[-1]), len(arr))
-            self.store.put(new, expected_revision=session.revision)      # committed before the reply
+            await self.store.put(new, expected_revision=session.revision)      # committed before the reply
         self._on_steps(len(arr))
         return new, logits
 
     async def reset(self, session_id: str) -> Session:
-        async with self.lock(session_id):
-            s = self.store.get(session_id)
+        async with self.store.lock(session_id):
+            s = await self.store.get(session_id)
             new = replace(s, state=None, last_output=None, steps=0, revision=s.revision + 1, last_used=time.time())
-            return self.store.put(new, expected_revision=s.revision)
+            return await self.store.put(new, expected_revision=s.revision)
 
-    def end(self, session_id: str) -> None:
-        self.store.get(session_id)                                       # clear 404/410 when unknown
-        self.store.delete(session_id)
+    async def end(self, session_id: str) -> None:
+        await self.store.get(session_id)                                 # clear 404/410 when unknown
+        await self.store.delete(session_id)
 
     # -- completion ---------------------------------------------------------------------------
     async def complete(self, session_id: str, n: int, max_length: int, temperature: float, top_k: int | None,
                        greedy: bool, stop: list[str], seed: int | None) -> list[dict]:
         """Continuations from the session's current state, which is left untouched."""
-        session = self.store.get(session_id)
+        session = await self.store.get(session_id)
         entry = self._entry(session)
         model = entry.model
         if model.config.task != "lm":
@@ -125,17 +116,17 @@ class SessionManager:
                  "finish_reason": "stop" if o and o[-1] in ids else "length"} for o in outs]
 
     # -- state export / import ----------------------------------------------------------------
-    def export_state(self, session_id: str) -> bytes:
+    async def export_state(self, session_id: str) -> bytes:
         """The engine's versioned state bytes (zeros for a session with no steps yet)."""
-        s = self.store.get(session_id)
+        s = await self.store.get(session_id)
         entry = self._entry(s)
         if s.state is not None:
             return s.state
         return state_to_bytes(entry.model.init_state(1))
 
     async def import_state(self, session_id: str, blob: bytes) -> Session:
-        async with self.lock(session_id):
-            s = self.store.get(session_id)
+        async with self.store.lock(session_id):
+            s = await self.store.get(session_id)
             entry = self._entry(s)
             try:
                 state_from_bytes(blob)
@@ -143,8 +134,9 @@ class SessionManager:
             except (StateFormatError, ValueError) as exc:
                 raise InvalidInput(f"state not accepted: {exc}") from None
             new = replace(s, state=bytes(blob), last_output=None, revision=s.revision + 1, last_used=time.time())
-            return self.store.put(new, expected_revision=s.revision)
+            return await self.store.put(new, expected_revision=s.revision)
 
     async def close(self) -> None:
         for b in self._batchers.values():
             await b.close()
+        await self.store.close()

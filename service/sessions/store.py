@@ -9,10 +9,13 @@ remembered for a while, so using one gives a clear error saying which, never a s
 """
 from __future__ import annotations
 
+import asyncio
 import secrets
 import threading
 import time
+import weakref
 from collections import OrderedDict
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 
 from service.errors import ServiceError
@@ -63,13 +66,20 @@ def new_session_id() -> str:
 
 
 class SessionStore:
-    """Interface. Implementations must make ``put`` a compare-and-set on ``revision``."""
+    """Interface. ``put`` is a compare-and-set on ``revision``, so a stale writer never wins, and
+    ``lock(id)`` serialises the steps of one session (across replicas, for a shared store).
 
-    def create(self, model: str, model_version: str, session_id: str | None = None) -> Session: ...
-    def get(self, session_id: str) -> Session: ...
-    def put(self, session: Session, expected_revision: int) -> Session: ...
-    def delete(self, session_id: str) -> bool: ...
+    The methods are coroutines because a shared store talks to the network; ``count`` is the
+    exception (a cheap, possibly cached number for the metrics gauge).
+    """
+
+    async def create(self, model: str, model_version: str, session_id: str | None = None) -> Session: ...
+    async def get(self, session_id: str) -> Session: ...
+    async def put(self, session: Session, expected_revision: int) -> Session: ...
+    async def delete(self, session_id: str) -> bool: ...
+    def lock(self, session_id: str) -> AbstractAsyncContextManager: ...
     def count(self) -> int: ...
+    async def close(self) -> None: ...
 
 
 class ConflictError(ServiceError):
@@ -81,7 +91,8 @@ class MemorySessionStore(SessionStore):
         self.ttl, self.max_sessions = ttl, max_sessions
         self._sessions: OrderedDict[str, Session] = OrderedDict()   # least recently used first
         self._gone: OrderedDict[str, str] = OrderedDict()           # id -> "expired" | "evicted"
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()           # count() is also read by the metrics exporter
+        self._step_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._on_event = on_event or (lambda event: None)
 
     def _forget(self, sid: str, reason: str) -> None:
@@ -98,7 +109,7 @@ class MemorySessionStore(SessionStore):
                 break
             self._forget(sid, "expired")
 
-    def create(self, model: str, model_version: str, session_id: str | None = None) -> Session:
+    async def create(self, model: str, model_version: str, session_id: str | None = None) -> Session:
         with self._lock:
             self._expire(time.time())
             sid = session_id or new_session_id()
@@ -112,7 +123,7 @@ class MemorySessionStore(SessionStore):
             self._on_event("created")
             return s
 
-    def get(self, session_id: str) -> Session:
+    async def get(self, session_id: str) -> Session:
         with self._lock:
             now = time.time()
             s = self._sessions.get(session_id)
@@ -130,7 +141,7 @@ class MemorySessionStore(SessionStore):
                 raise SessionNotFound(f"unknown session {session_id!r}")
             return s
 
-    def put(self, session: Session, expected_revision: int) -> Session:
+    async def put(self, session: Session, expected_revision: int) -> Session:
         with self._lock:
             current = self._sessions.get(session.id)
             if current is None:
@@ -141,11 +152,21 @@ class MemorySessionStore(SessionStore):
             self._sessions.move_to_end(session.id)
             return session
 
-    def delete(self, session_id: str) -> bool:
+    async def delete(self, session_id: str) -> bool:
         with self._lock:
             return self._sessions.pop(session_id, None) is not None
+
+    def lock(self, session_id: str) -> asyncio.Lock:
+        """One process: an asyncio lock per session, dropped with its last user."""
+        lock = self._step_locks.get(session_id)
+        if lock is None:
+            lock = self._step_locks[session_id] = asyncio.Lock()
+        return lock
 
     def count(self) -> int:
         with self._lock:
             self._expire(time.time())
             return len(self._sessions)
+
+    async def close(self) -> None:
+        pass

@@ -84,12 +84,12 @@ async def _sequence_step(sessions, name, seq_id, start, end, inputs) -> np.ndarr
     sid = f"v2:{name}:{seq_id}"
     if start:
         try:
-            sessions.end(sid)                       # a new start resets a sequence still held
+            await sessions.end(sid)                       # a new start resets a sequence still held
         except ServiceError:
             pass
-        sessions.create(name, session_id=sid)
+        await sessions.create(name, session_id=sid)
     try:
-        session = sessions.store.get(sid)
+        session = await sessions.store.get(sid)
     except SessionNotFound:
         raise V2Error(f"sequence {seq_id!r} is not active on model {name!r}: its first request needs "
                       "parameters.sequence_start=true") from None
@@ -97,6 +97,6 @@ async def _sequence_step(sessions, name, seq_id, start, end, inputs) -> np.ndarr
         raise V2Error(f"sequence {seq_id!r} belongs to model {session.model!r}")
     _, logits = await sessions.step_logits(sid, inputs)
     if end:
-        sessions.store.delete(sid)
+        await sessions.store.delete(sid)
     model = sessions.registry.version(name, session.model_version).model
     return logits[-1:] if model.config.task == "classify" else logits[None]              # (1, C) or (1, T, C)

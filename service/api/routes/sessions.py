@@ -27,7 +27,7 @@ class StepRequest(BaseModel):
 @router.post("", status_code=201)
 async def create_session(body: CreateSession, sessions: Sessions) -> dict:
     """Start a session; its recurrent state starts at zero."""
-    return sessions.create(body.model).info()
+    return (await sessions.create(body.model)).info()
 
 
 @router.post("/{session_id}/step")
@@ -40,7 +40,7 @@ async def step(session_id: str, body: StepRequest, sessions: Sessions) -> dict:
 @router.post("/{session_id}/complete", response_model=CompleteResponse)
 async def complete(session_id: str, body: CompletionOptions, sessions: Sessions):
     """Completions from the current state, without consuming them into it."""
-    s = sessions.store.get(session_id)
+    s = await sessions.store.get(session_id)
     completions = await sessions.complete(session_id, body.n, body.max_length, body.temperature, body.top_k,
                                           body.greedy or body.temperature == 0, body.stop, body.seed)
     return {"model": s.model, "version": s.model_version, "prompt": "", "completions": completions}
@@ -54,19 +54,19 @@ async def reset(session_id: str, sessions: Sessions) -> dict:
 @router.get("/{session_id}")
 async def info(session_id: str, sessions: Sessions) -> dict:
     """Model, steps consumed, created and last-used times, expiry."""
-    return sessions.store.get(session_id).info()
+    return (await sessions.store.get(session_id)).info()
 
 
 @router.delete("/{session_id}", status_code=204)
 async def end(session_id: str, sessions: Sessions) -> Response:
-    sessions.end(session_id)
+    await sessions.end(session_id)
     return Response(status_code=204)
 
 
 @router.get("/{session_id}/state", responses={200: {"content": {"application/octet-stream": {}}}})
 async def export_state(session_id: str, sessions: Sessions) -> Response:
     """The recurrent state as versioned, checksummed bytes (see the README's state format)."""
-    return Response(sessions.export_state(session_id), media_type="application/octet-stream",
+    return Response(await sessions.export_state(session_id), media_type="application/octet-stream",
                     headers={"X-State-Format-Version": str(STATE_VERSION)})
 
 

@@ -27,13 +27,13 @@ class StreamConnection:
     async def open(self, resume_id: str | None) -> bool:
         try:
             if resume_id:
-                s = self.sessions.store.get(resume_id)
+                s = await self.sessions.store.get(resume_id)
                 if s.model != self.model:
                     raise ServiceError(f"session {resume_id!r} belongs to model {s.model!r}, not {self.model!r}",
                                        code="session_model_mismatch")
                 resumed = True
             else:
-                s, resumed = self.sessions.create(self.model), False
+                s, resumed = await self.sessions.create(self.model), False
         except ServiceError as exc:
             await self.ws.send_json({"type": "error", "id": None, "code": exc.code, "message": exc.message})
             await self.ws.close(code=1008)
@@ -88,7 +88,7 @@ class StreamConnection:
                 await self.sessions.reset(self.session_id)
                 await self.ws.send_json({"type": "reset", "id": msg.id, "steps": 0})
             elif isinstance(msg, CloseMessage):
-                self.sessions.end(self.session_id)
+                await self.sessions.end(self.session_id)
                 await self.ws.send_json({"type": "closed", "id": msg.id})
                 return False
         except ServiceError as exc:
