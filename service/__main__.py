@@ -8,6 +8,7 @@ import argparse
 
 import uvicorn
 
+from service.logs import configure_logging
 from service.main import create_app
 from service.settings import Settings
 
@@ -21,8 +22,12 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     settings = Settings(**overrides)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=10)
+    configure_logging(settings.log_level, settings.log_format)
+    # log_config=None: uvicorn keeps our structured handlers; its access log is replaced by ours.
+    # On SIGTERM uvicorn stops accepting, lets in-flight requests finish (up to the timeout), then
+    # the lifespan drains the batchers.
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+                log_config=None, access_log=False, timeout_graceful_shutdown=settings.shutdown_timeout_seconds)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,16 @@ from service.api.routes import admin, health, inference, kserve, models, session
 from service.auth import APIKeyMiddleware
 from service.errors import install_error_handlers
 from service.limits import BodySizeLimit
+from service.logs import RequestLogMiddleware
 from service.metrics import Metrics, MetricsMiddleware
 from service.registry import ModelRegistry
 from service.sessions.manager import SessionManager
 from service.sessions.store import MemorySessionStore
 from service.stateless import StatelessBatchers
 from service.settings import Settings, get_settings
+
+
+log = logging.getLogger("service")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -40,9 +44,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessions = SessionManager(registry, store, settings, on_batch=metrics.on_batch,
                                             on_steps=metrics.steps.inc)
         app.state.stateless = StatelessBatchers(settings, on_batch=metrics.on_batch)
+        log.info("ready", extra={"models": [e.name for e in registry.entries() if e.status == "ready"],
+                                 "device": settings.device, "session_store": type(store).__name__})
         yield
+        log.info("shutting down: draining batchers")
         await app.state.sessions.close()
         await app.state.stateless.close()
+        log.info("stopped")
 
     app = FastAPI(title="rnn-serve", version=__version__, lifespan=lifespan,
                   description="Recurrent sequence models (RNN, LSTM, GRU): classification, per-step outputs, "
@@ -55,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(APIKeyMiddleware)
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestLogMiddleware, enabled=settings.access_log)    # outermost: ids every request
 
     @app.get("/", include_in_schema=False)
     def demo_page():
@@ -67,5 +76,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for router in (models.router, inference.router, sessions.router, stream.router, health.router, kserve.router, admin.router):
         app.include_router(router)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     return app

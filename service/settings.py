@@ -17,7 +17,10 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     model_dir: Path = DEFAULT_MODEL_DIR
     device: str = Field("cpu", pattern="^(cpu|gpu|auto)$")
-    log_level: str = "info"
+    log_level: str = Field("info", pattern="^(?i:debug|info|warning|error|critical)$")
+    log_format: str = Field("json", pattern="^(json|text)$", description="json: one object per line; text: for humans")
+    access_log: bool = Field(True, description="one service.access record per request, with its request id")
+    shutdown_timeout_seconds: float = Field(10.0, ge=0, description="on SIGTERM, how long in-flight work may finish")
 
     # request limits: bad input is refused with a clear 4xx before any math runs
     max_request_bytes: int = Field(1_000_000, ge=1_000)

@@ -28,4 +28,4 @@ class StatelessBatchers:
 
     async def close(self) -> None:
         for b in self._batchers.values():
-            await b.close()
+            await b.close(self.settings.shutdown_timeout_seconds)

@@ -4,7 +4,8 @@
 thread, so the event loop never blocks on it. For sessions, an item is (state, new steps) and
 ``run`` is one padded ``advance``; callers serialise their own session (one request in flight per
 session), so a batch never holds two requests of one session and order within a session is kept.
-Requests are served first come, first served.
+Requests are served first come, first served. ``close`` drains: what was queued before it still
+runs, and anything submitted after it gets a clear 503.
 """
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from service.errors import Unavailable
 from service.sessions.stepper import advance
+
+_STOP = object()      # queued by close(): everything before it is still served
 
 
 @dataclass
@@ -30,6 +34,7 @@ class DynamicBatcher:
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batcher")
         self._on_batch = on_batch or (lambda size, delay: None)
+        self._closed = False
 
     @classmethod
     def for_sessions(cls, model, **kwargs) -> DynamicBatcher:
@@ -37,6 +42,8 @@ class DynamicBatcher:
         return cls(lambda items: advance(model, [s for s, _ in items], [x for _, x in items]), **kwargs)
 
     async def submit(self, item):
+        if self._closed:
+            raise Unavailable("the server is shutting down; retry on another replica")
         loop = asyncio.get_running_loop()
         if not self.enabled:
             (result,) = await loop.run_in_executor(self._executor, self.run, [item])
@@ -51,23 +58,31 @@ class DynamicBatcher:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        stopping = False
+        while not stopping:
             first = await self._queue.get()
+            if first is _STOP:
+                return
             batch = [first]
             deadline = first.enqueued + self.max_delay
             while len(batch) < self.max_batch:
                 timeout = deadline - time.perf_counter()
-                if timeout <= 0:
-                    while len(batch) < self.max_batch and not self._queue.empty():
-                        batch.append(self._queue.get_nowait())
-                    break
                 try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), timeout))
-                except TimeoutError:
+                    nxt = self._queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(self._queue.get(), timeout)
+                except (TimeoutError, asyncio.QueueEmpty):
                     break
+                if nxt is _STOP:
+                    stopping = True
+                    break
+                batch.append(nxt)
             started = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self._executor, self.run, [p.item for p in batch])
+            except asyncio.CancelledError:             # close() timed out mid-batch: fail it, never hang
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(Unavailable("the server shut down while this step ran; retry"))
+                raise
             except Exception as exc:  # a bad batch fails its own requests, never the batcher
                 for p in batch:
                     if not p.future.done():
@@ -78,11 +93,17 @@ class DynamicBatcher:
                 if not p.future.done():
                     p.future.set_result(r)
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 10.0) -> None:
+        """Serve what is queued (for at most ``timeout`` seconds), then stop; later submits get 503."""
+        self._closed = True
         if self._task is not None:
-            self._task.cancel()
+            self._queue.put_nowait(_STOP)
             try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+                await asyncio.wait_for(self._task, timeout)
+            except TimeoutError:
+                pass                                   # wait_for cancelled the loop
+            while not self._queue.empty():             # only after a timeout: fail, never hang
+                p = self._queue.get_nowait()
+                if p is not _STOP and not p.future.done():
+                    p.future.set_exception(Unavailable("the server shut down before this step ran; retry"))
         self._executor.shutdown(wait=False)

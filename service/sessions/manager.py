@@ -138,5 +138,5 @@ class SessionManager:
 
     async def close(self) -> None:
         for b in self._batchers.values():
-            await b.close()
+            await b.close(self.settings.shutdown_timeout_seconds)
         await self.store.close()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -13,6 +14,7 @@ from service.errors import ServiceError
 from service.sessions.manager import SessionManager
 
 router = APIRouter(tags=["streaming"])
+log = logging.getLogger("service.stream")
 MAX_MESSAGE_BYTES = 1_000_000
 
 
@@ -39,6 +41,7 @@ class StreamConnection:
             await self.ws.close(code=1008)
             return False
         self.session_id = s.id
+        log.info("stream opened", extra={"session_id": s.id, "model": s.model, "resumed": resumed, "steps": s.steps})
         await self.ws.send_json({"type": "session", "session_id": s.id, "model": s.model,
                                  "model_version": s.model_version, "resumed": resumed, "steps": s.steps})
         return True
@@ -127,3 +130,6 @@ async def stream(ws: WebSocket, name: str, session_id: str | None = None):
         await ws.close()
     except WebSocketDisconnect:
         pass
+    finally:
+        if conn.session_id:
+            log.info("stream closed", extra={"session_id": conn.session_id, "model": name})
