@@ -7,11 +7,12 @@
     python scripts/loadtest.py --scenario memory --idle-sessions 100000
 
 Scenarios:
-* stream: N WebSocket sessions type into the char-LM, one keystroke per message every
-  ``--interval`` seconds each (start times staggered); per-keystroke round-trip p50/p99.
+* stream: N WebSocket sessions connect, then type into the char-LM, one keystroke per message
+  every ``--interval`` seconds each (start times staggered); per-keystroke round-trip p50/p99.
 * throughput: sessions send single-keystroke messages back to back (closed loop); aggregate
   steps/s with the batcher on, then with batching off (a second server), and the ratio.
 * classify: ``--clients`` concurrent HTTP clients post temporal-order sequences; req/s and p99.
+  The load comes from wrk (Debian's ``wrk``) when it is installed, else from a Python client.
 * memory: ``--idle-sessions`` char-LM sessions each fed one step, then the server's RSS.
 
 The load generator shares the machine with the server, so numbers are a floor for what the
@@ -24,12 +25,17 @@ import asyncio
 import json
 import os
 import platform
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
+import uvloop
 import websockets
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,11 +73,14 @@ class Server:
 
 
 # -- scenarios ------------------------------------------------------------------------------
-async def typist(url, keystrokes, interval, delay, rtts, errors):
-    await asyncio.sleep(delay)
+async def typist(url, keystrokes, interval, delay, connected, go, rtts, errors):
+    """Connect, wait until every session is connected, then type one keystroke per ``interval``."""
     try:
-        async with websockets.connect(url, max_size=2**22, open_timeout=60) as ws:
+        async with websockets.connect(url, max_size=2**22, open_timeout=120, compression=None) as ws:
             json.loads(await ws.recv())
+            connected()
+            await go.wait()
+            await asyncio.sleep(delay)                     # staggered, so keystrokes arrive evenly
             next_at = time.perf_counter()
             for i in range(keystrokes):
                 t0 = time.perf_counter()
@@ -84,29 +93,42 @@ async def typist(url, keystrokes, interval, delay, rtts, errors):
                 await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
     except Exception as exc:  # report, don't hide
         errors.append(repr(exc))
+        connected()
 
 
 def run_stream(n_list, keystrokes, interval):
+    """Per-keystroke round trips once all N sessions are open (connecting is timed apart)."""
     rows = []
     with Server(max_batch_size=256) as srv:
         url = f"ws://{srv.host}/v1/models/charlm/stream"
         for n in n_list:
-            rtts, errors = [], []
+            rtts, errors, timing = [], [], {}
 
             async def main():
-                await asyncio.gather(*(typist(url, keystrokes, interval, interval * i / n, rtts, errors) for i in range(n)))
+                go, count = asyncio.Event(), [0]
+
+                def connected():
+                    count[0] += 1
+                    if count[0] == n:
+                        timing["connected"] = time.perf_counter()
+                        go.set()
+                tasks = [asyncio.create_task(typist(url, keystrokes, interval, interval * i / n, connected, go, rtts,
+                                                    errors)) for i in range(n)]
+                await go.wait()
+                timing["typing"] = time.perf_counter()
+                await asyncio.gather(*tasks)
             t0 = time.perf_counter()
-            asyncio.run(main())
-            wall = time.perf_counter() - t0
-            rows.append([n, len(rtts), f"{len(rtts) / wall:.0f}", f"{pct(rtts, 50):.1f}", f"{pct(rtts, 99):.1f}",
-                         f"{pct(rtts, 100):.1f}", len(errors)])
+            uvloop.run(main())
+            wall = time.perf_counter() - timing["typing"]
+            rows.append([n, f"{timing['connected'] - t0:.1f}", len(rtts), f"{len(rtts) / wall:.0f}", f"{pct(rtts, 50):.1f}",
+                         f"{pct(rtts, 99):.1f}", f"{pct(rtts, 100):.1f}", len(errors)])
     print_table(f"Streaming: WebSocket sessions typing into charlm, one keystroke per message every {interval * 1000:.0f} ms",
-                ["sessions", "keystrokes", "msg/s", "p50 ms", "p99 ms", "max ms", "errors"], rows)
+                ["sessions", "connect s", "keystrokes", "msg/s", "p50 ms", "p99 ms", "max ms", "errors"], rows)
     return rows
 
 
 async def closed_loop(url, duration, counter, chars):
-    async with websockets.connect(url, max_size=2**22, open_timeout=60) as ws:
+    async with websockets.connect(url, max_size=2**22, open_timeout=60, compression=None) as ws:
         json.loads(await ws.recv())
         end, i = time.perf_counter() + duration, 0
         while time.perf_counter() < end:
@@ -126,7 +148,7 @@ def run_throughput(sessions, duration, chars):
                 await asyncio.gather(*(closed_loop(f"ws://{srv.host}/v1/models/charlm/stream", duration, counter, chars)
                                        for _ in range(sessions)))
             t0 = time.perf_counter()
-            asyncio.run(main())
+            uvloop.run(main())
             rates[batching] = counter[0] / (time.perf_counter() - t0)
             rows.append(["on" if batching else "off", sessions, chars, f"{rates[batching]:.0f}"])
     print_table(f"Throughput: {sessions} sessions sending back to back for {duration:g} s",
@@ -135,28 +157,64 @@ def run_throughput(sessions, duration, chars):
     return rates
 
 
-def run_classify(clients, duration):
-    seq = "B" + "ab" * 6 + "X" + "cd" * 20 + "Y" + "ba" * 22 + "E"
-    lat, errors = [], [0]
-    with Server() as srv:
-        async def client(http):
-            end = time.perf_counter() + duration
-            while time.perf_counter() < end:
-                t0 = time.perf_counter()
-                r = await http.post(f"http://{srv.host}/v1/models/temporal-order/classify", json={"inputs": [seq]})
-                lat.append(time.perf_counter() - t0)
-                errors[0] += r.status_code != 200
+CLASSIFY_SEQ = "B" + "ab" * 6 + "X" + "cd" * 20 + "Y" + "ba" * 22 + "E"
+WRK_SCRIPT = """wrk.method = "POST"
+wrk.body = '{"inputs": ["%s"]}'
+wrk.headers["Content-Type"] = "application/json"
+"""
 
-        async def main():
-            limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-            async with httpx.AsyncClient(limits=limits, timeout=30) as http:
-                await asyncio.gather(*(client(http) for _ in range(clients)))
-        t0 = time.perf_counter()
-        asyncio.run(main())
-        wall = time.perf_counter() - t0
-    rows = [[clients, len(lat), f"{len(lat) / wall:.0f}", f"{pct(lat, 50):.1f}", f"{pct(lat, 99):.1f}", errors[0]]]
+
+def _wrk_ms(text: str) -> float:
+    value = float(text.rstrip("mus"))
+    return value / 1000 if text.endswith("us") else value * 1000 if text.endswith("s") and not text.endswith("ms") else value
+
+
+def classify_with_wrk(url, clients, duration):
+    """wrk (C) generates the load: it takes far less of the shared CPU than a Python client."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_SCRIPT % CLASSIFY_SEQ)
+    out = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{duration:g}s", "--latency", "-s", f.name, url],
+                         capture_output=True, text=True, check=True).stdout
+    os.unlink(f.name)
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = int(bad.group(1)) if bad else 0
+    errors += sum(int(v) for v in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    return requests, float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), _wrk_ms(lat["50"]), _wrk_ms(lat["99"]), errors
+
+
+def classify_with_httpx(url, clients, duration):
+    lat, errors = [], [0]
+
+    async def client(http):
+        end = time.perf_counter() + duration
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            r = await http.post(url, json={"inputs": [CLASSIFY_SEQ]})
+            lat.append(time.perf_counter() - t0)
+            errors[0] += r.status_code != 200
+
+    async def main():
+        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+        async with httpx.AsyncClient(limits=limits, timeout=30) as http:
+            await asyncio.gather(*(client(http) for _ in range(clients)))
+    t0 = time.perf_counter()
+    uvloop.run(main())
+    return len(lat), len(lat) / (time.perf_counter() - t0), pct(lat, 50), pct(lat, 99), errors[0]
+
+
+def run_classify(clients, duration, generator):
+    if generator == "wrk" and not shutil.which("wrk"):
+        print("wrk not found (Debian package wrk); using the Python client instead")
+        generator = "httpx"
+    with Server() as srv:
+        url = f"http://{srv.host}/v1/models/temporal-order/classify"
+        run = classify_with_wrk if generator == "wrk" else classify_with_httpx
+        n, rate, p50, p99, errors = run(url, clients, duration)
+    rows = [[generator, clients, n, f"{rate:.0f}", f"{p50:.1f}", f"{p99:.1f}", errors]]
     print_table("HTTP classify (temporal-order, one 100-step sequence per request)",
-                ["clients", "requests", "req/s", "p50 ms", "p99 ms", "errors"], rows)
+                ["load generator", "clients", "requests", "req/s", "p50 ms", "p99 ms", "errors"], rows)
     return rows
 
 
@@ -173,7 +231,7 @@ def run_memory(n, concurrency=64):
             async with httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency), timeout=60) as http:
                 await asyncio.gather(*(worker(http, n // concurrency + (i < n % concurrency)) for i in range(concurrency)))
         t0 = time.perf_counter()
-        asyncio.run(main())
+        uvloop.run(main())
         created = time.perf_counter() - t0
         count = httpx.get(f"http://{srv.host}/metrics").text
         active = next(float(l.split()[1]) for l in count.splitlines() if l.startswith("rnn_sessions_active "))
@@ -203,6 +261,8 @@ def main(argv=None) -> int:
     p.add_argument("--chars", type=int, default=1, help="throughput: keystrokes per message")
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--clients", type=int, default=64)
+    p.add_argument("--generator", choices=["wrk", "httpx"], default="wrk",
+                   help="classify: the load generator (wrk, Debian's package, takes less of the shared CPU)")
     p.add_argument("--idle-sessions", type=int, default=100_000)
     args = p.parse_args(argv)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}; "
@@ -212,7 +272,7 @@ def main(argv=None) -> int:
     if args.scenario in ("all", "throughput"):
         run_throughput(args.throughput_sessions, args.duration, args.chars)
     if args.scenario in ("all", "classify"):
-        run_classify(args.clients, args.duration)
+        run_classify(args.clients, args.duration, args.generator)
     if args.scenario in ("all", "memory"):
         run_memory(args.idle_sessions)
     return 0

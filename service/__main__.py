@@ -27,7 +27,8 @@ def main(argv=None) -> None:
     # On SIGTERM uvicorn stops accepting, lets in-flight requests finish (up to the timeout), then
     # the lifespan drains the batchers.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                log_config=None, access_log=False, timeout_graceful_shutdown=settings.shutdown_timeout_seconds)
+                log_config=None, access_log=False, timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
+                ws_per_message_deflate=settings.ws_compression)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ A sequence is text (character models), a list of token ids, or a list of feature
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -13,8 +14,13 @@ from model_core.config import ModelConfig
 from service.errors import InvalidInput, PayloadTooLarge
 
 
+@functools.lru_cache(maxsize=64)          # built once per vocabulary, not once per keystroke
+def _index_of(vocab: tuple[str, ...]) -> dict[str, int]:
+    return {tok: i for i, tok in enumerate(vocab)}
+
+
 def _token_index(config: ModelConfig) -> dict[str, int]:
-    return {tok: i for i, tok in enumerate(config.vocab or ())}
+    return _index_of(config.vocab or ())
 
 
 def encode_text(config: ModelConfig, text: str) -> np.ndarray:

@@ -29,8 +29,15 @@ def _labels(model: SequenceModel) -> list[str]:
 
 
 def top_k_entries(probs: np.ndarray, labels: list[str], k: int) -> list[dict]:
-    order = np.argsort(-probs, kind="stable")[:k]
-    return [{"label": labels[i], "index": int(i), "probability": float(probs[i])} for i in order]
+    return top_k_rows(probs[None], labels, k)[0]
+
+
+def top_k_rows(probs: np.ndarray, labels: list[str], k: int) -> list[list[dict]]:
+    """Top-k of each row of (T, C), best first, ties by index; one sort for all rows (keystroke path)."""
+    order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]                 # (T, k)
+    values = np.take_along_axis(probs, order, axis=-1).tolist()
+    return [[{"label": labels[i], "index": i, "probability": v} for i, v in zip(idx, val)]
+            for idx, val in zip(order.tolist(), values)]
 
 
 def encode_inputs(model: SequenceModel, inputs: list, max_len: int) -> list[np.ndarray]:
@@ -85,9 +92,7 @@ def step_outputs(model: SequenceModel, logits: np.ndarray, top_k: int) -> list[d
         return [{"probabilities": [float(v) for v in row], "bits": [int(v > 0.5) for v in row]} for row in p]
     if c.output == "regression":
         return [{"values": [float(v) for v in row]} for row in logits]
-    labels = _labels(model)
-    probs = softmax(logits)
-    return [{"top_k": top_k_entries(row, labels, top_k)} for row in probs]
+    return [{"top_k": row} for row in top_k_rows(softmax(logits), _labels(model), top_k)]
 
 
 def complete(model: SequenceModel, prompt: str, n: int, max_length: int, temperature: float, top_k: int | None,

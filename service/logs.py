@@ -6,11 +6,12 @@ one), echoed in the response and attached to every log record written while the 
 from __future__ import annotations
 
 import contextvars
+import itertools
 import logging
 import re
 import sys
+import secrets
 import time
-import uuid
 
 from pythonjsonlogger.json import JsonFormatter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -18,6 +19,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 access_log = logging.getLogger("service.access")
 _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_ID_PREFIX = secrets.token_hex(8)          # unique per process; a counter makes the rest
+_id_counter = itertools.count()
 
 
 class _RequestIdFilter(logging.Filter):
@@ -52,7 +55,7 @@ def request_id_from(scope: Scope) -> str:
             rid = value.decode("latin-1")
             if _SANE_ID.fullmatch(rid):
                 return rid
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
 class RequestLogMiddleware:
@@ -72,12 +75,10 @@ class RequestLogMiddleware:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
                 message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid.encode())]
-            elif message["type"] == "websocket.close" and status[0] == 101:
-                status[0] = 403 if message.get("code") == 1008 else 101
             await send(message)
 
-        try:
-            await self.app(scope, receive, send_with_id)
+        try:            # a socket's messages skip the wrapper: it is on every keystroke's path
+            await self.app(scope, receive, send_with_id if scope["type"] == "http" else send)
         finally:
             if self.enabled and access_log.isEnabledFor(logging.INFO):
                 client = scope.get("client")

@@ -1,6 +1,7 @@
 """Builds the FastAPI app: settings, error handlers, routers, and models loaded in the lifespan."""
 from __future__ import annotations
 
+import gc
 import logging
 from contextlib import asynccontextmanager
 
@@ -38,14 +39,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for e in registry.entries():
             metrics.model_loaded.labels(e.name, e.version).set(1 if e.status == "ready" else 0)
         app.state.registry = registry
-        store = MemorySessionStore(ttl=settings.session_ttl_seconds, max_sessions=settings.max_sessions,
-                                   on_event=metrics.on_session_event)
+        if settings.session_store == "redis":         # shared by replicas; redis-py is imported only here
+            from service.sessions.redis_store import RedisSessionStore
+            store = RedisSessionStore.from_settings(settings, on_event=metrics.on_session_event)
+        else:
+            store = MemorySessionStore(ttl=settings.session_ttl_seconds, max_sessions=settings.max_sessions,
+                                       on_event=metrics.on_session_event)
         metrics.active_sessions.set_function(store.count)
         app.state.sessions = SessionManager(registry, store, settings, on_batch=metrics.on_batch,
                                             on_steps=metrics.steps.inc)
         app.state.stateless = StatelessBatchers(settings, on_batch=metrics.on_batch)
         log.info("ready", extra={"models": [e.name for e in registry.entries() if e.status == "ready"],
                                  "device": settings.device, "session_store": type(store).__name__})
+        gc.collect()
+        gc.freeze()          # the models and startup objects are permanent: keep them out of every GC pass
         yield
         log.info("shutting down: draining batchers")
         await app.state.sessions.close()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,6 +38,26 @@ class Settings(BaseSettings):
     batching: bool = True
     max_batch_size: int = Field(64, ge=1)
     max_queue_delay_ms: float = Field(2.0, ge=0)
+
+    # where sessions live: one process keeps them in memory; replicas share them in Redis
+    session_store: Literal["memory", "redis"] = Field(
+        "memory", description="memory: this process only; redis: shared by every replica behind a load balancer")
+    redis_url: str = Field("redis://localhost:6379/0", description="redis:// or rediss:// URL of the session store")
+    redis_key_prefix: str = Field("rnn-serve:", description="prefix of every key, so deployments can share a Redis")
+    redis_socket_timeout_seconds: float = Field(
+        1.0, gt=0, description="connect and read timeout; a dead Redis becomes a fast 503, not a hung request")
+    redis_retries: int = Field(2, ge=0, description="quick retries of a failed Redis call before answering 503")
+    redis_lock_ttl_seconds: float = Field(
+        10.0, gt=0, description="a step lock lapses after this if its replica dies; keep it longer than any step")
+    redis_lock_wait_seconds: float = Field(
+        15.0, gt=0, description="how long a step waits for its session's lock before a 409 session_busy")
+    redis_tombstone_seconds: float = Field(
+        3600.0, ge=1, description="how long an expired or evicted session is remembered, for a clear 410")
+    redis_count_refresh_seconds: float = Field(
+        5.0, gt=0, description="refresh interval of the cached live-session count behind the metrics gauge")
+
+    # permessage-deflate costs more CPU than it saves bandwidth on small per-keystroke messages
+    ws_compression: bool = Field(False, description="offer permessage-deflate on WebSockets")
 
     # auth and CORS
     api_keys: list[str] = Field(default_factory=list, description="accepted X-API-Key values; empty: no auth")

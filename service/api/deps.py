@@ -1,4 +1,8 @@
-"""Dependencies as ``Annotated`` aliases: settings and the model registry from app state."""
+"""Dependencies as ``Annotated`` aliases: settings and the model registry from app state.
+
+They are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, a
+thread hop per request for what is only an attribute read.
+"""
 from __future__ import annotations
 
 from typing import Annotated
@@ -10,15 +14,15 @@ from service.sessions.manager import SessionManager
 from service.settings import Settings
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_sessions(request: Request) -> SessionManager:
+async def get_sessions(request: Request) -> SessionManager:
     return request.app.state.sessions
 
 

@@ -81,6 +81,9 @@ class SessionStore:
     def count(self) -> int: ...
     async def close(self) -> None: ...
 
+    async def ping(self) -> None:
+        """Raise ``Unavailable`` when the store cannot be reached (readiness); a local store always can."""
+
 
 class ConflictError(ServiceError):
     status, code = 409, "session_conflict"

@@ -4,7 +4,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from service.api.deps import Registry
+from service.api.deps import Registry, Sessions
+from service.errors import ServiceError
 
 router = APIRouter(prefix="/v2", tags=["health"])
 SERVER_NAME = "rnn-serve"
@@ -17,10 +18,15 @@ async def live() -> dict:
 
 
 @router.get("/health/ready")
-async def ready(registry: Registry):
-    """Ready when every model in the repository has loaded (503 otherwise)."""
-    ok = registry.all_ready
-    return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+async def ready(registry: Registry, sessions: Sessions):
+    """Ready when every model in the repository has loaded and the session store answers (503 otherwise)."""
+    if not registry.all_ready:
+        return JSONResponse({"ready": False}, status_code=503)
+    try:
+        await sessions.store.ping()
+    except ServiceError as exc:                     # e.g. Redis down: a balancer should route elsewhere
+        return JSONResponse({"ready": False, "error": exc.message}, status_code=503)
+    return JSONResponse({"ready": True}, status_code=200)
 
 
 @router.get("")
