@@ -50,6 +50,12 @@ def pct(xs, q):
     return float(np.percentile(np.asarray(xs) * 1000, q)) if xs else float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (from /proc), to cost the server apart from the generator."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -69,7 +75,11 @@ class Server:
 
     def __exit__(self, *exc):
         self.proc.terminate()
-        self.proc.wait(timeout=15)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            print("server did not stop within 30 s of SIGTERM; killed", file=sys.stderr)
 
 
 # -- scenarios ------------------------------------------------------------------------------
@@ -117,13 +127,14 @@ def run_stream(n_list, keystrokes, interval):
                 await go.wait()
                 timing["typing"] = time.perf_counter()
                 await asyncio.gather(*tasks)
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), cpu_seconds(srv.proc.pid)
             uvloop.run(main())
             wall = time.perf_counter() - timing["typing"]
+            cpu_us = (cpu_seconds(srv.proc.pid) - cpu0) / max(len(rtts), 1) * 1e6     # connects included
             rows.append([n, f"{timing['connected'] - t0:.1f}", len(rtts), f"{len(rtts) / wall:.0f}", f"{pct(rtts, 50):.1f}",
-                         f"{pct(rtts, 99):.1f}", f"{pct(rtts, 100):.1f}", len(errors)])
+                         f"{pct(rtts, 99):.1f}", f"{pct(rtts, 100):.1f}", f"{cpu_us:.0f}", len(errors)])
     print_table(f"Streaming: WebSocket sessions typing into charlm, one keystroke per message every {interval * 1000:.0f} ms",
-                ["sessions", "connect s", "keystrokes", "msg/s", "p50 ms", "p99 ms", "max ms", "errors"], rows)
+                ["sessions", "connect s", "keystrokes", "msg/s", "p50 ms", "p99 ms", "max ms", "server CPU µs/msg", "errors"], rows)
     return rows
 
 
@@ -147,12 +158,13 @@ def run_throughput(sessions, duration, chars):
             async def main():
                 await asyncio.gather(*(closed_loop(f"ws://{srv.host}/v1/models/charlm/stream", duration, counter, chars)
                                        for _ in range(sessions)))
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), cpu_seconds(srv.proc.pid)
             uvloop.run(main())
             rates[batching] = counter[0] / (time.perf_counter() - t0)
-            rows.append(["on" if batching else "off", sessions, chars, f"{rates[batching]:.0f}"])
+            cpu_us = (cpu_seconds(srv.proc.pid) - cpu0) / max(counter[0], 1) * 1e6
+            rows.append(["on" if batching else "off", sessions, chars, f"{rates[batching]:.0f}", f"{cpu_us:.0f}"])
     print_table(f"Throughput: {sessions} sessions sending back to back for {duration:g} s",
-                ["batching", "sessions", "steps/msg", "steps/s"], rows)
+                ["batching", "sessions", "steps/msg", "steps/s", "server CPU µs/step"], rows)
     print(f"batching on / off: {rates[True] / rates[False]:.1f}x")
     return rates
 
