@@ -36,6 +36,13 @@ class PayloadTooLarge(ServiceError):
     status, code = 413, "payload_too_large"
 
 
+class Overloaded(ServiceError):
+    """429 with ``Retry-After``: the request was refused before any work, so retrying is safe."""
+
+    status, code = 429, "overloaded"
+    retry_after = 1
+
+
 class Unavailable(ServiceError):
     status, code = 503, "unavailable"
 
@@ -55,9 +62,10 @@ def _validation_message(exc: RequestValidationError) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError):
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
         if request.url.path.startswith("/v2/"):       # the v2 protocol's own error shape
-            return JSONResponse({"error": exc.message}, status_code=exc.status)
-        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status)
+            return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
+        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):

@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     batching: bool = True
     max_batch_size: int = Field(64, ge=1)
     max_queue_delay_ms: float = Field(2.0, ge=0)
+    max_pending_requests: int = Field(4096, ge=1, description="per model: past this many waiting, new ones get 429")
 
     # where sessions live: one process keeps them in memory; replicas share them in Redis
     session_store: Literal["memory", "redis"] = Field(

@@ -23,7 +23,7 @@ class StatelessBatchers:
             b = self._batchers[key] = DynamicBatcher(
                 lambda items: run(model, items), max_batch=self.settings.max_batch_size,
                 max_delay=self.settings.max_queue_delay_ms / 1000, enabled=self.settings.batching,
-                on_batch=self._on_batch)
+                on_batch=self._on_batch, max_pending=self.settings.max_pending_requests)
         return await b.submit(seqs)
 
     async def close(self) -> None:

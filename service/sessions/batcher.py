@@ -5,7 +5,8 @@ thread, so the event loop never blocks on it. For sessions, an item is (state, n
 ``run`` is one padded ``advance``; callers serialise their own session (one request in flight per
 session), so a batch never holds two requests of one session and order within a session is kept.
 Requests are served first come, first served. ``close`` drains: what was queued before it still
-runs, and anything submitted after it gets a clear 503.
+runs, and anything submitted after it gets a clear 503. Past ``max_pending`` requests waiting or
+running, a new one is refused at once with a 429, so overload sheds load instead of growing latency.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from service.errors import Unavailable
+from service.errors import Overloaded, Unavailable
 from service.sessions.stepper import advance
 
 _STOP = object()      # queued by close(): everything before it is still served
@@ -28,8 +29,10 @@ class _Pending:
 
 
 class DynamicBatcher:
-    def __init__(self, run, max_batch: int = 64, max_delay: float = 0.002, enabled: bool = True, on_batch=None):
+    def __init__(self, run, max_batch: int = 64, max_delay: float = 0.002, enabled: bool = True, on_batch=None,
+                 max_pending: int = 4096):
         self.run, self.max_batch, self.max_delay, self.enabled = run, max_batch, max_delay, enabled
+        self.max_pending, self._pending = max_pending, 0
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batcher")
@@ -44,6 +47,15 @@ class DynamicBatcher:
     async def submit(self, item):
         if self._closed:
             raise Unavailable("the server is shutting down; retry on another replica")
+        if self._pending >= self.max_pending:
+            raise Overloaded(f"overloaded: {self._pending} requests are already waiting for this model; retry shortly")
+        self._pending += 1
+        try:
+            return await self._submit(item)
+        finally:
+            self._pending -= 1
+
+    async def _submit(self, item):
         loop = asyncio.get_running_loop()
         if not self.enabled:
             (result,) = await loop.run_in_executor(self._executor, self.run, [item])

@@ -43,7 +43,7 @@ class SessionManager:
         if b is None:
             b = self._batchers[key] = DynamicBatcher.for_sessions(
                 entry.model, max_batch=self.settings.max_batch_size, max_delay=self.settings.max_queue_delay_ms / 1000,
-                enabled=self.settings.batching, on_batch=self._on_batch)
+                enabled=self.settings.batching, on_batch=self._on_batch, max_pending=self.settings.max_pending_requests)
         return b
 
     # -- lifecycle ----------------------------------------------------------------------------
