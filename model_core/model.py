@@ -116,6 +116,15 @@ class SequenceModel:
 
     __call__ = forward
 
+    def forward_steps(self, inputs, state=None, lengths=None):
+        """Returns (logits (T, B, C), state): the head at every step, for every task.
+
+        For a classifier these are the running class logits (what it would say if the sequence
+        ended there); with ``lengths``, steps past a sequence's end are padding.
+        """
+        (y, new_state) = self.rnn.forward(self.encode(inputs), state, lengths)
+        return self.head.forward(y), new_state
+
     def forward_train(self, inputs, state=None, lengths=None, rng=None):
         return self._run(inputs, state, lengths, train=True, rng=rng)
 

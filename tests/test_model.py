@@ -88,6 +88,21 @@ def test_step_by_step_equals_whole_sequence(task, cell, encoding):
         np.testing.assert_allclose(a, b, atol=1e-12)
 
 
+@pytest.mark.parametrize("task", ["classify", "seq2seq", "lm"])
+def test_forward_steps_gives_the_head_at_every_step(task):
+    rng = np.random.default_rng(4)
+    model = make(task, "gru", "embedding" if task == "lm" else "features")
+    x = inputs_for(model, 5, 3, rng)
+    per_step, state = model.forward_steps(x)
+    assert per_step.shape[:2] == (5, 3)
+    whole, final = model.forward(x)
+    np.testing.assert_allclose(per_step[-1] if task == "classify" else per_step, whole, atol=1e-12)
+    np.testing.assert_allclose(state, final, atol=1e-12)
+    for t in range(1, 5):                       # a classifier's running logits: as if the sequence ended at t
+        if task == "classify":
+            np.testing.assert_allclose(per_step[t - 1], model.forward(x[:t])[0], atol=1e-12)
+
+
 def test_ragged_batch_equals_one_by_one():
     rng = np.random.default_rng(3)
     model = make("classify", "lstm", "features", bidirectional=True, layers=2, dtype="float32")

@@ -10,31 +10,34 @@ from __future__ import annotations
 import numpy as np
 
 from model_core.backend import to_numpy
-from model_core.model import SequenceModel
 from model_core.state import parts, slice_state, stack_states, state_from_bytes, state_to_bytes
 from service.encoding import pad_batch
 
 
-def load_state(model: SequenceModel, blob: bytes | None):
-    """Session bytes -> a B=1 state on the model's device (zeros for a new session)."""
+def load_state(model, blob: bytes | None):
+    """Session bytes -> a B=1 state on the model's device (zeros for a new session).
+
+    ``model`` is any served model: ``init_state``, ``forward_steps``, ``config``, ``xp``
+    (``SequenceModel``, or an ONNX graph behind its model card).
+    """
+    zero = model.init_state(1)
     if blob is None:
-        return model.init_state(1)
-    state = state_from_bytes(blob, as_tuple=model.rnn.state_size > 1)
-    expected = (model.rnn.num_layers * model.rnn.num_directions, 1, model.config.hidden_size)
-    for p in parts(state):
-        if p.shape != expected or p.dtype != model.dtype:
-            raise ValueError(f"state has shape {p.shape} {p.dtype}, this model needs {expected} {model.dtype}")
+        return zero
+    ref = parts(zero)
+    state = state_from_bytes(blob, as_tuple=len(ref) > 1)
+    for p, r in zip(parts(state), ref, strict=True):
+        if p.shape != r.shape or p.dtype != r.dtype:
+            raise ValueError(f"state has shape {p.shape} {p.dtype}, this model needs {r.shape} {r.dtype}")
     xp = model.xp
     return tuple(xp.asarray(p) for p in state) if isinstance(state, tuple) else xp.asarray(state)
 
 
-def advance(model: SequenceModel, states: list[bytes | None], inputs: list[np.ndarray]):
+def advance(model, states: list[bytes | None], inputs: list[np.ndarray]):
     """Run each session's new steps. Returns per session (logits (K_i, C) float32, new state bytes)."""
     x, lengths = pad_batch(model.config, inputs)
     state = stack_states([load_state(model, s) for s in states], xp=model.xp)
-    enc = model.encode(x)                                                 # (K, B, I')
-    y, new_state = model.rnn.forward(enc, state, lengths=lengths)     # equal lengths skip masking
-    logits = to_numpy(model.head.forward(y)).astype(np.float32)           # (K, B, C)
+    logits, new_state = model.forward_steps(x, state, lengths=lengths)   # equal lengths skip masking
+    logits = to_numpy(logits).astype(np.float32)                          # (K, B, C)
     return [(logits[:k, b], state_to_bytes(slice_state(new_state, b))) for b, k in enumerate(lengths.tolist())]
 
 
