@@ -10,7 +10,7 @@ __all__ = ["export", "InferenceSession", "OnnxLoadError"]
 
 def __getattr__(name: str):
     if name == "export":
-        from model_core.onnx.export import export
+        from model_core.onnx.exporter import export
         return export
     if name in ("InferenceSession", "OnnxLoadError"):
         from model_core.onnx import session
