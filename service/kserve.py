@@ -46,7 +46,8 @@ def output_spec(c: ModelConfig) -> list[dict]:
 
 def model_metadata(entry) -> dict:
     c = entry.config
-    return {"name": entry.name, "versions": [entry.version], "platform": f"rnn-serve_{c.cell}",
+    platform = "rnn-serve_onnx" if entry.format == "onnx" else f"rnn-serve_{c.cell}"     # ONNX: our runtime, not ORT
+    return {"name": entry.name, "versions": [entry.version], "platform": platform,
             "inputs": [{k: v for k, v in t.items() if k != "optional"} for t in input_spec(c)],
             "outputs": output_spec(c)}
 

@@ -1,7 +1,10 @@
-"""The model repository: every ``<model_dir>/<name>/model.safetensors`` becomes a served model.
+"""The model repository: every ``<model_dir>/<name>/model.safetensors`` (our checkpoint) or
+``<model_dir>/<name>/model.onnx`` (an ONNX graph, with an optional ``model-card.json``) becomes a
+served model.
 
 Models are loaded in the app's lifespan. A model that fails to load is reported (status
-``failed`` with the reason) and does not stop the others from serving.
+``failed`` with the reason) and does not stop the others from serving. ONNX graphs run on our
+own runtime behind ``OnnxSequenceModel``, which every endpoint serves like a checkpoint.
 """
 from __future__ import annotations
 
@@ -15,10 +18,15 @@ from pathlib import Path
 import model_core
 from model_core.config import ModelConfig
 from model_core.model import SequenceModel
+from model_core.onnx.errors import OnnxLoadError
+from model_core.onnx.served_model import OnnxSequenceModel
 from service.errors import NotFound, Unavailable
+from service.model_card import CARD, read_card
 
 log = logging.getLogger("service.registry")
 CHECKPOINT = "model.safetensors"
+ONNX = "model.onnx"
+FORMATS = {CHECKPOINT: "rnn-serve-checkpoint", ONNX: "onnx"}
 
 
 @dataclass
@@ -28,15 +36,16 @@ class ModelEntry:
     version: str = ""
     status: str = "loading"             # loading | ready | failed
     error: str | None = None
-    model: SequenceModel | None = None
+    model: SequenceModel | OnnxSequenceModel | None = None
     loaded_at: float = field(default_factory=time.time)
+    format: str = FORMATS[CHECKPOINT]
 
     @property
     def config(self) -> ModelConfig:
         return self.model.config
 
     def metadata(self) -> dict:
-        out = {"name": self.name, "version": self.version, "status": self.status, "format": "rnn-serve-checkpoint"}
+        out = {"name": self.name, "version": self.version, "status": self.status, "format": self.format}
         if self.error:
             out["error"] = self.error
         if self.model is None:
@@ -50,16 +59,52 @@ class ModelEntry:
             "device": self.model.device, "dtype": self.model.dtype.name, "parameters": self.model.num_parameters(),
             "metadata": c.metadata,
         })
+        if isinstance(self.model, OnnxSequenceModel):
+            out.update(self.model.describe())             # opset, graph inputs / outputs, the card's bindings
         return out
 
 
-def _version_of(path: Path) -> str:
-    """A content hash: reloading an unchanged file keeps the version, a changed one gets a new one."""
+def _version_of(*paths: Path) -> str:
+    """A content hash of the model's files (an ONNX graph and its card together): reloading
+    unchanged files keeps the version, any change gives a new one."""
     digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
+    for path in paths:
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        digest.update(b"\0" + path.name.encode())            # a card's bytes never pass for the graph's
     return digest.hexdigest()[:12]
+
+
+def _model_file(folder: Path) -> Path | None:
+    """The folder's model file; a folder holding both kinds is ambiguous and fails to load."""
+    found = [folder / n for n in FORMATS if (folder / n).is_file()]
+    if len(found) > 1:
+        raise ValueError(f"{folder.name} holds both {CHECKPOINT} and {ONNX}; keep one")
+    return found[0] if found else None
+
+
+def _is_model_dir(folder: Path) -> bool:
+    return folder.is_dir() and any((folder / n).is_file() for n in FORMATS)
+
+
+def _files(path: Path) -> list[Path]:
+    """What the model is made of: the checkpoint, or the ONNX graph and its card if it has one."""
+    card = path.parent / CARD
+    return [path, card] if path.name == ONNX and card.is_file() else [path]
+
+
+def _load_onnx(folder: Path, device: str) -> OnnxSequenceModel:
+    """An ONNX graph with its card, or with the metadata our exporter writes when there is no card."""
+    card = folder / CARD
+    binding = read_card(card) if card.is_file() else None
+    try:
+        return OnnxSequenceModel.load(folder / ONNX, binding, device=device)
+    except OnnxLoadError as exc:           # the graph itself: unreadable, unsafe or unsupported
+        raise ValueError(f"{ONNX}: {exc}") from None
+    except ValueError as exc:              # a card that does not fit the graph names its field
+        where = CARD if binding is not None else f"{ONNX} (no {CARD})"
+        raise ValueError(f"{where}: {exc}") from None
 
 
 class ModelRegistry:
@@ -79,15 +124,19 @@ class ModelRegistry:
         if not self.model_dir.is_dir():
             log.error("model directory %s does not exist", self.model_dir)
             return
-        for sub in sorted(p for p in self.model_dir.iterdir() if (p / CHECKPOINT).is_file()):
+        for sub in sorted(p for p in self.model_dir.iterdir() if _is_model_dir(p)):
             self.load(sub.name)
 
     def load(self, name: str) -> ModelEntry:
-        path = self.model_dir / name / CHECKPOINT
-        entry = ModelEntry(name=name, path=path)
+        folder = self.model_dir / name
+        entry = ModelEntry(name=name, path=folder / CHECKPOINT)
         try:
-            entry.version = _version_of(path)
-            entry.model = model_core.load(path, device=self.device)
+            path = _model_file(folder)
+            if path is None:
+                raise FileNotFoundError(f"{folder} has no {CHECKPOINT} or {ONNX}")
+            entry.path, entry.format = path, FORMATS[path.name]
+            entry.version = _version_of(*_files(path))
+            entry.model = _load_onnx(folder, self.device) if path.name == ONNX else model_core.load(path, device=self.device)
             entry.status = "ready"
             log.info("loaded model %s version %s on %s", name, entry.version, entry.model.device)
         except Exception as exc:  # one bad file must not take the others down
@@ -113,7 +162,7 @@ class ModelRegistry:
             return [self.load(name)]
         if not self.model_dir.is_dir():
             return []
-        return [self.load(p.name) for p in sorted(self.model_dir.iterdir()) if (p / CHECKPOINT).is_file()]
+        return [self.load(p.name) for p in sorted(self.model_dir.iterdir()) if _is_model_dir(p)]
 
     def version(self, name: str, version: str) -> ModelEntry:
         """The entry a session started on, while it is kept."""

@@ -5,6 +5,11 @@ inputs B, sequence_lens, initial_h, initial_c and P (peepholes), ``clip``, ``inp
 ``linear_before_reset``, every activation the spec lists with ``activation_alpha`` / ``_beta``,
 and any subset of the outputs Y, Y_h, Y_c.
 
+Speed: W, R and B are laid out once (at load time when they are initializers): one GEMM projects
+every step of every direction, then each step is one (N, H) @ (H, G*H) GEMM into a preallocated
+buffer and in-place gate math (``recurrent_loops``); reverse directions read the projection
+backwards through a view, and masking runs only at steps where some sequence has ended.
+
 Ragged batches follow onnxruntime: Y is zero past each sequence's length, Y_h / Y_c hold the
 state at its last valid step, the reverse direction starts at each sequence's own last valid
 step, and a sequence of length 0 gets zero Y_h / Y_c (not initial_h).
@@ -17,7 +22,7 @@ import numpy as np
 
 from model_core.backend import to_numpy
 from model_core.onnx.ops.activations import bind_activations
-from model_core.onnx.ops.recurrent_loops import gru_loop, lstm_loop, rnn_loop
+from model_core.onnx.ops.recurrent_loops import gru_loop, lstm_loop, lstm_loop_halved, rnn_loop
 from model_core.onnx.ops.registry import Unsupported, register
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -85,13 +90,76 @@ def prepare_recurrent(node):
     cfg = parse_config(node)
     xp = node.xp
     wants = tuple(node.has_output(k) for k in range(len(node.outputs)))
+    constant = _constant_weights(node, cfg)  # W, R, B laid out for the loops once, not per call
 
     def kernel(X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None):
-        return run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_c, P)
+        return run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_c, P, constant)
     return kernel
 
 
-def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_c, P):
+@dataclass(frozen=True)
+class Weights:
+    """W, R and B as the loops use them. W_T (I, D*G*H): every direction's input weights side by
+    side, so one GEMM projects all steps of all directions; bias (D*G*H,) or None: W's and R's
+    biases summed, less R's candidate bias under linear_before_reset, which is ``rb_h`` (per
+    direction (H,)); R_T: per direction (H, G*H), contiguous, the per-step GEMM's right operand.
+    ``halved``: per direction, whether the LSTM's i, o, f columns are scaled by 1/2 (see
+    ``halved_gates``)."""
+    W_T: object
+    bias: object
+    R_T: tuple
+    rb_h: tuple | None
+    halved: tuple
+
+
+def halved_gates(cfg, peepholes: bool) -> tuple:
+    """Per direction: can the LSTM's sigmoid gates take the fast path? With the default
+    activations and no peepholes, W, R and B's i, o, f columns are scaled by 1/2 up front (exact:
+    a power of two), so sigmoid(x) = tanh(x/2)/2 + 1/2 needs no scaling pass per step and one
+    tanh covers all four gates."""
+    if cfg.op_type != "LSTM" or peepholes:
+        return (False,) * len(cfg.reversed_dirs)
+    names = [tuple(slot[d if len(slot) > 1 else 0].key[0] for slot in cfg.activations)
+             for d in range(len(cfg.reversed_dirs))]
+    return tuple(n == ("sigmoid", "tanh", "tanh") for n in names)
+
+
+def prepare_weights(xp, cfg, W, R, B, H, halved) -> Weights:
+    D, GH, I = W.shape
+    scale = xp.ones((D, GH), W.dtype)  # (D, G*H)
+    for d, half in enumerate(halved):
+        if half:
+            scale[d, :3 * H] = 0.5
+    W_T = xp.ascontiguousarray((W * scale[:, :, None]).transpose(2, 0, 1).reshape(I, D * GH))  # (I, D*G*H)
+    R_T = tuple(xp.ascontiguousarray((R[d] * scale[d][:, None]).T) for d in range(D))  # (H, G*H) each
+    bias, rb_h = None, None
+    if B is not None:
+        wb, rb = B[:, :GH], B[:, GH:]  # (D, G*H) each
+        if cfg.linear_before_reset:
+            # R's candidate bias sits inside the reset gate's product, so it stays separate
+            rb_h = tuple(xp.ascontiguousarray(rb[d, 2 * H:]) for d in range(D))
+            rb = xp.concatenate([rb[:, :2 * H], xp.zeros_like(rb[:, 2 * H:])], axis=1)
+        bias = ((wb + rb) * scale).reshape(D * GH)
+    return Weights(W_T, bias, R_T, rb_h, tuple(halved))
+
+
+def _constant_weights(node, cfg) -> Weights | None:
+    """Weights prepared at load time when W, R (and B, if given) are initializers of the right
+    shapes; None otherwise, and the kernel prepares them per call (and reports bad shapes)."""
+    W, R = node.constant(1), node.constant(2)
+    B = node.constant(3)
+    if W is None or R is None or (node.has_input(3) and B is None) or W.ndim != 3 or R.ndim != 3:
+        return None
+    D, G = len(cfg.reversed_dirs), GATES[cfg.op_type]
+    H = cfg.hidden_size or R.shape[-1]
+    if W.shape[:2] != (D, G * H) or R.shape != (D, G * H, H) or (B is not None and B.shape != (D, 2 * G * H)):
+        return None
+    xp = node.xp
+    return prepare_weights(xp, cfg, xp.asarray(W), xp.asarray(R), None if B is None else xp.asarray(B), H,
+                           halved_gates(cfg, node.has_input(7)))
+
+
+def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_c, P, constant=None):
     """One recurrent node. Shapes (layout 0): X (T, N, I), W (D, G*H, I), R (D, G*H, H),
     B (D, 2*G*H), sequence_lens (N,), initial_h / initial_c (D, N, H), P (D, 3H)."""
     if cfg.batch_major:
@@ -108,53 +176,60 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
     _expect(cfg, "initial_c", initial_c, (D, N, H))
     _expect(cfg, "P", P, (D, 3 * H))
     lengths = _lengths(cfg, sequence_lens, T, N)
+    w = constant or prepare_weights(xp, cfg, W, R, B, H, halved_gates(cfg, P is not None))
 
-    # project every step at once: one matmul per direction instead of one per step
-    xw = xp.matmul(X.reshape(T * N, I)[None], W.transpose(0, 2, 1)).reshape(D, T, N, G * H)
-    rb_h = None
-    if B is not None:
-        wb, rb = B[:, :G * H], B[:, G * H:]  # (D, G*H) each
-        if cfg.linear_before_reset:
-            # R's candidate bias sits inside the reset gate's product, so it stays separate
-            rb_h = rb[:, None, 2 * H:]  # (D, 1, H)
-            rb = xp.concatenate([rb[:, :2 * H], xp.zeros_like(rb[:, 2 * H:])], axis=1)
-        xw = xw + (wb + rb)[:, None, None, :]
-    elif cfg.linear_before_reset:
-        rb_h = xp.zeros((D, 1, H), X.dtype)
-
-    reverse_index = None if lengths is None else _reverse_index(xp, lengths, T)
-    xw = _in_direction_order(xp, cfg, xw, reverse_index)  # (D, T, N, G*H)
+    # project every step of every direction at once: one GEMM instead of one per step
+    xw = xp.matmul(X.reshape(T * N, I), w.W_T)  # (T*N, D*G*H)
+    if w.bias is not None:
+        xw += w.bias
+    xw = xw.reshape(T, N, D, G * H)
     mask = None if lengths is None else xp.asarray(np.arange(T)[:, None] < lengths[None, :])[..., None]  # (T, N, 1)
-    h = xp.zeros((D, N, H), X.dtype) if initial_h is None else initial_h
-    ys = xp.empty((D, T, N, H), X.dtype) if wants[0] else None
-    R_T = R.transpose(0, 2, 1)  # (D, H, G*H)
-
-    c = None
-    if cfg.op_type == "LSTM":
-        c = xp.zeros((D, N, H), X.dtype) if initial_c is None else initial_c
-        P3 = None if P is None else P[:, None, :]  # (D, 1, 3H)
-        h, c = lstm_loop(xp, cfg, xw, R_T, P3, h, c, mask, ys)
-    elif cfg.op_type == "GRU":
-        h = gru_loop(xp, cfg, xw, R_T, rb_h, h, mask, ys)
-    else:
-        h = rnn_loop(xp, cfg, xw, R_T, h, mask, ys)
+    # a step needs masking only once some sequence has ended
+    masks = [None if mask is None or t < lengths.min() else mask[t] for t in range(T)]
+    reverse_index = None if lengths is None else _reverse_index(xp, lengths, T)
+    ys = xp.empty((T, D, N, H), X.dtype) if wants[0] else None  # Y in layout 0, filled in place
+    hs = _initial(xp, initial_h, (D, N, H), X.dtype)
+    cs = _initial(xp, initial_c, (D, N, H), X.dtype) if cfg.op_type == "LSTM" else None
+    for d, backwards in enumerate(cfg.reversed_dirs):
+        x_d = xw[:, :, d]  # (T, N, G*H) in input time order
+        y_d = None if ys is None else ys[:, d]  # (T, N, H)
+        if backwards and reverse_index is None:
+            x_d, y_d = x_d[::-1], None if y_d is None else y_d[::-1]  # views: reading backwards is free
+        elif backwards:
+            # each sequence runs backwards from its own last step: gather once, scatter Y back after
+            x_d = x_d[reverse_index, xp.arange(N)[None, :]]
+            y_d = None if ys is None else xp.empty((T, N, H), X.dtype)
+        acts = tuple(slot[d] if len(slot) > 1 else slot[0] for slot in cfg.activations)
+        if cfg.op_type == "LSTM":
+            loop = lstm_loop_halved if w.halved[d] else lstm_loop
+            loop(xp, cfg, acts, x_d, w.R_T[d], None if P is None else P[d], hs[d], cs[d], masks, y_d)
+        elif cfg.op_type == "GRU":
+            gru_loop(xp, cfg, acts, x_d, w.R_T[d], None if w.rb_h is None else w.rb_h[d], hs[d], masks, y_d)
+        else:
+            rnn_loop(xp, cfg, acts, x_d, w.R_T[d], hs[d], masks, y_d)
+        if backwards and reverse_index is not None and ys is not None:
+            ys[:, d] = y_d[reverse_index, xp.arange(N)[None, :]]  # the index is its own inverse
 
     if lengths is not None and (lengths == 0).any():
         # onnxruntime's Y_h / Y_c for an empty sequence: zeros, not the initial state
         empty = xp.asarray(lengths == 0)[None, :, None]  # (1, N, 1)
-        h = xp.where(empty, 0, h).astype(X.dtype, copy=False)
-        c = None if c is None else xp.where(empty, 0, c).astype(X.dtype, copy=False)
+        xp.copyto(hs, 0, where=empty)
+        if cs is not None:
+            xp.copyto(cs, 0, where=empty)
     outputs = [None, None, None]
     if ys is not None:
-        ys = _in_direction_order(xp, cfg, ys, reverse_index)  # back to input time order
         if mask is not None:
-            ys = xp.where(mask[None], ys, 0).astype(X.dtype, copy=False)
-        outputs[0] = ys.transpose(2, 1, 0, 3) if cfg.batch_major else ys.transpose(1, 0, 2, 3)
-    states = (h, c)
-    for k in (1, 2):
+            xp.copyto(ys, 0, where=~mask[:, None])  # Y is zero past each sequence's length
+        outputs[0] = ys.transpose(2, 0, 1, 3) if cfg.batch_major else ys
+    for k, state in ((1, hs), (2, cs)):
         if k < len(wants) and wants[k]:
-            outputs[k] = states[k - 1].transpose(1, 0, 2) if cfg.batch_major else states[k - 1]
+            outputs[k] = state.transpose(1, 0, 2) if cfg.batch_major else state
     return tuple(outputs[:len(wants)])
+
+
+def _initial(xp, given, shape, dtype):
+    """A fresh state array the loops update in place (the caller's initial state is never written)."""
+    return xp.zeros(shape, dtype) if given is None else xp.array(given, dtype=dtype, copy=True)
 
 
 def _expect(cfg, name, array, shape):
@@ -180,17 +255,3 @@ def _reverse_index(xp, lengths, T):
     t = np.arange(T)[:, None]
     return xp.asarray(np.where(t < lengths[None, :], lengths[None, :] - 1 - t, t))
 
-
-def _in_direction_order(xp, cfg, a, reverse_index):
-    """Reverse in time the directions that run backwards. a (D, T, N, K)."""
-    if not any(cfg.reversed_dirs):
-        return a
-    parts = []
-    for d, backwards in enumerate(cfg.reversed_dirs):
-        if not backwards:
-            parts.append(a[d])
-        elif reverse_index is None:
-            parts.append(a[d, ::-1])
-        else:
-            parts.append(a[d][reverse_index, xp.arange(a.shape[2])[None, :]])  # (T, N, K)
-    return parts[0][None] if len(parts) == 1 else xp.stack(parts)

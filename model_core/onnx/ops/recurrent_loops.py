@@ -1,92 +1,176 @@
-"""The time loops of ONNX LSTM, GRU and RNN, written once for all directions.
+"""The time loops of ONNX LSTM, GRU and RNN: one direction at a time, no allocation per step.
 
-Every tensor carries a leading direction axis D (1, or 2 for bidirectional): the directions step
-together and each step is one batched matmul. Inputs are already projected (``xw = X W^T + b`` for
-all steps at once) and already reversed in time for the reverse direction, so the loops only run
-forward. ``mask`` (T, N, 1) is False past a sequence's length: there the state is held, and the
-caller zeroes Y. Activation slots are tuples of callables, one per direction, or a single callable
-shared by all directions.
+The caller has projected every step's input already (``x = X W^T + b``, one GEMM) and hands each
+loop ``x`` (T, N, G*H) in the order the direction reads it, so the loops only run forward. Each
+step is one ``(N, H) @ (H, G*H)`` GEMM into a preallocated gate buffer, then gate math in place.
+``h`` (and ``c``) (N, H) are updated in place. ``masks[t]`` is None while every sequence is
+running, else (N, 1), False where a sequence has ended: its state is held (the caller zeroes Y
+there). ``acts`` holds the direction's activations, in the op's slot order.
 """
 from __future__ import annotations
 
 
-def apply(xp, fns, x):
-    """Apply per-direction activations to ``x`` (D, ...)."""
-    if len(fns) == 1:
-        return fns[0](x)
-    return xp.stack([fn(x[d]) for d, fn in enumerate(fns)])
+def activate(xp, fn, a) -> None:
+    """``a = fn(a)`` in place; the spec's default activations without a temporary."""
+    name = fn.key[0]
+    if name == "sigmoid":
+        # 1/2 tanh(x/2) + 1/2: one transcendental, no overflow for large negative x
+        a *= 0.5
+        xp.tanh(a, out=a)
+        a *= 0.5
+        a += 0.5
+    elif name == "tanh":
+        xp.tanh(a, out=a)
+    elif name == "relu":
+        xp.maximum(a, 0, out=a)
+    else:
+        a[...] = fn(a)
 
 
-def _clipper(xp, clip):
-    if clip is None:
-        return lambda g: g
-    return lambda g: xp.clip(g, -clip, clip)
+def clip(xp, a, bound) -> None:
+    if bound is not None:
+        xp.clip(a, -bound, bound, out=a)
 
 
-def lstm_loop(xp, cfg, xw, R_T, P, h, c, mask, ys):
-    """LSTM, gates i, o, f, c. xw (D, T, N, 4H); R_T (D, H, 4H); P (D, 1, 3H) or None;
-    h, c (D, N, H); ys (D, T, N, H) or None, filled in place. Returns the final (h, c)."""
-    f_act, g_act, h_act = cfg.activations
-    clip = _clipper(xp, cfg.clip)
-    H = h.shape[-1]
-    if P is not None:
-        p_i, p_o, p_f = P[..., :H], P[..., H:2 * H], P[..., 2 * H:]  # (D, 1, H) each
-    for t in range(xw.shape[1]):
-        gates = xw[:, t] + xp.matmul(h, R_T)  # (D, N, 4H)
+def _commit(xp, state, new, mask) -> None:
+    """state = new, except where ``mask`` says the sequence has ended."""
+    if mask is None:
+        state[...] = new
+    else:
+        xp.copyto(state, new, where=mask)
+
+
+def lstm_loop(xp, cfg, acts, x, R_T, P, h, c, masks, ys) -> None:
+    """LSTM, gates i, o, f, c. x (T, N, 4H); R_T (H, 4H); P (3H,) peepholes or None;
+    h, c (N, H) updated in place; ys (T, N, H) or None, filled in place."""
+    f_act, g_act, h_act = acts
+    N, H = h.shape
+    gates = xp.empty((N, 4 * H), h.dtype)                      # (N, 4H)
+    i, o, f, g = (gates[:, k * H:(k + 1) * H] for k in range(4))
+    c_new, h_new, tmp = (xp.empty((N, H), h.dtype) for _ in range(3))
+    p_i, p_o, p_f = (None, None, None) if P is None else (P[:H], P[H:2 * H], P[2 * H:])
+    for t in range(x.shape[0]):
+        xp.matmul(h, R_T, out=gates)
+        gates += x[t]
         if P is None:
-            # no peepholes: i, o, f share f() and are contiguous, so activate them in one call
-            iof = apply(xp, f_act, clip(gates[..., :3 * H]))  # (D, N, 3H)
-            i, o, f = iof[..., :H], iof[..., H:2 * H], iof[..., 2 * H:]
-            if cfg.input_forget:
-                f = 1 - i
-            c_new = f * c + i * apply(xp, g_act, clip(gates[..., 3 * H:]))
+            clip(xp, gates, cfg.clip)
+            activate(xp, f_act, gates[:, :3 * H])              # i, o, f share f(): one call
         else:
-            i = apply(xp, f_act, clip(gates[..., :H] + p_i * c))
-            f = 1 - i if cfg.input_forget else apply(xp, f_act, clip(gates[..., 2 * H:3 * H] + p_f * c))
-            c_new = f * c + i * apply(xp, g_act, clip(gates[..., 3 * H:]))
-            # the output gate's peephole looks at the new cell state
-            o = apply(xp, f_act, clip(gates[..., H:2 * H] + p_o * c_new))
-        h_new = o * apply(xp, h_act, c_new)  # (D, N, H)
-        if mask is not None:
-            h_new, c_new = xp.where(mask[t], h_new, h), xp.where(mask[t], c_new, c)
-        h, c = h_new, c_new
+            xp.multiply(p_i, c, out=tmp)
+            i += tmp
+            xp.multiply(p_f, c, out=tmp)
+            f += tmp
+            for gate in (i, f, g):
+                clip(xp, gate, cfg.clip)
+            activate(xp, f_act, i)
+            activate(xp, f_act, f)
+        if cfg.input_forget:
+            xp.subtract(1, i, out=f)                           # the forget gate coupled to the input gate
+        activate(xp, g_act, g)
+        g *= i                                                 # i * g
+        xp.multiply(f, c, out=c_new)
+        c_new += g                                             # c' = f * c + i * g
+        if P is not None:
+            xp.multiply(p_o, c_new, out=tmp)                   # the output gate's peephole sees c'
+            o += tmp
+            clip(xp, o, cfg.clip)
+            activate(xp, f_act, o)
+        h_new[...] = c_new
+        activate(xp, h_act, h_new)
+        h_new *= o                                             # h' = o * h(c')
+        _commit(xp, c, c_new, masks[t])
+        _commit(xp, h, h_new, masks[t])
         if ys is not None:
-            ys[:, t] = h
-    return h, c
+            ys[t] = h
 
 
-def gru_loop(xp, cfg, xw, R_T, rb_h, h, mask, ys):
-    """GRU, gates z, r, h. xw (D, T, N, 3H) holds every bias except, with linear_before_reset,
-    R's bias for the candidate, ``rb_h`` (D, 1, H). R_T (D, H, 3H); h (D, N, H). Returns h."""
-    f_act, g_act = cfg.activations
-    clip = _clipper(xp, cfg.clip)
-    H = h.shape[-1]
-    R_zr, R_h = R_T[..., :2 * H], R_T[..., 2 * H:]  # (D, H, 2H), (D, H, H)
-    for t in range(xw.shape[1]):
-        x_t = xw[:, t]  # (D, N, 3H)
+def lstm_loop_halved(xp, cfg, acts, x, R_T, P, h, c, masks, ys) -> None:
+    """``lstm_loop`` for the default activations (sigmoid, tanh, tanh) without peepholes, with
+    the i, o, f columns of x and R_T already scaled by 1/2: one tanh over all four gates, then
+    i, o, f = t/2 + 1/2 is sigmoid of the unscaled pre-activation."""
+    N, H = h.shape
+    gates = xp.empty((N, 4 * H), h.dtype)                      # (N, 4H)
+    iof = gates[:, :3 * H]
+    i, o, f, g = (gates[:, k * H:(k + 1) * H] for k in range(4))
+    c_new, h_new = xp.empty((N, H), h.dtype), xp.empty((N, H), h.dtype)
+    for t in range(x.shape[0]):
+        xp.matmul(h, R_T, out=gates)
+        gates += x[t]
+        if cfg.clip is not None:
+            xp.clip(iof, -cfg.clip / 2, cfg.clip / 2, out=iof)     # the bound halves with the columns
+            clip(xp, g, cfg.clip)
+        xp.tanh(gates, out=gates)
+        iof *= 0.5
+        iof += 0.5
+        if cfg.input_forget:
+            xp.subtract(1, i, out=f)
+        g *= i                                                 # i * g
+        mask = masks[t]
+        if mask is None:                                       # every sequence running: update in place
+            c *= f
+            c += g                                             # c' = f * c + i * g
+            xp.tanh(c, out=h)
+            h *= o                                             # h' = o * tanh(c')
+        else:
+            xp.multiply(f, c, out=c_new)
+            c_new += g
+            xp.tanh(c_new, out=h_new)
+            h_new *= o
+            xp.copyto(c, c_new, where=mask)
+            xp.copyto(h, h_new, where=mask)
+        if ys is not None:
+            ys[t] = h
+
+
+def gru_loop(xp, cfg, acts, x, R_T, rb_h, h, masks, ys) -> None:
+    """GRU, gates z, r, h. x (T, N, 3H) holds every bias except, with linear_before_reset, R's
+    bias for the candidate, ``rb_h`` (H,) or None. R_T (H, 3H); h (N, H) updated in place."""
+    f_act, g_act = acts
+    N, H = h.shape
+    h_new = xp.empty((N, H), h.dtype)
+    if cfg.linear_before_reset:
+        hr = xp.empty((N, 3 * H), h.dtype)                     # h R^T: (N, 3H)
+        zr, r, n = hr[:, :2 * H], hr[:, H:2 * H], hr[:, 2 * H:]
+    else:
+        zr, n, rh = xp.empty((N, 2 * H), h.dtype), xp.empty((N, H), h.dtype), xp.empty((N, H), h.dtype)
+        r, R_zr, R_h = zr[:, H:], R_T[:, :2 * H], R_T[:, 2 * H:]   # (H, 2H), (H, H) views
+    z = zr[:, :H]
+    for t in range(x.shape[0]):
+        x_t = x[t]                                             # (N, 3H)
         if cfg.linear_before_reset:
-            hr = xp.matmul(h, R_T)  # (D, N, 3H)
-            zr = apply(xp, f_act, clip(x_t[..., :2 * H] + hr[..., :2 * H]))
-            z, r = zr[..., :H], zr[..., H:]
-            candidate = apply(xp, g_act, clip(x_t[..., 2 * H:] + r * (hr[..., 2 * H:] + rb_h)))
+            xp.matmul(h, R_T, out=hr)
+            if rb_h is not None:
+                n += rb_h
         else:
-            zr = apply(xp, f_act, clip(x_t[..., :2 * H] + xp.matmul(h, R_zr)))
-            z, r = zr[..., :H], zr[..., H:]
-            candidate = apply(xp, g_act, clip(x_t[..., 2 * H:] + xp.matmul(r * h, R_h)))
-        h_new = candidate + z * (h - candidate)  # (1 - z) * candidate + z * h
-        h = h_new if mask is None else xp.where(mask[t], h_new, h)
+            xp.matmul(h, R_zr, out=zr)
+        zr += x_t[:, :2 * H]
+        clip(xp, zr, cfg.clip)
+        activate(xp, f_act, zr)
+        if cfg.linear_before_reset:
+            n *= r                                             # r * (h R_h^T + Rb_h)
+        else:
+            xp.multiply(r, h, out=rh)
+            xp.matmul(rh, R_h, out=n)                          # (r * h) R_h^T
+        n += x_t[:, 2 * H:]
+        clip(xp, n, cfg.clip)
+        activate(xp, g_act, n)
+        xp.subtract(h, n, out=h_new)
+        h_new *= z
+        h_new += n                                             # h' = (1 - z) * n + z * h
+        _commit(xp, h, h_new, masks[t])
         if ys is not None:
-            ys[:, t] = h
-    return h
+            ys[t] = h
 
 
-def rnn_loop(xp, cfg, xw, R_T, h, mask, ys):
-    """Simple RNN. xw (D, T, N, H) with both biases; R_T (D, H, H); h (D, N, H). Returns h."""
-    (f_act,) = cfg.activations
-    clip = _clipper(xp, cfg.clip)
-    for t in range(xw.shape[1]):
-        h_new = apply(xp, f_act, clip(xw[:, t] + xp.matmul(h, R_T)))  # (D, N, H)
-        h = h_new if mask is None else xp.where(mask[t], h_new, h)
+def rnn_loop(xp, cfg, acts, x, R_T, h, masks, ys) -> None:
+    """Simple RNN. x (T, N, H) with both biases; R_T (H, H); h (N, H) updated in place."""
+    (f_act,) = acts
+    h_new = xp.empty_like(h)
+    for t in range(x.shape[0]):
+        xp.matmul(h, R_T, out=h_new)
+        h_new += x[t]
+        clip(xp, h_new, cfg.clip)
+        activate(xp, f_act, h_new)
+        _commit(xp, h, h_new, masks[t])
         if ys is not None:
-            ys[:, t] = h
-    return h
+            ys[t] = h
