@@ -20,14 +20,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, env_extra: dict | None = None, timeout: float = 30.0) -> subprocess.Popen:
+def start_server(port: int, env_extra: dict | None = None, timeout: float = 30.0,
+                 log_path: Path | None = None) -> subprocess.Popen:
+    """``log_path``: stderr into a file, for servers that may log a lot (an unread pipe would block them)."""
     env = {**os.environ, "RNN_SERVE_LOG_LEVEL": "warning", **(env_extra or {})}
+    log = open(log_path, "ab") if log_path else None
     proc = subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log or subprocess.PIPE)
+    if log:
+        log.close()                                   # the server holds its own descriptor
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+            err = Path(log_path).read_bytes() if log_path else proc.stderr.read()
+            raise RuntimeError(f"server exited: {err.decode(errors='replace')[-2000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
                 return proc

@@ -56,8 +56,7 @@ end
 
 # KEYS: s, tomb, lru. ARGV: id, ttl_ms, tomb_ms, max_sessions, prefix, created, field, value, ...
 # -> {status, live count, expired, evicted}; status 1 = created, 0 = the id is taken
-_CREATE = _PRUNE + """
-""" + _NOW + """
+_CREATE = _PRUNE + _NOW + """
 local ttl_ms, tomb_ms, max = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local expired = prune(KEYS[3], now, ttl_ms)
 local taken = redis.call('HGET', KEYS[1], 'created')
@@ -80,7 +79,7 @@ redis.call('ZADD', KEYS[3], string.format('%d', now), ARGV[1])
 return {1, redis.call('ZCARD', KEYS[3]), expired, evicted}
 """
 
-# KEYS: s, tomb, lru. ARGV: expected revision, ttl_ms, tomb_ms, id, field, value, ...
+# KEYS: s, tomb, lru. ARGV: expected revision, ttl_ms, tomb_ms, id, write id, field, value, ...
 # -> {status, live count or tombstone}; status 1 = written, 0 = revision moved on, -1 = gone
 _PUT = _NOW + """
 local rev = redis.call('HGET', KEYS[1], 'revision')
@@ -88,11 +87,13 @@ if not rev then
   return {-1, redis.call('GET', KEYS[2]) or ''}
 end
 if rev ~= ARGV[1] then
-  return {0, 0}
+  -- our own write, retried after its reply was lost, is a success and not a conflict
+  local ours = redis.call('HGET', KEYS[1], 'write_id') == ARGV[5]
+  return {ours and 1 or 0, redis.call('ZCARD', KEYS[3])}
 end
 local ttl_ms, tomb_ms = tonumber(ARGV[2]), tonumber(ARGV[3])
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], 'write_id', ARGV[5], unpack(ARGV, 6))
 redis.call('PEXPIRE', KEYS[1], ttl_ms)
 redis.call('SET', KEYS[2], 'expired', 'PX', ttl_ms + tomb_ms)
 redis.call('ZADD', KEYS[3], string.format('%d', now), ARGV[4])
@@ -166,6 +167,11 @@ class RedisSessionStore(SessionStore):
         self._create, self._put, self._delete = (redis.register_script(s) for s in (_CREATE, _PUT, _DELETE))
         self._count_script, self._acquire, self._release = (redis.register_script(s)
                                                             for s in (_COUNT, _ACQUIRE, _RELEASE))
+        try:
+            asyncio.get_running_loop()
+            self._start_refresher()                       # built in the lifespan: count from the start
+        except RuntimeError:                              # no loop yet: the first call starts it
+            pass
 
     @classmethod
     def from_settings(cls, settings: Settings, on_event=None) -> RedisSessionStore:
@@ -211,6 +217,8 @@ class RedisSessionStore(SessionStore):
                 self._counted(live, expired)
             except RedisError as exc:                     # the gauge keeps its last value; requests report it
                 log.debug("session count not refreshed: %s", exc)
+            except Exception:                             # never let the gauge die silently
+                log.exception("session count not refreshed")
             await asyncio.sleep(self.count_refresh)
 
     # -- the SessionStore interface --------------------------------------------------------------
@@ -250,7 +258,8 @@ class RedisSessionStore(SessionStore):
         with self._reachable():
             status, extra = await self._put(
                 keys=self._keys(session.id),
-                args=[expected_revision, self._ttl_ms, self._tomb_ms, session.id, *_fields(session)])
+                args=[expected_revision, self._ttl_ms, self._tomb_ms, session.id, secrets.token_hex(8),
+                      *_fields(session)])
         if status == -1:
             err = self._missing(session.id, extra or None)
             if isinstance(err, SessionNotFound):

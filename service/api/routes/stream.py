@@ -38,7 +38,7 @@ class StreamConnection:
                 s, resumed = await self.sessions.create(self.model), False
         except ServiceError as exc:
             await self.ws.send_json({"type": "error", "id": None, "code": exc.code, "message": exc.message})
-            await self.ws.close(code=1008)
+            await self.ws.close(code=1013 if exc.status in (429, 503) else 1008)   # 1013: try again later
             return False
         self.session_id = s.id
         log.info("stream opened", extra={"session_id": s.id, "model": s.model, "resumed": resumed, "steps": s.steps})

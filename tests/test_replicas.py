@@ -1,0 +1,308 @@
+"""Replicas behind nginx sharing Redis, all real processes on loopback: concurrency, failover, faults.
+
+Two ``python -m service`` replicas (``RNN_SERVE_SESSION_STORE=redis``) behind nginx running
+``deploy/nginx.conf``; the replica that answered is in nginx's ``X-Upstream`` header.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections import Counter
+
+import httpx
+import numpy as np
+import pytest
+import websockets
+
+from deploy_fixtures import NGINX, REDIS_SERVER, Nginx, RedisServer, Replicas
+from test_sessions import same
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(REDIS_SERVER is None or NGINX is None,
+                       reason="needs redis-server and nginx (apt-get install redis-server nginx)"),
+]
+TEXT = ("Now is the winter of our discontent made glorious summer by this sun of York; and all the clouds "
+        "that lour'd upon our house in the deep bosom of the ocean buried.")
+
+
+class Cluster:
+    def __init__(self, workdir):
+        self.redis = RedisServer(workdir / "redis")
+        # A short lock TTL: a replica killed mid-step holds its session's lock only this long.
+        # Batching off: which sessions share a batch then cannot move float32 results (up to ~2e-5
+        # relative over 40 steps, store or no store), so every output compares with its solo run
+        # under test_sessions.same(); batching itself is covered by test_sessions.
+        self.replicas = Replicas(workdir / "replicas", self.redis.url, n=2, redis_lock_ttl_seconds=3,
+                                 redis_lock_wait_seconds=10, redis_socket_timeout_seconds=0.5, batching="false")
+        self.nginx = Nginx(workdir / "nginx", self.replicas.ports)
+        self.http = f"http://127.0.0.1:{self.nginx.port}"
+        self.ws = f"ws://127.0.0.1:{self.nginx.port}/v1/models/charlm/stream"
+
+    def heal(self) -> None:
+        """Every test starts with Redis and both replicas up, whatever the previous one did."""
+        if self.redis.proc is None or self.redis.proc.poll() is not None:
+            self.redis.start()
+        self.replicas.start_all()
+
+    def predict(self, texts: list[str]) -> list[list[dict]]:
+        """Solo runs: each whole text alone (batch of one), stateless, for comparison."""
+        outs = []
+        with httpx.Client(base_url=self.http, timeout=60) as client:
+            for text in texts:
+                r = client.post("/v1/models/charlm/predict", json={"inputs": [text], "top_k": 2})
+                assert r.status_code == 200, r.text
+                outs.append(r.json()["outputs"][0])
+        return outs
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        c.redis.start()
+        c.replicas.start_all()
+        c.nginx.start()
+        yield c
+    finally:
+        c.nginx.stop()
+        c.replicas.stop_all()
+        c.redis.stop()
+        print(c.replicas.log())                       # shown by pytest only when a test failed
+
+
+@pytest.fixture
+def up(cluster):
+    cluster.heal()
+    return cluster
+
+
+def upstream_port(headers) -> int:
+    return int(headers["x-upstream"].rsplit(":", 1)[1])
+
+
+def steps_counted(port: int) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return float(re.search(r"^rnn_steps_total (\S+)$", text, re.M).group(1))
+
+
+# -- concurrency ------------------------------------------------------------------------------------
+async def http_session(client: httpx.AsyncClient, text: str, chunk: int) -> list[dict]:
+    r = await client.post("/v1/sessions", json={"model": "charlm"})
+    assert r.status_code == 201, r.text
+    sid, outs = r.json()["session_id"], []
+    for i in range(0, len(text), chunk):                     # round robin: consecutive steps change replica
+        r = await client.post(f"/v1/sessions/{sid}/step", json={"input": text[i:i + chunk], "top_k": 2})
+        assert r.status_code == 200, r.text
+        outs += r.json()["outputs"]
+    assert (await client.get(f"/v1/sessions/{sid}")).json()["steps"] == len(text)
+    return outs
+
+
+async def ws_session(url: str, text: str, chunk: int) -> list[dict]:
+    async with websockets.connect(url, max_size=2**22, open_timeout=30) as ws:
+        assert json.loads(await ws.recv())["type"] == "session"
+        outs = []
+        for i in range(0, len(text), chunk):
+            await ws.send(json.dumps({"type": "input", "text": text[i:i + chunk], "id": i, "top_k": 2}))
+            reply = json.loads(await ws.recv())
+            assert reply["type"] == "output" and reply["id"] == i, reply
+            outs += reply["outputs"]
+        await ws.send(json.dumps({"type": "close"}))
+        return outs
+
+
+def test_hundreds_of_sessions_across_replicas_equal_their_solo_runs(up):
+    rng = np.random.default_rng(7)
+    letters = list("etaoinshrdlu ,.\n")
+    texts = ["".join(rng.choice(letters, size=int(rng.integers(8, 40)))) for _ in range(200)]
+    before = [steps_counted(p) for p in up.replicas.ports]
+
+    async def main():
+        limit = asyncio.Semaphore(48)
+
+        async def one(i, text):
+            async with limit:
+                if i % 2:
+                    return await ws_session(up.ws, text, chunk=1 + i % 5)
+                return await http_session(client, text, chunk=1 + i % 5)
+
+        async with httpx.AsyncClient(base_url=up.http, timeout=60,
+                                     limits=httpx.Limits(max_connections=48)) as client:
+            return await asyncio.gather(*(one(i, t) for i, t in enumerate(texts)))
+
+    got = asyncio.run(main())
+    for outs, ref in zip(got, up.predict(texts)):
+        assert same(outs, ref)
+    served = [steps_counted(p) - b for p, b in zip(up.replicas.ports, before)]
+    assert sum(served) == sum(map(len, texts)) and min(served) > 0.2 * sum(served), served   # both replicas worked
+
+
+def test_concurrent_steps_on_one_session_through_two_replicas_are_serialised(up):
+    a, b = (f"http://127.0.0.1:{p}" for p in up.replicas.ports)
+    sid = httpx.post(f"{a}/v1/sessions", json={"model": "charlm"}).json()["session_id"]
+    rng = np.random.default_rng(3)
+    chunks = ["".join(rng.choice(list("abcdefgh "), size=int(rng.integers(1, 7)))) for _ in range(24)]
+
+    async def main():
+        async with httpx.AsyncClient(timeout=60) as client:
+            async def step(i, chunk):
+                r = await client.post(f"{(a, b)[i % 2]}/v1/sessions/{sid}/step", json={"input": chunk, "top_k": 2})
+                assert r.status_code == 200, r.text
+                return r.json()
+            return await asyncio.gather(*(step(i, c) for i, c in enumerate(chunks)))
+
+    replies = asyncio.run(main())
+    order = sorted(range(len(chunks)), key=lambda i: replies[i]["steps"])      # commit order
+    done = 0
+    for i in order:                                 # each step started where the previous one ended
+        done += len(chunks[i])
+        assert replies[i]["steps"] == done
+    assert httpx.get(f"{b}/v1/sessions/{sid}").json()["steps"] == done == sum(map(len, chunks))
+    as_committed = "".join(chunks[i] for i in order)
+    assert same(sum((replies[i]["outputs"] for i in order), []), up.predict([as_committed])[0])
+
+
+# -- failover ---------------------------------------------------------------------------------------
+async def connect(url: str, deadline_s: float = 20):
+    """Reconnect as a client would: retry while nginx has no replica to offer."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            ws = await websockets.connect(url, max_size=2**22, open_timeout=10)
+            return ws, json.loads(await ws.recv())
+        except (OSError, websockets.InvalidStatus, websockets.ConnectionClosed):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+def test_failover_mid_stream_resumes_without_loss_or_duplication(up):
+    text, chunk = TEXT, 3
+    ref = up.predict([text])[0]
+    report = Counter()
+
+    async def main():
+        ws, hello = await connect(up.ws)
+        sid, outputs, acked, sent, t_kill, restarting = hello["session_id"], {}, 0, 0, None, None
+        kill_at = {len(text) // (3 * chunk), 2 * len(text) // (3 * chunk)}      # message numbers
+
+        def record(reply):
+            start = reply["steps"] - len(reply["outputs"])
+            for k, out in enumerate(reply["outputs"]):
+                report["duplicated"] += (start + k) in outputs
+                outputs[start + k] = out
+            return reply["steps"]
+
+        while acked < len(text):
+            sent += 1
+            # the messages that meet a kill are longer, so the kill may land in the middle of their step
+            start, piece = acked, text[acked:acked + (chunk if sent not in kill_at else 12 * chunk)]
+            await ws.send(json.dumps({"type": "input", "text": piece, "id": acked, "top_k": 2}))
+            if sent not in kill_at:
+                reply = json.loads(await ws.recv())
+                assert reply["type"] == "output", reply
+                acked = record(reply)
+                if t_kill is not None:        # first step after a kill: waits out a lock the victim held
+                    resumed_after.append(time.monotonic() - t_kill)
+                    t_kill = None
+                continue
+            if restarting is not None:
+                await restarting                                  # both replicas up before the next kill
+            victim = upstream_port(ws.response.headers)
+            await asyncio.sleep(0.002 * (sent % 3))               # in transit, or being stepped
+            t_kill = time.monotonic()
+            up.replicas.kill(victim)                              # SIGKILL with this message in flight
+            report["kills"] += 1
+            try:
+                acked = record(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+                report["reply_beat_the_kill"] += 1
+            except websockets.ConnectionClosed:
+                pass
+            await ws.close()
+            ws, hello = await connect(f"{up.ws}?session_id={sid}")
+            assert hello["resumed"] and hello["session_id"] == sid, hello
+            assert upstream_port(ws.response.headers) != victim
+            committed = hello["steps"]
+            assert acked <= committed <= start + len(piece)                # applied at most once
+            report["committed_without_reply"] += committed - acked         # known from `steps`: not resent
+            report["resent_steps"] += start + len(piece) - committed       # the uncommitted part only
+            acked = committed
+            restarting = asyncio.get_running_loop().run_in_executor(None, up.replicas.start, victim)
+        assert acked == len(text)                            # the server's count: every step exactly once
+        await restarting
+        await ws.send(json.dumps({"type": "close"}))
+        await ws.close()
+        return sid, outputs
+
+    resumed_after = []
+    sid, outputs = asyncio.run(main())
+    print(f"failover: {dict(report)}; first step after each kill answered "
+          f"{', '.join(f'{t:.2f}' for t in resumed_after)} s after it")
+    assert report["kills"] == 2 and report["duplicated"] == 0
+    lost = [k for k in range(len(text)) if k not in outputs]
+    assert len(lost) == report["committed_without_reply"]       # only steps whose reply died with a replica
+    assert same([outputs[k] for k in sorted(outputs)], [ref[k] for k in sorted(outputs)])
+    r = httpx.get(f"{up.http}/v1/sessions/{sid}")                        # closed at the end
+    assert r.status_code == 404
+
+
+# -- faults -----------------------------------------------------------------------------------------
+def test_redis_restart_gives_clear_503s_then_recovers_by_itself(up):
+    http = httpx.Client(base_url=up.http, timeout=30)
+    sid = http.post("/v1/sessions", json={"model": "charlm"}).json()["session_id"]
+    assert http.post(f"/v1/sessions/{sid}/step", json={"input": "abc"}).status_code == 200
+    up.redis.kill()
+    seen = Counter()
+
+    def check(r: httpx.Response, v2: bool = False) -> None:
+        seen[r.status_code] += 1
+        assert r.status_code == 503, r.text
+        message = r.json()["error"] if v2 else r.json()["error"]["message"]
+        assert "session store unavailable (redis at 127.0.0.1:" in message and "retry shortly" in message
+        if not v2:
+            assert r.json()["error"]["code"] == "unavailable"
+
+    for _ in range(3):                                      # round robin: both replicas answer each kind
+        check(http.post("/v1/sessions", json={"model": "charlm"}))
+        check(http.post(f"/v1/sessions/{sid}/step", json={"input": "d"}))
+        check(http.get(f"/v1/sessions/{sid}"))
+        check(http.post("/v2/models/charlm/infer", json={
+            "inputs": [{"name": "INPUT_IDS", "shape": [1, 2], "datatype": "INT64", "data": [5, 6]}],
+            "parameters": {"sequence_id": 9, "sequence_start": True}}), v2=True)
+        ready = http.get("/v2/health/ready")
+        seen[ready.status_code] += 1
+        assert ready.status_code == 503 and ready.json()["ready"] is False and "redis" in ready.json()["error"]
+        stateless = http.post("/v1/models/charlm/predict", json={"inputs": ["no store needed"]})
+        seen[stateless.status_code] += 1
+        assert stateless.status_code == 200
+
+    async def ws_open():
+        async with websockets.connect(up.ws) as ws:
+            return json.loads(await ws.recv())
+    event = asyncio.run(ws_open())
+    assert event["type"] == "error" and event["code"] == "unavailable", event
+
+    up.redis.start()                                        # same port, empty: no persistence in this test
+    t0, r = time.monotonic(), None
+    while time.monotonic() - t0 < 15:
+        r = http.post("/v1/sessions", json={"model": "charlm"})
+        seen[r.status_code] += 1
+        if r.status_code == 201:
+            break
+        time.sleep(0.1)
+    recovered_s = time.monotonic() - t0
+    print(f"redis outage: statuses seen {dict(seen)}, recovered {recovered_s:.2f} s after redis came back")
+    assert r.status_code == 201 and 500 not in seen and 502 not in seen
+    assert all(up.replicas.alive(p) for p in up.replicas.ports)                # nothing crashed
+    gone = http.get(f"/v1/sessions/{sid}")                   # its state went with Redis: a clear 404
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "session_not_found"
+    new = r.json()["session_id"]
+    outs = sum((http.post(f"/v1/sessions/{new}/step", json={"input": c, "top_k": 2}).json()["outputs"]
+                for c in ("after ", "the ", "storm")), [])        # three steps: both replicas take part
+    assert same(outs, up.predict(["after the storm"])[0])
+    for p in up.replicas.ports:
+        assert httpx.get(f"http://127.0.0.1:{p}/v2/health/ready").status_code == 200
+    http.close()
