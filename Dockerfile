@@ -10,11 +10,11 @@ FROM python:3.11.13-slim-bookworm AS cpu-build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /build
 COPY pyproject.toml ./
-# redis-py is the Redis session store's client (pinned here until pyproject.toml lists it);
-# pip and setuptools are removed afterwards: the runtime never installs anything.
+# The runtime pins plus the `fast` extra (Numba gate kernels for the CPU engine); pip and
+# setuptools are removed afterwards: the runtime never installs anything.
 RUN python -m venv /opt/venv \
-    && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
-    && /opt/venv/bin/pip install --no-cache-dir -r requirements.txt redis==8.1.0 \
+    && python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['fast']))" > requirements.txt \
+    && /opt/venv/bin/pip install --no-cache-dir -r requirements.txt \
     && /opt/venv/bin/pip uninstall --yes pip setuptools
 
 # ---- cpu: the runtime image ---------------------------------------------------------------------
@@ -51,8 +51,8 @@ WORKDIR /build
 COPY pyproject.toml ./
 RUN uv python install 3.11.13 \
     && uv venv --python 3.11.13 /opt/venv \
-    && /opt/venv/bin/python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['gpu']))" > requirements.txt \
-    && uv pip install --python /opt/venv/bin/python -r requirements.txt redis==8.1.0
+    && /opt/venv/bin/python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['gpu'] + p['optional-dependencies']['fast']))" > requirements.txt \
+    && uv pip install --python /opt/venv/bin/python -r requirements.txt
 
 # ---- gpu: the runtime image ---------------------------------------------------------------------
 FROM nvidia/cuda:12.6.3-runtime-ubuntu22.04 AS gpu

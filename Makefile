@@ -13,14 +13,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev,scripts]'
+	$(BIN)/pip install -q -e '.[dev,scripts,fast]'
 	touch $@
 
 setup: $(VENV)/.installed
 
 # torch and onnxruntime are test-time references only (live parity tests, benchmarks).
 $(VENV)/.reference: $(VENV)/.installed
-	$(BIN)/pip install -q -e '.[dev,scripts,reference]'
+	$(BIN)/pip install -q -e '.[dev,scripts,fast,reference]'
 	touch $@
 
 setup-reference: $(VENV)/.reference

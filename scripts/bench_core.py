@@ -5,11 +5,15 @@
     python scripts/bench_core.py --cell all --json bench.json
     python scripts/bench_core.py --shapes "32,100,64,256;1,10,8,16" --repeat 9
     python scripts/bench_core.py --device gpu             # adds large shapes; torch on CUDA is cuDNN
+    python scripts/bench_core.py --sweep batch --json b.json   # for scripts/plot_performance.py
 
 Shapes are B,T,I,H; every layer is float32, one layer, unidirectional, zero initial state. Times
 are the median (or ``--stat min``) of ``--repeat`` runs after a warm-up, one contestant at a time.
 Before timing a shape, ours and onnxruntime are checked against torch (1e-4 on the outputs) and the
 run stops if either differs. torch and onnxruntime are optional: a missing peer shows as "n/a".
+
+On the GPU the peers are torch's cuDNN layers and cells (a CUDA build of torch) and onnxruntime's
+CUDA provider when installed; the single-step table then covers batched sessions, B=1 to 1024.
 """
 from __future__ import annotations
 
@@ -59,6 +63,15 @@ OURS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
 DEFAULT_SHAPES = [(1, 100, 64, 256), (32, 100, 64, 256), (256, 50, 64, 256), (32, 100, 128, 512)]
 GPU_EXTRA_SHAPES = [(1024, 100, 128, 512), (4096, 50, 256, 1024)]
 QUICK_SHAPES = [(2, 6, 8, 16)]
+# Sweeps for the plots: one dimension varies, the rest stay at the middle of the default grid.
+SWEEPS = {
+    "batch": {"cpu": [(b, 50, 64, 256) for b in (1, 4, 16, 64, 256)],
+              "gpu": [(b, 50, 64, 256) for b in (1, 16, 256, 1024, 4096)]},
+    "hidden": {"cpu": [(32, 50, 64, h) for h in (64, 128, 256, 512, 1024)],
+               "gpu": [(256, 50, 64, h) for h in (64, 128, 256, 512, 1024)]},
+}
+CPU_STEP_BATCHES = [1]
+GPU_STEP_BATCHES = [1, 8, 64, 256, 1024]                               # batched sessions on one device
 STEP_I, STEP_H = 64, 256
 TOL = 1e-4
 FWD_HEADERS = ["shape B,T,I,H", "ours fwd ms", "torch fwd ms", "ort fwd ms", "ours/ort", "ours/torch",
@@ -96,6 +109,18 @@ class Env:
 
     def inference(self):
         return self.torch.inference_mode() if self.torch is not None else contextlib.nullcontext()
+
+
+def engine_line(env: Env) -> str:
+    """Which step implementation model_core runs here (the compiled cells or the reference)."""
+    from model_core import jit  # noqa: PLC0415 - after the thread pin, like every model_core import
+    from model_core.cells import uses_jit  # noqa: PLC0415
+
+    if uses_jit(env.xp, np.float32):
+        return f"compiled float32 cells ({jit.REASON}), BLAS for the products"
+    if env.gpu:
+        return "CuPy reference cells (cuBLAS products, elementwise kernels)"
+    return f"NumPy reference cells (compiled cells off: {jit.REASON})"
 
 
 def _fail(what: str, cell: str, shape, err: float) -> None:
@@ -250,6 +275,28 @@ def parse_shapes(text: str) -> list[tuple[int, int, int, int]]:
     return shapes
 
 
+def parse_batches(text: str) -> list[int]:
+    try:
+        batches = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        batches = []
+    if not batches or min(batches) < 1:
+        raise argparse.ArgumentTypeError(f"--step-batches takes positive integers like 1,64,1024, got {text!r}")
+    return batches
+
+
+def gpu_problem() -> str | None:
+    """Why ``--device gpu`` cannot run here, in words, or None when it can."""
+    if gpu_available():
+        return None
+    cupy = peers.optional("cupy")
+    if cupy is None:
+        why = "CuPy is not installed (pip install -e '.[gpu]' for cupy-cuda12x)"
+    else:
+        why = "CuPy is installed but sees no usable CUDA device (check the driver and CUDA_VISIBLE_DEVICES)"
+    return f"--device gpu needs CuPy and a visible CUDA device: {why}. Use --device cpu on this machine."
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -261,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stat", choices=["median", "min"], default="median",
                    help="statistic shown (both go to --json); min resists load from other processes")
     p.add_argument("--step-calls", type=int, default=2000, help="calls per single-step latency")
+    p.add_argument("--step-batches", type=parse_batches,
+                   help=f"batch sizes for the single-step table (default {CPU_STEP_BATCHES} on the CPU, "
+                        f"{GPU_STEP_BATCHES} on the GPU)")
+    p.add_argument("--sweep", choices=sorted(SWEEPS),
+                   help="time a sweep over batch or hidden size instead of the grid (for the plots)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--quick", action="store_true", help="a tiny grid and few step calls (smoke test)")
     return p
@@ -270,23 +322,34 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.repeat < 1 or args.threads < 1 or args.step_calls < 1:
         raise SystemExit("--repeat, --threads and --step-calls must be positive")
-    if args.device == "gpu" and not gpu_available():
-        raise SystemExit("--device gpu: no usable GPU (CuPy with a visible CUDA device is needed)")
+    if args.device == "gpu" and gpu_problem():
+        raise SystemExit(gpu_problem())
     cells = list(peers.CELLS) if args.cell == "all" else [args.cell]
     if args.shapes:
         shapes = args.shapes
+    elif args.sweep:
+        shapes = SWEEPS[args.sweep][args.device]
     elif args.quick:
         shapes = QUICK_SHAPES
     else:
         shapes = DEFAULT_SHAPES + (GPU_EXTRA_SHAPES if args.device == "gpu" else [])
     calls = min(args.step_calls, 100) if args.quick else args.step_calls
-    step_batches = [1, 64, 1024] if args.device == "gpu" and not args.quick else [1]
+    if args.step_batches:
+        step_batches = args.step_batches
+    elif args.sweep:
+        step_batches = []                                               # a sweep times sequences only
+    else:
+        step_batches = GPU_STEP_BATCHES if args.device == "gpu" and not args.quick else CPU_STEP_BATCHES
 
     if args.quick:
         peers.SETTLE_S = 0.01                                           # a smoke test, not a measurement
     env = Env(args)
     info = peers.machine_info(THREADS)
+    info["engine"] = engine_line(env)
     print(peers.machine_line(info))
+    print(f"ours: {info['engine']}")
+    if args.device == "gpu" and env.torch is None:
+        print("WARNING: torch has no CUDA here, so the cuDNN columns show n/a")
     warning = peers.busy_warning(info["cores"])
     if warning:
         print(warning)
@@ -309,8 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     for cell in cells:
         for batch in step_batches:
             results["step"].append(bench_step(env, cell, batch, calls))
-    peers.print_table(f"Single step, I={STEP_I} H={STEP_H} (µs, {args.stat} of {calls} calls, {args.device})",
-                      STEP_HEADERS, [step_cells(r) for r in results["step"]])
+    if results["step"]:
+        peers.print_table(f"Single step, I={STEP_I} H={STEP_H} (µs, {args.stat} of {calls} calls, {args.device})",
+                          STEP_HEADERS, [step_cells(r) for r in results["step"]])
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
         print(f"\nwrote {args.json}")

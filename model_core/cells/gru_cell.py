@@ -9,6 +9,8 @@
 """
 from __future__ import annotations
 
+from model_core.cells.matmul import product, recurrent_product
+
 GATES = 3
 STATE_SIZE = 1
 
@@ -29,12 +31,12 @@ def fold_bias(bias_ih, bias_hh):
     return folded
 
 
-def step_forward(xp, xproj_t, prev, weight_hh, bias_hh, consts, cache_t, out):
-    """xproj_t: (B, 3H); prev: (h,); weight_hh: (3H, H); bias_hh: (3H,) or None; out: (h',)."""
+def step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, out):
+    """xproj_t: (B, 3H); prev: (h,); weight_hh_t: (H, 3H); bias_hh: (3H,) or None; out: (h',)."""
     (h,), (h_next,) = prev, out
     H = h.shape[1]
     gates, hn = cache_t["gates"], cache_t["hn"]               # (B, 3H), (B, H)
-    xp.matmul(h, weight_hh.T, out=gates)                      # the one recurrent product
+    recurrent_product(xp, h, weight_hh_t, gates)              # the one recurrent product
     if bias_hh is not None:
         xp.add(gates[:, 2 * H:], bias_hh[2 * H:], out=hn)
     else:
@@ -76,5 +78,5 @@ def step_backward(xp, d_next, prev, weight_hh, consts, cache_t, dgx_t, dgh_t):
     dgx_t[:, 2 * H:] = dn
     dgh_t[:, :2 * H] = dgx_t[:, :2 * H]
     xp.multiply(dn, r, out=dgh_t[:, 2 * H:])
-    dh += dgh_t @ weight_hh                                   # (B, 3H) @ (3H, H)
+    dh += product(xp, dgh_t, weight_hh)                       # (B, 3H) @ (3H, H)
     return (dh,)

@@ -11,6 +11,8 @@ in-place elementwise work on preallocated buffers.
 """
 from __future__ import annotations
 
+from model_core.cells.matmul import product, recurrent_product
+
 GATES = 4
 STATE_SIZE = 2  # (h, c)
 
@@ -43,17 +45,18 @@ def fold_bias(bias_ih, bias_hh):
     return bias_ih + bias_hh
 
 
-def step_forward(xp, xproj_t, prev, weight_hh, bias_hh, consts, cache_t, out):
+def step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, out):
     """One step for a batch, writing into preallocated buffers.
 
     xproj_t: (B, 4H) input projection with biases; prev: (h, c), each (B, H);
-    weight_hh: (4H, H); cache_t: {"gates": (B, 4H), "tanh_c": (B, H)}; out: (h', c') buffers.
+    weight_hh_t: (H, 4H), W_hh transposed (a view, or a contiguous copy the loop made for BLAS);
+    cache_t: {"gates": (B, 4H), "tanh_c": (B, H)}; out: (h', c') buffers.
     """
     h, c = prev
     h_next, c_next = out
     H = h.shape[1]
     gates = cache_t["gates"]                                 # (B, 4H)
-    xp.matmul(h, weight_hh.T, out=gates)                     # the one recurrent product
+    recurrent_product(xp, h, weight_hh_t, gates)             # the one recurrent product
     gates += xproj_t
     gates *= consts["scale"]
     xp.tanh(gates, out=gates)
@@ -94,5 +97,5 @@ def step_backward(xp, d_next, prev, weight_hh, consts, cache_t, dgx_t, dgh_t):
     deriv += consts["beta"]
     dgx_t *= deriv
     dc *= f                                                  # dc_prev
-    dh = dgx_t @ weight_hh                                   # (B, 4H) @ (4H, H)
+    dh = product(xp, dgx_t, weight_hh)                       # (B, 4H) @ (4H, H)
     return dh, dc

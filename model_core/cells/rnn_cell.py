@@ -4,6 +4,8 @@
 """
 from __future__ import annotations
 
+from model_core.cells.matmul import product, recurrent_product
+
 GATES = 1
 STATE_SIZE = 1
 
@@ -27,10 +29,10 @@ def make(nonlinearity: str):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     relu = nonlinearity == "relu"
 
-    def step_forward(xp, xproj_t, prev, weight_hh, bias_hh, consts, cache_t, out):
+    def step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, out):
         (h,), (h_next,) = prev, out
         act = cache_t["act"]                                  # (B, H)
-        xp.matmul(h, weight_hh.T, out=act)
+        recurrent_product(xp, h, weight_hh_t, act)
         act += xproj_t
         if relu:
             xp.maximum(act, 0, out=act)
@@ -45,6 +47,6 @@ def make(nonlinearity: str):
             xp.multiply(dh_next, act > 0, out=dgx_t)
         else:
             xp.multiply(dh_next, 1.0 - act * act, out=dgx_t)
-        return (dgx_t @ weight_hh,)                           # (B, H) @ (H, H)
+        return (product(xp, dgx_t, weight_hh),)               # (B, H) @ (H, H)
 
     return step_forward, step_backward

@@ -1,10 +1,9 @@
 """GRU, ``torch.nn.GRU``-compatible (gates r, z, n; PyTorch's equation with ``b_hn`` inside r*(...))."""
 from __future__ import annotations
 
-from model_core.cells import gru_cell
 from model_core.nn.recurrent import RecurrentBase
 
 
 class GRU(RecurrentBase):
     mode = "GRU"
-    _cell = gru_cell
+    _kind = "gru"

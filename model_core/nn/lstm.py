@@ -1,10 +1,9 @@
 """LSTM, ``torch.nn.LSTM``-compatible (gates i, f, g, o; state ``(h, c)``)."""
 from __future__ import annotations
 
-from model_core.cells import lstm_cell
 from model_core.nn.recurrent import RecurrentBase
 
 
 class LSTM(RecurrentBase):
     mode = "LSTM"
-    _cell = lstm_cell
+    _kind = "lstm"

@@ -38,7 +38,7 @@ class Module:
     # -- (de)serialisation --------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
         """Host copies of the parameters, keyed by PyTorch's names."""
-        return {k: np.array(to_numpy(v), copy=True) for k, v in self._params.items()}
+        return {k: np.array(to_numpy(v), copy=True, order="C") for k, v in self._params.items()}
 
     def load_state_dict(self, state: Mapping[str, object], strict: bool = True) -> None:
         """Copy arrays (NumPy, CuPy, or anything with ``.numpy()``) into the parameters.

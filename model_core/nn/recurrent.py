@@ -11,14 +11,26 @@ from types import SimpleNamespace
 import numpy as np
 
 from model_core.backend import device_of
+from model_core.cells import select
 from model_core.nn.module import Module, uniform_init
 from model_core.nn.recurrent_loop import backward_direction, forward_direction
 
 
 class RecurrentBase(Module):
-    """Shared machinery; subclasses set ``mode`` and ``_cell``."""
+    """Shared machinery; subclasses set ``mode`` and ``_kind`` ("lstm", "gru" or "rnn").
+
+    The step implementation (``_cell``) is chosen once per layer and device by
+    ``model_core.cells.select``: the compiled one for float32 on the CPU when Numba is present,
+    the NumPy/CuPy reference otherwise.
+
+    ``weight_ih_*`` and ``weight_hh_*`` keep PyTorch's shapes, (G*H, in) and (G*H, H), but are
+    stored in Fortran order, so their transposes, which the forward products use, are
+    C-contiguous. Optimisers update them in place, so the layout never goes stale, and
+    ``state_dict()`` hands out ordinary C-ordered copies.
+    """
 
     mode = ""
+    _kind = ""
     _cell: SimpleNamespace
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
@@ -34,7 +46,7 @@ class RecurrentBase(Module):
         self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
         self.dropout = float(dropout)
         self.num_directions = 2 if bidirectional else 1
-        self._consts = self._cell.gate_constants(self.xp, self.hidden_size, self.dtype)
+        self._select_cell()
         # torch's default: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), in torch's parameter order
         rng = np.random.default_rng(seed)
         bound = 1.0 / math.sqrt(self.hidden_size)
@@ -47,6 +59,16 @@ class RecurrentBase(Module):
                 if self.bias:
                     self._add_param(f"bias_ih_l{layer}{suffix}", uniform_init(rng, (GH,), bound))
                     self._add_param(f"bias_hh_l{layer}{suffix}", uniform_init(rng, (GH,), bound))
+        self._store_weights_transposed()
+
+    def _select_cell(self) -> None:
+        self._cell = select(self._kind, self.xp, self.dtype, getattr(self, "nonlinearity", "tanh"))
+        self._consts = self._cell.gate_constants(self.xp, self.hidden_size, self.dtype)
+
+    def _store_weights_transposed(self) -> None:
+        for name, value in self._params.items():
+            if name.startswith("weight_"):
+                self._params[name] = self.xp.asfortranarray(value)
 
     def _suffixes(self):
         return ("", "_reverse")[: self.num_directions]
@@ -139,15 +161,37 @@ class RecurrentBase(Module):
         return self._run(x, state, lengths, train=True, rng=rng)
 
     def step(self, x_t, state):
-        """One timestep for a batch of independent streams: x_t (B, I) -> (y_t (B, H), state)."""
+        """One timestep for a batch of independent streams: x_t (B, I) -> (y_t (B, H), state).
+
+        The same math as ``forward`` on a length-1 sequence, without its sequence machinery
+        (time-major copies, per-sequence buffers, masks): a streaming session pays for every
+        microsecond of it on every token.
+        """
         if self.bidirectional:
             raise ValueError("step() needs a unidirectional layer: a bidirectional one must see the whole sequence")
         x_t = self._as_array(x_t, "input")
         if x_t.ndim != 2:
             raise ValueError(f"step input must be 2-D (B, I), got shape {tuple(x_t.shape)}")
-        x = x_t[:, None, :] if self.batch_first else x_t[None]
-        y, state = self.forward(x, state)
-        return (y[:, 0] if self.batch_first else y[0]), state
+        B, I = x_t.shape
+        if I != self.input_size:
+            raise ValueError(f"input has {I} features, expected input_size={self.input_size}")
+        xp, cell, H = self.xp, self._cell, self.hidden_size
+        state0 = self._unpack_state(state, B, "state")
+        if state0 is None:
+            state0 = tuple(xp.zeros((self.num_layers, B, H), dtype=self.dtype) for _ in range(self.state_size))
+        new = tuple(xp.empty_like(s) for s in state0)                           # (L, B, H) each
+        shapes = cell.cache_shapes(B, H)
+        inp = x_t
+        for layer in range(self.num_layers):
+            p = self._layer_params(layer, "")
+            xproj = inp @ p["w_ih"].T                                           # (B, G*H)
+            if p["bias"] is not None:
+                xproj += p["bias"]
+            cache_t = {k: xp.empty(s, dtype=self.dtype) for k, s in shapes.items()}
+            cell.step_forward(xp, xproj, tuple(s[layer] for s in state0), p["w_hh"].T, p["b_hh"],
+                              self._consts, cache_t, tuple(n[layer] for n in new))
+            inp = new[0][layer]
+        return inp.copy(), self._pack_state(new)
 
     def _run(self, x, state, lengths, train, rng):
         xp, H, D, cell = self.xp, self.hidden_size, self.num_directions, self._cell
@@ -237,12 +281,14 @@ class RecurrentBase(Module):
                 GH = self._cell.GATES * H
                 dgx2, dgh2 = dgx.reshape(T * B, GH), dgh.reshape(T * B, GH)
                 prev_h = lc["dirs"][d]["prev"][0].reshape(T * B, H)
-                # weight gradients: one product over all timesteps each
-                grads[f"weight_ih_l{layer}{suffix}"] = dgx2.T @ flat_in
-                grads[f"weight_hh_l{layer}{suffix}"] = dgh2.T @ prev_h
+                # weight gradients: one product over all timesteps each, computed transposed so
+                # that they come out in the weights' own (Fortran) layout for the optimiser
+                grads[f"weight_ih_l{layer}{suffix}"] = (flat_in.T @ dgx2).T
+                grads[f"weight_hh_l{layer}{suffix}"] = (prev_h.T @ dgh2).T
                 if self.bias:
                     grads[f"bias_ih_l{layer}{suffix}"] = dgx2.sum(axis=0)
-                    grads[f"bias_hh_l{layer}{suffix}"] = dgh2.sum(axis=0)
+                    grads[f"bias_hh_l{layer}{suffix}"] = (dgh2.sum(axis=0) if separate
+                                                          else grads[f"bias_ih_l{layer}{suffix}"].copy())
                 dinp += dgx2 @ p["w_ih"]
             dy = dinp.reshape(T, B, inp.shape[-1])
         dx = dy.transpose(1, 0, 2) if self.batch_first else dy
@@ -251,5 +297,6 @@ class RecurrentBase(Module):
 
     def to(self, device: str):
         clone = super().to(device)
-        clone._consts = self._cell.gate_constants(clone.xp, self.hidden_size, self.dtype)
+        clone._select_cell()
+        clone._store_weights_transposed()
         return clone
