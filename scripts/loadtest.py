@@ -106,11 +106,18 @@ async def typist(url, keystrokes, interval, delay, connected, go, rtts, errors):
         connected()
 
 
+def _set_event() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
 def run_stream(n_list, keystrokes, interval):
     """Per-keystroke round trips once all N sessions are open (connecting is timed apart)."""
     rows = []
     with Server(max_batch_size=256) as srv:
         url = f"ws://{srv.host}/v1/models/charlm/stream"
+        uvloop.run(typist(url, 10, 0.01, 0, lambda: None, _set_event(), [], []))     # warm-up, not measured
         for n in n_list:
             rtts, errors, timing = [], [], {}
 

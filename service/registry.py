@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 import model_core
 from model_core.config import ModelConfig
 from model_core.model import SequenceModel
@@ -107,6 +109,17 @@ def _load_onnx(folder: Path, device: str) -> OnnxSequenceModel:
         raise ValueError(f"{where}: {exc}") from None
 
 
+def _warm_up(model) -> None:
+    """Two tiny steps before the model is ready, so compiled kernels (Numba's cache, CuPy's
+    kernels) load now rather than on the first user's keystroke."""
+    c = model.config
+    if c.uses_tokens:
+        x = np.zeros((2, 2), dtype=np.int64)
+    else:
+        x = np.zeros((2, 2, c.input_size), dtype=np.float32)
+    model.forward_steps(x, model.init_state(2), lengths=np.array([2, 1]))
+
+
 class ModelRegistry:
     """Current entry per model, plus the versions that live sessions may still be using.
 
@@ -137,6 +150,7 @@ class ModelRegistry:
             entry.path, entry.format = path, FORMATS[path.name]
             entry.version = _version_of(*_files(path))
             entry.model = _load_onnx(folder, self.device) if path.name == ONNX else model_core.load(path, device=self.device)
+            _warm_up(entry.model)
             entry.status = "ready"
             log.info("loaded model %s version %s on %s", name, entry.version, entry.model.device)
         except Exception as exc:  # one bad file must not take the others down
