@@ -25,6 +25,7 @@ _id_counter = itertools.count()
 
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__.pop("color_message", None)     # uvicorn's ANSI copy of the message
         if not hasattr(record, "request_id"):
             record.request_id = request_id_var.get()
         return True
