@@ -11,6 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from model_core.backend import gpu_available
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -54,3 +56,17 @@ def live_server():
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(params=["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
+def device(request):
+    """Write a test once, run it on both backends; the GPU run skips without CuPy and a device."""
+    if request.param == "gpu" and not gpu_available():
+        pytest.skip("needs CuPy and a CUDA device")
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def ort():
+    """onnxruntime, the reference for the ONNX tests (skipped where it is not installed)."""
+    return pytest.importorskip("onnxruntime")

@@ -57,13 +57,6 @@ def _run(layer, x, state0, dy, dstate, lengths):
     return out
 
 
-@pytest.fixture(params=["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
-def device(request):
-    if request.param == "gpu" and not gpu_available():
-        pytest.skip("needs CuPy and a CUDA device")
-    return request.param
-
-
 # -- the same forward + backward on every device ------------------------------------------------
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("cell", CELLS)

@@ -201,18 +201,6 @@ def model_for(c: OpCase, folded: bool):
     return make_model([node], inputs, list(zip(outputs, types)), c.opset), dict(present)
 
 
-@pytest.fixture(params=["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
-def device(request):
-    if request.param == "gpu" and not gpu_available():
-        pytest.skip("needs CuPy and a CUDA device")
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def ort():
-    return pytest.importorskip("onnxruntime")
-
-
 @pytest.mark.parametrize("folded", [False, True], ids=["fed", "folded"])
 @pytest.mark.parametrize("c", CASES, ids=str)
 def test_op_matches_onnxruntime(ort, device, c, folded):

@@ -13,24 +13,11 @@ import pytest
 from onnx_reference import (ACTIVATIONS, GOLDEN_OPS_DIR, RecurrentCase, golden_names, golden_recurrent_cases,
                             load_case, ort_recurrent, recurrent_feed, recurrent_model)
 
-from model_core.backend import gpu_available
 from model_core.onnx import InferenceSession
 
 OPS = ("LSTM", "GRU", "RNN")
 DIRECTIONS = ("forward", "reverse", "bidirectional")
 TOL = {"float32": dict(rtol=1e-5, atol=1e-5), "float64": dict(rtol=1e-10, atol=1e-10)}
-
-
-@pytest.fixture(params=["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
-def device(request):
-    if request.param == "gpu" and not gpu_available():
-        pytest.skip("needs CuPy and a CUDA device")
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def ort():
-    return pytest.importorskip("onnxruntime")
 
 
 def check(ort, case: RecurrentCase, device: str):

@@ -9,17 +9,9 @@ import numpy as np
 import pytest
 from onnx_reference import GOLDEN_TORCH_DIR, golden_names, load_case, torch_case, torch_cases
 
-from model_core.backend import gpu_available
 from model_core.onnx import InferenceSession
 
 TOL = dict(rtol=1e-5, atol=1e-5)
-
-
-@pytest.fixture(params=["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
-def device(request):
-    if request.param == "gpu" and not gpu_available():
-        pytest.skip("needs CuPy and a CUDA device")
-    return request.param
 
 
 def assert_outputs(session, feed, expected):
