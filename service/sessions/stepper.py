@@ -7,11 +7,24 @@ classifier is the running class logits.
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from model_core.backend import to_numpy
 from model_core.state import parts, slice_state, stack_states, state_from_bytes, state_to_bytes
 from service.encoding import pad_batch
+
+
+_specs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _state_spec(model) -> tuple:
+    """((shape, dtype), ...) of a B=1 state: worked out once per model, not on every step."""
+    spec = _specs.get(model)
+    if spec is None:
+        spec = _specs[model] = tuple((p.shape, p.dtype) for p in parts(model.init_state(1)))
+    return spec
 
 
 def load_state(model, blob: bytes | None):
@@ -20,14 +33,13 @@ def load_state(model, blob: bytes | None):
     ``model`` is any served model: ``init_state``, ``forward_steps``, ``config``, ``xp``
     (``SequenceModel``, or an ONNX graph behind its model card).
     """
-    zero = model.init_state(1)
     if blob is None:
-        return zero
-    ref = parts(zero)
-    state = state_from_bytes(blob, as_tuple=len(ref) > 1)
-    for p, r in zip(parts(state), ref, strict=True):
-        if p.shape != r.shape or p.dtype != r.dtype:
-            raise ValueError(f"state has shape {p.shape} {p.dtype}, this model needs {r.shape} {r.dtype}")
+        return model.init_state(1)
+    spec = _state_spec(model)
+    state = state_from_bytes(blob, as_tuple=len(spec) > 1)
+    for p, (shape, dtype) in zip(parts(state), spec, strict=True):
+        if p.shape != shape or p.dtype != dtype:
+            raise ValueError(f"state has shape {p.shape} {p.dtype}, this model needs {shape} {dtype}")
     xp = model.xp
     return tuple(xp.asarray(p) for p in state) if isinstance(state, tuple) else xp.asarray(state)
 
