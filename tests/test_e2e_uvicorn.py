@@ -11,7 +11,7 @@ from test_sessions import same
 
 
 async def type_text(url: str, text: str, chunk: int) -> list[dict]:
-    async with websockets.connect(url, max_size=2**22) as ws:
+    async with websockets.connect(url, max_size=2**22, open_timeout=30) as ws:
         hello = json.loads(await ws.recv())
         assert hello["type"] == "session"
         outputs = []

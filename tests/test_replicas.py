@@ -17,6 +17,7 @@ import pytest
 import websockets
 
 from deploy_fixtures import NGINX, REDIS_SERVER, Nginx, RedisServer, Replicas
+from test_e2e_uvicorn import type_text
 from test_sessions import same
 
 pytestmark = [
@@ -101,17 +102,6 @@ async def http_session(client: httpx.AsyncClient, text: str, chunk: int) -> list
     return outs
 
 
-async def ws_session(url: str, text: str, chunk: int) -> list[dict]:
-    async with websockets.connect(url, max_size=2**22, open_timeout=30) as ws:
-        assert json.loads(await ws.recv())["type"] == "session"
-        outs = []
-        for i in range(0, len(text), chunk):
-            await ws.send(json.dumps({"type": "input", "text": text[i:i + chunk], "id": i, "top_k": 2}))
-            reply = json.loads(await ws.recv())
-            assert reply["type"] == "output" and reply["id"] == i, reply
-            outs += reply["outputs"]
-        await ws.send(json.dumps({"type": "close"}))
-        return outs
 
 
 def test_hundreds_of_sessions_across_replicas_equal_their_solo_runs(up):
@@ -126,7 +116,7 @@ def test_hundreds_of_sessions_across_replicas_equal_their_solo_runs(up):
         async def one(i, text):
             async with limit:
                 if i % 2:
-                    return await ws_session(up.ws, text, chunk=1 + i % 5)
+                    return await type_text(up.ws, text, chunk=1 + i % 5)
                 return await http_session(client, text, chunk=1 + i % 5)
 
         async with httpx.AsyncClient(base_url=up.http, timeout=60,
