@@ -18,13 +18,12 @@ import time
 
 import numpy as np
 
+from model_core.onnx.export_weights import reorder_gates
+
 CELLS = ("lstm", "gru", "rnn")
 TORCH_LAYER = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
 TORCH_CELL = {"lstm": "LSTMCell", "gru": "GRUCell", "rnn": "RNNCell"}
 ONNX_OP = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
-# Which torch gate block lands in each ONNX slot: torch LSTM i,f,g,o -> ONNX i,o,f,c;
-# torch GRU r,z,n -> ONNX z,r,h (with linear_before_reset=1, torch's equation for n).
-ONNX_GATE_ORDER = {"lstm": (0, 3, 1, 2), "gru": (1, 0, 2), "rnn": (0,)}
 
 
 def optional(name: str):
@@ -127,12 +126,9 @@ def onnx_model_bytes(onnx, cell: str, sd: dict) -> bytes:
     hidden = sd["weight_hh_l0"].shape[1]
     input_size = sd["weight_ih_l0"].shape[1]
 
-    def reorder(a):                                                     # (G*H, ...) torch -> ONNX gates
-        return np.concatenate([a[k * hidden:(k + 1) * hidden] for k in ONNX_GATE_ORDER[cell]], axis=0)
-
-    W = reorder(sd["weight_ih_l0"])[None]                               # (1, G*H, I)
-    R = reorder(sd["weight_hh_l0"])[None]                               # (1, G*H, H)
-    B = np.concatenate([reorder(sd["bias_ih_l0"]), reorder(sd["bias_hh_l0"])])[None]  # (1, 2*G*H)
+    W = reorder_gates(sd["weight_ih_l0"], cell)[None]                   # (1, G*H, I) in ONNX gate order
+    R = reorder_gates(sd["weight_hh_l0"], cell)[None]                   # (1, G*H, H)
+    B = np.concatenate([reorder_gates(sd["bias_ih_l0"], cell), reorder_gates(sd["bias_hh_l0"], cell)])[None]  # (1, 2*G*H)
     attrs = {"hidden_size": hidden}
     if cell == "gru":
         attrs["linear_before_reset"] = 1
