@@ -1,19 +1,19 @@
 """KServe v2 inference and model metadata, with Triton's sequence extension (see ``service.kserve``)."""
 from __future__ import annotations
 
-import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.api.deps import Registry, Sessions
+from service.api.deps import Registry
 from service.errors import ServiceError
-from service.kserve import V2Error, build_outputs, model_metadata, parse_inputs, sequence_params
-from service.sessions.store import SessionNotFound
+from service.kserve import V2Error, decode_tensor, model_metadata
+from service.openinference.infer import V2Inference
+from service.openinference.types import InferInput, InferRequest, RequestedOutput
 
 router = APIRouter(prefix="/v2/models", tags=["kserve-v2"])
 
 
-class InferRequest(BaseModel):
+class InferRequestBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str | None = None
     parameters: dict | None = None
@@ -40,63 +40,26 @@ async def metadata(name: str, registry: Registry, version: str | None = None) ->
 
 @router.post("/{name}/infer")
 @router.post("/{name}/versions/{version}/infer")
-async def infer(name: str, body: InferRequest, registry: Registry, sessions: Sessions, request: Request,
-                version: str | None = None):
+async def infer(name: str, body: InferRequestBody, request: Request, version: str | None = None):
+    state = request.app.state
     try:
-        return await _infer(name, body, registry, sessions, request.app.state.stateless, version)
+        state.registry.ready(name)                     # an unknown model is a 404 before its tensors are read
     except ServiceError as exc:
         raise _v2(exc) from None
-
-
-async def _infer(name, body, registry, sessions, stateless, version):
-    entry = registry.ready(name)
-    if version not in (None, entry.version):
-        raise V2Error(f"model {name!r} has version {entry.version!r}, not {version!r}", status=404)
-    c = entry.config
-    seqs, lengths = parse_inputs(c, body.inputs)
-    seq_id, start, end = sequence_params(body.parameters)
-    out = {"model_name": name, "model_version": entry.version, "outputs": None}
-    if body.id is not None:
-        out["id"] = body.id
-    if seq_id is None:
-        logits = await _stateless(stateless, entry, seqs, lengths)
-    else:
-        if len(seqs) != 1:
-            raise V2Error("a sequence request must have batch size 1")
-        logits = await _sequence_step(sessions, name, seq_id, start, end, seqs[0])
-        out["parameters"] = {"sequence_id": body.parameters["sequence_id"]}
-    out["outputs"] = build_outputs(c, logits, body.outputs)
+    req = InferRequest(name, version, [_decode(t) for t in body.inputs],
+                       [RequestedOutput(o.get("name"), o.get("parameters") or {}) for o in body.outputs]
+                       if body.outputs else None, id=body.id, parameters=body.parameters or {})
+    resp = await V2Inference(state.registry, state.sessions, state.stateless).infer(req)
+    out = {"model_name": resp.model_name, "model_version": resp.model_version,
+           "outputs": [{"name": o.name, "datatype": o.datatype, "shape": list(o.shape),
+                        "data": o.data.reshape(-1).tolist()} for o in resp.outputs]}
+    if resp.id is not None:
+        out["id"] = resp.id
+    if resp.parameters:
+        out["parameters"] = resp.parameters
     return out
 
 
-async def _stateless(stateless, entry, seqs, lengths) -> np.ndarray:
-    """Through the same batcher as v1: (B, C) for classifiers, (B, T, C) zero-padded otherwise."""
-    if entry.config.task == "classify":
-        return await stateless.run(entry, "classify", seqs)
-    per_seq = await stateless.run(entry, "predict", seqs)
-    out = np.zeros((len(seqs), int(lengths.max()), entry.config.output_size), dtype=np.float32)
-    for b, lg in enumerate(per_seq):
-        out[b, : len(lg)] = lg
-    return out
-
-
-async def _sequence_step(sessions, name, seq_id, start, end, inputs) -> np.ndarray:
-    sid = f"v2:{name}:{seq_id}"
-    if start:
-        try:
-            await sessions.end(sid)                       # a new start resets a sequence still held
-        except ServiceError:
-            pass
-        await sessions.create(name, session_id=sid)
-    try:
-        session = await sessions.store.get(sid)
-    except SessionNotFound:
-        raise V2Error(f"sequence {seq_id!r} is not active on model {name!r}: its first request needs "
-                      "parameters.sequence_start=true") from None
-    if session.model != name:
-        raise V2Error(f"sequence {seq_id!r} belongs to model {session.model!r}")
-    _, logits = await sessions.step_logits(sid, inputs)
-    if end:
-        await sessions.store.delete(sid)
-    model = sessions.registry.version(name, session.model_version).model
-    return logits[-1:] if model.config.task == "classify" else logits[None]              # (1, C) or (1, T, C)
+def _decode(t: dict) -> InferInput:
+    arr = decode_tensor(t)
+    return InferInput(str(t.get("name")), str(t.get("datatype")), arr.shape, arr, t.get("parameters") or {})
