@@ -34,7 +34,7 @@ from model_core.model import SequenceModel
 from model_core.training.loop import TrainConfig, make_task
 
 # Flags that must agree for two runs to be comparable (TrainConfig field names).
-COMPARED_FIELDS = ("cell", "hidden_size", "num_layers", "embedding_dim", "dropout", "epochs", "steps", "lr",
+COMPARED_FIELDS = ("cell", "hidden_size", "num_layers", "embedding_dim", "dropout", "epochs", "max_batches_per_epoch", "lr",
                    "optimizer", "batch_size", "clip", "seed", "task_options")
 # Our SequenceModel's module names -> CharLSTM's.
 TORCH_MODULES = {"embedding": "embedding", "rnn": "lstm", "head": "linear"}
@@ -110,7 +110,7 @@ def train_reference(cfg: TrainConfig, threads: int = 1, on_step: Callable | None
     task = make_task(cfg)
     net = build_reference(cfg, task)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    n_batches = min(task.num_batches(), cfg.steps or task.num_batches())
+    n_batches = min(task.num_batches(), cfg.max_batches_per_epoch or task.num_batches())
     history: list[dict] = []
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.002)
     p.add_argument("--clip", type=float, default=5.0, help="global gradient-norm clip")
     p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--steps", type=int, default=200, help="cap on batches per epoch")
+    p.add_argument("--max-batches-per-epoch", "--steps", type=int, default=200,
+                   help="cap on training batches per epoch (--steps is the old name)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     p.add_argument("--out", type=Path, default=Path("runs/charlm-torch"), help="output directory")
@@ -210,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args) -> TrainConfig:
     return TrainConfig(task="charlm", cell="lstm", hidden_size=args.hidden_size, embedding_dim=args.embedding_dim,
-                       epochs=args.epochs, steps=args.steps, lr=args.lr, batch_size=args.batch_size, clip=args.clip,
+                       epochs=args.epochs, max_batches_per_epoch=args.max_batches_per_epoch, lr=args.lr, batch_size=args.batch_size, clip=args.clip,
                        seed=args.seed, task_options={"seq_len": args.seq_len})
 
 

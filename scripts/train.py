@@ -49,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream-length", type=positive_int, default=40_000, help="echo bits per stream")
     p.add_argument("--seq-len", type=positive_int, default=100, help="char-LM chunk length (truncated BPTT)")
     p.add_argument("--epochs", type=positive_int, default=10)
-    p.add_argument("--steps", type=positive_int, default=None, help="cap on batches per epoch")
+    p.add_argument("--max-batches-per-epoch", "--steps", type=positive_int, default=None,
+                   help="cap on training batches per epoch (--steps is the old name)")
+    p.add_argument("--max-val-batches", type=positive_int, default=None,
+                   help="cap on validation batches, for a quick run (default: the whole validation split)")
     p.add_argument("--lr", type=positive_float, default=0.01)
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     p.add_argument("--batch-size", type=positive_int, default=32)
@@ -69,7 +72,8 @@ def config_from_args(args) -> TrainConfig:
             "echo": {"delay": args.delay, "chunk": args.chunk, "length": args.stream_length},
             "charlm": {"seq_len": args.seq_len}}[args.task]
     return TrainConfig(task=args.task, cell=args.cell, hidden_size=args.hidden_size, num_layers=args.num_layers,
-                       embedding_dim=args.embedding_dim, dropout=args.dropout, epochs=args.epochs, steps=args.steps,
+                       embedding_dim=args.embedding_dim, dropout=args.dropout, epochs=args.epochs, max_batches_per_epoch=args.max_batches_per_epoch,
+                       max_val_batches=args.max_val_batches,
                        lr=args.lr, optimizer=args.optimizer, batch_size=args.batch_size, clip=args.clip,
                        forget_bias=args.forget_bias, seed=args.seed, device=args.device, task_options=opts)
 

@@ -30,7 +30,7 @@ def tiny_config(tmp_path):
     text = " ".join(rng.choice(words, size=1500)) + "\n"
     (tmp_path / "corpus.txt").write_text(text)
     # clip=0.27: the gradient norms here are about 0.24-0.31, so some steps clip and some do not
-    return TrainConfig(task="charlm", cell="lstm", hidden_size=32, embedding_dim=16, epochs=2, steps=5, lr=0.01,
+    return TrainConfig(task="charlm", cell="lstm", hidden_size=32, embedding_dim=16, epochs=2, max_batches_per_epoch=5, lr=0.01,
                        batch_size=8, clip=0.27, seed=3,
                        task_options={"seq_len": 20, "corpus": str(tmp_path / "corpus.txt"), "val_chars": 400})
 

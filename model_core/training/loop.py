@@ -31,7 +31,8 @@ class TrainConfig:
     embedding_dim: int = 64
     dropout: float = 0.0
     epochs: int = 10
-    steps: int | None = None          # cap on batches per epoch (None: the whole epoch)
+    max_batches_per_epoch: int | None = None   # cap on training batches per epoch (None: the whole epoch)
+    max_val_batches: int | None = None         # cap on validation batches (None: the whole split), for quick runs
     lr: float = 0.01
     optimizer: str = "adam"
     momentum: float = 0.9
@@ -52,8 +53,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        for name in ("max_batches_per_epoch", "max_val_batches"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.clip is not None and not self.clip > 0:
             raise ValueError(f"clip must be > 0, got {self.clip}")
         if self.forget_bias and self.cell != "lstm":
@@ -141,7 +143,7 @@ def train(cfg: TrainConfig, out_dir=None, resume=None, on_step: Callable | None 
         if cfg.forget_bias:
             raise_forget_bias(model, cfg.forget_bias)
         optimizer = make_optimizer(cfg, model)
-    n_batches = min(task.num_batches(), cfg.steps or task.num_batches())
+    n_batches = min(task.num_batches(), cfg.max_batches_per_epoch or task.num_batches())
     for epoch in range(start_epoch, cfg.epochs):
         rng = np.random.default_rng([cfg.seed, epoch])
         t0 = time.perf_counter()
@@ -157,7 +159,7 @@ def train(cfg: TrainConfig, out_dir=None, resume=None, on_step: Callable | None 
             loss_sum, correct, count, seen = loss_sum + res.loss, correct + res.correct, count + res.count, seen + 1
             if on_step:
                 on_step(epoch, i, n_batches, res)
-        val = task.evaluate(model)
+        val = task.evaluate(model, max_batches=cfg.max_val_batches)
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(count, 1),
                   **{f"val_{k}": v for k, v in val.items()}, "seconds": time.perf_counter() - t0}
         history.append(record)

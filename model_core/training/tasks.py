@@ -60,8 +60,12 @@ class TemporalOrderTask:
         correct = float((logits.argmax(-1) == xp.asarray(y)).sum())
         return StepResult(loss, correct, len(y), grads, None)
 
-    def evaluate(self, model):
+    def evaluate(self, model, max_batches=None):
+        """Over the validation set, or its first ``max_batches`` batches of 32."""
         x, lengths, y = self.val
+        if max_batches is not None:
+            n = max_batches * 32
+            x, lengths, y = x[:n], lengths[:n], y[:n]               # (B, T, 8) batch-first
         logits, _ = model.forward(self._ids(x), lengths=lengths)
         loss, _ = losses.cross_entropy(logits, model.xp.asarray(y))
         return {"loss": loss, "accuracy": float((logits.argmax(-1) == model.xp.asarray(y)).mean())}
@@ -100,9 +104,12 @@ class EchoTask:
         correct = float(((logits > 0) == (yd > 0.5)).sum())
         return StepResult(loss, correct, int(y.size), grads, state)
 
-    def evaluate(self, model):
+    def evaluate(self, model, max_batches=None):
+        """Over the validation streams, chunk by chunk with the state carried, or their first ``max_batches`` chunks."""
         state, total, correct, n = None, 0.0, 0.0, 0
-        for x, y, _ in self.val.chunks():
+        for i, (x, y, _) in enumerate(self.val.chunks()):
+            if max_batches is not None and i >= max_batches:
+                break
             logits, state = model.forward(x, state)
             yd = model.xp.asarray(y)
             total += losses.bce_with_logits(logits, yd)[0] * y.size
@@ -148,16 +155,19 @@ class CharLMTask:
         correct = float((logits.argmax(-1) == yd).sum())
         return StepResult(loss, correct, int(y.size), grads, state)
 
-    def evaluate(self, model, batch_streams=16):
-        """Bits per char over the validation text, read as ``batch_streams`` parallel streams."""
+    def evaluate(self, model, max_batches=None, batch_streams=16):
+        """Bits per char over the validation text, read as ``batch_streams`` parallel streams
+        (the first ``max_batches`` chunks of them, for a quick run)."""
         ids = self.val_ids
         n = (len(ids) - 1) // batch_streams
         xs = ids[: n * batch_streams].reshape(batch_streams, n).T            # (n, S)
         ys = ids[1: n * batch_streams + 1].reshape(batch_streams, n).T
+        if max_batches is not None:
+            n = min(n, max_batches * self.seq_len)
         state, total, correct = None, 0.0, 0.0
         for s in range(0, n, self.seq_len):
-            logits, state = model.forward(xs[s:s + self.seq_len], state)
-            yd = model.xp.asarray(ys[s:s + self.seq_len])
+            logits, state = model.forward(xs[s:min(s + self.seq_len, n)], state)
+            yd = model.xp.asarray(ys[s:min(s + self.seq_len, n)])
             total += losses.cross_entropy(logits, yd)[0] * yd.size
             correct += float((logits.argmax(-1) == yd).sum())
         loss = total / (n * batch_streams)
