@@ -52,6 +52,8 @@ def save(model: SequenceModel, path, extra: dict | None = None, extra_tensors: d
 def read(path) -> tuple[ModelConfig, dict[str, np.ndarray], dict, dict[str, np.ndarray]]:
     """Parse and validate a checkpoint: (config, parameters, extra, extra_tensors)."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; pass the checkpoint file in it (e.g. {path / 'model.safetensors'})")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     size = path.stat().st_size
