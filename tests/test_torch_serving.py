@@ -3,7 +3,8 @@
 Three torch models (a char-LSTM language model: Embedding + 2-layer ``batch_first`` LSTM + Linear;
 a GRU classifier; a bidirectional LSTM classifier) are each put into one temporary model folder
 twice: converted by ``model_core.from_torch`` and saved with ``model_core.save``, and exported by
-``torch.onnx.export`` with a ``model-card.json``. One uvicorn serves the folder
+``torch.onnx.export`` with a ``model-card.json``. A fourth, with a ReLU MLP head that
+``from_torch`` refuses, goes the ONNX route only. One uvicorn serves the folder
 (``RNN_SERVE_MODEL_DIR``), and what /v1 predict, classify, complete and the WebSocket stream
 return is compared with torch's own outputs.
 """
@@ -43,6 +44,20 @@ class CharLM(nn.Module):
         return self.head(y), hn, cn                           # logits (B, T, V)
 
 
+class MlpHeadLM(nn.Module):
+    """Beyond from_torch (a ReLU MLP after the GRU), so it goes the ONNX route only."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding = nn.Embedding(len(VOCAB), 8)
+        self.rnn = nn.GRU(8, 16, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, len(VOCAB)))
+
+    def forward(self, tokens, h0):
+        y, hn = self.rnn(self.embedding(tokens), h0)
+        return self.mlp(y) * 4.0, hn
+
+
 class Classifier(nn.Module):
     """GRU (time-major) or bidirectional LSTM (batch_first) on the final hidden state."""
 
@@ -65,7 +80,7 @@ def ids(text: str) -> torch.Tensor:
 
 def export_onnx(net, tokens, states, folder, card: dict) -> None:
     """The doc's ONNX route: the TorchScript exporter (dynamo=False) with dynamic batch and time."""
-    batch_first = getattr(net, "lstm", None) is not None or net.rnn.batch_first
+    batch_first = isinstance(net, CharLM) or net.rnn.batch_first
     seq = {0: "batch", 1: "time"} if batch_first else {0: "time", 1: "batch"}
     names = ["h0", "c0"][:len(states)]
     outs = ["hn", "cn"][:len(states)]
@@ -95,7 +110,8 @@ def nets():
     gru = Classifier(bidirectional=False).eval()
     torch.manual_seed(2)
     bi = Classifier(bidirectional=True).eval()
-    return {"charlm": lm, "gru": gru, "bilstm": bi}
+    torch.manual_seed(3)
+    return {"charlm": lm, "gru": gru, "bilstm": bi, "mlp": MlpHeadLM().eval()}
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +133,11 @@ def server(nets, tmp_path_factory):
                 {"task": "classify", "encoding": vocab, "labels": LABELS,
                  "input": {"name": "tokens", "layout": "batch_major"},
                  "output": {"name": "logits", "per_step": False}, "state": state_card(2)})
+    with pytest.raises(model_core.TorchImportError, match=r"mlp.1 \(ReLU\)"):
+        model_core.from_torch(nets["mlp"], task="lm", vocab=VOCAB)
+    export_onnx(nets["mlp"], torch.zeros(2, 5, dtype=torch.long), (torch.zeros(1, 2, 16),), root / "mlp-onnx",
+                {"task": "lm", "encoding": vocab, "input": {"name": "tokens", "layout": "batch_major"},
+                 "output": {"name": "logits"}, "state": state_card(1)})
     port = free_port()
     proc = start_server(port, {"RNN_SERVE_MODEL_DIR": str(root)}, timeout=60)
     yield f"127.0.0.1:{port}"
@@ -134,9 +155,9 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 def lm_logits(net, text: str) -> np.ndarray:
     """torch's per-step logits (T, V) for one text from a zero state."""
-    zeros = torch.zeros(2, 1, 24)
+    zeros = (torch.zeros(2, 1, 24),) * 2 if isinstance(net, CharLM) else (torch.zeros(1, 1, 16),)
     with torch.no_grad():
-        return net(ids(text)[None], zeros, zeros)[0][0].double().numpy()
+        return net(ids(text)[None], *zeros)[0][0].double().numpy()
 
 
 def classify_logits(net, text: str) -> np.ndarray:
@@ -160,19 +181,19 @@ def assert_top_k(outputs: list[dict], logits: np.ndarray) -> None:
 def test_every_model_is_ready(server):
     models = {m["name"]: m for m in httpx.get(f"http://{server}/v1/models", timeout=10).json()["models"]}
     assert {n: models[n]["status"] for n in models} == dict.fromkeys(
-        ["bilstm", "bilstm-onnx", "charlm", "charlm-onnx", "gru", "gru-onnx"], "ready")
+        ["bilstm", "bilstm-onnx", "charlm", "charlm-onnx", "gru", "gru-onnx", "mlp-onnx"], "ready")
     charlm = httpx.get(f"http://{server}/v1/models/charlm", timeout=10).json()
     assert charlm["metadata"]["torch_batch_first"] is True and charlm["format"] == "rnn-serve-checkpoint"
     assert httpx.get(f"http://{server}/v1/models/charlm-onnx", timeout=10).json()["format"] == "onnx"
 
 
-@pytest.mark.parametrize("name", ["charlm", "charlm-onnx"])
-def test_predict_equals_torch(server, nets, name):
+@pytest.mark.parametrize("name, net", [("charlm", "charlm"), ("charlm-onnx", "charlm"), ("mlp-onnx", "mlp")])
+def test_predict_equals_torch(server, nets, name, net):
     texts = [TEXT, TEXT[:9], "q"]
     r = httpx.post(f"http://{server}/v1/models/{name}/predict", json={"inputs": texts, "top_k": 3}, timeout=30)
     assert r.status_code == 200, r.text
     for text, outputs in zip(texts, r.json()["outputs"]):
-        assert_top_k(outputs, lm_logits(nets["charlm"], text))
+        assert_top_k(outputs, lm_logits(nets[net], text))
 
 
 @pytest.mark.parametrize("name", ["charlm", "charlm-onnx"])
