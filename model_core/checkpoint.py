@@ -32,7 +32,11 @@ class CheckpointError(ValueError):
 
 
 def save(model: SequenceModel, path, extra: dict | None = None, extra_tensors: dict | None = None) -> Path:
-    """Write ``model`` (and optional resume data) to ``path`` atomically."""
+    """Write ``model`` (and optional resume data) to the file ``path`` atomically; returns the path.
+
+    ``models/<name>/model.safetensors`` is what the service serves as model ``<name>``; missing
+    folders are made. ``model_core.load(path)`` rebuilds the model from it.
+    """
     path = Path(path)
     tensors = {k: np.ascontiguousarray(v) for k, v in model.state_dict().items()}
     for k, v in (extra_tensors or {}).items():

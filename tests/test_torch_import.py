@@ -173,6 +173,7 @@ def test_head_without_bias_and_explicit_modules():
     (lambda: nn.ModuleList([nn.LSTM(3, 4), nn.Linear(4, 8), nn.Linear(8, 2)]), r"2 candidates for the head"),
     (lambda: nn.ModuleDict({"rnn": nn.LSTM(3, 4), "head": nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))}),
      r"head.1 \(ReLU\) is a layer from_torch cannot map"),
+    (lambda: nn.ModuleList([nn.LSTMCell(3, 4), nn.Linear(4, 2)]), r"0 \(LSTMCell\) holds parameters"),
     (lambda: nn.ModuleList([nn.LSTM(3, 4), nn.Tanh(), nn.Linear(4, 2)]), r"1 \(Tanh\) is a layer from_torch cannot map"),
     (lambda: nn.ModuleList([nn.LSTM(3, 4), nn.LayerNorm(4), nn.Linear(4, 2)]), r"1 \(LayerNorm\) holds parameters"),
     (lambda: nn.ModuleList([nn.Embedding(9, 5), nn.LSTM(3, 4), nn.Linear(4, 2)]), "embedding_dim=5 but the LSTM has input_size=3"),
