@@ -32,7 +32,11 @@ class CheckpointError(ValueError):
 
 
 def save(model: SequenceModel, path, extra: dict | None = None, extra_tensors: dict | None = None) -> Path:
-    """Write ``model`` (and optional resume data) to ``path`` atomically."""
+    """Write ``model`` (and optional resume data) to the file ``path`` atomically; returns the path.
+
+    ``models/<name>/model.safetensors`` is what the service serves as model ``<name>``; missing
+    folders are made. ``model_core.load(path)`` rebuilds the model from it.
+    """
     path = Path(path)
     tensors = {k: np.ascontiguousarray(v) for k, v in model.state_dict().items()}
     for k, v in (extra_tensors or {}).items():
@@ -52,6 +56,8 @@ def save(model: SequenceModel, path, extra: dict | None = None, extra_tensors: d
 def read(path) -> tuple[ModelConfig, dict[str, np.ndarray], dict, dict[str, np.ndarray]]:
     """Parse and validate a checkpoint: (config, parameters, extra, extra_tensors)."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; pass the checkpoint file in it (e.g. {path / 'model.safetensors'})")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     size = path.stat().st_size

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,6 +56,17 @@ def test_truncated_file(saved, tmp_path):
     bad.write_bytes(path.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         model_core.load(bad)
+
+
+def test_the_package_docstring_example_loads_and_saves(tmp_path, monkeypatch):
+    """``model_core``'s docstring: load takes the checkpoint file (a folder is refused, naming the file)."""
+    monkeypatch.chdir(Path(model_core.__file__).resolve().parents[1])
+    path = re.search(r'model_core\.load\("([^"]+)"', model_core.__doc__).group(1)
+    model = model_core.load(path, device="cpu")
+    again = model_core.load(model_core.save(model, tmp_path / "charlm" / "model.safetensors"))
+    assert again.config == model.config
+    with pytest.raises(CheckpointError, match=r"is a folder; pass the checkpoint file in it \(e.g. .*model.safetensors\)"):
+        model_core.load(Path(path).parent)
 
 
 def test_garbage_and_missing_file(tmp_path):
