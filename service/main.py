@@ -12,12 +12,14 @@ from fastapi.responses import FileResponse
 from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
-from service.api.routes import admin, health, inference, kserve, models, sessions, stream
+from service.api.routes import admin, health, inference, kserve, models, repository, sessions, stream
 from service.auth import APIKeyMiddleware
 from service.errors import install_error_handlers
 from service.limits import BodySizeLimit
 from service.logs import RequestLogMiddleware
 from service.metrics import Metrics, MetricsMiddleware
+from service.openinference.infer import V2Inference
+from service.openinference.statistics import InferenceStatistics
 from service.registry import ModelRegistry
 from service.sessions.manager import SessionManager
 from service.sessions.store import MemorySessionStore
@@ -49,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessions = SessionManager(registry, store, settings, on_batch=metrics.on_batch,
                                             on_steps=metrics.steps.inc)
         app.state.stateless = StatelessBatchers(settings, on_batch=metrics.on_batch)
+        app.state.v2 = V2Inference(registry, app.state.sessions, app.state.stateless, settings, InferenceStatistics())
         log.info("ready", extra={"models": [e.name for e in registry.entries() if e.status == "ready"],
                                  "device": settings.device, "session_store": type(store).__name__})
         gc.collect()
@@ -83,4 +86,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for router in (models.router, inference.router, sessions.router, stream.router, health.router, kserve.router, admin.router):
         app.include_router(router)
+    app.include_router(repository.router)
     return app
