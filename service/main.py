@@ -15,9 +15,11 @@ from service import __version__
 from service.api.routes import admin, health, inference, kserve, models, sessions, stream
 from service.auth import APIKeyMiddleware
 from service.errors import install_error_handlers
+from service.grpc_api import server as grpc_server
 from service.limits import BodySizeLimit
 from service.logs import RequestLogMiddleware
 from service.metrics import Metrics, MetricsMiddleware
+from service.openinference.infer import V2Inference
 from service.registry import ModelRegistry
 from service.sessions.manager import SessionManager
 from service.sessions.store import MemorySessionStore
@@ -49,12 +51,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessions = SessionManager(registry, store, settings, on_batch=metrics.on_batch,
                                             on_steps=metrics.steps.inc)
         app.state.stateless = StatelessBatchers(settings, on_batch=metrics.on_batch)
+        # gRPC on its own port, in this event loop, over the same registry, sessions and batchers
+        app.state.grpc = await grpc_server.start(
+            settings, registry, app.state.sessions,
+            V2Inference(registry, app.state.sessions, app.state.stateless), None, health.server_metadata)
         log.info("ready", extra={"models": [e.name for e in registry.entries() if e.status == "ready"],
                                  "device": settings.device, "session_store": type(store).__name__})
         gc.collect()
         gc.freeze()          # the models and startup objects are permanent: keep them out of every GC pass
         yield
-        log.info("shutting down: draining batchers")
+        log.info("shutting down: draining gRPC, then batchers")
+        await grpc_server.stop(app.state.grpc, settings.shutdown_timeout_seconds)   # uvicorn has drained HTTP
         await app.state.sessions.close()
         await app.state.stateless.close()
         log.info("stopped")
