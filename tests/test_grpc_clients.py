@@ -10,6 +10,7 @@ import json
 import queue
 import subprocess
 import uuid
+from pathlib import Path
 
 import grpc
 import httpx
@@ -23,6 +24,7 @@ from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc as pb_grpc    
 from tritonclient.utils import InferenceServerException                          # noqa: E402
 
 from conftest import free_port, start_server                                     # noqa: E402
+from kserve_sdk import kserve_python                                             # noqa: E402
 
 CHUNKS = [3, 1, 5, 3]                                          # 12 steps, split unevenly
 RTOL, ATOL = 5e-5, 1e-6                                        # batch shape changes BLAS summation order
@@ -286,3 +288,25 @@ def test_api_keys_are_required_on_grpc_except_health():
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+def test_kserve_sdk_grpc_client_every_model_raw_typed_and_chunked(server, client, tmp_path):
+    python = kserve_python()
+    cases = {}
+    for model in ("charlm", "echo", "temporal-order"):
+        name, arr = model_input(model)
+        cases[model] = {"name": name, "dtype": str(arr.dtype), "data": arr.tolist(), "chunks": CHUNKS}
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    proc = subprocess.run([str(python), str(Path(__file__).with_name("kserve_grpc_script.py")), server["grpc"],
+                           str(tmp_path / "cases.json")], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout)
+    assert got["live"] and got["ready"]
+    for model, case in cases.items():
+        whole = client.infer(model, [tensor(case["name"], np.asarray(case["data"], dtype=case["dtype"]))]
+                             ).as_numpy("PROBABILITIES")
+        assert got[model]["ready"]
+        np.testing.assert_allclose(got[model]["raw"], whole, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(got[model]["typed"], whole, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(joined(model, [np.asarray(c) for c in got[model]["chunks"]]), whole,
+                                   rtol=RTOL, atol=ATOL)
