@@ -1,0 +1,48 @@
+"""The gRPC server lives in the app's lifespan: up with the app, gone after it, loud on a busy port."""
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
+
+from conftest import free_port                                                   # noqa: E402
+from service.main import create_app                                              # noqa: E402
+from service.settings import Settings                                            # noqa: E402
+
+
+def test_started_in_the_lifespan_sharing_sessions_with_http_and_stopped_after_it():
+    port = free_port()
+    with TestClient(create_app(Settings(grpc_port=port))) as http:
+        assert http.app.state.grpc is not None
+        c = tritonclient_grpc.InferenceServerClient(f"127.0.0.1:{port}")
+        assert c.is_server_live() and c.is_server_ready()
+        x = tritonclient_grpc.InferInput("INPUT_IDS", [1, 2], "INT64")
+        x.set_data_from_numpy(np.array([[3, 4]], dtype=np.int64))
+        c.infer("charlm", [x], sequence_id="shared", sequence_start=True)        # started over gRPC ...
+        body = {"inputs": [{"name": "INPUT_IDS", "datatype": "INT64", "shape": [1, 1], "data": [5]}],
+                "parameters": {"sequence_id": "shared", "sequence_end": True}}
+        r = http.post("/v2/models/charlm/infer", json=body)                      # ... continued over HTTP
+        assert r.status_code == 200, r.text
+        c.close()
+    with socket.socket() as s:                                                    # the port is free again
+        s.bind(("127.0.0.1", port))
+
+
+def test_port_zero_disables_grpc():
+    with TestClient(create_app(Settings(grpc_port=0))) as http:
+        assert http.app.state.grpc is None
+
+
+def test_a_busy_port_fails_startup_naming_the_address():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(RuntimeError, match=f"127.0.0.1:{port}"):
+            with TestClient(create_app(Settings(grpc_port=port))):
+                pass
+
