@@ -11,7 +11,8 @@ import math
 import numpy as np
 
 from model_core.config import ModelConfig
-from service.errors import InvalidInput, PayloadTooLarge
+from service.errors import InvalidInput
+from service.limits import check_steps
 
 
 @functools.lru_cache(maxsize=64)          # built once per vocabulary, not once per keystroke
@@ -55,8 +56,7 @@ def encode_sequence(config: ModelConfig, item, max_len: int, where: str = "input
             raise InvalidInput(f"{where}: features must be finite numbers")
     if arr.shape[0] == 0:
         raise InvalidInput(f"{where}: a sequence needs at least one step")
-    if arr.shape[0] > max_len:
-        raise PayloadTooLarge(f"{where}: {arr.shape[0]} steps is over the limit of {max_len}")
+    check_steps(arr.shape[0], max_len, where)
     return arr
 
 

@@ -20,7 +20,11 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 
 def _labels(model: SequenceModel) -> list[str]:
-    c = model.config
+    return labels_of(model.config)
+
+
+def labels_of(c) -> list[str]:
+    """What each output index means: class labels, else vocabulary tokens, else the index itself."""
     if c.labels:
         return list(c.labels)
     if c.vocab:

@@ -20,6 +20,7 @@ from service.limits import BodySizeLimit
 from service.logs import RequestLogMiddleware
 from service.metrics import Metrics, MetricsMiddleware
 from service.openinference.infer import V2Inference
+from service.openinference.statistics import InferenceStatistics
 from service.registry import ModelRegistry
 from service.sessions.manager import SessionManager
 from service.sessions.store import MemorySessionStore
@@ -51,10 +52,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessions = SessionManager(registry, store, settings, on_batch=metrics.on_batch,
                                             on_steps=metrics.steps.inc)
         app.state.stateless = StatelessBatchers(settings, on_batch=metrics.on_batch)
-        # gRPC on its own port, in this event loop, over the same registry, sessions and batchers
-        app.state.grpc = await grpc_server.start(
-            settings, registry, app.state.sessions,
-            V2Inference(registry, app.state.sessions, app.state.stateless), None, health.server_metadata)
+        app.state.v2 = V2Inference(registry, app.state.sessions, app.state.stateless, settings, InferenceStatistics())
+        # gRPC on its own port, in this event loop, over the same registry, sessions, batchers and statistics
+        app.state.grpc = await grpc_server.start(settings, registry, app.state.sessions, app.state.v2,
+                                                 health.server_metadata)
         log.info("ready", extra={"models": [e.name for e in registry.entries() if e.status == "ready"],
                                  "device": settings.device, "session_store": type(store).__name__})
         gc.collect()

@@ -1,10 +1,15 @@
 """The model repository: every ``<model_dir>/<name>/model.safetensors`` (our checkpoint) or
 ``<model_dir>/<name>/model.onnx`` (an ONNX graph, with an optional ``model-card.json``) becomes a
-served model.
+served model, as version 1; Triton's layout with integer version folders and a version policy
+(``service.model_versions``) serves the versions the policy selects.
 
 Models are loaded in the app's lifespan. A model that fails to load is reported (status
 ``failed`` with the reason) and does not stop the others from serving. ONNX graphs run on our
 own runtime behind ``OnnxSequenceModel``, which every endpoint serves like a checkpoint.
+
+Each entry has a ``number`` (the version folder's integer) and a ``version``: the content hash
+(with the number mixed in for version folders), a label that identifies the exact weights. Sessions record the hash, so a reload that changes a
+file never changes a live session's model.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from model_core.onnx.errors import OnnxLoadError
 from model_core.onnx.served_model import OnnxSequenceModel
 from service.errors import NotFound, Unavailable
 from service.model_card import CARD, read_card
+from service.model_versions import VersionPolicy, read_folder_config, version_folders
 
 log = logging.getLogger("service.registry")
 CHECKPOINT = "model.safetensors"
@@ -35,7 +41,8 @@ FORMATS = {CHECKPOINT: "rnn-serve-checkpoint", ONNX: "onnx"}
 class ModelEntry:
     name: str
     path: Path
-    version: str = ""
+    version: str = ""                   # the content hash: a label for the exact weights
+    number: int = 1                     # the version number (Triton's version folder; 1 when flat)
     status: str = "loading"             # loading | ready | failed
     error: str | None = None
     model: SequenceModel | OnnxSequenceModel | None = None
@@ -47,7 +54,8 @@ class ModelEntry:
         return self.model.config
 
     def metadata(self) -> dict:
-        out = {"name": self.name, "version": self.version, "status": self.status, "format": self.format}
+        out = {"name": self.name, "version": self.version, "version_number": self.number, "status": self.status,
+               "format": self.format}
         if self.error:
             out["error"] = self.error
         if self.model is None:
@@ -66,10 +74,11 @@ class ModelEntry:
         return out
 
 
-def _version_of(*paths: Path) -> str:
+def _version_of(*paths: Path, number: int | None = None) -> str:
     """A content hash of the model's files (an ONNX graph and its card together): reloading
-    unchanged files keeps the version, any change gives a new one."""
-    digest = hashlib.sha256()
+    unchanged files keeps the version, any change gives a new one. In Triton's layout the version
+    number is hashed too, so two version folders holding the same files still have distinct labels."""
+    digest = hashlib.sha256(b"" if number is None else f"version {number}\0".encode())
     for path in paths:
         with path.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -87,18 +96,27 @@ def _model_file(folder: Path) -> Path | None:
 
 
 def _is_model_dir(folder: Path) -> bool:
-    return folder.is_dir() and any((folder / n).is_file() for n in FORMATS)
+    if not folder.is_dir():
+        return False
+    try:
+        return bool(version_folders(folder, tuple(FORMATS)))
+    except ValueError:
+        return True                                    # ambiguous: listed, and reported as failed
 
 
-def _files(path: Path) -> list[Path]:
+def _card(folder: Path, model_folder: Path) -> Path:
+    """A version folder's own card, else the model folder's (shared by its versions)."""
+    own = folder / CARD
+    return own if own.is_file() or folder == model_folder else model_folder / CARD
+
+
+def _files(path: Path, card: Path) -> list[Path]:
     """What the model is made of: the checkpoint, or the ONNX graph and its card if it has one."""
-    card = path.parent / CARD
     return [path, card] if path.name == ONNX and card.is_file() else [path]
 
 
-def _load_onnx(folder: Path, device: str) -> OnnxSequenceModel:
+def _load_onnx(folder: Path, card: Path, device: str) -> OnnxSequenceModel:
     """An ONNX graph with its card, or with the metadata our exporter writes when there is no card."""
-    card = folder / CARD
     binding = read_card(card) if card.is_file() else None
     try:
         return OnnxSequenceModel.load(folder / ONNX, binding, device=device)
@@ -121,70 +139,134 @@ def _warm_up(model) -> None:
 
 
 class ModelRegistry:
-    """Current entry per model, plus the versions that live sessions may still be using.
+    """The served versions of each model, plus older versions that live sessions may still be using.
 
-    Reloading loads the file again; a changed file becomes a new current version while the
-    previous ones stay for the sessions that started on them (up to ``keep_versions`` each).
+    ``get``/``ready`` give a model's current entry (its highest served version) or, with a
+    version number, that version. Reloading reads the files again: an unchanged file keeps its
+    loaded model, a changed one becomes a new entry, and the replaced entries stay for the
+    sessions that started on them (up to ``keep_versions`` per model).
     """
 
     def __init__(self, model_dir: Path, device: str = "cpu", keep_versions: int = 3):
         self.model_dir, self.device, self.keep_versions = Path(model_dir), device, keep_versions
-        self._models: dict[str, ModelEntry] = {}
-        self._versions: dict[str, dict[str, ModelEntry]] = {}
+        self._models: dict[str, ModelEntry] = {}                  # current: highest ready version, or the failure
+        self._served: dict[str, dict[int, ModelEntry]] = {}       # what the version policy selects, by number
+        self._policies: dict[str, VersionPolicy] = {}
+        self._retired: dict[str, dict[str, ModelEntry]] = {}      # replaced entries by hash, oldest first
+        self._unloaded: set[str] = set()
         self._lock = threading.Lock()
 
     def load_all(self) -> None:
         if not self.model_dir.is_dir():
             log.error("model directory %s does not exist", self.model_dir)
             return
-        for sub in sorted(p for p in self.model_dir.iterdir() if _is_model_dir(p)):
-            self.load(sub.name)
+        for name in self.repository_names():
+            self.load(name)
 
-    def load(self, name: str) -> ModelEntry:
-        folder = self.model_dir / name
-        entry = ModelEntry(name=name, path=folder / CHECKPOINT)
+    def repository_names(self) -> list[str]:
+        """Every model folder in the repository, loaded or not."""
+        if not self.model_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.model_dir.iterdir() if _is_model_dir(p))
+
+    def _load_version(self, name: str, number: int, folder: Path, model_folder: Path, previous: ModelEntry | None):
+        entry = ModelEntry(name=name, path=folder / CHECKPOINT, number=number)
         try:
             path = _model_file(folder)
-            if path is None:
-                raise FileNotFoundError(f"{folder} has no {CHECKPOINT} or {ONNX}")
+            card = _card(folder, model_folder)
             entry.path, entry.format = path, FORMATS[path.name]
-            entry.version = _version_of(*_files(path))
-            entry.model = _load_onnx(folder, self.device) if path.name == ONNX else model_core.load(path, device=self.device)
+            entry.version = _version_of(*_files(path, card), number=None if folder == model_folder else number)
+            if previous is not None and previous.status == "ready" and previous.version == entry.version:
+                return previous                                # unchanged files: keep the loaded model
+            entry.model = _load_onnx(folder, card, self.device) if path.name == ONNX else model_core.load(path, device=self.device)
             _warm_up(entry.model)
             entry.status = "ready"
-            log.info("loaded model %s version %s on %s", name, entry.version, entry.model.device)
+            log.info("loaded model %s version %d (%s) on %s", name, number, entry.version, entry.model.device)
         except Exception as exc:  # one bad file must not take the others down
             entry.status, entry.error = "failed", str(exc)
-            log.error("model %s failed to load: %s", name, exc)
-        with self._lock:
-            current = self._models.get(name)
-            if entry.status != "ready" and current is not None and current.status == "ready":
-                return entry                                   # a bad new file never replaces a good model
-            self._models[name] = entry
-            if entry.status == "ready":
-                versions = self._versions.setdefault(name, {})
-                versions.pop(entry.version, None)
-                versions[entry.version] = entry
-                while len(versions) > self.keep_versions:
-                    versions.pop(next(iter(versions)))
+            log.error("model %s version %d failed to load: %s", name, number, exc)
         return entry
+
+    def load(self, name: str) -> ModelEntry:
+        """Load (or reload) the versions the model's policy selects; returns the highest one tried."""
+        folder = self.model_dir / name
+        try:
+            policy = read_folder_config(folder).version_policy
+            folders = version_folders(folder, tuple(FORMATS))
+            if not folders:
+                raise FileNotFoundError(f"{folder} has no {CHECKPOINT} or {ONNX}")
+            numbers = policy.select(list(folders))
+            if not numbers:
+                raise ValueError(f"version policy {policy.as_triton()} selects none of the versions {sorted(folders)}")
+        except Exception as exc:
+            entry = ModelEntry(name=name, path=folder / CHECKPOINT, status="failed", error=str(exc))
+            log.error("model %s failed to load: %s", name, exc)
+            with self._lock:
+                current = self._models.get(name)
+                if current is None or current.status != "ready":  # a bad new file never replaces a good model
+                    self._models[name], self._served[name] = entry, {}
+                    self._unloaded.discard(name)
+            return entry
+        old = self._served.get(name, {})
+        tried = {n: self._load_version(name, n, folders[n], folder, old.get(n)) for n in numbers}
+        served = {n: old[n] if e.status != "ready" and n in old and old[n].status == "ready" else e
+                  for n, e in tried.items()}
+        with self._lock:
+            kept = {id(e) for e in served.values()}
+            for prev in old.values():
+                if prev.status == "ready" and id(prev) not in kept:
+                    self._retire(prev)
+            self._served[name], self._policies[name] = served, policy
+            ready = [e for e in served.values() if e.status == "ready"]
+            self._models[name] = ready[-1] if ready else served[numbers[-1]]
+            self._unloaded.discard(name)
+        return tried[numbers[-1]]
+
+    def _retire(self, entry: ModelEntry) -> None:
+        retired = self._retired.setdefault(entry.name, {})
+        retired.pop(entry.version, None)
+        retired[entry.version] = entry
+        while len(retired) > self.keep_versions:
+            retired.pop(next(iter(retired)))
+
+    def unload(self, name: str) -> None:
+        """Stop serving every version of ``name`` (sessions on it end); ``load`` brings it back."""
+        self.get(name)
+        with self._lock:
+            self._models.pop(name, None)
+            self._served.pop(name, None)
+            self._retired.pop(name, None)
+            self._unloaded.add(name)
+        log.info("unloaded model %s", name)
 
     def reload(self, name: str | None = None) -> list[ModelEntry]:
         """Reload one model, or rescan the repository (new models appear; current ones reload)."""
         if name is not None:
-            self.get(name)
+            if name not in self._models and name not in self.repository_names():
+                self.get(name)                                   # the usual 404, naming what exists
             return [self.load(name)]
-        if not self.model_dir.is_dir():
-            return []
-        return [self.load(p.name) for p in sorted(self.model_dir.iterdir()) if _is_model_dir(p)]
+        return [self.load(n) for n in self.repository_names()]
 
     def version(self, name: str, version: str) -> ModelEntry:
-        """The entry a session started on, while it is kept."""
-        entry = self._versions.get(name, {}).get(version)
+        """The entry a session started on (``version`` is its content hash), while it is kept."""
+        for entry in self._served.get(name, {}).values():
+            if entry.version == version and entry.status == "ready":
+                return entry
+        entry = self._retired.get(name, {}).get(version)
         if entry is None:
             raise Unavailable(f"model {name!r} version {version!r} is no longer loaded; start a new session",
                               status=409, code="model_version_retired")
         return entry
+
+    def served(self, name: str) -> list[ModelEntry]:
+        """The versions the policy selects (ready or failed), by ascending number."""
+        return [e for _, e in sorted(self._served.get(name, {}).items())]
+
+    def policy(self, name: str) -> VersionPolicy:
+        return self._policies.get(name) or VersionPolicy()
+
+    def is_unloaded(self, name: str) -> bool:
+        return name in self._unloaded
 
     def names(self) -> list[str]:
         return sorted(self._models)
@@ -195,11 +277,20 @@ class ModelRegistry:
     def get(self, name: str) -> ModelEntry:
         entry = self._models.get(name)
         if entry is None:
-            raise NotFound(f"unknown model {name!r}; available: {', '.join(self.names()) or 'none'}")
+            why = " (unloaded: load it again to serve it)" if name in self._unloaded else ""
+            raise NotFound(f"unknown model {name!r}{why}; available: {', '.join(self.names()) or 'none'}")
         return entry
 
-    def ready(self, name: str) -> ModelEntry:
+    def ready(self, name: str, version: str | int | None = None) -> ModelEntry:
+        """The current entry, or the served entry with that version number; 404 names the versions served."""
         entry = self.get(name)
+        if version not in (None, ""):
+            served = self._served.get(name, {})
+            number = int(version) if isinstance(version, int) or str(version).isdigit() else None
+            entry = served.get(number) if number is not None else None
+            if entry is None:
+                have = ", ".join(str(n) for n in sorted(served)) or "none"
+                raise NotFound(f"model {name!r} has no version {str(version)!r}; versions: {have}")
         if entry.status != "ready":
             raise Unavailable(f"model {name!r} is not ready ({entry.status}{': ' + entry.error if entry.error else ''})")
         return entry

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     max_sequence_length: int = Field(4096, ge=1)
     max_completion_length: int = Field(512, ge=1)
     max_completions: int = Field(16, ge=1)
+    max_response_bytes: int = Field(
+        64_000_000, ge=1_000, description="a request whose response would be larger is refused before it runs")
 
     # sessions and batching
     session_ttl_seconds: float = Field(600.0, gt=0, description="idle time before a session expires")

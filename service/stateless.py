@@ -14,8 +14,8 @@ class StatelessBatchers:
         self.settings, self._on_batch = settings, on_batch
         self._batchers: dict[tuple, DynamicBatcher] = {}
 
-    async def run(self, entry: ModelEntry, kind: str, seqs: list):
-        """One request's sequences -> its slice of a batched result."""
+    async def run(self, entry: ModelEntry, kind: str, seqs: list, **queueing):
+        """One request's sequences -> its slice of a batched result (``queueing``: see ``DynamicBatcher.submit``)."""
         key = (entry.name, entry.version, kind)
         b = self._batchers.get(key)
         if b is None:
@@ -24,7 +24,7 @@ class StatelessBatchers:
                 lambda items: run(model, items), max_batch=self.settings.max_batch_size,
                 max_delay=self.settings.max_queue_delay_ms / 1000, enabled=self.settings.batching,
                 on_batch=self._on_batch, max_pending=self.settings.max_pending_requests)
-        return await b.submit(seqs)
+        return await b.submit(seqs, **queueing)
 
     async def close(self) -> None:
         for b in self._batchers.values():

@@ -1,25 +1,30 @@
 """The RPCs of ``inference.GRPCInferenceService``: thin translations onto the service's own objects.
 
-Every RPC reads the same registry, session manager and stateless batchers as HTTP, and every
-inference goes through ``V2Inference``, so limits, sessions and batching are shared. A
-``ServiceError`` becomes the gRPC status from ``status.grpc_code`` with the error's message.
+Every RPC reads the same registry, session manager, batchers and statistics as HTTP: inference goes
+through the app's one ``V2Inference``, Triton's extensions through ``service.openinference``'s
+transport-neutral functions, whose Triton-JSON answers become protobuf with ``json_format``. A
+``ServiceError`` becomes the gRPC status from ``status.grpc_code``, with the error's message.
 """
 from __future__ import annotations
 
 import functools
 import logging
+import time
 
 import grpc
+from google.protobuf import json_format
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
-from google.protobuf import json_format
 
 from service.errors import ServiceError
 from service.grpc_api import codec
 from service.grpc_api.status import grpc_code
 from service.grpc_api.stream import stream_infer
-from service.kserve import V2Error, model_metadata
-from service.openinference.types import InferenceBackend
+from service.openinference import repository
+from service.openinference.infer import V2Inference, v2_error
+from service.openinference.model_config import for_protobuf, model_config
+from service.openinference.tensors import model_metadata
+from service.settings import Settings
 
 log = logging.getLogger("service.grpc")
 # Triton's RPCs for features this server does not have; each answers UNIMPLEMENTED saying so.
@@ -31,16 +36,6 @@ UNSUPPORTED = {
 }
 
 
-def _extension(method):
-    """An extension RPC answers UNIMPLEMENTED when the app gave the servicer no extensions."""
-    @functools.wraps(method)
-    async def wrapper(self, request, context):
-        if self.extensions is None:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method.__name__} is not available on this server")
-        return await method(self, request, context)
-    return wrapper
-
-
 def _errors(method):
     """ServiceError -> the mapped gRPC status; anything else -> INTERNAL, logged, the server keeps serving."""
     @functools.wraps(method)
@@ -48,6 +43,7 @@ def _errors(method):
         try:
             return await method(self, request, context)
         except ServiceError as exc:
+            exc = v2_error(exc)
             await context.abort(grpc_code(exc), exc.message)
         except (grpc.aio.AbortError, grpc.aio.UsageError):
             raise
@@ -58,11 +54,10 @@ def _errors(method):
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, registry, sessions, backend: InferenceBackend, extensions, server_metadata):
-        """``extensions``: the transport-neutral Triton extensions (config, statistics, repository) as
-        Triton-JSON dicts; ``server_metadata``: the coroutine behind ``GET /v2``, so both list the same."""
-        self.registry, self.sessions, self.backend = registry, sessions, backend
-        self.extensions, self.server_metadata = extensions, server_metadata
+    def __init__(self, settings: Settings, registry, sessions, v2: V2Inference, server_metadata):
+        """``server_metadata``: the coroutine behind ``GET /v2``, so both transports list the same extensions."""
+        self.settings, self.registry, self.sessions, self.v2 = settings, registry, sessions, v2
+        self.server_metadata = server_metadata
 
     # ---- health and metadata -------------------------------------------------------------------
 
@@ -80,7 +75,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request, context):
         try:
-            self._entry(request.name, request.version)
+            self.registry.ready(request.name, request.version or None)
         except ServiceError:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
@@ -91,57 +86,60 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_errors
     async def ModelMetadata(self, request, context):
-        meta = model_metadata(self._entry(request.name, request.version))
-        return json_format.ParseDict(meta, pb.ModelMetadataResponse(), ignore_unknown_fields=True)
+        entry = self.registry.ready(request.name, request.version or None)
+        versions = [str(e.number) for e in self.registry.served(request.name) if e.status == "ready"]
+        meta = model_metadata(entry, versions)
+        meta.pop("parameters", None)                      # ModelMetadataResponse has no parameters field
+        return json_format.ParseDict(meta, pb.ModelMetadataResponse())
 
     # ---- inference -----------------------------------------------------------------------------
 
     @_errors
     async def ModelInfer(self, request, context):
-        return codec.encode_response(await self.backend.infer(codec.decode_request(request)))
+        arrival = time.perf_counter_ns()
+        req = codec.decode_request(request, self.settings.max_request_bytes, arrival)
+        return codec.encode_response(await self.v2.infer(req))
 
     async def ModelStreamInfer(self, request_iterator, context):
-        async for response in stream_infer(self.backend, request_iterator):
+        async for response in stream_infer(self.v2, request_iterator, self.settings.max_request_bytes):
             yield response
 
     # ---- Triton's extensions -------------------------------------------------------------------
 
-    @_extension
     @_errors
     async def ModelConfig(self, request, context):
-        config = await self.extensions.model_config(request.name, request.version or None)
-        return pb.ModelConfigResponse(config=json_format.ParseDict(config, pb.ModelConfigResponse().config,
-                                                                   ignore_unknown_fields=True))
+        entry = self.registry.ready(request.name, request.version or None)
+        cfg = for_protobuf(model_config(entry, self.registry.policy(request.name).as_triton(), self.settings))
+        return pb.ModelConfigResponse(config=json_format.ParseDict(cfg, pb.ModelConfigResponse().config))
 
-    @_extension
     @_errors
     async def ModelStatistics(self, request, context):
-        stats = await self.extensions.statistics(request.name or None, request.version or None)
-        return json_format.ParseDict(stats, pb.ModelStatisticsResponse(), ignore_unknown_fields=True)
+        stats = self.v2.stats.report(self.registry, request.name or None, request.version or None)
+        return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
 
-    @_extension
     @_errors
     async def RepositoryIndex(self, request, context):
-        index = await self.extensions.repository_index(request.ready)
-        return json_format.ParseDict({"models": index}, pb.RepositoryIndexResponse(), ignore_unknown_fields=True)
+        rows = repository.index(self.registry, request.ready)
+        return json_format.ParseDict({"models": rows}, pb.RepositoryIndexResponse())
 
-    @_extension
     @_errors
     async def RepositoryModelLoad(self, request, context):
-        await self.extensions.load(request.model_name, codec.params_to_dict(request.parameters))
+        if unknown := sorted(set(request.parameters)):        # Triton's config/file overrides
+            raise ServiceError(f"load parameters {unknown} are not supported: models load from the repository "
+                               "folder as they are")
+        await repository.load(self.registry, request.model_name)
         return pb.RepositoryModelLoadResponse()
 
-    @_extension
     @_errors
     async def RepositoryModelUnload(self, request, context):
-        await self.extensions.unload(request.model_name, codec.params_to_dict(request.parameters))
+        params = codec.params_to_dict(request.parameters)
+        force = params.pop("force", False)
+        params.pop("unload_dependents", None)                 # tritonclient always sends it; we have no ensembles
+        if params or not isinstance(force, bool):
+            raise ServiceError(f"unload takes only the boolean parameters 'force' and 'unload_dependents'; got "
+                               f"{sorted(request.parameters)}")
+        await repository.unload(self.registry, self.sessions.store, request.model_name, force=force)
         return pb.RepositoryModelUnloadResponse()
-
-    def _entry(self, name: str, version: str):
-        entry = self.registry.ready(name)
-        if version and version != entry.version:
-            raise V2Error(f"model {name!r} has version {entry.version!r}, not {version!r}", status=404)
-        return entry
 
 
 def _unsupported(rpc: str, feature: str):

@@ -12,25 +12,28 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from tritonclient.grpc import service_pb2 as pb
 
 from service.errors import ServiceError
 from service.grpc_api import codec
+from service.openinference.infer import v2_error
 from service.openinference.types import InferenceBackend
 
 log = logging.getLogger("service.grpc")
 
 
-async def stream_infer(backend: InferenceBackend, requests: AsyncIterator[pb.ModelInferRequest]
-                       ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+async def stream_infer(backend: InferenceBackend, requests: AsyncIterator[pb.ModelInferRequest],
+                       max_request_bytes: int) -> AsyncIterator[pb.ModelStreamInferResponse]:
     async for request in requests:
         try:
-            response = codec.encode_response(await backend.infer(codec.decode_request(request)))
+            decoded = codec.decode_request(request, max_request_bytes, time.perf_counter_ns())
+            response = codec.encode_response(await backend.infer(decoded))
             yield pb.ModelStreamInferResponse(infer_response=response)
         except ServiceError as exc:
-            yield _error(request, exc.message)
+            yield _error(request, v2_error(exc).message)
         except Exception:
             log.exception("unhandled error in ModelStreamInfer")
             yield _error(request, "internal error; the stream and the service keep running")

@@ -34,6 +34,8 @@ class InferRequest:
     outputs: list[RequestedOutput] | None = None                  # None: the model's default outputs
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)      # sequence_id, priority, timeout, ...
+    arrival_ns: int | None = None       # time.perf_counter_ns() when the transport began reading it (statistics,
+                                        # and where ``timeout`` counts from); None: when ``infer`` is called
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from model_core.state import StateFormatError, state_from_bytes, state_to_bytes
 from service.encoding import encode_sequence, stop_ids
 from service.errors import InvalidInput, PayloadTooLarge
 from service.inference import step_outputs
+from service.limits import check_completion, check_steps
 from service.registry import ModelEntry, ModelRegistry
 from service.sessions.batcher import DynamicBatcher
 from service.sessions.stepper import load_state, logits_from_bytes, logits_to_bytes
@@ -47,8 +48,9 @@ class SessionManager:
         return b
 
     # -- lifecycle ----------------------------------------------------------------------------
-    async def create(self, model: str, session_id: str | None = None) -> Session:
-        entry = self.registry.ready(model)
+    async def create(self, model: str, session_id: str | None = None, version: str | None = None) -> Session:
+        """A session on the model's current version, or on version number ``version``."""
+        entry = self.registry.ready(model, version)
         if entry.model.config.bidirectional:
             raise InvalidInput(f"model {model!r} is bidirectional: it needs whole sequences, so it cannot stream")
         return await self.store.create(model, entry.version, session_id)
@@ -61,18 +63,20 @@ class SessionManager:
         session, logits = await self.step_logits(session_id, item)
         return session, step_outputs(self._entry(session).model, logits, top_k)
 
-    async def step_logits(self, session_id: str, item) -> tuple[Session, np.ndarray]:
-        """Feed new steps (raw input or an encoded array); returns the session and logits (K, C)."""
+    async def step_logits(self, session_id: str, item, **queueing) -> tuple[Session, np.ndarray]:
+        """Feed new steps (raw input or an encoded array); returns the session and logits (K, C).
+
+        ``queueing``: the batcher's ``priority``, ``deadline`` and ``timing`` (see ``DynamicBatcher.submit``).
+        """
         async with self.store.lock(session_id):
             session = await self.store.get(session_id)
             entry = self._entry(session)
             arr = item if isinstance(item, np.ndarray) else self.encode(session, item)
-            if len(arr) > self.settings.max_steps_per_message:
-                raise PayloadTooLarge(f"{len(arr)} steps is over the limit of {self.settings.max_steps_per_message}")
+            check_steps(len(arr), self.settings.max_steps_per_message)
             if session.steps + len(arr) > self.settings.max_steps_per_session:
                 raise PayloadTooLarge(f"session would pass its limit of {self.settings.max_steps_per_session} steps; "
                                       "reset it or start a new one")
-            logits, state = await self.batcher(entry).submit((session.state, arr))
+            logits, state = await self.batcher(entry).submit((session.state, arr), **queueing)
             new = session.advanced(state, logits_to_bytes(logits[-1]), len(arr))
             await self.store.put(new, expected_revision=session.revision)      # committed before the reply
         self._on_steps(len(arr))
@@ -99,9 +103,7 @@ class SessionManager:
             raise InvalidInput(f"model {session.model!r} is a {model.config.task} model; completion needs an lm")
         if session.last_output is None:
             raise InvalidInput("send some input first: a completion continues from the last step's output")
-        if max_length > self.settings.max_completion_length or n > self.settings.max_completions:
-            raise PayloadTooLarge(f"at most n={self.settings.max_completions} completions of "
-                                  f"max_length={self.settings.max_completion_length}")
+        check_completion(n, max_length, self.settings)
         ids = stop_ids(model.config, stop)
 
         def run():

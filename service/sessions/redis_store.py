@@ -285,6 +285,18 @@ class RedisSessionStore(SessionStore):
     def count(self) -> int:
         return self._count
 
+    async def count_model(self, model: str) -> int:
+        """Live sessions on ``model``: a scan of the LRU set, for the unload check (an admin call)."""
+        n, want = 0, model.encode()
+        with self._reachable():
+            ids = [sid async for sid, _ in self.redis.zscan_iter(f"{self.prefix}lru")]
+            for i in range(0, len(ids), 1000):
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for sid in ids[i:i + 1000]:
+                        pipe.hget(f"{self.prefix}s:{sid.decode()}", "model")
+                    n += sum(1 for m in await pipe.execute() if m == want)
+        return n
+
     async def ping(self) -> None:
         with self._reachable():
             await self.redis.ping()

@@ -79,6 +79,7 @@ class SessionStore:
     async def delete(self, session_id: str) -> bool: ...
     def lock(self, session_id: str) -> AbstractAsyncContextManager: ...
     def count(self) -> int: ...
+    async def count_model(self, model: str) -> int: ...          # live sessions on one model (admin, not hot)
     async def close(self) -> None: ...
 
     async def ping(self) -> None:
@@ -170,6 +171,11 @@ class MemorySessionStore(SessionStore):
         with self._lock:
             self._expire(time.time())
             return len(self._sessions)
+
+    async def count_model(self, model: str) -> int:
+        with self._lock:
+            self._expire(time.time())
+            return sum(1 for s in self._sessions.values() if s.model == model)
 
     async def close(self) -> None:
         pass

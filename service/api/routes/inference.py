@@ -20,7 +20,7 @@ from service.api.schemas import (
     PredictRequest,
     PredictResponse,
 )
-from service.errors import PayloadTooLarge
+from service.limits import check_batch, check_completion, check_steps
 
 router = APIRouter(prefix="/v1/models/{name}", tags=["inference"])
 
@@ -29,8 +29,7 @@ async def _batched(kind: str, name: str, inputs: list, registry, settings, reque
     """Validate and encode one request's sequences, then run them through the model's batcher."""
     entry = registry.ready(name)
     inference.check_task(entry.model, kind)
-    if len(inputs) > settings.max_batch_sequences:
-        raise PayloadTooLarge(f"{len(inputs)} sequences is over the limit of {settings.max_batch_sequences} per request")
+    check_batch(len(inputs), settings)
     seqs = inference.encode_inputs(entry.model, inputs, settings.max_sequence_length)
     return entry, await request.app.state.stateless.run(entry, kind, seqs)
 
@@ -55,10 +54,8 @@ async def predict(name: str, body: PredictRequest, registry: Registry, settings:
 async def complete(name: str, body: CompleteRequest, registry: Registry, settings: AppSettings):
     """``n`` continuations of a prompt: greedy, temperature and top-k sampling, stop tokens."""
     entry = registry.ready(name)
-    if len(body.prompt) > settings.max_sequence_length:
-        raise PayloadTooLarge(f"prompt of {len(body.prompt)} characters is over the limit of {settings.max_sequence_length}")
-    if body.max_length > settings.max_completion_length or body.n > settings.max_completions:
-        raise PayloadTooLarge(f"at most n={settings.max_completions} completions of max_length={settings.max_completion_length}")
+    check_steps(len(body.prompt), settings.max_sequence_length, "prompt")
+    check_completion(body.n, body.max_length, settings)
     completions = await asyncio.get_running_loop().run_in_executor(
         None, inference.complete, entry.model, body.prompt, body.n, body.max_length, body.temperature, body.top_k,
         body.greedy or body.temperature == 0, body.stop, body.seed)

@@ -1,4 +1,4 @@
-"""KServe v2 inference and model metadata, with Triton's sequence extension (see ``service.kserve``)."""
+"""KServe v2 inference and model metadata, with Triton's sequence extension (see ``service.openinference``)."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
@@ -6,23 +6,21 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.deps import Registry
 from service.errors import ServiceError
-from service.kserve import V2Error, decode_tensor, model_metadata
-from service.openinference.infer import V2Inference
+from service.openinference.datatypes import from_json
+from service.openinference.infer import v2_error
+from service.openinference.tensors import model_metadata
 from service.openinference.types import InferInput, InferRequest, RequestedOutput
 
 router = APIRouter(prefix="/v2/models", tags=["kserve-v2"])
+MAX_ELEMENTS = 4_000_000
 
 
 class InferRequestBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
     id: str | None = None
     parameters: dict | None = None
     inputs: list[dict] = Field(min_length=1)
     outputs: list[dict] | None = None
-
-
-def _v2(exc: ServiceError) -> V2Error:
-    return exc if isinstance(exc, V2Error) else V2Error(exc.message, status=exc.status)
 
 
 @router.get("/{name}")
@@ -30,12 +28,10 @@ def _v2(exc: ServiceError) -> V2Error:
 async def metadata(name: str, registry: Registry, version: str | None = None) -> dict:
     """Tensor names, datatypes and shapes, as the protocol specifies."""
     try:
-        entry = registry.ready(name)
+        entry = registry.ready(name, version)
     except ServiceError as exc:
-        raise _v2(exc) from None
-    if version not in (None, entry.version):
-        raise V2Error(f"model {name!r} has version {entry.version!r}, not {version!r}", status=404)
-    return model_metadata(entry)
+        raise v2_error(exc) from None
+    return model_metadata(entry, [str(e.number) for e in registry.served(name) if e.status == "ready"])
 
 
 @router.post("/{name}/infer")
@@ -43,13 +39,13 @@ async def metadata(name: str, registry: Registry, version: str | None = None) ->
 async def infer(name: str, body: InferRequestBody, request: Request, version: str | None = None):
     state = request.app.state
     try:
-        state.registry.ready(name)                     # an unknown model is a 404 before its tensors are read
+        state.registry.ready(name, version)            # an unknown model is a 404 before its tensors are read
     except ServiceError as exc:
-        raise _v2(exc) from None
+        raise v2_error(exc) from None
     req = InferRequest(name, version, [_decode(t) for t in body.inputs],
                        [RequestedOutput(o.get("name"), o.get("parameters") or {}) for o in body.outputs]
                        if body.outputs else None, id=body.id, parameters=body.parameters or {})
-    resp = await V2Inference(state.registry, state.sessions, state.stateless).infer(req)
+    resp = await state.v2.infer(req)
     out = {"model_name": resp.model_name, "model_version": resp.model_version,
            "outputs": [{"name": o.name, "datatype": o.datatype, "shape": list(o.shape),
                         "data": o.data.reshape(-1).tolist()} for o in resp.outputs]}
@@ -61,5 +57,6 @@ async def infer(name: str, body: InferRequestBody, request: Request, version: st
 
 
 def _decode(t: dict) -> InferInput:
-    arr = decode_tensor(t)
-    return InferInput(str(t.get("name")), str(t.get("datatype")), arr.shape, arr, t.get("parameters") or {})
+    name = str(t.get("name"))
+    arr = from_json(name, t.get("datatype"), t.get("shape"), t.get("data"), MAX_ELEMENTS)
+    return InferInput(name, str(t.get("datatype")), arr.shape, arr, t.get("parameters") or {})
