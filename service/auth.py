@@ -7,10 +7,9 @@ from __future__ import annotations
 import hmac
 
 from fastapi import Request, WebSocket
-from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.errors import error_body
+from service.errors import error_response
 
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/metrics")
 
@@ -45,7 +44,7 @@ class APIKeyMiddleware:
             keys = scope["app"].state.settings.api_keys
             path = scope["path"]
             if keys and path not in OPEN_PATHS and path != "/" and not _key_ok(_presented(Request(scope)), keys):
-                response = JSONResponse(error_body("unauthorized", "missing or invalid API key: send it in the "
-                                                   "X-API-Key header"), status_code=401)
+                response = error_response(path, 401, "unauthorized",
+                                          "missing or invalid API key: send it in the X-API-Key header")
                 return await response(scope, receive, send)
         await self.app(scope, receive, send)

@@ -51,6 +51,17 @@ def error_body(code: str, message: str) -> dict:
     return {"error": {"code": code, "message": message}}
 
 
+def is_v2(path: str) -> bool:
+    """The Open Inference Protocol's paths, whose errors take its own shape ``{"error": "..."}``."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def error_response(path: str, status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    """The one place that picks the error shape: v2's on /v2 paths, the service's elsewhere."""
+    body = {"error": message} if is_v2(path) else error_body(code, message)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
@@ -63,22 +74,19 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError):
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
-        if request.url.path.startswith("/v2/"):       # the v2 protocol's own error shape
-            return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
-        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status, headers=headers)
+        return error_response(request.url.path, exc.status, exc.code, exc.message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
-        if request.url.path.startswith("/v2/"):
-            return JSONResponse({"error": _validation_message(exc)}, status_code=400)
-        return JSONResponse(error_body("invalid_request", _validation_message(exc)), status_code=422)
+        status = 400 if is_v2(request.url.path) else 422          # v2 calls every bad request a 400
+        return error_response(request.url.path, status, "invalid_request", _validation_message(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException):
+    async def _http_error(request: Request, exc: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+        return error_response(request.url.path, exc.status_code, code, str(exc.detail), exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body("internal_error", "internal error; the service keeps running"), status_code=500)
+        return error_response(request.url.path, 500, "internal_error", "internal error; the service keeps running")

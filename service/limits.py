@@ -8,10 +8,9 @@ shape elsewhere).
 """
 from __future__ import annotations
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge, error_body
+from service.errors import PayloadTooLarge, error_response
 from service.settings import Settings
 
 # A v2 response value costs about this many bytes in JSON ("0.0123456789, "); binary is itemsize.
@@ -75,6 +74,6 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
     async def _reject(self, scope, receive, send):
-        message = f"request body is over the limit of {self.max_bytes} bytes"
-        body = {"error": message} if scope["path"].startswith("/v2") else error_body("payload_too_large", message)
-        await JSONResponse(body, status_code=413)(scope, receive, send)
+        response = error_response(scope["path"], 413, "payload_too_large",
+                                  f"request body is over the limit of {self.max_bytes} bytes")
+        await response(scope, receive, send)

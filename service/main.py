@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse
 from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
-from service.api.routes import admin, health, inference, kserve, models, sessions, stream
+from service.api.routes import admin, health, inference, kserve, models, repository, sessions, stream
 from service.auth import APIKeyMiddleware
 from service.errors import install_error_handlers
 from service.grpc_api import server as grpc_server
@@ -91,4 +91,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for router in (models.router, inference.router, sessions.router, stream.router, health.router, kserve.router, admin.router):
         app.include_router(router)
+    app.include_router(repository.router)
     return app

@@ -1,6 +1,10 @@
 """KServe v2 / Triton protocol: metadata, stateless infer, the sequence extension, errors."""
 from __future__ import annotations
 
+import gzip
+import json
+import zlib
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -129,3 +133,196 @@ def test_v2_errors_use_the_protocol_shape(client, body, status, needle):
 def test_unknown_model_and_version(client):
     assert client.post("/v2/models/nope/infer", json={"inputs": [{}]}).status_code == 404
     assert client.get("/v2/models/charlm/versions/0").status_code == 404
+
+
+# -- bodies: content types, Triton's binary tensor data extension, compression ----------------------
+def _ids_body(client, text="To be"):
+    x = ids(client, text)
+    return {"model_name": "charlm", "inputs": [{"name": "INPUT_IDS", "datatype": "INT64", "shape": [1, len(x)],
+                                                "data": x}]}
+
+
+@pytest.mark.parametrize("content_type", [None, "application/json", "application/octet-stream"])
+def test_json_whatever_the_content_type_and_unknown_fields_tolerated(client, content_type):
+    headers = {"content-type": content_type} if content_type else {}
+    r = client.post("/v2/models/charlm/infer", content=json.dumps(_ids_body(client)).encode(), headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["model_version"] == "1" and r.headers["content-type"] == "application/json"
+
+
+def _binary_request(header: dict, blobs: list[bytes]) -> tuple[bytes, dict]:
+    head = json.dumps(header).encode()
+    return head + b"".join(blobs), {"Inference-Header-Content-Length": str(len(head)),
+                                    "content-type": "application/octet-stream"}
+
+
+def _binary_response(r) -> dict:
+    n = int(r.headers["inference-header-content-length"])
+    head, rest = json.loads(r.content[:n]), r.content[n:]
+    out, pos = {}, 0
+    for o in head["outputs"]:
+        size = o.get("parameters", {}).get("binary_data_size", 0)
+        out[o["name"]] = (o, rest[pos:pos + size])
+        pos += size
+    assert pos == len(rest)
+    return out
+
+
+def test_binary_tensors_both_ways_equal_json(client):
+    x = np.asarray(ids(client, TEXT), dtype=np.int32)
+    lengths = np.array([len(x)], dtype=np.uint8)
+    header = {"inputs": [{"name": "INPUT_IDS", "datatype": "INT32", "shape": [1, len(x)],
+                          "parameters": {"binary_data_size": x.nbytes}},
+                         {"name": "LENGTHS", "datatype": "UINT8", "shape": [1], "parameters": {"binary_data_size": 1}}],
+              "outputs": [{"name": "PROBABILITIES", "parameters": {"binary_data": True}},
+                          {"name": "LOGITS", "parameters": {"binary_data": False}}]}
+    body, headers = _binary_request(header, [x.tobytes(), lengths.tobytes()])
+    r = client.post("/v2/models/charlm/infer", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    outs = _binary_response(r)
+    meta, raw = outs["PROBABILITIES"]
+    probs = np.frombuffer(raw, dtype="<f4").reshape(meta["shape"])
+    assert "data" in outs["LOGITS"][0]
+    ref = tensor(infer(client, "charlm", [x.tolist()]), "PROBABILITIES")
+    np.testing.assert_allclose(probs, ref, atol=1e-6)
+    # binary_data_output asks for every output in binary
+    header = {"inputs": header["inputs"][:1], "parameters": {"binary_data_output": True}}
+    body, headers = _binary_request(header, [x.tobytes()])
+    (meta, raw), = _binary_response(client.post("/v2/models/charlm/infer", content=body, headers=headers)).values()
+    assert meta["name"] == "PROBABILITIES" and len(raw) == probs.nbytes
+
+
+def test_input_text_as_binary_bytes_and_class_count_output(client):
+    texts = [b"To be", b"or not"]
+    raw = b"".join(len(t).to_bytes(4, "little") + t for t in texts)
+    header = {"inputs": [{"name": "INPUT_TEXT", "datatype": "BYTES", "shape": [2, 1],
+                          "parameters": {"binary_data_size": len(raw)}}],
+              "outputs": [{"name": "PROBABILITIES", "parameters": {"class_count": 3, "binary_data": True}}]}
+    body, headers = _binary_request(header, [raw])
+    r = client.post("/v2/models/charlm/infer", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    meta, blob = _binary_response(r)["PROBABILITIES"]
+    assert meta["datatype"] == "BYTES" and meta["shape"] == [2, 6, 3]
+    first = blob[4:4 + int.from_bytes(blob[:4], "little")].decode()
+    score, index, label = first.split(":", 2)
+    assert 0 < float(score) <= 1 and client.get("/v1/models/charlm").json()["vocab"][int(index)] == label
+    as_json = {"inputs": [{"name": "INPUT_TEXT", "datatype": "BYTES", "shape": [2], "data": ["To be", "or not"]}],
+               "outputs": [{"name": "PROBABILITIES", "parameters": {"class_count": 3}}]}
+    again = client.post("/v2/models/charlm/infer", json=as_json).json()["outputs"][0]
+    assert again["data"][0] == first and again["shape"] == [2, 6, 3]
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    c = zlib.compressobj(wbits=-15)
+    return c.compress(data) + c.flush()
+
+
+@pytest.mark.parametrize("encoding,compress", [("gzip", gzip.compress), ("deflate", zlib.compress),
+                                               ("deflate", _raw_deflate)])
+def test_compressed_request_bodies(client, encoding, compress):
+    body = compress(json.dumps(_ids_body(client)).encode())
+    r = client.post("/v2/models/charlm/infer", content=body, headers={"Content-Encoding": encoding})
+    assert r.status_code == 200, r.text
+
+
+def test_zip_bomb_and_bad_encodings(client):
+    bomb = gzip.compress(b" " * 50_000_000)                          # 50 MB of spaces in ~50 kB
+    assert len(bomb) < 1_000_000
+    r = client.post("/v2/models/charlm/infer", content=bomb, headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 413 and "after decompression" in r.json()["error"]
+    r = client.post("/v2/models/charlm/infer", content=b"not gzip", headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 400 and "gzip" in r.json()["error"]
+    r = client.post("/v2/models/charlm/infer", content=b"{}", headers={"Content-Encoding": "br"})
+    assert r.status_code == 415 and set(r.json()) == {"error"}
+
+
+def test_compressed_response_when_accepted(client):
+    body = _ids_body(client, TEXT)
+    r = client.post("/v2/models/charlm/infer", json=body, headers={"Accept-Encoding": "gzip"})
+    assert r.headers["content-encoding"] == "gzip" and r.json()["outputs"][0]["shape"][1] == len(TEXT)
+
+
+@pytest.mark.parametrize("header,blobs,needle", [
+    ({"inputs": [{"name": "INPUT_IDS", "datatype": "INT64", "shape": [1, 2],
+                  "parameters": {"binary_data_size": 16}}]}, [b"\0" * 8], "does not fit"),
+    ({"inputs": [{"name": "INPUT_IDS", "datatype": "INT64", "shape": [1, 2],
+                  "parameters": {"binary_data_size": 8}}]}, [b"\0" * 8], "needs 16 bytes"),
+    ({"inputs": [{"name": "INPUT_IDS", "datatype": "INT64", "shape": [1, 1],
+                  "parameters": {"binary_data_size": 8}}]}, [b"\0" * 12], "not claimed"),
+    ({"inputs": [{"name": "INPUT_IDS", "datatype": "INT64", "shape": [1, 1],
+                  "parameters": {"shared_memory_region": "r"}}]}, [], "shared memory"),
+])
+def test_bad_binary_bodies_are_400s_naming_the_tensor(client, header, blobs, needle):
+    body, headers = _binary_request(header, blobs)
+    r = client.post("/v2/models/charlm/infer", content=body, headers=headers)
+    assert r.status_code == 400 and needle in r.json()["error"], r.text
+
+
+def test_bad_json_bodies(client):
+    for body, needle in [(b"{nope", "not valid JSON"), (b"[1]", "JSON object"), (b'{"inputs": 3}', "non-empty list"),
+                         (b'{"inputs": [{"name": "INPUT_IDS", "datatype": "INT64", "shape": [1, 1], "data": [true]}]}',
+                          "integers only")]:
+        r = client.post("/v2/models/charlm/infer", content=body)
+        assert r.status_code == 400 and needle in r.json()["error"], r.text
+
+
+def test_the_issue_s_large_request_is_refused_by_the_v1_limits(client):
+    body = {"inputs": [{"name": "INPUT_IDS", "datatype": "INT64", "shape": [1, 300_000], "data": [0] * 300_000}]}
+    r = client.post("/v2/models/charlm/infer", json=body)
+    assert r.status_code == 413 and set(r.json()) == {"error"}
+
+
+# -- versions and extensions over HTTP ---------------------------------------------------------------
+def test_every_model_route_takes_a_version(client):
+    for suffix in ("", "/ready", "/config", "/stats"):
+        assert client.get(f"/v2/models/echo/versions/1{suffix}").status_code == 200, suffix
+        r = client.get(f"/v2/models/echo/versions/4{suffix}")
+        assert r.status_code == 404 and "versions: 1" in r.json()["error"], suffix
+    body = {"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [1, 1, 1], "data": [1.0]}]}
+    assert client.post("/v2/models/echo/versions/1/infer", json=body).json()["model_version"] == "1"
+    assert client.post("/v2/models/echo/versions/2/infer", json=body).status_code == 404
+
+
+def test_metadata_lists_both_inputs_and_carries_the_vocabulary(client):
+    m = client.get("/v2/models/charlm").json()
+    assert [t["name"] for t in m["inputs"]] == ["INPUT_IDS", "INPUT_TEXT", "LENGTHS"]
+    assert m["versions"] == ["1"] and len(m["parameters"]["version_label"]) == 12
+    assert json.loads(m["parameters"]["vocabulary"]) == list(client.get("/v1/models/charlm").json()["vocab"])
+
+
+def test_server_metadata_lists_the_extensions_implemented(client):
+    exts = set(client.get("/v2").json()["extensions"])
+    assert exts == {"classification", "sequence", "model_repository", "schedule_policy", "model_configuration",
+                    "binary_tensor_data", "parameters", "statistics"}
+
+
+def test_statistics_config_and_repository_over_http(client):
+    assert {s["name"] for s in client.get("/v2/models/stats").json()["model_stats"]} >= {"charlm", "echo"}
+    stats = client.get("/v2/models/charlm/stats").json()["model_stats"][0]
+    assert stats["version"] == "1" and stats["inference_stats"]["success"]["count"] > 0
+    cfg = client.get("/v2/models/charlm/config").json()
+    assert cfg["name"] == "charlm" and cfg["max_batch_size"] == Settings().max_batch_sequences
+    rows = client.post("/v2/repository/index").json()
+    assert {"name": "echo", "version": "1", "state": "READY", "reason": ""} in rows
+    assert client.post("/v2/repository/index", json={"ready": True}).json() == [r for r in rows if r["state"] == "READY"]
+    assert client.post("/v2/repository/models/echo/unload").json() == {}
+    assert client.get("/v2/models/echo/ready").status_code == 404
+    assert client.post("/v2/repository/models/echo/load", json={"parameters": {}}).json() == {}
+    assert client.get("/v2/models/echo/ready").json()["ready"] is True
+    r = client.post("/v2/repository/models/echo/load", json={"parameters": {"config": "{}"}})
+    assert r.status_code == 400 and "not supported" in r.json()["error"]
+    assert client.post("/v2/repository/models/nope/load").status_code == 404
+
+
+def test_v2_error_shape_for_404_405_413_and_401():
+    with TestClient(create_app(Settings(api_keys=["k"], max_request_bytes=2000))) as c:
+        r = c.get("/v2/models/charlm")
+        assert r.status_code == 401 and set(r.json()) == {"error"}
+        h = {"X-API-Key": "k"}
+        for method, path, status in [("GET", "/v2/nothing/here", 404), ("GET", "/v2/models/charlm/infer", 405),
+                                     ("POST", "/v2", 405)]:
+            r = c.request(method, path, headers=h)
+            assert r.status_code == status and set(r.json()) == {"error"}, (path, r.text)
+        r = c.post("/v2/models/charlm/infer", content=b" " * 3000, headers=h)
+        assert r.status_code == 413 and set(r.json()) == {"error"}
+        assert c.get("/v1/models/nope", headers=h).json()["error"]["code"] == "not_found"     # v1 keeps its shape

@@ -63,7 +63,7 @@ class V2Inference:
             session_entry = await self._session_entry(req, seq_id)
         c = (session_entry or entry).config
         seqs, lengths = parse_inputs(c, req.inputs, self.settings)
-        binary = bool(req.parameters.get("binary_data_output"))
+        binary = req.parameters.get("binary_data_output") is True
         check_response(response_bytes(c, lengths, req.outputs, binary), self.settings)
         params = {}
         if seq_id is None:

@@ -204,12 +204,14 @@ def _requested(c: ModelConfig, requested: list[RequestedOutput] | None) -> list[
 
 def response_bytes(c: ModelConfig, lengths: np.ndarray, requested: list[RequestedOutput] | None,
                    binary: bool) -> int:
-    """About how large the response will be, before anything runs (for ``limits.check_response``)."""
+    """About how large the response will be, before anything runs (for ``limits.check_response``).
+    ``binary``: the request's default (``binary_data_output``); an output's ``binary_data`` overrides it."""
     B, T = len(lengths), int(lengths.max())
     rows = B if c.task == "classify" else B * T
-    per_value = 4 if binary else JSON_BYTES_PER_VALUE
+    as_binary = {o.name: o.parameters.get("binary_data", binary) is True for o in requested or []}
     total = 0
     for name, k in _requested(c, requested):
+        per_value = 8 if as_binary.get(name, binary) else JSON_BYTES_PER_VALUE
         total += rows * (k * 40 if k else (1 if name == "CLASS" else c.output_size) * per_value)
     return total
 

@@ -6,9 +6,9 @@ from fastapi.responses import JSONResponse
 
 from service.api.deps import Registry, Sessions
 from service.errors import ServiceError
+from service.openinference import server
 
 router = APIRouter(prefix="/v2", tags=["health"])
-SERVER_NAME = "rnn-serve"
 
 
 @router.get("/health/live")
@@ -31,11 +31,5 @@ async def ready(registry: Registry, sessions: Sessions):
 
 @router.get("")
 async def server_metadata() -> dict:
-    from service import __version__
-    return {"name": SERVER_NAME, "version": __version__, "extensions": ["sequence", "sequence(string_id)"]}
-
-
-@router.get("/models/{name}/ready")
-async def model_ready(name: str, registry: Registry):
-    ok = registry.get(name).status == "ready"
-    return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
+    """Name, version and the Triton extensions implemented (``service.openinference.server``)."""
+    return server.server_metadata()

@@ -1,62 +1,84 @@
-"""KServe v2 inference and model metadata, with Triton's sequence extension (see ``service.openinference``)."""
+"""The Open Inference Protocol (KServe v2) over HTTP, with Triton's extensions: model metadata,
+readiness, inference, model configuration and statistics, for a model's current version or any
+served version (``/versions/{v}``). The work is in ``service.openinference``; bodies are read and
+written by ``service.api.v2_body``.
+"""
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+import time
 
-from service.api.deps import Registry
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from service.api import v2_body
+from service.api.deps import AppSettings, Registry
 from service.errors import ServiceError
-from service.openinference.datatypes import from_json
 from service.openinference.infer import v2_error
+from service.openinference.model_config import model_config
 from service.openinference.tensors import model_metadata
-from service.openinference.types import InferInput, InferRequest, RequestedOutput
 
 router = APIRouter(prefix="/v2/models", tags=["kserve-v2"])
-MAX_ELEMENTS = 4_000_000
 
 
-class InferRequestBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    id: str | None = None
-    parameters: dict | None = None
-    inputs: list[dict] = Field(min_length=1)
-    outputs: list[dict] | None = None
+def _entry(registry, name: str, version: str | None):
+    try:
+        return registry.ready(name, version)
+    except ServiceError as exc:
+        raise v2_error(exc) from None
+
+
+@router.get("/stats")
+async def all_statistics(request: Request, registry: Registry) -> dict:
+    """Triton's statistics extension for every served model version."""
+    return request.app.state.v2.stats.report(registry)
+
+
+@router.get("/{name}/stats")
+@router.get("/{name}/versions/{version}/stats")
+async def statistics(name: str, request: Request, registry: Registry, version: str | None = None) -> dict:
+    """Success and failure counts, queue and compute durations (cumulative ns), per version."""
+    return request.app.state.v2.stats.report(registry, name, version)
+
+
+@router.get("/{name}/config")
+@router.get("/{name}/versions/{version}/config")
+async def config(name: str, registry: Registry, settings: AppSettings, version: str | None = None) -> dict:
+    """Triton's model configuration, from the model and the settings the service runs with."""
+    return model_config(_entry(registry, name, version), registry.policy(name).as_triton(), settings)
+
+
+@router.get("/{name}/ready")
+@router.get("/{name}/versions/{version}/ready")
+async def ready(name: str, registry: Registry, version: str | None = None):
+    try:
+        ok = registry.ready(name, version) is not None
+    except ServiceError as exc:
+        if exc.status == 404:
+            raise v2_error(exc) from None
+        ok = False
+    return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
 
 
 @router.get("/{name}")
 @router.get("/{name}/versions/{version}")
 async def metadata(name: str, registry: Registry, version: str | None = None) -> dict:
-    """Tensor names, datatypes and shapes, as the protocol specifies."""
-    try:
-        entry = registry.ready(name, version)
-    except ServiceError as exc:
-        raise v2_error(exc) from None
+    """Tensor names, datatypes and shapes; ``parameters`` carry the vocabulary and labels."""
+    entry = _entry(registry, name, version)
     return model_metadata(entry, [str(e.number) for e in registry.served(name) if e.status == "ready"])
 
 
 @router.post("/{name}/infer")
 @router.post("/{name}/versions/{version}/infer")
-async def infer(name: str, body: InferRequestBody, request: Request, version: str | None = None):
+async def infer(name: str, request: Request, version: str | None = None) -> Response:
+    """JSON, or Triton's binary tensor data; gzip/deflate bodies; see ``service.api.v2_body``."""
+    arrival = time.perf_counter_ns()
     state = request.app.state
-    try:
-        state.registry.ready(name, version)            # an unknown model is a 404 before its tensors are read
-    except ServiceError as exc:
-        raise v2_error(exc) from None
-    req = InferRequest(name, version, [_decode(t) for t in body.inputs],
-                       [RequestedOutput(o.get("name"), o.get("parameters") or {}) for o in body.outputs]
-                       if body.outputs else None, id=body.id, parameters=body.parameters or {})
+    _entry(state.registry, name, version)               # an unknown model is a 404 before its body is read
+    limit = state.settings.max_request_bytes
+    body = v2_body.decompress(await request.body(), request.headers.get("content-encoding"), limit)
+    header, binary = v2_body.split(body, request.headers.get(v2_body.HEADER_LENGTH))
+    req = v2_body.decode(name, version, header, binary, max_elements=limit, arrival_ns=arrival)
     resp = await state.v2.infer(req)
-    out = {"model_name": resp.model_name, "model_version": resp.model_version,
-           "outputs": [{"name": o.name, "datatype": o.datatype, "shape": list(o.shape),
-                        "data": o.data.reshape(-1).tolist()} for o in resp.outputs]}
-    if resp.id is not None:
-        out["id"] = resp.id
-    if resp.parameters:
-        out["parameters"] = resp.parameters
-    return out
-
-
-def _decode(t: dict) -> InferInput:
-    name = str(t.get("name"))
-    arr = from_json(name, t.get("datatype"), t.get("shape"), t.get("data"), MAX_ELEMENTS)
-    return InferInput(name, str(t.get("datatype")), arr.shape, arr, t.get("parameters") or {})
+    content, headers = v2_body.encode(req, resp)
+    content = v2_body.compress(content, headers, request.headers.get("accept-encoding"))
+    return Response(content, headers=headers)
