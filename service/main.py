@@ -54,8 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.stateless = StatelessBatchers(settings, on_batch=metrics.on_batch)
         app.state.v2 = V2Inference(registry, app.state.sessions, app.state.stateless, settings, InferenceStatistics())
         # gRPC on its own port, in this event loop, over the same registry, sessions, batchers and statistics
-        app.state.grpc = await grpc_server.start(settings, registry, app.state.sessions, app.state.v2,
-                                                 health.server_metadata)
+        app.state.grpc = await grpc_server.start(settings, registry, app.state.sessions, app.state.v2)
         log.info("ready", extra={"models": [e.name for e in registry.entries() if e.status == "ready"],
                                  "device": settings.device, "session_store": type(store).__name__})
         gc.collect()

@@ -52,7 +52,7 @@ def _denied(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(deny)
 
 
-async def start(settings: Settings, registry, sessions, v2: V2Inference, server_metadata) -> grpc.aio.Server | None:
+async def start(settings: Settings, registry, sessions, v2: V2Inference) -> grpc.aio.Server | None:
     """Bind and start the server; None when ``grpc_port`` is 0. A port in use fails startup loudly."""
     if settings.grpc_port == 0:
         return None
@@ -61,7 +61,7 @@ async def start(settings: Settings, registry, sessions, v2: V2Inference, server_
     server = grpc.aio.server(options=options,
                              interceptors=[APIKeyInterceptor(settings.api_keys)] if settings.api_keys else None)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(settings, registry, sessions, v2, server_metadata), server)
+        InferenceServicer(settings, registry, sessions, v2), server)
     address = f"{settings.grpc_host or settings.host}:{settings.grpc_port}"
     try:
         bound = server.add_insecure_port(address)

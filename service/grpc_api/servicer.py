@@ -23,6 +23,7 @@ from service.grpc_api.stream import stream_infer
 from service.openinference import repository
 from service.openinference.infer import V2Inference, v2_error
 from service.openinference.model_config import for_protobuf, model_config
+from service.openinference.server import server_metadata
 from service.openinference.tensors import model_metadata
 from service.settings import Settings
 
@@ -54,10 +55,8 @@ def _errors(method):
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, settings: Settings, registry, sessions, v2: V2Inference, server_metadata):
-        """``server_metadata``: the coroutine behind ``GET /v2``, so both transports list the same extensions."""
+    def __init__(self, settings: Settings, registry, sessions, v2: V2Inference):
         self.settings, self.registry, self.sessions, self.v2 = settings, registry, sessions, v2
-        self.server_metadata = server_metadata
 
     # ---- health and metadata -------------------------------------------------------------------
 
@@ -81,8 +80,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=True)
 
     async def ServerMetadata(self, request, context):
-        return json_format.ParseDict(await self.server_metadata(), pb.ServerMetadataResponse(),
-                                     ignore_unknown_fields=True)
+        return json_format.ParseDict(server_metadata(), pb.ServerMetadataResponse())     # the same as GET /v2
 
     @_errors
     async def ModelMetadata(self, request, context):
