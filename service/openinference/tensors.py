@@ -9,7 +9,9 @@ Tensors per model (``GET /v2/models/{name}`` documents them):
 * outputs: ``PROBABILITIES`` FP32 [B, C] and ``CLASS`` INT64 [B] for classifiers (from each
   sequence's last step); ``PROBABILITIES`` FP32 [B, T, C] (softmax, or sigmoid for binary outputs)
   for seq2seq and language models; ``LOGITS`` with the same shape, on request. With Triton's
-  ``class_count`` parameter, PROBABILITIES or LOGITS come back as BYTES ``"score:index:label"``.
+  classification extension (output parameter ``classification`` on the wire, the clients'
+  ``class_count``; ``class_count`` is accepted too), PROBABILITIES or LOGITS come back as the top
+  classes, BYTES ``"score:index:label"``.
 """
 from __future__ import annotations
 
@@ -195,7 +197,7 @@ def _requested(c: ModelConfig, requested: list[RequestedOutput] | None) -> list[
         raise TensorError(f"an output is asked for twice: {names}")
     out = []
     for o in requested:
-        k = uint_param(o.parameters, "class_count")
+        k = uint_param(o.parameters, "classification") or uint_param(o.parameters, "class_count")   # wire name, alias
         if k and o.name == "CLASS":
             raise TensorError("class_count applies to 'PROBABILITIES' or 'LOGITS', not 'CLASS'")
         out.append((o.name, min(k, c.output_size)))            # as Triton: at most every class
