@@ -24,7 +24,7 @@ from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc as pb_grpc    
 from tritonclient.utils import InferenceServerException                          # noqa: E402
 
 from conftest import free_port, start_server                                     # noqa: E402
-from kserve_sdk import kserve_python                                             # noqa: E402
+from test_kserve_sdk_client import kserve_python                                 # noqa: E402
 
 CHUNKS = [3, 1, 5, 3]                                          # 12 steps, split unevenly
 RTOL, ATOL = 5e-5, 1e-6                                        # batch shape changes BLAS summation order
@@ -254,6 +254,12 @@ def test_oversize_requests_are_refused_at_the_transport_and_the_server_keeps_ser
     with pytest.raises(InferenceServerException) as err:           # gzip: the limit holds after decompression
         client.infer("charlm", [tensor("INPUT_IDS", big)], compression_algorithm="gzip")
     assert err.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    results: queue.Queue = queue.Queue()                            # in a stream: the stream ends with it
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    client.async_stream_infer("charlm", [tensor("INPUT_IDS", big)])
+    result, error = results.get(timeout=30)
+    client.stop_stream()
+    assert result is None and "RESOURCE_EXHAUSTED" in str(error)
     assert server["proc"].poll() is None and client.is_server_ready()
     name, arr = model_input("charlm")
     assert client.infer("charlm", [tensor(name, arr)]).as_numpy("PROBABILITIES").shape == (1, 12, 81)
@@ -297,7 +303,7 @@ def test_kserve_sdk_grpc_client_every_model_raw_typed_and_chunked(server, client
         name, arr = model_input(model)
         cases[model] = {"name": name, "dtype": str(arr.dtype), "data": arr.tolist(), "chunks": CHUNKS}
     (tmp_path / "cases.json").write_text(json.dumps(cases))
-    proc = subprocess.run([str(python), str(Path(__file__).with_name("kserve_grpc_script.py")), server["grpc"],
+    proc = subprocess.run([python, str(Path(__file__).with_name("kserve_grpc_script.py")), server["grpc"],
                            str(tmp_path / "cases.json")], capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout)

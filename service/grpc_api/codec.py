@@ -69,15 +69,6 @@ def decode_typed(t: pb.ModelInferRequest.InferInputTensor, shape: tuple[int, ...
     return arr.reshape(shape)
 
 
-def _output_params(params) -> dict:
-    """Triton's clients ask for the classification extension with ``classification``; the core reads
-    ``class_count`` (its HTTP JSON name), so both are passed on."""
-    out = params_to_dict(params)
-    if "classification" in out and "class_count" not in out:
-        out["class_count"] = out["classification"]
-    return out
-
-
 def decode_request(req: pb.ModelInferRequest, max_request_bytes: int, arrival_ns: int | None = None) -> InferRequest:
     """``max_request_bytes`` also caps a tensor's elements: every element takes at least a byte of the
     message, so a shape claiming more could never be filled (and is refused before any allocation)."""
@@ -93,7 +84,7 @@ def decode_request(req: pb.ModelInferRequest, max_request_bytes: int, arrival_ns
         arr = (datatypes.from_bytes(t.name, t.datatype, list(shape), raw[i], max_request_bytes) if raw
                else decode_typed(t, shape, max_request_bytes))
         inputs.append(InferInput(t.name, t.datatype, shape, arr, params_to_dict(t.parameters)))
-    outputs = [RequestedOutput(o.name, _output_params(o.parameters)) for o in req.outputs] or None
+    outputs = [RequestedOutput(o.name, params_to_dict(o.parameters)) for o in req.outputs] or None
     return InferRequest(req.model_name, req.model_version or None, inputs, outputs,
                         id=req.id or None, parameters=params_to_dict(req.parameters), arrival_ns=arrival_ns)
 
