@@ -210,6 +210,9 @@ def main(argv=None) -> int:
     p.add_argument("--concurrency", type=int, default=8, help="concurrent sequences (one client each)")
     p.add_argument("--protocols", default=",".join(PROTOCOLS), help="comma-separated subset of: " + ", ".join(PROTOCOLS))
     p.add_argument("--quick", action="store_true", help="1 s per protocol, 4 sequences")
+    p.add_argument("--blas-threads", type=int, default=1,
+                   help="the server's OPENBLAS/OMP threads (default 1: one-step batches are small, and idle BLAS "
+                        "threads spinning on cores shared with the load generator only add noise)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     if args.quick:
@@ -218,10 +221,13 @@ def main(argv=None) -> int:
     if unknown := sorted(set(names) - set(PROTOCOLS)):
         p.error(f"unknown protocols {unknown}")
     http_port, grpc_port = free_port(), free_port()
-    proc = start_server(http_port, {"RNN_SERVE_GRPC_PORT": str(grpc_port), "RNN_SERVE_ACCESS_LOG": "false"})
+    threads = str(args.blas_threads)
+    proc = start_server(http_port, {"RNN_SERVE_GRPC_PORT": str(grpc_port), "RNN_SERVE_ACCESS_LOG": "false",
+                                    "OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads})
     hosts = {"http": f"127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}"}
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}; "
-          f"{args.concurrency} sequences x {args.duration:g} s per protocol, one token per request; "
+          f"{args.concurrency} sequences x {args.duration:g} s per protocol, one token per request, "
+          f"{args.blas_threads} BLAS thread(s) in the server; "
           "the load generator shares the cores with the server")
     results = {}
     try:
