@@ -60,8 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.collect()
         gc.freeze()          # the models and startup objects are permanent: keep them out of every GC pass
         yield
-        log.info("shutting down: draining gRPC, then batchers")
         await grpc_server.stop(app.state.grpc, settings.shutdown_timeout_seconds)   # uvicorn has drained HTTP
+        log.info("shutting down: draining batchers")
         await app.state.sessions.close()
         await app.state.stateless.close()
         log.info("stopped")
