@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import threading
+import time
 import zlib
 
 import numpy as np
@@ -326,3 +328,14 @@ def test_v2_error_shape_for_404_405_413_and_401():
         r = c.post("/v2/models/charlm/infer", content=b" " * 3000, headers=h)
         assert r.status_code == 413 and set(r.json()) == {"error"}
         assert c.get("/v1/models/nope", headers=h).json()["error"]["code"] == "not_found"     # v1 keeps its shape
+
+
+def test_overload_429_uses_the_v2_shape_with_retry_after():
+    body = {"inputs": [{"name": "INPUT_IDS", "datatype": "INT64", "shape": [1, 3], "data": [1, 2, 3]}]}
+    with TestClient(create_app(Settings(max_pending_requests=1, max_queue_delay_ms=500))) as c:
+        first = threading.Thread(target=lambda: c.post("/v2/models/charlm/infer", json=body))
+        first.start()
+        time.sleep(0.2)                                          # the first request waits in the batcher
+        r = c.post("/v2/models/charlm/infer", json=body)
+        first.join(30)
+        assert r.status_code == 429 and r.headers["retry-after"] == "1" and set(r.json()) == {"error"}

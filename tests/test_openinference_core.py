@@ -196,7 +196,7 @@ def test_v1_limits_and_checks_apply(app_client, inputs, status, needle):
 
 
 def test_response_size_limit_is_checked_before_running(app_client):
-    ids = np.zeros((4, 60), np.int64)                                # 4 * 60 * 65 logits, JSON: ~312 kB
+    ids = np.zeros((4, 60), np.int64)                                # 4 * 60 * 81 probabilities, JSON: ~430 kB
     with pytest.raises(PayloadTooLarge, match="response would be"):
         _run(app_client, InferRequest("charlm", None, [InferInput("INPUT_IDS", "INT64", ids.shape, ids)]))
 

@@ -284,3 +284,15 @@ def test_redis_down_is_503_unavailable_then_recovers(own_redis: RedisServer):
         finally:
             await store.close()
     asyncio.run(main())
+
+
+def test_count_model_counts_live_sessions_per_model(make_store):
+    """What the v2 repository's unload checks before it stops serving a model."""
+    async def body(store):
+        a = await store.create("charlm", "1")
+        await store.create("charlm", "1")
+        await store.create("echo", "1")
+        assert (await store.count_model("charlm"), await store.count_model("echo")) == (2, 1)
+        await store.delete(a.id)
+        assert (await store.count_model("charlm"), await store.count_model("nope")) == (1, 0)
+    run(make_store, body)

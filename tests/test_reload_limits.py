@@ -61,3 +61,10 @@ def test_request_body_limit():
         r = c.post("/v1/models/charlm/predict", content=chunks(), headers={"content-type": "application/json"})
         assert r.status_code == 413
         assert c.post("/v1/models/charlm/predict", json={"inputs": ["ok"]}).status_code == 200
+
+
+def test_response_size_limit_on_v1_predict():
+    with TestClient(create_app(Settings(max_response_bytes=20_000))) as c:
+        r = c.post("/v1/models/charlm/predict", json={"inputs": ["hello world"] * 4, "top_k": 20})
+        assert r.status_code == 413 and "response would be" in r.json()["error"]["message"]
+        assert c.post("/v1/models/charlm/predict", json={"inputs": ["hello"], "top_k": 3}).status_code == 200

@@ -9,6 +9,7 @@ through the client's own methods.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import shutil
 import subprocess
@@ -94,6 +95,7 @@ class Spec:
         mod = httpclient if kind == "http" else aioclient
         return None if binary else [mod.InferRequestedOutput("PROBABILITIES", binary_data=False)]   # None: defaults
 
+    @functools.cached_property
     def v1(self) -> np.ndarray:
         """Probabilities from /v1: (C,) for classifiers, (T, C) otherwise."""
         base = f"http://{self.url}/v1/models/{self.name}"
@@ -103,6 +105,7 @@ class Spec:
         steps = httpx.post(f"{base}/predict", json={"inputs": [self.seq], "top_k": self.meta["output_size"]}).json()
         return np.stack([_dense(s, self.meta["output_size"]) for s in steps["outputs"][0]])
 
+    @functools.cached_property
     def stream(self) -> np.ndarray:
         """Probabilities per step from the WebSocket stream, (T, C)."""
         async def run():
@@ -139,7 +142,7 @@ def test_every_model_stateless_and_in_chunks(server, specs, model, kind, binary)
     s = specs[model]
     whole = call(kind, server, "infer", model, [s.tensor(s.seq, binary, kind)], outputs=s.outputs(binary, kind))
     probs = whole.as_numpy("PROBABILITIES")[0]                     # (C,) or (T, C)
-    close(probs, s.v1())
+    close(probs, s.v1)
     if s.classify and binary:                                      # the default outputs include CLASS
         assert whole.as_numpy("CLASS")[0] == probs.argmax()
     cut = [0, 3, 4, len(s.seq)]
@@ -150,7 +153,7 @@ def test_every_model_stateless_and_in_chunks(server, specs, model, kind, binary)
                  outputs=s.outputs(binary, kind), sequence_id=seq_id, sequence_start=i == 0, sequence_end=i == 2)
         assert r.get_response()["parameters"]["sequence_id"] == seq_id
         chunks.append(r.as_numpy("PROBABILITIES")[0])
-    stream = s.stream()
+    stream = s.stream
     if s.classify:
         close(chunks[-1], probs)
         close(stream[-1], probs)
@@ -168,7 +171,7 @@ def test_input_text_equals_v1(server, specs, kind, binary):
         t = mod.InferInput("INPUT_TEXT", [1], "BYTES")
         t.set_data_from_numpy(np.array([s.text.encode()], dtype=object), binary_data=binary)
         r = call(kind, server, "infer", model, [t], outputs=s.outputs(binary, kind))
-        close(r.as_numpy("PROBABILITIES")[0], s.v1())
+        close(r.as_numpy("PROBABILITIES")[0], s.v1)
     meta = call(kind, server, "get_model_metadata", "charlm")
     assert [i["name"] for i in meta["inputs"]][:2] == ["INPUT_IDS", "INPUT_TEXT"]
     assert json.loads(meta["parameters"]["vocabulary"]) == specs["charlm"].vocab
@@ -190,7 +193,7 @@ def test_extensions_through_the_clients_methods(server, specs, kind):
              timeout=10_000_000)
     best = r.as_numpy("PROBABILITIES")[0]
     score, index_, label = best[0].decode().split(":")
-    ref = s.v1()
+    ref = s.v1
     assert int(index_) == ref.argmax() and label == s.meta["labels"][ref.argmax()] and abs(float(score) - ref.max()) < 1e-5
     after = call(kind, server, "get_inference_statistics", "temporal-order")["model_stats"][0]["inference_stats"]
     assert after["success"]["count"] == before["success"]["count"] + 1
@@ -222,7 +225,7 @@ def test_model_versions_through_the_clients(server, specs, kind):
         assert call(kind, server, "is_model_ready", "echo-versions", v)
         r = call(kind, server, "infer", "echo-versions", [s.tensor(s.seq, True, kind)], model_version=v)
         assert r.get_response()["model_version"] == v
-        close(r.as_numpy("PROBABILITIES")[0], s.v1())
+        close(r.as_numpy("PROBABILITIES")[0], s.v1)
         assert call(kind, server, "get_model_config", "echo-versions", v)["version_policy"] == {"all": {}}
         stats = call(kind, server, "get_inference_statistics", "echo-versions", v)["model_stats"]
         assert [m["version"] for m in stats] == [v]
@@ -254,7 +257,7 @@ def test_compression_both_ways_and_errors_in_the_v2_shape(server, specs):
     for algo in ("gzip", "deflate"):
         r = call("http", server, "infer", "charlm", [s.tensor(s.seq, False, "http")], request_compression_algorithm=algo,
                  response_compression_algorithm=algo)
-        close(r.as_numpy("PROBABILITIES")[0], s.v1())
+        close(r.as_numpy("PROBABILITIES")[0], s.v1)
     with pytest.raises(InferenceServerException, match="unknown model 'nope'"):
         call("http", server, "infer", "nope", [s.tensor(s.seq, True, "http")])
     r = httpx.get(f"http://{server}/v2/models/charlm/nothing")

@@ -20,17 +20,22 @@ from service.api.schemas import (
     PredictRequest,
     PredictResponse,
 )
-from service.limits import check_batch, check_completion, check_steps
+from service.limits import check_batch, check_completion, check_response, check_steps
 
 router = APIRouter(prefix="/v1/models/{name}", tags=["inference"])
+V1_BYTES_PER_ENTRY = 64          # one {"label", "index", "probability"} (or bits/values) entry in JSON
 
 
-async def _batched(kind: str, name: str, inputs: list, registry, settings, request: Request):
-    """Validate and encode one request's sequences, then run them through the model's batcher."""
+async def _batched(kind: str, name: str, inputs: list, registry, settings, request: Request, top_k: int = 0):
+    """Validate and encode one request's sequences, then run them through the model's batcher.
+    ``top_k``: per-step entries of a predict response, for the response size limit."""
     entry = registry.ready(name)
     inference.check_task(entry.model, kind)
     check_batch(len(inputs), settings)
     seqs = inference.encode_inputs(entry.model, inputs, settings.max_sequence_length)
+    if top_k:
+        per_step = min(top_k, entry.config.output_size) * V1_BYTES_PER_ENTRY
+        check_response(sum(len(s) for s in seqs) * per_step, settings)
     return entry, await request.app.state.stateless.run(entry, kind, seqs)
 
 
@@ -45,7 +50,7 @@ async def classify(name: str, body: ClassifyRequest, registry: Registry, setting
 @router.post("/predict", response_model=PredictResponse)
 async def predict(name: str, body: PredictRequest, registry: Registry, settings: AppSettings, request: Request):
     """Outputs at every step: bits for echo models, the next-token top-k for language models."""
-    entry, logits = await _batched("predict", name, body.inputs, registry, settings, request)
+    entry, logits = await _batched("predict", name, body.inputs, registry, settings, request, top_k=body.top_k)
     return {"model": name, "version": entry.version,
             "outputs": [inference.step_outputs(entry.model, lg, body.top_k) for lg in logits]}
 
