@@ -15,6 +15,7 @@ from service import __version__
 from service.api.routes import admin, health, inference, kserve, models, repository, sessions, stream
 from service.auth import APIKeyMiddleware
 from service.errors import install_error_handlers
+from service.grpc_api import server as grpc_server
 from service.limits import BodySizeLimit
 from service.logs import RequestLogMiddleware
 from service.metrics import Metrics, MetricsMiddleware
@@ -52,11 +53,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                             on_steps=metrics.steps.inc)
         app.state.stateless = StatelessBatchers(settings, on_batch=metrics.on_batch)
         app.state.v2 = V2Inference(registry, app.state.sessions, app.state.stateless, settings, InferenceStatistics())
+        # gRPC on its own port, in this event loop, over the same registry, sessions, batchers and statistics
+        app.state.grpc = await grpc_server.start(settings, registry, app.state.sessions, app.state.v2)
         log.info("ready", extra={"models": [e.name for e in registry.entries() if e.status == "ready"],
                                  "device": settings.device, "session_store": type(store).__name__})
         gc.collect()
         gc.freeze()          # the models and startup objects are permanent: keep them out of every GC pass
         yield
+        await grpc_server.stop(app.state.grpc, settings.shutdown_timeout_seconds)   # uvicorn has drained HTTP
         log.info("shutting down: draining batchers")
         await app.state.sessions.close()
         await app.state.stateless.close()

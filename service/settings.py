@@ -16,6 +16,8 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    grpc_host: str | None = Field(None, description="gRPC (KServe v2 / Triton) listen address; None: the same as host")
+    grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC listen port; 0 disables the gRPC server")
     model_dir: Path = DEFAULT_MODEL_DIR
     device: str = Field("cpu", pattern="^(cpu|gpu|auto)$")
     log_level: str = Field("info", pattern="^(?i:debug|info|warning|error|critical)$")

@@ -14,6 +14,8 @@ import pytest
 from model_core.backend import gpu_available
 
 ROOT = Path(__file__).resolve().parents[1]
+# apps built in tests (TestClient) never bind gRPC's default 8001; start_server gives each server its own port
+os.environ.setdefault("RNN_SERVE_GRPC_PORT", "0")
 
 
 def free_port() -> int:
@@ -25,7 +27,7 @@ def free_port() -> int:
 def start_server(port: int, env_extra: dict | None = None, timeout: float = 30.0,
                  log_path: Path | None = None) -> subprocess.Popen:
     """``log_path``: stderr into a file, for servers that may log a lot (an unread pipe would block them)."""
-    env = {**os.environ, "RNN_SERVE_LOG_LEVEL": "warning", **(env_extra or {})}
+    env = {**os.environ, "RNN_SERVE_LOG_LEVEL": "warning", "RNN_SERVE_GRPC_PORT": str(free_port()), **(env_extra or {})}
     log = open(log_path, "ab") if log_path else None
     proc = subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log or subprocess.PIPE)
