@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import free_port, start_server
+
 ROOT = Path(__file__).resolve().parents[1]
 # Documents with a runner of their own, which knows the order their blocks build on each other.
 OWN_RUNNER = {"docs/pytorch.md": "tests/test_docs_pytorch.py"}
@@ -64,14 +66,30 @@ def scratch(tmp_path_factory):
     return d
 
 
-def _env(server: str) -> dict:
+@pytest.fixture(scope="module")
+def docs_server():
+    """The bundled models over HTTP and gRPC; the documents' localhost:8000 and :8001 (or 127.0.0.1:...) point here."""
+    http, grpc = free_port(), free_port()
+    proc = start_server(http, {"RNN_SERVE_GRPC_PORT": str(grpc)})
+    yield {f"{host}:{documented}": f"127.0.0.1:{real}" for host in ("localhost", "127.0.0.1")
+           for documented, real in ((8000, http), (8001, grpc))}
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _env() -> dict:
     bindir = str(Path(sys.executable).parent)
     return {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT),
-            "DOC_SERVER": server, "MPLBACKEND": "Agg"}
+            "MPLBACKEND": "Agg"}
 
 
-def _localise(code: str, server: str) -> str:
-    code = code.replace("localhost:8000", server).replace(".venv/bin/python", "python")
+def _localise(code: str, server: dict) -> str:
+    for documented, real in server.items():
+        code = code.replace(documented, real)
+    code = code.replace(".venv/bin/python", "python")
     for pattern, repl in CAPS:
         code = pattern.sub(repl, code)
     return code
@@ -105,19 +123,19 @@ def test_json_blocks_parse(item):
 
 
 @pytest.mark.parametrize("doc", sorted({b[0] for b in blocks("python")}))
-def test_python_blocks_run(doc, live_server, scratch):
+def test_python_blocks_run(doc, docs_server, scratch):
     code = "\n".join(c for d, _, c in blocks("python") if d == doc)
     if re.search(r"^\s*import torch\b", code, re.M):
         pytest.importorskip("torch")
     if re.search(r"^\s*import onnxruntime\b|onnxruntime as ort", code, re.M):
         pytest.importorskip("onnxruntime")
-    r = subprocess.run([sys.executable, "-c", _localise(code, live_server)], cwd=scratch, env=_env(live_server),
+    r = subprocess.run([sys.executable, "-c", _localise(code, docs_server)], cwd=scratch, env=_env(),
                        capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, f"{doc}:\n{r.stderr[-3000:]}"
 
 
 @pytest.mark.parametrize("item", blocks("bash"), ids=_id)
-def test_bash_blocks_run(item, live_server, scratch):
+def test_bash_blocks_run(item, docs_server, scratch):
     doc, line, code = item
     commands = [c for c in code.splitlines() if c.strip() and not c.lstrip().startswith("#")]
     owned = {k: why for k, why in COVERED_ELSEWHERE.items() if any(c.lstrip().startswith(k) for c in commands)}
@@ -125,7 +143,7 @@ def test_bash_blocks_run(item, live_server, scratch):
         assert all(any(c.lstrip().startswith(k) for k in owned) for c in commands), \
             f"{doc}:{line} mixes commands run elsewhere ({sorted(owned)}) with others; split the block"
         pytest.skip("; ".join(owned.values()))
-    script = "curl() { command curl --fail-with-body \"$@\"; }\n" + _localise(code, live_server)
-    r = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=scratch, env=_env(live_server),
+    script = "curl() { command curl --fail-with-body \"$@\"; }\n" + _localise(code, docs_server)
+    r = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=scratch, env=_env(),
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"{doc}:{line}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
