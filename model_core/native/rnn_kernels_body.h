@@ -1,0 +1,448 @@
+/* The kernels, written once and included by rnn_kernels.c once per instruction set: ISA(name)
+ * gives every function a per-ISA name, MR_LSTM / MR_GRU / MR_NT are the register tiles' row counts.
+ * Everything here is static, and the always-inline helpers are compiled inside the same target
+ * region as their callers, so the tiles' accumulators stay in registers. */
+#ifndef MC_TYPES
+#define MC_TYPES
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4), may_alias));   /* unaligned loads */
+typedef int32_t v8i __attribute__((vector_size(32)));
+#define INL static inline __attribute__((always_inline))
+#define MRMAX 8
+#endif
+
+INL v8 ISA(ld)(const float *p) { return *(const v8u *)p; }
+INL void ISA(st)(float *p, v8 v) { *(v8u *)p = v; }
+INL v8 ISA(splat)(float s) { return (v8){s, s, s, s, s, s, s, s}; }
+
+/* n < 8 lanes: the last unit group when H is not a multiple of 8 (the rest read as zero) */
+INL v8 ISA(ldn)(const float *p, int64_t n)
+{
+    if (n == VW) return ISA(ld)(p);
+    float t[VW] = {0};
+    for (int64_t l = 0; l < n; l++) t[l] = p[l];
+    return ISA(ld)(t);
+}
+
+INL void ISA(stn)(float *p, v8 v, int64_t n)
+{
+    if (n == VW) { ISA(st)(p, v); return; }
+    float t[VW];
+    ISA(st)(t, v);
+    for (int64_t l = 0; l < n; l++) p[l] = t[l];
+}
+
+INL float ISA(hsum)(v8 v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
+
+/* tanh(x) ~ x p(x^2) / q(x^2) on [-7.905, 7.905]: Eigen's and MLAS's rational form, the same
+ * coefficients as model_core/jit/activations.py (error < 3e-7); NaN fails both clamps and stays NaN */
+INL v8 ISA(vtanh)(v8 x)
+{
+    const v8 hi = ISA(splat)(7.90531110763549805f), lo = -hi;
+    v8i above = x > hi, below = x < lo;
+    x = (v8)((above & (v8i)hi) | (~above & (v8i)x));
+    x = (v8)((below & (v8i)lo) | (~below & (v8i)x));
+    v8 x2 = x * x;
+    v8 p = ISA(splat)(-2.76076847742355e-16f);
+    p = p * x2 + 2.00018790482477e-13f;
+    p = p * x2 - 8.60467152213735e-11f;
+    p = p * x2 + 5.12229709037114e-08f;
+    p = p * x2 + 1.48572235717979e-05f;
+    p = p * x2 + 6.37261928875436e-04f;
+    p = p * x2 + 4.89352455891786e-03f;
+    v8 q = ISA(splat)(1.19825839466702e-06f);
+    q = q * x2 + 1.18534705686654e-04f;
+    q = q * x2 + 2.26843463243900e-03f;
+    q = q * x2 + 4.89352518554385e-03f;
+    return x * p / q;
+}
+
+INL v8 ISA(vsigmoid)(v8 x) { return 0.5f * ISA(vtanh)(0.5f * x) + 0.5f; }   /* σ(x) = tanh(x/2)/2 + 1/2 */
+
+/* acc[m][g] = sum_k h[m, k] * W[k, g-th gate of this unit group]: mr rows of h (row stride hs),
+ * G vectors wide; the tile the forward kernels build on. `full` is 0 only for an unpacked tail
+ * group, whose weight rows must not be read past the H valid columns. */
+INL void ISA(tile)(const int G, const int mr, const int full, int64_t nu, int64_t K, const float *h, int64_t hs,
+                   const float *w, int64_t wk, int64_t wg, v8 acc[MRMAX][4])
+{
+    for (int m = 0; m < mr; m++)
+        for (int g = 0; g < G; g++) acc[m][g] = ISA(splat)(0.0f);
+    for (int64_t k = 0; k < K; k++) {
+        const float *wr = w + k * wk;
+        v8 wv[4];
+        for (int g = 0; g < G; g++) wv[g] = full ? ISA(ld)(wr + g * wg) : ISA(ldn)(wr + g * wg, nu);
+        for (int m = 0; m < mr; m++) {
+            float hv = h[m * hs + k];
+            for (int g = 0; g < G; g++) acc[m][g] += wv[g] * hv;
+        }
+    }
+}
+
+/* -- the recurrent product alone (the probe): out (B, G*H) = h (B, H) @ W ---------------------- */
+INL void ISA(product_rows)(const int G, const int mr, const int full, int64_t nu, int64_t H, const float *h,
+                           const float *w, int64_t wk, int64_t wg, float *out, int64_t u)
+{
+    v8 acc[MRMAX][4];
+    ISA(tile)(G, mr, full, nu, H, h, H, w, wk, wg, acc);
+    for (int m = 0; m < mr; m++)
+        for (int g = 0; g < G; g++) ISA(stn)(out + m * G * H + g * H + u * VW, acc[m][g], nu);
+}
+
+#define ROWS_SWITCH(MRC, rem, CALL) \
+    switch (rem) { case 1: CALL(1); break; case 2: CALL(2); break; case 3: CALL(3); break; \
+                   case 4: CALL(4); break; case 5: CALL(5); break; case 6: CALL(6); break; \
+                   case 7: CALL(7); break; default: CALL(MRC); }
+
+INL void ISA(product_g)(const int G, int64_t B, int64_t H, const float *h, const float *w, int64_t wk,
+                           int64_t wg, int64_t wu, float *out)
+{
+    int64_t U = (H + VW - 1) / VW;
+    for (int64_t u = 0; u < U; u++) {
+        int64_t nu = H - u * VW < VW ? H - u * VW : VW;
+        int full = nu == VW || wu != VW;           /* a packed layout is zero-padded: always safe */
+        for (int64_t b = 0; b < B; b += MR_LSTM) {
+            int64_t rem = B - b < MR_LSTM ? B - b : MR_LSTM;
+#define CALL(M) if (full) ISA(product_rows)(G, M, 1, nu, H, h + b * H, w + u * wu, wk, wg, out + b * G * H, u); \
+                else ISA(product_rows)(G, M, 0, nu, H, h + b * H, w + u * wu, wk, wg, out + b * G * H, u)
+            ROWS_SWITCH(MR_LSTM, rem, CALL)
+#undef CALL
+        }
+    }
+}
+
+static void ISA(axpy_product)(int64_t, int64_t, int64_t, const float *, int64_t, const float *, float *);
+
+static void ISA(product)(int64_t B, int64_t H, int64_t G, const float *h, const float *w, int64_t wk, int64_t wg,
+                         int64_t wu, float *out)
+{
+    if (wu == VW) ISA(axpy_product)(B, H, G * H, h, H, w, out);
+    else if (G == 4) ISA(product_g)(4, B, H, h, w, wk, wg, wu, out);
+    else if (G == 3) ISA(product_g)(3, B, H, h, w, wk, wg, wu, out);
+    else if (G == 2) ISA(product_g)(2, B, H, h, w, wk, wg, wu, out);
+    else ISA(product_g)(1, B, H, h, w, wk, wg, wu, out);
+}
+
+/* out (B, N) = h (B, K) @ wt (K, N) read row by row: for a few rows, streaming W_hh^T as the layer
+ * stores it beats packing it (which costs about two products); four rows of wt per pass */
+static void ISA(axpy_product)(int64_t B, int64_t K, int64_t N, const float *h, int64_t hs, const float *wt,
+                              float *out)
+{
+    memset(out, 0, (size_t)(B * N) * sizeof(float));
+    int64_t n8 = N & ~(int64_t)(VW - 1), k4 = K & ~(int64_t)3;
+    for (int64_t k = 0; k < k4; k += 4) {
+        const float *w0 = wt + k * N, *w1 = w0 + N, *w2 = w1 + N, *w3 = w2 + N;
+        for (int64_t b = 0; b < B; b++) {
+            const float *hb = h + b * hs + k;
+            float h0 = hb[0], h1 = hb[1], h2 = hb[2], h3 = hb[3];
+            float *o = out + b * N;
+            int64_t n = 0;
+            for (; n < n8; n += VW)
+                ISA(st)(o + n, ((ISA(ld)(o + n) + h0 * ISA(ld)(w0 + n)) + h1 * ISA(ld)(w1 + n))
+                               + (h2 * ISA(ld)(w2 + n) + h3 * ISA(ld)(w3 + n)));
+            for (; n < N; n++) o[n] += h0 * w0[n] + h1 * w1[n] + h2 * w2[n] + h3 * w3[n];
+        }
+    }
+    for (int64_t k = k4; k < K; k++)
+        for (int64_t b = 0; b < B; b++) {
+            float hv = h[b * hs + k];
+            for (int64_t n = 0; n < N; n++) out[b * N + n] += hv * wt[k * N + n];
+        }
+}
+
+/* -- LSTM forward -------------------------------------------------------------------------------- */
+/* mr rows of one step for unit group u: the product tile, then the gates from its registers */
+/* the gates of one row for unit group u from the product's registers a0..a3 (i, f, g, o) */
+INL void ISA(lstm_gates)(v8 a0, v8 a1, v8 a2, v8 a3, int64_t nu, int64_t H, int64_t u, const float *xr,
+                         const float *cp, float *cn, float *y, float *gates, float *tanhc)
+{
+    xr += u * VW;                                                                 /* x W_ih^T + b, (4H,) */
+    v8 i = ISA(vsigmoid)(a0 + ISA(ldn)(xr, nu));
+    v8 f = ISA(vsigmoid)(a1 + ISA(ldn)(xr + H, nu));
+    v8 g = ISA(vtanh)(a2 + ISA(ldn)(xr + 2 * H, nu));
+    v8 o = ISA(vsigmoid)(a3 + ISA(ldn)(xr + 3 * H, nu));
+    v8 c = f * ISA(ldn)(cp + u * VW, nu) + i * g;                                 /* c' = f*c + i*g */
+    v8 tc = ISA(vtanh)(c);
+    ISA(stn)(cn + u * VW, c, nu);
+    ISA(stn)(y + u * VW, o * tc, nu);                                             /* h' = o*tanh(c') */
+    if (gates) {                                                                   /* what BPTT reads */
+        float *gr = gates + u * VW;
+        ISA(stn)(gr, i, nu); ISA(stn)(gr + H, f, nu); ISA(stn)(gr + 2 * H, g, nu); ISA(stn)(gr + 3 * H, o, nu);
+        ISA(stn)(tanhc + u * VW, tc, nu);
+    }
+}
+
+/* mr rows of one step for unit group u: the product tile, then the gates from its registers */
+INL void ISA(lstm_rows)(const int mr, const int full, int64_t nu, int64_t H, int64_t u, const float *x, int64_t xb,
+                        const float *w, int64_t wk, int64_t wg, const float *hp, int64_t hs, const float *cp,
+                        float *cn, float *y, int64_t yb, float *gates, float *tanhc)
+{
+    v8 acc[MRMAX][4];
+    ISA(tile)(4, mr, full, nu, H, hp, hs, w, wk, wg, acc);
+    for (int m = 0; m < mr; m++)
+        ISA(lstm_gates)(acc[m][0], acc[m][1], acc[m][2], acc[m][3], nu, H, u, x + m * xb, cp + m * H, cn + m * H,
+                        y + m * yb, gates ? gates + m * 4 * H : 0, gates ? tanhc + m * H : 0);
+}
+
+static void ISA(copy_rows)(int64_t B, int64_t H, const float *src, int64_t ss, float *dst)
+{
+    for (int64_t b = 0; b < B; b++) memcpy(dst + b * H, src + b * ss, (size_t)H * sizeof(float));
+}
+
+static void ISA(lstm_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *x, int64_t xt,
+                              int64_t xb, const float *w, int64_t wk, int64_t wg, int64_t wu, const float *h0,
+                              const float *c0, float *y, int64_t yt, int64_t yb, float *hT, float *cT,
+                              float *gates, float *tanhc, float *prev_h, float *prev_c, float *work)
+{
+    int64_t U = (H + VW - 1) / VW;
+    const float *hp = h0, *cp = c0;
+    int64_t hs = H;
+    for (int64_t i = 0; i < T; i++) {
+        int64_t t = reverse ? T - 1 - i : i;
+        if (prev_h) {                                                             /* the state entering t */
+            ISA(copy_rows)(B, H, hp, hs, prev_h + t * B * H);
+            memcpy(prev_c + t * B * H, cp, (size_t)(B * H) * sizeof(float));
+        }
+        float *cn = work + (i & 1) * B * H;
+        const float *xt_ = x + t * xt;
+        float *yt_ = y + t * yt;
+        float *gt = gates ? gates + t * B * 4 * H : 0, *tct = gates ? tanhc + t * B * H : 0;
+        if (wu == VW) {                                  /* unpacked: W_hh^T streamed by rows, then the gates */
+            float *pre = work + 2 * B * H;                                        /* (B, 4H) */
+            ISA(axpy_product)(B, H, 4 * H, hp, hs, w, pre);
+            for (int64_t b = 0; b < B; b++)
+                for (int64_t u = 0; u < U; u++) {
+                    int64_t nu = H - u * VW < VW ? H - u * VW : VW;
+                    const float *pr = pre + b * 4 * H + u * VW;
+                    ISA(lstm_gates)(ISA(ldn)(pr, nu), ISA(ldn)(pr + H, nu), ISA(ldn)(pr + 2 * H, nu),
+                                    ISA(ldn)(pr + 3 * H, nu), nu, H, u, xt_ + b * xb, cp + b * H, cn + b * H,
+                                    yt_ + b * yb, gt ? gt + b * 4 * H : 0, gt ? tct + b * H : 0);
+                }
+            hp = yt_; hs = yb; cp = cn;
+            continue;
+        }
+        for (int64_t u = 0; u < U; u++) {                                         /* one weight panel ... */
+            int64_t nu = H - u * VW < VW ? H - u * VW : VW;
+            int full = nu == VW || wu != VW;
+            for (int64_t b = 0; b < B; b += MR_LSTM) {                            /* ... for every row block */
+                int64_t rem = B - b < MR_LSTM ? B - b : MR_LSTM;
+#define ARGS(M, F) M, F, nu, H, u, xt_ + b * xb, xb, w + u * wu, wk, wg, hp + b * hs, hs, cp + b * H, cn + b * H, \
+                   yt_ + b * yb, yb, gt ? gt + b * 4 * H : 0, tct ? tct + b * H : 0
+#define CALL(M) if (full) ISA(lstm_rows)(ARGS(M, 1)); else ISA(lstm_rows)(ARGS(M, 0))
+                ROWS_SWITCH(MR_LSTM, rem, CALL)
+#undef CALL
+#undef ARGS
+            }
+        }
+        hp = yt_; hs = yb; cp = cn;
+    }
+    if (hT) ISA(copy_rows)(B, H, hp, hs, hT);
+    if (cT) memcpy(cT, cp, (size_t)(B * H) * sizeof(float));
+}
+
+/* -- GRU forward --------------------------------------------------------------------------------- */
+/* the gates of one row for unit group u from the product's registers a0..a2 (r, z, n) */
+INL void ISA(gru_gates)(v8 a0, v8 a1, v8 a2, v8 bn, int64_t nu, int64_t H, int64_t u, const float *xr,
+                        const float *hp, float *y, float *gates, float *hn)
+{
+    xr += u * VW;                                                  /* (3H,): r, z with both biases, n with b_in */
+    v8 r = ISA(vsigmoid)(a0 + ISA(ldn)(xr, nu));
+    v8 z = ISA(vsigmoid)(a1 + ISA(ldn)(xr + H, nu));
+    v8 hv = a2 + bn;                                                              /* h W_hn + b_hn */
+    v8 n = ISA(vtanh)(ISA(ldn)(xr + 2 * H, nu) + r * hv);
+    v8 h = ISA(ldn)(hp + u * VW, nu);
+    ISA(stn)(y + u * VW, n + z * (h - n), nu);                                    /* h' = (1-z)*n + z*h */
+    if (gates) {
+        float *gr = gates + u * VW;
+        ISA(stn)(gr, r, nu); ISA(stn)(gr + H, z, nu); ISA(stn)(gr + 2 * H, n, nu);
+        ISA(stn)(hn + u * VW, hv, nu);
+    }
+}
+
+INL void ISA(gru_rows)(const int mr, const int full, int64_t nu, int64_t H, int64_t u, const float *x, int64_t xb,
+                       const float *w, int64_t wk, int64_t wg, const float *b_hn, const float *hp, int64_t hs,
+                       float *y, int64_t yb, float *gates, float *hn)
+{
+    v8 acc[MRMAX][4];
+    ISA(tile)(3, mr, full, nu, H, hp, hs, w, wk, wg, acc);
+    v8 bn = ISA(ldn)(b_hn + u * VW, nu);
+    for (int m = 0; m < mr; m++)
+        ISA(gru_gates)(acc[m][0], acc[m][1], acc[m][2], bn, nu, H, u, x + m * xb, hp + m * hs, y + m * yb,
+                       gates ? gates + m * 3 * H : 0, gates ? hn + m * H : 0);
+}
+
+static void ISA(gru_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *x, int64_t xt,
+                             int64_t xb, const float *w, int64_t wk, int64_t wg, int64_t wu, const float *b_hn,
+                             const float *h0, float *y, int64_t yt, int64_t yb, float *hT, float *gates,
+                             float *hn, float *prev_h, float *work)
+{
+    int64_t U = (H + VW - 1) / VW;
+    const float *hp = h0;
+    int64_t hs = H;
+    for (int64_t i = 0; i < T; i++) {
+        int64_t t = reverse ? T - 1 - i : i;
+        if (prev_h) ISA(copy_rows)(B, H, hp, hs, prev_h + t * B * H);
+        const float *xt_ = x + t * xt;
+        float *yt_ = y + t * yt;
+        float *gt = gates ? gates + t * B * 3 * H : 0, *hnt = gates ? hn + t * B * H : 0;
+        if (wu == VW) {                                  /* unpacked: W_hh^T streamed by rows, then the gates */
+            ISA(axpy_product)(B, H, 3 * H, hp, hs, w, work);                      /* (B, 3H) */
+            for (int64_t b = 0; b < B; b++)
+                for (int64_t u = 0; u < U; u++) {
+                    int64_t nu = H - u * VW < VW ? H - u * VW : VW;
+                    const float *pr = work + b * 3 * H + u * VW;
+                    ISA(gru_gates)(ISA(ldn)(pr, nu), ISA(ldn)(pr + H, nu), ISA(ldn)(pr + 2 * H, nu),
+                                   ISA(ldn)(b_hn + u * VW, nu), nu, H, u, xt_ + b * xb, hp + b * hs, yt_ + b * yb,
+                                   gt ? gt + b * 3 * H : 0, gt ? hnt + b * H : 0);
+                }
+            hp = yt_; hs = yb;
+            continue;
+        }
+        for (int64_t u = 0; u < U; u++) {
+            int64_t nu = H - u * VW < VW ? H - u * VW : VW;
+            int full = nu == VW || wu != VW;
+            for (int64_t b = 0; b < B; b += MR_GRU) {
+                int64_t rem = B - b < MR_GRU ? B - b : MR_GRU;
+#define ARGS(M, F) M, F, nu, H, u, xt_ + b * xb, xb, w + u * wu, wk, wg, b_hn, hp + b * hs, hs, yt_ + b * yb, yb, \
+                   gt ? gt + b * 3 * H : 0, hnt ? hnt + b * H : 0
+#define CALL(M) if (full) ISA(gru_rows)(ARGS(M, 1)); else ISA(gru_rows)(ARGS(M, 0))
+                ROWS_SWITCH(MR_GRU, rem, CALL)
+#undef CALL
+#undef ARGS
+            }
+        }
+        hp = yt_; hs = yb;
+    }
+    if (hT) ISA(copy_rows)(B, H, hp, hs, hT);
+}
+
+/* -- BPTT's product: out (B, H) (+)= a (B, N) @ W_hh, with W_hh^T = wt (H, N) read by rows ---------- */
+INL void ISA(nt_rows)(const int mr, const int nk, int64_t N, const float *a, const float *wt, float *out,
+                      int64_t H, int accumulate)
+{
+    v8 acc[MRMAX][4];
+    for (int m = 0; m < mr; m++)
+        for (int j = 0; j < nk; j++) acc[m][j] = ISA(splat)(0.0f);
+    int64_t n8 = N & ~(int64_t)(VW - 1);
+    for (int64_t n = 0; n < n8; n += VW) {
+        v8 wv[4];
+        for (int j = 0; j < nk; j++) wv[j] = ISA(ld)(wt + j * N + n);
+        for (int m = 0; m < mr; m++) {
+            v8 av = ISA(ld)(a + m * N + n);
+            for (int j = 0; j < nk; j++) acc[m][j] += av * wv[j];
+        }
+    }
+    for (int m = 0; m < mr; m++)
+        for (int j = 0; j < nk; j++) {
+            float s = ISA(hsum)(acc[m][j]);
+            for (int64_t n = n8; n < N; n++) s += a[m * N + n] * wt[j * N + n];
+            out[m * H + j] = accumulate ? out[m * H + j] + s : s;
+        }
+}
+
+static void ISA(nt_product)(int64_t B, int64_t N, int64_t H, const float *a, const float *wt, float *out,
+                            int accumulate)
+{
+    for (int64_t k = 0; k < H; k += 4) {                       /* 4 rows of W_hh^T stay in L1 ... */
+        int64_t nk = H - k < 4 ? H - k : 4;
+        for (int64_t b = 0; b < B; b += MR_NT) {               /* ... while the row blocks of a stream by */
+            int64_t rem = B - b < MR_NT ? B - b : MR_NT;
+#define CALLK(M, NK) ISA(nt_rows)(M, NK, N, a + b * N, wt + k * N, out + b * H + k, H, accumulate)
+#define CALL(M) switch (nk) { case 1: CALLK(M, 1); break; case 2: CALLK(M, 2); break; \
+                              case 3: CALLK(M, 3); break; default: CALLK(M, 4); }
+            ROWS_SWITCH(MR_NT, rem, CALL)
+#undef CALL
+#undef CALLK
+        }
+    }
+}
+
+/* -- LSTM backward: one step's gate gradients, then dh = dg @ W_hh ------------------------------- */
+static void ISA(lstm_backward)(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *wt, const float *dy,
+                               int64_t dyt, int64_t dyb, const float *gates, const float *tanhc,
+                               const float *prev_c, const float *dhT, const float *dcT, float *dgx, float *dh0,
+                               float *dc0, float *work)
+{
+    float *__restrict dh = work, *__restrict dc = work + B * H;
+    memcpy(dh, dhT, (size_t)(B * H) * sizeof(float));
+    memcpy(dc, dcT, (size_t)(B * H) * sizeof(float));
+    for (int64_t s = 0; s < T; s++) {
+        int64_t t = reverse ? s : T - 1 - s;                   /* the processing order, backwards */
+        for (int64_t b = 0; b < B; b++) {
+            const float *__restrict a = gates + (t * B + b) * 4 * H;                 /* i, f, g, o */
+            const float *__restrict tc = tanhc + (t * B + b) * H;
+            const float *__restrict c = prev_c + (t * B + b) * H;
+            const float *__restrict dyr = dy ? dy + t * dyt + b * dyb : 0;   /* NULL: no output gradient */
+            float *__restrict d = dgx + (t * B + b) * 4 * H;
+            float *__restrict dhb = dh + b * H, *__restrict dcb = dc + b * H;
+            if (dy)
+                for (int64_t j = 0; j < H; j++) dhb[j] += dyr[j];                    /* carried + output */
+            for (int64_t j = 0; j < H; j++) {
+                float i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j], t_ = tc[j];
+                float dhv = dhb[j];
+                float dcv = dhv * o * (1.0f - t_ * t_) + dcb[j];     /* backprop h' = o*tanh(c') into c' */
+                d[3 * H + j] = dhv * t_ * o * (1.0f - o);                              /* ... into o, through σ */
+                d[j] = dcv * g * i * (1.0f - i);                     /* backprop c' = f*c + i*g: i through σ */
+                d[H + j] = dcv * c[j] * f * (1.0f - f);                                /* f through σ */
+                d[2 * H + j] = dcv * i * (1.0f - g * g);                               /* g through tanh */
+                dcb[j] = dcv * f;                                                      /* dc_prev */
+            }
+        }
+        ISA(nt_product)(B, 4 * H, H, dgx + t * B * 4 * H, wt, dh, 0);             /* dh_prev = dg @ W_hh */
+    }
+    memcpy(dh0, dh, (size_t)(B * H) * sizeof(float));
+    memcpy(dc0, dc, (size_t)(B * H) * sizeof(float));
+}
+
+/* -- GRU backward ------------------------------------------------------------------------------- */
+static void ISA(gru_backward)(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *wt, const float *dy,
+                              int64_t dyt, int64_t dyb, const float *gates, const float *hn, const float *prev_h,
+                              const float *dhT, float *dgx, float *dgh, float *dh0, float *work)
+{
+    float *__restrict dh = work;
+    memcpy(dh, dhT, (size_t)(B * H) * sizeof(float));
+    for (int64_t s = 0; s < T; s++) {
+        int64_t t = reverse ? s : T - 1 - s;
+        for (int64_t b = 0; b < B; b++) {
+            const float *__restrict a = gates + (t * B + b) * 3 * H;                 /* r, z, n */
+            const float *__restrict hv = hn + (t * B + b) * H;
+            const float *__restrict h = prev_h + (t * B + b) * H;
+            const float *__restrict dyr = dy ? dy + t * dyt + b * dyb : 0;   /* NULL: no output gradient */
+            float *__restrict dx = dgx + (t * B + b) * 3 * H, *__restrict dr = dgh + (t * B + b) * 3 * H;
+            float *__restrict dhb = dh + b * H;
+            if (dy)
+                for (int64_t j = 0; j < H; j++) dhb[j] += dyr[j];
+            for (int64_t j = 0; j < H; j++) {
+                float r = a[j], z = a[H + j], n = a[2 * H + j];
+                float dhv = dhb[j];
+                float dn = dhv * (1.0f - z) * (1.0f - n * n);      /* backprop h' = (1-z)*n + z*h into n, tanh */
+                float dz = dhv * (h[j] - n) * z * (1.0f - z);      /* ... into z, through σ */
+                float drr = dn * hv[j] * r * (1.0f - r);           /* backprop r*hn into r, through σ */
+                dhb[j] = dhv * z;                                  /* ... into h directly */
+                dx[j] = drr; dx[H + j] = dz; dx[2 * H + j] = dn;
+                dr[j] = drr; dr[H + j] = dz; dr[2 * H + j] = dn * r;   /* ... and into hn */
+            }
+        }
+        ISA(nt_product)(B, 3 * H, H, dgh + t * B * 3 * H, wt, dh, 1);             /* dh += dgh @ W_hh */
+    }
+    memcpy(dh0, dh, (size_t)(B * H) * sizeof(float));
+}
+
+/* -- the machine's limit: 12 independent FMA chains (named, so they live in registers), enough
+ * to keep both FMA pipes busy through their latency ------------------------------------------------ */
+static double ISA(fma_peak)(int64_t iters)
+{
+    v8 a0 = ISA(splat)(1.00f), a1 = ISA(splat)(1.01f), a2 = ISA(splat)(1.02f), a3 = ISA(splat)(1.03f);
+    v8 a4 = ISA(splat)(1.04f), a5 = ISA(splat)(1.05f), a6 = ISA(splat)(1.06f), a7 = ISA(splat)(1.07f);
+    v8 a8 = ISA(splat)(1.08f), a9 = ISA(splat)(1.09f), a10 = ISA(splat)(1.10f), a11 = ISA(splat)(1.11f);
+    const v8 m = ISA(splat)(0.9999999f), c = ISA(splat)(1e-7f);
+    for (int64_t it = 0; it < iters; it++) {
+        a0 = a0 * m + c; a1 = a1 * m + c; a2 = a2 * m + c; a3 = a3 * m + c; a4 = a4 * m + c; a5 = a5 * m + c;
+        a6 = a6 * m + c; a7 = a7 * m + c; a8 = a8 * m + c; a9 = a9 * m + c; a10 = a10 * m + c; a11 = a11 * m + c;
+#ifdef __AVX__
+        /* the compiler may not fold or shorten the chains */
+        __asm__ volatile("" : "+x"(a0), "+x"(a1), "+x"(a2), "+x"(a3), "+x"(a4), "+x"(a5),
+                              "+x"(a6), "+x"(a7), "+x"(a8), "+x"(a9), "+x"(a10), "+x"(a11));
+#endif
+    }
+    return (double)ISA(hsum)(((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)) + ((a8 + a9) + (a10 + a11)));
+}
