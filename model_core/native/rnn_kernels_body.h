@@ -235,8 +235,8 @@ static void ISA(lstm_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, 
         }
         hp = yt_; hs = yb; cp = cn;
     }
-    if (hT) ISA(copy_rows)(B, H, hp, hs, hT);
-    if (cT) memcpy(cT, cp, (size_t)(B * H) * sizeof(float));
+    if (hT && hT != hp) ISA(copy_rows)(B, H, hp, hs, hT);      /* hT may be h0 itself (T = 0) */
+    if (cT && cT != cp) memcpy(cT, cp, (size_t)(B * H) * sizeof(float));
 }
 
 /* -- GRU forward --------------------------------------------------------------------------------- */
@@ -312,7 +312,7 @@ static void ISA(gru_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, c
         }
         hp = yt_; hs = yb;
     }
-    if (hT) ISA(copy_rows)(B, H, hp, hs, hT);
+    if (hT && hT != hp) ISA(copy_rows)(B, H, hp, hs, hT);
 }
 
 /* -- BPTT's product: out (B, H) (+)= a (B, N) @ W_hh, with W_hh^T = wt (H, N) read by rows ---------- */
