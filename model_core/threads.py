@@ -8,7 +8,7 @@ per library on a 2-core machine only competes with itself. ``set_num_threads(n)`
   library (no threadpoolctl needed at run time);
 * Numba's pool, only if it is already running: the engine's Numba kernels are serial, and
   setting the count would start the pool just to size it;
-* the native kernels (``model_core.native``) are single-threaded: nothing to set.
+* the native kernels (``model_core.native``): their OpenMP team for long sequences (1: serial).
 
 It returns what it did, for the caller's log line.
 """
@@ -70,4 +70,7 @@ def set_num_threads(n: int) -> str:
     """Use ``n`` threads in every native pool the engine runs on; returns a summary of what was set."""
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"the thread count must be a positive integer, got {n!r}")
-    return ", ".join((_set_openblas(n), _set_numba(n), "native kernels: single-threaded"))
+    from model_core import native  # noqa: PLC0415 - the library loads (or compiles) on first import
+
+    kernels = f"native={native.set_threads(n)}" if native.AVAILABLE else "native: unavailable"
+    return ", ".join((_set_openblas(n), _set_numba(n), kernels))

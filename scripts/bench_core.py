@@ -60,6 +60,9 @@ if HAVE_THREADPOOLCTL:
     import threadpoolctl  # noqa: E402
 
     _BLAS_LIMIT = threadpoolctl.threadpool_limits(limits=THREADS)     # held for the process's life
+from model_core.threads import set_num_threads  # noqa: E402
+
+ENGINE_THREADS = set_num_threads(THREADS)                               # our kernels' team too
 
 OURS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
 DEFAULT_SHAPES = [(1, 100, 64, 256), (32, 100, 64, 256), (256, 50, 64, 256), (32, 100, 128, 512)]

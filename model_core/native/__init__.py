@@ -12,8 +12,10 @@ Without either, or with ``MODEL_CORE_NATIVE=0``, ``AVAILABLE`` is False and the 
 Numba or NumPy cells; ``REASON`` says why. ``MODEL_CORE_NATIVE_ISA`` = ``baseline`` / ``avx2`` /
 ``avx512`` caps the instruction set (tests run the portable build this way).
 
-The kernels are single-threaded and take no lock; every call gets its own buffers, so sessions
-served from several threads may call them at once (ctypes releases the GIL during a call).
+The kernels take no lock and every call gets its own buffers, so sessions served from several
+threads may call them at once (ctypes releases the GIL during a call). They run on one thread
+unless ``set_threads(n)`` (``model_core.set_num_threads``) asks for more: then a long enough
+sequence is split across an OpenMP team, with a barrier per step.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ SOURCES = (_HERE / "rnn_kernels.c", _HERE / "rnn_kernels_body.h")
 # The flags setup.py uses too. No -ffast-math: NaN and inf must pass through as in NumPy; GCC's
 # default -ffp-contract=fast already fuses a*b+c into FMAs.
 CFLAGS = ["-O3", "-fPIC", "-shared", "-Wno-psabi"]
+OPENMP = ["-fopenmp"]    # threads for model_core.set_num_threads; the build retries without it
 _ISAS = {"auto": 0, "baseline": 1, "avx2": 2, "avx512": 3}
 
 _F = ctypes.c_void_p                                 # pointers passed as ints: a.ctypes.data
@@ -50,6 +53,7 @@ _SIGNATURES = {
                         _F, _F, _F, _F, _F], None),
     "mc_gru_backward": ([_I, _I, _I, ctypes.c_int32, _F, _F, _I, _I, _F, _F, _F, _F, _F, _F, _F, _F], None),
     "mc_fma_peak": ([_I], ctypes.c_double),
+    "mc_set_threads": ([ctypes.c_int32], ctypes.c_int32),
 }
 
 
@@ -57,7 +61,7 @@ def _sources_hash() -> str:
     h = hashlib.sha256()
     for path in SOURCES:
         h.update(path.read_bytes())
-    h.update(" ".join(CFLAGS).encode())
+    h.update(" ".join(CFLAGS + OPENMP).encode())
     return h.hexdigest()[:16]
 
 
@@ -75,17 +79,21 @@ def _compile_into_cache() -> tuple[Path | None, str]:
     target = cache / f"rnn_kernels-{_sources_hash()}{sysconfig.get_config_var('SHLIB_SUFFIX') or '.so'}"
     if target.exists():
         return target, f"compiled by {compiler} (cached)"
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:   # compile aside, rename into place: atomic
-            out = Path(tmp) / target.name
-            subprocess.run([compiler, *CFLAGS, "-o", str(out), str(SOURCES[0])], check=True,
-                           capture_output=True, timeout=300)
-            os.replace(out, target)
-    except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", b"") or b""
-        return None, f"compiling with {compiler} failed ({type(exc).__name__}: {detail.decode()[:200]})"
-    return target, f"compiled by {compiler}"
+    failure = ""
+    for flags in (CFLAGS + OPENMP, CFLAGS):                       # without OpenMP: one thread, still fast
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=cache) as tmp:   # compile aside, rename into place: atomic
+                out = Path(tmp) / target.name
+                subprocess.run([compiler, *flags, "-o", str(out), str(SOURCES[0])], check=True,
+                               capture_output=True, timeout=300)
+                ctypes.CDLL(str(out))                              # links and loads here (libgomp present)
+                os.replace(out, target)
+            return target, f"compiled by {compiler}"
+        except (OSError, subprocess.SubprocessError) as exc:
+            detail = getattr(exc, "stderr", b"") or b""
+            failure = f"compiling with {compiler} failed ({type(exc).__name__}: {detail.decode()[:200]})"
+    return None, failure
 
 
 def _load():
@@ -123,3 +131,8 @@ def ptr(a: np.ndarray | None):
 def strides(a: np.ndarray) -> tuple[int, ...]:
     """Element strides of a float32 array."""
     return tuple(s // 4 for s in a.strides)
+
+
+def set_threads(n: int) -> int:
+    """Threads for later kernel calls; returns the count this build can use (1 without OpenMP)."""
+    return int(lib.mc_set_threads(n)) if lib is not None else 1

@@ -29,6 +29,41 @@
 
 #define VW 8                                   /* floats per vector */
 
+/* Threads: 1 unless mc_set_threads asks for more (model_core.set_num_threads). A sequence is split
+ * across threads by unit groups (forward) or rows and columns (BPTT), with a barrier per step, so
+ * it pays only when a step has enough work: packed weights and B*H >= MIN_ROWS_H. Without OpenMP
+ * (a compiler lacking -fopenmp) everything runs on one thread. */
+#ifdef _OPENMP
+#include <omp.h>
+#define BARRIER(nth) do { if ((nth) > 1) { _Pragma("omp barrier") } } while (0)
+#define RUN_PARTS(nth, PART) do { if ((nth) > 1) { \
+        _Pragma("omp parallel num_threads(nth)") PART(omp_get_thread_num(), omp_get_num_threads()); \
+    } else PART(0, 1); } while (0)
+#else
+#define BARRIER(nth) ((void)(nth))
+#define RUN_PARTS(nth, PART) PART(0, 1)
+#endif
+#define MIN_ROWS_H 2048
+static int mc_threads = 1;
+
+static int threads_for(int64_t wu, int64_t B, int64_t H)
+{
+    if (mc_threads <= 1 || wu == VW || B * H < MIN_ROWS_H) return 1;   /* the unpacked path is serial */
+    return mc_threads;
+}
+
+/* the thread count for later calls (1 = serial); returns what this build can use */
+int32_t mc_set_threads(int32_t n)
+{
+#ifdef _OPENMP
+    mc_threads = n < 1 ? 1 : n;
+#else
+    (void)n;
+    mc_threads = 1;
+#endif
+    return mc_threads;
+}
+
 #define STR2(x) #x
 #define STR(x) STR2(x)
 

@@ -188,17 +188,20 @@ static void ISA(copy_rows)(int64_t B, int64_t H, const float *src, int64_t ss, f
     for (int64_t b = 0; b < B; b++) memcpy(dst + b * H, src + b * ss, (size_t)H * sizeof(float));
 }
 
-static void ISA(lstm_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *x, int64_t xt,
-                              int64_t xb, const float *w, int64_t wk, int64_t wg, int64_t wu, const float *h0,
-                              const float *c0, float *y, int64_t yt, int64_t yb, float *hT, float *cT,
-                              float *gates, float *tanhc, float *prev_h, float *prev_c, float *work)
+/* Thread `tid` of `nth` runs unit groups [U*tid/nth, U*(tid+1)/nth) of every step, then waits for
+ * the others (each step reads the whole h of the step before) */
+static void ISA(lstm_forward_part)(int tid, int nth, int64_t T, int64_t B, int64_t H, int32_t reverse,
+                                   const float *x, int64_t xt, int64_t xb, const float *w, int64_t wk, int64_t wg,
+                                   int64_t wu, const float *h0, const float *c0, float *y, int64_t yt, int64_t yb,
+                                   float *hT, float *cT, float *gates, float *tanhc, float *prev_h, float *prev_c,
+                                   float *work)
 {
-    int64_t U = (H + VW - 1) / VW;
+    int64_t U = (H + VW - 1) / VW, u0 = U * tid / nth, u1 = U * (tid + 1) / nth;
     const float *hp = h0, *cp = c0;
     int64_t hs = H;
     for (int64_t i = 0; i < T; i++) {
         int64_t t = reverse ? T - 1 - i : i;
-        if (prev_h) {                                                             /* the state entering t */
+        if (prev_h && tid == 0) {                                                 /* the state entering t */
             ISA(copy_rows)(B, H, hp, hs, prev_h + t * B * H);
             memcpy(prev_c + t * B * H, cp, (size_t)(B * H) * sizeof(float));
         }
@@ -220,7 +223,7 @@ static void ISA(lstm_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, 
             hp = yt_; hs = yb; cp = cn;
             continue;
         }
-        for (int64_t u = 0; u < U; u++) {                                         /* one weight panel ... */
+        for (int64_t u = u0; u < u1; u++) {                                       /* one weight panel ... */
             int64_t nu = H - u * VW < VW ? H - u * VW : VW;
             int full = nu == VW || wu != VW;
             for (int64_t b = 0; b < B; b += MR_LSTM) {                            /* ... for every row block */
@@ -233,10 +236,24 @@ static void ISA(lstm_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, 
 #undef ARGS
             }
         }
+        BARRIER(nth);
         hp = yt_; hs = yb; cp = cn;
     }
+    if (tid != 0) return;
     if (hT && hT != hp) ISA(copy_rows)(B, H, hp, hs, hT);      /* hT may be h0 itself (T = 0) */
     if (cT && cT != cp) memcpy(cT, cp, (size_t)(B * H) * sizeof(float));
+}
+
+static void ISA(lstm_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *x, int64_t xt,
+                              int64_t xb, const float *w, int64_t wk, int64_t wg, int64_t wu, const float *h0,
+                              const float *c0, float *y, int64_t yt, int64_t yb, float *hT, float *cT,
+                              float *gates, float *tanhc, float *prev_h, float *prev_c, float *work)
+{
+    int nth = threads_for(wu, B, H);
+#define PART(tid, n) ISA(lstm_forward_part)(tid, n, T, B, H, reverse, x, xt, xb, w, wk, wg, wu, h0, c0, y, yt, yb, \
+                                            hT, cT, gates, tanhc, prev_h, prev_c, work)
+    RUN_PARTS(nth, PART);
+#undef PART
 }
 
 /* -- GRU forward --------------------------------------------------------------------------------- */
@@ -270,17 +287,17 @@ INL void ISA(gru_rows)(const int mr, const int full, int64_t nu, int64_t H, int6
                        gates ? gates + m * 3 * H : 0, gates ? hn + m * H : 0);
 }
 
-static void ISA(gru_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *x, int64_t xt,
-                             int64_t xb, const float *w, int64_t wk, int64_t wg, int64_t wu, const float *b_hn,
-                             const float *h0, float *y, int64_t yt, int64_t yb, float *hT, float *gates,
-                             float *hn, float *prev_h, float *work)
+static void ISA(gru_forward_part)(int tid, int nth, int64_t T, int64_t B, int64_t H, int32_t reverse,
+                                  const float *x, int64_t xt, int64_t xb, const float *w, int64_t wk, int64_t wg,
+                                  int64_t wu, const float *b_hn, const float *h0, float *y, int64_t yt, int64_t yb,
+                                  float *hT, float *gates, float *hn, float *prev_h, float *work)
 {
-    int64_t U = (H + VW - 1) / VW;
+    int64_t U = (H + VW - 1) / VW, u0 = U * tid / nth, u1 = U * (tid + 1) / nth;
     const float *hp = h0;
     int64_t hs = H;
     for (int64_t i = 0; i < T; i++) {
         int64_t t = reverse ? T - 1 - i : i;
-        if (prev_h) ISA(copy_rows)(B, H, hp, hs, prev_h + t * B * H);
+        if (prev_h && tid == 0) ISA(copy_rows)(B, H, hp, hs, prev_h + t * B * H);
         const float *xt_ = x + t * xt;
         float *yt_ = y + t * yt;
         float *gt = gates ? gates + t * B * 3 * H : 0, *hnt = gates ? hn + t * B * H : 0;
@@ -297,7 +314,7 @@ static void ISA(gru_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, c
             hp = yt_; hs = yb;
             continue;
         }
-        for (int64_t u = 0; u < U; u++) {
+        for (int64_t u = u0; u < u1; u++) {
             int64_t nu = H - u * VW < VW ? H - u * VW : VW;
             int full = nu == VW || wu != VW;
             for (int64_t b = 0; b < B; b += MR_GRU) {
@@ -310,9 +327,22 @@ static void ISA(gru_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, c
 #undef ARGS
             }
         }
+        BARRIER(nth);
         hp = yt_; hs = yb;
     }
-    if (hT && hT != hp) ISA(copy_rows)(B, H, hp, hs, hT);
+    if (tid == 0 && hT && hT != hp) ISA(copy_rows)(B, H, hp, hs, hT);
+}
+
+static void ISA(gru_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *x, int64_t xt,
+                             int64_t xb, const float *w, int64_t wk, int64_t wg, int64_t wu, const float *b_hn,
+                             const float *h0, float *y, int64_t yt, int64_t yb, float *hT, float *gates,
+                             float *hn, float *prev_h, float *work)
+{
+    int nth = threads_for(wu, B, H);
+#define PART(tid, n) ISA(gru_forward_part)(tid, n, T, B, H, reverse, x, xt, xb, w, wk, wg, wu, b_hn, h0, y, yt, yb, \
+                                           hT, gates, hn, prev_h, work)
+    RUN_PARTS(nth, PART);
+#undef PART
 }
 
 /* -- BPTT's product: out (B, H) (+)= a (B, N) @ W_hh, with W_hh^T = wt (H, N) read by rows ---------- */
@@ -339,11 +369,11 @@ INL void ISA(nt_rows)(const int mr, const int nk, int64_t N, const float *a, con
         }
 }
 
-static void ISA(nt_product)(int64_t B, int64_t N, int64_t H, const float *a, const float *wt, float *out,
-                            int accumulate)
+static void ISA(nt_product)(int64_t B, int64_t N, int64_t H, int64_t k0, int64_t k1, const float *a,
+                            const float *wt, float *out, int accumulate)
 {
-    for (int64_t k = 0; k < H; k += 4) {                       /* 4 rows of W_hh^T stay in L1 ... */
-        int64_t nk = H - k < 4 ? H - k : 4;
+    for (int64_t k = k0; k < k1; k += 4) {                     /* 4 rows of W_hh^T stay in L1 ... */
+        int64_t nk = k1 - k < 4 ? k1 - k : 4;
         for (int64_t b = 0; b < B; b += MR_NT) {               /* ... while the row blocks of a stream by */
             int64_t rem = B - b < MR_NT ? B - b : MR_NT;
 #define CALLK(M, NK) ISA(nt_rows)(M, NK, N, a + b * N, wt + k * N, out + b * H + k, H, accumulate)
@@ -357,17 +387,18 @@ static void ISA(nt_product)(int64_t B, int64_t N, int64_t H, const float *a, con
 }
 
 /* -- LSTM backward: one step's gate gradients, then dh = dg @ W_hh ------------------------------- */
-static void ISA(lstm_backward)(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *wt, const float *dy,
-                               int64_t dyt, int64_t dyb, const float *gates, const float *tanhc,
-                               const float *prev_c, const float *dhT, const float *dcT, float *dgx, float *dh0,
-                               float *dc0, float *work)
+/* Thread `tid` of `nth` runs rows [b0, b1) of the gate gradients and columns [k0, k1) of the
+ * product; a barrier after each, since each reads what all threads wrote */
+static void ISA(lstm_backward_part)(int tid, int nth, int64_t T, int64_t B, int64_t H, int32_t reverse,
+                                    const float *wt, const float *dy, int64_t dyt, int64_t dyb, const float *gates,
+                                    const float *tanhc, const float *prev_c, float *dgx, float *work)
 {
     float *__restrict dh = work, *__restrict dc = work + B * H;
-    memcpy(dh, dhT, (size_t)(B * H) * sizeof(float));
-    memcpy(dc, dcT, (size_t)(B * H) * sizeof(float));
+    int64_t b0 = B * tid / nth, b1 = B * (tid + 1) / nth, k0 = (H * tid / nth) & ~(int64_t)3;
+    int64_t k1 = tid == nth - 1 ? H : (H * (tid + 1) / nth) & ~(int64_t)3;
     for (int64_t s = 0; s < T; s++) {
         int64_t t = reverse ? s : T - 1 - s;                   /* the processing order, backwards */
-        for (int64_t b = 0; b < B; b++) {
+        for (int64_t b = b0; b < b1; b++) {
             const float *__restrict a = gates + (t * B + b) * 4 * H;                 /* i, f, g, o */
             const float *__restrict tc = tanhc + (t * B + b) * H;
             const float *__restrict c = prev_c + (t * B + b) * H;
@@ -387,22 +418,38 @@ static void ISA(lstm_backward)(int64_t T, int64_t B, int64_t H, int32_t reverse,
                 dcb[j] = dcv * f;                                                      /* dc_prev */
             }
         }
-        ISA(nt_product)(B, 4 * H, H, dgx + t * B * 4 * H, wt, dh, 0);             /* dh_prev = dg @ W_hh */
+        BARRIER(nth);
+        ISA(nt_product)(B, 4 * H, H, k0, k1, dgx + t * B * 4 * H, wt, dh, 0);     /* dh_prev = dg @ W_hh */
+        BARRIER(nth);
     }
-    memcpy(dh0, dh, (size_t)(B * H) * sizeof(float));
-    memcpy(dc0, dc, (size_t)(B * H) * sizeof(float));
+}
+
+static void ISA(lstm_backward)(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *wt, const float *dy,
+                               int64_t dyt, int64_t dyb, const float *gates, const float *tanhc,
+                               const float *prev_c, const float *dhT, const float *dcT, float *dgx, float *dh0,
+                               float *dc0, float *work)
+{
+    memcpy(work, dhT, (size_t)(B * H) * sizeof(float));
+    memcpy(work + B * H, dcT, (size_t)(B * H) * sizeof(float));
+    int nth = threads_for(0, B, H);
+#define PART(tid, n) ISA(lstm_backward_part)(tid, n, T, B, H, reverse, wt, dy, dyt, dyb, gates, tanhc, prev_c, dgx, work)
+    RUN_PARTS(nth, PART);
+#undef PART
+    memcpy(dh0, work, (size_t)(B * H) * sizeof(float));
+    memcpy(dc0, work + B * H, (size_t)(B * H) * sizeof(float));
 }
 
 /* -- GRU backward ------------------------------------------------------------------------------- */
-static void ISA(gru_backward)(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *wt, const float *dy,
-                              int64_t dyt, int64_t dyb, const float *gates, const float *hn, const float *prev_h,
-                              const float *dhT, float *dgx, float *dgh, float *dh0, float *work)
+static void ISA(gru_backward_part)(int tid, int nth, int64_t T, int64_t B, int64_t H, int32_t reverse,
+                                   const float *wt, const float *dy, int64_t dyt, int64_t dyb, const float *gates,
+                                   const float *hn, const float *prev_h, float *dgx, float *dgh, float *work)
 {
     float *__restrict dh = work;
-    memcpy(dh, dhT, (size_t)(B * H) * sizeof(float));
+    int64_t b0 = B * tid / nth, b1 = B * (tid + 1) / nth, k0 = (H * tid / nth) & ~(int64_t)3;
+    int64_t k1 = tid == nth - 1 ? H : (H * (tid + 1) / nth) & ~(int64_t)3;
     for (int64_t s = 0; s < T; s++) {
         int64_t t = reverse ? s : T - 1 - s;
-        for (int64_t b = 0; b < B; b++) {
+        for (int64_t b = b0; b < b1; b++) {
             const float *__restrict a = gates + (t * B + b) * 3 * H;                 /* r, z, n */
             const float *__restrict hv = hn + (t * B + b) * H;
             const float *__restrict h = prev_h + (t * B + b) * H;
@@ -422,9 +469,22 @@ static void ISA(gru_backward)(int64_t T, int64_t B, int64_t H, int32_t reverse, 
                 dr[j] = drr; dr[H + j] = dz; dr[2 * H + j] = dn * r;   /* ... and into hn */
             }
         }
-        ISA(nt_product)(B, 3 * H, H, dgh + t * B * 3 * H, wt, dh, 1);             /* dh += dgh @ W_hh */
+        BARRIER(nth);
+        ISA(nt_product)(B, 3 * H, H, k0, k1, dgh + t * B * 3 * H, wt, dh, 1);     /* dh += dgh @ W_hh */
+        BARRIER(nth);
     }
-    memcpy(dh0, dh, (size_t)(B * H) * sizeof(float));
+}
+
+static void ISA(gru_backward)(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *wt, const float *dy,
+                              int64_t dyt, int64_t dyb, const float *gates, const float *hn, const float *prev_h,
+                              const float *dhT, float *dgx, float *dgh, float *dh0, float *work)
+{
+    memcpy(work, dhT, (size_t)(B * H) * sizeof(float));
+    int nth = threads_for(0, B, H);
+#define PART(tid, n) ISA(gru_backward_part)(tid, n, T, B, H, reverse, wt, dy, dyt, dyb, gates, hn, prev_h, dgx, dgh, work)
+    RUN_PARTS(nth, PART);
+#undef PART
+    memcpy(dh0, work, (size_t)(B * H) * sizeof(float));
 }
 
 /* -- the machine's limit: 12 independent FMA chains (named, so they live in registers), enough
