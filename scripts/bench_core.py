@@ -45,6 +45,7 @@ if not HAVE_THREADPOOLCTL:
 import argparse  # noqa: E402 - everything below loads after the thread pin
 import contextlib  # noqa: E402
 import json  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -315,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch, onnxruntime and BLAS threads")
     p.add_argument("--stat", choices=["median", "min"], default="median",
                    help="statistic shown (both go to --json); min resists load from other processes")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: the calling thread's CPU time (with --threads 1 every contestant computes on the "
+                        "calling thread, so time lost to other processes does not count; a loaded machine's choice)")
     p.add_argument("--step-calls", type=int, default=2000, help="calls per single-step latency")
     p.add_argument("--step-batches", type=parse_batches,
                    help=f"batch sizes for the single-step table (default {CPU_STEP_BATCHES} on the CPU, "
@@ -326,6 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--quick", action="store_true", help="a tiny grid and few step calls (smoke test)")
     return p
+
+
+class ThreadClock:
+    """``time`` as bench_peers uses it, with the calling thread's CPU clock in place of the wall clock."""
+    perf_counter = staticmethod(time.thread_time)
+    perf_counter_ns = staticmethod(time.thread_time_ns)
+    sleep = staticmethod(time.sleep)
 
 
 PROBE_NAMES = ["openblas", "torch.mm", "numba naive", "ours rows", "ours packed"]
@@ -357,6 +368,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--repeat, --threads and --step-calls must be positive")
     if args.device == "gpu" and gpu_problem():
         raise SystemExit(gpu_problem())
+    if args.clock == "cpu":
+        if args.threads != 1 or args.device != "cpu":
+            raise SystemExit("--clock cpu measures one thread's CPU time: it needs --threads 1 on the CPU")
+        peers.time = ThreadClock()                                      # every timer in bench_peers
+        bench_probe.clock = time.thread_time
     cells = list(peers.CELLS) if args.cell == "all" else [args.cell]
     if args.shapes:
         shapes = args.shapes
@@ -390,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         print(warning)
         info["busy_warning"] = warning
     print(f"device {args.device}; float32, 1 layer, unidirectional, zero state; {args.stat} of {args.repeat} "
+          f"({args.clock} clock) "
           f"after {env.warmup} warm-up, contestants one at a time; outputs checked against torch to {TOL:g}",
           flush=True)
     results = {"machine": info, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

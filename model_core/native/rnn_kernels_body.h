@@ -9,6 +9,9 @@ typedef float v8u __attribute__((vector_size(32), aligned(4), may_alias));   /* 
 typedef int32_t v8i __attribute__((vector_size(32)));
 #define INL static inline __attribute__((always_inline))
 #define MRMAX 8
+/* rows of h per chunk: each weight panel is read once per chunk, and a chunk's rows of h (at
+ * H=256, 8 blocks of MR rows ~ 24-56 KiB) stay near L1 while every panel passes by */
+#define ROW_CHUNK(mr) (8 * (mr))
 #endif
 
 INL v8 ISA(ld)(const float *p) { return *(const v8u *)p; }
@@ -97,11 +100,12 @@ INL void ISA(product_g)(const int G, int64_t B, int64_t H, const float *h, const
                            int64_t wg, int64_t wu, float *out)
 {
     int64_t U = (H + VW - 1) / VW;
+    for (int64_t bc = 0; bc < B; bc += ROW_CHUNK(MR_LSTM))
     for (int64_t u = 0; u < U; u++) {
         int64_t nu = H - u * VW < VW ? H - u * VW : VW;
         int full = nu == VW || wu != VW;           /* a packed layout is zero-padded: always safe */
-        for (int64_t b = 0; b < B; b += MR_LSTM) {
-            int64_t rem = B - b < MR_LSTM ? B - b : MR_LSTM;
+        for (int64_t b = bc, be = B < bc + ROW_CHUNK(MR_LSTM) ? B : bc + ROW_CHUNK(MR_LSTM); b < be; b += MR_LSTM) {
+            int64_t rem = be - b < MR_LSTM ? be - b : MR_LSTM;
 #define CALL(M) if (full) ISA(product_rows)(G, M, 1, nu, H, h + b * H, w + u * wu, wk, wg, out + b * G * H, u); \
                 else ISA(product_rows)(G, M, 0, nu, H, h + b * H, w + u * wu, wk, wg, out + b * G * H, u)
             ROWS_SWITCH(MR_LSTM, rem, CALL)
@@ -223,11 +227,13 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t T, int64_t B, int64
             hp = yt_; hs = yb; cp = cn;
             continue;
         }
+        for (int64_t bc = 0; bc < B; bc += ROW_CHUNK(MR_LSTM))                   /* rows of h that stay in L2 */
         for (int64_t u = u0; u < u1; u++) {                                       /* one weight panel ... */
             int64_t nu = H - u * VW < VW ? H - u * VW : VW;
             int full = nu == VW || wu != VW;
-            for (int64_t b = 0; b < B; b += MR_LSTM) {                            /* ... for every row block */
-                int64_t rem = B - b < MR_LSTM ? B - b : MR_LSTM;
+            for (int64_t b = bc, be = B < bc + ROW_CHUNK(MR_LSTM) ? B : bc + ROW_CHUNK(MR_LSTM); b < be;
+                 b += MR_LSTM) {                                                  /* ... for their row blocks */
+                int64_t rem = be - b < MR_LSTM ? be - b : MR_LSTM;
 #define ARGS(M, F) M, F, nu, H, u, xt_ + b * xb, xb, w + u * wu, wk, wg, hp + b * hs, hs, cp + b * H, cn + b * H, \
                    yt_ + b * yb, yb, gt ? gt + b * 4 * H : 0, tct ? tct + b * H : 0
 #define CALL(M) if (full) ISA(lstm_rows)(ARGS(M, 1)); else ISA(lstm_rows)(ARGS(M, 0))
@@ -314,11 +320,12 @@ static void ISA(gru_forward_part)(int tid, int nth, int64_t T, int64_t B, int64_
             hp = yt_; hs = yb;
             continue;
         }
+        for (int64_t bc = 0; bc < B; bc += ROW_CHUNK(MR_GRU))
         for (int64_t u = u0; u < u1; u++) {
             int64_t nu = H - u * VW < VW ? H - u * VW : VW;
             int full = nu == VW || wu != VW;
-            for (int64_t b = 0; b < B; b += MR_GRU) {
-                int64_t rem = B - b < MR_GRU ? B - b : MR_GRU;
+            for (int64_t b = bc, be = B < bc + ROW_CHUNK(MR_GRU) ? B : bc + ROW_CHUNK(MR_GRU); b < be; b += MR_GRU) {
+                int64_t rem = be - b < MR_GRU ? be - b : MR_GRU;
 #define ARGS(M, F) M, F, nu, H, u, xt_ + b * xb, xb, w + u * wu, wk, wg, b_hn, hp + b * hs, hs, yt_ + b * yb, yb, \
                    gt ? gt + b * 3 * H : 0, hnt ? hnt + b * H : 0
 #define CALL(M) if (full) ISA(gru_rows)(ARGS(M, 1)); else ISA(gru_rows)(ARGS(M, 0))
