@@ -32,7 +32,7 @@ def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out
     T, B, G3 = xproj.shape
     H = G3 // 3
     h0 = c_array(state0[0])
-    w = recurrent_weights(weight_hh_t, B * T)
+    w = recurrent_weights(weight_hh_t, B, T)
     hT = np.empty((B, H), np.float32)
     cache, ptrs = None, (NULL,) * 3
     if train:
@@ -75,9 +75,9 @@ def step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, out):
     gates = hn = NULL
     if cache_t is not None:
         gates, hn = ptr(cache_t["gates"]), ptr(cache_t["hn"])
-    b_hn, work = _b_hn(bias_hh, consts, H), np.empty(3 * B * H, np.float32)
+    b_hn = _b_hn(bias_hh, consts, H)
     lib.mc_gru_forward(1, B, H, 0, ptr(xproj_t), 0, G3, w.ptr, w.wk, w.wg, w.wu, ptr(b_hn), ptr(h), ptr(out[0]), 0,
-                       out[0].strides[0] // 4, NULL, gates, hn, NULL, ptr(work))
+                       out[0].strides[0] // 4, NULL, gates, hn, NULL, NULL)
 
 
 def step_backward(xp, d_next, prev, weight_hh_t, consts, cache_t, dgx_t, dgh_t):

@@ -30,7 +30,7 @@ def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out
     T, B, G4 = xproj.shape
     H = G4 // 4
     h0, c0 = (c_array(s) for s in state0)
-    w = recurrent_weights(weight_hh_t, B * T)
+    w = recurrent_weights(weight_hh_t, B, T)
     hT, cT = np.empty((B, H), np.float32), np.empty((B, H), np.float32)
     work = np.empty(6 * B * H, np.float32)                               # c ping-pong; (B, 4H) unpacked
     cache, ptrs = None, (NULL,) * 4
@@ -77,12 +77,11 @@ def step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, out):
     h, c = (c_array(s) for s in prev)
     h_next, c_next = out
     w = recurrent_weights(weight_hh_t, B)
-    work = np.empty(6 * B * H, np.float32)
     gates = tanh_c = NULL
     if cache_t is not None:
         gates, tanh_c = ptr(cache_t["gates"]), ptr(cache_t["tanh_c"])
     lib.mc_lstm_forward(1, B, H, 0, ptr(xproj_t), 0, G4, w.ptr, w.wk, w.wg, w.wu, ptr(h), ptr(c),
-                        ptr(h_next), 0, h_next.strides[0] // 4, NULL, ptr(c_next), gates, tanh_c, NULL, NULL, ptr(work))
+                        ptr(h_next), 0, h_next.strides[0] // 4, NULL, ptr(c_next), gates, tanh_c, NULL, NULL, NULL)
 
 
 def step_backward(xp, d_next, prev, weight_hh_t, consts, cache_t, dgx_t, dgh_t):

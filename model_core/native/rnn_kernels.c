@@ -19,12 +19,16 @@
  * AVX2+FMA, baseline) and dispatched once at load by __builtin_cpu_supports. The baseline build
  * is portable C (SSE2 pairs on x86, NEON on ARM).
  *
+ * Work buffers: LSTM forward 6*B*H floats, GRU forward 3*B*H, backward 2*B*H / B*H; a NULL work
+ * in forward is allocated here (the streaming step's case: one malloc beats a NumPy allocation).
+ *
  * Shapes: B batch, H hidden, G gates (4 LSTM i,f,g,o; 3 GRU r,z,n), U = ceil(H/8) unit groups.
  * Weights are described by three strides (in floats): wk between rows k, wg between gates, wu
  * between unit groups. Packed: (wk, wg, wu) = (8G, 8, 8GH). W_hh^T itself, (H, GH) C-contiguous:
  * (GH, H, 8): the same kernels read it unpacked.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define VW 8                                   /* floats per vector */
@@ -155,16 +159,20 @@ const char *mc_select(int32_t want)
 
 void mc_pack(int64_t H, int64_t G, const float *wt, float *out)
 {
-    /* wt: W_hh^T (H, G*H) C-contiguous -> out (U, H, G, 8); columns past H are zero */
-    int64_t U = (H + VW - 1) / VW;
-    for (int64_t u = 0; u < U; u++) {
-        int64_t nu = H - u * VW < VW ? H - u * VW : VW;
-        for (int64_t k = 0; k < H; k++) {
-            float *dst = out + ((u * H + k) * G) * VW;
-            const float *src = wt + k * G * H + u * VW;
-            for (int64_t g = 0; g < G; g++) {
-                memcpy(dst + g * VW, src + g * H, (size_t)nu * sizeof(float));
-                for (int64_t l = nu; l < VW; l++) dst[g * VW + l] = 0.0f;
+    /* wt: W_hh^T (H, G*H) C-contiguous -> out (U, H, G, 8); columns past H are zero. Row k of wt is
+     * read once, in order; fixed 8-float copies (no memcpy call per 32 bytes) */
+    int64_t U = (H + VW - 1) / VW, full = H / VW;
+    for (int64_t k = 0; k < H; k++) {
+        const float *src = wt + k * G * H;
+        for (int64_t g = 0; g < G; g++) {
+            const float *s = src + g * H;
+            for (int64_t u = 0; u < full; u++) {
+                float *d = out + ((u * H + k) * G + g) * VW;
+                for (int l = 0; l < VW; l++) d[l] = s[u * VW + l];
+            }
+            for (int64_t u = full; u < U; u++) {                  /* the last, partial group */
+                float *d = out + ((u * H + k) * G + g) * VW;
+                for (int64_t l = 0; l < VW; l++) d[l] = u * VW + l < H ? s[u * VW + l] : 0.0f;
             }
         }
     }
@@ -183,8 +191,11 @@ void mc_lstm_forward(int64_t T, int64_t B, int64_t H, int32_t reverse, const flo
                      float *prev_h, float *prev_c, float *work)
 {
     ENSURE();
+    float *own = work ? 0 : malloc((size_t)(6 * B * H) * sizeof(float));     /* NULL work: a step's */
+    if (!work && !own) return;
     K->lstm_forward(T, B, H, reverse, x, xt, xb, w, wk, wg, wu, h0, c0, y, yt, yb, hT, cT, gates, tanhc,
-                    prev_h, prev_c, work);
+                    prev_h, prev_c, work ? work : own);
+    free(own);
 }
 
 void mc_lstm_backward(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *wt, const float *dy,
@@ -201,7 +212,11 @@ void mc_gru_forward(int64_t T, int64_t B, int64_t H, int32_t reverse, const floa
                     float *work)
 {
     ENSURE();
-    K->gru_forward(T, B, H, reverse, x, xt, xb, w, wk, wg, wu, b_hn, h0, y, yt, yb, hT, gates, hn, prev_h, work);
+    float *own = work ? 0 : malloc((size_t)(3 * B * H) * sizeof(float));
+    if (!work && !own) return;
+    K->gru_forward(T, B, H, reverse, x, xt, xb, w, wk, wg, wu, b_hn, h0, y, yt, yb, hT, gates, hn, prev_h,
+                   work ? work : own);
+    free(own);
 }
 
 void mc_gru_backward(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *wt, const float *dy,
