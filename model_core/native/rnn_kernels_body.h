@@ -65,9 +65,55 @@ INL v8 ISA(vsigmoid)(v8 x) { return 0.5f * ISA(vtanh)(0.5f * x) + 0.5f; }   /* Ï
 /* acc[m][g] = sum_k h[m, k] * W[k, g-th gate of this unit group]: mr rows of h (row stride hs),
  * G vectors wide; the tile the forward kernels build on. `full` is 0 only for an unpacked tail
  * group, whose weight rows must not be read past the H valid columns. */
+/* The two hot shapes on AVX2 (LSTM 3 rows x 4 gates, GRU 4 x 3: 12 accumulators each) written
+ * out with named registers and one pointer per row: GCC schedules this form 3-20% faster than the
+ * generic loop below (a C harness at B=33: 81-91 against 78-88 GFLOP/s at H=256, 75-90 against
+ * 66-86 at H=512). */
+INL void ISA(tile_3x4)(int64_t K, const float *h, int64_t hs, const float *w, int64_t wk, int64_t wg,
+                       v8 acc[MRMAX][4])
+{
+    const float *h0 = h, *h1 = h + hs, *h2 = h + 2 * hs;
+    v8 z = ISA(splat)(0.0f);
+    v8 a00 = z, a01 = z, a02 = z, a03 = z, a10 = z, a11 = z, a12 = z, a13 = z, a20 = z, a21 = z, a22 = z, a23 = z;
+    for (int64_t k = 0; k < K; k++) {
+        const float *wr = w + k * wk;
+        v8 w0 = ISA(ld)(wr), w1 = ISA(ld)(wr + wg), w2 = ISA(ld)(wr + 2 * wg), w3 = ISA(ld)(wr + 3 * wg);
+        float x0 = h0[k], x1 = h1[k], x2 = h2[k];
+        a00 += w0 * x0; a01 += w1 * x0; a02 += w2 * x0; a03 += w3 * x0;
+        a10 += w0 * x1; a11 += w1 * x1; a12 += w2 * x1; a13 += w3 * x1;
+        a20 += w0 * x2; a21 += w1 * x2; a22 += w2 * x2; a23 += w3 * x2;
+    }
+    acc[0][0] = a00; acc[0][1] = a01; acc[0][2] = a02; acc[0][3] = a03;
+    acc[1][0] = a10; acc[1][1] = a11; acc[1][2] = a12; acc[1][3] = a13;
+    acc[2][0] = a20; acc[2][1] = a21; acc[2][2] = a22; acc[2][3] = a23;
+}
+
+INL void ISA(tile_4x3)(int64_t K, const float *h, int64_t hs, const float *w, int64_t wk, int64_t wg,
+                       v8 acc[MRMAX][4])
+{
+    const float *h0 = h, *h1 = h + hs, *h2 = h + 2 * hs, *h3 = h + 3 * hs;
+    v8 z = ISA(splat)(0.0f);
+    v8 a00 = z, a01 = z, a02 = z, a10 = z, a11 = z, a12 = z, a20 = z, a21 = z, a22 = z, a30 = z, a31 = z, a32 = z;
+    for (int64_t k = 0; k < K; k++) {
+        const float *wr = w + k * wk;
+        v8 w0 = ISA(ld)(wr), w1 = ISA(ld)(wr + wg), w2 = ISA(ld)(wr + 2 * wg);
+        float x0 = h0[k], x1 = h1[k], x2 = h2[k], x3 = h3[k];
+        a00 += w0 * x0; a01 += w1 * x0; a02 += w2 * x0;
+        a10 += w0 * x1; a11 += w1 * x1; a12 += w2 * x1;
+        a20 += w0 * x2; a21 += w1 * x2; a22 += w2 * x2;
+        a30 += w0 * x3; a31 += w1 * x3; a32 += w2 * x3;
+    }
+    acc[0][0] = a00; acc[0][1] = a01; acc[0][2] = a02;
+    acc[1][0] = a10; acc[1][1] = a11; acc[1][2] = a12;
+    acc[2][0] = a20; acc[2][1] = a21; acc[2][2] = a22;
+    acc[3][0] = a30; acc[3][1] = a31; acc[3][2] = a32;
+}
+
 INL void ISA(tile)(const int G, const int mr, const int full, int64_t nu, int64_t K, const float *h, int64_t hs,
                    const float *w, int64_t wk, int64_t wg, v8 acc[MRMAX][4])
 {
+    if (G == 4 && mr == 3 && full) { ISA(tile_3x4)(K, h, hs, w, wk, wg, acc); return; }
+    if (G == 3 && mr == 4 && full) { ISA(tile_4x3)(K, h, hs, w, wk, wg, acc); return; }
     for (int m = 0; m < mr; m++)
         for (int g = 0; g < G; g++) acc[m][g] = ISA(splat)(0.0f);
     for (int64_t k = 0; k < K; k++) {
