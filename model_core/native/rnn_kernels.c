@@ -24,8 +24,9 @@
  *
  * Shapes: B batch, H hidden, G gates (4 LSTM i,f,g,o; 3 GRU r,z,n), U = ceil(H/8) unit groups.
  * Weights are described by three strides (in floats): wk between rows k, wg between gates, wu
- * between unit groups. Packed: (wk, wg, wu) = (8G, 8, 8GH). W_hh^T itself, (H, GH) C-contiguous:
- * (GH, H, 8): the same kernels read it unpacked.
+ * between unit groups. Packed: (wk, wg, wu) = (8G, 8, 8GH), read by the register tile. W_hh^T as
+ * the layer stores it, (H, GH) C-contiguous: (GH, H, 8) (wu == 8 marks it), read row by row
+ * (axpy_product) for small batches, where packing would cost more than it saves.
  */
 #include <stdint.h>
 #include <stdlib.h>
