@@ -6,6 +6,7 @@
     python scripts/bench_core.py --shapes "32,100,64,256;1,10,8,16" --repeat 9
     python scripts/bench_core.py --device gpu             # adds large shapes; torch on CUDA is cuDNN
     python scripts/bench_core.py --sweep batch --json b.json   # for scripts/plot_performance.py
+    python scripts/bench_core.py --probe --threads 1 --repeat 30  # the recurrent product alone, vs peak
 
 Shapes are B,T,I,H; every layer is float32, one layer, unidirectional, zero initial state. Times
 are the median (or ``--stat min``) of ``--repeat`` runs after a warm-up, one contestant at a time.
@@ -44,6 +45,7 @@ if not HAVE_THREADPOOLCTL:
 import argparse  # noqa: E402 - everything below loads after the thread pin
 import contextlib  # noqa: E402
 import json  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -51,6 +53,7 @@ import numpy as np  # noqa: E402
 _HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(_HERE), str(_HERE.parent)]                          # bench_peers; model_core from a checkout
 import bench_peers as peers  # noqa: E402
+import bench_probe  # noqa: E402
 from model_core.backend import get_xp, gpu_available, to_device, to_numpy  # noqa: E402
 from model_core.nn import GRU, LSTM, RNN  # noqa: E402
 
@@ -58,6 +61,9 @@ if HAVE_THREADPOOLCTL:
     import threadpoolctl  # noqa: E402
 
     _BLAS_LIMIT = threadpoolctl.threadpool_limits(limits=THREADS)     # held for the process's life
+from model_core.threads import set_num_threads  # noqa: E402
+
+ENGINE_THREADS = set_num_threads(THREADS)                               # our kernels' team too
 
 OURS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
 DEFAULT_SHAPES = [(1, 100, 64, 256), (32, 100, 64, 256), (256, 50, 64, 256), (32, 100, 128, 512)]
@@ -112,10 +118,13 @@ class Env:
 
 
 def engine_line(env: Env) -> str:
-    """Which step implementation model_core runs here (the compiled cells or the reference)."""
-    from model_core import jit  # noqa: PLC0415 - after the thread pin, like every model_core import
-    from model_core.cells import uses_jit  # noqa: PLC0415
+    """Which step implementation model_core runs here (native kernels, compiled cells or the reference)."""
+    from model_core import jit, native  # noqa: PLC0415 - after the thread pin, like every model_core import
+    from model_core.cells import uses_jit, uses_native  # noqa: PLC0415
 
+    if uses_native("lstm", env.xp, np.float32):
+        rnn = f"RNN: Numba cells ({jit.REASON})" if uses_jit(env.xp, np.float32) else "RNN: NumPy cells"
+        return f"native LSTM/GRU kernels ({native.REASON}); {rnn}"
     if uses_jit(env.xp, np.float32):
         return f"compiled float32 cells ({jit.REASON}), BLAS for the products"
     if env.gpu:
@@ -307,15 +316,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch, onnxruntime and BLAS threads")
     p.add_argument("--stat", choices=["median", "min"], default="median",
                    help="statistic shown (both go to --json); min resists load from other processes")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: the calling thread's CPU time (with --threads 1 every contestant computes on the "
+                        "calling thread, so time lost to other processes does not count; a loaded machine's choice)")
     p.add_argument("--step-calls", type=int, default=2000, help="calls per single-step latency")
     p.add_argument("--step-batches", type=parse_batches,
                    help=f"batch sizes for the single-step table (default {CPU_STEP_BATCHES} on the CPU, "
                         f"{GPU_STEP_BATCHES} on the GPU)")
     p.add_argument("--sweep", choices=sorted(SWEEPS),
                    help="time a sweep over batch or hidden size instead of the grid (for the plots)")
+    p.add_argument("--probe", action="store_true",
+                   help="time the recurrent product (B,H)@(H,4H) alone against the core's measured peak, then stop")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--quick", action="store_true", help="a tiny grid and few step calls (smoke test)")
     return p
+
+
+class ThreadClock:
+    """``time`` as bench_peers uses it, with the calling thread's CPU clock in place of the wall clock."""
+    perf_counter = staticmethod(time.thread_time)
+    perf_counter_ns = staticmethod(time.thread_time_ns)
+    sleep = staticmethod(time.sleep)
+
+
+PROBE_NAMES = ["openblas", "torch.mm", "numba naive", "ours rows", "ours packed"]
+
+
+def run_probe(env: Env, args) -> int:
+    """The recurrent product alone: GFLOP/s per contestant and its share of this core's peak."""
+    info = peers.machine_info(THREADS)
+    print(peers.machine_line(info))
+    if THREADS != 1:
+        print("note: the probe is meant for --threads 1 (the peak is one core's)")
+    peak = bench_probe.measure_peak(args.repeat, env.torch)
+    print(f"peak: FMA loop {_fmt(peak['fma_loop'], 1)} GFLOP/s, best BLAS 1024^3 {_fmt(peak['blas_square'], 1)} "
+          f"GFLOP/s -> peak {peak['peak']:.1f} GFLOP/s (min of {args.repeat})", flush=True)
+    rows = bench_probe.probe(args.repeat, env.torch)
+    table = [[f"{r['B']}, {r['H']}"] + [
+        "n/a" if r.get(n) is None else f"{r[n]:.0f} ({100 * r[n] / peak['peak']:.0f}%)" for n in PROBE_NAMES]
+        for r in rows]
+    peers.print_table("(B,H) @ (H,4H), float32, GFLOP/s (share of peak)", ["B, H", *PROBE_NAMES], table)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": info, "peak": peak, "probe": rows}, indent=2))
+        print(f"\nwrote {args.json}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,6 +368,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--repeat, --threads and --step-calls must be positive")
     if args.device == "gpu" and gpu_problem():
         raise SystemExit(gpu_problem())
+    if args.clock == "cpu":
+        if args.threads != 1 or args.device != "cpu":
+            raise SystemExit("--clock cpu measures one thread's CPU time: it needs --threads 1 on the CPU")
+        peers.time = ThreadClock()                                      # every timer in bench_peers
+        bench_probe.clock = time.thread_time
     cells = list(peers.CELLS) if args.cell == "all" else [args.cell]
     if args.shapes:
         shapes = args.shapes
@@ -344,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         peers.SETTLE_S = 0.01                                           # a smoke test, not a measurement
     env = Env(args)
+    if args.probe:
+        return run_probe(env, args)
     info = peers.machine_info(THREADS)
     info["engine"] = engine_line(env)
     print(peers.machine_line(info))
@@ -355,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         print(warning)
         info["busy_warning"] = warning
     print(f"device {args.device}; float32, 1 layer, unidirectional, zero state; {args.stat} of {args.repeat} "
+          f"({args.clock} clock) "
           f"after {env.warmup} warm-up, contestants one at a time; outputs checked against torch to {TOL:g}",
           flush=True)
     results = {"machine": info, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

@@ -39,6 +39,10 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from model_core.onnx import InferenceSession  # noqa: E402
+from model_core.threads import set_num_threads  # noqa: E402
+
+set_num_threads(int(THREADS))                                # our kernels' team and OpenBLAS
+clock = time.perf_counter                                    # --clock cpu: time.thread_time
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 DEFAULT_SHAPES = "1,100,64,256;32,100,64,256;16,100,128,128"
@@ -79,9 +83,9 @@ def timed_pair(ours, ref, repeat: int) -> tuple[float, float]:
     best = [float("inf"), float("inf")]
     for _ in range(repeat):
         for k, fn in enumerate((ours, ref)):
-            start = time.perf_counter()
+            start = clock()
             fn()
-            best[k] = min(best[k], time.perf_counter() - start)
+            best[k] = min(best[k], clock() - start)
     return 1000 * best[0], 1000 * best[1]
 
 
@@ -93,13 +97,21 @@ def main() -> None:
     parser.add_argument("--shapes", default=DEFAULT_SHAPES, help='"B,T,I,H;..."')
     parser.add_argument("--directions", default="forward,bidirectional")
     parser.add_argument("--no-ragged", action="store_true", help="skip the sequence_lens cases")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: the calling thread's CPU time (1 thread only; robust on a loaded machine)")
     args = parser.parse_args()
+    global clock
+    if args.clock == "cpu":
+        if args.threads != "1":
+            raise SystemExit("--clock cpu needs --threads 1: every runtime then computes on the calling thread")
+        clock = time.thread_time
     import onnxruntime as ort  # noqa: PLC0415 - the reference extra only
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = int(args.threads)
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")]
-    print(f"threads={args.threads} repeat={args.repeat} (best-of-repeat ms, interleaved; ratio = ours / onnxruntime)")
+    print(f"threads={args.threads} repeat={args.repeat} clock={args.clock} "
+          f"(best-of-repeat ms, interleaved; ratio = ours / onnxruntime)")
     print(f"{'op':<5} {'direction':<14} {'B,T,I,H':<16} {'lengths':<8} {'ours':>9} {'ort':>9} {'ratio':>7}")
     ratios = []
     for op in args.ops.split(","):

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.middleware.cors import CORSMiddleware
 
+from model_core.threads import set_num_threads
 from service import __version__
 from service.api.routes import admin, health, inference, kserve, models, repository, sessions, stream
 from service.auth import APIKeyMiddleware
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         metrics = app.state.metrics
+        set_num_threads(settings.engine_threads)  # before any model runs: every native pool, on purpose
         registry = ModelRegistry(settings.model_dir, settings.device)
         registry.load_all()                       # before yield: no request sees a half-loaded repository
         for e in registry.entries():

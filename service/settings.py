@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     log_format: str = Field("json", pattern="^(json|text)$", description="json: one object per line; text: for humans")
     access_log: bool = Field(True, description="one service.access record per request, with its request id")
     shutdown_timeout_seconds: float = Field(10.0, ge=0, description="on SIGTERM, how long in-flight work may finish")
+    engine_threads: int = Field(
+        1, ge=1, description="threads in every native pool of the engine (OpenBLAS, Numba, the native kernels' "
+                             "OpenMP team): the batcher is the parallelism, so extra pool threads only spin-wait")
 
     # request limits: bad input is refused with a clear 4xx before any math runs
     max_request_bytes: int = Field(1_000_000, ge=1_000)

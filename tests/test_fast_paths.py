@@ -1,12 +1,14 @@
 """Every fast path against the reference path it replaces.
 
-* the compiled (Numba) float32 cells against the NumPy reference cells: forward, BPTT, step;
+* both compiled float32 paths, the native kernels (``model_core.native``: LSTM, GRU) and the Numba
+  cells (every cell), against the NumPy reference cells: forward, BPTT, step, ragged batches,
+  NaN, threads; each test runs once per path (``PATHS``) and skips where a path is unavailable;
 * the rational tanh they use against float64 ``tanh``, including NaN and ±inf;
 * the weight layout (Fortran-ordered storage, C-ordered ``state_dict``, gradients in the weights'
   layout) and the tiled copy that backward uses;
 * the lean ``step()`` against ``forward`` on a length-1 sequence;
 * the choice itself: float32 on the CPU picks the compiled cells, float64 the reference, and
-  ``MODEL_CORE_JIT=0`` turns them off.
+  ``MODEL_CORE_NATIVE=0`` / ``MODEL_CORE_JIT=0`` turn them off.
 """
 import os
 import subprocess
@@ -17,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from model_core import jit
-from model_core.cells import select, uses_jit
+from model_core import jit, native
+from model_core.cells import select, uses_jit, uses_native
 from model_core.cells.matmul import SMALL_MNK, recurrent_product
 from model_core.nn import GRU, LSTM, RNN
 from model_core.nn.recurrent_loop import c_layout
@@ -26,6 +28,7 @@ from model_core.optim.sgd import SGD
 
 CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 needs_jit = pytest.mark.skipif(not jit.AVAILABLE, reason=f"compiled path unavailable: {jit.REASON}")
+PATHS = ("native", "numba")
 # float32 results of two orderings of the same arithmetic, and a tanh within 3e-7 of the true one
 RTOL, ATOL = 2e-5, 2e-6
 
@@ -35,6 +38,21 @@ def make(cell, I=5, H=8, **kw):
     if cell.startswith("rnn_"):
         return RNN(I, H, nonlinearity=cell[4:], **kw)
     return {"lstm": LSTM, "gru": GRU}[cell](I, H, **kw)
+
+
+def on_path(layer, path):
+    """The same layer (shared weights) on one compiled path; skips where that path cannot run it."""
+    if path == "native" and not uses_native(layer._kind, layer.xp, layer.dtype):
+        pytest.skip(f"no native kernel for {layer._kind}: {native.REASON}")
+    if path == "numba" and not jit.AVAILABLE:
+        pytest.skip(f"Numba path unavailable: {jit.REASON}")
+    twin = object.__new__(type(layer))
+    twin.__dict__.update(layer.__dict__)
+    twin._cell = select(layer._kind, layer.xp, layer.dtype, getattr(layer, "nonlinearity", "tanh"),
+                        allow_native=path == "native")
+    twin._consts = twin._cell.gate_constants(layer.xp, layer.hidden_size, layer.dtype)
+    assert twin._cell.fused and twin._cell.native is (path == "native")
+    return twin
 
 
 def reference_twin(layer):
@@ -76,43 +94,59 @@ def _everything(layer, x, state0, dy, dstate, lengths=None):
 # -- the choice -------------------------------------------------------------------------------
 @pytest.mark.parametrize("cell", CELLS)
 def test_selection_follows_dtype(cell):
-    assert make(cell)._cell.fused is jit.AVAILABLE                                # float32, CPU
+    layer = make(cell)                                                         # float32, CPU
+    assert layer._cell.native is uses_native(layer._kind, np, "float32")
+    assert layer._cell.fused is (jit.AVAILABLE or layer._cell.native)
     assert make(cell, dtype="float64")._cell.fused is False
-    assert uses_jit(np, "float64") is False
+    assert uses_jit(np, "float64") is False and uses_native(layer._kind, np, "float64") is False
 
 
-def test_env_var_disables_the_jit():
-    code = ("import numpy as np; from model_core import jit; from model_core.nn import LSTM; "
-            "assert not jit.AVAILABLE and 'MODEL_CORE_JIT' in jit.REASON, jit.REASON; "
-            "l = LSTM(3, 4, seed=0); assert not l._cell.fused; "
-            "y, _ = l.forward(np.ones((2, 1, 3), np.float32)); assert y.shape == (2, 1, 4)")
-    env = {**os.environ, "MODEL_CORE_JIT": "0"}
+def _run_with(env_vars: dict, code: str) -> None:
+    env = {**os.environ, **env_vars}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
 
 
+def test_env_vars_disable_the_compiled_paths():
+    _run_with({"MODEL_CORE_JIT": "0", "MODEL_CORE_NATIVE": "0"}, (
+        "import numpy as np; from model_core import jit, native; from model_core.nn import LSTM; "
+        "assert not jit.AVAILABLE and 'MODEL_CORE_JIT' in jit.REASON, jit.REASON; "
+        "assert not native.AVAILABLE and 'MODEL_CORE_NATIVE' in native.REASON, native.REASON; "
+        "l = LSTM(3, 4, seed=0); assert not l._cell.fused; "
+        "y, _ = l.forward(np.ones((2, 1, 3), np.float32)); assert y.shape == (2, 1, 4)"))
+
+
+@pytest.mark.skipif(not native.AVAILABLE, reason=f"native kernels unavailable: {native.REASON}")
+def test_native_off_falls_back_to_numba_and_isa_cap_is_honoured():
+    _run_with({"MODEL_CORE_NATIVE": "0"}, (
+        "from model_core import jit; from model_core.nn import GRU; "
+        "l = GRU(3, 4, seed=0); assert not l._cell.native and l._cell.fused is jit.AVAILABLE"))
+    _run_with({"MODEL_CORE_NATIVE_ISA": "baseline"}, (
+        "from model_core import native; assert native.REASON.endswith('baseline'), native.REASON"))
+
+
 # -- the compiled cells against the reference ------------------------------------------------------
-@needs_jit
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("config", [
     dict(),
     dict(num_layers=2, bidirectional=True, batch_first=True),
     dict(bias=False),
 ], ids=["plain", "deep-bidir-batch-first", "no-bias"])
-def test_fused_matches_reference(cell, config):
-    layer = make(cell, **config)
+def test_fused_matches_reference(cell, config, path):
+    layer = on_path(make(cell, **config), path)
     ref = reference_twin(layer)
-    assert layer._cell.fused and not ref._cell.fused
+    assert not ref._cell.fused
     args = _inputs(layer)
     got, want = _everything(layer, *args), _everything(ref, *args)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=ATOL, err_msg=name)
 
 
-@needs_jit
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_fused_matches_reference_ragged(cell):
-    layer = make(cell, num_layers=2, bidirectional=True)
+def test_fused_matches_reference_ragged(cell, path):
+    layer = on_path(make(cell, num_layers=2, bidirectional=True), path)
     ref = reference_twin(layer)
     args = _inputs(layer, T=6, B=4)
     lengths = np.array([6, 1, 0, 4])
@@ -121,22 +155,24 @@ def test_fused_matches_reference_ragged(cell):
         np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=ATOL, err_msg=name)
 
 
-@needs_jit
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_fused_matches_reference_at_benchmark_size(cell):
-    """A size where the rows are long enough for the vectorised loop bodies and their tails."""
-    layer = make(cell, I=16, H=70, seed=4)
+@pytest.mark.parametrize("T,B", [(5, 9), (9, 13)], ids=["rows-unpacked", "rows-packed"])
+def test_fused_matches_reference_at_benchmark_size(cell, path, T, B):
+    """A size where the rows are long enough for the vectorised loop bodies and their tails
+    (H=70: eight full unit groups and one of six), read unpacked (B*T < 64) and packed."""
+    layer = on_path(make(cell, I=16, H=70, seed=4), path)
     ref = reference_twin(layer)
-    args = _inputs(layer, T=5, B=9, seed=4)
+    args = _inputs(layer, T=T, B=B, seed=4)
     got, want = _everything(layer, *args), _everything(ref, *args)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=name)
 
 
-@needs_jit
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_fused_step_matches_reference_step(cell):
-    layer = make(cell, num_layers=2)
+def test_fused_step_matches_reference_step(cell, path):
+    layer = on_path(make(cell, num_layers=2), path)
     ref = reference_twin(layer)
     x, state0, _, _ = _inputs(layer, T=4)
     s_fast, s_ref = state0, state0
@@ -148,10 +184,10 @@ def test_fused_step_matches_reference_step(cell):
         np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
 
 
-@needs_jit
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("cell", ("lstm", "gru", "rnn_tanh"))
-def test_fused_propagates_nan_like_numpy(cell):
-    layer = make(cell)
+def test_fused_propagates_nan_like_numpy(cell, path):
+    layer = on_path(make(cell), path)
     x, state0, _, _ = _inputs(layer, T=3, B=2)
     x[0, 1, 0] = np.nan
     y, _ = layer.forward(x, state0)
@@ -160,10 +196,10 @@ def test_fused_propagates_nan_like_numpy(cell):
     assert np.isnan(y[:, 1]).all() and not np.isnan(y[:, 0]).any()
 
 
-@needs_jit
-def test_fused_thread_safety():
+@pytest.mark.parametrize("path", PATHS)
+def test_fused_thread_safety(path):
     """8 threads share one float32 layer running the compiled cells (they release the GIL)."""
-    layer = LSTM(6, 16, num_layers=2, seed=3)
+    layer = on_path(LSTM(6, 16, num_layers=2, seed=3), path)
     jobs = [_inputs(layer, T=20, B=4, seed=100 + k) for k in range(8)]
     solo = [_everything(layer, *job) for job in jobs]
     start = threading.Barrier(8)
@@ -247,7 +283,7 @@ def test_tiled_copy_matches_numpy(shape):
 def test_moved_layer_keeps_layout_and_cell():
     layer = LSTM(3, 4, seed=0, dtype="float64")
     moved = layer.to("cpu")
-    assert moved._cell.fused is False and moved.parameters()["weight_hh_l0"].flags.f_contiguous
+    assert moved._cell.fused is False and moved._cell.native is False and moved.parameters()["weight_hh_l0"].flags.f_contiguous
     np.testing.assert_array_equal(moved.parameters()["weight_hh_l0"], layer.parameters()["weight_hh_l0"])
 
 

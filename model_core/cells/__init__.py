@@ -1,9 +1,10 @@
 """Single-step cells: each file holds one cell's step forward and step backward side by side.
 
 ``lstm_cell``, ``gru_cell`` and ``rnn_cell`` are the reference steps, written once for NumPy and
-CuPy. ``fused_lstm``, ``fused_gru`` and ``fused_rnn`` do the same math with the elementwise part
-compiled by Numba; they exist only when ``model_core.jit.AVAILABLE``. ``select`` is the one place
-that picks between them.
+CuPy. ``native_lstm`` and ``native_gru`` run the whole time loop in the compiled kernels of
+``model_core.native`` (when ``model_core.native.AVAILABLE``); ``fused_lstm``, ``fused_gru`` and
+``fused_rnn`` do the step's elementwise part with Numba (when ``model_core.jit.AVAILABLE``).
+``select`` is the one place that picks between them: native, else Numba, else the reference.
 """
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from types import ModuleType, SimpleNamespace
 
 import numpy as np
 
-from model_core import jit
+from model_core import jit, native
 from model_core.cells import gru_cell, lstm_cell, rnn_cell
 
-__all__ = ["gru_cell", "lstm_cell", "rnn_cell", "select", "uses_jit"]
+__all__ = ["gru_cell", "lstm_cell", "rnn_cell", "select", "uses_jit", "uses_native"]
 
 _REFERENCE = {"lstm": lstm_cell, "gru": gru_cell, "rnn": rnn_cell}
 
@@ -22,6 +23,19 @@ _REFERENCE = {"lstm": lstm_cell, "gru": gru_cell, "rnn": rnn_cell}
 def uses_jit(xp, dtype) -> bool:
     """The compiled cells are written for float32 NumPy arrays; float64 and CuPy use the reference."""
     return jit.AVAILABLE and xp is np and np.dtype(dtype) == np.float32
+
+
+def uses_native(kind: str, xp, dtype) -> bool:
+    """The native kernels: LSTM and GRU, float32 NumPy arrays (the RNN's loop is BLAS-bound already)."""
+    return native.AVAILABLE and kind in ("lstm", "gru") and xp is np and np.dtype(dtype) == np.float32
+
+
+def _native(kind: str) -> ModuleType:
+    if kind == "lstm":
+        from model_core.cells import native_lstm as mod  # noqa: PLC0415 - loads the native library
+    else:
+        from model_core.cells import native_gru as mod  # noqa: PLC0415
+    return mod
 
 
 def _fused(kind: str) -> ModuleType:
@@ -34,21 +48,27 @@ def _fused(kind: str) -> ModuleType:
     return mod
 
 
-def select(kind: str, xp, dtype, nonlinearity: str = "tanh", reference: bool = False) -> SimpleNamespace:
+def select(kind: str, xp, dtype, nonlinearity: str = "tanh", reference: bool = False,
+           allow_native: bool = True) -> SimpleNamespace:
     """The cell a layer runs: ``kind`` is "lstm", "gru" or "rnn" (with ``nonlinearity``).
 
     Returns a namespace with GATES, STATE_SIZE, gate_constants, cache_shapes, fold_bias,
-    step_forward, step_backward and ``fused`` (whether the compiled path was chosen).
-    ``reference=True`` forces the NumPy/CuPy step (tests compare the two).
+    step_forward, step_backward, ``fused`` (a compiled path was chosen) and ``native`` (the native
+    kernels, which also bring sequence_forward / sequence_backward for whole sequences).
+    ``reference=True`` forces the NumPy/CuPy step and ``allow_native=False`` skips the native kernels
+    (tests compare the paths).
     """
     if kind not in _REFERENCE:
         raise ValueError(f"cell kind must be one of {tuple(_REFERENCE)}, got {kind!r}")
-    fused = not reference and uses_jit(xp, dtype)
-    mod = _fused(kind) if fused else _REFERENCE[kind]
+    use_native = not reference and allow_native and uses_native(kind, xp, dtype)
+    fused = not reference and (use_native or uses_jit(xp, dtype))
+    mod = _native(kind) if use_native else _fused(kind) if fused else _REFERENCE[kind]
     if kind == "rnn":
         step_forward, step_backward = mod.make(nonlinearity)
     else:
         step_forward, step_backward = mod.step_forward, mod.step_backward
     return SimpleNamespace(GATES=mod.GATES, STATE_SIZE=mod.STATE_SIZE, gate_constants=mod.gate_constants,
                            cache_shapes=mod.cache_shapes, fold_bias=mod.fold_bias,
-                           step_forward=step_forward, step_backward=step_backward, fused=fused)
+                           step_forward=step_forward, step_backward=step_backward, fused=fused,
+                           native=use_native, sequence_forward=getattr(mod, "sequence_forward", None),
+                           sequence_backward=getattr(mod, "sequence_backward", None))

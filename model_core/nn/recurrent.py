@@ -187,7 +187,8 @@ class RecurrentBase(Module):
             xproj = inp @ p["w_ih"].T                                           # (B, G*H)
             if p["bias"] is not None:
                 xproj += p["bias"]
-            cache_t = {k: xp.empty(s, dtype=self.dtype) for k, s in shapes.items()}
+            # the native kernels keep nothing for inference; the others want scratch buffers
+            cache_t = None if cell.native else {k: xp.empty(s, dtype=self.dtype) for k, s in shapes.items()}
             cell.step_forward(xp, xproj, tuple(s[layer] for s in state0), p["w_hh"].T, p["b_hh"],
                               self._consts, cache_t, tuple(n[layer] for n in new))
             inp = new[0][layer]

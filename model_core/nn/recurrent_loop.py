@@ -46,11 +46,13 @@ def forward_direction(xp, cell, consts, xproj, state0, weight_hh, bias_hh, masks
     weight_hh: (G*H, H); masks: None or (bool (T, B, 1), float (T, B, 1)); y_out: (T, B, H)
     view that receives h_t. Returns (final_state, cache); cache is None unless ``train``.
     """
+    weight_hh_t = weight_hh.T                                    # (H, G*H), contiguous when stored F-order
+    if cell.native and masks is None:                            # the whole loop in one compiled call
+        return cell.sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out, train)
     T, B, _ = xproj.shape
     H = state0[0].shape[1]
     dtype = xproj.dtype
     n_state = len(state0)
-    weight_hh_t = weight_hh.T                                    # (H, G*H), contiguous when stored F-order
     shapes = cell.cache_shapes(B, H)
     if train:
         # Everything backward needs, preallocated once for the whole sequence.
@@ -106,13 +108,18 @@ def backward_direction(xp, cell, consts, cache, weight_hh, dy, d_final, masks, s
     Returns (dgx, dgh, d_state0): pre-activation gradients for the input side (T, B, G*H) and the
     hidden side (the same array except for the GRU), and the gradient on the initial state.
     """
+    if cell.native and masks is None:
+        return cell.sequence_backward(cache, weight_hh.T, dy, d_final)
     step_cache, prev = cache["steps"], cache["prev"]
     T, B, H = prev[0].shape
     G = cell.GATES
     dtype = prev[0].dtype
     dgx = xp.empty((T, B, G * H), dtype=dtype)
     dgh = xp.empty_like(dgx) if separate_hidden_grad else dgx
-    weight = c_layout(xp, weight_hh) if T > 1 else weight_hh    # (G*H, H) for dg @ W_hh, once per call
+    if cell.native:                                              # the kernel reads W_hh^T (H, G*H) by rows
+        weight = weight_hh.T
+    else:                                                        # (G*H, H) for dg @ W_hh, once per call
+        weight = c_layout(xp, weight_hh) if T > 1 else weight_hh
     names = tuple(step_cache)
     d = tuple(dk.copy() for dk in d_final)
     for t in reversed(_time_order(T, cache["reverse"])):

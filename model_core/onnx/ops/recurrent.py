@@ -6,9 +6,14 @@ inputs B, sequence_lens, initial_h, initial_c and P (peepholes), ``clip``, ``inp
 and any subset of the outputs Y, Y_h, Y_c.
 
 Speed: W, R and B are laid out once (at load time when they are initializers): one GEMM projects
-every step of every direction, then each step is one (N, H) @ (H, G*H) GEMM into a preallocated
-buffer and in-place gate math (``recurrent_loops``); reverse directions read the projection
-backwards through a view, and masking runs only at steps where some sequence has ended.
+every step of every direction. With the default activations and no clip, peepholes or
+input_forget (and, for the GRU, linear_before_reset=1, as torch exports it), LSTM and GRU run the
+engine's native kernels (``model_core.native``): the gates are reordered to the engine's order
+(i, f, g, o; r, z, n) and R packed once, at load, and a whole direction is one compiled call. Every
+other configuration, and the RNN, runs the NumPy loops of ``recurrent_loops``: each step is one
+(N, H) @ (H, G*H) GEMM into a preallocated buffer and in-place gate math; reverse directions read
+the projection backwards through a view, and masking runs only at steps where some sequence has
+ended.
 
 Ragged batches follow onnxruntime: Y is zero past each sequence's length, Y_h / Y_c hold the
 state at its last valid step, the reverse direction starts at each sequence's own last valid
@@ -20,14 +25,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from model_core import native
 from model_core.backend import to_numpy
+from model_core.cells.native_weights import packed_weights
 from model_core.onnx.ops.activations import bind_activations
-from model_core.onnx.ops.recurrent_loops import gru_loop, lstm_loop, lstm_loop_halved, rnn_loop
+from model_core.onnx.ops.recurrent_loops import gru_loop, lstm_loop, lstm_loop_halved, native_loop, rnn_loop
 from model_core.onnx.ops.registry import Unsupported, register
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
 DIRECTIONS = {"forward": (False,), "reverse": (True,), "bidirectional": (False, True)}
+# ONNX gate blocks in the engine's order: LSTM i,o,f,c -> i,f,g,o; GRU z,r,h -> r,z,n
+ENGINE_GATE_ORDER = {"LSTM": (0, 2, 3, 1), "GRU": (1, 0, 2)}
 
 
 @dataclass(frozen=True)
@@ -104,12 +113,14 @@ class Weights:
     biases summed, less R's candidate bias under linear_before_reset, which is ``rb_h`` (per
     direction (H,)); R_T: per direction (H, G*H), contiguous, the per-step GEMM's right operand.
     ``halved``: per direction, whether the LSTM's i, o, f columns are scaled by 1/2 (see
-    ``halved_gates``)."""
+    ``halved_gates``). ``kernel``: per direction, R packed for the native kernels, or None when
+    the NumPy loops run (then the gates keep the ONNX order)."""
     W_T: object
     bias: object
     R_T: tuple
     rb_h: tuple | None
     halved: tuple
+    kernel: tuple | None = None
 
 
 def halved_gates(cfg, peepholes: bool) -> tuple:
@@ -124,7 +135,32 @@ def halved_gates(cfg, peepholes: bool) -> tuple:
     return tuple(n == ("sigmoid", "tanh", "tanh") for n in names)
 
 
-def prepare_weights(xp, cfg, W, R, B, H, halved) -> Weights:
+def runs_native(xp, cfg, peepholes: bool, dtype) -> bool:
+    """Can the native kernels run this node? They implement the default activations only."""
+    if not native.AVAILABLE or xp is not np or np.dtype(dtype) != np.float32 or cfg.op_type == "RNN":
+        return False
+    if cfg.clip is not None or peepholes or cfg.input_forget:
+        return False
+    if cfg.op_type == "GRU" and not cfg.linear_before_reset:      # r multiplies h before R's product
+        return False
+    default = tuple(n.lower() for n in DEFAULT_ACTIVATIONS[cfg.op_type])     # sigmoid, tanh: no coefficients
+    return all(tuple(slot[d if len(slot) > 1 else 0].key[0] for slot in cfg.activations) == default
+               for d in range(len(cfg.reversed_dirs)))
+
+
+def _engine_order(a, op_type, H, axis):
+    """Gate blocks of size H along ``axis`` reordered from ONNX's order to the engine's."""
+    blocks = [np.take(a, np.arange(k * H, (k + 1) * H), axis=axis) for k in ENGINE_GATE_ORDER[op_type]]
+    return np.concatenate(blocks, axis=axis)
+
+
+def prepare_weights(xp, cfg, W, R, B, H, halved, use_native=False) -> Weights:
+    if use_native:
+        W, R = _engine_order(W, cfg.op_type, H, 1), _engine_order(R, cfg.op_type, H, 1)
+        if B is not None:
+            GH = B.shape[1] // 2
+            B = np.concatenate([_engine_order(B[:, :GH], cfg.op_type, H, 1),
+                                _engine_order(B[:, GH:], cfg.op_type, H, 1)], axis=1)
     D, GH, I = W.shape
     scale = xp.ones((D, GH), W.dtype)  # (D, G*H)
     for d, half in enumerate(halved):
@@ -140,7 +176,8 @@ def prepare_weights(xp, cfg, W, R, B, H, halved) -> Weights:
             rb_h = tuple(xp.ascontiguousarray(rb[d, 2 * H:]) for d in range(D))
             rb = xp.concatenate([rb[:, :2 * H], xp.zeros_like(rb[:, 2 * H:])], axis=1)
         bias = ((wb + rb) * scale).reshape(D * GH)
-    return Weights(W_T, bias, R_T, rb_h, tuple(halved))
+    kernel = tuple(packed_weights(r) for r in R_T) if use_native else None
+    return Weights(W_T, bias, R_T, rb_h, tuple(halved), kernel)
 
 
 def _constant_weights(node, cfg) -> Weights | None:
@@ -155,8 +192,9 @@ def _constant_weights(node, cfg) -> Weights | None:
     if W.shape[:2] != (D, G * H) or R.shape != (D, G * H, H) or (B is not None and B.shape != (D, 2 * G * H)):
         return None
     xp = node.xp
+    use_native = runs_native(xp, cfg, node.has_input(7), W.dtype)
     return prepare_weights(xp, cfg, xp.asarray(W), xp.asarray(R), None if B is None else xp.asarray(B), H,
-                           halved_gates(cfg, node.has_input(7)))
+                           (False,) * D if use_native else halved_gates(cfg, node.has_input(7)), use_native)
 
 
 def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_c, P, constant=None):
@@ -176,7 +214,12 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
     _expect(cfg, "initial_c", initial_c, (D, N, H))
     _expect(cfg, "P", P, (D, 3 * H))
     lengths = _lengths(cfg, sequence_lens, T, N)
-    w = constant or prepare_weights(xp, cfg, W, R, B, H, halved_gates(cfg, P is not None))
+    if constant is None or (constant.kernel is not None and X.dtype != np.float32):
+        use_native = runs_native(xp, cfg, P is not None, X.dtype)
+        w = prepare_weights(xp, cfg, W, R, B, H, (False,) * D if use_native else halved_gates(cfg, P is not None),
+                            use_native)
+    else:
+        w = constant
 
     # project every step of every direction at once: one GEMM instead of one per step
     xw = xp.matmul(X.reshape(T * N, I), w.W_T)  # (T*N, D*G*H)
@@ -193,14 +236,17 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
     for d, backwards in enumerate(cfg.reversed_dirs):
         x_d = xw[:, :, d]  # (T, N, G*H) in input time order
         y_d = None if ys is None else ys[:, d]  # (T, N, H)
-        if backwards and reverse_index is None:
+        if backwards and reverse_index is None and w.kernel is None:
             x_d, y_d = x_d[::-1], None if y_d is None else y_d[::-1]  # views: reading backwards is free
-        elif backwards:
+        elif backwards and reverse_index is not None:
             # each sequence runs backwards from its own last step: gather once, scatter Y back after
             x_d = x_d[reverse_index, xp.arange(N)[None, :]]
             y_d = None if ys is None else xp.empty((T, N, H), X.dtype)
         acts = tuple(slot[d] if len(slot) > 1 else slot[0] for slot in cfg.activations)
-        if cfg.op_type == "LSTM":
+        if w.kernel is not None:
+            native_loop(cfg.op_type, x_d, w.kernel[d], None if w.rb_h is None else w.rb_h[d], hs[d],
+                        None if cs is None else cs[d], masks, y_d, backwards and reverse_index is None)
+        elif cfg.op_type == "LSTM":
             loop = lstm_loop_halved if w.halved[d] else lstm_loop
             loop(xp, cfg, acts, x_d, w.R_T[d], None if P is None else P[d], hs[d], cs[d], masks, y_d)
         elif cfg.op_type == "GRU":
@@ -228,8 +274,9 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
 
 
 def _initial(xp, given, shape, dtype):
-    """A fresh state array the loops update in place (the caller's initial state is never written)."""
-    return xp.zeros(shape, dtype) if given is None else xp.array(given, dtype=dtype, copy=True)
+    """A fresh C-ordered state array the loops update in place (the caller's initial state is never
+    written; layout 1 hands in a transposed view, whose copy would otherwise keep its strides)."""
+    return xp.zeros(shape, dtype) if given is None else xp.array(given, dtype=dtype, copy=True, order="C")
 
 
 def _expect(cfg, name, array, shape):

@@ -6,8 +6,15 @@ step is one ``(N, H) @ (H, G*H)`` GEMM into a preallocated gate buffer, then gat
 ``h`` (and ``c``) (N, H) are updated in place. ``masks[t]`` is None while every sequence is
 running, else (N, 1), False where a sequence has ended: its state is held (the caller zeroes Y
 there). ``acts`` holds the direction's activations, in the op's slot order.
+
+``native_loop`` is the exception: the engine's compiled kernels, for the default activations.
 """
 from __future__ import annotations
+
+import numpy as np
+
+from model_core.cells.native_weights import NULL, ptr, row_strides
+from model_core.native import lib
 
 
 def activate(xp, fn, a) -> None:
@@ -174,3 +181,46 @@ def rnn_loop(xp, cfg, acts, x, R_T, h, masks, ys) -> None:
         _commit(xp, h, h_new, masks[t])
         if ys is not None:
             ys[t] = h
+
+
+def native_loop(op_type, x, weights, rb_h, h, c, masks, ys, reverse) -> None:
+    """LSTM or GRU (linear_before_reset) through the native kernels, default activations.
+
+    x (T, N, G*H) with its gate blocks in the engine's order (i, f, g, o / r, z, n) and every bias
+    folded except the GRU's ``rb_h`` (H,) or None; ``weights``: R packed
+    (``native_weights.packed_weights``); h, c (N, H) C-contiguous, updated in place (c None for
+    the GRU); ys (T, N, H) or None. Full-length batches are one call (``reverse``: read x and
+    write ys from the last step back); ragged ones one call per step, masked here.
+    """
+    T, N, GH = x.shape
+    H = h.shape[1]
+    lstm = op_type == "LSTM"
+    if not h.flags.c_contiguous or (lstm and not c.flags.c_contiguous):
+        raise ValueError("native_loop updates h and c in place and needs them C-contiguous")
+    if ys is None:
+        ys = np.empty((T, N, H), np.float32)                       # the kernel reads h_t back from Y
+    b_hn = np.zeros(H, np.float32) if rb_h is None else np.ascontiguousarray(rb_h, dtype=np.float32)
+    work = np.empty(6 * N * H, np.float32)
+    w = weights
+    if all(m is None for m in masks):
+        xt, xb = row_strides(x)
+        yt, yb = row_strides(ys)
+        if lstm:
+            lib.mc_lstm_forward(T, N, H, int(reverse), ptr(x), xt, xb, w.ptr, w.wk, w.wg, w.wu, ptr(h), ptr(c),
+                                ptr(ys), yt, yb, ptr(h), ptr(c), NULL, NULL, NULL, NULL, ptr(work))
+        else:
+            lib.mc_gru_forward(T, N, H, int(reverse), ptr(x), xt, xb, w.ptr, w.wk, w.wg, w.wu, ptr(b_hn), ptr(h),
+                               ptr(ys), yt, yb, ptr(h), NULL, NULL, NULL, ptr(work))
+        return
+    h_new, c_new = np.empty((N, H), np.float32), np.empty((N, H), np.float32)
+    for t in range(T):
+        x_t = np.ascontiguousarray(x[t])                               # (N, G*H)
+        if lstm:
+            lib.mc_lstm_forward(1, N, H, 0, ptr(x_t), 0, GH, w.ptr, w.wk, w.wg, w.wu, ptr(h), ptr(c), ptr(h_new),
+                                0, H, NULL, ptr(c_new), NULL, NULL, NULL, NULL, ptr(work))
+            _commit(np, c, c_new, masks[t])
+        else:
+            lib.mc_gru_forward(1, N, H, 0, ptr(x_t), 0, GH, w.ptr, w.wk, w.wg, w.wu, ptr(b_hn), ptr(h), ptr(h_new),
+                               0, H, NULL, NULL, NULL, NULL, ptr(work))
+        _commit(np, h, h_new, masks[t])
+        ys[t] = h

@@ -1,0 +1,93 @@
+"""GRU with the whole time loop in compiled code (``model_core/native``): forward and BPTT side by side.
+
+Same math and caches as ``gru_cell`` (whose docstring has the equations and why b_hn stays out
+of the input projection). ``sequence_*`` run whole sequences in one call, ``step_*`` one step
+(``step()`` and ragged batches). Selected by ``model_core.cells.select`` for float32 NumPy layers
+when ``model_core.native.AVAILABLE``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from model_core.cells.gru_cell import GATES, STATE_SIZE, cache_shapes, fold_bias
+from model_core.cells.native_weights import NULL, backward_strides, c_array, ptr, recurrent_weights, row_strides
+from model_core.native import lib
+
+__all__ = ["GATES", "STATE_SIZE", "cache_shapes", "fold_bias", "gate_constants", "sequence_backward",
+           "sequence_forward", "step_backward", "step_forward"]
+
+
+def gate_constants(xp, H: int, dtype):
+    """A zero b_hn for layers built with ``bias=False``, so the kernel has one signature."""
+    return {"zero_bias": xp.zeros((H,), dtype=dtype)}
+
+
+def _b_hn(bias_hh, consts, H):
+    return consts["zero_bias"] if bias_hh is None else c_array(bias_hh[2 * H:])   # (H,)
+
+
+def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out, train):
+    """One direction over a full-length sequence: xproj (T, B, 3H); state0 (h0,) (B, H);
+    weight_hh_t (H, 3H); bias_hh (3H,) or None; y_out (T, B, H) view. Returns ((h_T,), cache)."""
+    T, B, G3 = xproj.shape
+    H = G3 // 3
+    h0 = c_array(state0[0])
+    w = recurrent_weights(weight_hh_t, B, T)
+    hT = np.empty((B, H), np.float32)
+    cache, ptrs = None, (NULL,) * 3
+    if train:
+        cache = {"steps": {"gates": np.empty((T, B, 3 * H), np.float32), "hn": np.empty((T, B, H), np.float32)},
+                 "prev": [np.empty((T, B, H), np.float32)], "reverse": reverse}
+        ptrs = (ptr(cache["steps"]["gates"]), ptr(cache["steps"]["hn"]), ptr(cache["prev"][0]))
+    xt, xb = row_strides(xproj)
+    yt, yb = row_strides(y_out)
+    b_hn, work = _b_hn(bias_hh, consts, H), np.empty(3 * B * H, np.float32)     # work: (B, 3H) unpacked
+    lib.mc_gru_forward(T, B, H, int(reverse), ptr(xproj), xt, xb, w.ptr, w.wk, w.wg, w.wu,
+                       ptr(b_hn), ptr(h0), ptr(y_out), yt, yb, ptr(hT), *ptrs, ptr(work))
+    return (hT,), cache
+
+
+def sequence_backward(cache, weight_hh_t, dy, d_final):
+    """BPTT over a full-length sequence: dy (T, B, H), d_final (dh_T,). Returns (dgx, dgh, (dh0,)):
+    input-side and hidden-side pre-activation gradients, each (T, B, 3H)."""
+    gates, hn = cache["steps"]["gates"], cache["steps"]["hn"]
+    weight_hh_t = c_array(weight_hh_t)                                  # (H, 3H)
+    T, B, G3 = gates.shape
+    H = G3 // 3
+    dy = backward_strides(dy)
+    dyt, dyb = row_strides(dy)
+    dgx, dgh = np.empty((T, B, 3 * H), np.float32), np.empty((T, B, 3 * H), np.float32)
+    dh0, work = np.empty((B, H), np.float32), np.empty((B, H), np.float32)
+    dhT = c_array(d_final[0])                            # every array passed stays named until the call returns
+    lib.mc_gru_backward(T, B, H, int(cache["reverse"]), ptr(weight_hh_t), ptr(dy), dyt, dyb, ptr(gates), ptr(hn),
+                        ptr(cache["prev"][0]), ptr(dhT), ptr(dgx), ptr(dgh), ptr(dh0), ptr(work))
+    return dgx, dgh, (dh0,)
+
+
+def step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, out):
+    """One step: xproj_t (B, 3H); prev (h,); out (h',) (B, H) C-contiguous; cache_t {"gates", "hn"}
+    is written when given (None: inference)."""
+    xproj_t = c_array(xproj_t)
+    B, G3 = xproj_t.shape
+    H = G3 // 3
+    h = c_array(prev[0])
+    w = recurrent_weights(weight_hh_t, B)
+    gates = hn = NULL
+    if cache_t is not None:
+        gates, hn = ptr(cache_t["gates"]), ptr(cache_t["hn"])
+    b_hn = _b_hn(bias_hh, consts, H)
+    lib.mc_gru_forward(1, B, H, 0, ptr(xproj_t), 0, G3, w.ptr, w.wk, w.wg, w.wu, ptr(b_hn), ptr(h), ptr(out[0]), 0,
+                       out[0].strides[0] // 4, NULL, gates, hn, NULL, NULL)
+
+
+def step_backward(xp, d_next, prev, weight_hh_t, consts, cache_t, dgx_t, dgh_t):
+    """One step of BPTT: writes dgx_t and dgh_t (B, 3H); returns (dh,). ``weight_hh_t`` (H, 3H)."""
+    B, G3 = dgx_t.shape
+    H = G3 // 3
+    weight_hh_t = c_array(weight_hh_t)
+    dh = np.empty((B, H), np.float32)
+    work = np.empty((B, H), np.float32)
+    h, dh_next = c_array(prev[0]), c_array(d_next[0])
+    lib.mc_gru_backward(1, B, H, 0, ptr(weight_hh_t), NULL, 0, 0, ptr(cache_t["gates"]), ptr(cache_t["hn"]),
+                        ptr(h), ptr(dh_next), ptr(dgx_t), ptr(dgh_t), ptr(dh), ptr(work))
+    return (dh,)

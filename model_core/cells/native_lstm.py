@@ -1,0 +1,100 @@
+"""LSTM with the whole time loop in compiled code (``model_core/native``): forward and BPTT side by side.
+
+Same math and caches as ``lstm_cell`` (whose docstring has the equations): the kernel runs every
+step's recurrent product from a register tile, the gates and the state update, so a sequence is
+one call. ``sequence_forward`` / ``sequence_backward`` run whole sequences; ``step_forward`` /
+``step_backward`` are the same kernels for one step (``step()``, and ragged batches, whose loop
+over time stays in ``recurrent_loop``). Selected by ``model_core.cells.select`` for float32 NumPy
+layers when ``model_core.native.AVAILABLE``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from model_core.cells.lstm_cell import GATES, STATE_SIZE, cache_shapes, fold_bias, gate_constants
+from model_core.cells.native_weights import NULL, backward_strides, c_array, ptr, recurrent_weights, row_strides
+from model_core.native import lib
+
+__all__ = ["GATES", "STATE_SIZE", "cache_shapes", "fold_bias", "gate_constants", "sequence_backward",
+           "sequence_forward", "step_backward", "step_forward"]
+
+
+def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out, train):
+    """One direction over a full-length sequence.
+
+    xproj: (T, B, 4H) with both biases; state0: (h0, c0), each (B, H); weight_hh_t: (H, 4H)
+    C-contiguous; y_out: (T, B, H) view (rows may be strided) that receives every h_t.
+    Returns ((h_T, c_T), cache); the cache (gates, tanh_c and the states entering each step,
+    as ``recurrent_loop`` lays them out) only when ``train``.
+    """
+    T, B, G4 = xproj.shape
+    H = G4 // 4
+    h0, c0 = (c_array(s) for s in state0)
+    w = recurrent_weights(weight_hh_t, B, T)
+    hT, cT = np.empty((B, H), np.float32), np.empty((B, H), np.float32)
+    work = np.empty(6 * B * H, np.float32)                               # c ping-pong; (B, 4H) unpacked
+    cache, ptrs = None, (NULL,) * 4
+    if train:
+        cache = {"steps": {"gates": np.empty((T, B, 4 * H), np.float32), "tanh_c": np.empty((T, B, H), np.float32)},
+                 "prev": [np.empty((T, B, H), np.float32), np.empty((T, B, H), np.float32)], "reverse": reverse}
+        ptrs = (ptr(cache["steps"]["gates"]), ptr(cache["steps"]["tanh_c"]), ptr(cache["prev"][0]), ptr(cache["prev"][1]))
+    xt, xb = row_strides(xproj)
+    yt, yb = row_strides(y_out)
+    lib.mc_lstm_forward(T, B, H, int(reverse), ptr(xproj), xt, xb, w.ptr, w.wk, w.wg, w.wu, ptr(h0), ptr(c0),
+                        ptr(y_out), yt, yb, ptr(hT), ptr(cT), *ptrs, ptr(work))
+    return (hT, cT), cache
+
+
+def sequence_backward(cache, weight_hh_t, dy, d_final):
+    """BPTT over a full-length sequence: dy (T, B, H) (rows may be strided), d_final (dh_T, dc_T).
+
+    Returns (dgx, dgh, (dh0, dc0)): the pre-activation gradients (T, B, 4H) (one array: the
+    biases are folded) and the gradient on the initial state.
+    """
+    gates, tanh_c = cache["steps"]["gates"], cache["steps"]["tanh_c"]
+    weight_hh_t = c_array(weight_hh_t)                                  # (H, 4H); the layer's storage already is
+    T, B, G4 = gates.shape
+    H = G4 // 4
+    dy = backward_strides(dy)
+    dyt, dyb = row_strides(dy)
+    dhT, dcT = (c_array(d) for d in d_final)
+    dgx = np.empty((T, B, 4 * H), np.float32)
+    dh0, dc0 = np.empty((B, H), np.float32), np.empty((B, H), np.float32)
+    work = np.empty((2, B, H), np.float32)
+    lib.mc_lstm_backward(T, B, H, int(cache["reverse"]), ptr(weight_hh_t), ptr(dy), dyt, dyb, ptr(gates),
+                         ptr(tanh_c), ptr(cache["prev"][1]), ptr(dhT), ptr(dcT), ptr(dgx), ptr(dh0), ptr(dc0),
+                         ptr(work))
+    return dgx, dgx, (dh0, dc0)
+
+
+def step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, out):
+    """One step: xproj_t (B, 4H) C-contiguous; prev (h, c); out (h', c'), each (B, H), h' with
+    contiguous rows and c' C-contiguous; cache_t
+    {"gates", "tanh_c"} is written when given (None: inference, nothing kept)."""
+    xproj_t = c_array(xproj_t)
+    B, G4 = xproj_t.shape
+    H = G4 // 4
+    h, c = (c_array(s) for s in prev)
+    h_next, c_next = out
+    w = recurrent_weights(weight_hh_t, B)
+    gates = tanh_c = NULL
+    if cache_t is not None:
+        gates, tanh_c = ptr(cache_t["gates"]), ptr(cache_t["tanh_c"])
+    lib.mc_lstm_forward(1, B, H, 0, ptr(xproj_t), 0, G4, w.ptr, w.wk, w.wg, w.wu, ptr(h), ptr(c),
+                        ptr(h_next), 0, h_next.strides[0] // 4, NULL, ptr(c_next), gates, tanh_c, NULL, NULL, NULL)
+
+
+def step_backward(xp, d_next, prev, weight_hh_t, consts, cache_t, dgx_t, dgh_t):
+    """One step of BPTT: d_next (dh', dc'); writes dgx_t (B, 4H) (``dgh_t`` is the same array)
+    and returns (dh, dc). ``weight_hh_t`` is (H, 4H), C-contiguous."""
+    B, G4 = dgx_t.shape
+    H = G4 // 4
+    weight_hh_t = c_array(weight_hh_t)
+    dh_next, dc_next = (c_array(d) for d in d_next)
+    c = c_array(prev[1])
+    dh, dc = np.empty((B, H), np.float32), np.empty((B, H), np.float32)
+    work = np.empty((2, B, H), np.float32)
+    lib.mc_lstm_backward(1, B, H, 0, ptr(weight_hh_t), NULL, 0, 0, ptr(cache_t["gates"]),
+                         ptr(cache_t["tanh_c"]), ptr(c), ptr(dh_next), ptr(dc_next), ptr(dgx_t), ptr(dh), ptr(dc),
+                         ptr(work))
+    return dh, dc

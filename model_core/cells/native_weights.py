@@ -1,0 +1,104 @@
+"""What the native cells hand the kernels: data pointers, element strides, and the recurrent
+weights in the layout a call should read them in.
+
+``recurrent_weights`` is the one place that chooses between the two layouts the kernels accept
+(see ``model_core/native/rnn_kernels.c``): W_hh^T as the layer stores it, read in place, or a
+packed copy with each unit group's gates side by side. Packing costs one pass over the weights
+(about two products' worth at H=256), so it is made per call, only when the call runs enough rows
+to pay for it; nothing is cached, so weights updated in place by an optimiser are always current.
+The per-call copy goes into a per-thread scratch buffer: a fresh 1 MiB array would cost ~256 page
+faults per call, more than the copy itself.
+"""
+from __future__ import annotations
+
+import threading
+from typing import NamedTuple
+
+import numpy as np
+
+from model_core.native import lib
+
+NULL = None
+PACK_MIN_BATCH = 16       # rows per step from which packing pays even for a single step
+PACK_MIN_ROWS = 64        # rows (B x T) in one call from which a packed copy pays for itself
+_GROUP = 8                # hidden units per packed group: one vector of float32
+_scratch = threading.local()
+
+
+def _scratch_buffer(shape) -> np.ndarray:
+    """A float32 array of ``shape`` owned by this thread, reused by its next call (never returned
+    to a caller: it only lives for the duration of one kernel call)."""
+    size = int(np.prod(shape))
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.size < size:
+        buf = _scratch.buf = np.empty(size, np.float32)
+    return buf[:size].reshape(shape)
+
+
+class KernelWeights(NamedTuple):
+    """A weight matrix as the kernels read it: data pointer and element strides between rows k,
+    gates and unit groups; ``keep`` holds the array alive for the duration of the call."""
+    ptr: int
+    wk: int
+    wg: int
+    wu: int
+    keep: np.ndarray
+
+
+def ptr(a: np.ndarray | None) -> int | None:
+    """A float32 array's data pointer (None passes a NULL pointer). The caller keeps ``a`` bound
+    to a name until the kernel returns: a pointer into a temporary would dangle."""
+    return None if a is None else a.ctypes.data
+
+
+def c_array(a) -> np.ndarray:
+    """``a`` as a C-contiguous float32 array: itself when it already is one (checked first: the
+    streaming step calls this on every state, and the check is cheaper than the call)."""
+    if isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous:
+        return a
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def row_strides(a: np.ndarray) -> tuple[int, int]:
+    """Element strides of the first two axes of a (T, B, N) float32 array whose rows are contiguous."""
+    return a.strides[0] // 4, a.strides[1] // 4
+
+
+def backward_strides(a: np.ndarray) -> np.ndarray:
+    """``a`` (T, B, N) with contiguous rows, as the kernels read it: a copy only when needed."""
+    if a.dtype != np.float32 or a.strides[2] != 4 or a.strides[0] % 4 or a.strides[1] % 4:
+        return np.ascontiguousarray(a, dtype=np.float32)
+    return a
+
+
+def pack(weight_hh_t: np.ndarray, scratch: bool = False) -> np.ndarray:
+    """(H, G*H) -> (U, H, G, 8): per group of 8 hidden units, every gate's 8 columns of each row
+    side by side (zero past H), so the kernel's register tile reads one contiguous stream.
+    ``scratch``: into this thread's reusable buffer, valid until its next packing."""
+    H, GH = weight_hh_t.shape
+    G = GH // H
+    shape = (-(-H // _GROUP), H, G, _GROUP)
+    packed = _scratch_buffer(shape) if scratch else np.empty(shape, np.float32)
+    lib.mc_pack(H, G, ptr(weight_hh_t), ptr(packed))
+    return packed
+
+
+def recurrent_weights(weight_hh_t: np.ndarray, B: int, T: int = 1) -> KernelWeights:
+    """W_hh^T (H, G*H) in the layout a call of T steps of B rows reads fastest: packed once the
+    batch is big enough for the register tile to beat streaming the rows (B >= 16), or the
+    sequence long enough to pay for the copy; at B=1 both read the same bytes, so never."""
+    weight_hh_t = c_array(weight_hh_t)                                  # the layer's storage already is
+    H, GH = weight_hh_t.shape
+    G = GH // H
+    if B >= PACK_MIN_BATCH or (B >= 2 and B * T >= PACK_MIN_ROWS):
+        packed = pack(weight_hh_t, scratch=True)
+        return KernelWeights(ptr(packed), G * _GROUP, _GROUP, H * G * _GROUP, packed)
+    return KernelWeights(ptr(weight_hh_t), GH, H, _GROUP, weight_hh_t)
+
+
+def packed_weights(weight_hh_t: np.ndarray) -> KernelWeights:
+    """Always the packed layout: for weights that never change (an ONNX graph's initializers)."""
+    H, GH = weight_hh_t.shape
+    G = GH // H
+    packed = pack(np.ascontiguousarray(weight_hh_t, dtype=np.float32))
+    return KernelWeights(ptr(packed), G * _GROUP, _GROUP, H * G * _GROUP, packed)

@@ -1,0 +1,138 @@
+"""The compiled recurrent kernels (``rnn_kernels.c``), loaded with ctypes; optional, chosen once.
+
+Where the library comes from, first found wins:
+
+1. built at install by ``setup.py`` (``model_core/native/_rnn_kernels*.so``; an optional
+   extension, so ``pip install .`` still succeeds without a compiler);
+2. compiled here on first import when a C compiler is on the PATH (``cc``, ``gcc`` or ``clang``),
+   into ``MODEL_CORE_NATIVE_CACHE`` or ``~/.cache/model_core``, keyed by the sources' hash, so a
+   checkout works without an install step and only the first process pays (~15 s of CPU).
+
+Without either, or with ``MODEL_CORE_NATIVE=0``, ``AVAILABLE`` is False and the engine runs its
+Numba or NumPy cells; ``REASON`` says why. ``MODEL_CORE_NATIVE_ISA`` = ``baseline`` / ``avx2`` /
+``avx512`` caps the instruction set (tests run the portable build this way).
+
+The kernels take no lock and every call gets its own buffers, so sessions served from several
+threads may call them at once (ctypes releases the GIL during a call). They run on one thread
+unless ``set_threads(n)`` (``model_core.set_num_threads``) asks for more: then a long enough
+sequence is split across an OpenMP team, with a barrier per step.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ENV_VAR, CACHE_VAR, ISA_VAR = "MODEL_CORE_NATIVE", "MODEL_CORE_NATIVE_CACHE", "MODEL_CORE_NATIVE_ISA"
+_HERE = Path(__file__).resolve().parent
+SOURCES = (_HERE / "rnn_kernels.c", _HERE / "rnn_kernels_body.h")
+# The flags setup.py uses too. No -ffast-math: NaN and inf must pass through as in NumPy; GCC's
+# default -ffp-contract=fast already fuses a*b+c into FMAs.
+CFLAGS = ["-O3", "-fPIC", "-shared", "-Wno-psabi"]
+OPENMP = ["-fopenmp"]    # threads for model_core.set_num_threads; the build retries without it
+_ISAS = {"auto": 0, "baseline": 1, "avx2": 2, "avx512": 3}
+
+_F = ctypes.c_void_p                                 # pointers passed as ints: a.ctypes.data
+_I = ctypes.c_int64
+_SIGNATURES = {
+    "mc_select": ([ctypes.c_int32], ctypes.c_char_p),
+    "mc_pack": ([_I, _I, _F, _F], None),
+    "mc_product": ([_I, _I, _I, _F, _F, _I, _I, _I, _F], None),
+    "mc_lstm_forward": ([_I, _I, _I, ctypes.c_int32, _F, _I, _I, _F, _I, _I, _I, _F, _F, _F, _I, _I,
+                         _F, _F, _F, _F, _F, _F, _F], None),
+    "mc_lstm_backward": ([_I, _I, _I, ctypes.c_int32, _F, _F, _I, _I, _F, _F, _F, _F, _F, _F, _F, _F, _F], None),
+    "mc_gru_forward": ([_I, _I, _I, ctypes.c_int32, _F, _I, _I, _F, _I, _I, _I, _F, _F, _F, _I, _I,
+                        _F, _F, _F, _F, _F], None),
+    "mc_gru_backward": ([_I, _I, _I, ctypes.c_int32, _F, _F, _I, _I, _F, _F, _F, _F, _F, _F, _F, _F], None),
+    "mc_fma_peak": ([_I], ctypes.c_double),
+    "mc_set_threads": ([ctypes.c_int32], ctypes.c_int32),
+}
+
+
+def _sources_hash() -> str:
+    h = hashlib.sha256()
+    for path in SOURCES:
+        h.update(path.read_bytes())
+    h.update(" ".join(CFLAGS + OPENMP).encode())
+    return h.hexdigest()[:16]
+
+
+def _installed() -> Path | None:
+    for path in sorted(_HERE.glob("_rnn_kernels*" + (sysconfig.get_config_var("SHLIB_SUFFIX") or ".so"))):
+        return path
+    return None
+
+
+def _compile_into_cache() -> tuple[Path | None, str]:
+    compiler = next((c for c in (os.environ.get("CC"), "cc", "gcc", "clang") if c and shutil.which(c)), None)
+    if compiler is None:
+        return None, "no C compiler on the PATH and no library built at install"
+    cache = Path(os.environ.get(CACHE_VAR) or Path.home() / ".cache" / "model_core")
+    target = cache / f"rnn_kernels-{_sources_hash()}{sysconfig.get_config_var('SHLIB_SUFFIX') or '.so'}"
+    if target.exists():
+        return target, f"compiled by {compiler} (cached)"
+    failure = ""
+    for flags in (CFLAGS + OPENMP, CFLAGS):                       # without OpenMP: one thread, still fast
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=cache) as tmp:   # compile aside, rename into place: atomic
+                out = Path(tmp) / target.name
+                subprocess.run([compiler, *flags, "-o", str(out), str(SOURCES[0])], check=True,
+                               capture_output=True, timeout=300)
+                ctypes.CDLL(str(out))                              # links and loads here (libgomp present)
+                os.replace(out, target)
+            return target, f"compiled by {compiler}"
+        except (OSError, subprocess.SubprocessError) as exc:
+            detail = getattr(exc, "stderr", b"") or b""
+            failure = f"compiling with {compiler} failed ({type(exc).__name__}: {detail.decode()[:200]})"
+    return None, failure
+
+
+def _load():
+    """(ctypes library or None, why): the one place that decides whether the native path exists."""
+    if os.environ.get(ENV_VAR, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None, f"disabled by {ENV_VAR}={os.environ[ENV_VAR]}"
+    if sys.byteorder != "little":
+        return None, "big-endian platform"
+    path, how = _installed(), "built at install"
+    if path is None:
+        path, how = _compile_into_cache()
+        if path is None:
+            return None, how
+    try:
+        lib = ctypes.CDLL(str(path))
+        for name, (args, res) in _SIGNATURES.items():
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = args, res
+    except (OSError, AttributeError) as exc:
+        return None, f"cannot load {path} ({exc})"
+    want = os.environ.get(ISA_VAR, "auto").strip().lower()
+    isa = lib.mc_select(_ISAS.get(want, 0)).decode()
+    return lib, f"{how}, {isa}"
+
+
+lib, REASON = _load()
+AVAILABLE = lib is not None
+
+
+def ptr(a: np.ndarray | None):
+    """A float32 array's data pointer for the kernels (None: a NULL pointer)."""
+    return None if a is None else a.ctypes.data
+
+
+def strides(a: np.ndarray) -> tuple[int, ...]:
+    """Element strides of a float32 array."""
+    return tuple(s // 4 for s in a.strides)
+
+
+def set_threads(n: int) -> int:
+    """Threads for later kernel calls; returns the count this build can use (1 without OpenMP)."""
+    return int(lib.mc_set_threads(n)) if lib is not None else 1

@@ -1,0 +1,236 @@
+/* The recurrent time loop in compiled code: LSTM and GRU, forward and BPTT, float32, one thread.
+ *
+ * Loaded with ctypes by model_core/native/__init__.py (no Python API here), so one C file serves
+ * every Python version. Built by setup.py at install (optional: without a compiler the engine
+ * runs its NumPy/Numba cells), or by the loader into a cache directory when a compiler is present.
+ *
+ * Why it is faster than a BLAS call per step:
+ *  - the recurrent weights are read in a layout chosen for this loop: "packed" puts, per group of
+ *    8 hidden units, the G gates' 8 columns of each row k side by side (U, H, G, 8), so one
+ *    register tile covers every gate of 8 units and a whole group is one contiguous stream;
+ *  - the tile's accumulators stay in registers over the whole K loop (MR rows x G vectors), then
+ *    the gates, the state update and h' are computed from those registers: the gate buffer is
+ *    never written and read back, and nothing is packed per step;
+ *  - the whole sequence is one call: no per-step Python, no per-step BLAS dispatch.
+ * BPTT's product dh = dg @ W_hh is a dot-product form over the rows of W_hh^T (contiguous), so
+ * backward needs no packed copy at all.
+ *
+ * Vectors are GCC vector extensions (8 floats); each kernel is compiled three times (AVX-512VL,
+ * AVX2+FMA, baseline) and dispatched once at load by __builtin_cpu_supports. The baseline build
+ * is portable C (SSE2 pairs on x86, NEON on ARM).
+ *
+ * Work buffers: LSTM forward 6*B*H floats, GRU forward 3*B*H, backward 2*B*H / B*H; a NULL work
+ * in forward is allocated here (the streaming step's case: one malloc beats a NumPy allocation).
+ *
+ * Shapes: B batch, H hidden, G gates (4 LSTM i,f,g,o; 3 GRU r,z,n), U = ceil(H/8) unit groups.
+ * Weights are described by three strides (in floats): wk between rows k, wg between gates, wu
+ * between unit groups. Packed: (wk, wg, wu) = (8G, 8, 8GH), read by the register tile. W_hh^T as
+ * the layer stores it, (H, GH) C-contiguous: (GH, H, 8) (wu == 8 marks it), read row by row
+ * (axpy_product) for small batches, where packing would cost more than it saves.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define VW 8                                   /* floats per vector */
+
+/* Threads: 1 unless mc_set_threads asks for more (model_core.set_num_threads). A sequence is split
+ * across threads by unit groups (forward) or rows and columns (BPTT), with a barrier per step, so
+ * it pays only when a step has enough work: packed weights and B*H >= MIN_ROWS_H. Without OpenMP
+ * (a compiler lacking -fopenmp) everything runs on one thread. */
+#ifdef _OPENMP
+#include <omp.h>
+#define BARRIER(nth) do { if ((nth) > 1) { _Pragma("omp barrier") } } while (0)
+#define RUN_PARTS(nth, PART) do { if ((nth) > 1) { \
+        _Pragma("omp parallel num_threads(nth)") PART(omp_get_thread_num(), omp_get_num_threads()); \
+    } else PART(0, 1); } while (0)
+#else
+#define BARRIER(nth) ((void)(nth))
+#define RUN_PARTS(nth, PART) PART(0, 1)
+#endif
+#define MIN_ROWS_H 2048
+static int mc_threads = 1;
+
+static int threads_for(int64_t wu, int64_t B, int64_t H)
+{
+    if (mc_threads <= 1 || wu == VW || B * H < MIN_ROWS_H) return 1;   /* the unpacked path is serial */
+    return mc_threads;
+}
+
+/* the thread count for later calls (1 = serial); returns what this build can use */
+int32_t mc_set_threads(int32_t n)
+{
+#ifdef _OPENMP
+    mc_threads = n < 1 ? 1 : n;
+#else
+    (void)n;
+    mc_threads = 1;
+#endif
+    return mc_threads;
+}
+
+#define STR2(x) #x
+#define STR(x) STR2(x)
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define MULTI_ISA 1
+#endif
+
+#ifdef MULTI_ISA
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx2,fma")
+#define ISA(name) name##_avx512
+#define MR_LSTM 6                              /* 32 vector registers: 6x4 accumulators */
+#define MR_GRU 7
+#define MR_NT 3
+#include "rnn_kernels_body.h"
+#undef ISA
+#undef MR_LSTM
+#undef MR_GRU
+#undef MR_NT
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define ISA(name) name##_avx2
+#define MR_LSTM 3                              /* 16 registers: 3x4 accumulators, W from memory */
+#define MR_GRU 4
+#define MR_NT 3
+#include "rnn_kernels_body.h"
+#undef ISA
+#undef MR_LSTM
+#undef MR_GRU
+#undef MR_NT
+#pragma GCC pop_options
+#endif
+
+#define ISA(name) name##_base
+#define MR_LSTM 2
+#define MR_GRU 2
+#define MR_NT 2
+#include "rnn_kernels_body.h"
+#undef ISA
+
+/* -- dispatch ---------------------------------------------------------------------------------- */
+typedef struct {
+    const char *isa;
+    void (*product)(int64_t, int64_t, int64_t, const float *, const float *, int64_t, int64_t, int64_t, float *);
+    void (*lstm_forward)(int64_t, int64_t, int64_t, int32_t, const float *, int64_t, int64_t, const float *,
+                         int64_t, int64_t, int64_t, const float *, const float *, float *, int64_t, int64_t,
+                         float *, float *, float *, float *, float *, float *, float *);
+    void (*lstm_backward)(int64_t, int64_t, int64_t, int32_t, const float *, const float *, int64_t, int64_t,
+                          const float *, const float *, const float *, const float *, const float *, float *,
+                          float *, float *, float *);
+    void (*gru_forward)(int64_t, int64_t, int64_t, int32_t, const float *, int64_t, int64_t, const float *,
+                        int64_t, int64_t, int64_t, const float *, const float *, float *, int64_t, int64_t,
+                        float *, float *, float *, float *, float *);
+    void (*gru_backward)(int64_t, int64_t, int64_t, int32_t, const float *, const float *, int64_t, int64_t,
+                         const float *, const float *, const float *, const float *, float *, float *, float *,
+                         float *);
+    double (*fma_peak)(int64_t);
+} kernels_t;
+
+#define TABLE(sfx, name) { name, product_##sfx, lstm_forward_##sfx, lstm_backward_##sfx, gru_forward_##sfx, \
+                           gru_backward_##sfx, fma_peak_##sfx }
+
+static const kernels_t BASE = TABLE(base, "baseline");
+#ifdef MULTI_ISA
+static const kernels_t AVX2 = TABLE(avx2, "avx2+fma");
+static const kernels_t AVX512 = TABLE(avx512, "avx512vl");
+#endif
+static const kernels_t *K = 0;
+
+/* 0 auto, 1 baseline, 2 avx2, 3 avx512; returns the chosen ISA's name (the loader's env override). */
+const char *mc_select(int32_t want)
+{
+    K = &BASE;
+#ifdef MULTI_ISA
+    __builtin_cpu_init();
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    int avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+    if ((want == 0 || want == 3) && avx512) K = &AVX512;
+    else if ((want == 0 || want == 2 || want == 3) && avx2) K = &AVX2;
+#else
+    (void)want;
+#endif
+    return K->isa;
+}
+
+#define ENSURE() do { if (!K) mc_select(0); } while (0)
+
+void mc_pack(int64_t H, int64_t G, const float *wt, float *out)
+{
+    /* wt: W_hh^T (H, G*H) C-contiguous -> out (U, H, G, 8); columns past H are zero. Row k of wt is
+     * read once, in order; fixed 8-float copies (no memcpy call per 32 bytes) */
+    int64_t U = (H + VW - 1) / VW, full = H / VW;
+    for (int64_t k = 0; k < H; k++) {
+        const float *src = wt + k * G * H;
+        for (int64_t g = 0; g < G; g++) {
+            const float *s = src + g * H;
+            for (int64_t u = 0; u < full; u++) {
+                float *d = out + ((u * H + k) * G + g) * VW;
+                for (int l = 0; l < VW; l++) d[l] = s[u * VW + l];
+            }
+            for (int64_t u = full; u < U; u++) {                  /* the last, partial group */
+                float *d = out + ((u * H + k) * G + g) * VW;
+                for (int64_t l = 0; l < VW; l++) d[l] = u * VW + l < H ? s[u * VW + l] : 0.0f;
+            }
+        }
+    }
+}
+
+void mc_product(int64_t B, int64_t H, int64_t G, const float *h, const float *w, int64_t wk, int64_t wg,
+                int64_t wu, float *out)
+{
+    ENSURE();
+    K->product(B, H, G, h, w, wk, wg, wu, out);
+}
+
+void mc_lstm_forward(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *x, int64_t xt, int64_t xb,
+                     const float *w, int64_t wk, int64_t wg, int64_t wu, const float *h0, const float *c0,
+                     float *y, int64_t yt, int64_t yb, float *hT, float *cT, float *gates, float *tanhc,
+                     float *prev_h, float *prev_c, float *work)
+{
+    ENSURE();
+    float *own = work ? 0 : malloc((size_t)(6 * B * H) * sizeof(float));     /* NULL work: a step's */
+    if (!work && !own) return;
+    K->lstm_forward(T, B, H, reverse, x, xt, xb, w, wk, wg, wu, h0, c0, y, yt, yb, hT, cT, gates, tanhc,
+                    prev_h, prev_c, work ? work : own);
+    free(own);
+}
+
+void mc_lstm_backward(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *wt, const float *dy,
+                      int64_t dyt, int64_t dyb, const float *gates, const float *tanhc, const float *prev_c,
+                      const float *dhT, const float *dcT, float *dgx, float *dh0, float *dc0, float *work)
+{
+    ENSURE();
+    K->lstm_backward(T, B, H, reverse, wt, dy, dyt, dyb, gates, tanhc, prev_c, dhT, dcT, dgx, dh0, dc0, work);
+}
+
+void mc_gru_forward(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *x, int64_t xt, int64_t xb,
+                    const float *w, int64_t wk, int64_t wg, int64_t wu, const float *b_hn, const float *h0,
+                    float *y, int64_t yt, int64_t yb, float *hT, float *gates, float *hn, float *prev_h,
+                    float *work)
+{
+    ENSURE();
+    float *own = work ? 0 : malloc((size_t)(3 * B * H) * sizeof(float));
+    if (!work && !own) return;
+    K->gru_forward(T, B, H, reverse, x, xt, xb, w, wk, wg, wu, b_hn, h0, y, yt, yb, hT, gates, hn, prev_h,
+                   work ? work : own);
+    free(own);
+}
+
+void mc_gru_backward(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *wt, const float *dy,
+                     int64_t dyt, int64_t dyb, const float *gates, const float *hn, const float *prev_h,
+                     const float *dhT, float *dgx, float *dgh, float *dh0, float *work)
+{
+    ENSURE();
+    K->gru_backward(T, B, H, reverse, wt, dy, dyt, dyb, gates, hn, prev_h, dhT, dgx, dgh, dh0, work);
+}
+
+/* flops done by one call of mc_fma_peak(iters): iters * 2 * 8 * 12 */
+double mc_fma_peak(int64_t iters)
+{
+    ENSURE();
+    return K->fma_peak(iters);
+}

@@ -1,0 +1,561 @@
+/* The kernels, written once and included by rnn_kernels.c once per instruction set: ISA(name)
+ * gives every function a per-ISA name, MR_LSTM / MR_GRU / MR_NT are the register tiles' row counts.
+ * Everything here is static, and the always-inline helpers are compiled inside the same target
+ * region as their callers, so the tiles' accumulators stay in registers. */
+#ifndef MC_TYPES
+#define MC_TYPES
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4), may_alias));   /* unaligned loads */
+typedef int32_t v8i __attribute__((vector_size(32)));
+#define INL static inline __attribute__((always_inline))
+#define MRMAX 8
+/* rows of h per chunk: each weight panel is read once per chunk, and a chunk's rows of h (at
+ * H=256, 8 blocks of MR rows ~ 24-56 KiB) stay near L1 while every panel passes by */
+#define ROW_CHUNK(mr) (8 * (mr))
+#endif
+
+INL v8 ISA(ld)(const float *p) { return *(const v8u *)p; }
+INL void ISA(st)(float *p, v8 v) { *(v8u *)p = v; }
+INL v8 ISA(splat)(float s) { return (v8){s, s, s, s, s, s, s, s}; }
+
+/* n < 8 lanes: the last unit group when H is not a multiple of 8 (the rest read as zero) */
+INL v8 ISA(ldn)(const float *p, int64_t n)
+{
+    if (n == VW) return ISA(ld)(p);
+    float t[VW] = {0};
+    for (int64_t l = 0; l < n; l++) t[l] = p[l];
+    return ISA(ld)(t);
+}
+
+INL void ISA(stn)(float *p, v8 v, int64_t n)
+{
+    if (n == VW) { ISA(st)(p, v); return; }
+    float t[VW];
+    ISA(st)(t, v);
+    for (int64_t l = 0; l < n; l++) p[l] = t[l];
+}
+
+INL float ISA(hsum)(v8 v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
+
+/* tanh(x) ~ x p(x^2) / q(x^2) on [-7.905, 7.905]: Eigen's and MLAS's rational form, the same
+ * coefficients as model_core/jit/activations.py (error < 3e-7); NaN fails both clamps and stays NaN */
+INL v8 ISA(vtanh)(v8 x)
+{
+    const v8 hi = ISA(splat)(7.90531110763549805f), lo = -hi;
+    v8i above = x > hi, below = x < lo;
+    x = (v8)((above & (v8i)hi) | (~above & (v8i)x));
+    x = (v8)((below & (v8i)lo) | (~below & (v8i)x));
+    v8 x2 = x * x;
+    v8 p = ISA(splat)(-2.76076847742355e-16f);
+    p = p * x2 + 2.00018790482477e-13f;
+    p = p * x2 - 8.60467152213735e-11f;
+    p = p * x2 + 5.12229709037114e-08f;
+    p = p * x2 + 1.48572235717979e-05f;
+    p = p * x2 + 6.37261928875436e-04f;
+    p = p * x2 + 4.89352455891786e-03f;
+    v8 q = ISA(splat)(1.19825839466702e-06f);
+    q = q * x2 + 1.18534705686654e-04f;
+    q = q * x2 + 2.26843463243900e-03f;
+    q = q * x2 + 4.89352518554385e-03f;
+    return x * p / q;
+}
+
+INL v8 ISA(vsigmoid)(v8 x) { return 0.5f * ISA(vtanh)(0.5f * x) + 0.5f; }   /* σ(x) = tanh(x/2)/2 + 1/2 */
+
+/* acc[m][g] = sum_k h[m, k] * W[k, g-th gate of this unit group]: mr rows of h (row stride hs),
+ * G vectors wide; the tile the forward kernels build on. `full` is 0 only for an unpacked tail
+ * group, whose weight rows must not be read past the H valid columns. */
+/* The two hot shapes on AVX2 (LSTM 3 rows x 4 gates, GRU 4 x 3: 12 accumulators each) written
+ * out with named registers and one pointer per row: GCC schedules this form 3-20% faster than the
+ * generic loop below (a C harness at B=33: 81-91 against 78-88 GFLOP/s at H=256, 75-90 against
+ * 66-86 at H=512). */
+INL void ISA(tile_3x4)(int64_t K, const float *h, int64_t hs, const float *w, int64_t wk, int64_t wg,
+                       v8 acc[MRMAX][4])
+{
+    const float *h0 = h, *h1 = h + hs, *h2 = h + 2 * hs;
+    v8 z = ISA(splat)(0.0f);
+    v8 a00 = z, a01 = z, a02 = z, a03 = z, a10 = z, a11 = z, a12 = z, a13 = z, a20 = z, a21 = z, a22 = z, a23 = z;
+    for (int64_t k = 0; k < K; k++) {
+        const float *wr = w + k * wk;
+        v8 w0 = ISA(ld)(wr), w1 = ISA(ld)(wr + wg), w2 = ISA(ld)(wr + 2 * wg), w3 = ISA(ld)(wr + 3 * wg);
+        float x0 = h0[k], x1 = h1[k], x2 = h2[k];
+        a00 += w0 * x0; a01 += w1 * x0; a02 += w2 * x0; a03 += w3 * x0;
+        a10 += w0 * x1; a11 += w1 * x1; a12 += w2 * x1; a13 += w3 * x1;
+        a20 += w0 * x2; a21 += w1 * x2; a22 += w2 * x2; a23 += w3 * x2;
+    }
+    acc[0][0] = a00; acc[0][1] = a01; acc[0][2] = a02; acc[0][3] = a03;
+    acc[1][0] = a10; acc[1][1] = a11; acc[1][2] = a12; acc[1][3] = a13;
+    acc[2][0] = a20; acc[2][1] = a21; acc[2][2] = a22; acc[2][3] = a23;
+}
+
+INL void ISA(tile_4x3)(int64_t K, const float *h, int64_t hs, const float *w, int64_t wk, int64_t wg,
+                       v8 acc[MRMAX][4])
+{
+    const float *h0 = h, *h1 = h + hs, *h2 = h + 2 * hs, *h3 = h + 3 * hs;
+    v8 z = ISA(splat)(0.0f);
+    v8 a00 = z, a01 = z, a02 = z, a10 = z, a11 = z, a12 = z, a20 = z, a21 = z, a22 = z, a30 = z, a31 = z, a32 = z;
+    for (int64_t k = 0; k < K; k++) {
+        const float *wr = w + k * wk;
+        v8 w0 = ISA(ld)(wr), w1 = ISA(ld)(wr + wg), w2 = ISA(ld)(wr + 2 * wg);
+        float x0 = h0[k], x1 = h1[k], x2 = h2[k], x3 = h3[k];
+        a00 += w0 * x0; a01 += w1 * x0; a02 += w2 * x0;
+        a10 += w0 * x1; a11 += w1 * x1; a12 += w2 * x1;
+        a20 += w0 * x2; a21 += w1 * x2; a22 += w2 * x2;
+        a30 += w0 * x3; a31 += w1 * x3; a32 += w2 * x3;
+    }
+    acc[0][0] = a00; acc[0][1] = a01; acc[0][2] = a02;
+    acc[1][0] = a10; acc[1][1] = a11; acc[1][2] = a12;
+    acc[2][0] = a20; acc[2][1] = a21; acc[2][2] = a22;
+    acc[3][0] = a30; acc[3][1] = a31; acc[3][2] = a32;
+}
+
+INL void ISA(tile)(const int G, const int mr, const int full, int64_t nu, int64_t K, const float *h, int64_t hs,
+                   const float *w, int64_t wk, int64_t wg, v8 acc[MRMAX][4])
+{
+    if (G == 4 && mr == 3 && full) { ISA(tile_3x4)(K, h, hs, w, wk, wg, acc); return; }
+    if (G == 3 && mr == 4 && full) { ISA(tile_4x3)(K, h, hs, w, wk, wg, acc); return; }
+    for (int m = 0; m < mr; m++)
+        for (int g = 0; g < G; g++) acc[m][g] = ISA(splat)(0.0f);
+    for (int64_t k = 0; k < K; k++) {
+        const float *wr = w + k * wk;
+        v8 wv[4];
+        for (int g = 0; g < G; g++) wv[g] = full ? ISA(ld)(wr + g * wg) : ISA(ldn)(wr + g * wg, nu);
+        for (int m = 0; m < mr; m++) {
+            float hv = h[m * hs + k];
+            for (int g = 0; g < G; g++) acc[m][g] += wv[g] * hv;
+        }
+    }
+}
+
+/* -- the recurrent product alone (the probe): out (B, G*H) = h (B, H) @ W ---------------------- */
+INL void ISA(product_rows)(const int G, const int mr, const int full, int64_t nu, int64_t H, const float *h,
+                           const float *w, int64_t wk, int64_t wg, float *out, int64_t u)
+{
+    v8 acc[MRMAX][4];
+    ISA(tile)(G, mr, full, nu, H, h, H, w, wk, wg, acc);
+    for (int m = 0; m < mr; m++)
+        for (int g = 0; g < G; g++) ISA(stn)(out + m * G * H + g * H + u * VW, acc[m][g], nu);
+}
+
+#define ROWS_SWITCH(MRC, rem, CALL) \
+    switch (rem) { case 1: CALL(1); break; case 2: CALL(2); break; case 3: CALL(3); break; \
+                   case 4: CALL(4); break; case 5: CALL(5); break; case 6: CALL(6); break; \
+                   case 7: CALL(7); break; default: CALL(MRC); }
+
+INL void ISA(product_g)(const int G, int64_t B, int64_t H, const float *h, const float *w, int64_t wk,
+                           int64_t wg, int64_t wu, float *out)
+{
+    int64_t U = (H + VW - 1) / VW;
+    for (int64_t bc = 0; bc < B; bc += ROW_CHUNK(MR_LSTM))
+    for (int64_t u = 0; u < U; u++) {
+        int64_t nu = H - u * VW < VW ? H - u * VW : VW;
+        int full = nu == VW || wu != VW;           /* a packed layout is zero-padded: always safe */
+        for (int64_t b = bc, be = B < bc + ROW_CHUNK(MR_LSTM) ? B : bc + ROW_CHUNK(MR_LSTM); b < be; b += MR_LSTM) {
+            int64_t rem = be - b < MR_LSTM ? be - b : MR_LSTM;
+#define CALL(M) if (full) ISA(product_rows)(G, M, 1, nu, H, h + b * H, w + u * wu, wk, wg, out + b * G * H, u); \
+                else ISA(product_rows)(G, M, 0, nu, H, h + b * H, w + u * wu, wk, wg, out + b * G * H, u)
+            ROWS_SWITCH(MR_LSTM, rem, CALL)
+#undef CALL
+        }
+    }
+}
+
+static void ISA(axpy_product)(int64_t, int64_t, int64_t, const float *, int64_t, const float *, float *);
+
+static void ISA(product)(int64_t B, int64_t H, int64_t G, const float *h, const float *w, int64_t wk, int64_t wg,
+                         int64_t wu, float *out)
+{
+    if (wu == VW) ISA(axpy_product)(B, H, G * H, h, H, w, out);
+    else if (G == 4) ISA(product_g)(4, B, H, h, w, wk, wg, wu, out);
+    else if (G == 3) ISA(product_g)(3, B, H, h, w, wk, wg, wu, out);
+    else if (G == 2) ISA(product_g)(2, B, H, h, w, wk, wg, wu, out);
+    else ISA(product_g)(1, B, H, h, w, wk, wg, wu, out);
+}
+
+/* out (B, N) = h (B, K) @ wt (K, N) read row by row: for a few rows, streaming W_hh^T as the layer
+ * stores it beats packing it (which costs about two products); four rows of wt per pass */
+static void ISA(axpy_product)(int64_t B, int64_t K, int64_t N, const float *h, int64_t hs, const float *wt,
+                              float *out)
+{
+    memset(out, 0, (size_t)(B * N) * sizeof(float));
+    int64_t n8 = N & ~(int64_t)(VW - 1), k4 = K & ~(int64_t)3;
+    for (int64_t k = 0; k < k4; k += 4) {
+        const float *w0 = wt + k * N, *w1 = w0 + N, *w2 = w1 + N, *w3 = w2 + N;
+        for (int64_t b = 0; b < B; b++) {
+            const float *hb = h + b * hs + k;
+            float h0 = hb[0], h1 = hb[1], h2 = hb[2], h3 = hb[3];
+            float *o = out + b * N;
+            int64_t n = 0;
+            for (; n < n8; n += VW)
+                ISA(st)(o + n, ((ISA(ld)(o + n) + h0 * ISA(ld)(w0 + n)) + h1 * ISA(ld)(w1 + n))
+                               + (h2 * ISA(ld)(w2 + n) + h3 * ISA(ld)(w3 + n)));
+            for (; n < N; n++) o[n] += h0 * w0[n] + h1 * w1[n] + h2 * w2[n] + h3 * w3[n];
+        }
+    }
+    for (int64_t k = k4; k < K; k++)
+        for (int64_t b = 0; b < B; b++) {
+            float hv = h[b * hs + k];
+            for (int64_t n = 0; n < N; n++) out[b * N + n] += hv * wt[k * N + n];
+        }
+}
+
+/* -- LSTM forward -------------------------------------------------------------------------------- */
+/* mr rows of one step for unit group u: the product tile, then the gates from its registers */
+/* the gates of one row for unit group u from the product's registers a0..a3 (i, f, g, o) */
+INL void ISA(lstm_gates)(v8 a0, v8 a1, v8 a2, v8 a3, int64_t nu, int64_t H, int64_t u, const float *xr,
+                         const float *cp, float *cn, float *y, float *gates, float *tanhc)
+{
+    xr += u * VW;                                                                 /* x W_ih^T + b, (4H,) */
+    v8 i = ISA(vsigmoid)(a0 + ISA(ldn)(xr, nu));
+    v8 f = ISA(vsigmoid)(a1 + ISA(ldn)(xr + H, nu));
+    v8 g = ISA(vtanh)(a2 + ISA(ldn)(xr + 2 * H, nu));
+    v8 o = ISA(vsigmoid)(a3 + ISA(ldn)(xr + 3 * H, nu));
+    v8 c = f * ISA(ldn)(cp + u * VW, nu) + i * g;                                 /* c' = f*c + i*g */
+    v8 tc = ISA(vtanh)(c);
+    ISA(stn)(cn + u * VW, c, nu);
+    ISA(stn)(y + u * VW, o * tc, nu);                                             /* h' = o*tanh(c') */
+    if (gates) {                                                                   /* what BPTT reads */
+        float *gr = gates + u * VW;
+        ISA(stn)(gr, i, nu); ISA(stn)(gr + H, f, nu); ISA(stn)(gr + 2 * H, g, nu); ISA(stn)(gr + 3 * H, o, nu);
+        ISA(stn)(tanhc + u * VW, tc, nu);
+    }
+}
+
+/* mr rows of one step for unit group u: the product tile, then the gates from its registers */
+INL void ISA(lstm_rows)(const int mr, const int full, int64_t nu, int64_t H, int64_t u, const float *x, int64_t xb,
+                        const float *w, int64_t wk, int64_t wg, const float *hp, int64_t hs, const float *cp,
+                        float *cn, float *y, int64_t yb, float *gates, float *tanhc)
+{
+    v8 acc[MRMAX][4];
+    ISA(tile)(4, mr, full, nu, H, hp, hs, w, wk, wg, acc);
+    for (int m = 0; m < mr; m++)
+        ISA(lstm_gates)(acc[m][0], acc[m][1], acc[m][2], acc[m][3], nu, H, u, x + m * xb, cp + m * H, cn + m * H,
+                        y + m * yb, gates ? gates + m * 4 * H : 0, gates ? tanhc + m * H : 0);
+}
+
+static void ISA(copy_rows)(int64_t B, int64_t H, const float *src, int64_t ss, float *dst)
+{
+    for (int64_t b = 0; b < B; b++) memcpy(dst + b * H, src + b * ss, (size_t)H * sizeof(float));
+}
+
+/* Thread `tid` of `nth` runs unit groups [U*tid/nth, U*(tid+1)/nth) of every step, then waits for
+ * the others (each step reads the whole h of the step before) */
+static void ISA(lstm_forward_part)(int tid, int nth, int64_t T, int64_t B, int64_t H, int32_t reverse,
+                                   const float *x, int64_t xt, int64_t xb, const float *w, int64_t wk, int64_t wg,
+                                   int64_t wu, const float *h0, const float *c0, float *y, int64_t yt, int64_t yb,
+                                   float *hT, float *cT, float *gates, float *tanhc, float *prev_h, float *prev_c,
+                                   float *work)
+{
+    int64_t U = (H + VW - 1) / VW, u0 = U * tid / nth, u1 = U * (tid + 1) / nth;
+    const float *hp = h0, *cp = c0;
+    int64_t hs = H;
+    for (int64_t i = 0; i < T; i++) {
+        int64_t t = reverse ? T - 1 - i : i;
+        if (prev_h && tid == 0) {                                                 /* the state entering t */
+            ISA(copy_rows)(B, H, hp, hs, prev_h + t * B * H);
+            memcpy(prev_c + t * B * H, cp, (size_t)(B * H) * sizeof(float));
+        }
+        float *cn = work + (i & 1) * B * H;
+        const float *xt_ = x + t * xt;
+        float *yt_ = y + t * yt;
+        float *gt = gates ? gates + t * B * 4 * H : 0, *tct = gates ? tanhc + t * B * H : 0;
+        if (wu == VW) {                                  /* unpacked: W_hh^T streamed by rows, then the gates */
+            float *pre = work + 2 * B * H;                                        /* (B, 4H) */
+            ISA(axpy_product)(B, H, 4 * H, hp, hs, w, pre);
+            for (int64_t b = 0; b < B; b++)
+                for (int64_t u = 0; u < U; u++) {
+                    int64_t nu = H - u * VW < VW ? H - u * VW : VW;
+                    const float *pr = pre + b * 4 * H + u * VW;
+                    ISA(lstm_gates)(ISA(ldn)(pr, nu), ISA(ldn)(pr + H, nu), ISA(ldn)(pr + 2 * H, nu),
+                                    ISA(ldn)(pr + 3 * H, nu), nu, H, u, xt_ + b * xb, cp + b * H, cn + b * H,
+                                    yt_ + b * yb, gt ? gt + b * 4 * H : 0, gt ? tct + b * H : 0);
+                }
+            hp = yt_; hs = yb; cp = cn;
+            continue;
+        }
+        for (int64_t bc = 0; bc < B; bc += ROW_CHUNK(MR_LSTM))                   /* rows of h that stay in L2 */
+        for (int64_t u = u0; u < u1; u++) {                                       /* one weight panel ... */
+            int64_t nu = H - u * VW < VW ? H - u * VW : VW;
+            int full = nu == VW || wu != VW;
+            for (int64_t b = bc, be = B < bc + ROW_CHUNK(MR_LSTM) ? B : bc + ROW_CHUNK(MR_LSTM); b < be;
+                 b += MR_LSTM) {                                                  /* ... for their row blocks */
+                int64_t rem = be - b < MR_LSTM ? be - b : MR_LSTM;
+#define ARGS(M, F) M, F, nu, H, u, xt_ + b * xb, xb, w + u * wu, wk, wg, hp + b * hs, hs, cp + b * H, cn + b * H, \
+                   yt_ + b * yb, yb, gt ? gt + b * 4 * H : 0, tct ? tct + b * H : 0
+#define CALL(M) if (full) ISA(lstm_rows)(ARGS(M, 1)); else ISA(lstm_rows)(ARGS(M, 0))
+                ROWS_SWITCH(MR_LSTM, rem, CALL)
+#undef CALL
+#undef ARGS
+            }
+        }
+        BARRIER(nth);
+        hp = yt_; hs = yb; cp = cn;
+    }
+    if (tid != 0) return;
+    if (hT && hT != hp) ISA(copy_rows)(B, H, hp, hs, hT);      /* hT may be h0 itself (T = 0) */
+    if (cT && cT != cp) memcpy(cT, cp, (size_t)(B * H) * sizeof(float));
+}
+
+static void ISA(lstm_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *x, int64_t xt,
+                              int64_t xb, const float *w, int64_t wk, int64_t wg, int64_t wu, const float *h0,
+                              const float *c0, float *y, int64_t yt, int64_t yb, float *hT, float *cT,
+                              float *gates, float *tanhc, float *prev_h, float *prev_c, float *work)
+{
+    int nth = threads_for(wu, B, H);
+#define PART(tid, n) ISA(lstm_forward_part)(tid, n, T, B, H, reverse, x, xt, xb, w, wk, wg, wu, h0, c0, y, yt, yb, \
+                                            hT, cT, gates, tanhc, prev_h, prev_c, work)
+    RUN_PARTS(nth, PART);
+#undef PART
+}
+
+/* -- GRU forward --------------------------------------------------------------------------------- */
+/* the gates of one row for unit group u from the product's registers a0..a2 (r, z, n) */
+INL void ISA(gru_gates)(v8 a0, v8 a1, v8 a2, v8 bn, int64_t nu, int64_t H, int64_t u, const float *xr,
+                        const float *hp, float *y, float *gates, float *hn)
+{
+    xr += u * VW;                                                  /* (3H,): r, z with both biases, n with b_in */
+    v8 r = ISA(vsigmoid)(a0 + ISA(ldn)(xr, nu));
+    v8 z = ISA(vsigmoid)(a1 + ISA(ldn)(xr + H, nu));
+    v8 hv = a2 + bn;                                                              /* h W_hn + b_hn */
+    v8 n = ISA(vtanh)(ISA(ldn)(xr + 2 * H, nu) + r * hv);
+    v8 h = ISA(ldn)(hp + u * VW, nu);
+    ISA(stn)(y + u * VW, n + z * (h - n), nu);                                    /* h' = (1-z)*n + z*h */
+    if (gates) {
+        float *gr = gates + u * VW;
+        ISA(stn)(gr, r, nu); ISA(stn)(gr + H, z, nu); ISA(stn)(gr + 2 * H, n, nu);
+        ISA(stn)(hn + u * VW, hv, nu);
+    }
+}
+
+INL void ISA(gru_rows)(const int mr, const int full, int64_t nu, int64_t H, int64_t u, const float *x, int64_t xb,
+                       const float *w, int64_t wk, int64_t wg, const float *b_hn, const float *hp, int64_t hs,
+                       float *y, int64_t yb, float *gates, float *hn)
+{
+    v8 acc[MRMAX][4];
+    ISA(tile)(3, mr, full, nu, H, hp, hs, w, wk, wg, acc);
+    v8 bn = ISA(ldn)(b_hn + u * VW, nu);
+    for (int m = 0; m < mr; m++)
+        ISA(gru_gates)(acc[m][0], acc[m][1], acc[m][2], bn, nu, H, u, x + m * xb, hp + m * hs, y + m * yb,
+                       gates ? gates + m * 3 * H : 0, gates ? hn + m * H : 0);
+}
+
+static void ISA(gru_forward_part)(int tid, int nth, int64_t T, int64_t B, int64_t H, int32_t reverse,
+                                  const float *x, int64_t xt, int64_t xb, const float *w, int64_t wk, int64_t wg,
+                                  int64_t wu, const float *b_hn, const float *h0, float *y, int64_t yt, int64_t yb,
+                                  float *hT, float *gates, float *hn, float *prev_h, float *work)
+{
+    int64_t U = (H + VW - 1) / VW, u0 = U * tid / nth, u1 = U * (tid + 1) / nth;
+    const float *hp = h0;
+    int64_t hs = H;
+    for (int64_t i = 0; i < T; i++) {
+        int64_t t = reverse ? T - 1 - i : i;
+        if (prev_h && tid == 0) ISA(copy_rows)(B, H, hp, hs, prev_h + t * B * H);
+        const float *xt_ = x + t * xt;
+        float *yt_ = y + t * yt;
+        float *gt = gates ? gates + t * B * 3 * H : 0, *hnt = gates ? hn + t * B * H : 0;
+        if (wu == VW) {                                  /* unpacked: W_hh^T streamed by rows, then the gates */
+            ISA(axpy_product)(B, H, 3 * H, hp, hs, w, work);                      /* (B, 3H) */
+            for (int64_t b = 0; b < B; b++)
+                for (int64_t u = 0; u < U; u++) {
+                    int64_t nu = H - u * VW < VW ? H - u * VW : VW;
+                    const float *pr = work + b * 3 * H + u * VW;
+                    ISA(gru_gates)(ISA(ldn)(pr, nu), ISA(ldn)(pr + H, nu), ISA(ldn)(pr + 2 * H, nu),
+                                   ISA(ldn)(b_hn + u * VW, nu), nu, H, u, xt_ + b * xb, hp + b * hs, yt_ + b * yb,
+                                   gt ? gt + b * 3 * H : 0, gt ? hnt + b * H : 0);
+                }
+            hp = yt_; hs = yb;
+            continue;
+        }
+        for (int64_t bc = 0; bc < B; bc += ROW_CHUNK(MR_GRU))
+        for (int64_t u = u0; u < u1; u++) {
+            int64_t nu = H - u * VW < VW ? H - u * VW : VW;
+            int full = nu == VW || wu != VW;
+            for (int64_t b = bc, be = B < bc + ROW_CHUNK(MR_GRU) ? B : bc + ROW_CHUNK(MR_GRU); b < be; b += MR_GRU) {
+                int64_t rem = be - b < MR_GRU ? be - b : MR_GRU;
+#define ARGS(M, F) M, F, nu, H, u, xt_ + b * xb, xb, w + u * wu, wk, wg, b_hn, hp + b * hs, hs, yt_ + b * yb, yb, \
+                   gt ? gt + b * 3 * H : 0, hnt ? hnt + b * H : 0
+#define CALL(M) if (full) ISA(gru_rows)(ARGS(M, 1)); else ISA(gru_rows)(ARGS(M, 0))
+                ROWS_SWITCH(MR_GRU, rem, CALL)
+#undef CALL
+#undef ARGS
+            }
+        }
+        BARRIER(nth);
+        hp = yt_; hs = yb;
+    }
+    if (tid == 0 && hT && hT != hp) ISA(copy_rows)(B, H, hp, hs, hT);
+}
+
+static void ISA(gru_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *x, int64_t xt,
+                             int64_t xb, const float *w, int64_t wk, int64_t wg, int64_t wu, const float *b_hn,
+                             const float *h0, float *y, int64_t yt, int64_t yb, float *hT, float *gates,
+                             float *hn, float *prev_h, float *work)
+{
+    int nth = threads_for(wu, B, H);
+#define PART(tid, n) ISA(gru_forward_part)(tid, n, T, B, H, reverse, x, xt, xb, w, wk, wg, wu, b_hn, h0, y, yt, yb, \
+                                           hT, gates, hn, prev_h, work)
+    RUN_PARTS(nth, PART);
+#undef PART
+}
+
+/* -- BPTT's product: out (B, H) (+)= a (B, N) @ W_hh, with W_hh^T = wt (H, N) read by rows ---------- */
+INL void ISA(nt_rows)(const int mr, const int nk, int64_t N, const float *a, const float *wt, float *out,
+                      int64_t H, int accumulate)
+{
+    v8 acc[MRMAX][4];
+    for (int m = 0; m < mr; m++)
+        for (int j = 0; j < nk; j++) acc[m][j] = ISA(splat)(0.0f);
+    int64_t n8 = N & ~(int64_t)(VW - 1);
+    for (int64_t n = 0; n < n8; n += VW) {
+        v8 wv[4];
+        for (int j = 0; j < nk; j++) wv[j] = ISA(ld)(wt + j * N + n);
+        for (int m = 0; m < mr; m++) {
+            v8 av = ISA(ld)(a + m * N + n);
+            for (int j = 0; j < nk; j++) acc[m][j] += av * wv[j];
+        }
+    }
+    for (int m = 0; m < mr; m++)
+        for (int j = 0; j < nk; j++) {
+            float s = ISA(hsum)(acc[m][j]);
+            for (int64_t n = n8; n < N; n++) s += a[m * N + n] * wt[j * N + n];
+            out[m * H + j] = accumulate ? out[m * H + j] + s : s;
+        }
+}
+
+static void ISA(nt_product)(int64_t B, int64_t N, int64_t H, int64_t k0, int64_t k1, const float *a,
+                            const float *wt, float *out, int accumulate)
+{
+    for (int64_t k = k0; k < k1; k += 4) {                     /* 4 rows of W_hh^T stay in L1 ... */
+        int64_t nk = k1 - k < 4 ? k1 - k : 4;
+        for (int64_t b = 0; b < B; b += MR_NT) {               /* ... while the row blocks of a stream by */
+            int64_t rem = B - b < MR_NT ? B - b : MR_NT;
+#define CALLK(M, NK) ISA(nt_rows)(M, NK, N, a + b * N, wt + k * N, out + b * H + k, H, accumulate)
+#define CALL(M) switch (nk) { case 1: CALLK(M, 1); break; case 2: CALLK(M, 2); break; \
+                              case 3: CALLK(M, 3); break; default: CALLK(M, 4); }
+            ROWS_SWITCH(MR_NT, rem, CALL)
+#undef CALL
+#undef CALLK
+        }
+    }
+}
+
+/* -- LSTM backward: one step's gate gradients, then dh = dg @ W_hh ------------------------------- */
+/* Thread `tid` of `nth` runs rows [b0, b1) of the gate gradients and columns [k0, k1) of the
+ * product; a barrier after each, since each reads what all threads wrote */
+static void ISA(lstm_backward_part)(int tid, int nth, int64_t T, int64_t B, int64_t H, int32_t reverse,
+                                    const float *wt, const float *dy, int64_t dyt, int64_t dyb, const float *gates,
+                                    const float *tanhc, const float *prev_c, float *dgx, float *work)
+{
+    float *__restrict dh = work, *__restrict dc = work + B * H;
+    int64_t b0 = B * tid / nth, b1 = B * (tid + 1) / nth, k0 = (H * tid / nth) & ~(int64_t)3;
+    int64_t k1 = tid == nth - 1 ? H : (H * (tid + 1) / nth) & ~(int64_t)3;
+    for (int64_t s = 0; s < T; s++) {
+        int64_t t = reverse ? s : T - 1 - s;                   /* the processing order, backwards */
+        for (int64_t b = b0; b < b1; b++) {
+            const float *__restrict a = gates + (t * B + b) * 4 * H;                 /* i, f, g, o */
+            const float *__restrict tc = tanhc + (t * B + b) * H;
+            const float *__restrict c = prev_c + (t * B + b) * H;
+            const float *__restrict dyr = dy ? dy + t * dyt + b * dyb : 0;   /* NULL: no output gradient */
+            float *__restrict d = dgx + (t * B + b) * 4 * H;
+            float *__restrict dhb = dh + b * H, *__restrict dcb = dc + b * H;
+            if (dy)
+                for (int64_t j = 0; j < H; j++) dhb[j] += dyr[j];                    /* carried + output */
+            for (int64_t j = 0; j < H; j++) {
+                float i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j], t_ = tc[j];
+                float dhv = dhb[j];
+                float dcv = dhv * o * (1.0f - t_ * t_) + dcb[j];     /* backprop h' = o*tanh(c') into c' */
+                d[3 * H + j] = dhv * t_ * o * (1.0f - o);                              /* ... into o, through σ */
+                d[j] = dcv * g * i * (1.0f - i);                     /* backprop c' = f*c + i*g: i through σ */
+                d[H + j] = dcv * c[j] * f * (1.0f - f);                                /* f through σ */
+                d[2 * H + j] = dcv * i * (1.0f - g * g);                               /* g through tanh */
+                dcb[j] = dcv * f;                                                      /* dc_prev */
+            }
+        }
+        BARRIER(nth);
+        ISA(nt_product)(B, 4 * H, H, k0, k1, dgx + t * B * 4 * H, wt, dh, 0);     /* dh_prev = dg @ W_hh */
+        BARRIER(nth);
+    }
+}
+
+static void ISA(lstm_backward)(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *wt, const float *dy,
+                               int64_t dyt, int64_t dyb, const float *gates, const float *tanhc,
+                               const float *prev_c, const float *dhT, const float *dcT, float *dgx, float *dh0,
+                               float *dc0, float *work)
+{
+    memcpy(work, dhT, (size_t)(B * H) * sizeof(float));
+    memcpy(work + B * H, dcT, (size_t)(B * H) * sizeof(float));
+    int nth = threads_for(0, B, H);
+#define PART(tid, n) ISA(lstm_backward_part)(tid, n, T, B, H, reverse, wt, dy, dyt, dyb, gates, tanhc, prev_c, dgx, work)
+    RUN_PARTS(nth, PART);
+#undef PART
+    memcpy(dh0, work, (size_t)(B * H) * sizeof(float));
+    memcpy(dc0, work + B * H, (size_t)(B * H) * sizeof(float));
+}
+
+/* -- GRU backward ------------------------------------------------------------------------------- */
+static void ISA(gru_backward_part)(int tid, int nth, int64_t T, int64_t B, int64_t H, int32_t reverse,
+                                   const float *wt, const float *dy, int64_t dyt, int64_t dyb, const float *gates,
+                                   const float *hn, const float *prev_h, float *dgx, float *dgh, float *work)
+{
+    float *__restrict dh = work;
+    int64_t b0 = B * tid / nth, b1 = B * (tid + 1) / nth, k0 = (H * tid / nth) & ~(int64_t)3;
+    int64_t k1 = tid == nth - 1 ? H : (H * (tid + 1) / nth) & ~(int64_t)3;
+    for (int64_t s = 0; s < T; s++) {
+        int64_t t = reverse ? s : T - 1 - s;
+        for (int64_t b = b0; b < b1; b++) {
+            const float *__restrict a = gates + (t * B + b) * 3 * H;                 /* r, z, n */
+            const float *__restrict hv = hn + (t * B + b) * H;
+            const float *__restrict h = prev_h + (t * B + b) * H;
+            const float *__restrict dyr = dy ? dy + t * dyt + b * dyb : 0;   /* NULL: no output gradient */
+            float *__restrict dx = dgx + (t * B + b) * 3 * H, *__restrict dr = dgh + (t * B + b) * 3 * H;
+            float *__restrict dhb = dh + b * H;
+            if (dy)
+                for (int64_t j = 0; j < H; j++) dhb[j] += dyr[j];
+            for (int64_t j = 0; j < H; j++) {
+                float r = a[j], z = a[H + j], n = a[2 * H + j];
+                float dhv = dhb[j];
+                float dn = dhv * (1.0f - z) * (1.0f - n * n);      /* backprop h' = (1-z)*n + z*h into n, tanh */
+                float dz = dhv * (h[j] - n) * z * (1.0f - z);      /* ... into z, through σ */
+                float drr = dn * hv[j] * r * (1.0f - r);           /* backprop r*hn into r, through σ */
+                dhb[j] = dhv * z;                                  /* ... into h directly */
+                dx[j] = drr; dx[H + j] = dz; dx[2 * H + j] = dn;
+                dr[j] = drr; dr[H + j] = dz; dr[2 * H + j] = dn * r;   /* ... and into hn */
+            }
+        }
+        BARRIER(nth);
+        ISA(nt_product)(B, 3 * H, H, k0, k1, dgh + t * B * 3 * H, wt, dh, 1);     /* dh += dgh @ W_hh */
+        BARRIER(nth);
+    }
+}
+
+static void ISA(gru_backward)(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *wt, const float *dy,
+                              int64_t dyt, int64_t dyb, const float *gates, const float *hn, const float *prev_h,
+                              const float *dhT, float *dgx, float *dgh, float *dh0, float *work)
+{
+    memcpy(work, dhT, (size_t)(B * H) * sizeof(float));
+    int nth = threads_for(0, B, H);
+#define PART(tid, n) ISA(gru_backward_part)(tid, n, T, B, H, reverse, wt, dy, dyt, dyb, gates, hn, prev_h, dgx, dgh, work)
+    RUN_PARTS(nth, PART);
+#undef PART
+    memcpy(dh0, work, (size_t)(B * H) * sizeof(float));
+}
+
+/* -- the machine's limit: 12 independent FMA chains (named, so they live in registers), enough
+ * to keep both FMA pipes busy through their latency ------------------------------------------------ */
+static double ISA(fma_peak)(int64_t iters)
+{
+    v8 a0 = ISA(splat)(1.00f), a1 = ISA(splat)(1.01f), a2 = ISA(splat)(1.02f), a3 = ISA(splat)(1.03f);
+    v8 a4 = ISA(splat)(1.04f), a5 = ISA(splat)(1.05f), a6 = ISA(splat)(1.06f), a7 = ISA(splat)(1.07f);
+    v8 a8 = ISA(splat)(1.08f), a9 = ISA(splat)(1.09f), a10 = ISA(splat)(1.10f), a11 = ISA(splat)(1.11f);
+    const v8 m = ISA(splat)(0.9999999f), c = ISA(splat)(1e-7f);
+    for (int64_t it = 0; it < iters; it++) {
+        a0 = a0 * m + c; a1 = a1 * m + c; a2 = a2 * m + c; a3 = a3 * m + c; a4 = a4 * m + c; a5 = a5 * m + c;
+        a6 = a6 * m + c; a7 = a7 * m + c; a8 = a8 * m + c; a9 = a9 * m + c; a10 = a10 * m + c; a11 = a11 * m + c;
+#ifdef __AVX__
+        /* the compiler may not fold or shorten the chains */
+        __asm__ volatile("" : "+x"(a0), "+x"(a1), "+x"(a2), "+x"(a3), "+x"(a4), "+x"(a5),
+                              "+x"(a6), "+x"(a7), "+x"(a8), "+x"(a9), "+x"(a10), "+x"(a11));
+#endif
+    }
+    return (double)ISA(hsum)(((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)) + ((a8 + a9) + (a10 + a11)));
+}

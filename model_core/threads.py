@@ -1,0 +1,76 @@
+"""The engine's thread count, set on purpose: every native pool the engine can use, in one call.
+
+A server whose batcher is the parallelism wants one thread per request path: OpenBLAS's extra
+threads spin-wait between small products (PERF_NOTES: 85% of a core at 200 typists), and a pool
+per library on a 2-core machine only competes with itself. ``set_num_threads(n)`` sets:
+
+* OpenBLAS (NumPy's BLAS), through its own ``openblas_set_num_threads`` found in the loaded
+  library (no threadpoolctl needed at run time);
+* Numba's pool, only if it is already running: the engine's Numba kernels are serial, and
+  setting the count would start the pool just to size it;
+* the native kernels (``model_core.native``): their OpenMP team for long sequences (1: serial).
+
+It returns what it did, for the caller's log line.
+"""
+from __future__ import annotations
+
+import ctypes
+import sys
+from pathlib import Path
+
+import numpy as np
+
+_OPENBLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                     "openblas_set_num_threads64_", "openblas_set_num_threads")
+
+
+def _loaded_openblas() -> list[str]:
+    """Paths of the OpenBLAS libraries mapped into this process (Linux), else NumPy's bundled ones."""
+    found: list[str] = []
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        for line in maps.read_text().splitlines():
+            path = line.split()[-1] if len(line.split()) >= 6 else ""
+            if "openblas" in Path(path).name.lower() and path not in found:
+                found.append(path)
+    if not found:
+        libs = Path(np.__file__).resolve().parent.parent / "numpy.libs"
+        found = [str(p) for p in sorted(libs.glob("*openblas*"))] if libs.is_dir() else []
+    return found
+
+
+def _set_openblas(n: int) -> str:
+    for path in _loaded_openblas():
+        try:
+            lib = ctypes.CDLL(path)                      # the already-loaded copy: same handle, same pool
+        except OSError:
+            continue
+        for name in _OPENBLAS_SETTERS:
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.argtypes, fn.restype = [ctypes.c_int], None
+                fn(n)
+                return f"openblas={n}"
+    return "openblas: not found"
+
+
+def _set_numba(n: int) -> str:
+    numba = sys.modules.get("numba")
+    if numba is None:
+        return "numba: not loaded"
+    from numba.np.ufunc import parallel  # noqa: PLC0415 - only when Numba is already imported
+
+    if not getattr(parallel, "_is_initialized", False):
+        return "numba: pool not started (serial kernels)"
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    return f"numba={numba.get_num_threads()}"
+
+
+def set_num_threads(n: int) -> str:
+    """Use ``n`` threads in every native pool the engine runs on; returns a summary of what was set."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"the thread count must be a positive integer, got {n!r}")
+    from model_core import native  # noqa: PLC0415 - the library loads (or compiles) on first import
+
+    kernels = f"native={native.set_threads(n)}" if native.AVAILABLE else "native: unavailable"
+    return ", ".join((_set_openblas(n), _set_numba(n), kernels))
