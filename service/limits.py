@@ -1,9 +1,12 @@
-"""Request body size limit, enforced while the body streams in (with or without Content-Length).
+"""Request body size and time limits, enforced while the body streams in (with or without Content-Length).
 
 The body is read here up to the limit (so memory per request is bounded by it) and replayed to
-the app; past the limit the request gets a 413 in the service's error shape.
+the app; past the limit the request gets a 413 in the service's error shape, and a body that has
+not fully arrived within ``timeout`` seconds (a slow client) gets a 408.
 """
 from __future__ import annotations
+
+import asyncio
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -12,8 +15,8 @@ from service.errors import error_body
 
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float = 30.0):
+        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -22,16 +25,21 @@ class BodySizeLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await self._reject(scope, receive, send)
         chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                return await self._reject(scope, receive, send)
-            chunks.append(chunk)
-            more = message.get("more_body", False)
+        try:
+            async with asyncio.timeout(self.timeout):
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        return await self._reject(scope, receive, send)
+                    chunks.append(chunk)
+                    more = message.get("more_body", False)
+        except TimeoutError:
+            body = error_body("request_timeout", f"the request body did not arrive within {self.timeout:g} s")
+            return await JSONResponse(body, status_code=408, headers={"Connection": "close"})(scope, receive, send)
         body, replayed = b"".join(chunks), False
 
         async def replay() -> Message:

@@ -146,7 +146,7 @@ class ModelRegistry:
         try:
             path = _model_file(folder)
             if path is None:
-                raise FileNotFoundError(f"{folder} has no {CHECKPOINT} or {ONNX}")
+                raise FileNotFoundError(f"{name} has no {CHECKPOINT} or {ONNX}")
             entry.path, entry.format = path, FORMATS[path.name]
             entry.version = _version_of(*_files(path))
             entry.model = _load_onnx(folder, self.device) if path.name == ONNX else model_core.load(path, device=self.device)
@@ -174,9 +174,13 @@ class ModelRegistry:
         if name is not None:
             self.get(name)
             return [self.load(name)]
-        if not self.model_dir.is_dir():
-            return []
-        return [self.load(p.name) for p in sorted(self.model_dir.iterdir()) if _is_model_dir(p)]
+        present = sorted(p.name for p in self.model_dir.iterdir() if _is_model_dir(p)) if self.model_dir.is_dir() else []
+        with self._lock:                         # a model whose folder was deleted is no longer served
+            for gone in set(self._models) - set(present):
+                self._models.pop(gone)
+                self._versions.pop(gone, None)
+                log.info("model %s dropped: its folder is gone", gone)
+        return [self.load(name) for name in present]
 
     def version(self, name: str, version: str) -> ModelEntry:
         """The entry a session started on, while it is kept."""

@@ -14,7 +14,7 @@ from service.settings import DEFAULT_MODEL_DIR, Settings
 def test_reload_keeps_live_sessions_on_their_version(tmp_path):
     shutil.copytree(DEFAULT_MODEL_DIR / "echo", tmp_path / "echo")
     path = tmp_path / "echo" / "model.safetensors"
-    with TestClient(create_app(Settings(model_dir=tmp_path))) as c:
+    with TestClient(create_app(Settings(model_dir=tmp_path, admin_keys=["adm"])), headers={"X-API-Key": "adm"}) as c:
         v1 = c.get("/v1/models/echo").json()["version"]
         old = c.post("/v1/sessions", json={"model": "echo"}).json()["session_id"]
         c.post(f"/v1/sessions/{old}/step", json={"input": [[1], [0]]})

@@ -287,8 +287,8 @@ def test_redis_restart_gives_clear_503s_then_recovers_by_itself(up):
     print(f"redis outage: statuses seen {dict(seen)}, recovered {recovered_s:.2f} s after redis came back")
     assert r.status_code == 201 and 500 not in seen and 502 not in seen
     assert all(up.replicas.alive(p) for p in up.replicas.ports)                # nothing crashed
-    gone = http.get(f"/v1/sessions/{sid}")                   # its state went with Redis: a clear 404
-    assert gone.status_code == 404 and gone.json()["error"]["code"] == "session_not_found"
+    gone = http.get(f"/v1/sessions/{sid}")     # its state went with Redis: "unknown", not "never existed"
+    assert gone.status_code == 410 and gone.json()["error"]["code"] == "session_state_unknown"
     new = r.json()["session_id"]
     outs = sum((http.post(f"/v1/sessions/{new}/step", json={"input": c, "top_k": 2}).json()["outputs"]
                 for c in ("after ", "the ", "storm")), [])        # three steps: both replicas take part

@@ -11,6 +11,7 @@ import asyncio
 from fastapi import APIRouter, Request
 
 from service import inference
+from service import request_limits as limits
 from service.api.deps import AppSettings, Registry
 from service.api.schemas import (
     ClassifyRequest,
@@ -25,20 +26,26 @@ from service.errors import PayloadTooLarge
 router = APIRouter(prefix="/v1/models/{name}", tags=["inference"])
 
 
-async def _batched(kind: str, name: str, inputs: list, registry, settings, request: Request):
-    """Validate and encode one request's sequences, then run them through the model's batcher."""
+async def _batched(kind: str, name: str, inputs: list, top_k: int | None, registry, settings, request: Request):
+    """Validate and encode one request's sequences, check the reply's size, then run them through
+    the model's batcher."""
     entry = registry.ready(name)
     inference.check_task(entry.model, kind)
-    if len(inputs) > settings.max_batch_sequences:
-        raise PayloadTooLarge(f"{len(inputs)} sequences is over the limit of {settings.max_batch_sequences} per request")
+    limits.check_batch(len(inputs), settings)
+    limits.check_top_k(top_k, settings)
     seqs = inference.encode_inputs(entry.model, inputs, settings.max_sequence_length)
+    config = entry.model.config
+    if kind == "classify":                  # one result per sequence: the whole table, plus the top-k
+        limits.check_outputs(config, len(seqs) if top_k else 0, top_k, settings, fixed=len(seqs) * config.output_size)
+    else:
+        limits.check_outputs(config, sum(len(s) for s in seqs), top_k, settings)
     return entry, await request.app.state.stateless.run(entry, kind, seqs)
 
 
 @router.post("/classify", response_model=ClassifyResponse)
 async def classify(name: str, body: ClassifyRequest, registry: Registry, settings: AppSettings, request: Request):
     """Label each sequence (seq2vec) from its last step; ragged batches give the same as one-by-one."""
-    entry, logits = await _batched("classify", name, body.inputs, registry, settings, request)
+    entry, logits = await _batched("classify", name, body.inputs, body.top_k, registry, settings, request)
     return {"model": name, "version": entry.version,
             "results": inference.format_classification(entry.model, logits, body.top_k)}
 
@@ -46,7 +53,7 @@ async def classify(name: str, body: ClassifyRequest, registry: Registry, setting
 @router.post("/predict", response_model=PredictResponse)
 async def predict(name: str, body: PredictRequest, registry: Registry, settings: AppSettings, request: Request):
     """Outputs at every step: bits for echo models, the next-token top-k for language models."""
-    entry, logits = await _batched("predict", name, body.inputs, registry, settings, request)
+    entry, logits = await _batched("predict", name, body.inputs, body.top_k, registry, settings, request)
     return {"model": name, "version": entry.version,
             "outputs": [inference.step_outputs(entry.model, lg, body.top_k) for lg in logits]}
 
@@ -57,8 +64,7 @@ async def complete(name: str, body: CompleteRequest, registry: Registry, setting
     entry = registry.ready(name)
     if len(body.prompt) > settings.max_sequence_length:
         raise PayloadTooLarge(f"prompt of {len(body.prompt)} characters is over the limit of {settings.max_sequence_length}")
-    if body.max_length > settings.max_completion_length or body.n > settings.max_completions:
-        raise PayloadTooLarge(f"at most n={settings.max_completions} completions of max_length={settings.max_completion_length}")
+    limits.check_completion(body.n, body.max_length, body.top_k, settings)
     completions = await asyncio.get_running_loop().run_in_executor(
         None, inference.complete, entry.model, body.prompt, body.n, body.max_length, body.temperature, body.top_k,
         body.greedy or body.temperature == 0, body.stop, body.seed)
