@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 import tracemalloc
@@ -208,3 +209,20 @@ def test_one_failed_model_does_not_take_the_replica_out_of_rotation(tmp_path):
         (tmp_path / "broken" / "model.safetensors").write_bytes(b"garbage")
         with TestClient(create_app(Settings(model_dir=tmp_path, ready_when=policy))) as c:
             assert c.get("/v2/health/ready").status_code == status, policy
+
+
+# -- 8. the model-card field blamed is the one to fix ---------------------------------------------
+@pytest.mark.parametrize("change, field", [
+    (lambda c: c["state"][0].update(batch_axis=0), "state[0].batch_axis"),
+    (lambda c: c.update(state=c["state"][:1]), "'state'"),
+    (lambda c: c["state"][0].update(shape=[1, None, 7]), "state[0].shape"),
+])
+def test_a_card_error_names_the_field_to_fix(tmp_path, change, field):
+    from service.registry import _load_onnx
+    src = DEFAULT_MODEL_DIR.parent / "tests" / "golden" / "onnx_serving" / "sentiment"
+    card = json.loads((src / "model-card.json").read_text())
+    change(card)
+    shutil.copy(src / "model.onnx", tmp_path / "model.onnx")
+    (tmp_path / "model-card.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match=re.escape(f"field {field}" if field.startswith("'") else f"field '{field}'")):
+        _load_onnx(tmp_path, "cpu")
