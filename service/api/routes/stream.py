@@ -43,7 +43,7 @@ class StreamConnection:
     async def open(self, resume_id: str | None) -> bool:
         try:
             if resume_id:
-                s = await self.sessions.store.get(resume_id)
+                s = await self.sessions.store.touch(resume_id)                 # resuming is a use
                 if s.model != self.model:
                     raise ServiceError(f"session {resume_id!r} belongs to model {s.model!r}, not {self.model!r}",
                                        code="session_model_mismatch")
