@@ -95,7 +95,8 @@ def read_header(path: Path) -> tuple[dict, dict[str, tuple[str, tuple[int, ...]]
         raise CheckpointError(f"{path.name}: the header's __metadata__ must map names to strings")
     data_bytes, tensors = size - 8 - n, {}
     for name, t in header.items():
-        ok = (isinstance(t, dict) and t.get("dtype") in _ITEMSIZE and isinstance(t.get("shape"), list)
+        ok = (isinstance(t, dict) and isinstance(t.get("dtype"), str) and t["dtype"] in _ITEMSIZE
+              and isinstance(t.get("shape"), list)
               and all(type(d) is int and d >= 0 for d in t["shape"]) and isinstance(t.get("data_offsets"), list)
               and len(t["data_offsets"]) == 2 and all(type(o) is int for o in t["data_offsets"]))
         if not ok:
