@@ -74,7 +74,8 @@ class SessionManager:
                           ) -> tuple[Session, np.ndarray]:
         """Feed new steps (raw input or an encoded array); returns the session and logits (K, C).
 
-        ``top_k`` (None: every entry) sizes the reply for the output caps, checked before any math.
+        ``top_k`` sizes a v1/stream reply for the output caps, checked before any math (None: the
+        caller returns raw logits and checks its own reply's size with ``request_limits``).
         """
         async with self.store.lock(session_id):
             session = await self.store.get(session_id)
@@ -82,7 +83,8 @@ class SessionManager:
             arr = item if isinstance(item, np.ndarray) else self.encode(session, item)
             if len(arr) > self.settings.max_steps_per_message:
                 raise PayloadTooLarge(f"{len(arr)} steps is over the limit of {self.settings.max_steps_per_message}")
-            limits.check_outputs(entry.model.config, len(arr), top_k or entry.model.config.output_size, self.settings)
+            if top_k is not None:             # v1 and the stream; v2/gRPC size their raw logits themselves
+                limits.check_outputs(entry.model.config, len(arr), top_k, self.settings)
             digest = None
             if expect_at is not None:
                 digest = _digest(arr)
