@@ -7,11 +7,15 @@ Format ``rnn-serve-checkpoint`` version 1:
 * metadata (``__metadata__``, strings): ``format``, ``format_version``, ``config`` (JSON of
   ``ModelConfig``) and ``extra`` (JSON, free-form: training state, metrics).
 
-safetensors never executes code on load, unlike pickle; files are size-checked before parsing.
+safetensors never executes code on load, unlike pickle. Before anything is allocated, the file's
+own header is checked: its length, each tensor's dtype, shape and byte range against the file size,
+and the parameter count the config declares, against ``MAX_PARAMETERS`` and against the weights the
+file really holds (a 1.5 KB file declaring ``hidden_size`` 6000 is refused, not built).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -19,12 +23,19 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from model_core.cells import gru_cell, lstm_cell, rnn_cell
 from model_core.config import ModelConfig
 from model_core.model import SequenceModel
 
 FORMAT = "rnn-serve-checkpoint"
 FORMAT_VERSION = 1
 MAX_CHECKPOINT_BYTES = 2 * 1024**3
+MAX_PARAMETERS = 512 * 1024**2          # 2 GiB of float32: what MAX_CHECKPOINT_BYTES can hold
+MAX_HEADER_BYTES = 100 * 1024**2        # safetensors' own cap on the JSON header
+_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
+             "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
+_GATES = {"rnn": rnn_cell.GATES, "lstm": lstm_cell.GATES, "gru": gru_cell.GATES}
+_PARAM_MODULES = ("embedding", "rnn", "head")
 
 
 class CheckpointError(ValueError):
@@ -53,33 +64,99 @@ def save(model: SequenceModel, path, extra: dict | None = None, extra_tensors: d
     return path
 
 
+def declared_parameters(config: ModelConfig) -> int:
+    """How many parameters ``SequenceModel(config)`` would allocate, worked out without allocating."""
+    c = config
+    D, GH, H = (2 if c.bidirectional else 1), _GATES[c.cell] * c.hidden_size, c.hidden_size
+    total = c.input_size * c.embedding_dim if c.input_encoding == "embedding" else 0
+    for layer in range(c.num_layers):
+        in_size = c.rnn_input_size if layer == 0 else D * H
+        total += D * (GH * in_size + GH * H + (2 * GH if c.bias else 0))
+    return total + D * H * c.output_size + c.output_size                  # the head, with its bias
+
+
+def read_header(path: Path) -> tuple[dict, dict[str, tuple[str, tuple[int, ...]]]]:
+    """The safetensors header, checked against the file: (metadata, name -> (dtype, shape)).
+
+    Layout: u64 little-endian header length N, N bytes of JSON, then the tensor bytes, each
+    tensor at ``data_offsets`` [begin, end) of that data area.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 2 <= n <= min(size - 8, MAX_HEADER_BYTES):
+            raise CheckpointError(f"{path.name}: not a safetensors file, truncated or corrupt? (header length {n} "
+                                  f"in a {size}-byte file)")
+        try:
+            header = json.loads(f.read(n))
+        except (ValueError, RecursionError) as exc:
+            raise CheckpointError(f"{path.name}: the safetensors header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path.name}: the safetensors header is not a JSON object")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise CheckpointError(f"{path.name}: the header's __metadata__ must map names to strings")
+    data_bytes, tensors = size - 8 - n, {}
+    for name, t in header.items():
+        ok = (isinstance(t, dict) and isinstance(t.get("dtype"), str) and t["dtype"] in _ITEMSIZE
+              and isinstance(t.get("shape"), list)
+              and all(type(d) is int and d >= 0 for d in t["shape"]) and isinstance(t.get("data_offsets"), list)
+              and len(t["data_offsets"]) == 2 and all(type(o) is int for o in t["data_offsets"]))
+        if not ok:
+            raise CheckpointError(f"{path.name}: tensor {name!r} has a malformed header entry")
+        begin, end = t["data_offsets"]
+        nbytes = math.prod(t["shape"]) * _ITEMSIZE[t["dtype"]]
+        if not 0 <= begin <= end <= data_bytes or end - begin != nbytes:
+            raise CheckpointError(f"{path.name}: tensor {name!r} claims {t['shape']} {t['dtype']} in bytes "
+                                  f"[{begin}, {end}) of a {data_bytes}-byte data area (truncated or corrupt?)")
+        tensors[name] = (t["dtype"], tuple(t["shape"]))
+    return meta, tensors
+
+
+def _check_declared(path: Path, config: ModelConfig, tensors: dict) -> None:
+    declared = declared_parameters(config)
+    if declared > MAX_PARAMETERS:
+        raise CheckpointError(f"{path.name}: the config declares {declared} parameters, over the limit of "
+                              f"{MAX_PARAMETERS}")
+    held = sum(math.prod(shape) for k, (_, shape) in tensors.items() if k.split(".", 1)[0] in _PARAM_MODULES)
+    if held < declared:            # building the model would allocate more than the file backs
+        raise CheckpointError(f"{path.name}: the config declares {declared} parameters but the file holds {held}; "
+                              "weights are missing or do not match the config")
+
+
 def read(path) -> tuple[ModelConfig, dict[str, np.ndarray], dict, dict[str, np.ndarray]]:
-    """Parse and validate a checkpoint: (config, parameters, extra, extra_tensors)."""
+    """Parse and validate a checkpoint: (config, parameters, extra, extra_tensors).
+
+    Errors name the file, never the server's directories.
+    """
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder; pass the checkpoint file in it (e.g. {path / 'model.safetensors'})")
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        raise CheckpointError(f"{path.name}: no such checkpoint file")
     size = path.stat().st_size
     if size > MAX_CHECKPOINT_BYTES:
-        raise CheckpointError(f"{path}: {size} bytes is over the {MAX_CHECKPOINT_BYTES}-byte limit")
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors checkpoint (truncated or corrupt?): {exc}") from None
+        raise CheckpointError(f"{path.name}: {size} bytes is over the {MAX_CHECKPOINT_BYTES}-byte limit")
+    meta, declared = read_header(path)              # nothing allocated past the header yet
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not an {FORMAT} file (metadata format={meta.get('format')!r})")
+        raise CheckpointError(f"{path.name}: not an {FORMAT} file (metadata format={meta.get('format')!r})")
     if meta.get("format_version") != str(FORMAT_VERSION):
-        raise CheckpointError(f"{path}: unsupported checkpoint version {meta.get('format_version')!r}; "
+        raise CheckpointError(f"{path.name}: unsupported checkpoint version {meta.get('format_version')!r}; "
                               f"this build reads version {FORMAT_VERSION}")
     try:
         config = ModelConfig.from_json(meta.get("config", ""))
         extra = json.loads(meta.get("extra", "{}"))
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    params = {k: v for k, v in tensors.items() if k.split(".", 1)[0] in ("embedding", "rnn", "head")}
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise CheckpointError(f"{path.name}: {exc}") from None
+    _check_declared(path, config, declared)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path.name}: not a readable safetensors checkpoint (truncated or corrupt?): "
+                              f"{exc}") from None
+    params = {k: v for k, v in tensors.items() if k.split(".", 1)[0] in _PARAM_MODULES}
     extra_tensors = {k: v for k, v in tensors.items() if k not in params}
     return config, params, extra, extra_tensors
 
@@ -93,5 +170,5 @@ def load(path, device: str = "cpu", dtype=None) -> SequenceModel:
     try:
         model.load_state_dict(params)
     except (KeyError, ValueError) as exc:
-        raise CheckpointError(f"{path}: weights do not match the config: {exc}") from None
+        raise CheckpointError(f"{path.name}: weights do not match the config: {exc}") from None
     return model

@@ -101,6 +101,8 @@ def state_from_bytes(data: bytes, as_tuple: bool | None = None):
     if zlib.crc32(payload) != crc:
         raise StateFormatError("state payload is corrupt (checksum mismatch)")
     arrays = np.frombuffer(payload, dtype=dtype).reshape((n, *shape)).astype(dtype.newbyteorder("="))
+    if not np.isfinite(arrays).all():      # a valid checksum over NaN would poison every later step
+        raise StateFormatError("state holds NaN or infinite values")
     out = tuple(arrays[k].copy() for k in range(n))
     if as_tuple is None:
         as_tuple = n > 1

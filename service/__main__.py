@@ -11,6 +11,7 @@ import uvicorn
 from service.logs import configure_logging
 from service.main import create_app
 from service.settings import Settings
+from service.slow_clients import header_timeout_protocol
 
 
 def main(argv=None) -> None:
@@ -28,7 +29,11 @@ def main(argv=None) -> None:
     # the lifespan drains the batchers.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                 log_config=None, access_log=False, timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
-                ws_per_message_deflate=settings.ws_compression)
+                ws_per_message_deflate=settings.ws_compression,
+                # a frame over the request limit is refused by the WebSocket layer (close 1009), never buffered
+                ws_max_size=settings.max_request_bytes,
+                timeout_keep_alive=settings.keep_alive_seconds,
+                http=header_timeout_protocol(settings.header_timeout_seconds))
 
 
 if __name__ == "__main__":

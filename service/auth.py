@@ -1,17 +1,28 @@
-"""Optional API-key auth (``X-API-Key`` header, or ``api_key`` query parameter for browsers' WebSockets).
+"""Optional API-key auth, admin keys and the WebSocket ``Origin`` check.
 
-Keys are compared in constant time. With no keys configured, every request is allowed.
+* HTTP: the key only ever comes in the ``X-API-Key`` header, so keys never land in URLs or logs.
+* WebSocket: the header, or ``?api_key=`` on the handshake (browsers cannot set headers there),
+  unless ``ws_query_api_key`` is off.
+* ``/metrics`` needs the key unless ``metrics_public``; the health probes and the demo page are open.
+* ``/v1/admin/*`` needs a key from ``admin_keys``; with none configured the admin routes are off
+  (404), so a cross-site POST can never reach them.
+
+Keys are compared in constant time. With no ``api_keys`` configured, every other request is allowed.
+CORS runs outside this middleware, so preflights are answered before any key check.
 """
 from __future__ import annotations
 
 import hmac
+from urllib.parse import urlsplit
 
 from fastapi import Request, WebSocket
+from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import error_response
 
-OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/metrics")
+OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/")
+ADMIN_PREFIX = "/v1/admin/"
 
 
 def _key_ok(presented: str | None, keys: list[str]) -> bool:
@@ -25,12 +36,27 @@ def _key_ok(presented: str | None, keys: list[str]) -> bool:
     return ok
 
 
-def _presented(conn: Request | WebSocket) -> str | None:
-    return conn.headers.get("x-api-key") or conn.query_params.get("api_key")
-
-
 def websocket_authorised(ws: WebSocket) -> bool:
-    return _key_ok(_presented(ws), ws.app.state.settings.api_keys)
+    settings = ws.app.state.settings
+    presented = ws.headers.get("x-api-key")
+    if presented is None and settings.ws_query_api_key:
+        presented = ws.query_params.get("api_key")
+    return _key_ok(presented, settings.api_keys)
+
+
+def origin_allowed(ws: WebSocket, settings) -> bool:
+    """Same origin, a CORS origin or a listed one; no Origin header (not a browser) is allowed."""
+    origin = ws.headers.get("origin")
+    if origin is None:
+        return True
+    allowed = [*settings.cors_origins, *settings.ws_allowed_origins]
+    if "*" in allowed or origin in allowed:
+        return True
+    return urlsplit(origin).netloc.lower() == ws.headers.get("host", "").lower()
+
+
+def _refuse(path: str, status: int, code: str, message: str) -> JSONResponse:
+    return error_response(path, status, code, message)          # v2's error shape on /v2 paths
 
 
 class APIKeyMiddleware:
@@ -41,10 +67,24 @@ class APIKeyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            keys = scope["app"].state.settings.api_keys
-            path = scope["path"]
-            if keys and path not in OPEN_PATHS and path != "/" and not _key_ok(_presented(Request(scope)), keys):
-                response = error_response(path, 401, "unauthorized",
-                                          "missing or invalid API key: send it in the X-API-Key header")
+            response = self._check(scope)
+            if response is not None:
                 return await response(scope, receive, send)
         await self.app(scope, receive, send)
+
+    @staticmethod
+    def _check(scope: Scope) -> JSONResponse | None:
+        settings = scope["app"].state.settings
+        path = scope["path"]
+        presented = Request(scope).headers.get("x-api-key")
+        if path.startswith(ADMIN_PREFIX):
+            if not settings.admin_keys:
+                return _refuse(path, 404, "not_found", "the admin routes are off (set RNN_SERVE_ADMIN_KEYS to use them)")
+            if not _key_ok(presented, settings.admin_keys):
+                return _refuse(path, 401, "unauthorized", "missing or invalid admin key: send it in the X-API-Key header")
+            return None
+        if path in OPEN_PATHS or (path == "/metrics" and settings.metrics_public):
+            return None
+        if not _key_ok(presented, settings.api_keys):
+            return _refuse(path, 401, "unauthorized", "missing or invalid API key: send it in the X-API-Key header")
+        return None

@@ -12,7 +12,7 @@ import numpy as np
 
 from model_core.config import ModelConfig
 from service.errors import InvalidInput
-from service.limits import check_steps
+from service.request_limits import check_steps
 
 
 @functools.lru_cache(maxsize=64)          # built once per vocabulary, not once per keystroke
@@ -42,16 +42,22 @@ def encode_sequence(config: ModelConfig, item, max_len: int, where: str = "input
     elif config.uses_tokens:
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in item):
             raise InvalidInput(f"{where}: this model takes text or token ids (integers), not feature vectors")
+        # range-checked as Python ints first: an id past int64 would overflow inside NumPy
+        bad = next((v for v in item if not 0 <= v < config.input_size), None)
+        if bad is not None:
+            shown = bad if abs(bad) < 10**30 else f"{str(bad)[:12]}... ({len(str(bad))} digits)"
+            raise InvalidInput(f"{where}: token id {shown} is outside [0, {config.input_size})")
         arr = np.asarray(item, dtype=np.int64)
-        bad = arr[(arr < 0) | (arr >= config.input_size)]
-        if bad.size:
-            raise InvalidInput(f"{where}: token id {int(bad[0])} is outside [0, {config.input_size})")
     else:
-        if not all(isinstance(v, list) for v in item):
+        if not all(isinstance(v, list) and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
+                   for v in item):
             raise InvalidInput(f"{where}: this model takes feature vectors: a list of {config.input_size}-number lists")
         if any(len(v) != config.input_size for v in item):
             raise InvalidInput(f"{where}: every step needs exactly {config.input_size} features")
-        arr = np.asarray(item, dtype=np.float64).reshape(len(item), config.input_size)
+        try:
+            arr = np.asarray(item, dtype=np.float64).reshape(len(item), config.input_size)
+        except OverflowError:                            # an integer too large for a float64
+            arr = np.array([np.inf])
         if not np.isfinite(arr).all():
             raise InvalidInput(f"{where}: features must be finite numbers")
     if arr.shape[0] == 0:

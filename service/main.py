@@ -73,12 +73,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "autocomplete, sessions and streaming.")
     app.state.settings = settings
     app.state.metrics = Metrics()
-    if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"])
     install_error_handlers(app)
     app.add_middleware(APIKeyMiddleware)
     app.add_middleware(MetricsMiddleware)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes, timeout=settings.body_timeout_seconds)
+    if settings.cors_origins:       # outside the key check and the limits: preflights and errors get CORS headers
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(RequestLogMiddleware, enabled=settings.access_log)    # outermost: ids every request
 
     @app.get("/", include_in_schema=False)

@@ -173,6 +173,8 @@ class ModelRegistry:
         entry = ModelEntry(name=name, path=folder / CHECKPOINT, number=number)
         try:
             path = _model_file(folder)
+            if path is None:
+                raise FileNotFoundError(f"{name} has no {CHECKPOINT} or {ONNX}")
             card = _card(folder, model_folder)
             entry.path, entry.format = path, FORMATS[path.name]
             entry.version = _version_of(*_files(path, card), number=None if folder == model_folder else number)
@@ -245,7 +247,14 @@ class ModelRegistry:
             if name not in self._models and name not in self.repository_names():
                 self.get(name)                                   # the usual 404, naming what exists
             return [self.load(name)]
-        return [self.load(n) for n in self.repository_names()]
+        present = self.repository_names()
+        with self._lock:                         # a model whose folder was deleted is no longer served
+            for gone in set(self._models) - set(present):
+                self._models.pop(gone)
+                self._served.pop(gone, None)
+                self._retired.pop(gone, None)
+                log.info("model %s dropped: its folder is gone", gone)
+        return [self.load(n) for n in present]
 
     def version(self, name: str, version: str) -> ModelEntry:
         """The entry a session started on (``version`` is its content hash), while it is kept."""

@@ -34,8 +34,16 @@ class Settings(BaseSettings):
     max_sequence_length: int = Field(4096, ge=1)
     max_completion_length: int = Field(512, ge=1)
     max_completions: int = Field(16, ge=1)
+    max_top_k: int = Field(100, ge=1, description="largest top_k a request may ask for (422 above it)")
+    max_output_entries: int = Field(
+        200_000, ge=1, description="per reply: steps x entries per step (top-k entries or numbers); 413 above it")
     max_response_bytes: int = Field(
-        64_000_000, ge=1_000, description="a request whose response would be larger is refused before it runs")
+        16_000_000, ge=1_000, description="per reply: the estimated JSON size is checked before any work; 413 above")
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="a connection that has not sent a whole request head by then is closed")
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, description="a request whose body has not fully arrived by then gets a 408")
+    keep_alive_seconds: float = Field(5.0, gt=0, description="idle keep-alive connections are closed after this")
 
     # sessions and batching
     session_ttl_seconds: float = Field(600.0, gt=0, description="idle time before a session expires")
@@ -66,10 +74,24 @@ class Settings(BaseSettings):
 
     # permessage-deflate costs more CPU than it saves bandwidth on small per-keystroke messages
     ws_compression: bool = Field(False, description="offer permessage-deflate on WebSockets")
+    ws_idle_timeout_seconds: float = Field(
+        300.0, gt=0, description="a WebSocket with no message from its client for this long is closed (1001)")
+    ws_allowed_origins: list[str] = Field(
+        default_factory=list, description="browser Origins a WebSocket may come from, besides the server's own "
+                                          "origin and cors_origins; '*' allows any; no Origin header is always allowed")
 
     # auth and CORS
     api_keys: list[str] = Field(default_factory=list, description="accepted X-API-Key values; empty: no auth")
     cors_origins: list[str] = Field(default_factory=list)
+    ws_query_api_key: bool = Field(
+        True, description="accept the key as ?api_key= on the WebSocket handshake (browsers cannot set headers "
+                          "there); HTTP routes only ever read the X-API-Key header")
+    metrics_public: bool = Field(False, description="serve /metrics without a key (for a scraper on a private network)")
+    admin_keys: list[str] = Field(
+        default_factory=list, description="X-API-Key values allowed on /v1/admin; empty: the admin routes are off")
+    ready_when: str = Field(
+        "any", description="readiness: 'any' (some model loaded; failures are listed), 'all' (every model), "
+                           "or a comma-separated list of models that must be ready")
 
 
 @functools.lru_cache(maxsize=1)

@@ -59,10 +59,14 @@ def _wait(check, what: str, timeout: float = 10.0) -> None:
 
 
 class RedisServer:
-    """``redis-server`` on a free loopback port, no persistence; ``kill`` and ``start`` keep the port."""
+    """``redis-server`` on a free loopback port; ``kill`` and ``start`` keep the port.
 
-    def __init__(self, workdir: Path):
-        self.dir, self.port, self.proc = workdir, free_port(), None
+    No persistence, unless ``persistent``: then an append-only file fsynced on every write, so a
+    SIGKILL loses nothing that was acknowledged. ``pause``/``resume``: SIGSTOP/SIGCONT.
+    """
+
+    def __init__(self, workdir: Path, persistent: bool = False):
+        self.dir, self.port, self.proc, self.persistent = workdir, free_port(), None, persistent
         self.dir.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -80,7 +84,8 @@ class RedisServer:
     def start(self) -> RedisServer:
         with open(self.dir / "redis.log", "ab") as log:
             self.proc = subprocess.Popen(
-                [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 *(["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]),
                  "--dir", str(self.dir)], stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         _wait(lambda: self.proc.poll() is None and self.ping(), f"redis-server on port {self.port}")
         return self
@@ -88,7 +93,15 @@ class RedisServer:
     def kill(self) -> None:
         _stop(self.proc, signal.SIGKILL)
 
+    def pause(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)         # a paused server cannot act on SIGTERM
         _stop(self.proc)
 
 

@@ -2,25 +2,24 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 import httpx
 import numpy as np
-import websockets
 from test_sessions import same
 
+from service.client import AsyncStreamClient
 
-async def type_text(url: str, text: str, chunk: int) -> list[dict]:
-    async with websockets.connect(url, max_size=2**22, open_timeout=30) as ws:
-        hello = json.loads(await ws.recv())
-        assert hello["type"] == "session"
+
+async def type_text(base: str, text: str, chunk: int, model: str = "charlm") -> list[dict]:
+    """Type ``text`` into a new session with the client library, ``chunk`` characters a message."""
+    async with AsyncStreamClient(base, model, reply_timeout=60) as stream:
+        assert stream.hello["type"] == "session" and stream.steps == 0
         outputs = []
         for i in range(0, len(text), chunk):
-            await ws.send(json.dumps({"type": "input", "text": text[i:i + chunk], "id": i, "top_k": 2}))
-            reply = json.loads(await ws.recv())
-            assert reply["type"] == "output" and reply["id"] == i
+            reply = await stream.feed(text[i:i + chunk], top_k=2)
+            assert reply["steps"] == min(i + chunk, len(text))
             outputs += reply["outputs"]
-        await ws.send(json.dumps({"type": "close"}))
+        await stream.end()
         return outputs
 
 
@@ -28,7 +27,7 @@ def test_hundreds_of_concurrent_sessions(live_server):
     rng = np.random.default_rng(1)
     letters = list("etaoinshrdlu ,.\n")
     texts = ["".join(rng.choice(letters, size=int(rng.integers(8, 40)))) for _ in range(200)]
-    url = f"ws://{live_server}/v1/models/charlm/stream"
+    url = f"ws://{live_server}"
 
     async def main():
         return await asyncio.gather(*(type_text(url, t, chunk=int(1 + i % 5)) for i, t in enumerate(texts)))

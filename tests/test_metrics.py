@@ -25,7 +25,8 @@ def test_metrics_cover_requests_sessions_batches_and_models():
             ws.receive_json()
             ws.send_text("junk")
             ws.receive_json()
-        text = c.get("/metrics").text                                     # open without a key, like probes
+        assert c.get("/metrics").status_code == 401                      # behind the key (unless metrics_public)
+        text = c.get("/metrics", headers=h).text
     assert 'rnn_requests_total{endpoint="/v1/models/{name}/classify",method="POST",status="200"} 1.0' in text
     assert 'rnn_requests_total{endpoint="/v1/models/{name}/classify",method="POST",status="404"} 1.0' in text
     assert value(text, 'rnn_request_seconds_count{endpoint="/v1/models/{name}/classify"') == 2

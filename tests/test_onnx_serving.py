@@ -293,7 +293,8 @@ def test_card_validation_names_the_field(tmp_path, card, needle):
 def test_reload_picks_up_onnx_models_and_keeps_live_sessions(tmp_path):
     shutil.copytree(GOLDEN / "sentiment", tmp_path / "sentiment")
     card_path = tmp_path / "sentiment" / "model-card.json"
-    with TestClient(create_app(Settings(model_dir=tmp_path))) as c:
+    with TestClient(create_app(Settings(model_dir=tmp_path, admin_keys=["adm"])),
+                    headers={"X-API-Key": "adm"}) as c:
         v1 = c.get("/v1/models/sentiment").json()["version"]
         sid = c.post("/v1/sessions", json={"model": "sentiment"}).json()["session_id"]
         card = json.loads(card_path.read_text())

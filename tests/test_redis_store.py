@@ -231,7 +231,10 @@ def test_a_put_retried_after_its_reply_was_lost_is_not_a_conflict(redis_server):
         try:
             s = await store.create("m", "v")
             new = s.advanced(b"once", None, 1)
-            args = [0, store._ttl_ms, store._tomb_ms, s.id, "write-1", *_fields(new)]
+            late = [0, store._ttl_ms, store._tomb_ms, s.id, "write-0", await store._deadline() - 10**7, *_fields(new)]
+            assert (await store._put(keys=store._keys(s.id), args=late))[0] == -2       # past its deadline: nothing
+            assert (await store.get(s.id)).steps == 0
+            args = [0, store._ttl_ms, store._tomb_ms, s.id, "write-1", await store._deadline(), *_fields(new)]
             assert (await store._put(keys=store._keys(s.id), args=args))[0] == 1
             assert (await store._put(keys=store._keys(s.id), args=args))[0] == 1        # the same write again
             args[4] = "write-2"

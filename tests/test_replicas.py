@@ -17,6 +17,7 @@ import pytest
 import websockets
 
 from deploy_fixtures import NGINX, REDIS_SERVER, Nginx, RedisServer, Replicas
+from service.client import AsyncStreamClient, Backoff
 from test_e2e_uvicorn import type_text
 from test_sessions import same
 
@@ -40,7 +41,8 @@ class Cluster:
                                  redis_lock_wait_seconds=10, redis_socket_timeout_seconds=0.5, batching="false")
         self.nginx = Nginx(workdir / "nginx", self.replicas.ports)
         self.http = f"http://127.0.0.1:{self.nginx.port}"
-        self.ws = f"ws://127.0.0.1:{self.nginx.port}/v1/models/charlm/stream"
+        self.ws_base = f"ws://127.0.0.1:{self.nginx.port}"
+        self.ws = f"{self.ws_base}/v1/models/charlm/stream"
 
     def heal(self) -> None:
         """Every test starts with Redis and both replicas up, whatever the previous one did."""
@@ -116,7 +118,7 @@ def test_hundreds_of_sessions_across_replicas_equal_their_solo_runs(up):
         async def one(i, text):
             async with limit:
                 if i % 2:
-                    return await type_text(up.ws, text, chunk=1 + i % 5)
+                    return await type_text(up.ws_base, text, chunk=1 + i % 5)
                 return await http_session(client, text, chunk=1 + i % 5)
 
         async with httpx.AsyncClient(base_url=up.http, timeout=60,
@@ -156,86 +158,56 @@ def test_concurrent_steps_on_one_session_through_two_replicas_are_serialised(up)
 
 
 # -- failover ---------------------------------------------------------------------------------------
-async def connect(url: str, deadline_s: float = 20):
-    """Reconnect as a client would: retry while nginx has no replica to offer."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        try:
-            ws = await websockets.connect(url, max_size=2**22, open_timeout=10)
-            return ws, json.loads(await ws.recv())
-        except (OSError, websockets.InvalidStatus, websockets.ConnectionClosed):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
-
-
 def test_failover_mid_stream_resumes_without_loss_or_duplication(up):
+    """The client library against two replicas behind nginx; the replica serving the stream is
+    SIGKILLed twice with an input in flight. The client reconnects, resumes and resends with the
+    same ``at``: every step is applied once and every output is received once."""
     text, chunk = TEXT, 3
     ref = up.predict([text])[0]
     report = Counter()
 
     async def main():
-        ws, hello = await connect(up.ws)
-        sid, outputs, acked, sent, t_kill, restarting = hello["session_id"], {}, 0, 0, None, None
+        outputs, restarting = [], None
         kill_at = {len(text) // (3 * chunk), 2 * len(text) // (3 * chunk)}      # message numbers
-
-        def record(reply):
-            start = reply["steps"] - len(reply["outputs"])
-            for k, out in enumerate(reply["outputs"]):
-                report["duplicated"] += (start + k) in outputs
-                outputs[start + k] = out
-            return reply["steps"]
-
-        while acked < len(text):
-            sent += 1
-            # the messages that meet a kill are longer, so the kill may land in the middle of their step
-            start, piece = acked, text[acked:acked + (chunk if sent not in kill_at else 12 * chunk)]
-            await ws.send(json.dumps({"type": "input", "text": piece, "id": acked, "top_k": 2}))
-            if sent not in kill_at:
-                reply = json.loads(await ws.recv())
-                assert reply["type"] == "output", reply
-                acked = record(reply)
-                if t_kill is not None:        # first step after a kill: waits out a lock the victim held
+        async with AsyncStreamClient(up.ws_base, "charlm", backoff=Backoff(deadline=30), reply_timeout=20) as s:
+            sid = s.session_id
+            sent = 0
+            while s.steps < len(text):
+                sent += 1
+                # the messages that meet a kill are longer, so the kill may land in the middle of their step
+                piece = text[s.steps:s.steps + (12 * chunk if sent in kill_at else chunk)]
+                feeding = asyncio.ensure_future(s.feed(piece, top_k=2))
+                if sent in kill_at:
+                    if restarting is not None:
+                        await restarting                            # both replicas up before the next kill
+                    victim = upstream_port(s.ws.response.headers)
+                    await asyncio.sleep(0.002 * (sent % 3))         # in transit, or being stepped
+                    t_kill = time.monotonic()
+                    up.replicas.kill(victim)                        # SIGKILL with this message in flight
+                    report["kills"] += 1
+                reply = await feeding
+                if sent in kill_at:
                     resumed_after.append(time.monotonic() - t_kill)
-                    t_kill = None
-                continue
+                    restarting = asyncio.get_running_loop().run_in_executor(None, up.replicas.start, victim)
+                first = reply["steps"] - len(reply["outputs"])
+                for k, out in enumerate(reply["outputs"]):
+                    report["duplicated"] += (first + k) < len(outputs)
+                    outputs.append(out) if first + k == len(outputs) else None
+            report["reconnects"] = s.reconnects
+            assert s.steps == len(text)                             # the server's count: every step exactly once
             if restarting is not None:
-                await restarting                                  # both replicas up before the next kill
-            victim = upstream_port(ws.response.headers)
-            await asyncio.sleep(0.002 * (sent % 3))               # in transit, or being stepped
-            t_kill = time.monotonic()
-            up.replicas.kill(victim)                              # SIGKILL with this message in flight
-            report["kills"] += 1
-            try:
-                acked = record(json.loads(await asyncio.wait_for(ws.recv(), 10)))
-                report["reply_beat_the_kill"] += 1
-            except websockets.ConnectionClosed:
-                pass
-            await ws.close()
-            ws, hello = await connect(f"{up.ws}?session_id={sid}")
-            assert hello["resumed"] and hello["session_id"] == sid, hello
-            assert upstream_port(ws.response.headers) != victim
-            committed = hello["steps"]
-            assert acked <= committed <= start + len(piece)                # applied at most once
-            report["committed_without_reply"] += committed - acked         # known from `steps`: not resent
-            report["resent_steps"] += start + len(piece) - committed       # the uncommitted part only
-            acked = committed
-            restarting = asyncio.get_running_loop().run_in_executor(None, up.replicas.start, victim)
-        assert acked == len(text)                            # the server's count: every step exactly once
-        await restarting
-        await ws.send(json.dumps({"type": "close"}))
-        await ws.close()
+                await restarting
+            await s.end()
         return sid, outputs
 
     resumed_after = []
     sid, outputs = asyncio.run(main())
-    print(f"failover: {dict(report)}; first step after each kill answered "
-          f"{', '.join(f'{t:.2f}' for t in resumed_after)} s after it")
-    assert report["kills"] == 2 and report["duplicated"] == 0
-    lost = [k for k in range(len(text)) if k not in outputs]
-    assert len(lost) == report["committed_without_reply"]       # only steps whose reply died with a replica
-    assert same([outputs[k] for k in sorted(outputs)], [ref[k] for k in sorted(outputs)])
-    r = httpx.get(f"{up.http}/v1/sessions/{sid}")                        # closed at the end
+    print(f"failover: {dict(report)}; each killed input answered {', '.join(f'{t:.2f}' for t in resumed_after)} "
+          "s after the kill")
+    assert report["kills"] == 2 and report["duplicated"] == 0 and report["reconnects"] >= 1
+    assert len(outputs) == len(text)                                # no step lost, not even a reply
+    assert same(outputs, ref)
+    r = httpx.get(f"{up.http}/v1/sessions/{sid}")                   # closed at the end
     assert r.status_code == 404
 
 
@@ -287,8 +259,8 @@ def test_redis_restart_gives_clear_503s_then_recovers_by_itself(up):
     print(f"redis outage: statuses seen {dict(seen)}, recovered {recovered_s:.2f} s after redis came back")
     assert r.status_code == 201 and 500 not in seen and 502 not in seen
     assert all(up.replicas.alive(p) for p in up.replicas.ports)                # nothing crashed
-    gone = http.get(f"/v1/sessions/{sid}")                   # its state went with Redis: a clear 404
-    assert gone.status_code == 404 and gone.json()["error"]["code"] == "session_not_found"
+    gone = http.get(f"/v1/sessions/{sid}")     # its state went with Redis: "unknown", not "never existed"
+    assert gone.status_code == 410 and gone.json()["error"]["code"] == "session_state_unknown"
     new = r.json()["session_id"]
     outs = sum((http.post(f"/v1/sessions/{new}/step", json={"input": c, "top_k": 2}).json()["outputs"]
                 for c in ("after ", "the ", "storm")), [])        # three steps: both replicas take part

@@ -2,11 +2,13 @@
 nothing but protobuf parsing (no pickle, no code)."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 from onnx import ModelProto, TensorProto
 
+from model_core.checkpoint import MAX_PARAMETERS
 from model_core.onnx.dtypes import NUMPY_DTYPES, elem_type_label, tensor_nbytes
 from model_core.onnx.errors import OnnxLoadError
 
@@ -44,13 +46,13 @@ def _read_file(path: Path, max_bytes: int) -> bytes:
     try:
         size = path.stat().st_size
         if not path.is_file():
-            raise OnnxLoadError(f"{path} is not a regular file")
+            raise OnnxLoadError(f"{path.name} is not a regular file")
         if size > max_bytes:
-            raise OnnxLoadError(f"{path} is {size} bytes, over the limit of {max_bytes}")
+            raise OnnxLoadError(f"{path.name} is {size} bytes, over the limit of {max_bytes}")
         with path.open("rb") as f:
             return f.read(max_bytes + 1)
     except OSError as exc:
-        raise OnnxLoadError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise OnnxLoadError(f"cannot read {path.name}: {exc.strerror or exc}") from None
 
 
 def _parse(data: bytes) -> ModelProto:
@@ -128,11 +130,28 @@ def _inside(base_dir: Path, location: str, label: str) -> Path:
     return target
 
 
+_TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
+
+
 def _check_tensor_sizes(model: ModelProto, max_bytes: int) -> None:
-    total = 0
+    """Every tensor's dims against the bytes the file really holds for it, and the totals against
+    the byte and parameter caps, before any tensor is decoded."""
+    total, elements = 0, 0
     for tensor in _all_tensors(model):
+        label = tensor.name or "<unnamed>"
         nbytes = tensor_nbytes(tensor)
         total += nbytes
+        elements += math.prod(max(int(d), 0) for d in tensor.dims)
         if nbytes > max_bytes or total > max_bytes:
-            raise OnnxLoadError(f"tensor {tensor.name or '<unnamed>'!r} takes the model over the limit of "
-                                f"{max_bytes} bytes")
+            raise OnnxLoadError(f"tensor {label!r} takes the model over the limit of {max_bytes} bytes")
+        if elements > MAX_PARAMETERS:
+            raise OnnxLoadError(f"tensor {label!r} takes the model over the limit of {MAX_PARAMETERS} parameters")
+        if tensor.data_type == TensorProto.STRING:
+            continue
+        if tensor.raw_data:
+            stored_ok = len(tensor.raw_data) == nbytes
+        else:
+            stored_ok = sum(len(getattr(tensor, f)) for f in _TYPED_FIELDS) >= math.prod(tensor.dims)
+        if not stored_ok:
+            raise OnnxLoadError(f"tensor {label!r} declares dims {list(tensor.dims)} but the file holds less (or other) "
+                                "data for it")

@@ -101,7 +101,11 @@ def resolve(model: ModelProto, binding: GraphBinding, opset: int) -> ServedGraph
             max_batch = state_batch
     unbound = sorted(set(inputs) - {b.input, b.lengths, *(s.input for s in b.states)})
     if unbound:
-        raise BindingError("input", f"the graph also needs inputs {unbound}, which the card does not bind")
+        # a float input of rank 3 is a recurrent state the card left out: blame 'state', not 'input'
+        stateful = all(inputs[n].dtype is not None and inputs[n].dtype.kind == "f" and inputs[n].shape is not None
+                       and len(inputs[n].shape) == 3 for n in unbound)
+        raise BindingError("state" if stateful else "input",
+                           f"the graph also needs inputs {unbound}, which the card does not bind")
 
     width = _dim(y, 2 if b.per_step else 1)
     config = b.config or _derive_config(model, b, states[0].size, width if isinstance(width, int) else None)
@@ -167,6 +171,10 @@ def _state(inputs, outputs, s, k) -> StateLayout:
         shape = tuple(s.shape)
         if len(shape) != 3:
             raise BindingError(f"{field}.shape", f"needs 3 entries, got {list(shape)}")
+        if fed.shape is not None and len(fed.shape) == 3 and any(
+                isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(shape, fed.shape)):
+            raise BindingError(f"{field}.shape", f"declares {list(shape)} but the graph declares {list(fed.shape)} "
+                                                 f"for {s.input!r}")
     else:
         if fed.shape is None:
             raise BindingError(f"{field}.shape", f"the graph does not declare the shape of {s.input!r}; declare it")
@@ -175,6 +183,10 @@ def _state(inputs, outputs, s, k) -> StateLayout:
         raise BindingError(field, f"{s.input!r} has rank {len(shape)}; states are (layers*directions, batch, hidden) "
                                   "in some axis order")
     size = tuple(d for axis, d in enumerate(shape) if axis != s.batch_axis)
+    symbolic = [axis for axis, d in enumerate(shape) if not (isinstance(d, int) and d > 0)]
+    if s.shape is None and len(symbolic) == 1 and symbolic[0] != s.batch_axis:
+        raise BindingError(f"{field}.batch_axis", f"{s.input!r} is {list(shape)}: its batch dimension is axis "
+                                                  f"{symbolic[0]}, not {s.batch_axis}")
     if not all(isinstance(d, int) and d > 0 for d in size):
         raise BindingError(f"{field}.shape", f"the non-batch dimensions of {s.input!r} must be fixed, got "
                                              f"{list(shape)}; declare them")

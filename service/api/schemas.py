@@ -3,33 +3,34 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# A sequence: text (character models), token ids, or feature vectors (T x I).
-Sequence = str | list[int] | list[list[float]]
+from service.request_limits import Count, Seed, Sequence, Temperature, TopK
+
+__all__ = ["Sequence"]       # re-exported: the routes import the input type from here
 
 
 class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": ["BaXbcYdE"], "top_k": 2}]})
     inputs: list[Sequence] = Field(min_length=1, description="a batch of sequences; ragged lengths are fine")
-    top_k: int | None = Field(None, ge=1, description="also return the k most likely labels")
+    top_k: TopK | None = Field(None, description="also return the k most likely labels")
 
 
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": ["To be, or not"], "top_k": 3}]})
     inputs: list[Sequence] = Field(min_length=1)
-    top_k: int = Field(5, ge=1, description="for softmax outputs: the k most likely tokens at each step")
+    top_k: TopK = Field(5, description="for softmax outputs: the k most likely tokens at each step")
 
 
 class CompletionOptions(BaseModel):
     """Sampling options shared by every completion endpoint and the WebSocket ``complete`` message."""
 
     model_config = ConfigDict(extra="forbid")
-    n: int = Field(1, ge=1, description="number of completions")
-    max_length: int = Field(32, ge=1, description="characters to generate at most")
-    temperature: float = Field(1.0, ge=0.0, description="0 means greedy")
-    top_k: int | None = Field(None, ge=1)
-    greedy: bool = False
+    n: Count = Field(1, description="number of completions")
+    max_length: Count = Field(32, description="characters to generate at most")
+    temperature: Temperature = 1.0
+    top_k: TopK | None = None
+    greedy: bool = Field(False, strict=True)
     stop: list[str] = Field(default_factory=list, description="tokens that end a completion (included)")
-    seed: int | None = Field(None, description="for reproducible sampling")
+    seed: Seed | None = None
 
 
 class CompleteRequest(CompletionOptions):

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, model_validator
 
 from service.api.schemas import CompletionOptions
+from service.request_limits import Feature, StepAt, TokenId, TopK
 
 
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: str | int | None = Field(None, description="echoed back in the reply")
+    id: StrictStr | StrictInt | None = Field(None, description="echoed back in the reply")
 
 
 class InputMessage(_Message):
@@ -18,9 +19,10 @@ class InputMessage(_Message):
 
     type: Literal["input"]
     text: str | None = None
-    tokens: list[int] | None = None
-    features: list[list[float]] | None = None
-    top_k: int = Field(5, ge=1)
+    tokens: list[TokenId] | None = None
+    features: list[list[Feature]] | None = None
+    top_k: TopK = 5
+    at: StepAt | None = None
 
     @model_validator(mode="after")
     def _one_payload(self):

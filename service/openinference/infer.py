@@ -2,7 +2,7 @@
 
 This is the only place that checks tensors against a model; the HTTP routes and the gRPC
 servicer decode their wire format into ``types.InferRequest`` and encode the ``InferResponse``.
-It applies the same limits as /v1 (``service.limits``), honours Triton's ``priority`` and
+It applies the same limits as /v1 (``service.request_limits``), honours Triton's ``priority`` and
 ``timeout`` parameters (through the dynamic batchers) and records Triton's statistics.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 
 from service.errors import Overloaded, ServiceError
 from service.inference import labels_of
-from service.limits import check_response
+from service.request_limits import check_response
 from service.openinference.datatypes import TensorError
 from service.openinference.statistics import InferenceStatistics
 from service.openinference.tensors import build_outputs, parse_inputs, response_bytes, sequence_params, uint_param

@@ -22,7 +22,7 @@ import numpy as np
 from model_core.config import ModelConfig
 from service.encoding import encode_text
 from service.errors import ServiceError
-from service.limits import JSON_BYTES_PER_VALUE, check_batch, check_steps
+from service.request_limits import JSON_BYTES_PER_VALUE, check_batch, check_steps
 from service.openinference.datatypes import TensorError
 from service.openinference.types import InferInput, InferOutput, RequestedOutput
 from service.settings import Settings

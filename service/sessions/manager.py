@@ -7,6 +7,7 @@ is sent.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from dataclasses import replace
 
@@ -15,13 +16,13 @@ import numpy as np
 from model_core.sampling import complete as sample_completions
 from model_core.state import StateFormatError, state_from_bytes, state_to_bytes
 from service.encoding import encode_sequence, stop_ids
+from service import request_limits as limits
 from service.errors import InvalidInput, PayloadTooLarge
 from service.inference import step_outputs
-from service.limits import check_completion, check_steps
 from service.registry import ModelEntry, ModelRegistry
 from service.sessions.batcher import DynamicBatcher
 from service.sessions.stepper import load_state, logits_from_bytes, logits_to_bytes
-from service.sessions.store import Session, SessionStore
+from service.sessions.store import Session, SessionStore, StepMismatch
 from service.settings import Settings
 
 
@@ -58,29 +59,57 @@ class SessionManager:
     def encode(self, session: Session, item, where: str = "input") -> np.ndarray:
         return encode_sequence(self._entry(session).model.config, item, self.settings.max_steps_per_message, where)
 
-    async def step(self, session_id: str, item, top_k: int = 5) -> tuple[Session, list[dict]]:
-        """Feed new steps; returns the updated session and one output per step, in order."""
-        session, logits = await self.step_logits(session_id, item)
+    async def step(self, session_id: str, item, top_k: int = 5, expect_at: int | None = None
+                   ) -> tuple[Session, list[dict]]:
+        """Feed new steps; returns the updated session and one output per step, in order.
+
+        ``expect_at`` (idempotency) is the step count the client expects the session to be at. If the
+        session is already past it because this very input was the last one applied (a retry after a
+        lost reply, a 503 or a timeout), the recorded reply is returned and nothing is applied again.
+        """
+        limits.check_top_k(top_k, self.settings)
+        session, logits = await self.step_logits(session_id, item, expect_at=expect_at, top_k=top_k)
         return session, step_outputs(self._entry(session).model, logits, top_k)
 
-    async def step_logits(self, session_id: str, item, **queueing) -> tuple[Session, np.ndarray]:
+    async def step_logits(self, session_id: str, item, expect_at: int | None = None, top_k: int | None = None,
+                          **queueing) -> tuple[Session, np.ndarray]:
         """Feed new steps (raw input or an encoded array); returns the session and logits (K, C).
 
+        ``top_k`` sizes a v1/stream reply for the output caps, checked before any math (None: the
+        caller returns raw logits and checks its own reply's size with ``request_limits``).
         ``queueing``: the batcher's ``priority``, ``deadline`` and ``timing`` (see ``DynamicBatcher.submit``).
         """
         async with self.store.lock(session_id):
             session = await self.store.get(session_id)
             entry = self._entry(session)
             arr = item if isinstance(item, np.ndarray) else self.encode(session, item)
-            check_steps(len(arr), self.settings.max_steps_per_message)
+            limits.check_steps(len(arr), self.settings.max_steps_per_message)
+            if top_k is not None:             # v1 and the stream; v2/gRPC size their raw logits themselves
+                limits.check_outputs(entry.model.config, len(arr), top_k, self.settings)
+            digest = None
+            if expect_at is not None:
+                digest = _digest(arr)
+                if session.steps != expect_at:
+                    return session, self._replay(session, expect_at, digest, len(arr), entry)
             if session.steps + len(arr) > self.settings.max_steps_per_session:
                 raise PayloadTooLarge(f"session would pass its limit of {self.settings.max_steps_per_session} steps; "
                                       "reset it or start a new one")
             logits, state = await self.batcher(entry).submit((session.state, arr), **queueing)
             new = session.advanced(state, logits_to_bytes(logits[-1]), len(arr))
+            if digest is not None:
+                new = replace(new, reply_at=expect_at, reply_digest=digest, reply_logits=logits_to_bytes(logits))
             await self.store.put(new, expected_revision=session.revision)      # committed before the reply
         self._on_steps(len(arr))
         return new, logits
+
+    @staticmethod
+    def _replay(session: Session, at: int, digest: bytes, k: int, entry: ModelEntry) -> np.ndarray:
+        """The recorded reply of a retried step, or a 409 saying where the session really is."""
+        recorded = session.recorded(at, digest)
+        if recorded is not None and session.steps == at + k:
+            return logits_from_bytes(recorded).reshape(k, -1)
+        raise StepMismatch(f"session {session.id!r} is at step {session.steps}, not {at}, and this input is not a "
+                           f"retry of its last step; resume from step {session.steps}")
 
     async def reset(self, session_id: str) -> Session:
         async with self.store.lock(session_id):
@@ -95,15 +124,16 @@ class SessionManager:
     # -- completion ---------------------------------------------------------------------------
     async def complete(self, session_id: str, n: int, max_length: int, temperature: float, top_k: int | None,
                        greedy: bool, stop: list[str], seed: int | None) -> list[dict]:
-        """Continuations from the session's current state, which is left untouched."""
-        session = await self.store.get(session_id)
+        """Continuations from the session's current state, which is left untouched (a use: it keeps
+        the session alive)."""
+        limits.check_completion(n, max_length, top_k, self.settings)
+        session = await self.store.touch(session_id)
         entry = self._entry(session)
         model = entry.model
         if model.config.task != "lm":
             raise InvalidInput(f"model {session.model!r} is a {model.config.task} model; completion needs an lm")
         if session.last_output is None:
             raise InvalidInput("send some input first: a completion continues from the last step's output")
-        check_completion(n, max_length, self.settings)
         ids = stop_ids(model.config, stop)
 
         def run():
@@ -120,7 +150,7 @@ class SessionManager:
     # -- state export / import ----------------------------------------------------------------
     async def export_state(self, session_id: str) -> bytes:
         """The engine's versioned state bytes (zeros for a session with no steps yet)."""
-        s = await self.store.get(session_id)
+        s = await self.store.touch(session_id)
         entry = self._entry(s)
         if s.state is not None:
             return s.state
@@ -142,3 +172,11 @@ class SessionManager:
         for b in self._batchers.values():
             await b.close(self.settings.shutdown_timeout_seconds)
         await self.store.close()
+
+
+def _digest(arr: np.ndarray) -> bytes:
+    """What an input fed, as a short hash: a retry must carry the same input to get the recorded reply."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{arr.dtype.str}{arr.shape}".encode())
+    h.update(np.ascontiguousarray(arr).tobytes())
+    return h.digest()

@@ -8,6 +8,14 @@ Keys, all under ``redis_key_prefix`` (P):
                  outlasts the session's by ``tombstone_seconds``), "evicted" once evicted
     P lru        sorted set id -> last put (Redis clock, µs): the LRU order for ``max_sessions``
     P lock:{id}  the step lock: a random token, SET NX PX, released by compare-and-delete
+    P epoch      a random token made once per data set: if it changes or vanishes, Redis lost its data
+    P lost       set for a while once that is seen: a session missing without a tombstone is then
+                 "state unknown" (410 session_state_unknown), not "never existed" (404)
+
+Fencing: ``put`` and the lock's acquire carry a deadline in Redis's own clock (the caller's send
+time plus the socket timeout, through a measured clock offset). A command that reaches Redis after
+its caller gave up (a paused or partitioned Redis replaying queued commands) does nothing, so a 503
+means "not applied", and no lock is taken for an owner that is no longer waiting for it.
 
 Every write is one Lua script, so it is atomic on the server: ``put`` compares the revision and
 writes in one go (the fence if a step's lock ever lapsed), ``create`` evicts and inserts in one go.
@@ -23,6 +31,7 @@ import asyncio
 import logging
 import random
 import secrets
+import time
 import weakref
 from contextlib import contextmanager
 
@@ -33,7 +42,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, TimeoutError as RedisTimeoutError
 
 from service.errors import Unavailable
-from service.sessions.store import ConflictError, Session, SessionGone, SessionNotFound, SessionStore, new_session_id
+from service.sessions.store import (
+    ConflictError,
+    Session,
+    SessionGone,
+    SessionNotFound,
+    SessionStateUnknown,
+    SessionStore,
+    new_session_id,
+)
 from service.settings import Settings
 
 log = logging.getLogger("service.sessions")
@@ -79,8 +96,9 @@ redis.call('ZADD', KEYS[3], string.format('%d', now), ARGV[1])
 return {1, redis.call('ZCARD', KEYS[3]), expired, evicted}
 """
 
-# KEYS: s, tomb, lru. ARGV: expected revision, ttl_ms, tomb_ms, id, write id, field, value, ...
-# -> {status, live count or tombstone}; status 1 = written, 0 = revision moved on, -1 = gone
+# KEYS: s, tomb, lru. ARGV: expected revision, ttl_ms, tomb_ms, id, write id, deadline (µs), field, value, ...
+# -> {status, live count or tombstone}; status 1 = written, 0 = revision moved on, -1 = gone,
+# -2 = arrived after its deadline (the caller already answered 503): not applied
 _PUT = _NOW + """
 local rev = redis.call('HGET', KEYS[1], 'revision')
 if not rev then
@@ -91,9 +109,13 @@ if rev ~= ARGV[1] then
   local ours = redis.call('HGET', KEYS[1], 'write_id') == ARGV[5]
   return {ours and 1 or 0, redis.call('ZCARD', KEYS[3])}
 end
+local t = redis.call('TIME')
+if t[1] * 1000000 + t[2] > tonumber(ARGV[6]) then
+  return {-2, ''}
+end
 local ttl_ms, tomb_ms = tonumber(ARGV[2]), tonumber(ARGV[3])
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'write_id', ARGV[5], unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], 'write_id', ARGV[5], unpack(ARGV, 7))
 redis.call('PEXPIRE', KEYS[1], ttl_ms)
 redis.call('SET', KEYS[2], 'expired', 'PX', ttl_ms + tomb_ms)
 redis.call('ZADD', KEYS[3], string.format('%d', now), ARGV[4])
@@ -114,12 +136,44 @@ local expired = prune(KEYS[1], now, tonumber(ARGV[1]))
 return {redis.call('ZCARD', KEYS[1]), expired}
 """
 
-# KEYS: lock. ARGV: token, ttl_ms. Taking a lock we already hold succeeds (a retried SET whose reply was lost).
+# KEYS: lock. ARGV: token, ttl_ms, deadline (µs). Taking a lock we already hold succeeds (a retried SET
+# whose reply was lost); one that arrives after its deadline takes nothing (-1): its owner gave up.
 _ACQUIRE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
+local t = redis.call('TIME')
+if t[1] * 1000000 + t[2] > tonumber(ARGV[3]) then
+  return -1
+end
 return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
+"""
+
+# KEYS: epoch, lost. ARGV: new token, the epoch this replica knew ('' if none), lost_ms
+# -> {epoch, 1 if data was lost recently}. A changed or missing epoch means Redis lost its data.
+_EPOCH = """
+local cur = redis.call('GET', KEYS[1])
+if not cur then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+if (not cur and ARGV[2] ~= '') or (cur and ARGV[2] ~= '' and cur ~= ARGV[2]) then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
+end
+return {cur or ARGV[1], redis.call('EXISTS', KEYS[2])}
+"""
+
+# KEYS: s, tomb, lru. ARGV: ttl_ms, tomb_ms, id, last_used -> the session's hash (flat), or {} if gone.
+# A use that is not a step (GET, completion, export) restarts the idle TTL without a new revision.
+_TOUCH = _NOW + """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {}
+end
+local ttl_ms, tomb_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'last_used', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ttl_ms)
+redis.call('SET', KEYS[2], 'expired', 'PX', ttl_ms + tomb_ms)
+redis.call('ZADD', KEYS[3], string.format('%d', now), ARGV[3])
+return redis.call('HGETALL', KEYS[1])
 """
 
 # KEYS: lock. ARGV: token. Delete only our own lock, never one a later holder took after ours lapsed.
@@ -135,7 +189,7 @@ def _fields(s: Session) -> list:
     """The session as hash fields; None values are simply absent."""
     out = ["model", s.model, "model_version", s.model_version, "steps", s.steps, "revision", s.revision,
            "created", repr(s.created), "last_used", repr(s.last_used), "ttl", repr(s.ttl)]
-    for name in ("state", "last_output", "sequence_id"):
+    for name in ("state", "last_output", "sequence_id", "reply_at", "reply_digest", "reply_logits"):
         value = getattr(s, name)
         if value is not None:
             out += [name, value]
@@ -143,18 +197,24 @@ def _fields(s: Session) -> list:
 
 
 def _session(sid: str, h: dict[bytes, bytes]) -> Session:
-    seq = h.get(b"sequence_id")
+    seq, reply_at = h.get(b"sequence_id"), h.get(b"reply_at")
     return Session(id=sid, model=h[b"model"].decode(), model_version=h[b"model_version"].decode(), state=h.get(b"state"),
                    last_output=h.get(b"last_output"), steps=int(h[b"steps"]), revision=int(h[b"revision"]),
                    created=float(h[b"created"]), last_used=float(h[b"last_used"]), ttl=float(h[b"ttl"]),
-                   sequence_id=seq.decode() if seq is not None else None)
+                   sequence_id=seq.decode() if seq is not None else None,
+                   reply_at=int(reply_at) if reply_at is not None else None, reply_digest=h.get(b"reply_digest"),
+                   reply_logits=h.get(b"reply_logits"))
 
 
 class RedisSessionStore(SessionStore):
     def __init__(self, redis: Redis, *, prefix: str = "rnn-serve:", ttl: float = 600.0, max_sessions: int = 100_000,
                  tombstone_seconds: float = 3600.0, lock_ttl: float = 10.0, lock_wait: float = 15.0,
-                 count_refresh: float = 5.0, on_event=None):
+                 count_refresh: float = 5.0, fence: float = 1.0, on_event=None):
         self.redis, self.prefix = redis, prefix
+        self.fence = fence                  # how long after sending a write may still apply (the socket timeout)
+        self._offset_us: float | None = None   # Redis clock minus ours, measured with TIME
+        self._epoch: bytes | None = None       # the data set this replica has seen
+        self._lost = False
         self.ttl, self.max_sessions = ttl, max_sessions
         self.lock_ttl, self.lock_wait, self.count_refresh = lock_ttl, lock_wait, count_refresh
         self._ttl_ms, self._tomb_ms = max(1, round(ttl * 1000)), max(1, round(tombstone_seconds * 1000))
@@ -167,6 +227,8 @@ class RedisSessionStore(SessionStore):
         self._create, self._put, self._delete = (redis.register_script(s) for s in (_CREATE, _PUT, _DELETE))
         self._count_script, self._acquire, self._release = (redis.register_script(s)
                                                             for s in (_COUNT, _ACQUIRE, _RELEASE))
+        self._epoch_script, self._touch = redis.register_script(_EPOCH), redis.register_script(_TOUCH)
+        self._background: set[asyncio.Task] = set()
         try:
             asyncio.get_running_loop()
             self._start_refresher()                       # built in the lifespan: count from the start
@@ -184,7 +246,8 @@ class RedisSessionStore(SessionStore):
         return cls(redis, prefix=settings.redis_key_prefix, ttl=settings.session_ttl_seconds,
                    max_sessions=settings.max_sessions, tombstone_seconds=settings.redis_tombstone_seconds,
                    lock_ttl=settings.redis_lock_ttl_seconds, lock_wait=settings.redis_lock_wait_seconds,
-                   count_refresh=settings.redis_count_refresh_seconds, on_event=on_event)
+                   count_refresh=settings.redis_count_refresh_seconds,
+                   fence=settings.redis_socket_timeout_seconds, on_event=on_event)
 
     def _keys(self, sid: str) -> list[str]:
         return [f"{self.prefix}s:{sid}", f"{self.prefix}tomb:{sid}", f"{self.prefix}lru"]
@@ -210,12 +273,43 @@ class RedisSessionStore(SessionStore):
         if self._refresher is None:
             self._refresher = asyncio.get_running_loop().create_task(self._refresh_count())
 
+    # -- fencing and data loss ------------------------------------------------------------------
+    async def _measure_clock(self) -> None:
+        sent = time.time()
+        sec, usec = await self.redis.time()
+        self._offset_us = (sec * 1e6 + usec) - (sent + time.time()) / 2 * 1e6
+
+    async def _deadline(self) -> int:
+        """Redis time (µs) after which a write sent now must not apply: its caller has given up."""
+        if self._offset_us is None:
+            with self._reachable():
+                await self._measure_clock()
+        return int(time.time() * 1e6 + self._offset_us + self.fence * 1e6)
+
+    async def _sync_epoch(self) -> bool:
+        """Learn the data set's epoch; True while a recent loss of Redis's data is on record."""
+        with self._reachable():
+            epoch, lost = await self._epoch_script(
+                keys=[f"{self.prefix}epoch", f"{self.prefix}lost"],
+                args=[secrets.token_hex(8), self._epoch or b"", self._ttl_ms + self._tomb_ms])
+        if self._epoch is not None and epoch != self._epoch:
+            log.error("session store: redis at %s lost its data (new epoch); sessions it held are gone", self.where)
+        self._epoch, self._lost = epoch, bool(lost)
+        return self._lost
+
+    def _in_background(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def _refresh_count(self) -> None:
         while True:
             try:
                 live, expired = await self._count_script(keys=[f"{self.prefix}lru"], args=[self._ttl_ms])
                 self._counted(live, expired)
-            except RedisError as exc:                     # the gauge keeps its last value; requests report it
+                await self._measure_clock()                 # the fence follows clock drift
+                await self._sync_epoch()                    # notice a data loss even with no misses
+            except (RedisError, Unavailable) as exc:      # the gauge keeps its last value; requests report it
                 log.debug("session count not refreshed: %s", exc)
             except Exception:                             # never let the gauge die silently
                 log.exception("session count not refreshed")
@@ -243,9 +337,22 @@ class RedisSessionStore(SessionStore):
                 h, tomb = await pipe.hgetall(s_key).get(tomb_key).execute()
         if h:
             return _session(session_id, h)
+        if tomb is None:
+            await self._sync_epoch()                        # a miss: did Redis lose its data?
         raise self._missing(session_id, tomb)
 
+    async def touch(self, session_id: str) -> Session:
+        with self._reachable():
+            flat = await self._touch(keys=self._keys(session_id),
+                                     args=[self._ttl_ms, self._tomb_ms, session_id, repr(time.time())])
+        if flat:
+            return _session(session_id, dict(zip(flat[::2], flat[1::2])))
+        return await self.get(session_id)                   # gone: get says how (410 / 404)
+
     def _missing(self, session_id: str, tomb: bytes | None) -> Exception:
+        if tomb is None and self._lost:
+            return SessionStateUnknown(f"session {session_id!r}: the session store lost its data (Redis restarted "
+                                       "without persistence), so this session's state is unknown; start a new one")
         if tomb == b"expired":
             return SessionGone(f"session {session_id!r} expired after {self.ttl:g} s idle; start a new one",
                                code="session_expired")
@@ -255,12 +362,18 @@ class RedisSessionStore(SessionStore):
         return SessionNotFound(f"unknown session {session_id!r}")
 
     async def put(self, session: Session, expected_revision: int) -> Session:
+        deadline = await self._deadline()
         with self._reachable():
             status, extra = await self._put(
                 keys=self._keys(session.id),
-                args=[expected_revision, self._ttl_ms, self._tomb_ms, session.id, secrets.token_hex(8),
+                args=[expected_revision, self._ttl_ms, self._tomb_ms, session.id, secrets.token_hex(8), deadline,
                       *_fields(session)])
+        if status == -2:
+            raise Unavailable(f"session store too slow (redis at {self.where}); this step was not applied, "
+                              "retry shortly")
         if status == -1:
+            if not extra:
+                await self._sync_epoch()
             err = self._missing(session.id, extra or None)
             if isinstance(err, SessionNotFound):
                 err = SessionNotFound(f"session {session.id!r} ended while this step ran")
@@ -300,11 +413,14 @@ class RedisSessionStore(SessionStore):
     async def ping(self) -> None:
         with self._reachable():
             await self.redis.ping()
+        await self._sync_epoch()
 
     async def close(self) -> None:
         if self._refresher is not None:
             self._refresher.cancel()
             self._refresher = None
+        for task in list(self._background):
+            task.cancel()
         await self.redis.aclose()
 
 
@@ -338,9 +454,19 @@ class _RedisLock:
     async def _acquire(self, loop, deadline: float) -> None:
         ttl_ms, delay = max(1, round(self.store.lock_ttl * 1000)), 0.002
         while True:
-            with self.store._reachable():
-                if await self.store._acquire(keys=[self.key], args=[self.token, ttl_ms]):
-                    return
+            fence = await self.store._deadline()
+            try:
+                with self.store._reachable():
+                    got = await self.store._acquire(keys=[self.key], args=[self.token, ttl_ms, fence])
+            except Unavailable:
+                # our SET may still be queued in a paused Redis: if it lands in time, drop it at once
+                self.store._in_background(self._release_soon())
+                raise
+            if got == 1:
+                return
+            if got == -1:
+                raise Unavailable(f"session store too slow (redis at {self.store.where}); nothing was applied, "
+                                  "retry shortly")
             left = deadline - loop.time()
             if left <= 0:
                 raise self._busy()
@@ -358,8 +484,20 @@ class _RedisLock:
                             self.session_id)
         except RedisError as err:
             # Never turn a committed step into an error reply (the client would resend it); the lock
-            # lapses by itself after lock_ttl.
-            log.warning("step lock of session %r not released (redis: %s); it lapses in %g s",
-                        self.session_id, err, self.store.lock_ttl)
+            # is released in the background once Redis answers, and lapses after lock_ttl at worst.
+            log.warning("step lock of session %r not released (redis: %s); retrying in the background",
+                        self.session_id, err)
+            self.store._in_background(self._release_soon())
         finally:
             self.local.release()
+
+    async def _release_soon(self) -> None:
+        """Release our token once Redis answers again (for at most lock_ttl, when it lapses anyway)."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.store.lock_ttl
+        while loop.time() < until:
+            try:
+                await self.store._release(keys=[self.key], args=[self.token])
+                return
+            except RedisError:
+                await asyncio.sleep(0.2)

@@ -31,6 +31,19 @@ class SessionGone(ServiceError):
     status = 410
 
 
+class SessionStateUnknown(SessionGone):
+    """The store lost its data (e.g. Redis restarted without persistence): this session may have
+    existed, and its state is gone. Distinct from ``session_not_found`` (never had it)."""
+
+    code = "session_state_unknown"
+
+
+class StepMismatch(ServiceError):
+    """An input's ``at`` is not where the session is, and it is not a retry of the last step."""
+
+    status, code = 409, "step_mismatch"
+
+
 @dataclass(frozen=True)
 class Session:
     """A value: stores hand out copies and take back new versions (compare-and-set on ``revision``)."""
@@ -46,6 +59,10 @@ class Session:
     last_used: float = field(default_factory=time.time)
     ttl: float = 600.0
     sequence_id: str | None = None       # set for sessions made by the v2 sequence extension
+    # the last step taken with an idempotency ``at``, so its retry is answered, not applied twice:
+    reply_at: int | None = None          # the step count that step started from
+    reply_digest: bytes | None = None    # what it fed (a hash of the encoded input)
+    reply_logits: bytes | None = None    # its outputs (K, C) as float32 bytes
 
     @property
     def expires_at(self) -> float:
@@ -54,6 +71,12 @@ class Session:
     def advanced(self, state: bytes, last_output: bytes | None, steps: int) -> Session:
         return replace(self, state=state, last_output=last_output, steps=self.steps + steps,
                        revision=self.revision + 1, last_used=time.time())
+
+    def recorded(self, at: int, digest: bytes) -> bytes | None:
+        """The outputs of the step that started at ``at`` with this input, if it was the last one taken."""
+        if self.reply_at == at and self.reply_digest == digest and self.reply_logits is not None:
+            return self.reply_logits
+        return None
 
     def info(self) -> dict:
         return {"session_id": self.id, "model": self.model, "model_version": self.model_version,
@@ -77,6 +100,8 @@ class SessionStore:
     async def get(self, session_id: str) -> Session: ...
     async def put(self, session: Session, expected_revision: int) -> Session: ...
     async def delete(self, session_id: str) -> bool: ...
+    async def touch(self, session_id: str) -> Session:
+        """``get`` that also counts as a use: the idle TTL starts again (GET, complete, state export)."""
     def lock(self, session_id: str) -> AbstractAsyncContextManager: ...
     def count(self) -> int: ...
     async def count_model(self, model: str) -> int: ...          # live sessions on one model (admin, not hot)
@@ -159,6 +184,14 @@ class MemorySessionStore(SessionStore):
     async def delete(self, session_id: str) -> bool:
         with self._lock:
             return self._sessions.pop(session_id, None) is not None
+
+    async def touch(self, session_id: str) -> Session:
+        s = await self.get(session_id)
+        with self._lock:
+            if self._sessions.get(session_id) is s:         # not replaced meanwhile: same revision, new time
+                s = self._sessions[session_id] = replace(s, last_used=time.time())
+                self._sessions.move_to_end(session_id)
+            return s
 
     def lock(self, session_id: str) -> asyncio.Lock:
         """One process: an asyncio lock per session, dropped with its last user."""

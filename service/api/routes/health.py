@@ -1,12 +1,13 @@
 """Health and server metadata, on the KServe v2 / Triton paths so standard probes work."""
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from service.api.deps import Registry, Sessions
 from service.errors import ServiceError
 from service.openinference import server
+from service.readiness import not_ready_reason
 
 router = APIRouter(prefix="/v2", tags=["health"])
 
@@ -18,10 +19,12 @@ async def live() -> dict:
 
 
 @router.get("/health/ready")
-async def ready(registry: Registry, sessions: Sessions):
-    """Ready when every model in the repository has loaded and the session store answers (503 otherwise)."""
-    if not registry.all_ready:
-        return JSONResponse({"ready": False}, status_code=503)
+async def ready(registry: Registry, sessions: Sessions, request: Request):
+    """Ready when the models the readiness policy needs have loaded (``RNN_SERVE_READY_WHEN``: by
+    default any one; failures are listed in ``/v1/models``) and the session store answers."""
+    reason = not_ready_reason(registry, request.app.state.settings.ready_when)
+    if reason is not None:
+        return JSONResponse({"ready": False, "error": reason}, status_code=503)
     try:
         await sessions.store.ping()
     except ServiceError as exc:                     # e.g. Redis down: a balancer should route elsewhere

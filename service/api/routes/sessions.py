@@ -8,6 +8,7 @@ from model_core.state import VERSION as STATE_VERSION
 from service.api.deps import Sessions
 from service.api.schemas import CompleteResponse, CompletionOptions, Sequence
 from service.errors import PayloadTooLarge
+from service.request_limits import StepAt, TopK
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 MAX_STATE_BYTES = 16 * 1024 * 1024
@@ -21,7 +22,8 @@ class CreateSession(BaseModel):
 class StepRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"input": "hello wor", "top_k": 3}]})
     input: Sequence = Field(description="new steps: text, token ids or feature vectors")
-    top_k: int = Field(5, ge=1)
+    top_k: TopK = 5
+    at: StepAt | None = None
 
 
 @router.post("", status_code=201)
@@ -32,8 +34,12 @@ async def create_session(body: CreateSession, sessions: Sessions) -> dict:
 
 @router.post("/{session_id}/step")
 async def step(session_id: str, body: StepRequest, sessions: Sessions) -> dict:
-    """Feed one or more new steps; returns one output per step, in order, and keeps the state."""
-    session, outputs = await sessions.step(session_id, body.input, body.top_k)
+    """Feed one or more new steps; returns one output per step, in order, and keeps the state.
+
+    With ``at`` (the step count the client expects the session to be at) a retry is safe: an input
+    already applied is answered from the record, and one that does not fit gets a 409 step_mismatch.
+    """
+    session, outputs = await sessions.step(session_id, body.input, body.top_k, expect_at=body.at)
     return {"session_id": session_id, "steps": session.steps, "outputs": outputs}
 
 
@@ -53,8 +59,8 @@ async def reset(session_id: str, sessions: Sessions) -> dict:
 
 @router.get("/{session_id}")
 async def info(session_id: str, sessions: Sessions) -> dict:
-    """Model, steps consumed, created and last-used times, expiry."""
-    return (await sessions.store.get(session_id)).info()
+    """Model, steps consumed, created and last-used times, expiry (a use: it keeps the session alive)."""
+    return (await sessions.store.touch(session_id)).info()
 
 
 @router.delete("/{session_id}", status_code=204)

@@ -1,6 +1,7 @@
 """WebSocket streaming: ``/v1/models/{name}/stream``. One connection is one session."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -9,13 +10,17 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
 from service.api.stream_protocol import CloseMessage, CompleteMessage, InputMessage, ResetMessage, client_message
-from service.auth import websocket_authorised
+from service.auth import origin_allowed, websocket_authorised
 from service.errors import ServiceError
 from service.sessions.manager import SessionManager
 
 router = APIRouter(tags=["streaming"])
 log = logging.getLogger("service.stream")
-MAX_MESSAGE_BYTES = 1_000_000
+
+
+def dumps(event: dict) -> str:
+    """Strict JSON: a bare NaN or Infinity is never sent (strict parsers reject it)."""
+    return json.dumps(event, allow_nan=False, separators=(",", ":"))
 
 
 class StreamConnection:
@@ -25,11 +30,20 @@ class StreamConnection:
         self.ws, self.sessions, self.model = ws, sessions, model
         self.session_id: str | None = None
         self._kind = "invalid"
+        self.max_bytes = ws.app.state.settings.max_request_bytes
+
+    async def send(self, event: dict) -> None:
+        try:
+            text = dumps(event)
+        except ValueError:                      # a non-finite number: say so instead of sending bad JSON
+            text = dumps({"type": "error", "id": event.get("id"), "code": "non_finite_output",
+                          "message": "the model produced a non-finite number for this input"})
+        await self.ws.send_text(text)
 
     async def open(self, resume_id: str | None) -> bool:
         try:
             if resume_id:
-                s = await self.sessions.store.get(resume_id)
+                s = await self.sessions.store.touch(resume_id)                 # resuming is a use
                 if s.model != self.model:
                     raise ServiceError(f"session {resume_id!r} belongs to model {s.model!r}, not {self.model!r}",
                                        code="session_model_mismatch")
@@ -37,16 +51,16 @@ class StreamConnection:
             else:
                 s, resumed = await self.sessions.create(self.model), False
         except ServiceError as exc:
-            await self.ws.send_json({"type": "error", "id": None, "code": exc.code, "message": exc.message})
+            await self.send({"type": "error", "id": None, "code": exc.code, "message": exc.message})
             await self.ws.close(code=1013 if exc.status in (429, 503) else 1008)   # 1013: try again later
             return False
         self.session_id = s.id
         log.info("stream opened", extra={"session_id": s.id, "model": s.model, "resumed": resumed, "steps": s.steps})
-        await self.ws.send_json({"type": "session", "session_id": s.id, "model": s.model,
+        await self.send({"type": "session", "session_id": s.id, "model": s.model,
                                  "model_version": s.model_version, "resumed": resumed, "steps": s.steps})
         return True
 
-    async def handle(self, raw: str) -> bool:
+    async def handle(self, raw: str | bytes) -> bool:
         """Process one message; returns False when the client asked to close."""
         start, outcome = time.perf_counter(), "error"
         try:
@@ -54,7 +68,14 @@ class StreamConnection:
             outcome = "ok"
             return keep_open
         except ServiceError as exc:
-            await self.ws.send_json({"type": "error", "id": exc.msg_id, "code": exc.code, "message": exc.message})
+            await self.send({"type": "error", "id": exc.msg_id, "code": exc.code, "message": exc.message})
+            return True
+        except (WebSocketDisconnect, asyncio.CancelledError):
+            raise
+        except Exception:                       # a bug must cost one reply, never the socket
+            log.exception("stream message failed", extra={"session_id": self.session_id})
+            await self.send({"type": "error", "id": None, "code": "internal_error",
+                             "message": "internal error; the socket stays open"})
             return True
         finally:
             metrics = self.ws.app.state.metrics
@@ -64,35 +85,42 @@ class StreamConnection:
     async def _handle(self, raw: str) -> bool:
         msg_id, self._kind = None, "invalid"
         try:
-            if len(raw) > MAX_MESSAGE_BYTES:
-                raise ServiceError(f"message of {len(raw)} bytes is over the limit of {MAX_MESSAGE_BYTES}",
+            if isinstance(raw, bytes):
+                raise ServiceError("binary frames are not part of the protocol: send JSON as a text frame",
+                                   code="invalid_request")
+            if len(raw) > self.max_bytes:
+                raise ServiceError(f"message of {len(raw)} bytes is over the limit of {self.max_bytes}",
                                    code="payload_too_large")
             try:
                 data = json.loads(raw)
             except json.JSONDecodeError as exc:
                 raise ServiceError(f"message is not JSON: {exc}", code="invalid_request") from None
+            except RecursionError:
+                raise ServiceError("message is nested too deeply", code="invalid_request") from None
             if isinstance(data, dict):
-                msg_id = data.get("id") if isinstance(data.get("id"), str | int) else None
+                msg_id = data.get("id") if type(data.get("id")) in (str, int) else None
             try:
                 msg = client_message.validate_python(data)
             except ValidationError as exc:
                 detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'message'}: {e['msg']}" for e in exc.errors()[:3])
-                raise ServiceError(detail, code="invalid_request") from None
+                raise ServiceError(detail[:2000], code="invalid_request") from None
+            except RecursionError:
+                raise ServiceError("message is nested too deeply", code="invalid_request") from None
             self._kind = msg.type
             if isinstance(msg, InputMessage):
-                session, outputs = await self.sessions.step(self.session_id, msg.payload, msg.top_k)
-                await self.ws.send_json({"type": "output", "id": msg.id, "steps": session.steps, "outputs": outputs})
+                session, outputs = await self.sessions.step(self.session_id, msg.payload, msg.top_k, expect_at=msg.at)
+                await self.send({"type": "output", "id": msg.id, "steps": session.steps, "outputs": outputs})
             elif isinstance(msg, CompleteMessage):
                 completions = await self.sessions.complete(self.session_id, msg.n, msg.max_length, msg.temperature,
                                                            msg.top_k, msg.greedy or msg.temperature == 0, msg.stop,
                                                            msg.seed)
-                await self.ws.send_json({"type": "completion", "id": msg.id, "completions": completions})
+                await self.send({"type": "completion", "id": msg.id, "completions": completions})
             elif isinstance(msg, ResetMessage):
                 await self.sessions.reset(self.session_id)
-                await self.ws.send_json({"type": "reset", "id": msg.id, "steps": 0})
+                await self.send({"type": "reset", "id": msg.id, "steps": 0})
             elif isinstance(msg, CloseMessage):
                 await self.sessions.end(self.session_id)
-                await self.ws.send_json({"type": "closed", "id": msg.id})
+                await self.send({"type": "closed", "id": msg.id})
                 return False
         except ServiceError as exc:
             exc.msg_id = msg_id
@@ -114,9 +142,21 @@ async def stream(ws: WebSocket, name: str, session_id: str | None = None):
        "seed"}`` for ``{"type": "completion", "completions": [...]}`` from the current state; the
        state is not advanced.
     4. ``{"type": "reset"}`` zeroes the state; ``{"type": "close"}`` ends the session and the socket.
-    5. A bad message gets ``{"type": "error", "id", "code", "message"}`` and the socket stays open.
-       Disconnecting without ``close`` keeps the session until its idle TTL, for resuming.
+    5. A bad message gets ``{"type": "error", "id", "code", "message"}`` and the socket stays open
+       (binary frames, bad JSON, deep nesting, out-of-range numbers alike). A frame over the request
+       size limit is refused by the WebSocket layer itself (close 1009); an idle socket is closed
+       after ``ws_idle_timeout_seconds`` (1001). Disconnecting without ``close`` keeps the session
+       until its idle TTL, for resuming.
+    6. Exactly once: an input may carry ``"at": N``, the step count the client expects the session
+       to be at. Resending it after a lost reply, an error or a reconnect is safe: an input already
+       applied is answered from the record, one that does not fit gets ``step_mismatch``.
+    7. Browsers: the ``Origin`` must be this server's own, a CORS origin or in
+       ``ws_allowed_origins``; the API key may come as ``?api_key=`` (unless ``ws_query_api_key`` is off).
     """
+    settings = ws.app.state.settings
+    if not origin_allowed(ws, settings):
+        await ws.close(code=1008, reason="Origin not allowed")
+        return
     if not websocket_authorised(ws):
         await ws.close(code=1008, reason="missing or invalid API key")
         return
@@ -125,8 +165,18 @@ async def stream(ws: WebSocket, name: str, session_id: str | None = None):
     try:
         if not await conn.open(session_id):
             return
-        while await conn.handle(await ws.receive_text()):
-            pass
+        while True:
+            try:
+                async with asyncio.timeout(settings.ws_idle_timeout_seconds):
+                    message = await ws.receive()
+            except TimeoutError:
+                await ws.close(code=1001, reason=f"idle for {settings.ws_idle_timeout_seconds:g} s")
+                return
+            if message["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect(message.get("code", 1000))
+            raw = message["text"] if message.get("text") is not None else message.get("bytes", b"")
+            if not await conn.handle(raw):
+                break
         await ws.close()
     except WebSocketDisconnect:
         pass
