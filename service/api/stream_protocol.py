@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, TypeAdapter, model_validator
 
 from service.api.schemas import CompletionOptions
 from service.request_limits import Feature, StepAt, TokenId, TopK
@@ -23,6 +23,8 @@ class InputMessage(_Message):
     features: list[list[Feature]] | None = None
     top_k: TopK = 5
     at: StepAt | None = None
+    state: StrictBool = Field(False, description="also send the top layer's h (and c) after this input, "
+                                                  "for visualising the state (the demo's heatmap)")
 
     @model_validator(mode="after")
     def _one_payload(self):

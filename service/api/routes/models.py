@@ -12,7 +12,8 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 async def list_models(registry: Registry) -> dict:
     """Every model in the repository with its status and version."""
     return {"models": [{"name": e.name, "version": e.version, "status": e.status,
-                        **({"task": e.config.task} if e.model else {}), **({"error": e.error} if e.error else {})}
+                        **({"task": e.config.task, "bidirectional": e.config.bidirectional} if e.model else {}),
+                        **({"error": e.error} if e.error else {})}
                        for e in registry.entries()]}
 
 

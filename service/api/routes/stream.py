@@ -109,7 +109,10 @@ class StreamConnection:
             self._kind = msg.type
             if isinstance(msg, InputMessage):
                 session, outputs = await self.sessions.step(self.session_id, msg.payload, msg.top_k, expect_at=msg.at)
-                await self.send({"type": "output", "id": msg.id, "steps": session.steps, "outputs": outputs})
+                reply = {"type": "output", "id": msg.id, "steps": session.steps, "outputs": outputs}
+                if msg.state:
+                    reply["state"] = self.sessions.top_layer_state(session)
+                await self.send(reply)
             elif isinstance(msg, CompleteMessage):
                 completions = await self.sessions.complete(self.session_id, msg.n, msg.max_length, msg.temperature,
                                                            msg.top_k, msg.greedy or msg.temperature == 0, msg.stop,
@@ -138,6 +141,8 @@ async def stream(ws: WebSocket, name: str, session_id: str | None = None):
        optional ``"top_k"`` and ``"id"``). Exactly one reply per input: ``{"type": "output", "id",
        "steps", "outputs": [one per step, in order]}`` (next-token top-k for LMs, running class
        top-k for classifiers, bits for echo models). Outputs do not depend on how text is chunked.
+       With ``"state": true`` the reply also carries ``"state": {"h": [...], "c": [...] or null}``, the
+       top layer's state after the input (the demo page draws it as a heatmap).
     3. Send ``{"type": "complete", "n", "max_length", "temperature", "top_k", "greedy", "stop",
        "seed"}`` for ``{"type": "completion", "completions": [...]}`` from the current state; the
        state is not advanced.
