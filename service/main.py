@@ -35,6 +35,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         metrics = app.state.metrics
         registry = ModelRegistry(settings.model_dir, settings.device)
+        if settings.device == "auto" and registry.device_in_use == "cpu":
+            log.warning("RNN_SERVE_DEVICE=auto: no usable GPU (CuPy and a visible CUDA device); serving on the CPU")
         registry.load_all()                       # before yield: no request sees a half-loaded repository
         for e in registry.entries():
             metrics.model_loaded.labels(e.name, e.version).set(1 if e.status == "ready" else 0)
@@ -50,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                             on_steps=metrics.steps.inc)
         app.state.stateless = StatelessBatchers(settings, on_batch=metrics.on_batch)
         log.info("ready", extra={"models": [e.name for e in registry.entries() if e.status == "ready"],
-                                 "device": settings.device, "session_store": type(store).__name__})
+                                 "device": registry.device_in_use, "session_store": type(store).__name__})
         gc.collect()
         gc.freeze()          # the models and startup objects are permanent: keep them out of every GC pass
         yield

@@ -1,7 +1,7 @@
 """Replicas behind nginx sharing Redis, all real processes on loopback: concurrency, failover, faults.
 
 Two ``python -m service`` replicas (``RNN_SERVE_SESSION_STORE=redis``) behind nginx running
-``deploy/nginx.conf``; the replica that answered is in nginx's ``X-Upstream`` header.
+``deploy/nginx.conf``; the failover tests share their drivers with the Docker check (tests/failover.py).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import pytest
 import websockets
 
 from deploy_fixtures import NGINX, REDIS_SERVER, Nginx, RedisServer, Replicas
+from failover import TEXT, check_outputs, established_peers, http_failover, ws_failover
 from test_e2e_uvicorn import type_text
 from test_sessions import same
 
@@ -25,8 +26,6 @@ pytestmark = [
     pytest.mark.skipif(REDIS_SERVER is None or NGINX is None,
                        reason="needs redis-server and nginx (apt-get install redis-server nginx)"),
 ]
-TEXT = ("Now is the winter of our discontent made glorious summer by this sun of York; and all the clouds "
-        "that lour'd upon our house in the deep bosom of the ocean buried.")
 
 
 class Cluster:
@@ -47,6 +46,16 @@ class Cluster:
         if self.redis.proc is None or self.redis.proc.poll() is not None:
             self.redis.start()
         self.replicas.start_all()
+
+    # failover.Cluster: the victim is the replica nginx is connected to
+    def serving(self) -> list[str]:
+        return established_peers(self.nginx.proc.pid, set(self.replicas.ports))
+
+    def kill(self, victim: str) -> None:
+        self.replicas.kill(int(victim.rsplit(":", 1)[1]))
+
+    def restore(self, victim: str) -> None:
+        self.replicas.start(int(victim.rsplit(":", 1)[1]))
 
     def predict(self, texts: list[str]) -> list[list[dict]]:
         """Solo runs: each whole text alone (batch of one), stateless, for comparison."""
@@ -78,10 +87,6 @@ def cluster(tmp_path_factory):
 def up(cluster):
     cluster.heal()
     return cluster
-
-
-def upstream_port(headers) -> int:
-    return int(headers["x-upstream"].rsplit(":", 1)[1])
 
 
 def steps_counted(port: int) -> float:
@@ -156,85 +161,16 @@ def test_concurrent_steps_on_one_session_through_two_replicas_are_serialised(up)
 
 
 # -- failover ---------------------------------------------------------------------------------------
-async def connect(url: str, deadline_s: float = 20):
-    """Reconnect as a client would: retry while nginx has no replica to offer."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        try:
-            ws = await websockets.connect(url, max_size=2**22, open_timeout=10)
-            return ws, json.loads(await ws.recv())
-        except (OSError, websockets.InvalidStatus, websockets.ConnectionClosed):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
-
-
-def test_failover_mid_stream_resumes_without_loss_or_duplication(up):
-    text, chunk = TEXT, 3
-    ref = up.predict([text])[0]
-    report = Counter()
-
-    async def main():
-        ws, hello = await connect(up.ws)
-        sid, outputs, acked, sent, t_kill, restarting = hello["session_id"], {}, 0, 0, None, None
-        kill_at = {len(text) // (3 * chunk), 2 * len(text) // (3 * chunk)}      # message numbers
-
-        def record(reply):
-            start = reply["steps"] - len(reply["outputs"])
-            for k, out in enumerate(reply["outputs"]):
-                report["duplicated"] += (start + k) in outputs
-                outputs[start + k] = out
-            return reply["steps"]
-
-        while acked < len(text):
-            sent += 1
-            # the messages that meet a kill are longer, so the kill may land in the middle of their step
-            start, piece = acked, text[acked:acked + (chunk if sent not in kill_at else 12 * chunk)]
-            await ws.send(json.dumps({"type": "input", "text": piece, "id": acked, "top_k": 2}))
-            if sent not in kill_at:
-                reply = json.loads(await ws.recv())
-                assert reply["type"] == "output", reply
-                acked = record(reply)
-                if t_kill is not None:        # first step after a kill: waits out a lock the victim held
-                    resumed_after.append(time.monotonic() - t_kill)
-                    t_kill = None
-                continue
-            if restarting is not None:
-                await restarting                                  # both replicas up before the next kill
-            victim = upstream_port(ws.response.headers)
-            await asyncio.sleep(0.002 * (sent % 3))               # in transit, or being stepped
-            t_kill = time.monotonic()
-            up.replicas.kill(victim)                              # SIGKILL with this message in flight
-            report["kills"] += 1
-            try:
-                acked = record(json.loads(await asyncio.wait_for(ws.recv(), 10)))
-                report["reply_beat_the_kill"] += 1
-            except websockets.ConnectionClosed:
-                pass
-            await ws.close()
-            ws, hello = await connect(f"{up.ws}?session_id={sid}")
-            assert hello["resumed"] and hello["session_id"] == sid, hello
-            assert upstream_port(ws.response.headers) != victim
-            committed = hello["steps"]
-            assert acked <= committed <= start + len(piece)                # applied at most once
-            report["committed_without_reply"] += committed - acked         # known from `steps`: not resent
-            report["resent_steps"] += start + len(piece) - committed       # the uncommitted part only
-            acked = committed
-            restarting = asyncio.get_running_loop().run_in_executor(None, up.replicas.start, victim)
-        assert acked == len(text)                            # the server's count: every step exactly once
-        await restarting
-        await ws.send(json.dumps({"type": "close"}))
-        await ws.close()
-        return sid, outputs
-
-    resumed_after = []
-    sid, outputs = asyncio.run(main())
-    print(f"failover: {dict(report)}; first step after each kill answered "
-          f"{', '.join(f'{t:.2f}' for t in resumed_after)} s after it")
-    assert report["kills"] == 2 and report["duplicated"] == 0
-    lost = [k for k in range(len(text)) if k not in outputs]
-    assert len(lost) == report["committed_without_reply"]       # only steps whose reply died with a replica
-    assert same([outputs[k] for k in sorted(outputs)], [ref[k] for k in sorted(outputs)])
+@pytest.mark.parametrize("transport", ["ws", "http"])
+def test_failover_mid_message_loses_and_repeats_no_step(up, transport):
+    ref = up.predict([TEXT])[0]
+    if transport == "ws":
+        sid, outputs, report = asyncio.run(ws_failover(up, up.ws))
+    else:
+        sid, outputs, report = asyncio.run(http_failover(up, up.http))
+    print(f"{transport} failover: {dict(report)}")
+    assert report["kills"] == 2
+    check_outputs(outputs, ref, report, same)
     r = httpx.get(f"{up.http}/v1/sessions/{sid}")                        # closed at the end
     assert r.status_code == 404
 

@@ -30,9 +30,10 @@ async def ready(registry: Registry, sessions: Sessions):
 
 
 @router.get("")
-async def server_metadata() -> dict:
+async def server_metadata(registry: Registry) -> dict:
     from service import __version__
-    return {"name": SERVER_NAME, "version": __version__, "extensions": ["sequence", "sequence(string_id)"]}
+    return {"name": SERVER_NAME, "version": __version__, "extensions": ["sequence", "sequence(string_id)"],
+            "device": registry.device_in_use}             # "cpu" or "gpu": what RNN_SERVE_DEVICE=auto chose
 
 
 @router.get("/models/{name}/ready")
