@@ -36,7 +36,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "tests")]      # the drivers the tests use
 from docker_engine import EngineUnavailable, ensure_bases, ensure_engine, run, stop_daemon  # noqa: E402
 from failover import TEXT, check_outputs, established_peers, http_failover, ws_failover  # noqa: E402
 from test_e2e_uvicorn import type_text  # noqa: E402
@@ -86,16 +86,21 @@ def ca_bundle() -> str | None:
     return str(default) if default.is_file() else None
 
 
-def build(target: str) -> None:
+def build(targets: list[str]) -> None:
+    """Both targets at once: they share the `build` stage, and downloads overlap with unpacking."""
     ca = ca_bundle()
-    argv = ["docker", "buildx", "build", "--progress=plain", "--target", target, "-t", f"rnn-serve:{target}",
-            *(["--secret", f"id=ca-bundle,src={ca}"] if ca else []), str(ROOT)]
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=900, env={**os.environ, "DOCKER_BUILDKIT": "1"})
-    if r.returncode != 0:
-        raise AssertionError(f"docker build --target {target} failed:\n{r.stdout[-4000:]}{r.stderr[-4000:]}")
-    for line in (r.stdout + r.stderr).splitlines():
-        if "image_venv:" in line:
-            print("   " + line.split("image_venv:", 1)[1].strip())
+    procs = {t: subprocess.Popen(
+        ["docker", "buildx", "build", "--progress=plain", "--target", t, "-t", f"rnn-serve:{t}",
+         *(["--secret", f"id=ca-bundle,src={ca}"] if ca else []), str(ROOT)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "DOCKER_BUILDKIT": "1"})
+        for t in targets}
+    for target, proc in procs.items():
+        out, _ = proc.communicate(timeout=1200)
+        if proc.returncode != 0:
+            raise AssertionError(f"docker build --target {target} failed:\n{out[-6000:]}")
+        for line in out.splitlines():
+            if "image_venv:" in line:
+                print(f"   {target}: " + line.split("image_venv:", 1)[1].strip())
 
 
 def image_mb(tag: str) -> float:
@@ -163,26 +168,34 @@ class Stack:
 
     def up(self, replicas: int) -> None:
         self.compose("up", "-d", "--no-build", "--wait", "--scale", f"service={replicas}")
+        self.refresh()
 
     def containers(self, service: str = "service") -> list[str]:
         return self.compose("ps", "-q", service).split()
 
-    def replica_ips(self) -> dict[str, str]:
-        return {net["IPAddress"]: c for c in self.containers()
-                for net in inspect(c)["NetworkSettings"]["Networks"].values() if net["IPAddress"]}
+    def refresh(self) -> None:
+        """Who is where, looked up once: a kill must land within milliseconds, not after a docker call."""
+        self.pids: dict[str, tuple[str, int]] = {}           # replica IP -> (container, host PID of its python)
+        for c in self.containers():
+            info = inspect(c)
+            for net in info["NetworkSettings"]["Networks"].values():
+                if net["IPAddress"]:
+                    self.pids[net["IPAddress"]] = (c, info["State"]["Pid"])
+        self.nginx_pid = inspect(self.containers("nginx")[0])["State"]["Pid"]
 
     # failover.Cluster
     def serving(self) -> list[str]:
-        return established_peers(inspect(self.containers("nginx")[0])["State"]["Pid"], {8000})
+        return established_peers(self.nginx_pid, {8000})
 
     def kill(self, victim: str) -> None:
-        container = self.replica_ips()[victim.split(":")[0]]
+        container, pid = self.pids[victim.split(":")[0]]
+        os.kill(pid, signal.SIGKILL)                     # PID 1 in the container: the replica's python
         self.victims[victim] = container
-        os.kill(inspect(container)["State"]["Pid"], signal.SIGKILL)     # the replica's python, PID 1 in there
 
     def restore(self, victim: str) -> None:
         time.sleep(0.5)                                  # let Docker see the exit before asking for health
         wait_healthy(self.victims[victim])               # `restart: unless-stopped` brings it back
+        self.refresh()
 
     def predict(self, text: str) -> list[dict]:
         r = httpx.post(f"{self.http}/v1/models/charlm/predict", json={"inputs": [text], "top_k": 2}, timeout=60)
@@ -214,7 +227,7 @@ def check_scaling(stack: Stack) -> None:
     with httpx.Client(base_url=stack.http, timeout=30) as client:
         for _ in range(60):
             assert client.post("/v1/models/charlm/predict", json={"inputs": ["ab"]}).status_code == 200
-    ips = stack.replica_ips()
+    ips = set(stack.pids)
     seen = served_by(stack, since)
     assert set(ips) <= seen, f"after scaling to 4, nginx used {sorted(seen)} of {sorted(ips)}"
     print(f"   up to 4: every replica served ({len(seen)} upstreams in nginx's log)")
@@ -261,10 +274,9 @@ def main() -> int:
         stop_daemon(dockerd)
         return NO_ENGINE
     try:
-        for target in ("cpu", "gpu"):
-            with phase(f"build {target}"):
-                build(target)
-            sizes[target] = image_mb(f"rnn-serve:{target}")
+        with phase("build cpu + gpu"):
+            build(["cpu", "gpu"])
+        sizes = {t: image_mb(f"rnn-serve:{t}") for t in ("cpu", "gpu")}
         sizes["base"] = image_mb(base_tags()[0])
         with phase("cpu container"):
             check_single("cpu")

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 NEWER_SUITE = "trixie"                    # docker-compose 2.x and docker-buildx live here, not in bookworm
@@ -150,9 +151,9 @@ def ensure_bases(tags: list[str], work: Path, say=print) -> dict[str, str]:
     try:
         run("debootstrap", "--variant=minbase", suite, str(base), DEBIAN_MIRROR, timeout=900)
         shutil.copy("/etc/resolv.conf", base / "etc/resolv.conf")
-        for tag in todo:
-            _standin(tag, base, work / tag.replace("/", "_").replace(":", "_"))
-            how[tag] = "stand-in"
+        with ThreadPoolExecutor(len(todo)) as pool:          # apt in three chroots at once: mostly waiting
+            list(pool.map(lambda t: _standin(t, base, work / t.replace("/", "_").replace(":", "_")), todo))
+        how.update(dict.fromkeys(todo, "stand-in"))
     finally:
         for leftover in work.iterdir():
             shutil.rmtree(leftover, ignore_errors=True)

@@ -22,7 +22,8 @@ import httpx
 import websockets
 
 TEXT = ("Now is the winter of our discontent made glorious summer by this sun of York; and all the clouds "
-        "that lour'd upon our house in the deep bosom of the ocean buried.")
+        "that lour'd upon our house in the deep bosom of the ocean buried.") * 3
+KILL_CHARS = 150          # a message that meets a kill: a step long enough (~0.1 s) to be killed in the middle
 
 
 class Cluster(Protocol):
@@ -39,7 +40,8 @@ class Cluster(Protocol):
 
 
 def established_peers(pid: int, ports: set[int]) -> list[str]:
-    """Remote ``ip:port`` of the ESTABLISHED TCP connections to ``ports`` in ``pid``'s network namespace."""
+    """Remote ``ip:port`` of the ESTABLISHED TCP connections to ``ports`` in ``pid``'s network namespace.
+    (The kernel walks every socket on the host to answer, ~20 ms on a busy one: hence long kill messages.)"""
     peers = []
     with open(f"/proc/{pid}/net/tcp") as f:
         for line in f.readlines()[1:]:
@@ -76,6 +78,13 @@ class _Outputs:
         return reply["steps"]
 
 
+def _kill_points(text: str, kills: int) -> list[int]:
+    """Kill at evenly spaced characters; each kill message then has room for its KILL_CHARS."""
+    points = [(i + 1) * len(text) // (kills + 1) for i in range(kills)]
+    assert all(b - a > KILL_CHARS for a, b in zip(points, points[1:] + [len(text)])), "text too short for the kills"
+    return points
+
+
 def _after_kill(report: Counter, acked: int, committed: int, start: int, piece: str) -> int:
     assert acked <= committed <= start + len(piece), (acked, committed, start, len(piece))   # applied at most once
     report["committed_without_reply"] += committed - acked          # known from `steps`: not resent
@@ -86,8 +95,7 @@ def _after_kill(report: Counter, acked: int, committed: int, start: int, piece: 
 async def ws_failover(cluster: Cluster, ws_url: str, text: str = TEXT, chunk: int = 3, kills: int = 2):
     """Type ``text`` over one WebSocket session, SIGKILLing its replica with a message in flight ``kills``
     times. Returns (session id, {step: output}, report)."""
-    report, outputs = Counter(), None
-    kill_at = {(i + 1) * len(text) // ((kills + 1) * chunk) for i in range(kills)}       # message numbers
+    report, points = Counter(), _kill_points(text, kills)
 
     async def connect(url: str, deadline_s: float = 30):
         deadline = time.monotonic() + deadline_s                  # retry while nginx has no replica to offer
@@ -106,11 +114,11 @@ async def ws_failover(cluster: Cluster, ws_url: str, text: str = TEXT, chunk: in
     sid, acked, sent, restoring = hello["session_id"], 0, 0, None
     while acked < len(text):
         sent += 1
-        # the messages that meet a kill are longer, so the kill may land in the middle of their step
-        start, piece = acked, text[acked:acked + (chunk if sent not in kill_at else 12 * chunk)]
-        if sent in kill_at and restoring is not None:
+        kill = report["kills"] < len(points) and acked >= points[report["kills"]]
+        start, piece = acked, text[acked:acked + (KILL_CHARS if kill else chunk)]
+        if kill and restoring is not None:
             await restoring                                       # every replica up before the next kill
-        victim = await _victim(cluster) if sent in kill_at else None
+        victim = await _victim(cluster) if kill else None
         await ws.send(json.dumps({"type": "input", "text": piece, "id": acked, "top_k": 2}))
         if victim is None:
             reply = json.loads(await ws.recv())
@@ -141,19 +149,18 @@ async def ws_failover(cluster: Cluster, ws_url: str, text: str = TEXT, chunk: in
 async def http_failover(cluster: Cluster, base_url: str, text: str = TEXT, chunk: int = 3, kills: int = 2):
     """The same over HTTP: session steps as POSTs; a POST whose replica dies gets nginx's 503
     (never retried elsewhere), and the client reads ``steps`` to know what was committed."""
-    report = Counter()
+    report, points = Counter(), _kill_points(text, kills)
     outputs = _Outputs(report)
-    kill_at = {(i + 1) * len(text) // ((kills + 1) * chunk) for i in range(kills)}
     loop = asyncio.get_running_loop()
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
         r = await client.post("/v1/sessions", json={"model": "charlm"})
         assert r.status_code == 201, r.text
-        sid, acked, sent, restoring = r.json()["session_id"], 0, 0, None
+        sid, acked, restoring = r.json()["session_id"], 0, None
         while acked < len(text):
-            sent += 1
-            start, piece = acked, text[acked:acked + (chunk if sent not in kill_at else 12 * chunk)]
+            kill = report["kills"] < len(points) and acked >= points[report["kills"]]
+            start, piece = acked, text[acked:acked + (KILL_CHARS if kill else chunk)]
             body = {"input": piece, "top_k": 2}
-            if sent not in kill_at:
+            if not kill:
                 r = await client.post(f"/v1/sessions/{sid}/step", json=body)
                 assert r.status_code == 200, r.text
                 acked = outputs.record(r.json())
