@@ -10,9 +10,10 @@ no layer keeps it.
 
 Removed after the install (each is build- or test-time only; the image never installs or compiles
 C against these packages): pip and setuptools, ``tests``/``test`` packages and ONNX's backend test
-data, C/C++/Cython sources and headers, type stubs, and the ``__pycache__`` of what was removed.
-CuPy and the NVIDIA wheels are left whole: CuPy compiles its kernels at run time with NVRTC and
-includes its own and CUDA's headers.
+data, C/C++/Cython sources and headers, type stubs, NumPy's build tools, and the symbol tables of
+extension modules (binutils' ``strip``, in the build stage only). For the cpu image, bytecode is
+written only for what starting the service imports. CuPy and the NVIDIA wheels are left whole:
+CuPy compiles its kernels at run time with NVRTC and includes its own and CUDA's headers.
 """
 from __future__ import annotations
 
@@ -89,9 +90,11 @@ def bytecode_for_startup(venv: Path, app: Path) -> None:
 
 STARTUP = """
 import asyncio
-import uvicorn.loops.uvloop, uvicorn.protocols.http.httptools_impl, uvicorn.protocols.websockets.websockets_impl
+import uvicorn
+import uvloop
 from service.main import create_app
 app = create_app()
+uvicorn.Config(app, log_config=None).load()     # imports the HTTP and WebSocket protocols `auto` picks
 async def start_and_stop():
     async with app.router.lifespan_context(app):
         pass

@@ -38,6 +38,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "tests")]      # the drivers the tests use
 from docker_engine import EngineUnavailable, ensure_bases, ensure_engine, run, stop_daemon  # noqa: E402
+from conftest import free_port  # noqa: E402
 from failover import TEXT, check_outputs, established_peers, http_failover, ws_failover  # noqa: E402
 from test_e2e_uvicorn import type_text  # noqa: E402
 from test_sessions import same  # noqa: E402
@@ -59,13 +60,6 @@ def phase(name: str):
     finally:
         timings.append((name, time.monotonic() - t0))
         print(f"   {name}: {timings[-1][1]:.1f} s", flush=True)
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def base_tags() -> list[str]:
@@ -142,7 +136,8 @@ def check_single(target: str) -> None:
             assert same(outs, ref)
             print(f"   cpu: ready, classify, a WebSocket stream equal to predict, uid {user}, device {device}")
         else:
-            logs = run("docker", "logs", name).stderr + run("docker", "logs", name).stdout
+            out = run("docker", "logs", name)
+            logs = out.stdout + out.stderr
             assert device == "cpu" and "no usable GPU" in logs, (device, logs[-2000:])
             print(f"   gpu image without a GPU: /v2 says device {device!r}; log: "
                   f"{next(line for line in logs.splitlines() if 'no usable GPU' in line)[:160]}")
