@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -259,16 +260,17 @@ def main() -> int:
             print(f"   docker {run('docker', 'version', '-f', '{{.Server.Version}}').stdout.strip()}, "
                   f"{run('docker', 'compose', 'version', '--short').stdout.strip()} compose, "
                   f"dockerd {'started by this check' if dockerd else 'already running'}")
-        with phase("base images"):
-            (work / "bases").mkdir()
-            for tag, how in ensure_bases(base_tags(), work / "bases", say=print).items():
-                print(f"   {tag}: {how}")
     except EngineUnavailable as exc:
         print("\n" + "!" * 100 + f"\n!! DEPLOYMENT CHECK SKIPPED: no Docker engine can run here.\n!! {exc}\n"
               + "!" * 100, flush=True)
         stop_daemon(dockerd)
+        shutil.rmtree(work, ignore_errors=True)
         return NO_ENGINE
     try:
+        with phase("base images"):
+            (work / "bases").mkdir()
+            for tag, how in ensure_bases(base_tags(), work / "bases", say=print).items():
+                print(f"   {tag}: {how}")
         with phase("build cpu + gpu"):
             build(["cpu", "gpu"])
         sizes = {t: image_mb(f"rnn-serve:{t}") for t in ("cpu", "gpu")}
@@ -285,8 +287,8 @@ def main() -> int:
         with phase("scale 4 -> 2"):
             check_scaling(stack)
         ok = True
-    except (AssertionError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        print(f"\nDEPLOYMENT CHECK FAILED: {exc}\n{getattr(exc, 'stderr', '') or ''}", flush=True)
+    except Exception as exc:                        # any failure is reported with the logs, never a pass
+        print(f"\nDEPLOYMENT CHECK FAILED: {type(exc).__name__}: {exc}\n{getattr(exc, 'stderr', '') or ''}", flush=True)
         if stack is not None:
             print(subprocess.run([*COMPOSE, "logs", "--tail", "40"], env=stack.env, capture_output=True,
                                  text=True).stdout[-6000:])
@@ -298,6 +300,7 @@ def main() -> int:
                                capture_output=True, timeout=300)
             if not args.keep:
                 stop_daemon(dockerd)
+                shutil.rmtree(work, ignore_errors=True)
     summary(sizes, figures, time.monotonic() - t_all)
     print("DEPLOYMENT CHECK " + ("PASSED" if ok else "FAILED"))
     return 0 if ok else 1
