@@ -40,6 +40,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics = app.state.metrics
         set_num_threads(settings.engine_threads)  # before any model runs: every native pool, on purpose
         registry = ModelRegistry(settings.model_dir, settings.device)
+        if settings.device == "auto" and registry.device_in_use == "cpu":
+            log.warning("RNN_SERVE_DEVICE=auto: no usable GPU (CuPy and a visible CUDA device); serving on the CPU")
         registry.load_all()                       # before yield: no request sees a half-loaded repository
         for e in registry.entries():
             metrics.model_loaded.labels(e.name, e.version).set(1 if e.status == "ready" else 0)
@@ -58,7 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # gRPC on its own port, in this event loop, over the same registry, sessions, batchers and statistics
         app.state.grpc = await grpc_server.start(settings, registry, app.state.sessions, app.state.v2)
         log.info("ready", extra={"models": [e.name for e in registry.entries() if e.status == "ready"],
-                                 "device": settings.device, "session_store": type(store).__name__})
+                                 "device": registry.device_in_use, "session_store": type(store).__name__})
         gc.collect()
         gc.freeze()          # the models and startup objects are permanent: keep them out of every GC pass
         yield

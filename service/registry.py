@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import model_core
+from model_core.backend import resolve_device
 from model_core.config import ModelConfig
 from model_core.model import SequenceModel
 from model_core.onnx.errors import OnnxLoadError
@@ -149,6 +150,9 @@ class ModelRegistry:
 
     def __init__(self, model_dir: Path, device: str = "cpu", keep_versions: int = 3):
         self.model_dir, self.device, self.keep_versions = Path(model_dir), device, keep_versions
+        # what "auto" became on this host, for the logs and /v2 (an explicit "gpu" stays as asked: its
+        # models fail to load with the reason if no GPU is usable)
+        self.device_in_use = resolve_device(device) if device == "auto" else device
         self._models: dict[str, ModelEntry] = {}                  # current: highest ready version, or the failure
         self._served: dict[str, dict[int, ModelEntry]] = {}       # what the version policy selects, by number
         self._policies: dict[str, VersionPolicy] = {}

@@ -25,12 +25,14 @@ def free_port() -> int:
 
 
 def start_server(port: int, env_extra: dict | None = None, timeout: float = 30.0,
-                 log_path: Path | None = None) -> subprocess.Popen:
-    """``log_path``: stderr into a file, for servers that may log a lot (an unread pipe would block them)."""
-    env = {**os.environ, "RNN_SERVE_LOG_LEVEL": "warning", "RNN_SERVE_GRPC_PORT": str(free_port()), **(env_extra or {})}
+                 log_path: Path | None = None, python: str = sys.executable, cwd: Path = ROOT) -> subprocess.Popen:
+    """``log_path``: stderr into a file, for servers that may log a lot (an unread pipe would block them).
+    ``python``/``cwd``: another interpreter, run outside the worktree (an installed package, not this tree)."""
+    env = {**os.environ, "RNN_SERVE_LOG_LEVEL": "warning", "RNN_SERVE_GRPC_PORT": str(free_port()),
+           **(env_extra or {})}
     log = open(log_path, "ab") if log_path else None
-    proc = subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log or subprocess.PIPE)
+    proc = subprocess.Popen([python, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=log or subprocess.PIPE)
     if log:
         log.close()                                   # the server holds its own descriptor
     deadline = time.time() + timeout

@@ -109,30 +109,34 @@ class Nginx:
     """nginx running ``deploy/nginx.conf`` with its upstream pointed at loopback replicas.
 
     The rewrite touches only what differs outside compose: the listen address, the upstream
-    servers (Docker DNS and ``resolve`` become fixed ports), log and temp paths, one worker.
-    ``X-Upstream`` tells a test which replica answered.
+    servers (the replicas' DNS name becomes an upstream block of fixed ports), log and temp paths, one worker.
     """
 
     def __init__(self, workdir: Path, upstream_ports: list[int]):
         self.dir, self.port, self.upstream_ports, self.proc = workdir, free_port(), upstream_ports, None
+        self.grpc_port = free_port()
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def config(self) -> str:
         conf = (ROOT / "deploy" / "nginx.conf").read_text()
         d = self.dir
-        server = re.search(r"^\s*server service:8000 resolve (.*);$", conf, re.M)
-        assert server, "deploy/nginx.conf: upstream `server service:8000 resolve ...;` line not found"
-        servers = "".join(f"        server 127.0.0.1:{p} {server.group(1)};\n" for p in self.upstream_ports)
+        # Outside Docker there is no DNS name for the replicas: the `set` names an upstream block of
+        # loopback ports instead (proxy_pass picks a defined upstream by name before resolving).
+        servers = "".join(f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;\n" for p in self.upstream_ports)
         rewrites = [
             (r"^worker_processes .*;$", "worker_processes 1;"),
             (r"^error_log .*;$", f"error_log {d}/error.log warn;"),
             (r"^\s*resolver .*;$", ""),
-            (r"^\s*server service:8000 resolve .*;\n", servers),
+            (r"^\s*set \$rnn_serve service:8000;", "        set $rnn_serve rnn_serve;"),
+            (r"^\s*set \$rnn_serve_grpc service:8001;", "        set $rnn_serve_grpc rnn_serve_grpc;"),
             (r"access_log /dev/stdout", f"access_log {d}/access.log"),
             (r"^\s*listen 80;$", f"        listen 127.0.0.1:{self.port};"),
+            (r"^\s*listen 8001 http2;$", f"        listen 127.0.0.1:{self.grpc_port} http2;"),
             (r"^http \{$", "http {\n" + "".join(f"    {k}_temp_path {d}/{k};\n"
                                                  for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-             + "    add_header X-Upstream $upstream_addr always;"),
+             + "    add_header X-Upstream $upstream_addr always;\n"                  # which replica answered
+             + f"    upstream rnn_serve {{\n{servers}    }}\n"
+             + "    upstream rnn_serve_grpc {\n        server 127.0.0.1:9;\n    }"),      # no gRPC replicas here
         ]
         for pattern, repl in rewrites:
             conf, n = re.subn(pattern, lambda _: repl, conf, count=1, flags=re.M)

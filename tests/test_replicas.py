@@ -1,7 +1,7 @@
 """Replicas behind nginx sharing Redis, all real processes on loopback: concurrency, failover, faults.
 
 Two ``python -m service`` replicas (``RNN_SERVE_SESSION_STORE=redis``) behind nginx running
-``deploy/nginx.conf``; the replica that answered is in nginx's ``X-Upstream`` header.
+``deploy/nginx.conf``; the failover tests share their drivers with the Docker check (tests/failover.py).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import pytest
 import websockets
 
 from deploy_fixtures import NGINX, REDIS_SERVER, Nginx, RedisServer, Replicas
+from failover import TEXT, check_outputs, established_peers, http_failover, ws_failover
 from service.client import AsyncStreamClient, Backoff
 from test_e2e_uvicorn import type_text
 from test_sessions import same
@@ -26,8 +27,6 @@ pytestmark = [
     pytest.mark.skipif(REDIS_SERVER is None or NGINX is None,
                        reason="needs redis-server and nginx (apt-get install redis-server nginx)"),
 ]
-TEXT = ("Now is the winter of our discontent made glorious summer by this sun of York; and all the clouds "
-        "that lour'd upon our house in the deep bosom of the ocean buried.")
 
 
 class Cluster:
@@ -49,6 +48,16 @@ class Cluster:
         if self.redis.proc is None or self.redis.proc.poll() is not None:
             self.redis.start()
         self.replicas.start_all()
+
+    # failover.Cluster: the victim is the replica nginx is connected to
+    def serving(self) -> list[str]:
+        return established_peers(self.nginx.proc.pid, set(self.replicas.ports))
+
+    def kill(self, victim: str) -> None:
+        self.replicas.kill(int(victim.rsplit(":", 1)[1]))
+
+    def restore(self, victim: str) -> None:
+        self.replicas.start(int(victim.rsplit(":", 1)[1]))
 
     def predict(self, texts: list[str]) -> list[list[dict]]:
         """Solo runs: each whole text alone (batch of one), stateless, for comparison."""
@@ -158,7 +167,21 @@ def test_concurrent_steps_on_one_session_through_two_replicas_are_serialised(up)
 
 
 # -- failover ---------------------------------------------------------------------------------------
-def test_failover_mid_stream_resumes_without_loss_or_duplication(up):
+@pytest.mark.parametrize("transport", ["ws", "http"])
+def test_failover_mid_message_loses_and_repeats_no_step(up, transport):
+    ref = up.predict([TEXT])[0]
+    if transport == "ws":
+        sid, outputs, report = asyncio.run(ws_failover(up, up.ws))
+    else:
+        sid, outputs, report = asyncio.run(http_failover(up, up.http))
+    print(f"{transport} failover: {dict(report)}")
+    assert report["kills"] == 2
+    check_outputs(outputs, ref, report, same)
+    r = httpx.get(f"{up.http}/v1/sessions/{sid}")                        # closed at the end
+    assert r.status_code == 404
+
+
+def test_failover_with_the_client_library_resumes_without_loss_or_duplication(up):
     """The client library against two replicas behind nginx; the replica serving the stream is
     SIGKILLed twice with an input in flight. The client reconnects, resumes and resends with the
     same ``at``: every step is applied once and every output is received once."""

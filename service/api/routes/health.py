@@ -33,6 +33,7 @@ async def ready(registry: Registry, sessions: Sessions, request: Request):
 
 
 @router.get("")
-async def server_metadata() -> dict:
-    """Name, version and the Triton extensions implemented (``service.openinference.server``)."""
-    return server.server_metadata()
+async def server_metadata(registry: Registry) -> dict:
+    """Name, version, the Triton extensions implemented (``service.openinference.server``) and the
+    device in use ("cpu" or "gpu": what RNN_SERVE_DEVICE=auto chose)."""
+    return {**server.server_metadata(), "device": registry.device_in_use}

@@ -1,0 +1,126 @@
+"""Build the image's virtualenv from pyproject.toml, then drop what the runtime never reads.
+
+    python image_venv.py /opt/venv fast          # cpu target: runtime pins + the `fast` extra
+    python image_venv.py /opt/venv fast gpu      # gpu target: + CuPy and its CUDA wheels
+
+The pins come from pyproject.toml's [project] dependencies and the named extras, so the image and
+`pip install .` never drift apart. Behind a TLS-intercepting proxy the build passes the host's CA
+bundle as the BuildKit secret ``ca-bundle``; pip reads it from /run/secrets for this one step and
+no layer keeps it.
+
+Removed after the install (each is build- or test-time only; the image never installs or compiles
+C against these packages): pip and setuptools, ``tests``/``test`` packages and ONNX's backend test
+data, C/C++/Cython sources and headers, type stubs, NumPy's build tools, and the symbol tables of
+extension modules (binutils' ``strip``, in the build stage only). For the cpu image, bytecode is
+written only for what starting the service imports. CuPy and the NVIDIA wheels are left whole:
+CuPy compiles its kernels at run time with NVRTC and includes its own and CUDA's headers.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+CA_SECRET = Path("/run/secrets/ca-bundle")
+KEEP_WHOLE = ("cupy", "cupyx", "cupy_backends", "nvidia", "cuda")        # NVRTC needs their headers at run time
+TEST_DIRS = {"tests", "test"}                # never imported by the package itself (numpy.testing stays)
+DEV_SUFFIXES = (".h", ".hpp", ".c", ".cc", ".cpp", ".pxd", ".pyx", ".pxi", ".pyi")
+BUILD_TOOLS = {"numpy/distutils", "numpy/f2py", "numpy/_pyinstaller"}    # build-time tools shipped inside numpy
+
+
+def requirements(pyproject: Path, extras: list[str]) -> list[str]:
+    project = tomllib.loads(pyproject.read_text())["project"]
+    return project["dependencies"] + [r for e in extras for r in project["optional-dependencies"][e]]
+
+
+def prune(site: Path) -> int:
+    """Delete what the runtime never reads; returns the bytes freed."""
+    freed = 0
+
+    def drop(path: Path) -> None:
+        nonlocal freed
+        if path.is_dir():
+            freed += sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            shutil.rmtree(path)
+        elif path.exists():
+            freed += path.stat().st_size
+            path.unlink()
+
+    for top in site.iterdir():
+        if top.name.startswith(KEEP_WHOLE) or not top.is_dir():
+            continue
+        for path in sorted(top.rglob("*"), reverse=True):              # children before their parents
+            if path.is_dir() and (path.name in TEST_DIRS or path.relative_to(site).as_posix() in BUILD_TOOLS):
+                drop(path)
+            elif path.is_file() and path.suffix in DEV_SUFFIXES:
+                drop(path)
+    return freed
+
+
+def strip_symbols(site: Path) -> int:
+    """``strip --strip-unneeded`` the extension modules that still carry a symbol table (llvmlite's
+    LLVM, uvloop); libraries auditwheel grafted into ``*.libs`` are left alone (stripping them again
+    breaks their load commands). Returns the bytes freed; 0 where binutils is not installed."""
+    if not shutil.which("strip"):
+        return 0
+    freed = 0
+    for so in site.rglob("*.so*"):
+        if so.parent.name.endswith(".libs") or so.relative_to(site).parts[0].startswith(KEEP_WHOLE):
+            continue
+        sections = subprocess.run(["readelf", "-S", "-W", str(so)], capture_output=True, text=True).stdout
+        if ".symtab" in sections:
+            before = so.stat().st_size
+            subprocess.run(["strip", "--strip-unneeded", str(so)], check=True)
+            freed += before - so.stat().st_size
+    return freed
+
+
+def bytecode_for_startup(venv: Path, app: Path) -> None:
+    """Byte-compile what starting the service imports (its lifespan loads and warms every model), and
+    nothing else: the image runs as a user who cannot write __pycache__, and the rest of a package's
+    modules, never imported, would only take space."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([str(venv / "bin" / "python"), "-c", STARTUP], check=True, env=env, cwd=app)
+    for cache in app.rglob("*.nb[ic]"):         # Numba's on-disk kernels: the runtime user could not use them
+        cache.unlink()
+
+
+STARTUP = """
+import asyncio
+import uvicorn
+import uvloop
+from service.main import create_app
+app = create_app()
+uvicorn.Config(app, log_config=None).load()     # imports the HTTP and WebSocket protocols `auto` picks
+async def start_and_stop():
+    async with app.router.lifespan_context(app):
+        pass
+asyncio.run(start_and_stop())
+"""
+
+
+def main(venv: Path, extras: list[str]) -> None:
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    req = Path("requirements.txt")
+    req.write_text("\n".join(requirements(Path("pyproject.toml"), extras)) + "\n")
+    env = {**os.environ, "PIP_NO_CACHE_DIR": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    if CA_SECRET.is_file() and CA_SECRET.stat().st_size:
+        env["PIP_CERT"] = str(CA_SECRET)
+    pip = [str(venv / "bin" / "python"), "-m", "pip"]
+    everything = "gpu" in extras                  # CuPy imports much more on a GPU than at startup
+    subprocess.run([*pip, "install", "-q", *([] if everything else ["--no-compile"]), "-r", str(req)],
+                   check=True, env=env)
+    subprocess.run([*pip, "uninstall", "-q", "--yes", "pip", "setuptools"], check=True, env=env)
+    site = next((venv / "lib").glob("python3.*/site-packages"))
+    pruned, stripped = prune(site), strip_symbols(site)
+    if not everything:
+        bytecode_for_startup(venv, Path("app"))
+    print(f"image_venv: removed {pruned / 2**20:.1f} MiB of tests, sources and headers, "
+          f"{stripped / 2**20:.1f} MiB of symbols")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2:])

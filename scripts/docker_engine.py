@@ -1,0 +1,160 @@
+"""A Docker engine for the deployment check: Debian's packages, a dockerd we start, stand-in base images.
+
+* ``ensure_engine()``: installs ``docker.io`` from the machine's Debian suite and the compose v2 and
+  buildx plugins from a newer suite (``docker-compose`` / ``docker-buildx``: Go binaries needing only
+  libc, fetched with ``apt-get download`` through a temporary source), then starts ``dockerd`` if no
+  daemon answers. Returns the dockerd process we started (None when one was already running), so the
+  caller stops only what it started.
+* ``ensure_bases(tags)``: every tag that is neither present nor pullable gets a stand-in made from
+  Debian with ``debootstrap`` and ``docker import``ed under that exact tag. The Dockerfile and compose
+  file keep their real ``FROM``/``image:`` lines; only this machine's copy of the tag differs.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+NEWER_SUITE = "trixie"                    # docker-compose 2.x and docker-buildx live here, not in bookworm
+PLUGINS = {"compose": "docker-compose", "buildx": "docker-buildx"}
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+
+
+class EngineUnavailable(RuntimeError):
+    """No Docker engine can run here (no root, no packages, dockerd refuses to start)."""
+
+
+def run(*argv: str, check: bool = True, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, check=check, timeout=timeout, text=True, capture_output=True, **kw)
+
+
+def _apt(*args: str, sources: Path | None = None) -> None:
+    opts = ["-o", f"Dir::Etc::sourcelist={sources}", "-o", "Dir::Etc::sourceparts=-",
+            "-o", "APT::Get::List-Cleanup=0"] if sources else []
+    run("apt-get", *opts, *args, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def _daemon_answers() -> bool:
+    return shutil.which("docker") is not None and run("docker", "info", check=False, timeout=30).returncode == 0
+
+
+def _install_packages() -> None:
+    missing = [p for p, binary in (("docker.io", "dockerd"), ("debootstrap", "debootstrap")) if not shutil.which(binary)]
+    plugins = [deb for sub, deb in PLUGINS.items()
+               if shutil.which("docker") is None or run("docker", sub, "version", check=False).returncode != 0]
+    if not missing and not plugins:
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise EngineUnavailable(f"missing {missing + plugins} and cannot install them (needs root and apt-get)")
+    try:
+        if missing:
+            _apt("update", "-qq")
+            _apt("install", "-y", "-qq", *missing)
+        if plugins:
+            with tempfile.TemporaryDirectory() as tmp:
+                src = Path(tmp) / "newer.sources"
+                src.write_text(f"Types: deb\nURIs: {DEBIAN_MIRROR}\nSuites: {NEWER_SUITE}\nComponents: main\n"
+                               "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
+                _apt("update", "-qq", sources=src)      # only this source: the system's lists are untouched
+                _apt("download", *plugins, sources=src, cwd=tmp)
+                run("dpkg", "-i", *map(str, Path(tmp).glob("*.deb")))
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        raise EngineUnavailable(f"installing {missing + plugins} failed: {getattr(exc, 'stderr', '') or exc}") from exc
+
+
+def ensure_engine(log_dir: Path) -> subprocess.Popen | None:
+    _install_packages()
+    if _daemon_answers():
+        return None
+    if os.geteuid() != 0:
+        raise EngineUnavailable("no Docker daemon answers and starting dockerd needs root")
+    log = open(log_dir / "dockerd.log", "ab")
+    proc = subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not _daemon_answers():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_daemon(proc)
+            tail = (log_dir / "dockerd.log").read_text(errors="replace")[-1500:]
+            raise EngineUnavailable(f"dockerd did not start (exit {proc.poll()}):\n{tail}")
+        time.sleep(0.5)
+    return proc
+
+
+def stop_daemon(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()                                   # dockerd stops its containers and containerd
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# -- stand-in base images ----------------------------------------------------------------------------
+# Image name -> (Debian packages, `docker import --change` lines): just what our files use of the real image.
+STANDINS: dict[str, tuple[list[str], list[str]]] = {
+    "python": (["python3", "python3-venv", "ca-certificates"],
+               ["ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin", 'CMD ["python3"]']),
+    "redis": (["redis-server", "redis-tools"], ["WORKDIR /data", 'CMD ["redis-server"]']),
+    "nginx": (["nginx-light", "wget"], ['CMD ["nginx", "-g", "daemon off;"]']),
+}
+# What Debian ships that an image never reads (the slim images drop the same).
+TRIM = ["usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "var/cache/apt",
+        "var/lib/apt/lists", "var/log/apt", "var/cache/debconf/templates.dat-old"]
+
+
+def _standin(tag: str, base: Path, root: Path) -> None:
+    packages, changes = STANDINS[tag.split(":")[0].rsplit("/", 1)[-1]]
+    run("cp", "-a", str(base), str(root))
+    run("chroot", str(root), "apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, timeout=900)
+    run("chroot", str(root), "apt-get", "clean")
+    for path in TRIM:
+        shutil.rmtree(root / path, ignore_errors=True)
+    if (root / "usr/bin/python3").exists():          # the official image's interpreter is /usr/local/bin/python
+        (root / "usr/local/bin/python").symlink_to("/usr/bin/python3")
+    (root / "etc/resolv.conf").unlink(missing_ok=True)
+    argv = ["docker", "import"] + [a for c in changes for a in ("--change", c)] + ["-", tag]
+    tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+    subprocess.run(argv, stdin=tar.stdout, check=True, capture_output=True, timeout=600)
+    tar.wait()
+    shutil.rmtree(root)
+
+
+def image_present(tag: str) -> bool:
+    return run("docker", "image", "inspect", tag, check=False).returncode == 0
+
+
+def ensure_bases(tags: list[str], work: Path, say=print) -> dict[str, str]:
+    """{tag: "present" | "pulled" | "stand-in"}; stand-ins are built from one minbase bootstrap."""
+    how, todo = {}, []
+    for tag in dict.fromkeys(tags):
+        if image_present(tag):
+            how[tag] = "present"
+        elif run("docker", "pull", "-q", tag, check=False, timeout=120).returncode == 0:
+            how[tag] = "pulled"
+        else:
+            todo.append(tag)
+    if not todo:
+        return how
+    unknown = [t for t in todo if t.split(":")[0].rsplit("/", 1)[-1] not in STANDINS]
+    if unknown:
+        raise EngineUnavailable(f"cannot pull {unknown} and no stand-in recipe for them")
+    suite = run("sh", "-c", ". /etc/os-release && echo $VERSION_CODENAME").stdout.strip() or "bookworm"
+    base = work / "rootfs"
+    say(f"  no registry for {', '.join(todo)}: debootstrap {suite} (minbase) for stand-ins")
+    try:
+        run("debootstrap", "--variant=minbase", suite, str(base), DEBIAN_MIRROR, timeout=900)
+        shutil.copy("/etc/resolv.conf", base / "etc/resolv.conf")
+        with ThreadPoolExecutor(len(todo)) as pool:          # apt in three chroots at once: mostly waiting
+            list(pool.map(lambda t: _standin(t, base, work / t.replace("/", "_").replace(":", "_")), todo))
+        how.update(dict.fromkeys(todo, "stand-in"))
+    finally:
+        for leftover in work.iterdir():
+            shutil.rmtree(leftover, ignore_errors=True)
+    return how
