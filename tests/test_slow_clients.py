@@ -112,4 +112,4 @@ def test_peak_memory_of_the_largest_allowed_reply(server):
     assert r.status_code == 200, r.text[:300]
     grew = peak_rss_mb(proc.pid) - before
     print(f"largest allowed reply: {len(r.content) / 1e6:.1f} MB of JSON, peak RSS +{grew:.0f} MB")
-    assert grew < 250, grew                                        # the stated bound (docs/hardening.md)
+    assert grew < 250, grew                                        # the stated bound (docs/security.md)
