@@ -18,7 +18,7 @@ import websockets
 
 from deploy_fixtures import NGINX, REDIS_SERVER, Nginx, RedisServer, Replicas
 from failover import TEXT, check_outputs, established_peers, http_failover, ws_failover
-from service.client import AsyncStreamClient, Backoff
+from service.client import AsyncSessionClient, AsyncStreamClient, Backoff
 from test_e2e_uvicorn import type_text
 from test_sessions import same
 
@@ -101,15 +101,12 @@ def steps_counted(port: int) -> float:
 
 
 # -- concurrency ------------------------------------------------------------------------------------
-async def http_session(client: httpx.AsyncClient, text: str, chunk: int) -> list[dict]:
-    r = await client.post("/v1/sessions", json={"model": "charlm"})
-    assert r.status_code == 201, r.text
-    sid, outs = r.json()["session_id"], []
+async def http_session(client: AsyncSessionClient, text: str, chunk: int) -> list[dict]:
+    """Type ``text`` into a new HTTP session with the client library (exactly-once retries)."""
+    s, outs = await client.create("charlm"), []
     for i in range(0, len(text), chunk):                     # round robin: consecutive steps change replica
-        r = await client.post(f"/v1/sessions/{sid}/step", json={"input": text[i:i + chunk], "top_k": 2})
-        assert r.status_code == 200, r.text
-        outs += r.json()["outputs"]
-    assert (await client.get(f"/v1/sessions/{sid}")).json()["steps"] == len(text)
+        outs += (await client.step(s, text[i:i + chunk], top_k=2))["outputs"]
+    assert (await client.http.get(f"/v1/sessions/{s.session_id}")).json()["steps"] == len(text)
     return outs
 
 
@@ -130,8 +127,7 @@ def test_hundreds_of_sessions_across_replicas_equal_their_solo_runs(up):
                     return await type_text(up.ws_base, text, chunk=1 + i % 5)
                 return await http_session(client, text, chunk=1 + i % 5)
 
-        async with httpx.AsyncClient(base_url=up.http, timeout=60,
-                                     limits=httpx.Limits(max_connections=48)) as client:
+        async with AsyncSessionClient(up.http, timeout=60, limits=httpx.Limits(max_connections=48)) as client:
             return await asyncio.gather(*(one(i, t) for i, t in enumerate(texts)))
 
     got = asyncio.run(main())

@@ -12,8 +12,8 @@ Keys, all under ``redis_key_prefix`` (P):
     P lost       set for a while once that is seen: a session missing without a tombstone is then
                  "state unknown" (410 session_state_unknown), not "never existed" (404)
 
-Fencing: ``put`` and the lock's acquire carry a deadline in Redis's own clock (the caller's send
-time plus the socket timeout, through a measured clock offset). A command that reaches Redis after
+Fencing: ``put`` and the lock's acquire carry a deadline in Redis's own clock (the time the call
+starts plus the socket timeout for each attempt redis-py makes, through a measured clock offset). A command that reaches Redis after
 its caller gave up (a paused or partitioned Redis replaying queued commands) does nothing, so a 503
 means "not applied", and no lock is taken for an owner that is no longer waiting for it.
 
@@ -209,9 +209,10 @@ def _session(sid: str, h: dict[bytes, bytes]) -> Session:
 class RedisSessionStore(SessionStore):
     def __init__(self, redis: Redis, *, prefix: str = "rnn-serve:", ttl: float = 600.0, max_sessions: int = 100_000,
                  tombstone_seconds: float = 3600.0, lock_ttl: float = 10.0, lock_wait: float = 15.0,
-                 count_refresh: float = 5.0, fence: float = 1.0, on_event=None):
+                 count_refresh: float = 5.0, fence: float = 1.0, fence_attempts: int = 1, on_event=None):
         self.redis, self.prefix = redis, prefix
-        self.fence = fence                  # how long after sending a write may still apply (the socket timeout)
+        # how long after it is sent a write may still apply: the socket timeout, per attempt redis-py makes
+        self.fence, self.fence_attempts = fence, fence_attempts
         self._offset_us: float | None = None   # Redis clock minus ours, measured with TIME
         self._epoch: bytes | None = None       # the data set this replica has seen
         self._lost = False
@@ -247,7 +248,8 @@ class RedisSessionStore(SessionStore):
                    max_sessions=settings.max_sessions, tombstone_seconds=settings.redis_tombstone_seconds,
                    lock_ttl=settings.redis_lock_ttl_seconds, lock_wait=settings.redis_lock_wait_seconds,
                    count_refresh=settings.redis_count_refresh_seconds,
-                   fence=settings.redis_socket_timeout_seconds, on_event=on_event)
+                   fence=settings.redis_socket_timeout_seconds, fence_attempts=settings.redis_retries + 1,
+                   on_event=on_event)
 
     def _keys(self, sid: str) -> list[str]:
         return [f"{self.prefix}s:{sid}", f"{self.prefix}tomb:{sid}", f"{self.prefix}lru"]
@@ -275,16 +277,20 @@ class RedisSessionStore(SessionStore):
 
     # -- fencing and data loss ------------------------------------------------------------------
     async def _measure_clock(self) -> None:
-        sent = time.time()
         sec, usec = await self.redis.time()
-        self._offset_us = (sec * 1e6 + usec) - (sent + time.time()) / 2 * 1e6
+        # Redis's clock minus ours, taken at the reply's arrival: it errs early (a tighter fence), never late
+        self._offset_us = (sec * 1e6 + usec) - time.time() * 1e6
 
     async def _deadline(self) -> int:
-        """Redis time (µs) after which a write sent now must not apply: its caller has given up."""
+        """Redis time (µs) after which a write sent now must not apply: its caller has given up.
+
+        The caller waits ``fence`` seconds per attempt, and ``fence_attempts`` attempts, from when
+        each is sent (never earlier than now): so it cannot have given up before now plus that.
+        """
         if self._offset_us is None:
             with self._reachable():
                 await self._measure_clock()
-        return int(time.time() * 1e6 + self._offset_us + self.fence * 1e6)
+        return int(time.time() * 1e6 + self._offset_us + self.fence * self.fence_attempts * 1e6)
 
     async def _sync_epoch(self) -> bool:
         """Learn the data set's epoch; True while a recent loss of Redis's data is on record."""
