@@ -316,3 +316,23 @@ def test_kserve_sdk_grpc_client_every_model_raw_typed_and_chunked(server, client
         np.testing.assert_allclose(got[model]["typed"], whole, rtol=RTOL, atol=ATOL)
         np.testing.assert_allclose(joined(model, [np.asarray(c) for c in got[model]["chunks"]]), whole,
                                    rtol=RTOL, atol=ATOL)
+
+
+def test_a_stream_retry_with_at_is_answered_from_the_record_not_applied_twice(client):
+    """On a gRPC stream, as over HTTP: a request resent with the same ``at`` parameter (its reply was
+    lost) gets the recorded outputs and advances nothing; a stale ``at`` gets an error in the stream."""
+    ids = np.array([[3, 4, 5]], dtype=np.int64)
+    results: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        sends = [(ids, 0, True), (ids, 0, True), (ids[:, :2], 3, False), (ids[:, :2], 3, False), (ids[:, :1], 0, False)]
+        for i, (x, at, start) in enumerate(sends):
+            client.async_stream_infer("charlm", [tensor("INPUT_IDS", x)], request_id=str(i), sequence_id="grpc-at",
+                                      sequence_start=start, parameters={"at": at})
+        got = [results.get(timeout=30) for _ in sends]
+    finally:
+        client.stop_stream()
+    probs = [r.as_numpy("PROBABILITIES") if e is None else e for r, e in got]
+    np.testing.assert_array_equal(probs[0], probs[1])                   # the start, retried
+    np.testing.assert_array_equal(probs[2], probs[3])                   # the middle step, retried
+    assert "at step 5" in str(probs[4])                                 # not a retry: refused, nothing applied

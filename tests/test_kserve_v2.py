@@ -339,3 +339,29 @@ def test_overload_429_uses_the_v2_shape_with_retry_after():
         r = c.post("/v2/models/charlm/infer", json=body)
         first.join(30)
         assert r.status_code == 429 and r.headers["retry-after"] == "1" and set(r.json()) == {"error"}
+
+
+def test_a_sequence_retry_with_at_is_answered_from_the_record_not_applied_twice(client):
+    """Triton's sequences with the idempotency parameter ``at``: a retried request (start, middle)
+    whose reply was lost gets the same outputs and advances nothing; a wrong ``at`` gets 409."""
+    def step(ids, at, **flags):
+        return client.post("/v2/models/charlm/infer", json={
+            "parameters": {"sequence_id": "retry-at", "at": at, **flags},
+            "inputs": [{"name": "INPUT_IDS", "datatype": "INT64", "shape": [1, len(ids)], "data": ids}]})
+
+    first = step([3, 4, 5], 0, sequence_start=True)
+    assert first.status_code == 200, first.text
+    again = step([3, 4, 5], 0, sequence_start=True)                    # the start, retried
+    assert again.json()["outputs"] == first.json()["outputs"]
+    second = step([6, 7], 3)
+    assert step([6, 7], 3).json()["outputs"] == second.json()["outputs"]   # the middle step, retried
+    stale = step([8], 0)
+    assert stale.status_code == 409 and "at step 5" in stale.json()["error"], stale.text
+    whole = client.post("/v2/models/charlm/infer", json={
+        "inputs": [{"name": "INPUT_IDS", "datatype": "INT64", "shape": [1, 6], "data": [3, 4, 5, 6, 7, 8]}]}).json()
+    last = step([8], 5, sequence_end=True).json()["outputs"][0]
+    np.testing.assert_allclose(np.reshape(last["data"], last["shape"])[0, -1],
+                               np.reshape(whole["outputs"][0]["data"], whole["outputs"][0]["shape"])[0, -1],
+                               rtol=1e-5, atol=1e-6)                  # applied once each: equals the whole run
+    bad = step([8], -1, sequence_start=True)
+    assert bad.status_code == 400 and "parameters.at" in bad.json()["error"]

@@ -16,7 +16,7 @@ from service.inference import labels_of
 from service.request_limits import check_response
 from service.openinference.datatypes import TensorError
 from service.openinference.statistics import InferenceStatistics
-from service.openinference.tensors import build_outputs, parse_inputs, response_bytes, sequence_params, uint_param
+from service.openinference.tensors import build_outputs, parse_inputs, response_bytes, optional_uint_param, sequence_params, uint_param
 from service.openinference.types import InferRequest, InferResponse
 from service.sessions.batcher import DEFAULT_PRIORITY, PRIORITY_LEVELS
 from service.sessions.store import SessionNotFound
@@ -111,8 +111,13 @@ class V2Inference:
         return entry
 
     async def _sequence_step(self, entry, req, seq_id, start, end, inputs, queueing):
+        """One request of a sequence. ``parameters.at`` (the step count the client expects the sequence
+        to be at) makes a retry harmless: an input already applied is answered from the record."""
         sessions, name = self.sessions, entry.name
         sid = self._sid(name, seq_id)
+        at = optional_uint_param(req.parameters, "at")
+        if start and at is not None and await sessions.already_applied(sid, at, inputs):
+            start = False                                   # a retried start: its first reply was lost
         if start:
             try:
                 await sessions.end(sid)                       # a new start resets a sequence still held
@@ -120,7 +125,7 @@ class V2Inference:
                 pass
             await sessions.create(name, session_id=sid, version=str(entry.number))
         try:
-            session, logits = await sessions.step_logits(sid, inputs, **queueing)
+            session, logits = await sessions.step_logits(sid, inputs, expect_at=at, **queueing)
         except SessionNotFound:
             raise TensorError(f"sequence {seq_id!r} is not active on model {name!r}: its first request needs "
                               "parameters.sequence_start=true") from None

@@ -22,7 +22,7 @@ import numpy as np
 from model_core.config import ModelConfig
 from service.encoding import encode_text
 from service.errors import ServiceError
-from service.request_limits import JSON_BYTES_PER_VALUE, check_batch, check_steps
+from service.request_limits import INT64_MAX, JSON_BYTES_PER_VALUE, check_batch, check_steps
 from service.openinference.datatypes import TensorError
 from service.openinference.types import InferInput, InferOutput, RequestedOutput
 from service.settings import Settings
@@ -173,6 +173,11 @@ def sequence_params(params: dict) -> tuple[str | None, bool, bool]:
             raise TensorError("sequence_start/sequence_end need a non-zero or non-empty sequence_id")
         return None, False, False
     return str(sid), start, end
+
+
+def optional_uint_param(params: dict, name: str) -> int | None:
+    """An optional unsigned integer parameter that means something only when given, e.g. ``at``."""
+    return None if params.get(name) is None else uint_param(params, name, INT64_MAX)
 
 
 def uint_param(params: dict, name: str, limit: int | None = None) -> int:

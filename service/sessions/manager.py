@@ -17,7 +17,7 @@ from model_core.sampling import complete as sample_completions
 from model_core.state import StateFormatError, parts, state_from_bytes, state_to_bytes
 from service.encoding import encode_sequence, stop_ids
 from service import request_limits as limits
-from service.errors import InvalidInput, PayloadTooLarge
+from service.errors import InvalidInput, PayloadTooLarge, ServiceError
 from service.inference import step_outputs
 from service.registry import ModelEntry, ModelRegistry
 from service.sessions.batcher import DynamicBatcher
@@ -109,6 +109,15 @@ class SessionManager:
             await self.store.put(new, expected_revision=session.revision)      # committed before the reply
         self._on_steps(len(arr))
         return new, logits
+
+    async def already_applied(self, session_id: str, at: int, arr: np.ndarray) -> bool:
+        """Whether ``arr``, sent to start at step ``at``, was the session's last step taken (a retry
+        whose first reply was lost); False when the session does not exist."""
+        try:
+            session = await self.store.get(session_id)
+        except ServiceError:
+            return False
+        return session.steps == at + len(arr) and session.recorded(at, _digest(arr)) is not None
 
     @staticmethod
     def _replay(session: Session, at: int, digest: bytes, k: int, entry: ModelEntry) -> np.ndarray:
