@@ -357,6 +357,7 @@ def run_probe(env: Env, args) -> int:
         for r in rows]
     peers.print_table("(B,H) @ (H,4H), float32, GFLOP/s (share of peak)", ["B, H", *PROBE_NAMES], table)
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": info, "peak": peak, "probe": rows}, indent=2))
         print(f"\nwrote {args.json}")
     return 0
@@ -428,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         peers.print_table(f"Single step, I={STEP_I} H={STEP_H} (µs, {args.stat} of {calls} calls, {args.device})",
                           STEP_HEADERS, [step_cells(r) for r in results["step"]])
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
         print(f"\nwrote {args.json}")
     return 0

@@ -245,6 +245,7 @@ def main(argv=None) -> int:
             proc.kill()
     print_table(results, "websocket" if "websocket" in results else names[0])
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))
     return 1 if any("error" in r for r in results.values()) else 0
 

@@ -34,7 +34,7 @@ def test_typing_shows_suggestions_and_tab_accepts_the_completion(live_server):
         # the live views: next-character bars, round-trip times, and the state heatmaps drawn in colour
         page.wait_for_function("document.querySelectorAll('#probs tr').length === 10")
         assert float(page.locator("#rtt-median").text_content()) > 0
-        assert page.locator("#rtt-count").text_content().startswith("1")              # one per keystroke sent
+        assert int(page.locator("#rtt-count").text_content().split()[0]) >= 1          # one per input message sent
         for canvas, units in (("heat-h", 256), ("heat-c", 256)):
             drawn = page.evaluate(f"""() => {{
                 const c = document.getElementById('{canvas}'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;

@@ -137,6 +137,10 @@ def test_websocket_frame_fuzzer_drops_no_socket(server):
     collect()
     it = iter(samples)
 
+    # schemathesis may have unloaded charlm through the repository API (a legitimate call): load it back
+    httpx.post(f"http://127.0.0.1:{port}/v2/repository/models/charlm/load", headers={"X-API-Key": "fuzz-key"},
+               timeout=60).raise_for_status()
+
     async def main():
         url = f"ws://127.0.0.1:{port}/v1/models/charlm/stream"
         sent = drops = 0
