@@ -50,16 +50,21 @@ def start_server(port: int, env_extra: dict | None = None, timeout: float = 30.0
     raise RuntimeError("server did not become ready")
 
 
+def stop_server(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM (the graceful drain), then SIGKILL if it has not exited within ``timeout``."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 @pytest.fixture(scope="session")
 def live_server():
     port = free_port()
     proc = start_server(port)
     yield f"127.0.0.1:{port}"
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_server(proc)
 
 
 @pytest.fixture(params=["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])

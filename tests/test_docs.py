@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, start_server
+from conftest import free_port, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[1]
 # Documents with a runner of their own, which knows the order their blocks build on each other.
@@ -76,11 +76,7 @@ def docs_server():
     proc = start_server(http, {"RNN_SERVE_GRPC_PORT": str(grpc)})
     yield {f"{host}:{documented}": f"127.0.0.1:{real}" for host in ("localhost", "127.0.0.1")
            for documented, real in ((8000, http), (8001, grpc))}
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_server(proc)
 
 
 def _env() -> dict:

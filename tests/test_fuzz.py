@@ -26,7 +26,7 @@ import websockets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import free_port, start_server
+from conftest import free_port, start_server, stop_server
 
 SCALE = int(os.environ.get("RNN_FUZZ_SCALE", "1"))
 RSS_BOUND_MB = 250                       # peak RSS growth over the fuzz, above the loaded server
@@ -48,11 +48,7 @@ def server(tmp_path_factory):
     yield port, proc
     grew = peak_rss_mb(proc.pid) - base_rss
     print(f"fuzzed server: peak RSS {base_rss:.0f} MB loaded, +{grew:.0f} MB over the fuzz")
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_server(proc)
     assert grew < RSS_BOUND_MB
 
 

@@ -23,7 +23,7 @@ import tritonclient.grpc.aio as grpc_aio                                        
 from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc as pb_grpc     # noqa: E402
 from tritonclient.utils import InferenceServerException                          # noqa: E402
 
-from conftest import free_port, start_server                                     # noqa: E402
+from conftest import free_port, start_server, stop_server                         # noqa: E402
 from test_kserve_sdk_client import kserve_python                                 # noqa: E402
 
 CHUNKS = [3, 1, 5, 3]                                          # 12 steps, split unevenly
@@ -35,11 +35,7 @@ def server():
     http_port, grpc_port = free_port(), free_port()
     proc = start_server(http_port, {"RNN_SERVE_GRPC_PORT": str(grpc_port)})
     yield {"http": f"127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}", "proc": proc}
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_server(proc, timeout=15)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import grpc
@@ -19,7 +18,7 @@ tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
 from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc as pb_grpc     # noqa: E402
 from tritonclient.utils import InferenceServerException                          # noqa: E402
 
-from conftest import free_port, start_server                                     # noqa: E402
+from conftest import free_port, start_server, stop_server                         # noqa: E402
 from service.settings import DEFAULT_MODEL_DIR                                   # noqa: E402
 from test_grpc_clients import model_input, tensor                                # noqa: E402
 
@@ -44,11 +43,7 @@ def server(tmp_path_factory):
     c = tritonclient_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
     yield {"http": f"127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}", "client": c}
     c.close()
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_server(proc, timeout=15)
 
 
 def status_of(call) -> tuple[str, str]:

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
+from conftest import ROOT
 
 SCRIPT = Path(__file__).parent / "kserve_rest_client.py"
 TEXT = "To be, or not to be"

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import subprocess
 import time
 
 import httpx
 import pytest
 import websockets
 
-from conftest import free_port, start_server
+from conftest import free_port, start_server, stop_server
 
 LIMIT = 200_000
 
@@ -23,11 +22,7 @@ def server():
     proc = start_server(port, {"RNN_SERVE_HEADER_TIMEOUT_SECONDS": "1", "RNN_SERVE_BODY_TIMEOUT_SECONDS": "1",
                                "RNN_SERVE_KEEP_ALIVE_SECONDS": "1", "RNN_SERVE_MAX_REQUEST_BYTES": str(LIMIT)})
     yield port, proc
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_server(proc)
 
 
 def closed_by_server(sock: socket.socket) -> bool:

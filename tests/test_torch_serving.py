@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 import warnings
 
 import httpx
 import numpy as np
 import pytest
-from conftest import free_port, start_server
+from conftest import free_port, start_server, stop_server
 
 import model_core
 
@@ -141,11 +140,7 @@ def server(nets, tmp_path_factory):
     port = free_port()
     proc = start_server(port, {"RNN_SERVE_MODEL_DIR": str(root)}, timeout=60)
     yield f"127.0.0.1:{port}"
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_server(proc)
 
 
 def softmax(z: np.ndarray) -> np.ndarray:

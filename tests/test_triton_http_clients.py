@@ -12,7 +12,6 @@ import asyncio
 import functools
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -21,7 +20,7 @@ import pytest
 import websockets
 
 from service.settings import DEFAULT_MODEL_DIR
-from tests.conftest import free_port, start_server
+from conftest import free_port, start_server, stop_server
 
 httpclient = pytest.importorskip("tritonclient.http")
 aioclient = pytest.importorskip("tritonclient.http.aio")
@@ -45,11 +44,7 @@ def server(tmp_path_factory):
     port = free_port()
     proc = start_server(port, {"RNN_SERVE_MODEL_DIR": str(repo)}, timeout=90, log_path=repo / "server.log")
     yield f"127.0.0.1:{port}"
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_server(proc, timeout=20)
 
 
 def call(kind: str, url: str, method: str, *args, **kwargs):
