@@ -131,7 +131,7 @@ def check_single(target: str) -> None:
             r = httpx.post(f"{base}/v1/models/temporal-order/classify", json={"inputs": ["BaXbcYdE"], "top_k": 2},
                            timeout=30)
             assert r.status_code == 200 and r.json()["results"][0]["label"], r.text
-            outs = asyncio.run(type_text(f"ws://127.0.0.1:{port}/v1/models/charlm/stream", "To be, or not", chunk=3))
+            outs = asyncio.run(type_text(f"ws://127.0.0.1:{port}", "To be, or not", chunk=3))
             ref = httpx.post(f"{base}/v1/models/charlm/predict", json={"inputs": ["To be, or not"], "top_k": 2},
                              timeout=30).json()["outputs"][0]
             assert same(outs, ref)
