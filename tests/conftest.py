@@ -35,18 +35,28 @@ def start_server(port: int, env_extra: dict | None = None, timeout: float = 30.0
                             cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=log or subprocess.PIPE)
     if log:
         log.close()                                   # the server holds its own descriptor
+    try:
+        wait_ready(proc, port, timeout)
+    except RuntimeError as exc:
+        proc.kill()                                   # first: reading a live server's stderr would block
+        proc.wait()
+        err = Path(log_path).read_bytes() if log_path else proc.stderr.read()
+        raise RuntimeError(f"{exc}: {err.decode(errors='replace')[-2000:]}") from None
+    return proc
+
+
+def wait_ready(proc: subprocess.Popen, port: int, timeout: float = 30.0) -> None:
+    """Until ``/v2/health/ready`` answers 200; RuntimeError if the process exits or time runs out."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            err = Path(log_path).read_bytes() if log_path else proc.stderr.read()
-            raise RuntimeError(f"server exited: {err.decode(errors='replace')[-2000:]}")
+            raise RuntimeError("server exited")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
-                return proc
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    proc.kill()
     raise RuntimeError("server did not become ready")
 
 

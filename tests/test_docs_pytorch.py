@@ -21,7 +21,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, wait_ready
 
 from service.model_card import ModelCard
 
@@ -107,18 +106,13 @@ def _serve(b: Block, env: dict, port: int, cwd: Path) -> subprocess.Popen:
     proc = subprocess.Popen(["bash", "-c", b.code], cwd=cwd, env={**env, "RNN_SERVE_PORT": str(port)},
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"{b.where()}: the server exited: {(cwd / 'server.log').read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    _stop(proc)
-    raise AssertionError(f"{b.where()}: the server did not become ready")
+    try:
+        wait_ready(proc, port, timeout=60)
+    except RuntimeError as exc:
+        if proc.poll() is None:
+            _stop(proc)
+        raise AssertionError(f"{b.where()}: {exc}: {(cwd / 'server.log').read_text()[-2000:]}") from None
+    return proc
 
 
 def _stop(proc: subprocess.Popen) -> None:
