@@ -36,14 +36,9 @@ import websockets
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]        # run as a file: the project and the test helpers
 from conftest import free_port, start_server  # noqa: E402
+from loadtest import cpu_seconds, print_table  # noqa: E402  (a sibling script: its /proc reader and table)
 
 MODEL, VOCAB = "charlm", 81
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, to cost the server apart from the load generator."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ---- one client per protocol: open() starts a sequence, step(token) sends one step, close() ends it --
@@ -185,7 +180,7 @@ async def _measure(clients, pid, duration, warmup):
             "p99_ms": float(np.percentile(ms, 99)), "server_cpu_us": cpu / max(len(ms), 1) * 1e6}
 
 
-def print_table(results: dict, baseline: str) -> None:
+def report(results: dict, baseline: str) -> None:
     base = results.get(baseline) or {}
     header = ["protocol", "req/s", "p50 ms", "p99 ms", "server CPU µs/req", f"req/s vs {baseline}",
               f"p50 vs {baseline}", f"CPU vs {baseline}"]
@@ -197,11 +192,7 @@ def print_table(results: dict, baseline: str) -> None:
         ratio = (lambda k: f"{r[k] / base[k]:.2f}x" if base.get(k) else "")
         rows.append([name, f"{r['rps']:.0f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['server_cpu_us']:.0f}",
                      ratio("rps"), ratio("p50_ms"), ratio("server_cpu_us")])
-    widths = [max(len(str(h)), *(len(str(row[i])) for row in rows)) for i, h in enumerate(header)]
-    print("  ".join(str(h).rjust(w) for h, w in zip(header, widths)))
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        print("  ".join(str(c).rjust(w) for c, w in zip(row, widths)))
+    print_table(f"one-step sequence requests, ratios against {baseline}", header, rows)
 
 
 def main(argv=None) -> int:
@@ -243,7 +234,7 @@ def main(argv=None) -> int:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-    print_table(results, "websocket" if "websocket" in results else names[0])
+    report(results, "websocket" if "websocket" in results else names[0])
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))
