@@ -9,20 +9,30 @@
 
 Keys are compared in constant time. With no ``api_keys`` configured, every other request is allowed.
 CORS runs outside this middleware, so preflights are answered before any key check.
+
+``API_KEY`` and ``ADMIN_KEY`` only declare the header in OpenAPI (the lock in ``/docs``); routes take
+them as ``Security`` dependencies that read nothing, and the check stays in the middleware here.
 """
 from __future__ import annotations
 
 import hmac
 from urllib.parse import urlsplit
 
-from fastapi import Request, WebSocket
+from fastapi import Request, Security, WebSocket
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import error_response
 
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/")
 ADMIN_PREFIX = "/v1/admin/"
+
+# auto_error=False: a missing key is not FastAPI's 403; the middleware answers first with the service's 401
+API_KEY = Security(APIKeyHeader(name="X-API-Key", scheme_name="APIKey", auto_error=False,
+                                description="one of RNN_SERVE_API_KEYS; needed only when that is set"))
+ADMIN_KEY = Security(APIKeyHeader(name="X-API-Key", scheme_name="AdminKey", auto_error=False,
+                                  description="one of RNN_SERVE_ADMIN_KEYS; the admin routes are off without them"))
 
 
 def _key_ok(presented: str | None, keys: list[str]) -> bool:

@@ -1,4 +1,8 @@
-"""One error shape for every endpoint: ``{"error": {"code": ..., "message": ...}}`` with the right status."""
+"""One error shape for every endpoint: ``{"error": {"code": ..., "message": ...}}`` with the right status.
+
+The shapes are declared here too (``ErrorResponse``, ``V2ErrorResponse``) and each route lists its
+statuses with ``error_responses``, so OpenAPI documents exactly what the handlers below send.
+"""
 from __future__ import annotations
 
 import logging
@@ -6,6 +10,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("service")
@@ -45,6 +50,53 @@ class Overloaded(ServiceError):
 
 class Unavailable(ServiceError):
     status, code = 503, "unavailable"
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable and machine-readable: invalid_input, invalid_request, not_found, "
+                                  "session_expired, step_mismatch, payload_too_large, overloaded, unavailable, ...",
+                      examples=["invalid_input"])
+    message: str = Field(description="what went wrong and what to fix, for a person")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error outside ``/v2``."""
+
+    error: ErrorDetail
+
+
+class V2ErrorResponse(BaseModel):
+    """The Open Inference Protocol's error body (``/v2`` paths): the message only."""
+
+    error: str = Field(description="what went wrong and what to fix")
+
+
+_WHEN = {
+    400: "bad request: the body, a tensor or a parameter is not valid (the message says which)",
+    401: "missing or invalid API key (only when RNN_SERVE_API_KEYS is set); admin routes: an admin key",
+    404: "unknown model, version, session or route",
+    409: "conflict: a concurrent write to the session, a step_mismatch on a retry, a retired model version, "
+         "or a model in use",
+    410: "the session expired or was evicted (the code says which), or its state was lost",
+    413: "over a limit: body size, batch, sequence length, steps, outputs or completions",
+    415: "unsupported Content-Encoding",
+    422: "invalid input: the message names the bad field, characters, ids or shapes",
+    429: "overloaded: nothing was done, retry after Retry-After seconds",
+    503: "the model is not ready, the session store is down, or the server is shutting down",
+}
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
+
+
+def error_responses(*statuses: int, v2: bool = False) -> dict:
+    """OpenAPI ``responses`` for a route's error statuses, plus ``default`` (500 and any other error
+    has the same shape). ``v2``: the Open Inference Protocol's shape, for ``/v2`` routes."""
+    model = V2ErrorResponse if v2 else ErrorResponse
+    out: dict = {s: {"model": model, "description": _WHEN[s]} for s in statuses}
+    if 429 in out:
+        out[429]["headers"] = _RETRY_AFTER
+    out["default"] = {"model": model, "description": "any other error: 500 internal_error (a bug; the service "
+                                                     "keeps running), 405, 408, ..."}
+    return out
 
 
 def error_body(code: str, message: str) -> dict:

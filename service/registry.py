@@ -66,7 +66,7 @@ class ModelEntry:
             "task": c.task, "cell": c.cell, "input_encoding": c.input_encoding, "input_size": c.input_size,
             "hidden_size": c.hidden_size, "num_layers": c.num_layers, "bidirectional": c.bidirectional,
             "output_size": c.output_size, "output": c.output, "labels": list(c.labels) if c.labels else None,
-            "vocab_size": len(c.vocab) if c.vocab else None, "vocab": "".join(c.vocab) if c.vocab and all(len(t) == 1 for t in c.vocab) else (list(c.vocab) if c.vocab else None),
+            "vocab_size": len(c.vocab) if c.vocab else None, "vocab": list(c.vocab) if c.vocab else None,
             "device": self.model.device, "dtype": self.model.dtype.name, "parameters": self.model.num_parameters(),
             "metadata": c.metadata,
         })

@@ -1,11 +1,21 @@
-"""Request and response bodies of the v1 HTTP API (they document themselves in OpenAPI)."""
+"""Request and response bodies of the v1 HTTP API (they document themselves in OpenAPI).
+
+The per-step outputs and completions are ``TypedDict``s: the code builds plain dicts (nothing is
+validated on the way out of a WebSocket), and the same types give OpenAPI and AsyncAPI their schemas.
+"""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, with_config
+from typing_extensions import TypedDict
 
 from service.request_limits import Count, Seed, Sequence, Temperature, TopK
 
 __all__ = ["Sequence"]       # re-exported: the routes import the input type from here
+
+# what the service sends: a schema that names every key (a new key is a contract change)
+SENT = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class ClassifyRequest(BaseModel):
@@ -38,6 +48,46 @@ class CompleteRequest(CompletionOptions):
     prompt: str = Field(min_length=1)
 
 
+@with_config(SENT)
+class TopKEntry(TypedDict):
+    label: str
+    """the token (language models) or the class label"""
+    index: int
+    probability: float
+
+
+@with_config(SENT)
+class TopKOutput(TypedDict):
+    """A softmax step: the k likeliest next tokens (language models) or classes (classifiers, running)."""
+
+    top_k: list[TopKEntry]
+
+
+@with_config(SENT)
+class BitsOutput(TypedDict):
+    """A binary step (independent sigmoids, e.g. the echo model)."""
+
+    probabilities: list[float]
+    bits: list[Literal[0, 1]]
+
+
+@with_config(SENT)
+class ValuesOutput(TypedDict):
+    """A regression step: the raw outputs."""
+
+    values: list[float]
+
+
+StepOutput = TopKOutput | BitsOutput | ValuesOutput
+
+
+@with_config(SENT)
+class Completion(TypedDict):
+    text: str
+    tokens: int
+    finish_reason: Literal["stop", "length"]
+
+
 class Classification(BaseModel):
     label: str
     index: int
@@ -55,12 +105,6 @@ class PredictResponse(BaseModel):
     model: str
     version: str
     outputs: list[list[dict]] = Field(description="per sequence, per step")
-
-
-class Completion(BaseModel):
-    text: str
-    tokens: int
-    finish_reason: str
 
 
 class CompleteResponse(BaseModel):

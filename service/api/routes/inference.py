@@ -21,8 +21,11 @@ from service.api.schemas import (
     PredictRequest,
     PredictResponse,
 )
+from service.auth import API_KEY
+from service.errors import error_responses
 
-router = APIRouter(prefix="/v1/models/{name}", tags=["inference"])
+router = APIRouter(prefix="/v1/models/{name}", tags=["inference"], dependencies=[API_KEY],
+                   responses=error_responses(401, 404, 413, 422, 503))
 
 
 async def _batched(kind: str, name: str, inputs: list, top_k: int | None, registry, settings, request: Request):
@@ -41,7 +44,7 @@ async def _batched(kind: str, name: str, inputs: list, top_k: int | None, regist
     return entry, await request.app.state.stateless.run(entry, kind, seqs)
 
 
-@router.post("/classify", response_model=ClassifyResponse)
+@router.post("/classify", response_model=ClassifyResponse, responses=error_responses(429))
 async def classify(name: str, body: ClassifyRequest, registry: Registry, settings: AppSettings, request: Request):
     """Label each sequence (seq2vec) from its last step; ragged batches give the same as one-by-one."""
     entry, logits = await _batched("classify", name, body.inputs, body.top_k, registry, settings, request)
@@ -49,7 +52,7 @@ async def classify(name: str, body: ClassifyRequest, registry: Registry, setting
             "results": inference.format_classification(entry.model, logits, body.top_k)}
 
 
-@router.post("/predict", response_model=PredictResponse)
+@router.post("/predict", response_model=PredictResponse, responses=error_responses(429))
 async def predict(name: str, body: PredictRequest, registry: Registry, settings: AppSettings, request: Request):
     """Outputs at every step: bits for echo models, the next-token top-k for language models."""
     entry, logits = await _batched("predict", name, body.inputs, body.top_k, registry, settings, request)

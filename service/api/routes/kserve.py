@@ -9,15 +9,23 @@ import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
 from service.api import v2_body
 from service.api.deps import AppSettings, Registry
-from service.errors import ServiceError
+from service.auth import API_KEY
+from service.errors import ServiceError, error_responses
 from service.openinference.infer import v2_error
 from service.openinference.model_config import model_config
 from service.openinference.tensors import model_metadata
 
-router = APIRouter(prefix="/v2/models", tags=["kserve-v2"])
+router = APIRouter(prefix="/v2/models", tags=["kserve-v2"], dependencies=[API_KEY],
+                   responses=error_responses(401, v2=True))
+
+
+class ModelReadiness(BaseModel):
+    name: str
+    ready: bool
 
 
 def _entry(registry, name: str, version: str | None):
@@ -33,22 +41,25 @@ async def all_statistics(request: Request, registry: Registry) -> dict:
     return request.app.state.v2.stats.report(registry)
 
 
-@router.get("/{name}/stats")
-@router.get("/{name}/versions/{version}/stats")
+@router.get("/{name}/stats", responses=error_responses(404, v2=True))
+@router.get("/{name}/versions/{version}/stats", responses=error_responses(404, v2=True))
 async def statistics(name: str, request: Request, registry: Registry, version: str | None = None) -> dict:
     """Success and failure counts, queue and compute durations (cumulative ns), per version."""
     return request.app.state.v2.stats.report(registry, name, version)
 
 
-@router.get("/{name}/config")
-@router.get("/{name}/versions/{version}/config")
+@router.get("/{name}/config", responses=error_responses(404, 503, v2=True))
+@router.get("/{name}/versions/{version}/config", responses=error_responses(404, 503, v2=True))
 async def config(name: str, registry: Registry, settings: AppSettings, version: str | None = None) -> dict:
     """Triton's model configuration, from the model and the settings the service runs with."""
     return model_config(_entry(registry, name, version), registry.policy(name).as_triton(), settings)
 
 
-@router.get("/{name}/ready")
-@router.get("/{name}/versions/{version}/ready")
+_READY = {503: {"model": ModelReadiness, "description": "known but not ready"}, **error_responses(404, v2=True)}
+
+
+@router.get("/{name}/ready", response_model=ModelReadiness, responses=_READY)
+@router.get("/{name}/versions/{version}/ready", response_model=ModelReadiness, responses=_READY)
 async def ready(name: str, registry: Registry, version: str | None = None):
     try:
         ok = registry.ready(name, version) is not None
@@ -59,16 +70,19 @@ async def ready(name: str, registry: Registry, version: str | None = None):
     return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
 
 
-@router.get("/{name}")
-@router.get("/{name}/versions/{version}")
+@router.get("/{name}", responses=error_responses(404, 503, v2=True))
+@router.get("/{name}/versions/{version}", responses=error_responses(404, 503, v2=True))
 async def metadata(name: str, registry: Registry, version: str | None = None) -> dict:
     """Tensor names, datatypes and shapes; ``parameters`` carry the vocabulary and labels."""
     entry = _entry(registry, name, version)
     return model_metadata(entry, [str(e.number) for e in registry.served(name) if e.status == "ready"])
 
 
-@router.post("/{name}/infer")
-@router.post("/{name}/versions/{version}/infer")
+_INFER_ERRORS = error_responses(400, 404, 409, 410, 413, 415, 429, 503, v2=True)
+
+
+@router.post("/{name}/infer", responses=_INFER_ERRORS)
+@router.post("/{name}/versions/{version}/infer", responses=_INFER_ERRORS)
 async def infer(name: str, request: Request, version: str | None = None) -> Response:
     """JSON, or Triton's binary tensor data; gzip/deflate bodies; see ``service.api.v2_body``."""
     arrival = time.perf_counter_ns()

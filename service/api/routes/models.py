@@ -4,8 +4,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.api.deps import Registry
+from service.auth import API_KEY
+from service.errors import error_responses
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[API_KEY], responses=error_responses(401))
 
 
 @router.get("")
@@ -17,7 +19,7 @@ async def list_models(registry: Registry) -> dict:
                        for e in registry.entries()]}
 
 
-@router.get("/{name}")
+@router.get("/{name}", responses=error_responses(404))
 async def model_metadata(name: str, registry: Registry) -> dict:
     """Task, input spec, labels, vocabulary, cell, sizes, device and version of one model."""
     return registry.get(name).metadata()

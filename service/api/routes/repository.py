@@ -5,9 +5,12 @@ from fastapi import APIRouter, Request
 
 from service.api import v2_body
 from service.api.deps import Registry, Sessions
+from service.auth import API_KEY
+from service.errors import error_responses
 from service.openinference import repository
 
-router = APIRouter(prefix="/v2/repository", tags=["kserve-v2"])
+router = APIRouter(prefix="/v2/repository", tags=["kserve-v2"], dependencies=[API_KEY],
+                   responses=error_responses(400, 401, v2=True))
 
 
 @router.post("/index")
@@ -29,7 +32,7 @@ def _parameters(body: bytes) -> dict:
     return params
 
 
-@router.post("/models/{name}/load")
+@router.post("/models/{name}/load", responses=error_responses(404, v2=True))
 async def load(name: str, request: Request, registry: Registry) -> dict:
     """Load or reload a model's versions from the repository folder."""
     _parameters(await request.body())
@@ -37,7 +40,7 @@ async def load(name: str, request: Request, registry: Registry) -> dict:
     return {}
 
 
-@router.post("/models/{name}/unload")
+@router.post("/models/{name}/unload", responses=error_responses(404, 409, v2=True))
 async def unload(name: str, request: Request, registry: Registry, sessions: Sessions) -> dict:
     """Stop serving a model; refused while sessions are live unless ``parameters.force`` is true."""
     force = _parameters(await request.body()).get("force", False)

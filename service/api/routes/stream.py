@@ -7,9 +7,20 @@ import logging
 import time
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from service.api.stream_protocol import CloseMessage, CompleteMessage, InputMessage, ResetMessage, client_message
+from service import __version__
+from service.api.asyncapi import asyncapi_document
+from service.api.stream_protocol import (
+    CloseMessage,
+    CompleteMessage,
+    InputMessage,
+    OutputEvent,
+    ResetMessage,
+    ServerEvent,
+    client_message,
+)
 from service.auth import origin_allowed, websocket_authorised
 from service.errors import ServiceError
 from service.sessions.manager import SessionManager
@@ -18,7 +29,7 @@ router = APIRouter(tags=["streaming"])
 log = logging.getLogger("service.stream")
 
 
-def dumps(event: dict) -> str:
+def dumps(event: ServerEvent) -> str:
     """Strict JSON: a bare NaN or Infinity is never sent (strict parsers reject it)."""
     return json.dumps(event, allow_nan=False, separators=(",", ":"))
 
@@ -32,7 +43,7 @@ class StreamConnection:
         self._kind = "invalid"
         self.max_bytes = ws.app.state.settings.max_request_bytes
 
-    async def send(self, event: dict) -> None:
+    async def send(self, event: ServerEvent) -> None:
         try:
             text = dumps(event)
         except ValueError:                      # a non-finite number: say so instead of sending bad JSON
@@ -109,7 +120,7 @@ class StreamConnection:
             self._kind = msg.type
             if isinstance(msg, InputMessage):
                 session, outputs = await self.sessions.step(self.session_id, msg.payload, msg.top_k, expect_at=msg.at)
-                reply = {"type": "output", "id": msg.id, "steps": session.steps, "outputs": outputs}
+                reply: OutputEvent = {"type": "output", "id": msg.id, "steps": session.steps, "outputs": outputs}
                 if msg.state:
                     reply["state"] = self.sessions.top_layer_state(session)
                 await self.send(reply)
@@ -188,3 +199,9 @@ async def stream(ws: WebSocket, name: str, session_id: str | None = None):
     finally:
         if conn.session_id:
             log.info("stream closed", extra={"session_id": conn.session_id, "model": name})
+
+
+@router.get("/asyncapi.json", include_in_schema=False)
+async def asyncapi() -> JSONResponse:
+    """The protocol above, machine-readable (AsyncAPI 3.0), as ``/openapi.json`` is for HTTP."""
+    return JSONResponse(asyncapi_document(__version__))
