@@ -94,8 +94,8 @@ def error_responses(*statuses: int, v2: bool = False) -> dict:
     out: dict = {s: {"model": model, "description": _WHEN[s]} for s in statuses}
     if 429 in out:
         out[429]["headers"] = _RETRY_AFTER
-    out["default"] = {"model": model, "description": "any other error: 500 internal_error (a bug; the service "
-                                                     "keeps running), 405, 408, ..."}
+    out["default"] = {"model": model, "description": "any other error, in the same shape: 500 (a bug; the "
+                                                     "service keeps running), 405, 408, ..."}
     return out
 
 

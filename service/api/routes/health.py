@@ -19,9 +19,7 @@ class Readiness(BaseModel):
     error: str | None = None
 
 
-# the probes are public (service.auth.OPEN_PATHS): no key, no 401
-
-
+# the probes are public (service.auth.OPEN_PATHS): no key scheme, no 401
 @router.get("/health/live", responses=error_responses(v2=True))
 async def live() -> dict:
     """The process is up."""
