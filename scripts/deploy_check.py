@@ -1,7 +1,7 @@
 """The deployment under a real Docker engine: images, one container, the compose stack, failover, scaling.
 
-    python scripts/deploy_check.py              # what .ci/run runs (a few minutes on 2 cores)
-    python scripts/deploy_check.py --keep       # leave the compose stack up afterwards, to look at
+    python -m scripts.deploy_check              # what .ci/run runs (a few minutes on 2 cores)
+    python -m scripts.deploy_check --keep       # leave the compose stack up afterwards, to look at
 
 1. engine: Debian's docker.io plus the compose and buildx plugins, and a dockerd if none answers
    (scripts/docker_engine.py); stand-in base images only for tags that cannot be pulled.
@@ -36,13 +36,13 @@ from pathlib import Path
 
 import httpx
 
+from scripts.docker_engine import EngineUnavailable, ensure_bases, ensure_engine, run, stop_daemon
+from tests.conftest import free_port
+from tests.failover import TEXT, check_outputs, established_peers, http_failover, ws_failover
+from tests.test_e2e_uvicorn import type_text
+from tests.test_sessions import same
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "tests")]      # the drivers the tests use
-from docker_engine import EngineUnavailable, ensure_bases, ensure_engine, run, stop_daemon  # noqa: E402
-from conftest import free_port  # noqa: E402
-from failover import TEXT, check_outputs, established_peers, http_failover, ws_failover  # noqa: E402
-from test_e2e_uvicorn import type_text  # noqa: E402
-from test_sessions import same  # noqa: E402
 
 NO_ENGINE = 3
 PROJECT = "rnn-check"

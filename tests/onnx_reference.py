@@ -235,7 +235,7 @@ def torch_cases() -> dict[str, dict]:
 
 
 def torch_net(cfg: dict):
-    import torch  # noqa: PLC0415 - the reference extra only
+    import torch  # the reference extra only
 
     class Net(torch.nn.Module):
         def __init__(self):
@@ -263,10 +263,10 @@ def torch_net(cfg: dict):
 
 def torch_case(cfg: dict):
     """(model bytes, feed, expected): exported with one batch/time size, checked at another."""
-    import io  # noqa: PLC0415
-    import warnings  # noqa: PLC0415
+    import io
+    import warnings
 
-    import torch  # noqa: PLC0415
+    import torch
 
     net = torch_net(cfg)
     S = cfg["layers"] * (2 if cfg["bidirectional"] else 1)

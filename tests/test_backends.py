@@ -68,7 +68,9 @@ def test_device_matches_numpy(device, cell, dtype):
     lengths = np.array([5, 1, 3])
     expected = _run(ref, x, state0, dy, dstate, lengths)
 
-    dev = lambda a: to_device(a, device)  # noqa: E731
+    def dev(a):
+        return to_device(a, device)
+
     got = _run(layer, dev(x), _pack([dev(s) for s in _parts(state0)]), dev(dy),
                _pack([dev(s) for s in _parts(dstate)]), dev(lengths))
     assert got.keys() == expected.keys()

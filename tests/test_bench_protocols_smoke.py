@@ -9,14 +9,14 @@ import pytest
 pytest.importorskip("tritonclient.grpc")
 pytest.importorskip("tritonclient.http")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_protocols.py"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.timeout(120)
 def test_bench_protocols_quick_runs_every_protocol(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--duration", "0.3", "--concurrency", "2",
-                           "--json", str(out)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "scripts.bench_protocols", "--quick", "--duration", "0.3", "--concurrency", "2",
+                           "--json", str(out)], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "req/s vs websocket" in proc.stdout and "server CPU µs/req" in proc.stdout
     results = json.loads(out.read_text())

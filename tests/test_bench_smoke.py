@@ -10,7 +10,7 @@ pytest.importorskip("torch")
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_core.py"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.torch
@@ -18,9 +18,9 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_core.py"
 def test_bench_quick_runs_and_prints_tables(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--repeat", "1", "--cell", "all", "--threads", "1",
+        [sys.executable, "-m", "scripts.bench_core", "--quick", "--repeat", "1", "--cell", "all", "--threads", "1",
          "--json", str(out)],
-        capture_output=True, text=True, timeout=60)
+        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ours fwd ms" in proc.stdout and "torch fwd+bwd ms" in proc.stdout  # the table header
     assert "ours step µs" in proc.stdout

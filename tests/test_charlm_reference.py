@@ -3,24 +3,19 @@
 Same initial weights, same batches, the same Adam and clip: the per-step training losses and the
 validation losses must agree to float32 rounding, across an epoch boundary (state reset, new offset).
 """
-import importlib.util
-from pathlib import Path
+import importlib
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 
-from model_core.training import TrainConfig, train  # noqa: E402
+from model_core.training import TrainConfig, train
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "charlm_torch_reference.py"
 
 
 def load_reference():
-    spec = importlib.util.spec_from_file_location("charlm_torch_reference", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("scripts.charlm_torch_reference")
 
 
 @pytest.fixture

@@ -35,14 +35,14 @@ COVERED_ELSEWHERE = {
     "make test": "the quick start: .ci/run runs it",
     "docker": "the deployment check (deploy/check.sh) builds and runs the images and compose stack",
     "kubectl": "the manifests are validated against the Kubernetes schemas in tests/test_k8s_manifests.py",
-    "scripts/bench_": "benchmarks take minutes: the smoke tests (tests/test_bench_smoke.py, "
+    "scripts.bench_": "benchmarks take minutes: the smoke tests (tests/test_bench_smoke.py, "
                       "test_bench_protocols_smoke.py) run them on tiny grids",
-    "scripts/plot_performance.py": "it plots the benchmarks' sweeps, which take minutes (not run by the suite)",
+    "scripts.plot_performance": "it plots the benchmarks' sweeps, which take minutes (not run by the suite)",
 }
 # (pattern, replacement): long training and benchmark runs, shortened; the interface stays the same.
 CAPS = [(re.compile(r"--epochs \d+"), "--epochs 1"),
         (re.compile(r"--max-batches-per-epoch \d+"), "--max-batches-per-epoch 2"),
-        (re.compile(r"(scripts/train\.py .*)$", re.M), r"\1 --max-batches-per-epoch 2 --max-val-batches 2 --no-progress"),
+        (re.compile(r"(scripts\.train .*)$", re.M), r"\1 --max-batches-per-epoch 2 --max-val-batches 2 --no-progress"),
         (re.compile(r"--repeat \d+"), "--repeat 1")]
 
 

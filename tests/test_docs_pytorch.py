@@ -98,11 +98,11 @@ def _python_shim(folder: Path) -> dict:
 
 
 def _run_python(b: Block, ns: dict, port: int) -> None:
-    exec(compile(b.code.replace(DOC_URL, f"127.0.0.1:{port}"), b.where(), "exec"), ns)   # noqa: S102
+    exec(compile(b.code.replace(DOC_URL, f"127.0.0.1:{port}"), b.where(), "exec"), ns)
 
 
 def _serve(b: Block, env: dict, port: int, cwd: Path) -> subprocess.Popen:
-    log = open(cwd / "server.log", "wb")                                    # noqa: SIM115 - the server holds it
+    log = open(cwd / "server.log", "wb")                                    # the server holds it
     proc = subprocess.Popen(["bash", "-c", b.code], cwd=cwd, env={**env, "RNN_SERVE_PORT": str(port)},
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
@@ -193,7 +193,7 @@ def _assert_served_equals_torch(torch, ns: dict, port: int) -> None:
 def test_the_new_exporter_variant(torch, tmp_path, monkeypatch):
     """The ``dynamo=True`` block, where onnxscript is installed: its graph serves with the page's card."""
     pytest.importorskip("onnxscript")
-    from model_core.onnx.served_model import OnnxSequenceModel                  # noqa: PLC0415
+    from model_core.onnx.served_model import OnnxSequenceModel
 
     monkeypatch.chdir(tmp_path)
     ns = {"__name__": "docs_pytorch"}

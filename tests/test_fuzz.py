@@ -27,6 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import free_port, start_server, stop_server
+from model_core.checkpoint import CheckpointError, read as read_checkpoint
+from model_core.state import StateFormatError, state_from_bytes, state_to_bytes
 
 SCALE = int(os.environ.get("RNN_FUZZ_SCALE", "1"))
 RSS_BOUND_MB = 250                       # peak RSS growth over the fuzz, above the loaded server
@@ -161,9 +163,6 @@ def test_websocket_frame_fuzzer_drops_no_socket(server):
 
 
 # -- hypothesis on the parsers --------------------------------------------------------------------
-from model_core.checkpoint import CheckpointError, read as read_checkpoint        # noqa: E402
-from model_core.state import StateFormatError, state_from_bytes, state_to_bytes  # noqa: E402
-
 _GOOD_STATE = state_to_bytes((np.zeros((1, 1, 4), np.float32), np.ones((1, 1, 4), np.float32)))
 
 

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 import websockets.sync.client as ws_client
 
-tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
-import tritonclient.grpc.aio as grpc_aio                                         # noqa: E402
-from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc as pb_grpc     # noqa: E402
-from tritonclient.utils import InferenceServerException                          # noqa: E402
+import tritonclient.grpc as tritonclient_grpc
+import tritonclient.grpc.aio as grpc_aio
+from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc as pb_grpc
+from tritonclient.utils import InferenceServerException
 
-from conftest import free_port, start_server, stop_server                         # noqa: E402
-from test_kserve_sdk_client import kserve_python                                 # noqa: E402
+from conftest import free_port, start_server, stop_server
+from test_kserve_sdk_client import kserve_python
 
 CHUNKS = [3, 1, 5, 3]                                          # 12 steps, split unevenly
 RTOL, ATOL = 5e-5, 1e-6                                        # batch shape changes BLAS summation order

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 pytest.importorskip("tritonclient.grpc")
-from tritonclient.grpc import service_pb2 as pb                                  # noqa: E402
+from tritonclient.grpc import service_pb2 as pb
 
-from service.errors import ServiceError                                          # noqa: E402
-from service.grpc_api import codec                                               # noqa: E402
-from service.grpc_api.status import grpc_code                                    # noqa: E402
-from service.openinference import datatypes                                      # noqa: E402
-from service.openinference.types import InferOutput, InferResponse               # noqa: E402
+from service.errors import ServiceError
+from service.grpc_api import codec
+from service.grpc_api.status import grpc_code
+from service.openinference import datatypes
+from service.openinference.types import InferOutput, InferResponse
 
 ARRAYS = {"BOOL": np.array([[True, False, True]]), "UINT8": np.array([[0, 7, 255]], np.uint8),
           "UINT16": np.array([[1, 65535, 3]], np.uint16), "UINT32": np.array([[1, 2**32 - 1, 3]], np.uint32),

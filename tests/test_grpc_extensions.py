@@ -14,13 +14,13 @@ import httpx
 import numpy as np
 import pytest
 
-tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
-from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc as pb_grpc     # noqa: E402
-from tritonclient.utils import InferenceServerException                          # noqa: E402
+import tritonclient.grpc as tritonclient_grpc
+from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc as pb_grpc
+from tritonclient.utils import InferenceServerException
 
-from conftest import free_port, start_server, stop_server                         # noqa: E402
-from service.settings import DEFAULT_MODEL_DIR                                   # noqa: E402
-from test_grpc_clients import model_input, tensor                                # noqa: E402
+from conftest import free_port, start_server, stop_server
+from service.settings import DEFAULT_MODEL_DIR
+from test_grpc_clients import model_input, tensor
 
 BUNDLED = ("charlm", "echo", "temporal-order")
 MODELS = (*BUNDLED, "onnx-charlm", "onnx-sentiment", "echo-versions")

@@ -8,13 +8,12 @@ import time
 
 import numpy as np
 import pytest
+import tritonclient.grpc as tritonclient_grpc
 from fastapi.testclient import TestClient
 
-tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
-
-from conftest import free_port, start_server                                     # noqa: E402
-from service.main import create_app                                              # noqa: E402
-from service.settings import Settings                                            # noqa: E402
+from conftest import free_port, start_server
+from service.main import create_app
+from service.settings import Settings
 
 
 def test_started_in_the_lifespan_sharing_sessions_with_http_and_stopped_after_it():

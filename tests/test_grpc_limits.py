@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
-import tritonclient.grpc.aio as grpc_aio                                         # noqa: E402
-from tritonclient.utils import InferenceServerException                          # noqa: E402
+import tritonclient.grpc as tritonclient_grpc
+import tritonclient.grpc.aio as grpc_aio
+from tritonclient.utils import InferenceServerException
 
-from conftest import free_port                                                   # noqa: E402
-from service.main import create_app                                              # noqa: E402
-from service.settings import Settings                                            # noqa: E402
+from conftest import free_port
+from service.main import create_app
+from service.settings import Settings
 
 
 def ids(shape) -> tritonclient_grpc.InferInput:

@@ -159,7 +159,10 @@ def test_render_agrees_with_kubectl_kustomize(name):
     r = subprocess.run(["kubectl", "kustomize", str(K8S / "overlays" / name)], capture_output=True, text=True, timeout=60)
     if r.returncode != 0:
         pytest.skip(f"kubectl kustomize unavailable here: {r.stderr.strip()[:200]}")
-    key = lambda d: (d["kind"], d["metadata"]["name"])          # noqa: E731
+
+    def key(d):
+        return d["kind"], d["metadata"]["name"]
+
     assert sorted(yaml.safe_load_all(r.stdout), key=key) == sorted(render(K8S / "overlays" / name), key=key)
 
 
@@ -183,6 +186,7 @@ def test_kserve_runtime_and_inference_service_agree():
     env = env_of(c)
     assert int(env["RNN_SERVE_PORT"]["value"]) == port == c["readinessProbe"]["httpGet"]["port"]
     assert set(env) <= {f"RNN_SERVE_{f.upper()}" for f in Settings.model_fields}
-    assert {p["containerPort"] for p in c["ports"]} == {port, 8001} and c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert {p["containerPort"] for p in c["ports"]} == {port, 8001}
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     # the container spec itself is a core/v1 Container: check it against that schema
     validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "runtime"}, "spec": {"containers": [c]}})

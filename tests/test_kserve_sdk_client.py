@@ -37,7 +37,10 @@ def test_kserve_rest_client_every_model_binary_and_json(live_server):
     base = f"http://{live_server}"
     vocab = {m: httpx.get(f"{base}/v1/models/{m}").json()["vocab"] for m in ("charlm", "temporal-order")}
     seq = "BaXbcYdE"
-    ids = lambda m, text: [vocab[m].index(ch) for ch in text]                     # noqa: E731
+
+    def ids(m, text):
+        return [vocab[m].index(ch) for ch in text]
+
     cases = [
         {"model": "charlm", "input": "INPUT_IDS", "datatype": "INT64", "rows": ids("charlm", TEXT),
          "chunks": [ids("charlm", TEXT[:4]), ids("charlm", TEXT[4:5]), ids("charlm", TEXT[5:])]},

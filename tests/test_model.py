@@ -54,7 +54,8 @@ def test_model_gradients_match_finite_differences(task, cell, encoding, bi, laye
     x = inputs_for(model, T, B, rng)
     lengths = np.array([4, 2, 3])
     state0 = model.init_state(B)
-    state0 = tuple(rng.standard_normal(p.shape) for p in state0) if isinstance(state0, tuple) else rng.standard_normal(state0.shape)
+    state0 = (tuple(rng.standard_normal(p.shape) for p in state0) if isinstance(state0, tuple)
+              else rng.standard_normal(state0.shape))
     targets = rng.integers(0, model.config.output_size, size=(B,) if task == "classify" else (T, B))
     mask = None if task == "classify" else (np.arange(T)[:, None] < lengths[None]).astype(float)
 
@@ -132,7 +133,6 @@ def test_sessions_stacked_into_one_batch_equal_separate_steps():
 
 def test_training_lowers_loss():
     from model_core.optim import Adam, clip_grad_norm_
-    rng = np.random.default_rng(5)
     model = make("lm", "gru", "embedding", dtype="float32")
     text = np.array([0, 1, 2, 3, 4, 5] * 20)
     x, y = text[:-1].reshape(-1, 1), text[1:].reshape(-1, 1)

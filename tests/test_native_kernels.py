@@ -97,7 +97,7 @@ def _node_model(op, H=16, I=5, direction="bidirectional", **attrs):
 
 def _kernel_weights(session):
     """The prepared weights of the session's one recurrent node (None: the NumPy loops)."""
-    from model_core.onnx.ops import recurrent  # noqa: PLC0415
+    from model_core.onnx.ops import recurrent
 
     found = []
     orig = recurrent.run_recurrent

@@ -37,7 +37,10 @@ def test_linear_gradcheck(device, bias):
     lin = Linear(4, 3, bias=bias, device=device, dtype="float64", seed=2)
     x = to_device(_rng(1).standard_normal((2, 5, 4)), device)  # (B, T, I)
     R = to_device(_rng(2).standard_normal((2, 5, 3)), device)  # (B, T, O)
-    f = lambda: float((lin(x) * R).sum())  # noqa: E731
+
+    def f():
+        return float((lin(x) * R).sum())
+
     dx, grads = lin.backward(x, R)
     assert rel_error(dx, numerical_grad(f, x)) < 1e-7
     for name, p in lin.parameters().items():

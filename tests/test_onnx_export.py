@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx")
+import onnx
 
-import model_core  # noqa: E402
-import model_core.onnx  # noqa: E402
-from model_core import ModelConfig, SequenceModel  # noqa: E402
-from model_core.onnx.exporter import DEFAULT_OPSET, export, input_name, output_names, state_names, to_onnx  # noqa: E402
-from model_core.onnx.export_check import engine_outputs, random_feeds  # noqa: E402
-from model_core.training import CHECKPOINT_NAME  # noqa: E402
+import model_core
+import model_core.onnx
+from model_core import ModelConfig, SequenceModel
+from model_core.onnx.exporter import DEFAULT_OPSET, export, input_name, output_names, state_names, to_onnx
+from model_core.onnx.export_check import engine_outputs, random_feeds
+from model_core.training import CHECKPOINT_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ["temporal-order", "echo", "charlm"]
@@ -103,7 +103,7 @@ def test_state_carried_across_chunks_equals_one_long_run(case):
     second.update({inp: out1[out] for inp, out in state_names(model.config)})
     out2 = run(session, model, second)
     want = engine_outputs(model, whole)
-    for inp, out in state_names(model.config):
+    for _, out in state_names(model.config):
         np.testing.assert_allclose(out2[out], want[out], atol=TOL, err_msg=out)
     per_step = [n for n in output_names(model.config) if n in ("logits", "probabilities")]
     for name in per_step:
@@ -190,15 +190,15 @@ def test_bundled_model_exports_and_matches_onnxruntime(name, tmp_path):
 def test_export_script_writes_checks_and_verifies(tmp_path):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "echo.onnx"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "export_onnx.py"), str(ROOT / "models" / "echo"),
-                           str(out), "--opset", "17", "--verify"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "scripts.export_onnx", str(ROOT / "models" / "echo"),
+                           str(out), "--opset", "17", "--verify"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert out.is_file() and "opset 17" in proc.stdout
     assert "features       float    (time, batch, 1)" in proc.stdout
     assert "onnx.checker (full_check): ok" in proc.stdout
     assert "tolerance 1e-05): ok" in proc.stdout
-    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "export_onnx.py"), str(tmp_path / "missing"), str(out)],
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run([sys.executable, "-m", "scripts.export_onnx", str(tmp_path / "missing"), str(out)],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert bad.returncode == 2 and "no such checkpoint" in bad.stderr
 
 

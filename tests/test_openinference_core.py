@@ -318,8 +318,10 @@ def test_live_sequence_keeps_its_version_when_the_policy_moves(tmp_path):
     _versioned_repo(tmp_path, versions=(1,))
     with TestClient(create_app(Settings(model_dir=tmp_path))) as c:
         x = np.ones((1, 2, 1), np.float32)
-        req = lambda params, version=None: InferRequest("echo", version, [InferInput("INPUT", "FP32", x.shape, x)],
-                                                         parameters=params)
+
+        def req(params, version=None):
+            return InferRequest("echo", version, [InferInput("INPUT", "FP32", x.shape, x)], parameters=params)
+
         first = _run(c, req({"sequence_id": 9, "sequence_start": True}))
         assert first.model_version == "1"
         shutil.copytree(DEFAULT_MODEL_DIR / "echo", tmp_path / "echo" / "2")

@@ -182,7 +182,9 @@ def test_two_chunks_equal_one_run(cell, batch_first, ragged):
     dx2, ds1, g2 = layer.backward(c2, dy2, dstate)
     dx1, ds0, g1 = layer.backward(c1, dy1, ds1)
 
-    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)  # noqa: E731
+    def close(a, b):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
     close(np.concatenate([y1, y2], axis=axis), y)
     close(np.concatenate([dx1, dx2], axis=axis), dx)
     for a, b in zip(_parts(s2), _parts(state)):

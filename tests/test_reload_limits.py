@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import shutil
 
-import numpy as np
 from fastapi.testclient import TestClient
 
 import model_core

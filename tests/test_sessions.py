@@ -212,4 +212,5 @@ def test_batcher_preserves_order_within_a_session():
     from service.sessions.stepper import advance
     for i, (logits, _) in enumerate(results):                          # FIFO: request i got input i
         ref, _ = advance(model, [None], [np.array([i % 5])])[0]
-        np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-5)   # float32: batch shape changes sums by an ulp; a wrong order is O(1)
+        # float32: batch shape changes sums by an ulp; a wrong order is O(1)
+        np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-5)

@@ -193,7 +193,7 @@ def test_predict_equals_torch(server, nets, name, net):
 
 @pytest.mark.parametrize("name", ["charlm", "charlm-onnx"])
 def test_stream_in_chunks_equals_torch(server, nets, name):
-    from websockets.sync.client import connect                            # noqa: PLC0415
+    from websockets.sync.client import connect
     outputs = []
     with connect(f"ws://{server}/v1/models/{name}/stream", open_timeout=30) as ws:
         assert json.loads(ws.recv())["type"] == "session"
@@ -236,7 +236,7 @@ def test_classify_equals_torch(server, nets, name, net):
 
 
 def test_bidirectional_model_refuses_streaming(server):
-    from websockets.sync.client import connect                            # noqa: PLC0415
+    from websockets.sync.client import connect
     with connect(f"ws://{server}/v1/models/bilstm/stream", open_timeout=30) as ws:
         reply = json.loads(ws.recv())
     assert reply["type"] == "error" and "bidirectional" in reply["message"]

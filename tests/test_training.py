@@ -15,22 +15,17 @@ from model_core.backend import gpu_available
 from model_core import SequenceModel
 from model_core.training import CHECKPOINT_NAME, TrainConfig, train
 from model_core.training.loop import make_task, raise_forget_bias
+from scripts import compare, sample, visualize_hidden
+from scripts import train as train_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ROOT / "scripts"
-sys.path.insert(0, str(SCRIPTS))
-
-import compare  # noqa: E402
-import sample  # noqa: E402
-import train as train_cli  # noqa: E402
-import visualize_hidden  # noqa: E402
 
 EASY = dict(task="temporal-order", cell="lstm", hidden_size=16, lr=0.01, task_options={"difficulty": "easy"})
 CORPUS_TEXT = "the cat sat on the mat. the dog sat on the log. " * 120
 
 
 def run_script(name: str, *args: str, timeout: int = 60) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", f"scripts.{name}", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc
@@ -159,7 +154,7 @@ def test_train_cli_rejects_bad_arguments_cleanly(case, tmp_path, capsys):
 
 
 def test_train_cli_bad_argument_in_a_real_process(tmp_path):
-    proc = run_script("train.py", "--task", "temporal-order", "--difficulty", "impossible", "--out", str(tmp_path))
+    proc = run_script("train", "--task", "temporal-order", "--difficulty", "impossible", "--out", str(tmp_path))
     assert proc.returncode == 2
     assert "unknown difficulty 'impossible'" in proc.stderr
 
@@ -167,7 +162,7 @@ def test_train_cli_bad_argument_in_a_real_process(tmp_path):
 # -- compare.py, visualize_hidden.py, sample.py ---------------------------------------------
 def test_compare_visualize_end_to_end(tmp_path):
     out = tmp_path / "cmp"
-    proc = run_script("compare.py", "--epochs", "2", "--hidden-size", "8", "--lr", "0.01", "--cells", "rnn,lstm",
+    proc = run_script("compare", "--epochs", "2", "--hidden-size", "8", "--lr", "0.01", "--cells", "rnn,lstm",
                       "--forget-bias", "3", "--out", str(out), "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert (out / "compare.png").stat().st_size > 0
@@ -180,7 +175,7 @@ def test_compare_visualize_end_to_end(tmp_path):
         assert (out / cell / "model.safetensors").is_file() and (out / cell / "curves.png").is_file()
 
     vis = tmp_path / "vis"
-    proc = run_script("visualize_hidden.py", "--checkpoint", str(out / "lstm"), "--sequence", "BbXcdYaE", "--cell",
+    proc = run_script("visualize_hidden", "--checkpoint", str(out / "lstm"), "--sequence", "BbXcdYaE", "--cell",
                       "--out", str(vis))
     assert proc.returncode == 0, proc.stderr
     assert "sequence BbXcdYaE (class R" in proc.stdout
@@ -211,7 +206,7 @@ def test_visualize_rejects_a_non_temporal_order_checkpoint(charlm_run, tmp_path,
 
 def test_sample_generates_from_a_char_lm(charlm_run):
     out, _ = charlm_run
-    proc = run_script("sample.py", "--checkpoint", str(out), "--prompt", "the ", "--length", "30", "--n", "2",
+    proc = run_script("sample", "--checkpoint", str(out), "--prompt", "the ", "--length", "30", "--n", "2",
                       "--seed", "0", "--top-k", "5")
     assert proc.returncode == 0, proc.stderr
     samples = [line for line in proc.stdout.splitlines() if line.startswith("the ")]

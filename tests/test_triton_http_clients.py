@@ -22,9 +22,10 @@ import websockets
 from service.settings import DEFAULT_MODEL_DIR
 from conftest import free_port, start_server, stop_server
 
-httpclient = pytest.importorskip("tritonclient.http")
-aioclient = pytest.importorskip("tritonclient.http.aio")
-from tritonclient.utils import InferenceServerException  # noqa: E402
+pytest.importorskip("tritonclient.http")       # the dev extra's tritonclient[all]; the service needs only [grpc]
+import tritonclient.http as httpclient
+import tritonclient.http.aio as aioclient
+from tritonclient.utils import InferenceServerException
 
 GOLDEN = Path(__file__).parent / "golden" / "onnx_serving"
 MODELS = ["charlm", "echo", "temporal-order", "onnx-charlm", "onnx-sentiment"]

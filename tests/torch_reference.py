@@ -96,7 +96,7 @@ def _torch_module(torch, cfg: dict):
 
 def build_case(cfg: dict) -> dict:
     """Run torch (float32, its default init under ``torch.manual_seed``) on ``cfg``."""
-    import torch  # noqa: PLC0415 - the golden tests must not need torch
+    import torch  # the golden tests must not need torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny problems: extra threads only fight NumPy's BLAS threads for the cores
@@ -107,7 +107,7 @@ def build_case(cfg: dict) -> dict:
 
 
 def _build_case(torch, cfg: dict) -> dict:
-    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: PLC0415
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
     torch.manual_seed(cfg["seed"])
     module = _torch_module(torch, cfg)
@@ -115,7 +115,10 @@ def _build_case(torch, cfg: dict) -> dict:
     T, B, H = cfg["T"], cfg["B"], cfg["hidden_size"]
     D, L = (2 if cfg["bidirectional"] else 1), cfg["num_layers"]
     layout = (lambda t, b: (b, t)) if cfg["batch_first"] else (lambda t, b: (t, b))
-    f32 = lambda a: np.asarray(a, dtype=np.float32)  # noqa: E731
+
+    def f32(a):
+        return np.asarray(a, dtype=np.float32)
+
     names = state_names(cfg["cell"])
 
     case = {"x": f32(rng.standard_normal((*layout(T, B), cfg["input_size"])))}

@@ -25,7 +25,7 @@ def _load_numba():
     if os.environ.get(ENV_VAR, "1").strip().lower() in ("0", "false", "no", "off"):
         return None, f"disabled by {ENV_VAR}={os.environ[ENV_VAR]}"
     try:
-        import numba  # noqa: PLC0415 - optional dependency
+        import numba  # optional dependency
     except Exception as exc:  # ImportError, or an llvmlite that fails to load
         return None, f"numba is not importable ({type(exc).__name__}: {exc})"
     return numba, f"numba {numba.__version__}"
