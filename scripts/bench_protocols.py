@@ -33,7 +33,7 @@ import numpy as np
 import websockets
 
 from scripts.loadtest import cpu_seconds, print_table
-from tests.conftest import free_port, start_server
+from tests.helpers import free_port, start_server
 
 MODEL, VOCAB = "charlm", 81
 

@@ -10,7 +10,7 @@
 4. the gpu image on this host: RNN_SERVE_DEVICE=auto falls back to the CPU and says so (logs, /v2).
 5. compose (docker-compose.yml + docker-compose.cpu.yml), 3 replicas behind nginx, Redis sessions:
    SIGKILL the replica serving a message, mid-message, over WebSocket and over HTTP (the drivers in
-   tests/failover.py, shared with tests/test_replicas.py): no acknowledged step lost, none applied
+   tests/deploy/failover.py, shared with tests/deploy/test_replicas.py): no acknowledged step lost, none applied
    twice, every output equal to the uninterrupted run's.
 6. scale to 4 (nginx finds the new replica) and down to 2 under load (no request fails).
 7. teardown: the stack, the containers, and dockerd if this script started it. Images stay (cache).
@@ -37,10 +37,10 @@ from pathlib import Path
 import httpx
 
 from scripts.docker_engine import EngineUnavailable, ensure_bases, ensure_engine, run, stop_daemon
-from tests.conftest import free_port
-from tests.failover import TEXT, check_outputs, established_peers, http_failover, ws_failover
-from tests.test_e2e_uvicorn import type_text
-from tests.test_sessions import same
+from tests.helpers import free_port
+from tests.deploy.failover import TEXT, check_outputs, established_peers, http_failover, ws_failover
+from tests.helpers import type_text
+from tests.helpers import same
 
 ROOT = Path(__file__).resolve().parents[1]
 

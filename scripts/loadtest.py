@@ -38,7 +38,7 @@ import numpy as np
 import uvloop
 import websockets
 
-from tests.conftest import free_port, start_server
+from tests.helpers import free_port, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from tests.torch_reference import GOLDEN_DIR, build_case, case_filename, golden_configs, load_case, save_case
+from tests.engine.torch_reference import GOLDEN_DIR, build_case, case_filename, golden_configs, load_case, save_case
 
 
 def main() -> int:

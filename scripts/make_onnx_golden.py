@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.onnx_reference import (GOLDEN_OPS_DIR, GOLDEN_TORCH_DIR, golden_recurrent_cases, load_case,
+from tests.onnx.onnx_reference import (GOLDEN_OPS_DIR, GOLDEN_TORCH_DIR, golden_recurrent_cases, load_case,
                                   ort_recurrent, recurrent_feed, recurrent_model, save_case, torch_case, torch_cases)
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-6)

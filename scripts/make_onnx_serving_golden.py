@@ -1,4 +1,4 @@
-"""Write the golden files of ``tests/test_onnx_serving.py``: torch-exported models served as ONNX.
+"""Write the golden files of ``tests/onnx/test_onnx_serving.py``: torch-exported models served as ONNX.
 
     .venv/bin/python -m scripts.make_onnx_serving_golden            # writes tests/golden/onnx_serving
     .venv/bin/python -m scripts.make_onnx_serving_golden --check    # recompute and compare, write nothing

@@ -2,14 +2,14 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+
+from tests.helpers import ROOT
 
 pytest.importorskip("tritonclient.grpc")
 pytest.importorskip("tritonclient.http")
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.timeout(120)

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ROOT, free_port, start_server
+from tests.helpers import ROOT, free_port, start_server
 
 REDIS_SERVER = shutil.which("redis-server")
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)

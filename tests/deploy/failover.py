@@ -1,6 +1,6 @@
 """Kill the replica serving a message, mid-message, and prove no acknowledged step is lost or repeated.
 
-One driver per transport, shared by the loopback test (tests/test_replicas.py: uvicorn processes
+One driver per transport, shared by the loopback test (tests/deploy/test_replicas.py: uvicorn processes
 behind nginx) and the Docker check (scripts/deploy_check.py: compose containers behind nginx). Both
 find the victim the same way: the replica nginx holds an established connection to while our one
 message is in flight (``established_peers`` reads nginx's socket table), so nothing in the service or

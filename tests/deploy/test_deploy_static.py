@@ -22,39 +22,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, free_port
-from deploy_fixtures import NGINX, Nginx
+from tests.helpers import DOCKERFILE, ROOT, dockerfile_stages, free_port
+from tests.deploy.deploy_fixtures import NGINX, Nginx
 
-DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE_FILES = ["docker-compose.yml", "docker-compose.cpu.yml"]
 APP_STEPS = {"python", "/opt/venv/bin/python", "/opt/venv/bin/pip"}    # RUNs the image test performs
 IMAGE_ONLY_STEPS = {"useradd", "apt-get"}                              # RUNs that would change this machine
 
 
 # -- Dockerfile -----------------------------------------------------------------------------------
-def dockerfile_stages(text: str) -> dict[str, list[tuple[str, str]]]:
-    """{stage name: [(INSTRUCTION, arguments)]}, continuation lines joined, comments dropped."""
-    stages: dict[str, list[tuple[str, str]]] = {}
-    lines, current = [], ""
-    for raw in text.splitlines():
-        if raw.strip().startswith("#") or not raw.strip():
-            continue
-        if raw.endswith("\\"):
-            current += raw[:-1]
-            continue
-        lines.append(current + raw)
-        current = ""
-    steps: list[tuple[str, str]] = []
-    for line in lines:
-        instr, _, args = line.strip().partition(" ")
-        instr, args = instr.upper(), args.strip()
-        if instr == "FROM":
-            name = re.search(r"\bAS\s+(\S+)$", args, re.I)
-            steps = stages.setdefault(name.group(1) if name else args, [])
-        steps.append((instr, args))
-    return stages
-
-
 def test_hadolint_passes():
     hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     if hadolint is None:

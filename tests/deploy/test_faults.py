@@ -12,9 +12,10 @@ from collections import Counter
 
 import httpx
 import pytest
-from test_sessions import same
 
-from deploy_fixtures import REDIS_SERVER, RedisServer, Replicas
+from tests.helpers import same
+
+from tests.deploy.deploy_fixtures import REDIS_SERVER, RedisServer, Replicas
 from service.client import AsyncSessionClient, AsyncStreamClient, Backoff, SessionLost
 
 pytestmark = [pytest.mark.slow,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
-from test_deploy_static import DOCKERFILE, dockerfile_stages
+from tests.helpers import ROOT
+from tests.helpers import DOCKERFILE, dockerfile_stages
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the manifests")
 K8S = ROOT / "deploy" / "k8s"

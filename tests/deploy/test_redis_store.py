@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-import deploy_fixtures
-from deploy_fixtures import RedisServer, needs_redis
+from tests.deploy import deploy_fixtures
+from tests.deploy.deploy_fixtures import RedisServer, needs_redis
 from service.errors import Unavailable
 from service.sessions.store import ConflictError, MemorySessionStore, SessionGone, SessionNotFound
 from service.settings import Settings

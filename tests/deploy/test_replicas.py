@@ -1,7 +1,7 @@
 """Replicas behind nginx sharing Redis, all real processes on loopback: concurrency, failover, faults.
 
 Two ``python -m service`` replicas (``RNN_SERVE_SESSION_STORE=redis``) behind nginx running
-``deploy/nginx.conf``; the failover tests share their drivers with the Docker check (tests/failover.py).
+``deploy/nginx.conf``; the failover tests share their drivers with the Docker check (tests/deploy/failover.py).
 """
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import websockets
 
-from deploy_fixtures import NGINX, REDIS_SERVER, Nginx, RedisServer, Replicas
-from failover import TEXT, check_outputs, established_peers, http_failover, ws_failover
+from tests.deploy.deploy_fixtures import NGINX, REDIS_SERVER, Nginx, RedisServer, Replicas
+from tests.deploy.failover import TEXT, check_outputs, established_peers, http_failover, ws_failover
 from service.client import AsyncSessionClient, AsyncStreamClient, Backoff
-from test_e2e_uvicorn import type_text
-from test_sessions import same
+from tests.helpers import type_text
+from tests.helpers import same
 
 pytestmark = [
     pytest.mark.slow,

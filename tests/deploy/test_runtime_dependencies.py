@@ -11,9 +11,9 @@ import sys
 import httpx
 import pytest
 
-from conftest import ROOT, free_port, start_server
-from test_e2e_uvicorn import type_text
-from test_sessions import same
+from tests.helpers import ROOT, free_port, start_server
+from tests.helpers import type_text
+from tests.helpers import same
 
 
 @pytest.mark.slow

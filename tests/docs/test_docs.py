@@ -20,11 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, start_server, stop_server
+from tests.helpers import ROOT, free_port, start_server, stop_server
 
-ROOT = Path(__file__).resolve().parents[1]
 # Documents with a runner of their own, which knows the order their blocks build on each other.
-OWN_RUNNER = {"docs/pytorch.md": "tests/test_docs_pytorch.py"}
+OWN_RUNNER = {"docs/pytorch.md": "tests/docs/test_docs_pytorch.py"}
 DOCS = [d for d in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
         if d.relative_to(ROOT).as_posix() not in OWN_RUNNER]
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.S | re.M)
@@ -34,8 +33,8 @@ COVERED_ELSEWHERE = {
     "make serve": "the quick start: CI and the fresh-clone check run it",
     "make test": "the quick start: .ci/run runs it",
     "docker": "the deployment check (deploy/check.sh) builds and runs the images and compose stack",
-    "kubectl": "the manifests are validated against the Kubernetes schemas in tests/test_k8s_manifests.py",
-    "scripts.bench_": "benchmarks take minutes: the smoke tests (tests/test_bench_smoke.py, "
+    "kubectl": "the manifests are validated against the Kubernetes schemas in tests/deploy/test_k8s_manifests.py",
+    "scripts.bench_": "benchmarks take minutes: the smoke tests (tests/bench/test_bench_smoke.py, "
                       "test_bench_protocols_smoke.py) run them on tiny grids",
     "scripts.plot_performance": "it plots the benchmarks' sweeps, which take minutes (not run by the suite)",
 }

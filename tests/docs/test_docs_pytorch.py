@@ -28,7 +28,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import ROOT, free_port, wait_ready
+
+from tests.helpers import ROOT, free_port, wait_ready
 
 from service.model_card import ModelCard
 

@@ -17,7 +17,8 @@ import warnings
 import httpx
 import numpy as np
 import pytest
-from conftest import free_port, start_server, stop_server
+
+from tests.helpers import free_port, start_server, stop_server
 
 import model_core
 

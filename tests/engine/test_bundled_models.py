@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 import model_core
 from model_core.training import CHECKPOINT_NAME, TrainConfig
 from model_core.training.loop import make_task
+from tests.helpers import ROOT
 
-MODELS = Path(__file__).resolve().parents[1] / "models"
+MODELS = ROOT / "models"
 BUNDLED = sorted(p.name for p in MODELS.iterdir() if (p / CHECKPOINT_NAME).is_file()) if MODELS.is_dir() else []
 
 

@@ -7,7 +7,7 @@ made reproducible by re-creating the same ``np.random.default_rng`` seed for eve
 import numpy as np
 import pytest
 
-from gradcheck import numerical_grad, rel_error
+from tests.engine.gradcheck import numerical_grad, rel_error
 from model_core.nn import GRU, LSTM, RNN
 
 CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")

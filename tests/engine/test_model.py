@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gradcheck import numerical_grad
+
+from tests.engine.gradcheck import numerical_grad
 
 from model_core import ModelConfig, SequenceModel
 from model_core.nn import losses

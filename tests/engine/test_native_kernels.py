@@ -18,6 +18,7 @@ from model_core import native
 from model_core.cells import select
 from model_core.nn import GRU, LSTM
 from model_core.onnx import InferenceSession
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.skipif(not native.AVAILABLE, reason=f"native kernels unavailable: {native.REASON}")
 
@@ -54,14 +55,14 @@ def test_two_threads_match_the_reference(cls):
 
 
 def test_portable_build_matches_the_reference():
-    code = ("import sys; sys.path.insert(0, 'tests'); from model_core import native; "
+    code = ("from model_core import native; "
             "assert native.REASON.endswith('baseline'), native.REASON; "
-            "from test_native_kernels import _compare_with_reference as c; from model_core.nn import LSTM, GRU; "
+            "from tests.engine.test_native_kernels import _compare_with_reference as c; from model_core.nn import LSTM, GRU; "
             "errs = [c(k, I, H, T, B) for k in (LSTM, GRU) for (I, H, T, B) in ((5, 13, 7, 3), (6, 40, 9, 11))]; "
             "assert max(errs) < 2e-5, errs")
     env = {**os.environ, "MODEL_CORE_NATIVE_ISA": "baseline"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                          cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
 
 

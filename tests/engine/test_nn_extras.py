@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from gradcheck import numerical_grad, rel_error
+from tests.engine.gradcheck import numerical_grad, rel_error
 from model_core.backend import gpu_available, to_device, to_numpy
 from model_core.nn import Embedding, Linear, losses
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from model_core.nn import GRU, LSTM, RNN
-from torch_reference import CELLS, GOLDEN_DIR, build_case, load_case, random_config, state_names
+from tests.engine.torch_reference import CELLS, GOLDEN_DIR, build_case, load_case, random_config, state_names
 
 FWD_ATOL = 1e-5   # forward outputs and final states, float32
 GRAD_RTOL = 1e-4  # max|ours - torch| / max|torch|, float32

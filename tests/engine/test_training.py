@@ -5,7 +5,6 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +16,8 @@ from model_core.training import CHECKPOINT_NAME, TrainConfig, train
 from model_core.training.loop import make_task, raise_forget_bias
 from scripts import compare, sample, visualize_hidden
 from scripts import train as train_cli
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 EASY = dict(task="temporal-order", cell="lstm", hidden_size=16, lr=0.01, task_options={"difficulty": "easy"})
 CORPUS_TEXT = "the cat sat on the mat. the dog sat on the log. " * 120

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.helpers import GOLDEN_ROOT
+
 CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
-GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
+GOLDEN_DIR = GOLDEN_ROOT
 
 
 def state_names(cell: str) -> tuple[str, ...]:

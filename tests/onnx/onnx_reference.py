@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 from onnx import ModelProto, TensorProto, helper
 
-GOLDEN_OPS_DIR = Path(__file__).resolve().parent / "golden" / "onnx_ops"
-GOLDEN_TORCH_DIR = Path(__file__).resolve().parent / "golden" / "onnx_torch"
+from tests.helpers import GOLDEN_ROOT
+
+GOLDEN_OPS_DIR = GOLDEN_ROOT / "onnx_ops"
+GOLDEN_TORCH_DIR = GOLDEN_ROOT / "onnx_torch"
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 ACTIVATIONS = ("Relu", "Tanh", "Sigmoid", "Affine", "LeakyRelu", "ThresholdedRelu", "ScaledTanh",

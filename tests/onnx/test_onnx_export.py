@@ -8,7 +8,6 @@ import itertools
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +20,8 @@ from model_core import ModelConfig, SequenceModel
 from model_core.onnx.exporter import DEFAULT_OPSET, export, input_name, output_names, state_names, to_onnx
 from model_core.onnx.export_check import engine_outputs, random_feeds
 from model_core.training import CHECKPOINT_NAME
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ["temporal-order", "echo", "charlm"]
 TOL = 1e-5
 

@@ -8,7 +8,8 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnx_reference import RecurrentCase, make_model, recurrent_model
+
+from tests.onnx.onnx_reference import RecurrentCase, make_model, recurrent_model
 
 from model_core.onnx import InferenceSession, OnnxLoadError
 

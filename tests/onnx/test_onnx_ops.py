@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnx_reference import ELEM_TYPES, make_model, ort_run
+
+from tests.onnx.onnx_reference import ELEM_TYPES, make_model, ort_run
 
 from model_core.backend import DeviceError, gpu_available
 from model_core.onnx import InferenceSession

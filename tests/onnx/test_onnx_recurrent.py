@@ -10,7 +10,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from onnx_reference import (ACTIVATIONS, GOLDEN_OPS_DIR, RecurrentCase, golden_names, golden_recurrent_cases,
+
+from tests.onnx.onnx_reference import (ACTIVATIONS, GOLDEN_OPS_DIR, RecurrentCase, golden_names, golden_recurrent_cases,
                             load_case, ort_recurrent, recurrent_feed, recurrent_model)
 
 from model_core.onnx import InferenceSession

@@ -18,7 +18,8 @@ import onnx
 import pytest
 from fastapi.testclient import TestClient
 from onnx import helper
-from test_sessions import same
+
+from tests.helpers import GOLDEN_ROOT, same
 
 import model_core
 from model_core.onnx.exporter import to_onnx
@@ -26,7 +27,7 @@ from service.main import create_app
 from service.model_card import CardError, read_card
 from service.settings import DEFAULT_MODEL_DIR, Settings
 
-GOLDEN = Path(__file__).resolve().parent / "golden" / "onnx_serving"
+GOLDEN = GOLDEN_ROOT / "onnx_serving"
 LM, CLF = np.load(GOLDEN / "charlm.npz", allow_pickle=False), np.load(GOLDEN / "sentiment.npz", allow_pickle=False)
 TEXT, LM_LOGITS = str(LM["text"]), LM["logits"]                                       # (T, V) from torch
 SEQS = [s.tolist() for s in np.split(CLF["ids"], np.cumsum(CLF["lengths"])[:-1])]
@@ -123,9 +124,8 @@ def repo(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def client(repo):
-    with TestClient(create_app(Settings(model_dir=repo))) as c:
-        yield c
+def client(make_client, repo):
+    return make_client(model_dir=repo)
 
 
 def stream(client, model: str, chunks: list[str], top_k: int = 5) -> list[dict]:

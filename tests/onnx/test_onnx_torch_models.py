@@ -7,7 +7,8 @@ the exported graphs and torch's outputs, so the check runs where torch is not in
 """
 import numpy as np
 import pytest
-from onnx_reference import GOLDEN_TORCH_DIR, golden_names, load_case, torch_case, torch_cases
+
+from tests.onnx.onnx_reference import GOLDEN_TORCH_DIR, golden_names, load_case, torch_case, torch_cases
 
 from model_core.onnx import InferenceSession
 

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import ROOT
+
 sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-OUT = Path(__file__).resolve().parents[1] / "test-output"
+OUT = ROOT / "test-output"
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 

@@ -5,22 +5,8 @@ import asyncio
 
 import httpx
 import numpy as np
-from test_sessions import same
 
-from service.client import AsyncStreamClient
-
-
-async def type_text(base: str, text: str, chunk: int, model: str = "charlm") -> list[dict]:
-    """Type ``text`` into a new session with the client library, ``chunk`` characters a message."""
-    async with AsyncStreamClient(base, model, reply_timeout=60) as stream:
-        assert stream.hello["type"] == "session" and stream.steps == 0
-        outputs = []
-        for i in range(0, len(text), chunk):
-            reply = await stream.feed(text[i:i + chunk], top_k=2)
-            assert reply["steps"] == min(i + chunk, len(text))
-            outputs += reply["outputs"]
-        await stream.end()
-        return outputs
+from tests.helpers import same, type_text
 
 
 def test_hundreds_of_concurrent_sessions(live_server):

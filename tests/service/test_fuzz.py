@@ -26,7 +26,7 @@ import websockets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import free_port, start_server, stop_server
+from tests.helpers import ROOT, free_port, start_server, stop_server
 from model_core.checkpoint import CheckpointError, read as read_checkpoint
 from model_core.state import StateFormatError, state_from_bytes, state_to_bytes
 
@@ -183,7 +183,7 @@ def test_state_parser_only_raises_its_own_error(blob):
         assert np.isfinite(part).all()
 
 
-_CKPT = Path(__file__).resolve().parents[1] / "models" / "echo" / "model.safetensors"
+_CKPT = ROOT / "models" / "echo" / "model.safetensors"
 
 
 @settings(max_examples=100 * SCALE, database=None, deadline=None, suppress_health_check=list(HealthCheck))

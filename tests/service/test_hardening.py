@@ -12,19 +12,14 @@ import pytest
 from fastapi.testclient import TestClient
 from safetensors.numpy import save_file
 from starlette.websockets import WebSocketDisconnect
-from test_service_http import err
+
+from tests.helpers import err
 
 import model_core
 from model_core.checkpoint import CheckpointError
 from model_core.state import state_to_bytes
 from service.main import create_app
 from service.settings import DEFAULT_MODEL_DIR, Settings
-
-
-@pytest.fixture(scope="module")
-def client():
-    with TestClient(create_app(Settings())) as c:
-        yield c
 
 
 # -- 1. bounded work, 4. HTTP 500s -----------------------------------------------------------------

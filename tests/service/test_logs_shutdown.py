@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from service.main import create_app
 from service.settings import Settings
-from conftest import ROOT, free_port
+from tests.helpers import ROOT, free_port
 
 
 def _start(port: int, log_path, **env) -> subprocess.Popen:

@@ -10,7 +10,7 @@ import pytest
 
 from service.errors import Overloaded
 from service.sessions.batcher import DynamicBatcher
-from conftest import free_port, start_server
+from tests.helpers import free_port, start_server
 
 SEQ = "B" + "ab" * 6 + "X" + "cd" * 20 + "Y" + "ba" * 22 + "E"
 

@@ -8,22 +8,14 @@ from fastapi.testclient import TestClient
 import model_core
 from service.main import create_app
 from service.settings import DEFAULT_MODEL_DIR, Settings
+from tests.helpers import err
 
 HARD_R = "Bab" + "c" * 10 + "X" + "d" * 40 + "Y" + "a" * 40 + "E"     # X then Y: class R
 
 
 @pytest.fixture(scope="module")
-def client():
-    settings = Settings(max_batch_sequences=8, max_sequence_length=200, max_completion_length=50)
-    with TestClient(create_app(settings)) as c:
-        yield c
-
-
-def err(resp, status, code):
-    assert resp.status_code == status, resp.text
-    body = resp.json()
-    assert set(body) == {"error"} and body["error"]["code"] == code and body["error"]["message"]
-    return body["error"]["message"]
+def client(make_client):
+    return make_client(max_batch_sequences=8, max_sequence_length=200, max_completion_length=50)
 
 
 def test_models_listed_with_metadata(client):

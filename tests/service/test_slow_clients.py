@@ -11,7 +11,7 @@ import httpx
 import pytest
 import websockets
 
-from conftest import free_port, start_server, stop_server
+from tests.helpers import free_port, start_server, stop_server
 
 LIMIT = 200_000
 

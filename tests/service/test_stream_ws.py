@@ -4,16 +4,11 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
-from test_sessions import same
+
+from tests.helpers import same
 
 from service.main import create_app
 from service.settings import Settings
-
-
-@pytest.fixture(scope="module")
-def client():
-    with TestClient(create_app(Settings())) as c:
-        yield c
 
 
 def feed(ws, text, msg_id=None, top_k=3):

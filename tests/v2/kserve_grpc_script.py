@@ -1,4 +1,4 @@
-"""Run by tests/test_grpc_kserve.py in the KServe SDK's own interpreter (its protobufs clash with tritonclient's).
+"""Run by tests/v2/test_grpc_clients.py in the KServe SDK's own interpreter (its protobufs clash with tritonclient's).
 
 ``python kserve_grpc_script.py HOST:PORT INPUTS.json [API_KEY]`` drives every model in INPUTS.json through
 ``kserve.InferenceGRPCClient``: stateless with raw contents, stateless with typed contents, and as a

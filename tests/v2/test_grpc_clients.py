@@ -23,8 +23,7 @@ import tritonclient.grpc.aio as grpc_aio
 from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
-from conftest import free_port, start_server, stop_server
-from test_kserve_sdk_client import kserve_python
+from tests.helpers import free_port, kserve_python, model_input, start_server, stop_server, tensor
 
 CHUNKS = [3, 1, 5, 3]                                          # 12 steps, split unevenly
 RTOL, ATOL = 5e-5, 1e-6                                        # batch shape changes BLAS summation order
@@ -39,25 +38,10 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def client(server):
+def grpc_client(server):
     c = tritonclient_grpc.InferenceServerClient(server["grpc"])
     yield c
     c.close()
-
-
-def model_input(model: str) -> tuple[str, np.ndarray]:
-    """12 steps for each bundled model: token ids (1, T) or features (1, T, 1)."""
-    rng = np.random.default_rng(7)
-    if model == "echo":
-        return "INPUT", rng.integers(0, 2, size=(1, 12, 1)).astype(np.float32)
-    vocab = 81 if model == "charlm" else 8
-    return "INPUT_IDS", rng.integers(0, vocab, size=(1, 12)).astype(np.int64)
-
-
-def tensor(name: str, arr: np.ndarray) -> tritonclient_grpc.InferInput:
-    t = tritonclient_grpc.InferInput(name, list(arr.shape), "INT64" if arr.dtype.kind == "i" else "FP32")
-    t.set_data_from_numpy(arr)
-    return t
 
 
 def chunks(arr: np.ndarray) -> list[np.ndarray]:
@@ -107,13 +91,13 @@ def assert_same_as_websocket(model: str, probs: np.ndarray, ws_steps: list[dict]
                                    [t["probability"] for t in step["top_k"]], rtol=RTOL, atol=ATOL)
 
 
-def stream_sync(client, model: str, name: str, arr: np.ndarray, seq_id) -> list[np.ndarray]:
+def stream_sync(grpc_client, model: str, name: str, arr: np.ndarray, seq_id) -> list[np.ndarray]:
     results: queue.Queue = queue.Queue()
-    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    grpc_client.start_stream(callback=lambda result, error: results.put((result, error)))
     try:
         parts = chunks(arr)
         for i, c in enumerate(parts):
-            client.async_stream_infer(model, [tensor(name, c)], request_id=str(i), sequence_id=seq_id,
+            grpc_client.async_stream_infer(model, [tensor(name, c)], request_id=str(i), sequence_id=seq_id,
                                       sequence_start=i == 0, sequence_end=i == len(parts) - 1)
         out = []
         for i in range(len(parts)):
@@ -123,23 +107,23 @@ def stream_sync(client, model: str, name: str, arr: np.ndarray, seq_id) -> list[
             out.append(result.as_numpy("PROBABILITIES"))
         return out
     finally:
-        client.stop_stream()
+        grpc_client.stop_stream()
 
 
 @pytest.mark.parametrize("model", ["charlm", "echo", "temporal-order"])
-def test_every_model_unary_and_streamed_equals_whole_run_http_and_websocket(server, client, model):
+def test_every_model_unary_and_streamed_equals_whole_run_http_and_websocket(server, grpc_client, model):
     name, arr = model_input(model)
-    whole = client.infer(model, [tensor(name, arr)]).as_numpy("PROBABILITIES")
+    whole = grpc_client.infer(model, [tensor(name, arr)]).as_numpy("PROBABILITIES")
     np.testing.assert_allclose(whole, http_v2(server, model, name, arr), rtol=RTOL, atol=ATOL)
 
     parts = chunks(arr)
     seq_id = int(uuid.uuid4().int % 2**62) + 1                       # Triton's numeric sequence ids
     unary = []
     for i, c in enumerate(parts):
-        r = client.infer(model, [tensor(name, c)], sequence_id=seq_id, sequence_start=i == 0,
+        r = grpc_client.infer(model, [tensor(name, c)], sequence_id=seq_id, sequence_start=i == 0,
                          sequence_end=i == len(parts) - 1)
         unary.append(r.as_numpy("PROBABILITIES"))
-    streamed = stream_sync(client, model, name, arr, f"s-{uuid.uuid4().hex}")   # string ids too
+    streamed = stream_sync(grpc_client, model, name, arr, f"s-{uuid.uuid4().hex}")   # string ids too
     for probs in (unary, streamed):
         np.testing.assert_allclose(joined(model, probs), whole, rtol=RTOL, atol=ATOL)
 
@@ -149,9 +133,9 @@ def test_every_model_unary_and_streamed_equals_whole_run_http_and_websocket(serv
 
 
 @pytest.mark.parametrize("model", ["charlm", "echo", "temporal-order"])
-def test_every_model_through_the_aio_client_unary_and_stream(server, client, model):
+def test_every_model_through_the_aio_client_unary_and_stream(server, grpc_client, model):
     name, arr = model_input(model)
-    whole = client.infer(model, [tensor(name, arr)]).as_numpy("PROBABILITIES")
+    whole = grpc_client.infer(model, [tensor(name, arr)]).as_numpy("PROBABILITIES")
     parts, seq_id = chunks(arr), f"aio-{uuid.uuid4().hex}"
 
     async def main():
@@ -181,7 +165,7 @@ def test_every_model_through_the_aio_client_unary_and_stream(server, client, mod
         np.testing.assert_allclose(joined(model, probs), whole, rtol=RTOL, atol=ATOL)
 
 
-def test_typed_contents_equal_raw_contents(server, client):
+def test_typed_contents_equal_raw_contents(server, grpc_client):
     """The KServe spec's typed ``contents`` (tritonclient always sends raw) decode to the same tensor."""
     name, arr = model_input("charlm")
     req = pb.ModelInferRequest(model_name="charlm", id="typed")
@@ -191,7 +175,7 @@ def test_typed_contents_equal_raw_contents(server, client):
         resp = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(req, timeout=30)
     assert resp.id == "typed" and resp.outputs[0].name == "PROBABILITIES" and not resp.outputs[0].HasField("contents")
     typed = np.frombuffer(resp.raw_output_contents[0], dtype="<f4").reshape(list(resp.outputs[0].shape))
-    np.testing.assert_allclose(typed, client.infer("charlm", [tensor(name, arr)]).as_numpy("PROBABILITIES"),
+    np.testing.assert_allclose(typed, grpc_client.infer("charlm", [tensor(name, arr)]).as_numpy("PROBABILITIES"),
                                rtol=RTOL, atol=ATOL)
     t.contents.int64_contents.append(1)                                    # 13 values for a [1, 12] shape
     with grpc.insecure_channel(server["grpc"]) as channel, pytest.raises(grpc.RpcError) as err:
@@ -199,66 +183,66 @@ def test_typed_contents_equal_raw_contents(server, client):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "INPUT_IDS" in err.value.details()
 
 
-def test_health_metadata_and_same_metadata_as_http(server, client):
-    assert client.is_server_live() and client.is_server_ready()
-    assert client.is_model_ready("charlm") and not client.is_model_ready("no-such-model")
-    meta = client.get_server_metadata(as_json=True)
+def test_health_metadata_and_same_metadata_as_http(server, grpc_client):
+    assert grpc_client.is_server_live() and grpc_client.is_server_ready()
+    assert grpc_client.is_model_ready("charlm") and not grpc_client.is_model_ready("no-such-model")
+    meta = grpc_client.get_server_metadata(as_json=True)
     http_meta = httpx.get(f"http://{server['http']}/v2").json()
     assert meta["name"] == http_meta["name"] and meta["extensions"] == http_meta["extensions"]
     for model in ("charlm", "echo", "temporal-order"):
-        m = client.get_model_metadata(model, as_json=True)
+        m = grpc_client.get_model_metadata(model, as_json=True)
         h = httpx.get(f"http://{server['http']}/v2/models/{model}").json()
         assert m["name"] == h["name"] and m["versions"] == h["versions"] and m["platform"] == h["platform"]
         assert [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in m["inputs"]] == \
             [(t["name"], t["datatype"], t["shape"]) for t in h["inputs"]]
 
 
-def test_errors_have_grpc_codes_and_the_stream_stays_open(client):
+def test_errors_have_grpc_codes_and_the_stream_stays_open(grpc_client):
     name, arr = model_input("charlm")
-    cases = [(lambda: client.infer("nope", [tensor(name, arr)]), "StatusCode.NOT_FOUND", "unknown model"),
-             (lambda: client.infer("charlm", [tensor(name, arr[:, :, None])]), "StatusCode.INVALID_ARGUMENT",
+    cases = [(lambda: grpc_client.infer("nope", [tensor(name, arr)]), "StatusCode.NOT_FOUND", "unknown model"),
+             (lambda: grpc_client.infer("charlm", [tensor(name, arr[:, :, None])]), "StatusCode.INVALID_ARGUMENT",
               "INPUT_IDS"),
-             (lambda: client.infer("charlm", [tensor(name, arr)], sequence_id="never-started"),
+             (lambda: grpc_client.infer("charlm", [tensor(name, arr)], sequence_id="never-started"),
               "StatusCode.INVALID_ARGUMENT", "sequence_start"),
-             (lambda: client.get_model_metadata("charlm", model_version="999"), "StatusCode.NOT_FOUND", "999"),
-             (lambda: client.get_system_shared_memory_status(), "StatusCode.UNIMPLEMENTED", "shared memory"),
-             (lambda: client.get_trace_settings(), "StatusCode.UNIMPLEMENTED", "tracing")]
+             (lambda: grpc_client.get_model_metadata("charlm", model_version="999"), "StatusCode.NOT_FOUND", "999"),
+             (lambda: grpc_client.get_system_shared_memory_status(), "StatusCode.UNIMPLEMENTED", "shared memory"),
+             (lambda: grpc_client.get_trace_settings(), "StatusCode.UNIMPLEMENTED", "tracing")]
     for call, code, words in cases:
         with pytest.raises(InferenceServerException) as err:
             call()
         assert err.value.status() == code and words in err.value.message(), err.value
 
     results: queue.Queue = queue.Queue()
-    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    grpc_client.start_stream(callback=lambda result, error: results.put((result, error)))
     try:
-        client.async_stream_infer("nope", [tensor(name, arr)], request_id="a")
-        client.async_stream_infer("charlm", [tensor(name, arr)], request_id="b", sequence_id="x-never-started")
-        client.async_stream_infer("charlm", [tensor(name, arr)], request_id="c")
+        grpc_client.async_stream_infer("nope", [tensor(name, arr)], request_id="a")
+        grpc_client.async_stream_infer("charlm", [tensor(name, arr)], request_id="b", sequence_id="x-never-started")
+        grpc_client.async_stream_infer("charlm", [tensor(name, arr)], request_id="c")
         (r1, e1), (r2, e2), (r3, e3) = (results.get(timeout=30) for _ in range(3))
     finally:
-        client.stop_stream()
+        grpc_client.stop_stream()
     assert r1 is None and "unknown model" in e1.message()
     assert r2 is None and "sequence_start" in e2.message()
     assert e3 is None and r3.get_response().id == "c" and r3.as_numpy("PROBABILITIES").shape == (1, 12, 81)
 
 
-def test_oversize_requests_are_refused_at_the_transport_and_the_server_keeps_serving(server, client):
+def test_oversize_requests_are_refused_at_the_transport_and_the_server_keeps_serving(server, grpc_client):
     big = np.zeros((1, 300_000), dtype=np.int64)                      # 2.4 MB > max_request_bytes (1 MB)
     with pytest.raises(InferenceServerException) as err:
-        client.infer("charlm", [tensor("INPUT_IDS", big)])
+        grpc_client.infer("charlm", [tensor("INPUT_IDS", big)])
     assert err.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
     with pytest.raises(InferenceServerException) as err:           # gzip: the limit holds after decompression
-        client.infer("charlm", [tensor("INPUT_IDS", big)], compression_algorithm="gzip")
+        grpc_client.infer("charlm", [tensor("INPUT_IDS", big)], compression_algorithm="gzip")
     assert err.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
     results: queue.Queue = queue.Queue()                            # in a stream: the stream ends with it
-    client.start_stream(callback=lambda result, error: results.put((result, error)))
-    client.async_stream_infer("charlm", [tensor("INPUT_IDS", big)])
+    grpc_client.start_stream(callback=lambda result, error: results.put((result, error)))
+    grpc_client.async_stream_infer("charlm", [tensor("INPUT_IDS", big)])
     result, error = results.get(timeout=30)
-    client.stop_stream()
+    grpc_client.stop_stream()
     assert result is None and "RESOURCE_EXHAUSTED" in str(error)
-    assert server["proc"].poll() is None and client.is_server_ready()
+    assert server["proc"].poll() is None and grpc_client.is_server_ready()
     name, arr = model_input("charlm")
-    assert client.infer("charlm", [tensor(name, arr)]).as_numpy("PROBABILITIES").shape == (1, 12, 81)
+    assert grpc_client.infer("charlm", [tensor(name, arr)]).as_numpy("PROBABILITIES").shape == (1, 12, 81)
 
 
 def test_api_keys_are_required_on_grpc_except_health():
@@ -292,7 +276,7 @@ def test_api_keys_are_required_on_grpc_except_health():
         proc.wait(timeout=15)
 
 
-def test_kserve_sdk_grpc_client_every_model_raw_typed_and_chunked(server, client, tmp_path):
+def test_kserve_sdk_grpc_client_every_model_raw_typed_and_chunked(server, grpc_client, tmp_path):
     python = kserve_python()
     cases = {}
     for model in ("charlm", "echo", "temporal-order"):
@@ -305,7 +289,7 @@ def test_kserve_sdk_grpc_client_every_model_raw_typed_and_chunked(server, client
     got = json.loads(proc.stdout)
     assert got["live"] and got["ready"]
     for model, case in cases.items():
-        whole = client.infer(model, [tensor(case["name"], np.asarray(case["data"], dtype=case["dtype"]))]
+        whole = grpc_client.infer(model, [tensor(case["name"], np.asarray(case["data"], dtype=case["dtype"]))]
                              ).as_numpy("PROBABILITIES")
         assert got[model]["ready"]
         np.testing.assert_allclose(got[model]["raw"], whole, rtol=RTOL, atol=ATOL)
@@ -314,20 +298,20 @@ def test_kserve_sdk_grpc_client_every_model_raw_typed_and_chunked(server, client
                                    rtol=RTOL, atol=ATOL)
 
 
-def test_a_stream_retry_with_at_is_answered_from_the_record_not_applied_twice(client):
+def test_a_stream_retry_with_at_is_answered_from_the_record_not_applied_twice(grpc_client):
     """On a gRPC stream, as over HTTP: a request resent with the same ``at`` parameter (its reply was
     lost) gets the recorded outputs and advances nothing; a stale ``at`` gets an error in the stream."""
     ids = np.array([[3, 4, 5]], dtype=np.int64)
     results: queue.Queue = queue.Queue()
-    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    grpc_client.start_stream(callback=lambda result, error: results.put((result, error)))
     try:
         sends = [(ids, 0, True), (ids, 0, True), (ids[:, :2], 3, False), (ids[:, :2], 3, False), (ids[:, :1], 0, False)]
         for i, (x, at, start) in enumerate(sends):
-            client.async_stream_infer("charlm", [tensor("INPUT_IDS", x)], request_id=str(i), sequence_id="grpc-at",
+            grpc_client.async_stream_infer("charlm", [tensor("INPUT_IDS", x)], request_id=str(i), sequence_id="grpc-at",
                                       sequence_start=start, parameters={"at": at})
         got = [results.get(timeout=30) for _ in sends]
     finally:
-        client.stop_stream()
+        grpc_client.stop_stream()
     probs = [r.as_numpy("PROBABILITIES") if e is None else e for r, e in got]
     np.testing.assert_array_equal(probs[0], probs[1])                   # the start, retried
     np.testing.assert_array_equal(probs[2], probs[3])                   # the middle step, retried

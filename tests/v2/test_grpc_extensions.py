@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import grpc
 import httpx
@@ -18,13 +17,13 @@ import tritonclient.grpc as tritonclient_grpc
 from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
-from conftest import free_port, start_server, stop_server
+from tests.helpers import GOLDEN_ROOT, free_port, start_server, stop_server
 from service.settings import DEFAULT_MODEL_DIR
-from test_grpc_clients import model_input, tensor
+from tests.helpers import model_input, tensor
 
 BUNDLED = ("charlm", "echo", "temporal-order")
 MODELS = (*BUNDLED, "onnx-charlm", "onnx-sentiment", "echo-versions")
-GOLDEN = Path(__file__).parent / "golden" / "onnx_serving"
+GOLDEN = GOLDEN_ROOT / "onnx_serving"
 
 
 @pytest.fixture(scope="module")

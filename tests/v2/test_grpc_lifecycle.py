@@ -11,7 +11,7 @@ import pytest
 import tritonclient.grpc as tritonclient_grpc
 from fastapi.testclient import TestClient
 
-from conftest import free_port, start_server
+from tests.helpers import free_port, start_server
 from service.main import create_app
 from service.settings import Settings
 

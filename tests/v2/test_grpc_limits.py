@@ -11,7 +11,7 @@ import tritonclient.grpc as tritonclient_grpc
 import tritonclient.grpc.aio as grpc_aio
 from tritonclient.utils import InferenceServerException
 
-from conftest import free_port
+from tests.helpers import free_port
 from service.main import create_app
 from service.settings import Settings
 

@@ -7,29 +7,17 @@ root (``.ci/run`` creates it), else ``/work/venv-kserve``. Skipped, saying so, w
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 
-from conftest import ROOT
+from tests.helpers import kserve_python
 
 SCRIPT = Path(__file__).parent / "kserve_rest_client.py"
 TEXT = "To be, or not to be"
 BITS = [[1.0], [0.0], [1.0], [1.0], [0.0], [1.0]]
-
-
-def kserve_python() -> str:
-    candidates = [os.environ.get("KSERVE_PYTHON"), str(ROOT / ".venv-kserve" / "bin" / "python"),
-                  "/work/venv-kserve/bin/python"]
-    for python in filter(None, candidates):
-        if Path(python).is_file() and subprocess.run([python, "-c", "import kserve"], capture_output=True).returncode == 0:
-            return python
-    pytest.skip("the KServe SDK is not installed: set KSERVE_PYTHON, or create .venv-kserve "
-                "(python3 -m venv .venv-kserve && .venv-kserve/bin/pip install kserve==0.21.0)")
 
 
 def test_kserve_rest_client_every_model_binary_and_json(live_server):

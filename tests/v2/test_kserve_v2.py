@@ -17,12 +17,6 @@ from service.settings import Settings
 TEXT = "To be, or not to be: that is"
 
 
-@pytest.fixture(scope="module")
-def client():
-    with TestClient(create_app(Settings())) as c:
-        yield c
-
-
 def ids(client, text):
     vocab = client.get("/v1/models/charlm").json()["vocab"]
     return [vocab.index(ch) for ch in text]

@@ -12,7 +12,6 @@ import asyncio
 import functools
 import json
 import shutil
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -20,14 +19,14 @@ import pytest
 import websockets
 
 from service.settings import DEFAULT_MODEL_DIR
-from conftest import free_port, start_server, stop_server
+from tests.helpers import GOLDEN_ROOT, free_port, start_server, stop_server
 
 pytest.importorskip("tritonclient.http")       # the dev extra's tritonclient[all]; the service needs only [grpc]
 import tritonclient.http as httpclient
 import tritonclient.http.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-GOLDEN = Path(__file__).parent / "golden" / "onnx_serving"
+GOLDEN = GOLDEN_ROOT / "onnx_serving"
 MODELS = ["charlm", "echo", "temporal-order", "onnx-charlm", "onnx-sentiment"]
 KINDS = ["http", "aio"]
 
