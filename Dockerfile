@@ -6,7 +6,7 @@
 # as a build secret (read for one step, kept in no layer):
 #   docker build --secret id=ca-bundle,src=/etc/ssl/certs/ca-certificates.crt --target cpu ...
 # deploy/image_venv.py builds and trims the virtualenv (docs/deploy.md: what stays and why).
-# tests/test_deploy_static.py runs the cpu target's steps in a fresh virtualenv and lints this file;
+# tests/deploy/test_deploy_static.py runs the cpu target's steps in a fresh virtualenv and lints this file;
 # scripts/deploy_check.py builds both targets and runs them under a real engine.
 
 # ---- build: the app byte-compiled, then one virtualenv per target ---------------------------------

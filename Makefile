@@ -2,12 +2,13 @@
 #   make serve  - create .venv, install, start the service with the bundled models (models/)
 #   make demo   - create .venv, install, train a small LSTM on the temporal-order task
 #   make test   - create .venv, install, run the test suite (no torch, no GPU needed)
+#   make lint   - ruff over the whole tree (rules in pyproject.toml)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?= -q
 
-.PHONY: setup setup-reference serve demo test test-reference bench clean
+.PHONY: setup setup-reference serve demo test test-reference lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +33,7 @@ serve: setup
 	$(BIN)/python -m service --host $(HOST) --port $(PORT)
 
 demo: setup
-	$(BIN)/python scripts/demo.py
+	$(BIN)/python -m scripts.demo
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -40,8 +41,11 @@ test: setup
 test-reference: setup-reference
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "torch or not torch"
 
+lint: setup
+	$(BIN)/ruff check .
+
 bench: setup-reference
-	$(BIN)/python scripts/bench_core.py --cell all
+	$(BIN)/python -m scripts.bench_core --cell all
 
 clean:
 	rm -rf $(VENV) .pytest_cache

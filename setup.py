@@ -16,13 +16,13 @@ class OptionalBuildExt(build_ext):
         try:
             super().build_extension(ext)
             return
-        except Exception as exc:  # noqa: BLE001 - any compiler failure: retry without OpenMP
+        except Exception as exc:  # any compiler failure: retry without OpenMP
             print(f"model_core native kernels: build with OpenMP failed ({exc}); retrying without")
         ext.extra_compile_args = [a for a in ext.extra_compile_args if a != OPENMP]
         ext.extra_link_args = [a for a in ext.extra_link_args if a != OPENMP]
         try:
             super().build_extension(ext)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             print(f"model_core native kernels: not built ({exc}); the engine falls back to Numba/NumPy")
 
     def get_export_symbols(self, ext):

@@ -21,7 +21,7 @@ class DeviceError(RuntimeError):
 @functools.lru_cache(maxsize=1)
 def _cupy() -> ModuleType | None:
     try:
-        import cupy  # noqa: PLC0415 - optional dependency, imported lazily on purpose
+        import cupy  # optional dependency, imported lazily on purpose
     except Exception:  # ImportError, or a CUDA library that fails to load
         return None
     try:

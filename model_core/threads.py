@@ -58,7 +58,7 @@ def _set_numba(n: int) -> str:
     numba = sys.modules.get("numba")
     if numba is None:
         return "numba: not loaded"
-    from numba.np.ufunc import parallel  # noqa: PLC0415 - only when Numba is already imported
+    from numba.np.ufunc import parallel  # only when Numba is already imported
 
     if not getattr(parallel, "_is_initialized", False):
         return "numba: pool not started (serial kernels)"
@@ -70,7 +70,7 @@ def set_num_threads(n: int) -> str:
     """Use ``n`` threads in every native pool the engine runs on; returns a summary of what was set."""
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"the thread count must be a positive integer, got {n!r}")
-    from model_core import native  # noqa: PLC0415 - the library loads (or compiles) on first import
+    from model_core import native  # the library loads (or compiles) on first import
 
     kernels = f"native={native.set_threads(n)}" if native.AVAILABLE else "native: unavailable"
     return ", ".join((_set_openblas(n), _set_numba(n), kernels))

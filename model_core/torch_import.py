@@ -47,7 +47,7 @@ def from_torch(module, *, task: str, vocab=None, labels=None, output: str = "log
     converted model leaves out. dtype: float32 or float64 (default: the RNN's own).
     """
     try:
-        import torch  # noqa: PLC0415 - a conversion-time dependency only
+        import torch  # a conversion-time dependency only
     except ImportError:
         raise ImportError("from_torch needs torch installed (pip install torch); the model it returns does not") from None
     nn = torch.nn
@@ -67,7 +67,8 @@ def from_torch(module, *, task: str, vocab=None, labels=None, output: str = "log
         vocab = list(vocab)
     if emb is not None:
         if input_encoding not in (None, "embedding"):
-            raise TorchImportError(f"the module has an nn.Embedding, so input_encoding must be 'embedding', got {input_encoding!r}")
+            raise TorchImportError("the module has an nn.Embedding, so input_encoding must be 'embedding', "
+                                   f"got {input_encoding!r}")
         _check_embedding(emb, rec)
         input_encoding, input_size, embedding_dim = "embedding", emb.num_embeddings, emb.embedding_dim
     else:

@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """Benchmark model_core's RNN/LSTM/GRU against torch and onnxruntime, forward, training and per step.
 
-    python scripts/bench_core.py                          # LSTM on the CPU, default grid
-    python scripts/bench_core.py --cell all --json bench.json
-    python scripts/bench_core.py --shapes "32,100,64,256;1,10,8,16" --repeat 9
-    python scripts/bench_core.py --device gpu             # adds large shapes; torch on CUDA is cuDNN
-    python scripts/bench_core.py --sweep batch --json b.json   # for scripts/plot_performance.py
-    python scripts/bench_core.py --probe --threads 1 --repeat 30  # the recurrent product alone, vs peak
+    python -m scripts.bench_core                          # LSTM on the CPU, default grid
+    python -m scripts.bench_core --cell all --json bench.json
+    python -m scripts.bench_core --shapes "32,100,64,256;1,10,8,16" --repeat 9
+    python -m scripts.bench_core --device gpu             # adds large shapes; torch on CUDA is cuDNN
+    python -m scripts.bench_core --sweep batch --json b.json   # for scripts/plot_performance.py
+    python -m scripts.bench_core --probe --threads 1 --repeat 30  # the recurrent product alone, vs peak
 
 Shapes are B,T,I,H; every layer is float32, one layer, unidirectional, zero initial state. Times
 are the median (or ``--stat min``) of ``--repeat`` runs after a warm-up, one contestant at a time.
@@ -18,51 +18,31 @@ CUDA provider when installed; the single-step table then covers batched sessions
 """
 from __future__ import annotations
 
+from scripts import blas_threads  # first: --threads sizes the BLAS pool before NumPy loads
+
+import argparse
+import contextlib
 import importlib.util
-import os
+import json
 import sys
+import time
+from pathlib import Path
 
+import numpy as np
 
-def _preparse_threads(argv: list[str], default: int = 2) -> int:
-    """``--threads N`` read before NumPy loads, so the BLAS pool starts with the right size."""
-    for k, arg in enumerate(argv):
-        value = arg.split("=", 1)[1] if arg.startswith("--threads=") else (
-            argv[k + 1] if arg == "--threads" and k + 1 < len(argv) else None)
-        if value is not None:
-            try:
-                return max(1, int(value))
-            except ValueError:
-                return default                                          # argparse reports it later
-    return default
+from model_core import jit, native
+from model_core.backend import get_xp, gpu_available, to_device, to_numpy
+from model_core.cells import uses_jit, uses_native
+from model_core.nn import GRU, LSTM, RNN
+from model_core.threads import set_num_threads
+from scripts import bench_peers as peers
+from scripts import bench_probe
 
-
-THREADS = _preparse_threads(sys.argv[1:])
-HAVE_THREADPOOLCTL = importlib.util.find_spec("threadpoolctl") is not None
-if not HAVE_THREADPOOLCTL:
-    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[_var] = str(THREADS)
-
-import argparse  # noqa: E402 - everything below loads after the thread pin
-import contextlib  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-_HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(_HERE), str(_HERE.parent)]                          # bench_peers; model_core from a checkout
-import bench_peers as peers  # noqa: E402
-import bench_probe  # noqa: E402
-from model_core.backend import get_xp, gpu_available, to_device, to_numpy  # noqa: E402
-from model_core.nn import GRU, LSTM, RNN  # noqa: E402
-
-if HAVE_THREADPOOLCTL:
-    import threadpoolctl  # noqa: E402
+THREADS = blas_threads.threads(default=2)
+if importlib.util.find_spec("threadpoolctl") is not None:
+    import threadpoolctl
 
     _BLAS_LIMIT = threadpoolctl.threadpool_limits(limits=THREADS)     # held for the process's life
-from model_core.threads import set_num_threads  # noqa: E402
-
 ENGINE_THREADS = set_num_threads(THREADS)                               # our kernels' team too
 
 OURS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
@@ -119,9 +99,6 @@ class Env:
 
 def engine_line(env: Env) -> str:
     """Which step implementation model_core runs here (native kernels, compiled cells or the reference)."""
-    from model_core import jit, native  # noqa: PLC0415 - after the thread pin, like every model_core import
-    from model_core.cells import uses_jit, uses_native  # noqa: PLC0415
-
     if uses_native("lstm", env.xp, np.float32):
         rnn = f"RNN: Numba cells ({jit.REASON})" if uses_jit(env.xp, np.float32) else "RNN: NumPy cells"
         return f"native LSTM/GRU kernels ({native.REASON}); {rnn}"

@@ -1,47 +1,30 @@
 #!/usr/bin/env python
 """Our ONNX LSTM / GRU / RNN kernels against onnxruntime's, in the same run.
 
-    python scripts/bench_onnx.py                               # default grid, 1 thread each
-    python scripts/bench_onnx.py --threads 2 --repeat 15
-    python scripts/bench_onnx.py --ops LSTM --shapes "32,100,64,256" --directions bidirectional
+    python -m scripts.bench_onnx                               # default grid, 1 thread each
+    python -m scripts.bench_onnx --threads 2 --repeat 15
+    python -m scripts.bench_onnx --ops LSTM --shapes "32,100,64,256" --directions bidirectional
 
 Each case is one recurrent node (W, R, B as initializers, zero initial state) fed X (T, B, I)
 in float32; ``ragged`` cases add sequence_lens spread over [T/2, T]. Before timing, our outputs
 are checked against onnxruntime's (1e-4). Times are the best of ``--repeat`` interleaved runs
-after a warm-up (the stable statistic on shared cores); ratio = ours / onnxruntime (lower is better, 1.0 is parity). Both runtimes get
-``--threads`` threads (the BLAS pool for ours, intra-op threads for onnxruntime).
+after a warm-up (the stable statistic on shared cores); ratio = ours / onnxruntime (lower is better,
+1.0 is parity). Both runtimes get ``--threads`` threads (the BLAS pool for ours, intra-op threads for onnxruntime).
 """
 from __future__ import annotations
 
+from scripts import blas_threads  # first: --threads sizes the BLAS pool before NumPy loads
+
 import argparse
-import os
-import sys
+import time
 
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
 
-def _threads(argv: list[str]) -> str:
-    for k, arg in enumerate(argv):
-        if arg.startswith("--threads="):
-            return arg.split("=", 1)[1]
-        if arg == "--threads" and k + 1 < len(argv):
-            return argv[k + 1]
-    return "1"
+from model_core.onnx import InferenceSession
+from model_core.threads import set_num_threads
 
-
-THREADS = _threads(sys.argv[1:])
-for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = THREADS                                # before NumPy starts its BLAS pool
-
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from model_core.onnx import InferenceSession  # noqa: E402
-from model_core.threads import set_num_threads  # noqa: E402
-
-set_num_threads(int(THREADS))                                # our kernels' team and OpenBLAS
+set_num_threads(blas_threads.threads(default=1))           # our kernels' team and OpenBLAS
 clock = time.perf_counter                                    # --clock cpu: time.thread_time
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -105,7 +88,7 @@ def main() -> None:
         if args.threads != "1":
             raise SystemExit("--clock cpu needs --threads 1: every runtime then computes on the calling thread")
         clock = time.thread_time
-    import onnxruntime as ort  # noqa: PLC0415 - the reference extra only
+    import onnxruntime as ort  # the reference extra only
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = int(args.threads)

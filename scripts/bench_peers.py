@@ -121,7 +121,7 @@ def torch_cell(torch, cell: str, sd: dict, device: str):
 # -- onnxruntime -------------------------------------------------------------------------------
 def onnx_model_bytes(onnx, cell: str, sd: dict) -> bytes:
     """A one-node ONNX graph (X (T, B, I) -> Y (T, 1, B, H), Y_h) with W/R/B initializers."""
-    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415 - only when onnx is present
+    from onnx import TensorProto, helper, numpy_helper  # only when onnx is present
 
     hidden = sd["weight_hh_l0"].shape[1]
     input_size = sd["weight_ih_l0"].shape[1]
@@ -291,7 +291,7 @@ def step_us(jobs: dict, calls: int) -> dict:
 def print_table(title: str, headers: list[str], rows: list[list[str]]) -> None:
     rich = optional("rich.table")
     if rich is not None:
-        from rich.console import Console  # noqa: PLC0415 - optional pretty output
+        from rich.console import Console  # optional pretty output
 
         table = rich.Table(title=title)
         for k, h in enumerate(headers):
@@ -302,8 +302,10 @@ def print_table(title: str, headers: list[str], rows: list[list[str]]) -> None:
         (console if console.is_terminal else Console(width=200)).print(table)     # no ellipses in a log
         return
     widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.ljust(w) if k == 0 else c.rjust(w)  # noqa: E731
-                                   for k, (c, w) in enumerate(zip(cells, widths)))
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if k == 0 else c.rjust(w) for k, (c, w) in enumerate(zip(cells, widths)))
+
     print(f"\n{title}\n{line(headers)}\n{'  '.join('-' * w for w in widths)}")
     for r in rows:
         print(line(r))

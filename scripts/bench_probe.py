@@ -41,7 +41,7 @@ def best_seconds(fn, repeat: int, min_time: float = 2e-4) -> float:
 
 def measure_peak(repeat: int, torch=None) -> dict:
     """GFLOP/s of the FMA loop and of the best BLAS on a 1024^3 product; ``peak`` is the larger."""
-    from model_core import native  # noqa: PLC0415 - after the caller's thread pin
+    from model_core import native  # after the caller's thread pin
 
     out = {"fma_loop": None, "blas_square": None}
     if native.AVAILABLE:
@@ -61,7 +61,7 @@ def measure_peak(repeat: int, torch=None) -> dict:
 
 
 def _numba_panel():
-    from model_core import jit  # noqa: PLC0415
+    from model_core import jit
 
     if not jit.AVAILABLE:
         return None
@@ -82,8 +82,8 @@ def _numba_panel():
 
 def probe(repeat: int, torch=None, shapes=PROBE_SHAPES) -> list[dict]:
     """One row per (B, H): GFLOP/s per contestant (None where it is unavailable)."""
-    from model_core import native  # noqa: PLC0415
-    from model_core.cells.native_weights import pack, ptr  # noqa: PLC0415
+    from model_core import native
+    from model_core.cells.native_weights import pack, ptr
 
     panel = _numba_panel()
     rows = []

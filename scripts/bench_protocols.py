@@ -1,7 +1,7 @@
 """One-step sequence requests over every protocol, against one real uvicorn (``python -m service``).
 
-    python scripts/bench_protocols.py                 # 5 s per protocol, 8 concurrent sequences
-    python scripts/bench_protocols.py --quick         # 1 s each, 4 sequences (the smoke test runs this)
+    python -m scripts.bench_protocols                 # 5 s per protocol, 8 concurrent sequences
+    python -m scripts.bench_protocols --quick         # 1 s each, 4 sequences (the smoke test runs this)
 
 Each of ``--concurrency`` clients owns one char-LM sequence and feeds it one token per request, back
 to back (closed loop), for ``--duration`` seconds after a short warm-up:
@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -33,10 +32,8 @@ import httpx
 import numpy as np
 import websockets
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]        # run as a file: the project and the test helpers
-from conftest import free_port, start_server  # noqa: E402
-from loadtest import cpu_seconds, print_table  # noqa: E402  (a sibling script: its /proc reader and table)
+from scripts.loadtest import cpu_seconds, print_table
+from tests.helpers import free_port, start_server
 
 MODEL, VOCAB = "charlm", 81
 
@@ -189,7 +186,10 @@ def report(results: dict, baseline: str) -> None:
         if "error" in r:
             rows.append([name, "failed: " + r["error"][:60]] + [""] * (len(header) - 2))
             continue
-        ratio = (lambda k: f"{r[k] / base[k]:.2f}x" if base.get(k) else "")
+
+        def ratio(k):
+            return f"{r[k] / base[k]:.2f}x" if base.get(k) else ""
+
         rows.append([name, f"{r['rps']:.0f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['server_cpu_us']:.0f}",
                      ratio("rps"), ratio("p50_ms"), ratio("server_cpu_us")])
     print_table(f"one-step sequence requests, ratios against {baseline}", header, rows)

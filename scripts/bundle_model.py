@@ -1,6 +1,6 @@
 """Copy a finished training run into the model repository (``models/NAME/``) for serving.
 
-    python scripts/bundle_model.py runs/charlm models/charlm
+    python -m scripts.bundle_model runs/charlm models/charlm
 
 Writes ``model.safetensors`` without the optimiser moments (serving does not need them and they
 triple the size), plus the run's ``metrics.json`` and ``curves.png``.

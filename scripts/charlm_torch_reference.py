@@ -1,7 +1,7 @@
 """The char-LM run of ``scripts/train.py`` redone in PyTorch, to judge our engine's final validation loss.
 
-    python scripts/charlm_torch_reference.py --out runs/charlm-torch
-    python scripts/charlm_torch_reference.py --out runs/charlm-torch --compare runs/charlm/metrics.json
+    python -m scripts.charlm_torch_reference --out runs/charlm-torch
+    python -m scripts.charlm_torch_reference --out runs/charlm-torch --compare runs/charlm/metrics.json
 
 Same architecture (nn.Embedding -> nn.LSTM -> nn.Linear, time-major), same initial weights (our
 ``SequenceModel`` is built exactly as ``model_core.training.train`` builds it for a fresh run and its
@@ -211,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args) -> TrainConfig:
     return TrainConfig(task="charlm", cell="lstm", hidden_size=args.hidden_size, embedding_dim=args.embedding_dim,
-                       epochs=args.epochs, max_batches_per_epoch=args.max_batches_per_epoch, lr=args.lr, batch_size=args.batch_size, clip=args.clip,
+                       epochs=args.epochs, max_batches_per_epoch=args.max_batches_per_epoch, lr=args.lr,
+                       batch_size=args.batch_size, clip=args.clip,
                        seed=args.seed, task_options={"seq_len": args.seq_len})
 
 

@@ -4,14 +4,14 @@ Reproduces the "Simple RNN vs LSTM" figures of the NYU RNN/LSTM lecture (tempora
 
     # EASY (the defaults, --preset easy): hidden 8, Adam lr 0.0012, clip 1, 10 epochs, seed 0,
     # PyTorch's initialisation. Measured: LSTM 100% validation accuracy, RNN 58.9%.
-    python scripts/compare.py --out runs/compare-easy
+    python -m scripts.compare --out runs/compare-easy
 
     # HARD (length 100-110, X/Y at 10-20 and 50-60): hidden 16, lr 0.005, clip 1, 40 epochs, and
     # the LSTM's forget-gate biases started at +3. Measured: LSTM 100%, RNN at chance (~25%).
-    python scripts/compare.py --preset hard --out runs/compare-hard
+    python -m scripts.compare --preset hard --out runs/compare-hard
 
     # All three cells; any train.py flag overrides the preset
-    python scripts/compare.py --cells rnn,lstm,gru --epochs 20 --out runs/compare-easy-gru
+    python -m scripts.compare --cells rnn,lstm,gru --epochs 20 --out runs/compare-easy-gru
 
 Why the forget bias on HARD: with PyTorch's initialisation every forget gate starts near 0.5, so
 what the X/Y symbols write into the cell has decayed by ~0.5^50 before the last step: at
@@ -35,12 +35,9 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling helper modules
-
-import train as train_cli  # noqa: E402
-from plots import plot_curves  # noqa: E402
-
-from model_core import CheckpointError, DeviceError  # noqa: E402
+from model_core import CheckpointError, DeviceError
+from scripts import train as train_cli
+from scripts.plots import plot_curves
 
 CELLS = ("rnn", "lstm", "gru")
 

@@ -1,7 +1,7 @@
 """The deployment under a real Docker engine: images, one container, the compose stack, failover, scaling.
 
-    python scripts/deploy_check.py              # what .ci/run runs (a few minutes on 2 cores)
-    python scripts/deploy_check.py --keep       # leave the compose stack up afterwards, to look at
+    python -m scripts.deploy_check              # what .ci/run runs (a few minutes on 2 cores)
+    python -m scripts.deploy_check --keep       # leave the compose stack up afterwards, to look at
 
 1. engine: Debian's docker.io plus the compose and buildx plugins, and a dockerd if none answers
    (scripts/docker_engine.py); stand-in base images only for tags that cannot be pulled.
@@ -10,7 +10,7 @@
 4. the gpu image on this host: RNN_SERVE_DEVICE=auto falls back to the CPU and says so (logs, /v2).
 5. compose (docker-compose.yml + docker-compose.cpu.yml), 3 replicas behind nginx, Redis sessions:
    SIGKILL the replica serving a message, mid-message, over WebSocket and over HTTP (the drivers in
-   tests/failover.py, shared with tests/test_replicas.py): no acknowledged step lost, none applied
+   tests/deploy/failover.py, shared with tests/deploy/test_replicas.py): no acknowledged step lost, none applied
    twice, every output equal to the uninterrupted run's.
 6. scale to 4 (nginx finds the new replica) and down to 2 under load (no request fails).
 7. teardown: the stack, the containers, and dockerd if this script started it. Images stay (cache).
@@ -36,13 +36,13 @@ from pathlib import Path
 
 import httpx
 
+from scripts.docker_engine import EngineUnavailable, ensure_bases, ensure_engine, run, stop_daemon
+from tests.helpers import free_port
+from tests.deploy.failover import TEXT, check_outputs, established_peers, http_failover, ws_failover
+from tests.helpers import type_text
+from tests.helpers import same
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "tests")]      # the drivers the tests use
-from docker_engine import EngineUnavailable, ensure_bases, ensure_engine, run, stop_daemon  # noqa: E402
-from conftest import free_port  # noqa: E402
-from failover import TEXT, check_outputs, established_peers, http_failover, ws_failover  # noqa: E402
-from test_e2e_uvicorn import type_text  # noqa: E402
-from test_sessions import same  # noqa: E402
 
 NO_ENGINE = 3
 PROJECT = "rnn-check"

@@ -1,7 +1,7 @@
 """Export a checkpoint to a standard ONNX graph (LSTM/GRU/RNN ops) that onnxruntime runs as is.
 
-    python scripts/export_onnx.py models/charlm charlm.onnx
-    python scripts/export_onnx.py runs/echo/model.safetensors echo.onnx --opset 17 --verify
+    python -m scripts.export_onnx models/charlm charlm.onnx
+    python -m scripts.export_onnx runs/echo/model.safetensors echo.onnx --opset 17 --verify
 
 Prints the graph's inputs and outputs with their shapes and checks the written file with
 ``onnx.checker`` (full check). ``--verify`` also runs the graph in onnxruntime, when it is installed,
@@ -16,9 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling helper modules
-from cli_types import positive_float, positive_int  # noqa: E402
-
 import onnx
 
 import model_core
@@ -26,6 +23,7 @@ from model_core import CheckpointError
 from model_core.onnx.exporter import DEFAULT_OPSET, MIN_OPSET, export
 from model_core.onnx.export_check import onnxruntime_diff
 from model_core.training import CHECKPOINT_NAME
+from scripts.cli_types import positive_float, positive_int
 
 
 def opset(s: str) -> int:

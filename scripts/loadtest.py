@@ -1,10 +1,10 @@
 """Load test against a real uvicorn (``python -m service``) on this machine.
 
-    python scripts/loadtest.py                      # every scenario, default sizes
-    python scripts/loadtest.py --scenario stream --sessions 10,100,1000
-    python scripts/loadtest.py --scenario throughput --duration 10
-    python scripts/loadtest.py --scenario classify --clients 64
-    python scripts/loadtest.py --scenario memory --idle-sessions 100000
+    python -m scripts.loadtest                      # every scenario, default sizes
+    python -m scripts.loadtest --scenario stream --sessions 10,100,1000
+    python -m scripts.loadtest --scenario throughput --duration 10
+    python -m scripts.loadtest --scenario classify --clients 64
+    python -m scripts.loadtest --scenario memory --idle-sessions 100000
 
 Scenarios:
 * stream: N WebSocket sessions connect, then type into the char-LM, one keystroke per message
@@ -38,9 +38,9 @@ import numpy as np
 import uvloop
 import websockets
 
+from tests.helpers import free_port, start_server
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from conftest import free_port, start_server  # noqa: E402
 
 TEXT = ("Now is the winter of our discontent made glorious summer by this sun of York; and all the clouds "
         "that lour'd upon our house in the deep bosom of the ocean buried.")
@@ -141,7 +141,8 @@ def run_stream(n_list, keystrokes, interval):
             rows.append([n, f"{timing['connected'] - t0:.1f}", len(rtts), f"{len(rtts) / wall:.0f}", f"{pct(rtts, 50):.1f}",
                          f"{pct(rtts, 99):.1f}", f"{pct(rtts, 100):.1f}", f"{cpu_us:.0f}", len(errors)])
     print_table(f"Streaming: WebSocket sessions typing into charlm, one keystroke per message every {interval * 1000:.0f} ms",
-                ["sessions", "connect s", "keystrokes", "msg/s", "p50 ms", "p99 ms", "max ms", "server CPU µs/msg", "errors"], rows)
+                ["sessions", "connect s", "keystrokes", "msg/s", "p50 ms", "p99 ms", "max ms", "server CPU µs/msg",
+                 "errors"], rows)
     return rows
 
 

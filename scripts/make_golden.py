@@ -1,7 +1,7 @@
 """Regenerate the committed PyTorch golden files ``tests/golden/parity_*.npz``.
 
-    .venv/bin/python scripts/make_golden.py            # writes tests/golden/
-    .venv/bin/python scripts/make_golden.py --check    # recompute and compare, write nothing
+    .venv/bin/python -m scripts.make_golden            # writes tests/golden/
+    .venv/bin/python -m scripts.make_golden --check    # recompute and compare, write nothing
 
 Each file is one case from ``tests/torch_reference.golden_configs()``: torch's float32 run with its
 default init under a fixed ``torch.manual_seed``, saved as compressed npz with the config as a
@@ -11,15 +11,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
-
-from torch_reference import GOLDEN_DIR, build_case, case_filename, golden_configs, load_case, save_case  # noqa: E402
+from tests.engine.torch_reference import GOLDEN_DIR, build_case, case_filename, golden_configs, load_case, save_case
 
 
 def main() -> int:

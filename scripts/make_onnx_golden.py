@@ -1,7 +1,7 @@
 """Regenerate the committed ONNX golden files.
 
-    .venv/bin/python scripts/make_onnx_golden.py            # writes tests/golden/onnx_ops and onnx_torch
-    .venv/bin/python scripts/make_onnx_golden.py --check    # recompute and compare, write nothing
+    .venv/bin/python -m scripts.make_onnx_golden            # writes tests/golden/onnx_ops and onnx_torch
+    .venv/bin/python -m scripts.make_onnx_golden --check    # recompute and compare, write nothing
 
 ``onnx_ops``: single-node LSTM / GRU / RNN graphs built from the operator spec
 (``tests/onnx_reference.golden_recurrent_cases``), with onnxruntime's outputs as the expectation.
@@ -13,23 +13,18 @@ Each case is ``<name>.onnx`` plus ``<name>.npz`` (inputs and outputs; loads with
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
-
-from onnx_reference import (GOLDEN_OPS_DIR, GOLDEN_TORCH_DIR, golden_recurrent_cases, load_case,  # noqa: E402
-                            ort_recurrent, recurrent_feed, recurrent_model, save_case, torch_case, torch_cases)
+from tests.onnx.onnx_reference import (GOLDEN_OPS_DIR, GOLDEN_TORCH_DIR, golden_recurrent_cases, load_case,
+                                  ort_recurrent, recurrent_feed, recurrent_model, save_case, torch_case, torch_cases)
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-6)
 
 
 def recurrent_golden():
-    import onnxruntime as ort  # noqa: PLC0415 - the reference extra only
+    import onnxruntime as ort  # the reference extra only
     for name, case in golden_recurrent_cases().items():
         feed = recurrent_feed(case)
         model = recurrent_model(case)
@@ -56,7 +51,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare with the files on disk instead of writing")
     args = parser.parse_args()
-    import onnx  # noqa: PLC0415
+    import onnx
 
     mismatched, written = [], {GOLDEN_OPS_DIR: set(), GOLDEN_TORCH_DIR: set()}
     for directory, name, model, feed, expected in [*recurrent_golden(), *torch_golden()]:

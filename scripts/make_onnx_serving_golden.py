@@ -1,7 +1,7 @@
-"""Write the golden files of ``tests/test_onnx_serving.py``: torch-exported models served as ONNX.
+"""Write the golden files of ``tests/onnx/test_onnx_serving.py``: torch-exported models served as ONNX.
 
-    .venv/bin/python scripts/make_onnx_serving_golden.py            # writes tests/golden/onnx_serving
-    .venv/bin/python scripts/make_onnx_serving_golden.py --check    # recompute and compare, write nothing
+    .venv/bin/python -m scripts.make_onnx_serving_golden            # writes tests/golden/onnx_serving
+    .venv/bin/python -m scripts.make_onnx_serving_golden --check    # recompute and compare, write nothing
 
 Two models with random, seeded weights, exported by torch.onnx's TorchScript exporter
 (``dynamo=False``), each a model folder (``model.onnx`` + ``model-card.json``) the service serves:
@@ -121,7 +121,7 @@ def classifier_case(torch):
 
 
 def check_with_onnxruntime(graph: bytes, feed: dict, expected: np.ndarray) -> float:
-    import onnxruntime as ort  # noqa: PLC0415 - the reference extra only
+    import onnxruntime as ort  # the reference extra only
     got = ort.InferenceSession(graph, providers=["CPUExecutionProvider"]).run(["logits"], feed)[0]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     return float(np.abs(got - expected).max())
@@ -131,7 +131,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="compare with the committed files; write nothing")
     args = parser.parse_args()
-    import torch  # noqa: PLC0415 - the reference extra only
+    import torch  # the reference extra only
 
     for name, graph, card, golden, feed, expected in (lm_case(torch), classifier_case(torch)):
         print(f"{name}: onnxruntime vs torch max |diff| {check_with_onnxruntime(graph, feed, expected):.2e}")

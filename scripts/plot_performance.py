@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Plot time per step against batch size and hidden size, ours against the peers, from bench JSON.
 
-    python scripts/bench_core.py --cell all --sweep batch  --stat min --threads 1 --json runs/batch.json
-    python scripts/bench_core.py --cell all --sweep hidden --stat min --threads 1 --json runs/hidden.json
-    python scripts/plot_performance.py runs/batch.json runs/hidden.json        # -> docs/figures/
+    python -m scripts.bench_core --cell all --sweep batch  --stat min --threads 1 --json runs/batch.json
+    python -m scripts.bench_core --cell all --sweep hidden --stat min --threads 1 --json runs/hidden.json
+    python -m scripts.plot_performance runs/batch.json runs/hidden.json        # -> docs/figures/
 
 Each input is one ``bench_core.py --json`` file. The axis is whichever of B or H varies across its
 shapes; times are divided by T (shapes in a sweep may differ in T), so the y axis is milliseconds
@@ -82,10 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("json", nargs="+", type=Path, help="bench_core.py --json outputs (one sweep each)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "figures", help="folder for the PNGs")
     args = p.parse_args(argv)
-    import matplotlib  # noqa: PLC0415 - an optional 'scripts' dependency
+    import matplotlib  # an optional 'scripts' dependency
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     args.out.mkdir(parents=True, exist_ok=True)
     for path in args.json:

@@ -3,15 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure    # a Figure renders without pyplot's global backend: headless
 
 
 def plot_curves(runs: dict[str, list[dict]], path, title: str = "") -> Path:
     """Loss (train and validation) and the validation metric per epoch, one line per run."""
-    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    ax_loss, ax_metric = fig.subplots(1, 2)
     metric = "bpc" if any("val_bpc" in r for h in runs.values() for r in h) else "accuracy"
     for label, history in runs.items():
         epochs = [r["epoch"] for r in history]
@@ -34,5 +32,4 @@ def plot_curves(runs: dict[str, list[dict]], path, title: str = "") -> Path:
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

@@ -1,8 +1,8 @@
 """Generate text from a character-level language-model checkpoint.
 
-    python scripts/sample.py --checkpoint runs/charlm --prompt "ROMEO:" --length 300
-    python scripts/sample.py --checkpoint runs/charlm/model.safetensors --prompt "The " --n 3 --top-k 10
-    python scripts/sample.py --checkpoint runs/charlm --prompt "KING" --greedy
+    python -m scripts.sample --checkpoint runs/charlm --prompt "ROMEO:" --length 300
+    python -m scripts.sample --checkpoint runs/charlm/model.safetensors --prompt "The " --n 3 --top-k 10
+    python -m scripts.sample --checkpoint runs/charlm --prompt "KING" --greedy
 
 Characters are encoded with the vocabulary stored in the checkpoint's config, so a prompt may use
 only characters the model was trained on; anything else is an error that lists them.
@@ -15,14 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling helper modules
-from cli_types import non_negative_int, positive_int  # noqa: E402
-
 import model_core
 from model_core import CheckpointError, DeviceError
 from model_core.data.charlm import Vocab
 from model_core.sampling import generate
 from model_core.training import CHECKPOINT_NAME
+from scripts.cli_types import non_negative_int, positive_int
 
 
 def temperature(s: str) -> float:

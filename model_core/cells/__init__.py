@@ -32,19 +32,19 @@ def uses_native(kind: str, xp, dtype) -> bool:
 
 def _native(kind: str) -> ModuleType:
     if kind == "lstm":
-        from model_core.cells import native_lstm as mod  # noqa: PLC0415 - loads the native library
+        from model_core.cells import native_lstm as mod  # loads the native library
     else:
-        from model_core.cells import native_gru as mod  # noqa: PLC0415
+        from model_core.cells import native_gru as mod
     return mod
 
 
 def _fused(kind: str) -> ModuleType:
     if kind == "lstm":
-        from model_core.cells import fused_lstm as mod  # noqa: PLC0415 - imports Numba
+        from model_core.cells import fused_lstm as mod  # imports Numba
     elif kind == "gru":
-        from model_core.cells import fused_gru as mod  # noqa: PLC0415
+        from model_core.cells import fused_gru as mod
     else:
-        from model_core.cells import fused_rnn as mod  # noqa: PLC0415
+        from model_core.cells import fused_rnn as mod
     return mod
 
 

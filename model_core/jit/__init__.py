@@ -2,7 +2,7 @@
 
 The engine never needs Numba: without it (or with ``MODEL_CORE_JIT=0`` in the environment) every
 cell runs its NumPy reference step, and the results agree to float32 rounding
-(``tests/test_fast_paths.py``). With it, the elementwise gate math of one step runs as one compiled
+(``tests/engine/test_fast_paths.py``). With it, the elementwise gate math of one step runs as one compiled
 loop instead of ten NumPy calls, each of which makes a full pass over the gate buffer.
 
 Compiled code is cached on disk (``cache=True``: next to the sources, or in ``NUMBA_CACHE_DIR``), so
@@ -25,7 +25,7 @@ def _load_numba():
     if os.environ.get(ENV_VAR, "1").strip().lower() in ("0", "false", "no", "off"):
         return None, f"disabled by {ENV_VAR}={os.environ[ENV_VAR]}"
     try:
-        import numba  # noqa: PLC0415 - optional dependency
+        import numba  # optional dependency
     except Exception as exc:  # ImportError, or an llvmlite that fails to load
         return None, f"numba is not importable ({type(exc).__name__}: {exc})"
     return numba, f"numba {numba.__version__}"

@@ -106,7 +106,8 @@ class RecurrentBase(Module):
         for p in parts:
             p = self._as_array(p, what)
             if p.shape != shape:
-                raise ValueError(f"{what} must have shape {shape} (num_layers*num_directions, batch, hidden_size), got {tuple(p.shape)}")
+                raise ValueError(f"{what} must have shape {shape} (num_layers*num_directions, batch, hidden_size), "
+                                 f"got {tuple(p.shape)}")
             out.append(p)
         return tuple(out)
 
@@ -131,7 +132,8 @@ class RecurrentBase(Module):
         if lengths is not None:
             lengths_host = np.asarray(lengths) if device_of(lengths) == "cpu" else lengths.get()
             if lengths_host.shape != (B,) or not np.issubdtype(lengths_host.dtype, np.integer):
-                raise ValueError(f"lengths must be an integer array of shape ({B},), got {lengths_host.dtype} {lengths_host.shape}")
+                raise ValueError(f"lengths must be an integer array of shape ({B},), "
+                                 f"got {lengths_host.dtype} {lengths_host.shape}")
             if lengths_host.size and (lengths_host.min() < 0 or lengths_host.max() > T):
                 raise ValueError(f"lengths must lie in [0, {T}], got min {lengths_host.min()} max {lengths_host.max()}")
             if not (lengths_host == T).all():                            # full-length batches skip masking
@@ -211,7 +213,8 @@ class RecurrentBase(Module):
             dir_caches = []
             for d, suffix in enumerate(self._suffixes()):
                 p = self._layer_params(layer, suffix)
-                xproj = (inp.reshape(T * B, inp.shape[-1]) @ p["w_ih"].T).reshape(T, B, p["w_ih"].shape[0])   # all steps in one product
+                # all steps in one product
+                xproj = (inp.reshape(T * B, inp.shape[-1]) @ p["w_ih"].T).reshape(T, B, p["w_ih"].shape[0])
                 if p["bias"] is not None:
                     xproj += p["bias"]
                 idx = layer * D + d

@@ -112,7 +112,7 @@ class GraphBinding:
 
 def binding_from_metadata(meta: dict[str, str]) -> GraphBinding | None:
     """The binding of a graph written by ``model_core.onnx.exporter``, or None for other graphs."""
-    from model_core.onnx.exporter import FORMAT, input_name  # noqa: PLC0415 - the exporter imports onnx helpers
+    from model_core.onnx.exporter import FORMAT, input_name  # the exporter imports onnx helpers
 
     if meta.get("format") != FORMAT:
         return None

@@ -134,7 +134,8 @@ def train(cfg: TrainConfig, out_dir=None, resume=None, on_step: Callable | None 
         model = SequenceModel(mcfg, device=cfg.device, seed=cfg.seed)
         model.load_state_dict(params)
         optimizer = make_optimizer(cfg, model)
-        optimizer.load_state_dict(_unflatten_optim(extra["optimizer"], {k: v for k, v in tensors.items() if k.startswith("optim.")}))
+        optimizer.load_state_dict(_unflatten_optim(extra["optimizer"],
+                                                   {k: v for k, v in tensors.items() if k.startswith("optim.")}))
         history, start_epoch = list(extra["history"]), int(extra["epoch"])
     else:
         model = SequenceModel(task.config(cfg.cell, cfg.hidden_size, num_layers=cfg.num_layers,

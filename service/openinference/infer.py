@@ -16,7 +16,8 @@ from service.inference import labels_of
 from service.request_limits import check_response
 from service.openinference.datatypes import TensorError
 from service.openinference.statistics import InferenceStatistics
-from service.openinference.tensors import build_outputs, parse_inputs, response_bytes, optional_uint_param, sequence_params, uint_param
+from service.openinference.tensors import (build_outputs, optional_uint_param, parse_inputs, response_bytes, sequence_params,
+                                           uint_param)
 from service.openinference.types import InferRequest, InferResponse
 from service.sessions.batcher import DEFAULT_PRIORITY, PRIORITY_LEVELS
 from service.sessions.store import SessionNotFound

@@ -13,8 +13,8 @@ Keys, all under ``redis_key_prefix`` (P):
                  "state unknown" (410 session_state_unknown), not "never existed" (404)
 
 Fencing: ``put`` and the lock's acquire carry a deadline in Redis's own clock (the time the call
-starts plus the socket timeout for each attempt redis-py makes, through a measured clock offset). A command that reaches Redis after
-its caller gave up (a paused or partitioned Redis replaying queued commands) does nothing, so a 503
+starts plus the socket timeout for each attempt redis-py makes, through a measured clock offset). A command that
+reaches Redis after its caller gave up (a paused or partitioned Redis replaying queued commands) does nothing, so a 503
 means "not applied", and no lock is taken for an owner that is no longer waiting for it.
 
 Every write is one Lua script, so it is atomic on the server: ``put`` compares the revision and

@@ -6,7 +6,7 @@ promote float32 under NumPy 2's rules.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from model_core.onnx.ops.registry import Unsupported
 

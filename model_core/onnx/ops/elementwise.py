@@ -134,7 +134,7 @@ def prepare_selu(node):
 def erf(xp, x):
     if xp is np:  # NumPy has no erf ufunc; math.erf is exact, and Erf is rare in recurrent models
         return np.frompyfunc(math.erf, 1, 1)(x).astype(x.dtype)
-    import cupyx.scipy.special  # noqa: PLC0415 - only reachable with CuPy installed
+    import cupyx.scipy.special  # only reachable with CuPy installed
     return cupyx.scipy.special.erf(x)
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 from onnx import AttributeProto, NodeProto, helper
@@ -28,7 +29,7 @@ class Unsupported(Exception):
 
 @dataclass(frozen=True)
 class OpDef:
-    prepare: Callable[["Node"], Kernel]
+    prepare: Callable[[Node], Kernel]
     versions: frozenset[int]  # schema since_versions whose semantics ``prepare`` implements
 
 

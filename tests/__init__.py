@@ -1,0 +1,1 @@
+"""The test suite, one package per area; shared helpers in ``tests.helpers``, fixtures in ``conftest.py``."""

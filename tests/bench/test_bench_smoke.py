@@ -1,0 +1,31 @@
+"""scripts/bench_core.py runs end to end on a tiny grid: it checks ours and ORT against torch, then times."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import ROOT
+
+pytest.importorskip("torch")
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+
+
+@pytest.mark.torch
+@pytest.mark.timeout(60)
+def test_bench_quick_runs_and_prints_tables(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "scripts.bench_core", "--quick", "--repeat", "1", "--cell", "all", "--threads", "1",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ours fwd ms" in proc.stdout and "torch fwd+bwd ms" in proc.stdout  # the table header
+    assert "ours step µs" in proc.stdout
+    assert "MISMATCH" not in proc.stdout + proc.stderr
+    results = json.loads(out.read_text())
+    assert set(results["forward"]) == {"lstm", "gru", "rnn"}
+    for rows in results["forward"].values():
+        assert all(r["ours_fwd"] > 0 and r["torch_fwd"] > 0 and r["ort_fwd"] > 0 for r in rows)

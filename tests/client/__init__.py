@@ -1,0 +1,1 @@
+"""The Python client library (service.client) against a real server."""

@@ -1,0 +1,1 @@
+"""Deployment: Dockerfile, compose and Kubernetes files, Redis, nginx replicas, faults, packaging."""

@@ -1,0 +1,134 @@
+"""The native kernels beyond what ``test_fast_paths`` compares on every path:
+
+* the portable build (no AVX) and a two-thread team give the reference's results;
+* ``model_core.set_num_threads`` reaches OpenBLAS and the kernels;
+* ONNX LSTM/GRU nodes take the kernels exactly when their attributes allow it, and agree with the
+  NumPy loops they replace (onnxruntime parity is ``test_onnx_recurrent``'s).
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from onnx import helper, numpy_helper
+
+import model_core
+from model_core import native
+from model_core.cells import select
+from model_core.nn import GRU, LSTM
+from model_core.onnx import InferenceSession
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.skipif(not native.AVAILABLE, reason=f"native kernels unavailable: {native.REASON}")
+
+
+def _compare_with_reference(cls, I, H, T, B, seed=0):
+    """Max |native - reference| over y, final state, dx and every gradient, float32."""
+    layer = cls(I, H, seed=seed)
+    ref = cls(I, H, seed=seed)
+    ref._cell = select(layer._kind, np, np.float32, reference=True)
+    ref._consts = ref._cell.gate_constants(np, H, np.float32)
+    assert layer._cell.native and not ref._cell.fused
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    y, s, cache = layer.forward_train(x)
+    y_ref, s_ref, cache_ref = ref.forward_train(x)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, _, grads = layer.backward(cache, dy)
+    dx_ref, _, grads_ref = ref.backward(cache_ref, dy)
+    errs = [np.abs(y - y_ref).max(), np.abs(dx - dx_ref).max()]
+    errs += [np.abs(a - b).max() for a, b in zip(s if isinstance(s, tuple) else (s,),
+                                                 s_ref if isinstance(s_ref, tuple) else (s_ref,))]
+    errs += [np.abs(grads[k] - grads_ref[k]).max() / max(1.0, np.abs(grads_ref[k]).max()) for k in grads]
+    return max(errs)
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+def test_two_threads_match_the_reference(cls):
+    """B*H past the threshold and B*T past packing: the team splits unit groups, rows and columns."""
+    try:
+        model_core.set_num_threads(2)
+        assert _compare_with_reference(cls, I=6, H=100, T=6, B=24, seed=3) < 2e-5
+    finally:
+        model_core.set_num_threads(1)
+
+
+def test_portable_build_matches_the_reference():
+    code = ("from model_core import native; "
+            "assert native.REASON.endswith('baseline'), native.REASON; "
+            "from tests.engine.test_native_kernels import _compare_with_reference as c; from model_core.nn import LSTM, GRU; "
+            "errs = [c(k, I, H, T, B) for k in (LSTM, GRU) for (I, H, T, B) in ((5, 13, 7, 3), (6, 40, 9, 11))]; "
+            "assert max(errs) < 2e-5, errs")
+    env = {**os.environ, "MODEL_CORE_NATIVE_ISA": "baseline"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_set_num_threads_reaches_openblas_and_the_kernels():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    try:
+        summary = model_core.set_num_threads(2)
+        assert "native=" in summary
+        blas = [p for p in threadpoolctl.threadpool_info() if p["internal_api"] == "openblas"]
+        assert blas and all(p["num_threads"] == 2 for p in blas), blas
+        model_core.set_num_threads(1)
+        assert all(p["num_threads"] == 1 for p in threadpoolctl.threadpool_info() if p["internal_api"] == "openblas")
+    finally:
+        model_core.set_num_threads(1)
+    with pytest.raises(ValueError, match="positive integer"):
+        model_core.set_num_threads(0)
+
+
+# -- ONNX -------------------------------------------------------------------------------------------------
+def _node_model(op, H=16, I=5, direction="bidirectional", **attrs):
+    rng = np.random.default_rng(7)
+    D, G = (2 if direction == "bidirectional" else 1), {"LSTM": 4, "GRU": 3}[op]
+    inits = [numpy_helper.from_array((0.3 * rng.standard_normal(s)).astype(np.float32), n)
+             for n, s in (("W", (D, G * H, I)), ("R", (D, G * H, H)), ("B", (D, 2 * G * H)))]
+    outputs = ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else [])
+    node = helper.make_node(op, ["X", "W", "R", "B", "sequence_lens"], outputs, hidden_size=H, direction=direction,
+                            **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", 1, None),
+                                            helper.make_tensor_value_info("sequence_lens", 6, None)],
+                              [helper.make_tensor_value_info(o, 1, None) for o in outputs], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]).SerializeToString()
+
+
+def _kernel_weights(session):
+    """The prepared weights of the session's one recurrent node (None: the NumPy loops)."""
+    from model_core.onnx.ops import recurrent
+
+    found = []
+    orig = recurrent.run_recurrent
+
+    def spy(xp, cfg, wants, *args):
+        found.append(args[-1])
+        return orig(xp, cfg, wants, *args)
+
+    recurrent.run_recurrent = spy
+    try:
+        x = np.random.default_rng(1).standard_normal((6, 3, 5)).astype(np.float32)
+        out = session.run(None, {"X": x, "sequence_lens": np.array([6, 2, 4], np.int32)})
+    finally:
+        recurrent.run_recurrent = orig
+    return found[0], out
+
+
+@pytest.mark.parametrize("op,attrs,native_expected", [
+    ("LSTM", {}, True),
+    ("GRU", {"linear_before_reset": 1}, True),
+    ("GRU", {}, False),                                        # r before R's product: the loop
+    ("LSTM", {"clip": 2.0}, False),
+    ("LSTM", {"activations": ["Sigmoid", "Tanh", "Relu"] * 2}, False),
+])
+def test_onnx_nodes_take_the_kernels_when_their_attributes_allow(op, attrs, native_expected, monkeypatch):
+    model = _node_model(op, **attrs)
+    weights, got = _kernel_weights(InferenceSession(model))
+    assert (weights.kernel is not None) is native_expected
+    if native_expected:                                         # the same graph through the NumPy loops
+        monkeypatch.setattr("model_core.onnx.ops.recurrent.native.AVAILABLE", False)
+        _, want = _kernel_weights(InferenceSession(model))
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6)
