@@ -7,7 +7,7 @@ what the server really sends.
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NotRequired
 
 from pydantic import (
     BaseModel,
@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
     with_config,
 )
-from typing_extensions import NotRequired, TypedDict
+from typing_extensions import TypedDict   # pydantic needs this one's TypedDict on Python < 3.12
 
 from service.api.schemas import SENT, Completion, CompletionOptions, StepOutput
 from service.request_limits import Feature, StepAt, TokenId, TopK
