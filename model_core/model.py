@@ -15,7 +15,6 @@ import numpy as np
 from model_core.backend import device_of
 from model_core.config import ModelConfig
 from model_core.nn import GRU, LSTM, RNN, Embedding, Linear
-from model_core.state import parts
 
 _CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 
@@ -80,8 +79,13 @@ class SequenceModel:
         clone.rnn, clone.head = self.rnn.to(device), self.head.to(device)
         return clone
 
-    def init_state(self, batch: int = 1):
-        return self.rnn.init_state(batch)
+    def init_state(self, batch: int = 1) -> tuple:
+        """The zero state: ``(h,)`` or ``(h, c)``, each (L*D, B, H)."""
+        return self.rnn.init_states(batch)
+
+    def describe(self) -> dict:
+        """Nothing beyond the config: a checkpoint has no graph or card to show."""
+        return {}
 
     def __repr__(self) -> str:
         c = self.config
@@ -122,7 +126,7 @@ class SequenceModel:
         For a classifier these are the running class logits (what it would say if the sequence
         ended there); with ``lengths``, steps past a sequence's end are padding.
         """
-        (y, new_state) = self.rnn.forward(self.encode(inputs), state, lengths)
+        y, new_state = self.rnn.forward_states(self.encode(inputs), state, lengths)
         return self.head.forward(y), new_state
 
     def forward_train(self, inputs, state=None, lengths=None, rng=None):
@@ -131,9 +135,9 @@ class SequenceModel:
     def _run(self, inputs, state, lengths, train, rng):
         x = self.encode(inputs)                                                   # (T, B, I')
         if train:
-            y, new_state, rnn_cache = self.rnn.forward_train(x, state, lengths, rng=rng)
+            y, new_state, rnn_cache = self.rnn.forward_train_states(x, state, lengths, rng=rng)
         else:
-            (y, new_state), rnn_cache = self.rnn.forward(x, state, lengths), None
+            (y, new_state), rnn_cache = self.rnn.forward_states(x, state, lengths), None
         feats = self._classify_features(new_state) if self.config.task == "classify" else y
         logits = self.head.forward(feats)
         cache = {"inputs": inputs, "rnn": rnn_cache, "feats": feats, "T": x.shape[0]} if train else None
@@ -141,7 +145,7 @@ class SequenceModel:
 
     def _classify_features(self, state):
         """The top layer's final hidden state(s): the output at each sequence's last valid step."""
-        h = parts(state)[0]
+        h = state[0]
         if self.config.bidirectional:
             return self.xp.concatenate([h[-2], h[-1]], axis=-1)                    # (B, 2H)
         return h[-1]                                                              # (B, H)
@@ -166,7 +170,7 @@ class SequenceModel:
             dy, dstate = None, self._classify_dstate(dfeats, dstate, cache["feats"].shape[0])
         else:
             dy = dfeats
-        dx, dstate0, grads_rnn = self.rnn.backward(cache["rnn"], dy, dstate)
+        dx, dstate0, grads_rnn = self.rnn.backward_states(cache["rnn"], dy, dstate)
         grads = {f"head.{k}": v for k, v in grads_head.items()}
         grads.update({f"rnn.{k}": v for k, v in grads_rnn.items()})
         if self.embedding is not None:
@@ -177,13 +181,13 @@ class SequenceModel:
         """Route the head's input gradient into the final state's top-layer slot(s)."""
         xp, H = self.xp, self.config.hidden_size
         base = self.init_state(batch) if dstate is None else dstate
-        d_parts = [xp.array(p, copy=True) for p in parts(base)]
+        d_parts = [xp.array(p, copy=True) for p in base]
         if self.config.bidirectional:
             d_parts[0][-2] += dfeats[:, :H]
             d_parts[0][-1] += dfeats[:, H:]
         else:
             d_parts[0][-1] += dfeats
-        return tuple(d_parts) if len(d_parts) > 1 else d_parts[0]
+        return tuple(d_parts)
 
 
 def int_or_none(v):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from model_core.backend import to_numpy
-from model_core.model import SequenceModel
+from model_core.served import ServedModel
 from model_core.sampling import complete as sample_completions
 from service.encoding import encode_sequence, encode_text, pad_batch, stop_ids
 from service.errors import InvalidInput
@@ -19,7 +19,7 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _labels(model: SequenceModel) -> list[str]:
+def _labels(model: ServedModel) -> list[str]:
     return labels_of(model.config)
 
 
@@ -44,11 +44,11 @@ def top_k_rows(probs: np.ndarray, labels: list[str], k: int) -> list[list[dict]]
             for idx, val in zip(order.tolist(), values)]
 
 
-def encode_inputs(model: SequenceModel, inputs: list, max_len: int) -> list[np.ndarray]:
+def encode_inputs(model: ServedModel, inputs: list, max_len: int) -> list[np.ndarray]:
     return [encode_sequence(model.config, item, max_len, where=f"inputs[{i}]") for i, item in enumerate(inputs)]
 
 
-def check_task(model: SequenceModel, endpoint: str) -> None:
+def check_task(model: ServedModel, endpoint: str) -> None:
     task = model.config.task
     if endpoint == "classify" and task != "classify":
         raise InvalidInput(f"this is a {task} model; classify needs a classifier (use /predict)")
@@ -56,7 +56,7 @@ def check_task(model: SequenceModel, endpoint: str) -> None:
         raise InvalidInput("this is a classifier; per-step outputs come from seq2seq and lm models (use /classify)")
 
 
-def run_classify(model: SequenceModel, requests: list[list[np.ndarray]]) -> list[np.ndarray]:
+def run_classify(model: ServedModel, requests: list[list[np.ndarray]]) -> list[np.ndarray]:
     """Class logits for several requests' sequences in one padded forward: [(B_i, C), ...]."""
     seqs = [s for r in requests for s in r]
     x, lengths = pad_batch(model.config, seqs)
@@ -64,7 +64,7 @@ def run_classify(model: SequenceModel, requests: list[list[np.ndarray]]) -> list
     return np.split(to_numpy(logits), np.cumsum([len(r) for r in requests])[:-1])   # (sum B_i, C)
 
 
-def run_predict(model: SequenceModel, requests: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+def run_predict(model: ServedModel, requests: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
     """Per-step logits for several requests' sequences in one padded forward: [[(K, C), ...], ...]."""
     seqs = [s for r in requests for s in r]
     x, lengths = pad_batch(model.config, seqs)
@@ -75,7 +75,7 @@ def run_predict(model: SequenceModel, requests: list[list[np.ndarray]]) -> list[
     return [flat[bounds[i]:bounds[i + 1]] for i in range(len(requests))]
 
 
-def format_classification(model: SequenceModel, logits: np.ndarray, top_k: int | None) -> list[dict]:
+def format_classification(model: ServedModel, logits: np.ndarray, top_k: int | None) -> list[dict]:
     labels = _labels(model)
     out = []
     for p in softmax(logits.astype(np.float64)):
@@ -87,7 +87,7 @@ def format_classification(model: SequenceModel, logits: np.ndarray, top_k: int |
     return out
 
 
-def step_outputs(model: SequenceModel, logits: np.ndarray, top_k: int) -> list[dict]:
+def step_outputs(model: ServedModel, logits: np.ndarray, top_k: int) -> list[dict]:
     """Per-step results for seq2seq/LM logits (T, C) (or running class logits for classifiers)."""
     c = model.config
     logits = logits.astype(np.float64)
@@ -99,7 +99,7 @@ def step_outputs(model: SequenceModel, logits: np.ndarray, top_k: int) -> list[d
     return [{"top_k": row} for row in top_k_rows(softmax(logits), _labels(model), top_k)]
 
 
-def complete(model: SequenceModel, prompt: str, n: int, max_length: int, temperature: float, top_k: int | None,
+def complete(model: ServedModel, prompt: str, n: int, max_length: int, temperature: float, top_k: int | None,
              greedy: bool, stop: list[str], seed: int | None) -> list[dict]:
     if model.config.task != "lm":
         raise InvalidInput(f"this is a {model.config.task} model; completion needs a language model")

@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from model_core.onnx.binding import GraphBinding, StateBinding
+from model_core.onnx.graph_binding import GraphBinding, StateBinding
 
 CARD = "model-card.json"
 MAX_CARD_BYTES = 16 * 1024 * 1024

@@ -25,9 +25,9 @@ import numpy as np
 import model_core
 from model_core.backend import resolve_device
 from model_core.config import ModelConfig
-from model_core.model import SequenceModel
 from model_core.onnx.errors import OnnxLoadError
-from model_core.onnx.served_model import OnnxSequenceModel
+from model_core.onnx.sequence_model import OnnxSequenceModel
+from model_core.served import ServedModel
 from service.errors import NotFound, Unavailable
 from service.model_card import CARD, read_card
 from service.model_versions import VersionPolicy, read_folder_config, version_folders
@@ -46,7 +46,7 @@ class ModelEntry:
     number: int = 1                     # the version number (Triton's version folder; 1 when flat)
     status: str = "loading"             # loading | ready | failed
     error: str | None = None
-    model: SequenceModel | OnnxSequenceModel | None = None
+    model: ServedModel | None = None
     loaded_at: float = field(default_factory=time.time)
     format: str = FORMATS[CHECKPOINT]
 
@@ -70,8 +70,7 @@ class ModelEntry:
             "device": self.model.device, "dtype": self.model.dtype.name, "parameters": self.model.num_parameters(),
             "metadata": c.metadata,
         })
-        if isinstance(self.model, OnnxSequenceModel):
-            out.update(self.model.describe())             # opset, graph inputs / outputs, the card's bindings
+        out.update(self.model.describe())                 # an ONNX graph's opset, inputs / outputs and card
         return out
 
 
@@ -128,7 +127,7 @@ def _load_onnx(folder: Path, card: Path, device: str) -> OnnxSequenceModel:
         raise ValueError(f"{where}: {exc}") from None
 
 
-def _warm_up(model) -> None:
+def _warm_up(model: ServedModel) -> None:
     """Two tiny steps before the model is ready, so compiled kernels (Numba's cache, CuPy's
     kernels) load now rather than on the first user's keystroke."""
     c = model.config

@@ -193,7 +193,7 @@ def _assert_served_equals_torch(torch, ns: dict, port: int) -> None:
 def test_the_new_exporter_variant(torch, tmp_path, monkeypatch):
     """The ``dynamo=True`` block, where onnxscript is installed: its graph serves with the page's card."""
     pytest.importorskip("onnxscript")
-    from model_core.onnx.served_model import OnnxSequenceModel                  # noqa: PLC0415
+    from model_core.onnx.sequence_model import OnnxSequenceModel                  # noqa: PLC0415
 
     monkeypatch.chdir(tmp_path)
     ns = {"__name__": "docs_pytorch"}

@@ -14,7 +14,7 @@ from dataclasses import replace
 import numpy as np
 
 from model_core.sampling import complete as sample_completions
-from model_core.state import StateFormatError, parts, state_from_bytes, state_to_bytes
+from model_core.state import StateFormatError, state_from_bytes, state_to_bytes
 from service.encoding import encode_sequence, stop_ids
 from service import request_limits as limits
 from service.errors import InvalidInput, PayloadTooLarge, ServiceError
@@ -60,7 +60,7 @@ class SessionManager:
         """The top layer's state after the session's last step, as lists (``c`` for LSTMs, else None)."""
         if session.state is None:
             return {"h": None, "c": None}
-        state = [np.asarray(p) for p in parts(state_from_bytes(session.state))]       # each (L*D, 1, H)
+        state = state_from_bytes(session.state)       # each (L*D, 1, H)
         top = [p[-1, 0].astype(np.float64).round(4).tolist() for p in state]
         return {"h": top[0], "c": top[1] if len(top) > 1 else None}
 
