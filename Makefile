@@ -2,12 +2,14 @@
 #   make serve  - create .venv, install, start the service with the bundled models (models/)
 #   make demo   - create .venv, install, train a small LSTM on the temporal-order task
 #   make test   - create .venv, install, run the test suite (no torch, no GPU needed)
+#   make gpu-check - the GPU tests and GPU benchmarks in one run (<= 8 min): gpu-check/gpu_check.{json,md};
+#                    WHEELS=dir installs from a local wheelhouse (no network); exit 3 means no CUDA device
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?= -q
 
-.PHONY: setup setup-reference serve demo test test-reference bench clean
+.PHONY: setup setup-reference setup-gpu serve demo test test-reference bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,8 +42,19 @@ test: setup
 test-reference: setup-reference
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "torch or not torch"
 
+PIP_SOURCE := $(if $(WHEELS),--no-index --find-links $(WHEELS),)
+
+$(VENV)/.gpu: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q $(PIP_SOURCE) -e '.[dev,scripts,fast,gpu]'
+	touch $@
+
+setup-gpu: $(VENV)/.gpu
+
+gpu-check: setup-gpu
+	$(BIN)/python scripts/gpu_check.py --out gpu-check
+
 bench: setup-reference
 	$(BIN)/python scripts/bench_core.py --cell all
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache gpu-check
