@@ -41,8 +41,8 @@ import train as train_cli  # noqa: E402
 from plots import plot_curves  # noqa: E402
 
 from model_core import CheckpointError, DeviceError  # noqa: E402
+from model_core.config import CELLS  # noqa: E402
 
-CELLS = ("rnn", "lstm", "gru")
 
 # Hyperparameters found by a seeded sweep (see the module docstring for what they give).
 PRESETS = {

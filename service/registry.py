@@ -158,6 +158,21 @@ class ModelRegistry:
         self._retired: dict[str, dict[str, ModelEntry]] = {}      # replaced entries by hash, oldest first
         self._unloaded: set[str] = set()
         self._lock = threading.Lock()
+        self._release_listeners: list = []
+
+    def on_release(self, listener) -> None:
+        """Call ``listener()`` (from any thread) after a call that may have dropped model versions."""
+        self._release_listeners.append(listener)
+
+    def _released(self) -> None:
+        for listener in self._release_listeners:
+            listener()
+
+    def loaded_versions(self) -> set[tuple[str, str]]:
+        """(name, version hash) of every entry still held: served, or retired and kept for sessions."""
+        with self._lock:
+            served = {(e.name, e.version) for es in self._served.values() for e in es.values() if e.status == "ready"}
+            return served | {(name, v) for name, kept in self._retired.items() for v in kept}
 
     def load_all(self) -> None:
         if not self.model_dir.is_dir():
@@ -225,6 +240,7 @@ class ModelRegistry:
             ready = [e for e in served.values() if e.status == "ready"]
             self._models[name] = ready[-1] if ready else served[numbers[-1]]
             self._unloaded.discard(name)
+        self._released()
         return tried[numbers[-1]]
 
     def _retire(self, entry: ModelEntry) -> None:
@@ -243,6 +259,7 @@ class ModelRegistry:
             self._retired.pop(name, None)
             self._unloaded.add(name)
         log.info("unloaded model %s", name)
+        self._released()
 
     def reload(self, name: str | None = None) -> list[ModelEntry]:
         """Reload one model, or rescan the repository (new models appear; current ones reload)."""
@@ -257,6 +274,7 @@ class ModelRegistry:
                 self._served.pop(gone, None)
                 self._retired.pop(gone, None)
                 log.info("model %s dropped: its folder is gone", gone)
+        self._released()
         return [self.load(n) for n in present]
 
     def version(self, name: str, version: str) -> ModelEntry:

@@ -20,6 +20,7 @@ import json
 import numpy as np
 
 from model_core.config import ModelConfig
+from model_core.nn.losses import activate
 from service.encoding import encode_text
 from service.errors import ServiceError
 from service.request_limits import INT64_MAX, JSON_BYTES_PER_VALUE, check_batch, check_steps
@@ -223,17 +224,6 @@ def response_bytes(c: ModelConfig, lengths: np.ndarray, requested: list[Requeste
     return total
 
 
-def activate(c: ModelConfig, logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    if c.output == "binary":
-        return 1.0 / (1.0 + np.exp(-z))
-    if c.output == "regression":
-        return z
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def classification(values: np.ndarray, k: int, labels: list[str] | None) -> np.ndarray:
     """Triton's classification extension: the top ``k`` of the last axis as ``"score:index:label"``."""
     order = np.argsort(-values, axis=-1, kind="stable")[..., :k]
@@ -249,7 +239,7 @@ def classification(values: np.ndarray, k: int, labels: list[str] | None) -> np.n
 def build_outputs(c: ModelConfig, logits: np.ndarray, requested: list[RequestedOutput] | None,
                   labels: list[str] | None = None) -> list[InferOutput]:
     """logits: (B, C) for classifiers, (B, T, C) otherwise (padded steps already zero-filled)."""
-    probs = activate(c, logits).astype(np.float32)
+    probs = activate(logits.astype(np.float64), c.output).astype(np.float32)
     arrays = {"PROBABILITIES": probs, "LOGITS": logits.astype(np.float32)}
     if c.task == "classify":
         arrays["CLASS"] = probs.argmax(-1).astype(np.int64)
