@@ -14,6 +14,7 @@ import numpy as np
 
 from model_core.backend import device_of
 from model_core.config import ModelConfig
+from model_core.inputs import features_problem, token_ids_problem
 from model_core.nn import GRU, LSTM, RNN, Embedding, Linear
 
 _CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
@@ -100,17 +101,18 @@ class SequenceModel:
             raise ValueError("inputs are GPU arrays but the model is on the CPU")
         if c.uses_tokens:
             ids = xp.asarray(inputs)
-            if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+            if ids.ndim != 2:
                 raise ValueError(f"token inputs must be an integer array (T, B), got {ids.dtype} {tuple(ids.shape)}")
-            if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= c.input_size):
-                raise ValueError(f"token ids must lie in [0, {c.input_size}), got min {int(ids.min())} max {int(ids.max())}")
+            problem = token_ids_problem(c, ids)
+            if problem:
+                raise ValueError(problem)
             if self.embedding is not None:
                 return self.embedding.forward(ids)
             return xp.eye(c.input_size, dtype=self.dtype)[ids]                     # one-hot (T, B, V)
-        x = xp.asarray(inputs, dtype=self.dtype)
-        if x.ndim != 3 or x.shape[-1] != c.input_size:
-            raise ValueError(f"feature inputs must be (T, B, {c.input_size}), got {tuple(x.shape)}")
-        return x
+        x = xp.asarray(inputs)
+        if x.ndim != 3 or features_problem(c, x, finite=False):
+            raise ValueError(f"feature inputs must be numbers (T, B, {c.input_size}), got {x.dtype} {tuple(x.shape)}")
+        return x.astype(self.dtype, copy=False)
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, inputs, state=None, lengths=None):

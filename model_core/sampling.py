@@ -6,6 +6,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from model_core.backend import to_numpy
+from model_core.nn.losses import softmax
 
 
 def sample_next(logits, rng: np.random.Generator, temperature: float = 1.0, top_k: int | None = None,
@@ -27,9 +28,7 @@ def sample_next(logits, rng: np.random.Generator, temperature: float = 1.0, top_
         if top_k < z.shape[-1]:
             kth = np.partition(z, -top_k, axis=-1)[:, -top_k][:, None]
             z = np.where(z >= kth, z, -np.inf)
-    z -= z.max(axis=-1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=-1, keepdims=True)
+    p = softmax(z)                                                          # (B, V); -inf -> 0
     # inverse-CDF sampling, one uniform per row
     u = rng.random((z.shape[0], 1))
     return np.minimum((np.cumsum(p, axis=-1) < u).sum(axis=-1), z.shape[-1] - 1)

@@ -26,7 +26,8 @@ def _models(cell="lstm"):
 
 
 def test_the_contract_names_what_the_service_calls():
-    assert {"init_state", "step", "forward", "forward_steps", "describe", "config"} <= set(CONTRACT) | {"config"}
+    assert {"init_state", "step", "forward", "forward_steps", "describe", "xp", "device", "dtype"} <= set(CONTRACT)
+    assert "config" in ServedModel.__annotations__
 
 
 @pytest.mark.parametrize("cls", [SequenceModel, OnnxSequenceModel])
@@ -57,3 +58,27 @@ def test_both_instances_satisfy_it_and_agree_on_the_state_form(cell):
     a, _ = model.forward(np.array([[1], [3]]))
     b, _ = graph.forward(np.array([[1], [3]]))
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_every_entry_point_applies_the_one_input_rule():
+    """An id past the vocabulary and a non-finite feature: the engine, the ONNX model, the JSON
+    encoder and the v2 tensor parser all answer with ``model_core.inputs``' words."""
+    from service.encoding import encode_sequence  # noqa: PLC0415
+    from service.errors import ServiceError  # noqa: PLC0415
+    from service.openinference.tensors import _features, _ids  # noqa: PLC0415
+    from service.openinference.types import InferInput  # noqa: PLC0415
+
+    model, graph = _models()
+    rule = r"token ids must lie in \[0, 5\), got min 1 max 7"
+    for m in (model, graph):
+        with pytest.raises(ValueError, match=rule):
+            m.forward(np.array([[1], [7]]))
+    with pytest.raises(ServiceError, match=rule):
+        encode_sequence(model.config, [1, 7], 10)
+    with pytest.raises(ServiceError, match=rule):
+        _ids(model.config, InferInput("INPUT_IDS", "INT64", (1, 2), np.array([[1, 7]])))
+    features = ModelConfig(cell="gru", task="seq2seq", input_size=2, hidden_size=3, output_size=2)
+    with pytest.raises(ServiceError, match="features must be finite"):
+        encode_sequence(features, [[1.0, 1e300]], 10)
+    with pytest.raises(ServiceError, match="features must be finite"):
+        _features(features, InferInput("INPUT", "FP64", (1, 1, 2), np.array([[[1.0, np.nan]]])))

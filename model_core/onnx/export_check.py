@@ -35,11 +35,8 @@ def engine_outputs(model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     logits, new_state = model.forward(feeds[input_name(c)], state, lengths=feeds["sequence_lens"])
     logits = to_numpy(logits)
     out = {"logits": logits}
-    if c.output == "logits":
-        z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        out["probabilities"] = z / z.sum(axis=-1, keepdims=True)
-    elif c.output == "binary":
-        out["probabilities"] = 1.0 / (1.0 + np.exp(-logits))
+    if c.output != "regression":                               # the graph's probabilities output
+        out["probabilities"] = activate(logits, c.output)
     for (_, name), s in zip(state_names(c), new_state):
         out[name] = to_numpy(s)
     return out

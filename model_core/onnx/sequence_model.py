@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from model_core.backend import to_numpy
+from model_core.inputs import features_problem, token_ids_problem
 from model_core.onnx.graph_binding import GraphBinding, binding_from_metadata
 from model_core.onnx.loading import DEFAULT_MAX_BYTES, read_model
 from model_core.onnx.resolved_graph import ResolvedGraph, resolve
@@ -108,12 +109,13 @@ class OnnxSequenceModel:
         c = self.config
         x = np.asarray(to_numpy(inputs))
         if c.uses_tokens:
-            if x.ndim != 2 or not np.issubdtype(x.dtype, np.integer):
+            if x.ndim != 2:
                 raise ValueError(f"token inputs must be an integer array (T, B), got {x.dtype} {x.shape}")
-            if x.size and (int(x.min()) < 0 or int(x.max()) >= c.input_size):
-                raise ValueError(f"token ids must lie in [0, {c.input_size}), got min {int(x.min())} max {int(x.max())}")
-        elif x.ndim != 3 or x.shape[-1] != c.input_size:
-            raise ValueError(f"feature inputs must be (T, B, {c.input_size}), got {x.shape}")
+            problem = token_ids_problem(c, x)
+            if problem:
+                raise ValueError(problem)
+        elif x.ndim != 3 or features_problem(c, x, finite=False):
+            raise ValueError(f"feature inputs must be numbers (T, B, {c.input_size}), got {x.dtype} {x.shape}")
         T, B = x.shape[:2]
         x = x.astype(self.graph.input_dtype, copy=False)
         state = self.init_state(B) if state is None else state

@@ -20,6 +20,7 @@ import json
 import numpy as np
 
 from model_core.config import ModelConfig
+from model_core.inputs import features_problem, token_ids_problem
 from model_core.nn.losses import activate
 from service.encoding import encode_text
 from service.errors import ServiceError
@@ -109,8 +110,9 @@ def _ids(c: ModelConfig, t: InferInput) -> np.ndarray:
                           f"not {t.datatype}")
     if x.ndim != 2:
         raise TensorError(f"input 'INPUT_IDS' must have shape [B, T], got {list(x.shape)}")
-    if x.size and (x.min() < 0 or x.max() >= c.input_size):
-        raise TensorError(f"input 'INPUT_IDS': values must lie in [0, {c.input_size})")
+    problem = token_ids_problem(c, x)
+    if problem:
+        raise TensorError(f"input 'INPUT_IDS': {problem}")
     return x.astype(np.int64)
 
 
@@ -120,11 +122,10 @@ def _features(c: ModelConfig, t: InferInput) -> np.ndarray:
         raise TensorError(f"input 'INPUT' takes numbers (FP32, FP64, an integer type or BOOL), not {t.datatype}")
     if x.ndim != 3 or x.shape[2] != c.input_size:
         raise TensorError(f"input 'INPUT' must have shape [B, T, {c.input_size}], got {list(x.shape)}")
-    with np.errstate(over="ignore"):
-        x = x.astype(np.float32)
-    if not np.isfinite(x).all():
-        raise TensorError("input 'INPUT' must hold finite numbers within FP32's range")
-    return x
+    problem = features_problem(c, x)
+    if problem:
+        raise TensorError(f"input 'INPUT': {problem}")
+    return x.astype(np.float32)
 
 
 def _lengths(t: InferInput, B: int, T: int) -> np.ndarray:
