@@ -10,14 +10,27 @@ call, so one instance serves many sessions and threads.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
 from model_core.backend import device_of
 from model_core.config import ModelConfig
 from model_core.inputs import features_problem, token_ids_problem
 from model_core.nn import GRU, LSTM, RNN, Embedding, Linear
+from model_core.nn.recurrent import StackCache
 
 _CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
+
+
+@dataclass(frozen=True)
+class ModelCache:
+    """What ``backward`` needs from ``forward_train``: the raw inputs (for the embedding's
+    gradient), the recurrent stack's cache, and the head's input."""
+    inputs: Any
+    rnn: StackCache
+    feats: Any                  # (B, D*H) for classify (the final state's top layer), else (T, B, D*H)
 
 
 class SequenceModel:
@@ -142,7 +155,7 @@ class SequenceModel:
             (y, new_state), rnn_cache = self.rnn.forward_states(x, state, lengths), None
         feats = self._classify_features(new_state) if self.config.task == "classify" else y
         logits = self.head.forward(feats)
-        cache = {"inputs": inputs, "rnn": rnn_cache, "feats": feats, "T": x.shape[0]} if train else None
+        cache = ModelCache(inputs, rnn_cache, feats) if train else None
         return logits, new_state, cache
 
     def _classify_features(self, state):
@@ -167,16 +180,16 @@ class SequenceModel:
     # -- backward -----------------------------------------------------------------------------
     def backward(self, cache, dlogits, dstate=None):
         """Gradients for every parameter (``parameters()`` names) and the initial state."""
-        dfeats, grads_head = self.head.backward(cache["feats"], dlogits)
+        dfeats, grads_head = self.head.backward(cache.feats, dlogits)
         if self.config.task == "classify":
-            dy, dstate = None, self._classify_dstate(dfeats, dstate, cache["feats"].shape[0])
+            dy, dstate = None, self._classify_dstate(dfeats, dstate, cache.feats.shape[0])
         else:
             dy = dfeats
-        dx, dstate0, grads_rnn = self.rnn.backward_states(cache["rnn"], dy, dstate)
+        dx, dstate0, grads_rnn = self.rnn.backward_states(cache.rnn, dy, dstate)
         grads = {f"head.{k}": v for k, v in grads_head.items()}
         grads.update({f"rnn.{k}": v for k, v in grads_rnn.items()})
         if self.embedding is not None:
-            grads.update({f"embedding.{k}": v for k, v in self.embedding.backward(self.xp.asarray(cache["inputs"]), dx).items()})
+            grads.update({f"embedding.{k}": v for k, v in self.embedding.backward(self.xp.asarray(cache.inputs), dx).items()})
         return {k: grads[k] for k in self.parameters()}, dstate0
 
     def _classify_dstate(self, dfeats, dstate, batch):

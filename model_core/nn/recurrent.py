@@ -6,14 +6,36 @@ Nothing per call is stored on the layer, so one instance serves many threads at 
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from model_core.backend import device_of
-from model_core.cells import select
+from model_core.cells import CellSteps, select
 from model_core.nn.module import Module, uniform_init
-from model_core.nn.recurrent_loop import backward_direction, forward_direction
+from model_core.nn.recurrent_loop import (
+    DirectionCache,
+    backward_direction,
+    forward_direction_infer,
+    forward_direction_train,
+)
+
+
+@dataclass(frozen=True)
+class LayerCache:
+    """One layer's training forward: its input (T, B, I_l), each direction's cache, and the
+    inverted-dropout mask applied to its output (None without dropout)."""
+    input: Any
+    dirs: list[DirectionCache]
+    drop: Any
+
+
+@dataclass(frozen=True)
+class StackCache:
+    """What ``backward_states`` consumes: every layer's cache and the padding masks (None: full length)."""
+    layers: list[LayerCache]
+    masks: tuple | None
 
 
 class RecurrentBase(Module):
@@ -31,7 +53,7 @@ class RecurrentBase(Module):
 
     mode = ""
     _kind = ""
-    _cell: SimpleNamespace
+    _cell: CellSteps
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
@@ -245,9 +267,9 @@ class RecurrentBase(Module):
                 if p["bias"] is not None:
                     xproj += p["bias"]
                 idx = layer * D + d
-                final, cache = forward_direction(
-                    xp, cell, self._consts, xproj, tuple(s[idx] for s in state0), p["w_hh"], p["b_hh"],
-                    masks, reverse=d == 1, y_out=y[:, :, d * H:(d + 1) * H], train=train)
+                args = (xp, cell, self._consts, xproj, tuple(s[idx] for s in state0), p["w_hh"], p["b_hh"],
+                        masks, d == 1, y[:, :, d * H:(d + 1) * H])
+                final, cache = forward_direction_train(*args) if train else (forward_direction_infer(*args), None)
                 for k, f in enumerate(final):
                     finals[k][idx] = f
                 dir_caches.append(cache)
@@ -256,10 +278,10 @@ class RecurrentBase(Module):
                 keep = rng.random(y.shape) >= dropout
                 drop_mask = xp.asarray(keep, dtype=self.dtype) / (1.0 - dropout)     # inverted dropout
                 y = y * drop_mask
-            layer_caches.append({"input": inp, "dirs": dir_caches, "drop": drop_mask})
+            layer_caches.append(LayerCache(inp, dir_caches, drop_mask))
             inp = y
         y = inp.transpose(1, 0, 2) if self.batch_first else inp
-        cache = {"layers": layer_caches, "masks": masks, "state0_given": states is not None} if train else None
+        cache = StackCache(layer_caches, masks) if train else None
         return y, tuple(finals), cache
 
     def _layer_params(self, layer: int, suffix: str) -> dict:
@@ -283,8 +305,8 @@ class RecurrentBase(Module):
         Returns (dx in the layout of x, dstate0 in the layout of state, grads by parameter name).
         """
         xp, H, D, cell = self.xp, self.hidden_size, self.num_directions, self._cell
-        layers, masks = cache["layers"], cache["masks"]
-        T, B, _ = layers[0]["input"].shape
+        layers, masks = cache.layers, cache.masks
+        T, B, _ = layers[0].input.shape
         if dy is None:
             dy = xp.zeros((T, B, D * H), dtype=self.dtype)
         else:
@@ -301,22 +323,22 @@ class RecurrentBase(Module):
         separate = cell.GATES == 3  # only the GRU's hidden-side gradient differs from the input side
         for layer in reversed(range(self.num_layers)):
             lc = layers[layer]
-            if lc["drop"] is not None:
-                dy = dy * lc["drop"]
-            inp = lc["input"]
+            if lc.drop is not None:
+                dy = dy * lc.drop
+            inp = lc.input
             flat_in = inp.reshape(T * B, inp.shape[-1])
             dinp = xp.zeros(flat_in.shape, dtype=self.dtype)
             for d, suffix in enumerate(self._suffixes()):
                 p = self._layer_params(layer, suffix)
                 idx = layer * D + d
                 dgx, dgh, d0 = backward_direction(
-                    xp, cell, self._consts, lc["dirs"][d], p["w_hh"], dy[:, :, d * H:(d + 1) * H],
+                    xp, cell, self._consts, lc.dirs[d], p["w_hh"], dy[:, :, d * H:(d + 1) * H],
                     tuple(s[idx] for s in d_final), masks, separate)
                 for k, g in enumerate(d0):
                     dstate0[k][idx] = g
                 GH = self._cell.GATES * H
                 dgx2, dgh2 = dgx.reshape(T * B, GH), dgh.reshape(T * B, GH)
-                prev_h = lc["dirs"][d]["prev"][0].reshape(T * B, H)
+                prev_h = lc.dirs[d]["prev"][0].reshape(T * B, H)
                 # weight gradients: one product over all timesteps each, computed transposed so
                 # that they come out in the weights' own (Fortran) layout for the optimiser
                 grads[f"weight_ih_l{layer}{suffix}"] = (flat_in.T @ dgx2).T
