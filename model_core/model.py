@@ -19,7 +19,7 @@ from model_core.backend import device_of
 from model_core.config import ModelConfig
 from model_core.inputs import features_problem, token_ids_problem
 from model_core.nn import GRU, LSTM, RNN, Embedding, Linear
-from model_core.nn.recurrent import StackCache
+from model_core.nn.recurrent_base import StackCache
 
 _CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 

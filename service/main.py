@@ -17,7 +17,7 @@ from service.api.routes import admin, health, inference, kserve, models, reposit
 from service.auth import APIKeyMiddleware
 from service.errors import install_error_handlers
 from service.grpc_api import server as grpc_server
-from service.limits import BodySizeLimit
+from service.body_limits import BodySizeLimit
 from service.logs import RequestLogMiddleware
 from service.metrics import Metrics, MetricsMiddleware
 from service.openinference.infer import V2Inference
@@ -25,7 +25,7 @@ from service.openinference.statistics import InferenceStatistics
 from service.registry import ModelRegistry
 from service.sessions.manager import SessionManager
 from service.sessions.store import MemorySessionStore
-from service.batchers import BatcherRegistry
+from service.batcher_registry import BatcherRegistry
 from service.settings import Settings, get_settings
 
 

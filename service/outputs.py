@@ -1,7 +1,7 @@
 """Logits -> the results a reply carries: the output kind's activation (``model_core.nn.losses.
 activate``, over the engine's one softmax), labels, top-k entries, and completion texts.
 
-Every transport formats through here: v1 HTTP, sessions and the WebSocket (``step_outputs``), and
+Every transport formats through here: v1 HTTP, sessions and the WebSocket (``timestep_results``), and
 the v2 protocol's probabilities (``activate``).
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ def format_classification(c: ModelConfig, logits: np.ndarray, top_k: int | None)
     return out
 
 
-def step_outputs(c: ModelConfig, logits: np.ndarray, top_k: int) -> list[dict]:
+def timestep_results(c: ModelConfig, logits: np.ndarray, top_k: int) -> list[dict]:
     """Per-step results for logits (T, C): seq2seq and LM outputs, or a classifier's running class logits."""
     values = activate(logits.astype(np.float64), c.output)                   # (T, C)
     if c.output == "binary":

@@ -2,7 +2,7 @@
 one padded forward per batch, split the results back per request.
 
 ``run_classify`` and ``run_predict`` are what the ``"classify"`` and ``"predict"`` batchers of
-``service.batchers`` run; they execute in a worker thread, off the event loop.
+``service.batcher_registry`` run; they execute in a worker thread, off the event loop.
 """
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ def v2_error(exc: ServiceError) -> ServiceError:
 
 
 class V2Inference:
-    """Implements ``types.InferenceBackend`` over the app's registry, sessions and batchers (``service.batchers``)."""
+    """Implements ``types.InferenceBackend`` over the app's registry, sessions and batchers (``service.batcher_registry``)."""
 
     def __init__(self, registry, sessions, batchers, settings, stats: InferenceStatistics | None = None):
         self.registry, self.sessions, self.batchers, self.settings = registry, sessions, batchers, settings

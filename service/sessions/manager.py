@@ -18,9 +18,9 @@ from model_core.state import StateFormatError, state_from_bytes, state_to_bytes
 from service.encoding import encode_sequence, stop_ids
 from service import request_limits as limits
 from service.errors import InvalidInput, PayloadTooLarge, ServiceError
-from service.outputs import completion_results, step_outputs
+from service.outputs import completion_results, timestep_results
 from service.registry import ModelEntry, ModelRegistry
-from service.batchers import BatcherRegistry
+from service.batcher_registry import BatcherRegistry
 from service.sessions.stepper import load_state, logits_from_bytes, logits_to_bytes
 from service.sessions.store import Session, SessionStore, StepMismatch
 from service.settings import Settings
@@ -67,7 +67,7 @@ class SessionManager:
         """
         limits.check_top_k(top_k, self.settings)
         session, logits = await self.step_logits(session_id, item, expect_at=expect_at, top_k=top_k)
-        return session, step_outputs(self._entry(session).model.config, logits, top_k)
+        return session, timestep_results(self._entry(session).model.config, logits, top_k)
 
     async def step_logits(self, session_id: str, item, expect_at: int | None = None, top_k: int | None = None,
                           **queueing) -> tuple[Session, np.ndarray]:

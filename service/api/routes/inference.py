@@ -54,7 +54,7 @@ async def predict(name: str, body: PredictRequest, registry: Registry, settings:
     """Outputs at every step: bits for echo models, the next-token top-k for language models."""
     entry, logits = await _batched("predict", name, body.inputs, body.top_k, registry, settings, request)
     return {"model": name, "version": entry.version,
-            "outputs": [outputs.step_outputs(entry.model.config, lg, body.top_k) for lg in logits]}
+            "outputs": [outputs.timestep_results(entry.model.config, lg, body.top_k) for lg in logits]}
 
 
 @router.post("/complete", response_model=CompleteResponse)

@@ -9,7 +9,7 @@ import pytest
 
 import model_core
 from model_core import ModelConfig, SequenceModel
-from service.batchers import BatcherRegistry
+from service.batcher_registry import BatcherRegistry
 from service.errors import Unavailable
 from service.registry import ModelRegistry
 from service.settings import Settings

@@ -15,7 +15,7 @@ from service.registry import ModelEntry, ModelRegistry
 from service.sessions.batcher import DynamicBatcher
 from service.settings import Settings
 
-log = logging.getLogger("service.batchers")
+log = logging.getLogger("service.batcher_registry")
 RUNNERS = {"classify": stateless.run_classify, "predict": stateless.run_predict}
 KINDS = ("session", *RUNNERS)
 

@@ -14,7 +14,7 @@ import numpy as np
 from model_core.backend import device_of
 from model_core.cells import CellSteps, select
 from model_core.nn.module import Module, uniform_init
-from model_core.nn.recurrent_loop import (
+from model_core.nn.bptt import (
     DirectionCache,
     backward_direction,
     forward_direction_infer,
