@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from model_core.backend import to_numpy
+from model_core.nn.losses import activate
 from model_core.onnx.exporter import input_name, output_names, state_names
 
 
