@@ -3,10 +3,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
+from typing import Literal, get_args
 
-CELLS = ("rnn", "lstm", "gru")
-TASKS = ("classify", "seq2seq", "lm")
-ENCODINGS = ("embedding", "onehot", "features")
+# The one list of each: pydantic models use the Literal types, argparse and checks the tuples.
+Cell = Literal["rnn", "lstm", "gru"]
+Task = Literal["classify", "seq2seq", "lm"]
+OutputKind = Literal["logits", "binary", "regression"]
+Encoding = Literal["embedding", "onehot", "features"]
+CELLS: tuple[str, ...] = get_args(Cell)
+TASKS: tuple[str, ...] = get_args(Task)
+OUTPUT_KINDS: tuple[str, ...] = get_args(OutputKind)
+ENCODINGS: tuple[str, ...] = get_args(Encoding)
 
 
 @dataclass(frozen=True)
@@ -56,8 +63,8 @@ class ModelConfig:
                 bad(f"{name} must be a positive integer, got {v!r}")
         if self.input_encoding == "embedding" and not (isinstance(self.embedding_dim, int) and self.embedding_dim > 0):
             bad("input_encoding 'embedding' needs a positive embedding_dim")
-        if self.output not in ("logits", "binary", "regression"):
-            bad(f"output must be 'logits', 'binary' or 'regression', got {self.output!r}")
+        if self.output not in OUTPUT_KINDS:
+            bad(f"output must be one of {OUTPUT_KINDS}, got {self.output!r}")
         if self.vocab is not None:
             object.__setattr__(self, "vocab", tuple(self.vocab))
             if self.input_encoding == "features":

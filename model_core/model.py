@@ -10,14 +10,27 @@ call, so one instance serves many sessions and threads.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
 from model_core.backend import device_of
 from model_core.config import ModelConfig
+from model_core.inputs import features_problem, token_ids_problem
 from model_core.nn import GRU, LSTM, RNN, Embedding, Linear
-from model_core.state import parts
+from model_core.nn.recurrent_base import StackCache
 
 _CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
+
+
+@dataclass(frozen=True)
+class ModelCache:
+    """What ``backward`` needs from ``forward_train``: the raw inputs (for the embedding's
+    gradient), the recurrent stack's cache, and the head's input."""
+    inputs: Any
+    rnn: StackCache
+    feats: Any                  # (B, D*H) for classify (the final state's top layer), else (T, B, D*H)
 
 
 class SequenceModel:
@@ -80,8 +93,13 @@ class SequenceModel:
         clone.rnn, clone.head = self.rnn.to(device), self.head.to(device)
         return clone
 
-    def init_state(self, batch: int = 1):
-        return self.rnn.init_state(batch)
+    def init_state(self, batch: int = 1) -> tuple:
+        """The zero state: ``(h,)`` or ``(h, c)``, each (L*D, B, H)."""
+        return self.rnn.init_states(batch)
+
+    def describe(self) -> dict:
+        """Nothing beyond the config: a checkpoint has no graph or card to show."""
+        return {}
 
     def __repr__(self) -> str:
         c = self.config
@@ -96,17 +114,18 @@ class SequenceModel:
             raise ValueError("inputs are GPU arrays but the model is on the CPU")
         if c.uses_tokens:
             ids = xp.asarray(inputs)
-            if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+            if ids.ndim != 2:
                 raise ValueError(f"token inputs must be an integer array (T, B), got {ids.dtype} {tuple(ids.shape)}")
-            if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= c.input_size):
-                raise ValueError(f"token ids must lie in [0, {c.input_size}), got min {int(ids.min())} max {int(ids.max())}")
+            problem = token_ids_problem(c, ids)
+            if problem:
+                raise ValueError(problem)
             if self.embedding is not None:
                 return self.embedding.forward(ids)
             return xp.eye(c.input_size, dtype=self.dtype)[ids]                     # one-hot (T, B, V)
-        x = xp.asarray(inputs, dtype=self.dtype)
-        if x.ndim != 3 or x.shape[-1] != c.input_size:
-            raise ValueError(f"feature inputs must be (T, B, {c.input_size}), got {tuple(x.shape)}")
-        return x
+        x = xp.asarray(inputs)
+        if x.ndim != 3 or features_problem(c, x, finite=False):
+            raise ValueError(f"feature inputs must be numbers (T, B, {c.input_size}), got {x.dtype} {tuple(x.shape)}")
+        return x.astype(self.dtype, copy=False)
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, inputs, state=None, lengths=None):
@@ -122,7 +141,7 @@ class SequenceModel:
         For a classifier these are the running class logits (what it would say if the sequence
         ended there); with ``lengths``, steps past a sequence's end are padding.
         """
-        (y, new_state) = self.rnn.forward(self.encode(inputs), state, lengths)
+        y, new_state = self.rnn.forward_states(self.encode(inputs), state, lengths)
         return self.head.forward(y), new_state
 
     def forward_train(self, inputs, state=None, lengths=None, rng=None):
@@ -131,17 +150,17 @@ class SequenceModel:
     def _run(self, inputs, state, lengths, train, rng):
         x = self.encode(inputs)                                                   # (T, B, I')
         if train:
-            y, new_state, rnn_cache = self.rnn.forward_train(x, state, lengths, rng=rng)
+            y, new_state, rnn_cache = self.rnn.forward_train_states(x, state, lengths, rng=rng)
         else:
-            (y, new_state), rnn_cache = self.rnn.forward(x, state, lengths), None
+            (y, new_state), rnn_cache = self.rnn.forward_states(x, state, lengths), None
         feats = self._classify_features(new_state) if self.config.task == "classify" else y
         logits = self.head.forward(feats)
-        cache = {"inputs": inputs, "rnn": rnn_cache, "feats": feats, "T": x.shape[0]} if train else None
+        cache = ModelCache(inputs, rnn_cache, feats) if train else None
         return logits, new_state, cache
 
     def _classify_features(self, state):
         """The top layer's final hidden state(s): the output at each sequence's last valid step."""
-        h = parts(state)[0]
+        h = state[0]
         if self.config.bidirectional:
             return self.xp.concatenate([h[-2], h[-1]], axis=-1)                    # (B, 2H)
         return h[-1]                                                              # (B, H)
@@ -161,29 +180,29 @@ class SequenceModel:
     # -- backward -----------------------------------------------------------------------------
     def backward(self, cache, dlogits, dstate=None):
         """Gradients for every parameter (``parameters()`` names) and the initial state."""
-        dfeats, grads_head = self.head.backward(cache["feats"], dlogits)
+        dfeats, grads_head = self.head.backward(cache.feats, dlogits)
         if self.config.task == "classify":
-            dy, dstate = None, self._classify_dstate(dfeats, dstate, cache["feats"].shape[0])
+            dy, dstate = None, self._classify_dstate(dfeats, dstate, cache.feats.shape[0])
         else:
             dy = dfeats
-        dx, dstate0, grads_rnn = self.rnn.backward(cache["rnn"], dy, dstate)
+        dx, dstate0, grads_rnn = self.rnn.backward_states(cache.rnn, dy, dstate)
         grads = {f"head.{k}": v for k, v in grads_head.items()}
         grads.update({f"rnn.{k}": v for k, v in grads_rnn.items()})
         if self.embedding is not None:
-            grads.update({f"embedding.{k}": v for k, v in self.embedding.backward(self.xp.asarray(cache["inputs"]), dx).items()})
+            grads.update({f"embedding.{k}": v for k, v in self.embedding.backward(self.xp.asarray(cache.inputs), dx).items()})
         return {k: grads[k] for k in self.parameters()}, dstate0
 
     def _classify_dstate(self, dfeats, dstate, batch):
         """Route the head's input gradient into the final state's top-layer slot(s)."""
         xp, H = self.xp, self.config.hidden_size
         base = self.init_state(batch) if dstate is None else dstate
-        d_parts = [xp.array(p, copy=True) for p in parts(base)]
+        d_parts = [xp.array(p, copy=True) for p in base]
         if self.config.bidirectional:
             d_parts[0][-2] += dfeats[:, :H]
             d_parts[0][-1] += dfeats[:, H:]
         else:
             d_parts[0][-1] += dfeats
-        return tuple(d_parts) if len(d_parts) > 1 else d_parts[0]
+        return tuple(d_parts)
 
 
 def int_or_none(v):

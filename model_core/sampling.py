@@ -6,7 +6,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from model_core.backend import to_numpy
-from model_core.state import parts
+from model_core.nn.losses import softmax
 
 
 def sample_next(logits, rng: np.random.Generator, temperature: float = 1.0, top_k: int | None = None,
@@ -28,9 +28,7 @@ def sample_next(logits, rng: np.random.Generator, temperature: float = 1.0, top_
         if top_k < z.shape[-1]:
             kth = np.partition(z, -top_k, axis=-1)[:, -top_k][:, None]
             z = np.where(z >= kth, z, -np.inf)
-    z -= z.max(axis=-1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=-1, keepdims=True)
+    p = softmax(z)                                                          # (B, V); -inf -> 0
     # inverse-CDF sampling, one uniform per row
     u = rng.random((z.shape[0], 1))
     return np.minimum((np.cumsum(p, axis=-1) < u).sum(axis=-1), z.shape[-1] - 1)
@@ -50,8 +48,7 @@ def complete(model, state, logits, n: int = 1, max_length: int = 32, temperature
         raise ValueError("n must be >= 1 and max_length >= 0")
     rng = rng or np.random.default_rng()
     xp, stop = model.xp, set(int(s) for s in stop_ids)
-    state = tuple(xp.repeat(p, n, axis=1) for p in parts(state))
-    state = state if len(state) > 1 else state[0]
+    state = tuple(xp.repeat(p, n, axis=1) for p in state)
     logits = xp.repeat(xp.asarray(logits).reshape(1, -1), n, axis=0)       # (n, V)
     out: list[list[int]] = [[] for _ in range(n)]
     live = np.ones(n, dtype=bool)

@@ -1,6 +1,6 @@
 """Recurrent state as a value: slice, stack and serialise per-session states.
 
-A state is ``h`` (RNN/GRU) or ``(h, c)`` (LSTM), each part shaped (L*D, B, H). Sessions hold
+A state is a tuple of arrays: ``(h,)`` (RNN/GRU) or ``(h, c)`` (LSTM), each part shaped (L*D, B, H). Sessions hold
 B=1 slices; the batcher stacks many of them along the batch axis and slices the result back.
 
 Binary form (little-endian), versioned so stored sessions survive upgrades:
@@ -34,35 +34,28 @@ class StateFormatError(ValueError):
     """Bytes that are not a valid serialised state."""
 
 
-def parts(state) -> tuple:
-    return tuple(state) if isinstance(state, tuple | list) else (state,)
+def batch_size(state: tuple) -> int:
+    return int(state[0].shape[1])
 
 
-def _pack(parts_, like):
-    return tuple(parts_) if isinstance(like, tuple | list) else parts_[0]
-
-
-def batch_size(state) -> int:
-    return int(parts(state)[0].shape[1])
-
-
-def slice_state(state, index):
+def slice_state(state: tuple, index) -> tuple:
     """Select sessions along the batch axis (an int keeps the axis, as a batch of one)."""
     if isinstance(index, int | np.integer):
         index = slice(int(index), int(index) + 1)
-    return _pack([p[:, index] for p in parts(state)], state)
+    return tuple(p[:, index] for p in state)
 
 
-def stack_states(states: list, xp=np):
+def stack_states(states: list[tuple], xp=np) -> tuple:
     """Concatenate per-session states along the batch axis."""
     if not states:
         raise ValueError("stack_states needs at least one state")
-    n = len(parts(states[0]))
-    return _pack([xp.concatenate([parts(s)[k] for s in states], axis=1) for k in range(n)], states[0])
+    return tuple(xp.concatenate(ps, axis=1) for ps in zip(*states, strict=True))
 
 
-def state_to_bytes(state) -> bytes:
-    host = [np.ascontiguousarray(to_numpy(p)) for p in parts(state)]
+def state_to_bytes(state: tuple) -> bytes:
+    if not isinstance(state, tuple):
+        raise TypeError(f"a state is a tuple of arrays, got {type(state).__name__}")
+    host = [np.ascontiguousarray(to_numpy(p)) for p in state]
     dtype = host[0].dtype
     if dtype not in _CODES:
         raise ValueError(f"state dtype must be float32 or float64, got {dtype}")
@@ -74,11 +67,9 @@ def state_to_bytes(state) -> bytes:
     return header + payload
 
 
-def state_from_bytes(data: bytes, as_tuple: bool | None = None):
-    """Parse bytes written by ``state_to_bytes``; raises ``StateFormatError`` naming the problem.
-
-    Returns a NumPy array (one part) or a tuple (two parts), unless ``as_tuple`` forces it.
-    """
+def state_from_bytes(data: bytes) -> tuple:
+    """Parse bytes written by ``state_to_bytes`` into a tuple of NumPy arrays; raises
+    ``StateFormatError`` naming the problem."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise StateFormatError("state must be bytes")
     data = bytes(data)
@@ -103,7 +94,4 @@ def state_from_bytes(data: bytes, as_tuple: bool | None = None):
     arrays = np.frombuffer(payload, dtype=dtype).reshape((n, *shape)).astype(dtype.newbyteorder("="))
     if not np.isfinite(arrays).all():      # a valid checksum over NaN would poison every later step
         raise StateFormatError("state holds NaN or infinite values")
-    out = tuple(arrays[k].copy() for k in range(n))
-    if as_tuple is None:
-        as_tuple = n > 1
-    return out if as_tuple else out[0]
+    return tuple(arrays[k].copy() for k in range(n))

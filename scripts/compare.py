@@ -36,10 +36,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from model_core import CheckpointError, DeviceError
+from model_core.config import CELLS
 from scripts import train as train_cli
 from scripts.plots import plot_curves
 
-CELLS = ("rnn", "lstm", "gru")
 
 # Hyperparameters found by a seeded sweep (see the module docstring for what they give).
 PRESETS = {

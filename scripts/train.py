@@ -19,6 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from model_core import CheckpointError, DeviceError
+from model_core.config import CELLS
 from model_core.data.temporal_order import Difficulty
 from model_core.training import CHECKPOINT_NAME, TASKS, TrainConfig, train
 from scripts.cli_types import positive_float, positive_int
@@ -35,7 +36,7 @@ def difficulty(s: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=sorted(TASKS), required=True)
-    p.add_argument("--cell", choices=["rnn", "lstm", "gru"], default="lstm")
+    p.add_argument("--cell", choices=CELLS, default="lstm")
     p.add_argument("--hidden-size", type=positive_int, default=32)
     p.add_argument("--num-layers", type=positive_int, default=1)
     p.add_argument("--embedding-dim", type=positive_int, default=64, help="char-LM embedding size")

@@ -56,11 +56,10 @@ def run_states(model, seq: str, layer: int):
     x = x.transpose(1, 0, 2)                                             # (T, 1, 8)
     state, hs, cs = None, [], []
     for t in range(x.shape[0]):
-        _, state = model.rnn.step(x[t], state)                           # state parts (L, 1, H)
-        parts = state if isinstance(state, tuple) else (state,)
-        hs.append(to_numpy(parts[0][layer, 0]))                          # (H,)
-        if len(parts) > 1:
-            cs.append(to_numpy(parts[1][layer, 0]))
+        _, state = model.rnn.step_states(x[t], state)                    # (h,) or (h, c), each (L, 1, H)
+        hs.append(to_numpy(state[0][layer, 0]))                         # (H,)
+        if len(state) > 1:
+            cs.append(to_numpy(state[1][layer, 0]))
     logits, _ = model.forward(x.argmax(-1))                              # ids (T, 1) -> (1, C)
     probs = np.exp(to_numpy(logits[0]) - to_numpy(logits[0]).max())
     h = np.stack(hs, axis=1)                                             # (H, T)

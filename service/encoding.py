@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from model_core.config import ModelConfig
+from model_core.inputs import features_problem, token_ids_problem
 from service.errors import InvalidInput
 from service.request_limits import check_steps
 
@@ -42,12 +43,13 @@ def encode_sequence(config: ModelConfig, item, max_len: int, where: str = "input
     elif config.uses_tokens:
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in item):
             raise InvalidInput(f"{where}: this model takes text or token ids (integers), not feature vectors")
-        # range-checked as Python ints first: an id past int64 would overflow inside NumPy
-        bad = next((v for v in item if not 0 <= v < config.input_size), None)
-        if bad is not None:
-            shown = bad if abs(bad) < 10**30 else f"{str(bad)[:12]}... ({len(str(bad))} digits)"
-            raise InvalidInput(f"{where}: token id {shown} is outside [0, {config.input_size})")
-        arr = np.asarray(item, dtype=np.int64)
+        try:
+            arr = np.asarray(item, dtype=np.int64)
+        except OverflowError:                            # an id past int64: out of range whatever the vocabulary
+            raise InvalidInput(f"{where}: token ids must lie in [0, {config.input_size}), got one past int64") from None
+        problem = token_ids_problem(config, arr)
+        if problem:
+            raise InvalidInput(f"{where}: {problem}")
     else:
         if not all(isinstance(v, list) and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
                    for v in item):
@@ -57,9 +59,10 @@ def encode_sequence(config: ModelConfig, item, max_len: int, where: str = "input
         try:
             arr = np.asarray(item, dtype=np.float64).reshape(len(item), config.input_size)
         except OverflowError:                            # an integer too large for a float64
-            arr = np.array([np.inf])
-        if not np.isfinite(arr).all():
-            raise InvalidInput(f"{where}: features must be finite numbers")
+            arr = np.full((1, config.input_size), np.inf)
+        problem = features_problem(config, arr)
+        if problem:
+            raise InvalidInput(f"{where}: {problem}")
     if arr.shape[0] == 0:
         raise InvalidInput(f"{where}: a sequence needs at least one step")
     check_steps(arr.shape[0], max_len, where)

@@ -17,7 +17,7 @@ from service.api.routes import admin, health, inference, kserve, models, reposit
 from service.auth import APIKeyMiddleware
 from service.errors import install_error_handlers
 from service.grpc_api import server as grpc_server
-from service.limits import BodySizeLimit
+from service.body_limits import BodySizeLimit
 from service.logs import RequestLogMiddleware
 from service.metrics import Metrics, MetricsMiddleware
 from service.openinference.infer import V2Inference
@@ -25,7 +25,7 @@ from service.openinference.statistics import InferenceStatistics
 from service.registry import ModelRegistry
 from service.sessions.manager import SessionManager
 from service.sessions.store import MemorySessionStore
-from service.stateless import StatelessBatchers
+from service.batcher_registry import BatcherRegistry
 from service.settings import Settings, get_settings
 
 
@@ -53,10 +53,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             store = MemorySessionStore(ttl=settings.session_ttl_seconds, max_sessions=settings.max_sessions,
                                        on_event=metrics.on_session_event)
         metrics.active_sessions.set_function(store.count)
-        app.state.sessions = SessionManager(registry, store, settings, on_batch=metrics.on_batch,
+        # one registry of batchers, (model, version, kind): sessions' steps and stateless requests
+        app.state.batchers = BatcherRegistry(settings, registry, on_batch=metrics.on_batch)
+        app.state.sessions = SessionManager(registry, store, settings, batchers=app.state.batchers,
                                             on_steps=metrics.steps.inc)
-        app.state.stateless = StatelessBatchers(settings, on_batch=metrics.on_batch)
-        app.state.v2 = V2Inference(registry, app.state.sessions, app.state.stateless, settings, InferenceStatistics())
+        app.state.v2 = V2Inference(registry, app.state.sessions, app.state.batchers, settings, InferenceStatistics())
         # gRPC on its own port, in this event loop, over the same registry, sessions, batchers and statistics
         app.state.grpc = await grpc_server.start(settings, registry, app.state.sessions, app.state.v2)
         log.info("ready", extra={"models": [e.name for e in registry.entries() if e.status == "ready"],
@@ -66,8 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await grpc_server.stop(app.state.grpc, settings.shutdown_timeout_seconds)   # uvicorn has drained HTTP
         log.info("shutting down: draining batchers")
-        await app.state.sessions.close()
-        await app.state.stateless.close()
+        await app.state.sessions.close()                # closes the shared batchers, then the store
         log.info("stopped")
 
     app = FastAPI(title="rnn-serve", version=__version__, lifespan=lifespan,

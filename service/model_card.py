@@ -22,7 +22,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from model_core.onnx.binding import GraphBinding, StateBinding
+from model_core.config import Cell, OutputKind, Task
+from model_core.onnx.graph_binding import GraphBinding, StateBinding
 
 CARD = "model-card.json"
 MAX_CARD_BYTES = 16 * 1024 * 1024
@@ -50,7 +51,7 @@ class SequenceInput(_Strict):
 
 class OutputBinding(_Strict):
     name: str = Field(min_length=1, description="the graph output with the head's scores")
-    kind: Literal["logits", "binary", "regression"] = Field(
+    kind: OutputKind = Field(
         "logits", description="logits: one class per step (softmax); binary: independent sigmoids; regression: raw")
     activation: Literal["none", "softmax", "log_softmax", "sigmoid"] = Field(
         "none", description="what the graph already applied: softmax means the output is probabilities")
@@ -66,10 +67,10 @@ class StateSpec(_Strict):
 
 
 class ModelCard(_Strict):
-    task: Literal["classify", "seq2seq", "lm"]
+    task: Task
     encoding: Annotated[VocabEncoding | FeatureEncoding, Field(discriminator="kind")]
     labels: list[str] | None = Field(None, description="class or output names; lm models use the vocabulary")
-    cell: Literal["lstm", "gru", "rnn"] | None = Field(None, description="only when the graph has no LSTM/GRU/RNN op")
+    cell: Cell | None = Field(None, description="only when the graph has no LSTM/GRU/RNN op")
     input: SequenceInput
     lengths: str | None = Field(None, description="an int input of valid steps per sequence, if the graph has one")
     output: OutputBinding

@@ -25,9 +25,9 @@ import numpy as np
 import model_core
 from model_core.backend import resolve_device
 from model_core.config import ModelConfig
-from model_core.model import SequenceModel
 from model_core.onnx.errors import OnnxLoadError
-from model_core.onnx.served_model import OnnxSequenceModel
+from model_core.onnx.sequence_model import OnnxSequenceModel
+from model_core.served import ServedModel
 from service.errors import NotFound, Unavailable
 from service.model_card import CARD, read_card
 from service.model_versions import VersionPolicy, read_folder_config, version_folders
@@ -46,7 +46,7 @@ class ModelEntry:
     number: int = 1                     # the version number (Triton's version folder; 1 when flat)
     status: str = "loading"             # loading | ready | failed
     error: str | None = None
-    model: SequenceModel | OnnxSequenceModel | None = None
+    model: ServedModel | None = None
     loaded_at: float = field(default_factory=time.time)
     format: str = FORMATS[CHECKPOINT]
 
@@ -70,8 +70,7 @@ class ModelEntry:
             "device": self.model.device, "dtype": self.model.dtype.name, "parameters": self.model.num_parameters(),
             "metadata": c.metadata,
         })
-        if isinstance(self.model, OnnxSequenceModel):
-            out.update(self.model.describe())             # opset, graph inputs / outputs, the card's bindings
+        out.update(self.model.describe())                 # an ONNX graph's opset, inputs / outputs and card
         return out
 
 
@@ -128,7 +127,7 @@ def _load_onnx(folder: Path, card: Path, device: str) -> OnnxSequenceModel:
         raise ValueError(f"{where}: {exc}") from None
 
 
-def _warm_up(model) -> None:
+def _warm_up(model: ServedModel) -> None:
     """Two tiny steps before the model is ready, so compiled kernels (Numba's cache, CuPy's
     kernels) load now rather than on the first user's keystroke."""
     c = model.config
@@ -159,6 +158,21 @@ class ModelRegistry:
         self._retired: dict[str, dict[str, ModelEntry]] = {}      # replaced entries by hash, oldest first
         self._unloaded: set[str] = set()
         self._lock = threading.Lock()
+        self._release_listeners: list = []
+
+    def on_release(self, listener) -> None:
+        """Call ``listener()`` (from any thread) after a call that may have dropped model versions."""
+        self._release_listeners.append(listener)
+
+    def _released(self) -> None:
+        for listener in self._release_listeners:
+            listener()
+
+    def loaded_versions(self) -> set[tuple[str, str]]:
+        """(name, version hash) of every entry still held: served, or retired and kept for sessions."""
+        with self._lock:
+            served = {(e.name, e.version) for es in self._served.values() for e in es.values() if e.status == "ready"}
+            return served | {(name, v) for name, kept in self._retired.items() for v in kept}
 
     def load_all(self) -> None:
         if not self.model_dir.is_dir():
@@ -227,6 +241,7 @@ class ModelRegistry:
             ready = [e for e in served.values() if e.status == "ready"]
             self._models[name] = ready[-1] if ready else served[numbers[-1]]
             self._unloaded.discard(name)
+        self._released()
         return tried[numbers[-1]]
 
     def _retire(self, entry: ModelEntry) -> None:
@@ -245,6 +260,7 @@ class ModelRegistry:
             self._retired.pop(name, None)
             self._unloaded.add(name)
         log.info("unloaded model %s", name)
+        self._released()
 
     def reload(self, name: str | None = None) -> list[ModelEntry]:
         """Reload one model, or rescan the repository (new models appear; current ones reload)."""
@@ -259,6 +275,7 @@ class ModelRegistry:
                 self._served.pop(gone, None)
                 self._retired.pop(gone, None)
                 log.info("model %s dropped: its folder is gone", gone)
+        self._released()
         return [self.load(n) for n in present]
 
     def version(self, name: str, version: str) -> ModelEntry:

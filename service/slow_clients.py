@@ -3,7 +3,7 @@
 uvicorn's keep-alive timer is cancelled by any byte received, so a client trickling its headers
 one byte at a time (slowloris) would hold its connection forever. This protocol arms a timer when
 a connection opens and again after each response, and closes the connection if the next request's
-head is not complete by then. Bodies have their own deadline (``service.limits.BodySizeLimit``).
+head is not complete by then. Bodies have their own deadline (``service.body_limits.BodySizeLimit``).
 """
 from __future__ import annotations
 

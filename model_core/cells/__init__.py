@@ -8,16 +8,41 @@ CuPy. ``native_lstm`` and ``native_gru`` run the whole time loop in the compiled
 """
 from __future__ import annotations
 
-from types import ModuleType, SimpleNamespace
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 
 from model_core import jit, native
 from model_core.cells import gru_cell, lstm_cell, rnn_cell
 
-__all__ = ["gru_cell", "lstm_cell", "rnn_cell", "select", "uses_jit", "uses_native"]
+__all__ = ["CellSteps", "gru_cell", "lstm_cell", "rnn_cell", "select", "uses_jit", "uses_native"]
 
 _REFERENCE = {"lstm": lstm_cell, "gru": gru_cell, "rnn": rnn_cell}
+
+
+@dataclass(frozen=True)
+class CellSteps:
+    """The cell a layer runs, as ``select`` chose it (the names are the cell modules' own).
+
+    GATES, STATE_SIZE: 4 and 2 for the LSTM, 3 and 1 for the GRU, 1 and 1 for the RNN.
+    gate_constants, cache_shapes, fold_bias, step_forward, step_backward: the cell module's functions.
+    fused:  a compiled path was chosen (the native kernels, or Numba's gate kernels).
+    native: the native kernels, which also run whole sequences (``sequence_forward`` /
+            ``sequence_backward``, None otherwise).
+    """
+    GATES: int
+    STATE_SIZE: int
+    gate_constants: Callable
+    cache_shapes: Callable
+    fold_bias: Callable
+    step_forward: Callable
+    step_backward: Callable
+    fused: bool
+    native: bool
+    sequence_forward: Callable | None
+    sequence_backward: Callable | None
 
 
 def uses_jit(xp, dtype) -> bool:
@@ -49,12 +74,9 @@ def _fused(kind: str) -> ModuleType:
 
 
 def select(kind: str, xp, dtype, nonlinearity: str = "tanh", reference: bool = False,
-           allow_native: bool = True) -> SimpleNamespace:
+           allow_native: bool = True) -> CellSteps:
     """The cell a layer runs: ``kind`` is "lstm", "gru" or "rnn" (with ``nonlinearity``).
 
-    Returns a namespace with GATES, STATE_SIZE, gate_constants, cache_shapes, fold_bias,
-    step_forward, step_backward, ``fused`` (a compiled path was chosen) and ``native`` (the native
-    kernels, which also bring sequence_forward / sequence_backward for whole sequences).
     ``reference=True`` forces the NumPy/CuPy step and ``allow_native=False`` skips the native kernels
     (tests compare the paths).
     """
@@ -67,8 +89,8 @@ def select(kind: str, xp, dtype, nonlinearity: str = "tanh", reference: bool = F
         step_forward, step_backward = mod.make(nonlinearity)
     else:
         step_forward, step_backward = mod.step_forward, mod.step_backward
-    return SimpleNamespace(GATES=mod.GATES, STATE_SIZE=mod.STATE_SIZE, gate_constants=mod.gate_constants,
-                           cache_shapes=mod.cache_shapes, fold_bias=mod.fold_bias,
-                           step_forward=step_forward, step_backward=step_backward, fused=fused,
-                           native=use_native, sequence_forward=getattr(mod, "sequence_forward", None),
-                           sequence_backward=getattr(mod, "sequence_backward", None))
+    return CellSteps(GATES=mod.GATES, STATE_SIZE=mod.STATE_SIZE, gate_constants=mod.gate_constants,
+                     cache_shapes=mod.cache_shapes, fold_bias=mod.fold_bias,
+                     step_forward=step_forward, step_backward=step_backward, fused=fused,
+                     native=use_native, sequence_forward=getattr(mod, "sequence_forward", None),
+                     sequence_backward=getattr(mod, "sequence_backward", None))

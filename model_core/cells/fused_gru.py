@@ -12,7 +12,7 @@ import numpy as np
 from model_core.cells.gru_cell import GATES, STATE_SIZE, cache_shapes, fold_bias
 from model_core.cells.matmul import product, recurrent_product
 from model_core.jit import njit
-from model_core.jit.activations import sigmoid_f32, tanh_f32
+from model_core.jit.numba_activations import sigmoid_f32, tanh_f32
 
 __all__ = ["GATES", "STATE_SIZE", "cache_shapes", "fold_bias", "gate_constants", "step_backward", "step_forward"]
 

@@ -14,7 +14,7 @@ import numpy as np
 from model_core.cells.lstm_cell import GATES, STATE_SIZE, cache_shapes, fold_bias, gate_constants
 from model_core.cells.matmul import product, recurrent_product
 from model_core.jit import njit
-from model_core.jit.activations import sigmoid_f32, tanh_f32
+from model_core.jit.numba_activations import sigmoid_f32, tanh_f32
 
 _ONE = np.float32(1.0)   # a float64 literal would promote the whole expression to float64
 

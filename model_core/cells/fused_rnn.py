@@ -11,7 +11,7 @@ import numpy as np
 from model_core.cells.rnn_cell import GATES, STATE_SIZE, cache_shapes, fold_bias, gate_constants
 from model_core.cells.matmul import product, recurrent_product
 from model_core.jit import njit
-from model_core.jit.activations import tanh_f32
+from model_core.jit.numba_activations import tanh_f32
 
 __all__ = ["GATES", "STATE_SIZE", "cache_shapes", "fold_bias", "gate_constants", "make"]
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from model_core.backend import get_xp
 
-__all__ = ["log_softmax", "softmax", "cross_entropy", "bce_with_logits", "mse"]
+__all__ = ["log_softmax", "softmax", "sigmoid", "activate", "cross_entropy", "bce_with_logits", "mse"]
 
 
 def _xp(a):
@@ -31,6 +31,23 @@ def softmax(x, axis: int = -1):
     xp = _xp(x)
     e = xp.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + _xp(x).exp(-x))
+
+
+def activate(logits, output: str):
+    """The head's scores read as ``ModelConfig.output`` says, the inverse link of its loss below:
+    ``logits`` -> softmax probabilities (cross_entropy), ``binary`` -> sigmoid probabilities
+    (bce_with_logits), ``regression`` -> the values themselves (mse)."""
+    if output == "logits":
+        return softmax(logits)
+    if output == "binary":
+        return sigmoid(logits)
+    if output == "regression":
+        return logits
+    raise ValueError(f"unknown output kind {output!r}")
 
 
 def _weights(xp, mask, shape, dtype):

@@ -1,7 +1,7 @@
 """LSTM, ``torch.nn.LSTM``-compatible (gates i, f, g, o; state ``(h, c)``)."""
 from __future__ import annotations
 
-from model_core.nn.recurrent import RecurrentBase
+from model_core.nn.recurrent_base import RecurrentBase
 
 
 class LSTM(RecurrentBase):

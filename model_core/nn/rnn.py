@@ -1,7 +1,7 @@
 """Elman RNN, ``torch.nn.RNN``-compatible."""
 from __future__ import annotations
 
-from model_core.nn.recurrent import RecurrentBase
+from model_core.nn.recurrent_base import RecurrentBase
 
 
 class RNN(RecurrentBase):

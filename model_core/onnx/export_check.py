@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from model_core.backend import to_numpy
+from model_core.nn.losses import activate
 from model_core.onnx.exporter import input_name, output_names, state_names
-from model_core.state import parts
 
 
 def random_feeds(model, time: int, batch: int, rng: np.random.Generator, ragged: bool = True) -> dict[str, np.ndarray]:
@@ -24,7 +24,7 @@ def random_feeds(model, time: int, batch: int, rng: np.random.Generator, ragged:
         if batch > 2:
             lens[-1] = 0                                       # an empty sequence keeps its state
     feeds = {input_name(c): data, "sequence_lens": lens}
-    for (name, _), zero in zip(state_names(c), parts(model.init_state(batch))):
+    for (name, _), zero in zip(state_names(c), model.init_state(batch)):
         feeds[name] = (0.5 * rng.standard_normal(zero.shape)).astype(np.float32)        # (L*D, B, H)
     return feeds
 
@@ -32,17 +32,13 @@ def random_feeds(model, time: int, batch: int, rng: np.random.Generator, ragged:
 def engine_outputs(model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """What our engine answers for ``feeds``, under the graph's output names."""
     c = model.config
-    states = [feeds[name] for name, _ in state_names(c)]
-    state = tuple(states) if len(states) > 1 else states[0]
+    state = tuple(feeds[name] for name, _ in state_names(c))
     logits, new_state = model.forward(feeds[input_name(c)], state, lengths=feeds["sequence_lens"])
     logits = to_numpy(logits)
     out = {"logits": logits}
-    if c.output == "logits":
-        z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        out["probabilities"] = z / z.sum(axis=-1, keepdims=True)
-    elif c.output == "binary":
-        out["probabilities"] = 1.0 / (1.0 + np.exp(-logits))
-    for (_, name), s in zip(state_names(c), parts(new_state)):
+    if c.output != "regression":                               # the graph's probabilities output
+        out["probabilities"] = activate(logits, c.output)
+    for (_, name), s in zip(state_names(c), new_state):
         out[name] = to_numpy(s)
     return out
 

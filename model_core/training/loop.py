@@ -152,7 +152,7 @@ def train(cfg: TrainConfig, out_dir=None, resume=None, on_step: Callable | None 
         for i, batch in enumerate(task.batches(epoch)):
             if i >= n_batches:
                 break
-            res = task.train_step(model, batch, carry, rng)
+            res = task.train_batch(model, batch, carry, rng)
             if cfg.clip:
                 clip_grad_norm_(res.grads, cfg.clip)
             optimizer.step(res.grads)

@@ -1,7 +1,7 @@
 """The three training tasks: what the model is, what a batch is, and how to score it.
 
 Each task exposes ``config(args)``, ``batches(epoch)`` (deterministic by seed and epoch, so a
-resumed run sees the same data), ``train_step(model, batch, carry, rng)`` and ``evaluate(model)``.
+resumed run sees the same data), ``train_batch(model, batch, carry, rng)`` and ``evaluate(model)``.
 Recurrent state that crosses batches (echo streams, char-LM streams) is passed as ``carry`` and
 returned, detached from the graph: truncated BPTT.
 """
@@ -15,7 +15,9 @@ from model_core.nn import losses
 
 
 @dataclass
-class StepResult:
+class BatchResult:
+    """One optimiser update on one batch: its mean loss, the correct count out of count, the
+    gradients, and the state carried into the next batch (None when nothing crosses batches)."""
     loss: float
     correct: float
     count: int
@@ -51,14 +53,14 @@ class TemporalOrderTask:
         """One-hot (B, T, 8) -> symbol ids (T, B); padded steps become id 0 and are masked by lengths."""
         return x.argmax(-1).T
 
-    def train_step(self, model, batch, carry, rng):
+    def train_batch(self, model, batch, carry, rng):
         x, lengths, y = batch
         xp = model.xp
         logits, _, cache = model.forward_train(self._ids(x), lengths=lengths, rng=rng)
         loss, dlogits = losses.cross_entropy(logits, xp.asarray(y))
         grads, _ = model.backward(cache, dlogits)
         correct = float((logits.argmax(-1) == xp.asarray(y)).sum())
-        return StepResult(loss, correct, len(y), grads, None)
+        return BatchResult(loss, correct, len(y), grads, None)
 
     def evaluate(self, model, max_batches=None):
         """Over the validation set, or its first ``max_batches`` batches of 32."""
@@ -93,7 +95,7 @@ class EchoTask:
     def num_batches(self):
         return len(self.data)
 
-    def train_step(self, model, batch, carry, rng):
+    def train_batch(self, model, batch, carry, rng):
         x, y, first = batch
         xp = model.xp
         state = None if first else carry
@@ -102,7 +104,7 @@ class EchoTask:
         loss, dlogits = losses.bce_with_logits(logits, yd)
         grads, _ = model.backward(cache, dlogits)                          # truncated: no gradient into carry
         correct = float(((logits > 0) == (yd > 0.5)).sum())
-        return StepResult(loss, correct, int(y.size), grads, state)
+        return BatchResult(loss, correct, int(y.size), grads, state)
 
     def evaluate(self, model, max_batches=None):
         """Over the validation streams, chunk by chunk with the state carried, or their first ``max_batches`` chunks."""
@@ -145,7 +147,7 @@ class CharLMTask:
     def num_batches(self):
         return len(self.data)
 
-    def train_step(self, model, batch, carry, rng):
+    def train_batch(self, model, batch, carry, rng):
         x, y = batch
         xp = model.xp
         logits, state, cache = model.forward_train(x, carry, rng=rng)       # (T, B, V)
@@ -153,7 +155,7 @@ class CharLMTask:
         loss, dlogits = losses.cross_entropy(logits, yd)
         grads, _ = model.backward(cache, dlogits)
         correct = float((logits.argmax(-1) == yd).sum())
-        return StepResult(loss, correct, int(y.size), grads, state)
+        return BatchResult(loss, correct, int(y.size), grads, state)
 
     def evaluate(self, model, max_batches=None, batch_streams=16):
         """Bits per char over the validation text, read as ``batch_streams`` parallel streams

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from service.errors import Overloaded, ServiceError
-from service.inference import labels_of
+from service.outputs import labels_of
 from service.request_limits import check_response
 from service.openinference.datatypes import TensorError
 from service.openinference.statistics import InferenceStatistics
@@ -31,10 +31,10 @@ def v2_error(exc: ServiceError) -> ServiceError:
 
 
 class V2Inference:
-    """Implements ``types.InferenceBackend`` over the app's registry, sessions and stateless batchers."""
+    """Implements ``types.InferenceBackend`` over the app's registry, sessions and batchers (``service.batcher_registry``)."""
 
-    def __init__(self, registry, sessions, stateless, settings, stats: InferenceStatistics | None = None):
-        self.registry, self.sessions, self.stateless, self.settings = registry, sessions, stateless, settings
+    def __init__(self, registry, sessions, batchers, settings, stats: InferenceStatistics | None = None):
+        self.registry, self.sessions, self.batchers, self.settings = registry, sessions, batchers, settings
         self.stats = stats or InferenceStatistics()
 
     async def infer(self, request: InferRequest) -> InferResponse:
@@ -86,8 +86,8 @@ class V2Inference:
     async def _stateless(self, entry, seqs, lengths, queueing) -> np.ndarray:
         """Through the same batcher as v1: (B, C) for classifiers, (B, T, C) zero-padded otherwise."""
         if entry.config.task == "classify":
-            return await self.stateless.run(entry, "classify", seqs, **queueing)
-        per_seq = await self.stateless.run(entry, "predict", seqs, **queueing)
+            return await self.batchers.run(entry, "classify", seqs, **queueing)
+        per_seq = await self.batchers.run(entry, "predict", seqs, **queueing)
         out = np.zeros((len(seqs), int(lengths.max()), entry.config.output_size), dtype=np.float32)
         for b, lg in enumerate(per_seq):
             out[b, : len(lg)] = lg

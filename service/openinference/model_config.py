@@ -18,7 +18,6 @@ batcher), see ``for_protobuf``.
 """
 from __future__ import annotations
 
-from model_core.state import parts
 from service.openinference.tensors import input_spec, output_spec, platform
 from service.sessions.batcher import DEFAULT_PRIORITY, PRIORITY_LEVELS
 from service.settings import Settings
@@ -43,7 +42,7 @@ def _tensor(t: dict) -> dict:
 
 def _states(entry) -> list[dict]:
     model = entry.model
-    shapes = [(p.shape, str(p.dtype)) for p in parts(model.init_state(1))]          # (L*D, 1, H) each
+    shapes = [(p.shape, str(p.dtype)) for p in model.init_state(1)]          # (L*D, 1, H) each
     names = ["STATE_H", "STATE_C"] if len(shapes) == 2 else ["STATE"]
     return [{"input_name": f"{n}_IN", "output_name": f"{n}_OUT", "data_type": _NUMPY_TYPES.get(dtype, "TYPE_FP32"),
              "dims": [shape[0], shape[2]]} for n, (shape, dtype) in zip(names, shapes)]

@@ -20,6 +20,8 @@ import json
 import numpy as np
 
 from model_core.config import ModelConfig
+from model_core.inputs import features_problem, token_ids_problem
+from model_core.nn.losses import activate
 from service.encoding import encode_text
 from service.errors import ServiceError
 from service.request_limits import INT64_MAX, JSON_BYTES_PER_VALUE, check_batch, check_steps
@@ -108,8 +110,9 @@ def _ids(c: ModelConfig, t: InferInput) -> np.ndarray:
                           f"not {t.datatype}")
     if x.ndim != 2:
         raise TensorError(f"input 'INPUT_IDS' must have shape [B, T], got {list(x.shape)}")
-    if x.size and (x.min() < 0 or x.max() >= c.input_size):
-        raise TensorError(f"input 'INPUT_IDS': values must lie in [0, {c.input_size})")
+    problem = token_ids_problem(c, x)
+    if problem:
+        raise TensorError(f"input 'INPUT_IDS': {problem}")
     return x.astype(np.int64)
 
 
@@ -119,11 +122,10 @@ def _features(c: ModelConfig, t: InferInput) -> np.ndarray:
         raise TensorError(f"input 'INPUT' takes numbers (FP32, FP64, an integer type or BOOL), not {t.datatype}")
     if x.ndim != 3 or x.shape[2] != c.input_size:
         raise TensorError(f"input 'INPUT' must have shape [B, T, {c.input_size}], got {list(x.shape)}")
-    with np.errstate(over="ignore"):
-        x = x.astype(np.float32)
-    if not np.isfinite(x).all():
-        raise TensorError("input 'INPUT' must hold finite numbers within FP32's range")
-    return x
+    problem = features_problem(c, x)
+    if problem:
+        raise TensorError(f"input 'INPUT': {problem}")
+    return x.astype(np.float32)
 
 
 def _lengths(t: InferInput, B: int, T: int) -> np.ndarray:
@@ -223,17 +225,6 @@ def response_bytes(c: ModelConfig, lengths: np.ndarray, requested: list[Requeste
     return total
 
 
-def activate(c: ModelConfig, logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    if c.output == "binary":
-        return 1.0 / (1.0 + np.exp(-z))
-    if c.output == "regression":
-        return z
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def classification(values: np.ndarray, k: int, labels: list[str] | None) -> np.ndarray:
     """Triton's classification extension: the top ``k`` of the last axis as ``"score:index:label"``."""
     order = np.argsort(-values, axis=-1, kind="stable")[..., :k]
@@ -249,7 +240,7 @@ def classification(values: np.ndarray, k: int, labels: list[str] | None) -> np.n
 def build_outputs(c: ModelConfig, logits: np.ndarray, requested: list[RequestedOutput] | None,
                   labels: list[str] | None = None) -> list[InferOutput]:
     """logits: (B, C) for classifiers, (B, T, C) otherwise (padded steps already zero-filled)."""
-    probs = activate(c, logits).astype(np.float32)
+    probs = activate(logits.astype(np.float64), c.output).astype(np.float32)
     arrays = {"PROBABILITIES": probs, "LOGITS": logits.astype(np.float32)}
     if c.task == "classify":
         arrays["CLASS"] = probs.argmax(-1).astype(np.int64)

@@ -14,13 +14,13 @@ from dataclasses import replace
 import numpy as np
 
 from model_core.sampling import complete as sample_completions
-from model_core.state import StateFormatError, parts, state_from_bytes, state_to_bytes
+from model_core.state import StateFormatError, state_from_bytes, state_to_bytes
 from service.encoding import encode_sequence, stop_ids
 from service import request_limits as limits
 from service.errors import InvalidInput, PayloadTooLarge, ServiceError
-from service.inference import step_outputs
+from service.outputs import completion_results, timestep_results
 from service.registry import ModelEntry, ModelRegistry
-from service.sessions.batcher import DynamicBatcher
+from service.batcher_registry import BatcherRegistry
 from service.sessions.stepper import load_state, logits_from_bytes, logits_to_bytes
 from service.sessions.store import Session, SessionStore, StepMismatch
 from service.settings import Settings
@@ -28,25 +28,15 @@ from service.settings import Settings
 
 class SessionManager:
     def __init__(self, registry: ModelRegistry, store: SessionStore, settings: Settings, on_batch=None,
-                 on_steps=None):
+                 on_steps=None, batchers: BatcherRegistry | None = None):
         self.registry, self.store, self.settings = registry, store, settings
         self._on_steps = on_steps or (lambda n: None)
-        self._batchers: dict[str, DynamicBatcher] = {}
-        self._on_batch = on_batch
+        self.batchers = batchers or BatcherRegistry(settings, registry, on_batch)
 
     def _entry(self, session: Session) -> ModelEntry:
         """The model version the session started on: a reload never changes a live session's model."""
         self.registry.get(session.model)
         return self.registry.version(session.model, session.model_version)
-
-    def batcher(self, entry: ModelEntry) -> DynamicBatcher:
-        key = f"{entry.name}@{entry.version}"
-        b = self._batchers.get(key)
-        if b is None:
-            b = self._batchers[key] = DynamicBatcher.for_sessions(
-                entry.model, max_batch=self.settings.max_batch_size, max_delay=self.settings.max_queue_delay_ms / 1000,
-                enabled=self.settings.batching, on_batch=self._on_batch, max_pending=self.settings.max_pending_requests)
-        return b
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def create(self, model: str, session_id: str | None = None, version: str | None = None) -> Session:
@@ -60,7 +50,7 @@ class SessionManager:
         """The top layer's state after the session's last step, as lists (``c`` for LSTMs, else None)."""
         if session.state is None:
             return {"h": None, "c": None}
-        state = [np.asarray(p) for p in parts(state_from_bytes(session.state))]       # each (L*D, 1, H)
+        state = state_from_bytes(session.state)       # each (L*D, 1, H)
         top = [p[-1, 0].astype(np.float64).round(4).tolist() for p in state]
         return {"h": top[0], "c": top[1] if len(top) > 1 else None}
 
@@ -77,7 +67,7 @@ class SessionManager:
         """
         limits.check_top_k(top_k, self.settings)
         session, logits = await self.step_logits(session_id, item, expect_at=expect_at, top_k=top_k)
-        return session, step_outputs(self._entry(session).model, logits, top_k)
+        return session, timestep_results(self._entry(session).model.config, logits, top_k)
 
     async def step_logits(self, session_id: str, item, expect_at: int | None = None, top_k: int | None = None,
                           **queueing) -> tuple[Session, np.ndarray]:
@@ -102,7 +92,7 @@ class SessionManager:
             if session.steps + len(arr) > self.settings.max_steps_per_session:
                 raise PayloadTooLarge(f"session would pass its limit of {self.settings.max_steps_per_session} steps; "
                                       "reset it or start a new one")
-            logits, state = await self.batcher(entry).submit((session.state, arr), **queueing)
+            logits, state = await self.batchers.run(entry, "session", (session.state, arr), **queueing)
             new = session.advanced(state, logits_to_bytes(logits[-1]), len(arr))
             if digest is not None:
                 new = replace(new, reply_at=expect_at, reply_digest=digest, reply_logits=logits_to_bytes(logits))
@@ -160,9 +150,7 @@ class SessionManager:
                                       top_k=top_k, greedy=greedy, stop_ids=ids, rng=np.random.default_rng(seed))
 
         outs = await asyncio.get_running_loop().run_in_executor(None, run)
-        vocab = model.config.vocab
-        return [{"text": "".join(vocab[i] for i in o), "tokens": len(o),
-                 "finish_reason": "stop" if o and o[-1] in ids else "length"} for o in outs]
+        return completion_results(model.config, outs, ids)
 
     # -- state export / import ----------------------------------------------------------------
     async def export_state(self, session_id: str) -> bytes:
@@ -186,8 +174,7 @@ class SessionManager:
             return await self.store.put(new, expected_revision=s.revision)
 
     async def close(self) -> None:
-        for b in self._batchers.values():
-            await b.close(self.settings.shutdown_timeout_seconds)
+        await self.batchers.close()
         await self.store.close()
 
 

@@ -12,7 +12,7 @@ import weakref
 import numpy as np
 
 from model_core.backend import to_numpy
-from model_core.state import parts, slice_state, stack_states, state_from_bytes, state_to_bytes
+from model_core.state import slice_state, stack_states, state_from_bytes, state_to_bytes
 from service.encoding import pad_batch
 
 
@@ -23,7 +23,7 @@ def _state_spec(model) -> tuple:
     """((shape, dtype), ...) of a B=1 state: worked out once per model, not on every step."""
     spec = _specs.get(model)
     if spec is None:
-        spec = _specs[model] = tuple((p.shape, p.dtype) for p in parts(model.init_state(1)))
+        spec = _specs[model] = tuple((p.shape, p.dtype) for p in model.init_state(1))
     return spec
 
 
@@ -36,12 +36,12 @@ def load_state(model, blob: bytes | None):
     if blob is None:
         return model.init_state(1)
     spec = _state_spec(model)
-    state = state_from_bytes(blob, as_tuple=len(spec) > 1)
-    for p, (shape, dtype) in zip(parts(state), spec, strict=True):
+    state = state_from_bytes(blob)
+    for p, (shape, dtype) in zip(state, spec, strict=True):
         if p.shape != shape or p.dtype != dtype:
             raise ValueError(f"state has shape {p.shape} {p.dtype}, this model needs {shape} {dtype}")
     xp = model.xp
-    return tuple(xp.asarray(p) for p in state) if isinstance(state, tuple) else xp.asarray(state)
+    return tuple(xp.asarray(p) for p in state)
 
 
 def advance(model, states: list[bytes | None], inputs: list[np.ndarray]):

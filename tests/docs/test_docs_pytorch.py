@@ -194,7 +194,7 @@ def _assert_served_equals_torch(torch, ns: dict, port: int) -> None:
 def test_the_new_exporter_variant(torch, tmp_path, monkeypatch):
     """The ``dynamo=True`` block, where onnxscript is installed: its graph serves with the page's card."""
     pytest.importorskip("onnxscript")
-    from model_core.onnx.served_model import OnnxSequenceModel
+    from model_core.onnx.sequence_model import OnnxSequenceModel
 
     monkeypatch.chdir(tmp_path)
     ns = {"__name__": "docs_pytorch"}

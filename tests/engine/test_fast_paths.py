@@ -23,7 +23,7 @@ from model_core import jit, native
 from model_core.cells import select, uses_jit, uses_native
 from model_core.cells.matmul import SMALL_MNK, recurrent_product
 from model_core.nn import GRU, LSTM, RNN
-from model_core.nn.recurrent_loop import c_layout
+from model_core.nn.bptt import c_layout
 from model_core.optim.sgd import SGD
 
 CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
@@ -219,7 +219,7 @@ def test_fused_thread_safety(path):
 # -- the activation ----------------------------------------------------------------------------------
 @needs_jit
 def test_rational_tanh_accuracy():
-    from model_core.jit.activations import tanh_into
+    from model_core.jit.numba_activations import tanh_into
 
     x = np.concatenate([np.linspace(-20, 20, 400_001), np.logspace(-30, 1.5, 2000),
                         -np.logspace(-30, 1.5, 2000)]).astype(np.float32)
@@ -234,7 +234,7 @@ def test_rational_tanh_accuracy():
 
 @needs_jit
 def test_rational_tanh_special_values():
-    from model_core.jit.activations import tanh_into
+    from model_core.jit.numba_activations import tanh_into
 
     x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], np.float32)
     out = np.empty_like(x)

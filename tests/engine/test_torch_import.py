@@ -122,10 +122,10 @@ def test_forward_and_chunked_state_match_torch(case):
     else:
         np.testing.assert_allclose(np.concatenate([first, second]), time_major(net, want), **TOL)
     assert_state(state, want_state)
-    # and a state from torch is accepted as it is: torch's (L*D, B, H) is ours too
+    # and a state from torch carries over: torch's (L*D, B, H) is ours too, as a tuple of its parts
     with torch.no_grad():
         half = net(torch_x[:, :3] if net.batch_first else torch_x[:3])[1]
-    torch_state = tuple(s.numpy() for s in half) if isinstance(half, tuple) else half.numpy()
+    torch_state = tuple(s.numpy() for s in half) if isinstance(half, tuple) else (half.numpy(),)
     np.testing.assert_allclose(model.forward(ours_x[3:], torch_state)[0], second, **TOL)
 
 

@@ -2,7 +2,7 @@
 ``ModelConfig`` the service reads (sizes from the graph's recurrent ops and state tensors).
 
 Everything that can be checked before running is checked here, and every problem names the card
-field to fix (``BindingError``). ``served_model`` then runs one probe through the graph.
+field to fix (``BindingError``). ``sequence_model`` then runs one probe through the graph.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 from onnx import ModelProto
 
 from model_core.config import ModelConfig
-from model_core.onnx.binding import BindingError, GraphBinding
+from model_core.onnx.graph_binding import BindingError, GraphBinding
 from model_core.onnx.dtypes import NUMPY_DTYPES
 
 RECURRENT_OPS = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}
@@ -38,7 +38,7 @@ class StateLayout:
 
 
 @dataclass(frozen=True)
-class ServedGraph:
+class ResolvedGraph:
     """What running the graph needs, resolved once at load time."""
     binding: GraphBinding
     config: ModelConfig
@@ -53,7 +53,7 @@ class ServedGraph:
     outputs: tuple[Tensor, ...]
 
 
-def resolve(model: ModelProto, binding: GraphBinding, opset: int) -> ServedGraph:
+def resolve(model: ModelProto, binding: GraphBinding, opset: int) -> ResolvedGraph:
     """Check ``binding`` against ``model``'s graph."""
     b, graph = binding, model.graph
     initializers = {t.name for t in graph.initializer}
@@ -111,7 +111,7 @@ def resolve(model: ModelProto, binding: GraphBinding, opset: int) -> ServedGraph
     config = b.config or _derive_config(model, b, states[0].size, width if isinstance(width, int) else None)
     if isinstance(width, int) and width != config.output_size:
         raise BindingError("output.name", f"{b.output!r} has {width} classes, the card implies {config.output_size}")
-    return ServedGraph(b, config, x.dtype, lengths_dtype, states, max_batch, time == 1, opset,
+    return ResolvedGraph(b, config, x.dtype, lengths_dtype, states, max_batch, time == 1, opset,
                        _count_parameters(model), tuple(inputs.values()), tuple(outputs.values()))
 
 

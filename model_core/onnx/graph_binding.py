@@ -13,14 +13,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from model_core.config import ModelConfig
+from model_core.config import CELLS, OUTPUT_KINDS, TASKS, ModelConfig
 
-TASKS = ("classify", "seq2seq", "lm")
-OUTPUT_KINDS = ("logits", "binary", "regression")
 # what the graph already applied to the head's scores; the service wants raw scores back
 ACTIVATIONS = {"logits": ("none", "softmax", "log_softmax"), "binary": ("none", "sigmoid"), "regression": ("none",)}
 LAYOUTS = ("time_major", "batch_major")
-CELLS = ("lstm", "gru", "rnn")
 
 
 class BindingError(ValueError):

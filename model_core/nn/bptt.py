@@ -14,6 +14,8 @@ Weights arrive as the layer stores them: ``weight_hh`` (G*H, H) in Fortran order
 """
 from __future__ import annotations
 
+from typing import Any, TypedDict
+
 import numpy as np
 
 _TILE = 32  # source rows per block in ``c_layout``
@@ -39,69 +41,93 @@ def c_layout(xp, w):
     return out
 
 
-def forward_direction(xp, cell, consts, xproj, state0, weight_hh, bias_hh, masks, reverse, y_out, train):
-    """Run one direction over a sequence.
+class DirectionCache(TypedDict):
+    """What ``backward_direction`` needs from one direction's training forward (the native
+    kernels' ``sequence_forward`` returns the same)."""
+    steps: dict[str, Any]        # the cell's per-step arrays (``cell.cache_shapes``), each (T, *shape)
+    prev: list                   # prev[k][t]: state component k entering step t, (T, B, H)
+    reverse: bool
+
+
+def _emit(xp, out, cur, y_out, t, masks, copy_h: bool) -> None:
+    """After step ``t``: its output into ``y_out[t]``; past a sequence's end the output is zero and
+    the state passes through unchanged (packed-sequence semantics)."""
+    if masks is None:
+        if copy_h:
+            y_out[t] = out[0]
+        return
+    keep, keep_f = masks[0][t], masks[1][t]                      # (B, 1)
+    xp.multiply(out[0], keep_f, out=y_out[t])                    # zero output past the length
+    for k in range(len(out)):
+        xp.copyto(out[k], cur[k], where=~keep)                   # state passes through padding
+
+
+def forward_direction_infer(xp, cell, consts, xproj, state0, weight_hh, bias_hh, masks, reverse, y_out) -> tuple:
+    """Inference over one direction: every h_t into ``y_out``, and the final state returned.
 
     xproj: (T, B, G*H) input projection with biases folded in; state0: tuple of (B, H);
     weight_hh: (G*H, H); masks: None or (bool (T, B, 1), float (T, B, 1)); y_out: (T, B, H)
-    view that receives h_t. Returns (final_state, cache); cache is None unless ``train``.
+    view. Two ping-pong buffers carry the state; nothing per step is kept.
     """
     weight_hh_t = weight_hh.T                                    # (H, G*H), contiguous when stored F-order
     if cell.native and masks is None:                            # the whole loop in one compiled call
-        return cell.sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out, train)
+        return cell.sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out, False)[0]
     T, B, _ = xproj.shape
-    H = state0[0].shape[1]
-    dtype = xproj.dtype
-    n_state = len(state0)
-    shapes = cell.cache_shapes(B, H)
-    if train:
-        # Everything backward needs, preallocated once for the whole sequence.
-        step_cache = {k: xp.empty((T, *s), dtype=dtype) for k, s in shapes.items()}
-        prev = [xp.empty((T, B, H), dtype=dtype) for _ in range(n_state)]
-    else:
-        step_cache = {k: xp.empty((1, *s), dtype=dtype) for k, s in shapes.items()}
-        pingpong = [[xp.empty((B, H), dtype=dtype) for _ in range(n_state)] for _ in range(2)]
-        prev = None
+    H, dtype, n_state = state0[0].shape[1], xproj.dtype, len(state0)
+    # the native step keeps nothing for inference; the others want scratch buffers for their gates
+    scratch = None if cell.native else {k: xp.empty(s, dtype=dtype) for k, s in cell.cache_shapes(B, H).items()}
+    pingpong = [[xp.empty((B, H), dtype=dtype) for _ in range(n_state)] for _ in range(2)]
     final = [xp.empty((B, H), dtype=dtype) for _ in range(n_state)]
-    # Inference with full-length sequences writes h' straight into the output (when that slice is
-    # contiguous, as it is for one direction), saving a copy per step.
-    h_into_y = not train and masks is None and y_out[0:1].flags.c_contiguous
-
-    order = list(_time_order(T, reverse))
-    if train and T:
-        for k in range(n_state):
-            prev[k][order[0]] = state0[k]
-    cur = tuple(state0)  # never written to: the caller's arrays stay intact
-    names = tuple(step_cache)
-    for i, t in enumerate(order):
-        if i == T - 1:
-            out = final
-        elif train:
-            nxt = order[i + 1]
-            out = [p[nxt] for p in prev]                         # next step's "prev" slot, no copy
-        else:
-            out = pingpong[i % 2]
-            if h_into_y:
-                out = [y_out[t], *out[1:]]
-        cache_t = {k: step_cache[k][t if train else 0] for k in names}
-        cell.step_forward(xp, xproj[t], cur, weight_hh_t, bias_hh, consts, cache_t, out)
-        if masks is None:
-            if not h_into_y or i == T - 1:
-                y_out[t] = out[0]
-        else:
-            keep, keep_f = masks[0][t], masks[1][t]              # (B, 1)
-            xp.multiply(out[0], keep_f, out=y_out[t])            # zero output past the length
-            for k in range(n_state):
-                xp.copyto(out[k], cur[k], where=~keep)           # state passes through padding
+    # full-length sequences write h' straight into the output (when that slice is contiguous, as it
+    # is for one direction), saving a copy per step
+    h_into_y = masks is None and y_out[0:1].flags.c_contiguous
+    cur = tuple(state0)                                          # never written to: the caller's arrays stay intact
+    for i, t in enumerate(_time_order(T, reverse)):
+        last = i == T - 1
+        out = final if last else pingpong[i % 2]
+        if h_into_y and not last:
+            out = [y_out[t], *out[1:]]
+        cell.step_forward(xp, xproj[t], cur, weight_hh_t, bias_hh, consts, scratch, out)
+        _emit(xp, out, cur, y_out, t, masks, copy_h=not h_into_y or last)
         cur = tuple(out)
     if T == 0:
         for k in range(n_state):
             final[k][...] = state0[k]
-    cache = {"steps": step_cache, "prev": prev, "reverse": reverse} if train else None
-    return tuple(final), cache
+    return tuple(final)
 
 
-def backward_direction(xp, cell, consts, cache, weight_hh, dy, d_final, masks, separate_hidden_grad):
+def forward_direction_train(xp, cell, consts, xproj, state0, weight_hh, bias_hh, masks, reverse,
+                            y_out) -> tuple[tuple, DirectionCache]:
+    """Training forward over one direction (arguments as ``forward_direction_infer``).
+
+    Returns (final state, cache). Everything backward needs is preallocated once for the whole
+    sequence, and each step writes its new state straight into the next step's ``prev`` slot.
+    """
+    weight_hh_t = weight_hh.T                                    # (H, G*H)
+    if cell.native and masks is None:
+        return cell.sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out, True)
+    T, B, _ = xproj.shape
+    H, dtype, n_state = state0[0].shape[1], xproj.dtype, len(state0)
+    steps = {k: xp.empty((T, *s), dtype=dtype) for k, s in cell.cache_shapes(B, H).items()}
+    prev = [xp.empty((T, B, H), dtype=dtype) for _ in range(n_state)]
+    final = [xp.empty((B, H), dtype=dtype) for _ in range(n_state)]
+    order = list(_time_order(T, reverse))
+    if T:
+        for k in range(n_state):
+            prev[k][order[0]] = state0[k]
+    cur = tuple(state0)
+    for i, t in enumerate(order):
+        out = final if i == T - 1 else [p[order[i + 1]] for p in prev]   # next step's "prev" slot, no copy
+        cell.step_forward(xp, xproj[t], cur, weight_hh_t, bias_hh, consts, {k: v[t] for k, v in steps.items()}, out)
+        _emit(xp, out, cur, y_out, t, masks, copy_h=True)
+        cur = tuple(out)
+    if T == 0:
+        for k in range(n_state):
+            final[k][...] = state0[k]
+    return tuple(final), DirectionCache(steps=steps, prev=prev, reverse=reverse)
+
+
+def backward_direction(xp, cell, consts, cache: DirectionCache, weight_hh, dy, d_final, masks, separate_hidden_grad):
     """BPTT for one direction: a loop over steps in reverse processing order.
 
     dy: (T, B, H) gradient on this direction's outputs; d_final: tuple of (B, H) on the final state.

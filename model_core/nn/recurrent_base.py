@@ -6,14 +6,36 @@ Nothing per call is stored on the layer, so one instance serves many threads at 
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from model_core.backend import device_of
-from model_core.cells import select
+from model_core.cells import CellSteps, select
 from model_core.nn.module import Module, uniform_init
-from model_core.nn.recurrent_loop import backward_direction, forward_direction
+from model_core.nn.bptt import (
+    DirectionCache,
+    backward_direction,
+    forward_direction_infer,
+    forward_direction_train,
+)
+
+
+@dataclass(frozen=True)
+class LayerCache:
+    """One layer's training forward: its input (T, B, I_l), each direction's cache, and the
+    inverted-dropout mask applied to its output (None without dropout)."""
+    input: Any
+    dirs: list[DirectionCache]
+    drop: Any
+
+
+@dataclass(frozen=True)
+class StackCache:
+    """What ``backward_states`` consumes: every layer's cache and the padding masks (None: full length)."""
+    layers: list[LayerCache]
+    masks: tuple | None
 
 
 class RecurrentBase(Module):
@@ -31,7 +53,7 @@ class RecurrentBase(Module):
 
     mode = ""
     _kind = ""
-    _cell: SimpleNamespace
+    _cell: CellSteps
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
@@ -79,31 +101,46 @@ class RecurrentBase(Module):
                 f"dtype={self.dtype.name}")
 
     # -- state helpers ------------------------------------------------------------------------
+    # Inside the engine a state is always a tuple of arrays, (h,) or (h, c), each (L*D, B, H). The
+    # torch-compatible methods (``init_state``, ``forward``, ``forward_train``, ``backward``,
+    # ``step``) take and return torch's form, ``h`` or ``(h, c)``; the ``*_states`` methods are
+    # the engine's tuple form, which ``SequenceModel`` and the service use.
     @property
     def state_size(self) -> int:
         """1 for RNN/GRU (h), 2 for LSTM (h, c)."""
         return self._cell.STATE_SIZE
 
-    def init_state(self, batch: int):
-        """Zero state: ``h_0`` (L*D, B, H), or ``(h_0, c_0)`` for the LSTM."""
+    def init_states(self, batch: int) -> tuple:
+        """Zero state as a tuple: ``(h_0,)`` or ``(h_0, c_0)``, each (L*D, B, H)."""
         shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
-        parts = tuple(self.xp.zeros(shape, dtype=self.dtype) for _ in range(self.state_size))
-        return self._pack_state(parts)
+        return tuple(self.xp.zeros(shape, dtype=self.dtype) for _ in range(self.state_size))
 
-    def _pack_state(self, parts):
-        return parts if self.state_size > 1 else parts[0]
+    def init_state(self, batch: int):
+        """Zero state in torch's form: ``h_0`` (L*D, B, H), or ``(h_0, c_0)`` for the LSTM."""
+        return self._torch_form(self.init_states(batch))
 
-    def _unpack_state(self, state, batch: int, what: str = "state"):
+    def _torch_form(self, states: tuple):
+        return states if self.state_size > 1 else states[0]
+
+    def _tuple_form(self, state, what: str):
+        """torch's ``h`` or ``(h, c)`` -> the engine's tuple (None stays None)."""
         if state is None:
             return None
-        if self.state_size > 1 and not isinstance(state, tuple | list):
+        if self.state_size == 1:
+            return (state,)
+        if not isinstance(state, tuple | list):
             raise ValueError(f"{what} for {type(self).__name__} must be a tuple (h, c), got a single array")
-        parts = tuple(state) if self.state_size > 1 else (state,)
-        if self.state_size > 1 and len(parts) != self.state_size:
-            raise ValueError(f"{what} for {type(self).__name__} must be a tuple (h, c), got {len(parts)} arrays")
+        return tuple(state)
+
+    def _check_states(self, states, batch: int, what: str = "state"):
+        """A tuple state checked against the layer: None, or ``state_size`` arrays (L*D, B, H)."""
+        if states is None:
+            return None
+        if not isinstance(states, tuple) or len(states) != self.state_size:
+            raise ValueError(f"{what} for {type(self).__name__} must be a tuple of {self.state_size} array(s)")
         shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
         out = []
-        for p in parts:
+        for p in states:
             p = self._as_array(p, what)
             if p.shape != shape:
                 raise ValueError(f"{what} must have shape {shape} (num_layers*num_directions, batch, hidden_size), "
@@ -149,10 +186,15 @@ class RecurrentBase(Module):
         (L*D, B, H). With ``lengths`` the outputs past a sequence's end are zero and the final
         state is taken at its last valid step.
         """
-        y, state, _ = self._run(x, state, lengths, train=False, rng=None)
-        return y, state
+        y, states = self.forward_states(x, self._tuple_form(state, "state"), lengths)
+        return y, self._torch_form(states)
 
     __call__ = forward
+
+    def forward_states(self, x, states: tuple | None = None, lengths=None):
+        """``forward`` with the state as a tuple, in and out."""
+        y, states, _ = self._run(x, states, lengths, train=False, rng=None)
+        return y, states
 
     def forward_train(self, x, state=None, lengths=None, rng=None):
         """Like ``forward`` and also returns the ``cache`` for ``backward``.
@@ -160,10 +202,20 @@ class RecurrentBase(Module):
         ``rng`` (a NumPy ``Generator`` or CuPy ``RandomState``) draws the inter-layer dropout
         masks when ``dropout > 0``.
         """
-        return self._run(x, state, lengths, train=True, rng=rng)
+        y, states, cache = self.forward_train_states(x, self._tuple_form(state, "state"), lengths, rng)
+        return y, self._torch_form(states), cache
+
+    def forward_train_states(self, x, states: tuple | None = None, lengths=None, rng=None):
+        """``forward_train`` with the state as a tuple, in and out."""
+        return self._run(x, states, lengths, train=True, rng=rng)
 
     def step(self, x_t, state):
-        """One timestep for a batch of independent streams: x_t (B, I) -> (y_t (B, H), state).
+        """One timestep for a batch of independent streams: x_t (B, I) -> (y_t (B, H), state)."""
+        y_t, states = self.step_states(x_t, self._tuple_form(state, "state"))
+        return y_t, self._torch_form(states)
+
+    def step_states(self, x_t, states: tuple | None):
+        """``step`` with the state as a tuple, in and out.
 
         The same math as ``forward`` on a length-1 sequence, without its sequence machinery
         (time-major copies, per-sequence buffers, masks): a streaming session pays for every
@@ -178,9 +230,9 @@ class RecurrentBase(Module):
         if I != self.input_size:
             raise ValueError(f"input has {I} features, expected input_size={self.input_size}")
         xp, cell, H = self.xp, self._cell, self.hidden_size
-        state0 = self._unpack_state(state, B, "state")
+        state0 = self._check_states(states, B)
         if state0 is None:
-            state0 = tuple(xp.zeros((self.num_layers, B, H), dtype=self.dtype) for _ in range(self.state_size))
+            state0 = self.init_states(B)
         new = tuple(xp.empty_like(s) for s in state0)                           # (L, B, H) each
         shapes = cell.cache_shapes(B, H)
         inp = x_t
@@ -194,15 +246,15 @@ class RecurrentBase(Module):
             cell.step_forward(xp, xproj, tuple(s[layer] for s in state0), p["w_hh"].T, p["b_hh"],
                               self._consts, cache_t, tuple(n[layer] for n in new))
             inp = new[0][layer]
-        return inp.copy(), self._pack_state(new)
+        return inp.copy(), new
 
-    def _run(self, x, state, lengths, train, rng):
+    def _run(self, x, states, lengths, train, rng):
         xp, H, D, cell = self.xp, self.hidden_size, self.num_directions, self._cell
         x, masks = self._prepare(x, lengths)
         T, B, _ = x.shape
-        state0 = self._unpack_state(state, B, "state")
+        state0 = self._check_states(states, B)
         if state0 is None:
-            state0 = tuple(xp.zeros((self.num_layers * D, B, H), dtype=self.dtype) for _ in range(self.state_size))
+            state0 = self.init_states(B)
         finals = [xp.empty_like(s) for s in state0]
         dropout = self.dropout if train else 0.0
         if dropout and rng is None:
@@ -218,9 +270,9 @@ class RecurrentBase(Module):
                 if p["bias"] is not None:
                     xproj += p["bias"]
                 idx = layer * D + d
-                final, cache = forward_direction(
-                    xp, cell, self._consts, xproj, tuple(s[idx] for s in state0), p["w_hh"], p["b_hh"],
-                    masks, reverse=d == 1, y_out=y[:, :, d * H:(d + 1) * H], train=train)
+                args = (xp, cell, self._consts, xproj, tuple(s[idx] for s in state0), p["w_hh"], p["b_hh"],
+                        masks, d == 1, y[:, :, d * H:(d + 1) * H])
+                final, cache = forward_direction_train(*args) if train else (forward_direction_infer(*args), None)
                 for k, f in enumerate(final):
                     finals[k][idx] = f
                 dir_caches.append(cache)
@@ -229,11 +281,11 @@ class RecurrentBase(Module):
                 keep = rng.random(y.shape) >= dropout
                 drop_mask = xp.asarray(keep, dtype=self.dtype) / (1.0 - dropout)     # inverted dropout
                 y = y * drop_mask
-            layer_caches.append({"input": inp, "dirs": dir_caches, "drop": drop_mask})
+            layer_caches.append(LayerCache(inp, dir_caches, drop_mask))
             inp = y
         y = inp.transpose(1, 0, 2) if self.batch_first else inp
-        cache = {"layers": layer_caches, "masks": masks, "state0_given": state is not None} if train else None
-        return y, self._pack_state(tuple(finals)), cache
+        cache = StackCache(layer_caches, masks) if train else None
+        return y, tuple(finals), cache
 
     def _layer_params(self, layer: int, suffix: str) -> dict:
         P = self._params
@@ -244,15 +296,20 @@ class RecurrentBase(Module):
 
     # -- backward -----------------------------------------------------------------------------
     def backward(self, cache, dy, dstate=None):
-        """BPTT through the whole stack.
+        """BPTT through the whole stack; ``dstate`` and ``dstate0`` in torch's state form (see ``backward_states``)."""
+        dx, dstates0, grads = self.backward_states(cache, dy, self._tuple_form(dstate, "dstate"))
+        return dx, self._torch_form(dstates0), grads
+
+    def backward_states(self, cache, dy, dstates: tuple | None = None):
+        """BPTT through the whole stack, the state gradients as tuples.
 
         dy: gradient on ``y`` (same layout as ``y``; None for zeros); dstate: gradient on the
         final state (None for zeros), for truncated BPTT across chunks.
         Returns (dx in the layout of x, dstate0 in the layout of state, grads by parameter name).
         """
         xp, H, D, cell = self.xp, self.hidden_size, self.num_directions, self._cell
-        layers, masks = cache["layers"], cache["masks"]
-        T, B, _ = layers[0]["input"].shape
+        layers, masks = cache.layers, cache.masks
+        T, B, _ = layers[0].input.shape
         if dy is None:
             dy = xp.zeros((T, B, D * H), dtype=self.dtype)
         else:
@@ -261,30 +318,30 @@ class RecurrentBase(Module):
                 dy = dy.transpose(1, 0, 2)
             if dy.shape != (T, B, D * H):
                 raise ValueError(f"dy must match the output's shape {(T, B, D * H)} (time-major), got {tuple(dy.shape)}")
-        d_final = self._unpack_state(dstate, B, "dstate")
+        d_final = self._check_states(dstates, B, "dstate")
         if d_final is None:
-            d_final = tuple(xp.zeros((self.num_layers * D, B, H), dtype=self.dtype) for _ in range(self.state_size))
+            d_final = self.init_states(B)
         dstate0 = [xp.empty_like(s) for s in d_final]
         grads: dict[str, object] = {}
         separate = cell.GATES == 3  # only the GRU's hidden-side gradient differs from the input side
         for layer in reversed(range(self.num_layers)):
             lc = layers[layer]
-            if lc["drop"] is not None:
-                dy = dy * lc["drop"]
-            inp = lc["input"]
+            if lc.drop is not None:
+                dy = dy * lc.drop
+            inp = lc.input
             flat_in = inp.reshape(T * B, inp.shape[-1])
             dinp = xp.zeros(flat_in.shape, dtype=self.dtype)
             for d, suffix in enumerate(self._suffixes()):
                 p = self._layer_params(layer, suffix)
                 idx = layer * D + d
                 dgx, dgh, d0 = backward_direction(
-                    xp, cell, self._consts, lc["dirs"][d], p["w_hh"], dy[:, :, d * H:(d + 1) * H],
+                    xp, cell, self._consts, lc.dirs[d], p["w_hh"], dy[:, :, d * H:(d + 1) * H],
                     tuple(s[idx] for s in d_final), masks, separate)
                 for k, g in enumerate(d0):
                     dstate0[k][idx] = g
                 GH = self._cell.GATES * H
                 dgx2, dgh2 = dgx.reshape(T * B, GH), dgh.reshape(T * B, GH)
-                prev_h = lc["dirs"][d]["prev"][0].reshape(T * B, H)
+                prev_h = lc.dirs[d]["prev"][0].reshape(T * B, H)
                 # weight gradients: one product over all timesteps each, computed transposed so
                 # that they come out in the weights' own (Fortran) layout for the optimiser
                 grads[f"weight_ih_l{layer}{suffix}"] = (flat_in.T @ dgx2).T
@@ -297,7 +354,7 @@ class RecurrentBase(Module):
             dy = dinp.reshape(T, B, inp.shape[-1])
         dx = dy.transpose(1, 0, 2) if self.batch_first else dy
         grads = {k: grads[k] for k in self._params}                        # parameter order
-        return dx, self._pack_state(tuple(dstate0)), grads
+        return dx, tuple(dstate0), grads
 
     def to(self, device: str):
         clone = super().to(device)

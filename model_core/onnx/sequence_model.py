@@ -15,11 +15,11 @@ from __future__ import annotations
 import numpy as np
 
 from model_core.backend import to_numpy
-from model_core.onnx.binding import GraphBinding, binding_from_metadata
+from model_core.inputs import features_problem, token_ids_problem
+from model_core.onnx.graph_binding import GraphBinding, binding_from_metadata
 from model_core.onnx.loading import DEFAULT_MAX_BYTES, read_model
-from model_core.onnx.served_graph import ServedGraph, resolve
+from model_core.onnx.resolved_graph import ResolvedGraph, resolve
 from model_core.onnx.session import InferenceSession
-from model_core.state import parts
 
 PROBE_STEPS = 2
 
@@ -27,7 +27,7 @@ PROBE_STEPS = 2
 class OnnxSequenceModel:
     """A served ONNX graph; one instance serves many threads (nothing is stored per call)."""
 
-    def __init__(self, session: InferenceSession, graph: ServedGraph):
+    def __init__(self, session: InferenceSession, graph: ResolvedGraph):
         self.session, self.graph = session, graph
         self.config = graph.config
         self._binding = graph.binding
@@ -65,8 +65,7 @@ class OnnxSequenceModel:
         return self.graph.num_parameters
 
     def init_state(self, batch: int = 1):
-        zeros = [np.zeros((s.size[0], batch, s.size[1]), s.dtype) for s in self.graph.states]
-        return tuple(zeros) if len(zeros) > 1 else zeros[0]
+        return tuple(np.zeros((s.size[0], batch, s.size[1]), s.dtype) for s in self.graph.states)
 
     def forward(self, inputs, state=None, lengths=None):
         """Returns (logits, state): (B, C) for classify (each sequence's last step), else (T, B, C)."""
@@ -110,19 +109,20 @@ class OnnxSequenceModel:
         c = self.config
         x = np.asarray(to_numpy(inputs))
         if c.uses_tokens:
-            if x.ndim != 2 or not np.issubdtype(x.dtype, np.integer):
+            if x.ndim != 2:
                 raise ValueError(f"token inputs must be an integer array (T, B), got {x.dtype} {x.shape}")
-            if x.size and (int(x.min()) < 0 or int(x.max()) >= c.input_size):
-                raise ValueError(f"token ids must lie in [0, {c.input_size}), got min {int(x.min())} max {int(x.max())}")
-        elif x.ndim != 3 or x.shape[-1] != c.input_size:
-            raise ValueError(f"feature inputs must be (T, B, {c.input_size}), got {x.shape}")
+            problem = token_ids_problem(c, x)
+            if problem:
+                raise ValueError(problem)
+        elif x.ndim != 3 or features_problem(c, x, finite=False):
+            raise ValueError(f"feature inputs must be numbers (T, B, {c.input_size}), got {x.dtype} {x.shape}")
         T, B = x.shape[:2]
         x = x.astype(self.graph.input_dtype, copy=False)
         state = self.init_state(B) if state is None else state
         lens = np.full(B, T, dtype=np.int64) if lengths is None else np.asarray(to_numpy(lengths), dtype=np.int64)
         if lens.shape != (B,) or (B and (lens.min() < 1 or lens.max() > T)):
             raise ValueError(f"lengths must hold {B} values in [1, {T}], got {lens.tolist()}")
-        return x, [np.asarray(to_numpy(p)) for p in parts(state)], lens
+        return x, [np.asarray(to_numpy(p)) for p in state], lens
 
     def _per_step(self, x, states, lengths):
         """(T, B, C) outputs and the state at each sequence's last step."""
@@ -131,7 +131,7 @@ class OnnxSequenceModel:
         T, B = x.shape[:2]
         if self._binding.lengths or (lengths == T).all():
             out, new = self._run(x, states, lengths)
-            return out, self._pack(new)
+            return out, tuple(new)
         out = np.zeros((T, B, self.config.output_size), dtype=np.float32)
         new = [p.copy() for p in states]
         for length in np.unique(lengths):                     # padding never enters a recurrence
@@ -140,7 +140,7 @@ class OnnxSequenceModel:
             out[:length, cols] = o
             for p, q in zip(new, s):
                 p[:, cols] = q
-        return out, self._pack(new)
+        return out, tuple(new)
 
     def _last_step(self, x, states, lengths):
         """(B, C) from a last-step-only graph: one call per distinct length."""
@@ -153,7 +153,7 @@ class OnnxSequenceModel:
             out[cols] = o
             for p, q in zip(new, s):
                 p[:, cols] = q
-        return out, self._pack(new)
+        return out, tuple(new)
 
     def _stepwise(self, x, states, lengths):
         """Per-step outputs from a last-step or one-step graph: one call per step, carrying the state."""
@@ -168,7 +168,7 @@ class OnnxSequenceModel:
             out[t, cols] = o[0] if o.ndim == 3 else o
             for p, q in zip(states, s):
                 p[:, cols] = q
-        return out, self._pack(states)
+        return out, tuple(states)
 
     def _run(self, x, states, lengths):
         """One batch through the graph (split into single sequences when it fixes the batch at 1).
@@ -192,16 +192,13 @@ class OnnxSequenceModel:
         new = [np.ascontiguousarray(np.moveaxis(p, s.batch_axis, 1)) for s, p in zip(g.states, new)]
         return _as_logits(out, b.activation), new
 
-    def _pack(self, states):
-        return tuple(states) if len(states) > 1 else states[0]
-
     def _probe(self) -> None:
         """Run a zero input through the graph once, so a card that does not fit fails at load time."""
         T = 1 if self.graph.one_step else PROBE_STEPS
         B = 1 if self.graph.max_batch == 1 else 2
         shape = (T, B) if self.config.uses_tokens else (T, B, self.config.input_size)
         x = np.zeros(shape, dtype=self.graph.input_dtype)
-        states = [np.asarray(p) for p in parts(self.init_state(B))]
+        states = list(self.init_state(B))
         try:
             out, new = self._run(x[:1] if self.graph.one_step else x, states, np.full(B, T, np.int64))
         except Exception as exc:
