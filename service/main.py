@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                        on_event=metrics.on_session_event)
         metrics.active_sessions.set_function(store.count)
         app.state.sessions = SessionManager(registry, store, settings, on_batch=metrics.on_batch,
-                                            on_steps=metrics.steps.inc)
+                                            on_steps=metrics.on_steps)
         app.state.stateless = StatelessBatchers(settings, on_batch=metrics.on_batch)
         app.state.v2 = V2Inference(registry, app.state.sessions, app.state.stateless, settings, InferenceStatistics())
         # gRPC on its own port, in this event loop, over the same registry, sessions, batchers and statistics

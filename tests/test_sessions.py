@@ -2,22 +2,33 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+import deploy_fixtures
+from deploy_fixtures import needs_redis
 from service.main import create_app
 from service.registry import ModelRegistry
 from service.sessions.batcher import DynamicBatcher
 from service.sessions.manager import SessionManager
+from service.sessions.stepper import StepItem, advance
 from service.sessions.store import MemorySessionStore
 from service.settings import DEFAULT_MODEL_DIR, Settings
 
+redis_server = deploy_fixtures.redis_server                      # shared fixture
 
-@pytest.fixture(scope="module")
-def client():
-    with TestClient(create_app(Settings(max_steps_per_message=64, max_steps_per_session=100))) as c:
+
+@pytest.fixture(scope="module", params=["memory", pytest.param("redis", marks=needs_redis)])
+def client(request):
+    """The app on each session store: the memory store keeps arrays, only Redis serialises them."""
+    store = {}
+    if request.param == "redis":
+        store = {"session_store": "redis", "redis_url": request.getfixturevalue("redis_server").url,
+                 "redis_key_prefix": f"t-{uuid.uuid4().hex}:"}
+    with TestClient(create_app(Settings(max_steps_per_message=64, max_steps_per_session=100, **store))) as c:
         yield c
 
 
@@ -109,6 +120,18 @@ def test_state_export_import_migrates_a_session(client):
         assert resp.status_code == 422 and resp.json()["error"]["code"] == "invalid_input"
 
 
+def test_a_retried_step_is_answered_from_the_record_not_applied_twice(client):
+    sid = new(client)
+    body = {"input": "hello", "at": 0, "top_k": 3}
+    first = client.post(f"/v1/sessions/{sid}/step", json=body).json()
+    again = client.post(f"/v1/sessions/{sid}/step", json={**body, "top_k": 2}).json()      # a retry, smaller reply
+    assert first["steps"] == again["steps"] == 5
+    assert [o["top_k"][:2] for o in first["outputs"]] == [o["top_k"] for o in again["outputs"]]
+    r = client.post(f"/v1/sessions/{sid}/step", json={"input": "other", "at": 0})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "step_mismatch"
+    assert same(step(client, sid, " wor")["outputs"], step(client, new(client), "hello wor")["outputs"][-4:])
+
+
 @pytest.mark.parametrize("payload,status,code", [
     ({"model": "nope"}, 404, "not_found"),
     ({"model": "charlm", "x": 1}, 422, "invalid_request"),
@@ -154,9 +177,9 @@ def test_put_is_compare_and_set():
     async def run():
         store = MemorySessionStore()
         s = await store.create("m", "v")
-        await store.put(s.advanced(b"x", None, 1), expected_revision=0)
+        await store.put(s.advanced(np.zeros((1, 1, 2), np.float32), None, 1), expected_revision=0)
         with pytest.raises(Exception) as exc:
-            await store.put(s.advanced(b"y", None, 1), expected_revision=0)  # a stale writer loses
+            await store.put(s.advanced(np.ones((1, 1, 2), np.float32), None, 1), expected_revision=0)  # stale loses
         assert exc.value.status == 409
     asyncio.run(run())
 
@@ -203,13 +226,12 @@ def test_batcher_preserves_order_within_a_session():
 
     async def main():
         batcher = DynamicBatcher.for_sessions(model, max_batch=8, max_delay=0.005)
-        futures = [asyncio.ensure_future(batcher.submit((None, np.array([i % 5])))) for i in range(20)]
+        futures = [asyncio.ensure_future(batcher.submit(StepItem(None, np.array([i % 5]), None))) for i in range(20)]
         results = await asyncio.gather(*futures)
         await batcher.close()
         return results
 
     results = asyncio.run(main())
-    from service.sessions.stepper import advance
-    for i, (logits, _) in enumerate(results):                          # FIFO: request i got input i
-        ref, _ = advance(model, [None], [np.array([i % 5])])[0]
-        np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-5)   # float32: batch shape changes sums by an ulp; a wrong order is O(1)
+    for i, done in enumerate(results):                                 # FIFO: request i got input i
+        ref = advance(model, [StepItem(None, np.array([i % 5]), None)])[0].logits
+        np.testing.assert_allclose(done.logits, ref, rtol=1e-5, atol=1e-5)   # float32: batch shape changes sums by an ulp; a wrong order is O(1)

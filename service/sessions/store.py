@@ -1,8 +1,9 @@
 """Session store: each client's recurrent state between messages.
 
 ``SessionStore`` is the interface (the Redis store of the deployment issue implements it too);
-``MemorySessionStore`` is the default for one process. State is held as the engine's versioned
-bytes (``model_core.state``), so every store keeps exactly the same thing.
+``MemorySessionStore`` is the default for one process. A ``Session`` holds the engine's own arrays
+(the B=1 state and the last logits), so a keystroke never serialises anything in one process; only
+a store that leaves the process (Redis) turns them into ``model_core.state`` bytes and back.
 
 Expired (idle past the TTL) and evicted (least recently used, past ``max_sessions``) sessions are
 remembered for a while, so using one gives a clear error saying which, never a silently fresh state.
@@ -17,6 +18,8 @@ import weakref
 from collections import OrderedDict
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
+
+import numpy as np
 
 from service.errors import ServiceError
 
@@ -44,15 +47,18 @@ class StepMismatch(ServiceError):
     status, code = 409, "step_mismatch"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Session:
-    """A value: stores hand out copies and take back new versions (compare-and-set on ``revision``)."""
+    """A value: stores hand out copies and take back new versions (compare-and-set on ``revision``).
+
+    The arrays in it are never written to: a step makes new ones (slots keep 100,000 idle sessions small).
+    """
 
     id: str
     model: str
     model_version: str
-    state: bytes | None = None           # model_core.state bytes; None = the model's zero state
-    last_output: bytes | None = None     # the last step's logits (float32 bytes), for completions
+    state: object = None                 # the engine's B=1 state, each part (L*D, 1, H); None = zeros
+    last_output: np.ndarray | None = None    # the last step's logits (C,) float32, for completions
     steps: int = 0
     revision: int = 0
     created: float = field(default_factory=time.time)
@@ -62,17 +68,18 @@ class Session:
     # the last step taken with an idempotency ``at``, so its retry is answered, not applied twice:
     reply_at: int | None = None          # the step count that step started from
     reply_digest: bytes | None = None    # what it fed (a hash of the encoded input)
-    reply_logits: bytes | None = None    # its outputs (K, C) as float32 bytes
+    reply_logits: np.ndarray | None = None   # its outputs (K, C) float32
 
     @property
     def expires_at(self) -> float:
         return self.last_used + self.ttl
 
-    def advanced(self, state: bytes, last_output: bytes | None, steps: int) -> Session:
+    def advanced(self, state, last_output: np.ndarray | None, steps: int, **record) -> Session:
+        """The next revision after ``steps`` new steps (``record``: the ``reply_*`` fields of an ``at`` step)."""
         return replace(self, state=state, last_output=last_output, steps=self.steps + steps,
-                       revision=self.revision + 1, last_used=time.time())
+                       revision=self.revision + 1, last_used=time.time(), **record)
 
-    def recorded(self, at: int, digest: bytes) -> bytes | None:
+    def recorded(self, at: int, digest: bytes) -> np.ndarray | None:
         """The outputs of the step that started at ``at`` with this input, if it was the last one taken."""
         if self.reply_at == at and self.reply_digest == digest and self.reply_logits is not None:
             return self.reply_logits
