@@ -13,18 +13,21 @@ once with a 429, so overload sheds load instead of growing latency.
 
 The batch window costs one timer per batch, not one per request: the loop sleeps until the first
 request's ``max_delay`` has passed (or until ``max_batch`` are queued) and then takes what is there.
+A small CPU batch (``INLINE_STEPS``) runs on the event loop: the trip to the worker thread and back
+costs more CPU than its math.
 """
 from __future__ import annotations
 
 import asyncio
-import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-
 import functools
 import itertools
 import math
+import time
 import typing
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from service.errors import Overloaded, ServiceError, Unavailable
 from service.sessions.stepper import StepItem, Stepped, advance
@@ -55,8 +58,11 @@ class _Pending:
 
 class DynamicBatcher:
     def __init__(self, run, max_batch: int = 64, max_delay: float = 0.002, enabled: bool = True, on_batch=None,
-                 max_pending: int = 4096):
+                 max_pending: int = 4096, inline=None):
+        """``inline(items) -> bool``: run this batch on the event loop itself, because handing it to the
+        worker thread and back (two thread wake-ups, a self-pipe write) costs more than its math."""
         self.run, self.max_batch, self.max_delay, self.enabled = run, max_batch, max_delay, enabled
+        self.inline = inline or (lambda items: False)
         self.max_pending, self._pending = max_pending, 0
         self._queue: asyncio.PriorityQueue | None = None          # (level, arrival, _Pending)
         self._arrivals = itertools.count()
@@ -70,7 +76,7 @@ class DynamicBatcher:
     def for_sessions(cls, model, **kwargs) -> DynamicBatcher:
         """Items are ``StepItem``s; results are ``Stepped``s."""
         run: typing.Callable[[list[StepItem]], list[Stepped]] = functools.partial(advance, model)
-        return cls(run, **kwargs)
+        return cls(run, inline=_few_steps if model.xp is np else None, **kwargs)     # a GPU batch waits on its device
 
     async def submit(self, item, *, priority: int = DEFAULT_PRIORITY, deadline: float | None = None,
                      timing: dict | None = None):
@@ -144,8 +150,12 @@ class DynamicBatcher:
             if not batch:
                 continue
             _start(batch, started)
+            items = [p.item for p in batch]
             try:
-                results = await loop.run_in_executor(self._executor, self.run, [p.item for p in batch])
+                if self.inline(items):
+                    results = self.run(items)
+                else:
+                    results = await loop.run_in_executor(self._executor, self.run, items)
             except asyncio.CancelledError:             # close() timed out mid-batch: fail it, never hang
                 for p in batch:
                     if not p.future.done():
@@ -176,6 +186,13 @@ class DynamicBatcher:
                 if p is not _STOP and not p.future.done():
                     p.future.set_exception(Unavailable("the server shut down before this step ran; retry"))
         self._executor.shutdown(wait=False)
+
+
+INLINE_STEPS = 16         # a batch of at most this many steps costs less than a trip to the worker thread
+
+
+def _few_steps(items: list[StepItem]) -> bool:
+    return sum(len(it.inputs) for it in items) <= INLINE_STEPS
 
 
 def _settle(future: asyncio.Future) -> None:

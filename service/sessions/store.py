@@ -75,9 +75,13 @@ class Session:
         return self.last_used + self.ttl
 
     def advanced(self, state, last_output: np.ndarray | None, steps: int, **record) -> Session:
-        """The next revision after ``steps`` new steps (``record``: the ``reply_*`` fields of an ``at`` step)."""
-        return replace(self, state=state, last_output=last_output, steps=self.steps + steps,
-                       revision=self.revision + 1, last_used=time.time(), **record)
+        """The next revision after ``steps`` new steps (``record``: the ``reply_*`` fields of an ``at`` step).
+
+        Built directly, not with ``dataclasses.replace`` (a keystroke path: replace costs several µs)."""
+        return Session(self.id, self.model, self.model_version, state, last_output, self.steps + steps,
+                       self.revision + 1, self.created, time.time(), self.ttl, self.sequence_id,
+                       record.get("reply_at", self.reply_at), record.get("reply_digest", self.reply_digest),
+                       record.get("reply_logits", self.reply_logits))
 
     def recorded(self, at: int, digest: bytes) -> np.ndarray | None:
         """The outputs of the step that started at ``at`` with this input, if it was the last one taken."""
