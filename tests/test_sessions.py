@@ -235,3 +235,26 @@ def test_batcher_preserves_order_within_a_session():
     for i, done in enumerate(results):                                 # FIFO: request i got input i
         ref = advance(model, [StepItem(None, np.array([i % 5]), None)])[0].logits
         np.testing.assert_allclose(done.logits, ref, rtol=1e-5, atol=1e-5)   # float32: batch shape changes sums by an ulp; a wrong order is O(1)
+
+
+def test_a_non_finite_output_is_a_clear_error_never_bare_nan():
+    """The reply path checks finiteness once per batch: NaN never reaches the JSON, the client gets
+    ``non_finite_output`` and the step still counts (it was applied, as a retry with ``at`` would see)."""
+    registry = ModelRegistry(DEFAULT_MODEL_DIR)
+    registry.load("echo")
+    head = registry.get("echo").model.head                           # this registry's own copy of the model
+    head.parameters()["weight"][...] = np.inf       # in place: load_state_dict rightly refuses it
+    manager = SessionManager(registry, MemorySessionStore(), Settings())
+
+    async def main():
+        try:
+            sid = (await manager.create("echo")).id
+            with pytest.raises(Exception) as exc:
+                await manager.step(sid, [[1.0]], top_k=1)
+            session, logits = await manager.step_logits(sid, np.array([[1.0]]))       # raw logits: the caller's call
+            return exc.value, session, logits
+        finally:
+            await manager.close()
+    err, session, logits = asyncio.run(main())
+    assert err.status == 422 and err.code == "non_finite_output"
+    assert session.steps == 2 and not np.isfinite(logits).all()
