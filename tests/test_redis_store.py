@@ -17,25 +17,24 @@ from service.sessions.store import ConflictError, MemorySessionStore, SessionGon
 from service.settings import Settings
 
 redis_server, own_redis = deploy_fixtures.redis_server, deploy_fixtures.own_redis     # shared fixtures
-# an LSTM-like state: every value, -0.0, a subnormal and float32's extremes must come back bit for bit
-STATE = (np.array([[[0.5, -0.0, 1e-45, 3.4028235e38]], [[-1.0, 2.0, -3.0, 1e-3]]], np.float32),
-         np.arange(8, dtype=np.float32).reshape(2, 1, 4) / 7)
+# an LSTM-like packed state (P=2 parts of (L=2, B=1, H=4)): -0.0, a subnormal and float32's extremes
+# must come back bit for bit
+STATE = np.stack([np.array([[[0.5, -0.0, 1e-45, 3.4028235e38]], [[-1.0, 2.0, -3.0, 1e-3]]], np.float32),
+                  np.arange(8, dtype=np.float32).reshape(2, 1, 4) / 7])
 LOGITS = np.array([0.25, -1.0, 7.5], np.float32)
 
 
 def state(*values: float):
-    """A small one-part state (1, 1, n) holding ``values``: a step's stand-in for the tests."""
-    return np.array(values, np.float32).reshape(1, 1, -1)
+    """A small one-part packed state (1, 1, 1, n) holding ``values``: a step's stand-in for the tests."""
+    return np.array(values, np.float32).reshape(1, 1, 1, -1)
 
 
 def same_session(a, b) -> bool:
     """Field by field: sessions hold arrays, so a round trip through Redis is compared bit for bit."""
     for name in a.__slots__:
         x, y = getattr(a, name), getattr(b, name)
-        if isinstance(x, tuple | np.ndarray) or isinstance(y, tuple | np.ndarray):
-            xs, ys = (x if isinstance(x, tuple) else (x,)), (y if isinstance(y, tuple) else (y,))
-            assert len(xs) == len(ys) and all(p.dtype == q.dtype and p.tobytes() == q.tobytes() and p.shape == q.shape
-                                              for p, q in zip(xs, ys)), name
+        if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+            assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes(), name
         else:
             assert x == y, name
     return True
@@ -177,7 +176,7 @@ def test_two_replicas_serialise_steps_on_one_session(redis_server):
                     cur = await store.get(s.id)
                     await asyncio.sleep(0.002)                                # room for the other to interleave
                     before = cur.state if cur.state is not None else state()
-                    await store.put(cur.advanced(np.append(before, state(i), axis=2), None, 1), cur.revision)
+                    await store.put(cur.advanced(np.append(before, state(i), axis=3), None, 1), cur.revision)
 
             await asyncio.gather(*(step(a if i % 2 else b, i) for i in range(40)))
             final = await b.get(s.id)
@@ -236,7 +235,7 @@ def test_stored_compactly_with_ttl_in_redis(redis_server):
             await store.put(s.advanced(STATE, LOGITS, 2), 0)
             key = f"{store.prefix}s:{s.id}"
             h = await store.redis.hgetall(key)
-            assert h[b"state"] == state_to_bytes(STATE) and h[b"last_output"] == LOGITS.tobytes()  # little-endian f4
+            assert h[b"state"] == state_to_bytes(tuple(STATE)) and h[b"last_output"] == LOGITS.tobytes()  # little-endian f4
             assert h[b"revision"] == b"1"
             assert b"sequence_id" not in h                                     # None is absent, not a string
             assert 29_000 < await store.redis.pttl(key) <= 30_000              # Redis holds the idle TTL

@@ -177,9 +177,9 @@ def test_put_is_compare_and_set():
     async def run():
         store = MemorySessionStore()
         s = await store.create("m", "v")
-        await store.put(s.advanced(np.zeros((1, 1, 2), np.float32), None, 1), expected_revision=0)
+        await store.put(s.advanced(np.zeros((1, 1, 1, 2), np.float32), None, 1), expected_revision=0)
         with pytest.raises(Exception) as exc:
-            await store.put(s.advanced(np.ones((1, 1, 2), np.float32), None, 1), expected_revision=0)  # stale loses
+            await store.put(s.advanced(np.ones((1, 1, 1, 2), np.float32), None, 1), expected_revision=0)  # stale loses
         assert exc.value.status == 409
     asyncio.run(run())
 

@@ -15,14 +15,14 @@ import numpy as np
 
 from model_core.backend import to_numpy
 from model_core.sampling import complete as sample_completions
-from model_core.state import StateFormatError, parts, state_from_bytes, state_to_bytes
+from model_core.state import StateFormatError, state_from_bytes, state_to_bytes
 from service.encoding import encode_sequence, stop_ids
 from service import request_limits as limits
 from service.errors import InvalidInput, PayloadTooLarge, ServiceError
 from service.inference import step_outputs
 from service.registry import ModelEntry, ModelRegistry
 from service.sessions.batcher import DynamicBatcher
-from service.sessions.stepper import StepItem, Stepped, check_state
+from service.sessions.stepper import StepItem, Stepped, packed_from_host, unpacked
 from service.sessions.store import Session, SessionStore, StepMismatch
 from service.settings import Settings
 
@@ -71,7 +71,7 @@ class SessionManager:
         """The top layer's state after the session's last step, as lists (``c`` for LSTMs, else None)."""
         if session.state is None:
             return {"h": None, "c": None}
-        top = [to_numpy(p)[-1, 0].astype(np.float64).round(4) for p in parts(session.state)]  # each (H,)
+        top = [to_numpy(p)[-1, 0].astype(np.float64).round(4) for p in session.state]  # packed: each part (H,)
         if not all(np.isfinite(t).all() for t in top):
             raise NonFiniteOutput()
         return {"h": top[0].tolist(), "c": top[1].tolist() if len(top) > 1 else None}
@@ -124,7 +124,7 @@ class SessionManager:
             done = await self.batcher(entry).submit(StepItem(session.state, arr, None if raw else top_k), **queueing)
             record = {} if digest is None else {"reply_at": expect_at, "reply_digest": digest,
                                                 "reply_logits": done.logits}
-            new = session.advanced(done.state, done.logits[-1], len(arr), **record)
+            new = session.advanced(done.state, done.logits[-1].copy(), len(arr), **record)   # a row, not a view
             await self.store.put(new, expected_revision=session.revision)      # committed before the reply
         self._on_steps(session.model, len(arr))
         return new, done
@@ -176,7 +176,7 @@ class SessionManager:
         ids = stop_ids(model.config, stop)
 
         def run():
-            state = model.init_state(1) if session.state is None else session.state
+            state = model.init_state(1) if session.state is None else unpacked(model, model.xp.asarray(session.state))
             logits = model.xp.asarray(session.last_output)
             return sample_completions(model, state, logits, n=n, max_length=max_length, temperature=temperature,
                                       top_k=top_k, greedy=greedy, stop_ids=ids, rng=np.random.default_rng(seed))
@@ -191,15 +191,14 @@ class SessionManager:
         """The engine's versioned state bytes (zeros for a session with no steps yet)."""
         s = await self.store.touch(session_id)
         entry = self._entry(s)
-        return state_to_bytes(entry.model.init_state(1) if s.state is None else s.state)
+        return state_to_bytes(entry.model.init_state(1) if s.state is None else tuple(s.state))
 
     async def import_state(self, session_id: str, blob: bytes) -> Session:
         async with self.store.lock(session_id):
             s = await self.store.get(session_id)
             entry = self._entry(s)
             try:
-                state = state_from_bytes(blob)
-                check_state(entry.model, state)                            # shape and dtype for this model
+                state = packed_from_host(entry.model, state_from_bytes(blob, as_tuple=True))   # fits this model
             except (StateFormatError, ValueError) as exc:
                 raise InvalidInput(f"state not accepted: {exc}") from None
             new = replace(s, state=state, last_output=None, revision=s.revision + 1, last_used=time.time())

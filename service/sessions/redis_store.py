@@ -192,7 +192,7 @@ def _fields(s: Session) -> list:
     out = ["model", s.model, "model_version", s.model_version, "steps", s.steps, "revision", s.revision,
            "created", repr(s.created), "last_used", repr(s.last_used), "ttl", repr(s.ttl)]
     if s.state is not None:
-        out += ["state", state_to_bytes(s.state)]                  # versioned and checksummed
+        out += ["state", state_to_bytes(tuple(s.state))]           # the engine's parts, versioned and checksummed
     if s.last_output is not None:
         out += ["last_output", _f4(s.last_output)]
     if s.reply_logits is not None:
@@ -212,7 +212,7 @@ def _session(sid: str, h: dict[bytes, bytes]) -> Session:
     seq, reply_at, state, last, reply = (h.get(k) for k in (b"sequence_id", b"reply_at", b"state", b"last_output",
                                                             b"reply_logits"))
     try:
-        state = state_from_bytes(state) if state is not None else None
+        state = np.stack(state_from_bytes(state, as_tuple=True)) if state is not None else None     # packed
     except StateFormatError as exc:
         raise SessionStateUnknown(f"session {sid!r}: its stored state is unreadable ({exc}); start a new one") from None
     return Session(id=sid, model=h[b"model"].decode(), model_version=h[b"model_version"].decode(), state=state,

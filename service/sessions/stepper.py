@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from model_core.backend import to_numpy
-from model_core.state import parts, slice_state, stack_states
+from model_core.state import parts
 from service.encoding import pad_batch
 from service.inference import step_outputs
 
@@ -25,47 +25,65 @@ from service.inference import step_outputs
 class StepItem(NamedTuple):
     """One session's share of a batch."""
 
-    state: object                 # its B=1 state (None: zeros)
+    state: object                 # its packed B=1 state (see ``packed``), or None for zeros
     inputs: np.ndarray            # (K,) token ids or (K, I) features
     top_k: int | None             # format the outputs with this top_k; None: the caller wants raw logits
 
 
 class Stepped(NamedTuple):
     logits: np.ndarray            # (K, C) float32, the session's own copy
-    state: object                 # the new B=1 state, the session's own copy
+    state: object                 # the new packed B=1 state, the session's own copy
     finite: bool                  # every logit is finite (a reply may be sent as strict JSON)
     outputs: list | None          # one formatted output per step, when the item asked for top_k
 
 
 _zeros: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_packed_zeros: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _zero_state(model):
-    """The model's B=1 zero state, made once per model (never written to: stacking copies it)."""
+    """The model's B=1 zero state, made once per model (never written to)."""
     z = _zeros.get(model)
     if z is None:
         z = _zeros[model] = model.init_state(1)
     return z
 
 
-def check_state(model, state) -> None:
-    """Raise ValueError unless ``state`` (host arrays, e.g. an imported one) fits this model as B=1."""
+# A session keeps its state packed: the engine's B=1 parts (h, or h and c) stacked on a leading
+# axis, (P, L*D, 1, H), one array. That is ~200 bytes a session less than a tuple of arrays, a batch
+# is one concatenate along the batch axis whose parts are already contiguous, and the store never
+# needs to know the model's state form.
+def packed(state, xp=np):
+    """Engine state (B=1) -> the packed (P, L*D, 1, H) array."""
+    return xp.stack(parts(state))
+
+
+def unpacked(model, state):
+    """Packed (P, L*D, B, H) -> the state form the engine takes (a tuple for the LSTM, else the array)."""
+    ps = tuple(state)
+    return ps if isinstance(_zero_state(model), tuple) else ps[0]
+
+
+def packed_from_host(model, host_parts: tuple):
+    """Parts read from state bytes -> a packed state for this model; ValueError if they do not fit it."""
     want = parts(_zero_state(model))
-    got = parts(state)
-    if len(got) != len(want):
-        raise ValueError(f"state has {len(got)} part(s), this model needs {len(want)}")
-    for p, z in zip(got, want):
+    if len(host_parts) != len(want):
+        raise ValueError(f"state has {len(host_parts)} part(s), this model needs {len(want)}")
+    for p, z in zip(host_parts, want):
         if p.shape != z.shape or p.dtype != z.dtype:
             raise ValueError(f"state has shape {p.shape} {p.dtype}, this model needs {z.shape} {z.dtype}")
+    return np.stack(host_parts)
 
 
 def advance(model, items: list[StepItem]) -> list[Stepped]:
     """Run each session's new steps; one result per item, in order."""
-    zero = _zero_state(model)
+    xp = model.xp
+    zero = _zeros_packed(model)
     states = [zero if it.state is None else it.state for it in items]
-    if model.xp is not np:                  # an imported or Redis-loaded state arrives on the host
-        states = [_copy(s, model.xp.asarray) for s in states]
-    state = states[0] if len(states) == 1 else stack_states(states, xp=model.xp)
+    if xp is not np:                        # an imported or Redis-loaded state arrives on the host
+        states = [xp.asarray(s) for s in states]
+    batch = states[0] if len(states) == 1 else xp.concatenate(states, axis=2)   # (P, L*D, B, H)
+    state = unpacked(model, batch)
     lengths = [len(it.inputs) for it in items]
     if max(lengths) == 1:                                       # keystrokes: the engine's step path
         x = items[0].inputs if len(items) == 1 else np.concatenate([it.inputs for it in items])
@@ -77,16 +95,20 @@ def advance(model, items: list[StepItem]) -> list[Stepped]:
         logits = to_numpy(logits).astype(np.float32, copy=False)              # (K, B, C)
     finite = np.isfinite(logits).all(axis=(0, 2)).tolist()                    # (B,)
     outputs = _format(model, logits, lengths, [it.top_k for it in items], finite)
-    # copies: a session must not keep the whole batch's arrays alive while it idles
+    new = packed(new_state, xp)                                               # (P, L*D, B, H), a new array
     if len(items) == 1:
-        return [Stepped(logits[:, 0].copy(), new_state, finite[0], outputs[0])]
-    return [Stepped(logits[:k, b].copy(), _copy(slice_state(new_state, b), model.xp.copy), finite[b], outputs[b])
+        return [Stepped(logits[:, 0].copy(), new, finite[0], outputs[0])]
+    # copies: a session must not keep the whole batch's arrays alive while it idles
+    return [Stepped(logits[:k, b].copy(), new[:, :, b:b + 1].copy(), finite[b], outputs[b])
             for b, k in enumerate(lengths)]
 
 
-def _copy(state, how=np.copy):
-    copied = tuple(how(p) for p in parts(state))
-    return copied if isinstance(state, tuple | list) else copied[0]
+def _zeros_packed(model):
+    """The packed zero state, made once per model (never written to: a batch concatenates copies)."""
+    z = _packed_zeros.get(model)
+    if z is None:
+        z = _packed_zeros[model] = packed(_zero_state(model), model.xp)
+    return z
 
 
 def _format(model, logits: np.ndarray, lengths: list[int], top_ks: list[int | None], finite: list[bool]) -> list:

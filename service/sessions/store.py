@@ -57,7 +57,7 @@ class Session:
     id: str
     model: str
     model_version: str
-    state: object = None                 # the engine's B=1 state, each part (L*D, 1, H); None = zeros
+    state: np.ndarray | None = None      # the engine's B=1 state parts stacked: (P, L*D, 1, H); None = zeros
     last_output: np.ndarray | None = None    # the last step's logits (C,) float32, for completions
     steps: int = 0
     revision: int = 0
