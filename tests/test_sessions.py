@@ -184,6 +184,26 @@ def test_put_is_compare_and_set():
     asyncio.run(run())
 
 
+def test_step_locks_serialise_one_session_and_leave_nothing_behind():
+    async def run():
+        store, order = MemorySessionStore(), []
+
+        async def use(i):
+            async with store.lock("s"):
+                order.append(("in", i))
+                await asyncio.sleep(0.001)
+                order.append(("out", i))
+        waiter = asyncio.ensure_future(use(99))
+        await asyncio.sleep(0)
+        blocked = asyncio.ensure_future(use(100))
+        await asyncio.sleep(0)
+        blocked.cancel()                                              # gives up while waiting
+        await asyncio.gather(waiter, *(use(i) for i in range(5)), return_exceptions=True)
+        assert all(order[k][0] == "in" and order[k + 1] == ("out", order[k][1]) for k in range(0, len(order), 2))
+        assert len(order) == 12 and not store._step_locks                    # no entry outlives its users
+    asyncio.run(run())
+
+
 def run_sessions(batching: bool, texts: list[str], chunk: int):
     """Drive many sessions concurrently through the manager; returns each session's outputs."""
     registry = ModelRegistry(DEFAULT_MODEL_DIR)

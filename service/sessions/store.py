@@ -14,7 +14,6 @@ import asyncio
 import secrets
 import threading
 import time
-import weakref
 from collections import OrderedDict
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
@@ -132,7 +131,7 @@ class MemorySessionStore(SessionStore):
         self._sessions: OrderedDict[str, Session] = OrderedDict()   # least recently used first
         self._gone: OrderedDict[str, str] = OrderedDict()           # id -> "expired" | "evicted"
         self._lock = threading.Lock()           # count() is also read by the metrics exporter
-        self._step_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._step_locks: dict[str, _StepLock] = {}            # only while a step holds or waits for one
         self._on_event = on_event or (lambda event: None)
 
     def _forget(self, sid: str, reason: str) -> None:
@@ -204,11 +203,11 @@ class MemorySessionStore(SessionStore):
                 self._sessions.move_to_end(session_id)
             return s
 
-    def lock(self, session_id: str) -> asyncio.Lock:
+    def lock(self, session_id: str) -> _StepLock:
         """One process: an asyncio lock per session, dropped with its last user."""
         lock = self._step_locks.get(session_id)
         if lock is None:
-            lock = self._step_locks[session_id] = asyncio.Lock()
+            lock = self._step_locks[session_id] = _StepLock(self._step_locks, session_id)
         return lock
 
     def count(self) -> int:
@@ -223,3 +222,31 @@ class MemorySessionStore(SessionStore):
 
     async def close(self) -> None:
         pass
+
+
+class _StepLock:
+    """``async with``: one step of a session at a time. It leaves the store's table when its last
+    user is done (a counted entry, cheaper per keystroke than a weak-value table)."""
+
+    __slots__ = ("_lock", "_users", "_table", "_sid")
+
+    def __init__(self, table: dict, sid: str):
+        self._lock, self._users, self._table, self._sid = asyncio.Lock(), 0, table, sid
+
+    async def __aenter__(self) -> _StepLock:
+        self._users += 1
+        try:
+            await self._lock.acquire()
+        except BaseException:                  # cancelled while waiting: no longer a user
+            self._done()
+            raise
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._lock.release()
+        self._done()
+
+    def _done(self) -> None:
+        self._users -= 1
+        if self._users == 0 and self._table.get(self._sid) is self:
+            del self._table[self._sid]
