@@ -154,7 +154,8 @@ def run_stream(n_list, keystrokes, interval):
                          f"{pct(rtts, 99):.1f}", f"{pct(rtts, 100):.1f}", f"{cpu_us:.0f}", len(errors)])
             results[n] = {"p99": pct(rtts, 99), "cpu_us": cpu_us, "errors": len(errors)}
     print_table(f"Streaming: WebSocket sessions typing into charlm, one keystroke per message every {interval * 1000:.0f} ms",
-                ["sessions", "connect s", "keystrokes", "msg/s", "p50 ms", "p99 ms", "max ms", "server CPU µs/msg", "errors"], rows)
+                ["sessions", "connect s", "keystrokes", "msg/s", "p50 ms", "p99 ms", "max ms", "server CPU µs/msg", "errors"],
+                rows)
     return results
 
 

@@ -31,9 +31,10 @@ def test_metrics_cover_requests_sessions_batches_and_models():
     assert f'rnn_requests_total{{code="200",{cls},model="temporal-order"}} 1.0' in text
     assert f'rnn_requests_total{{code="404",{cls},model=""}} 1.0' in text           # unknown: never the client's name
     assert value(text, 'rnn_request_seconds_count{endpoint="/v1/models/{name}/classify"') == 2
-    assert value(text, 'rnn_request_seconds_count{endpoint="/v1/models/{name}/classify",method="POST",model="temporal-order"}') == 1
+    assert value(text, f'rnn_request_seconds_count{{{cls},model="temporal-order"}}') == 1
     assert value(text, "rnn_steps_total") == 8 and value(text, 'rnn_steps_total{model="charlm"}') == 8
-    assert value(text, "rnn_batch_size_count") == 3 and value(text, "rnn_batch_queue_delay_seconds_count") == 3  # 2 session steps + 1 classify
+    # 2 session steps + 1 classify
+    assert value(text, "rnn_batch_size_count") == 3 and value(text, "rnn_batch_queue_delay_seconds_count") == 3
     assert value(text, 'rnn_sessions_events_total{event="created"}') == 2
     assert value(text, "rnn_sessions_active") == 2
     assert 'rnn_ws_messages_total{model="charlm",outcome="ok",type="input"} 1.0' in text

@@ -254,7 +254,8 @@ def test_batcher_preserves_order_within_a_session():
     results = asyncio.run(main())
     for i, done in enumerate(results):                                 # FIFO: request i got input i
         ref = advance(model, [StepItem(None, np.array([i % 5]), None)])[0].logits
-        np.testing.assert_allclose(done.logits, ref, rtol=1e-5, atol=1e-5)   # float32: batch shape changes sums by an ulp; a wrong order is O(1)
+        # float32: the batch shape changes sums by an ulp; a wrong order is O(1)
+        np.testing.assert_allclose(done.logits, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_a_non_finite_output_is_a_clear_error_never_bare_nan():
