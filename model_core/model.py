@@ -173,9 +173,9 @@ class SequenceModel:
         """
         if self.config.bidirectional:
             raise ValueError("a bidirectional model cannot stream one step at a time")
-        inputs_t = self.xp.asarray(inputs_t)
-        logits, state = self.forward(inputs_t[None], state)
-        return (logits if self.config.task == "classify" else logits[0]), state
+        x_t = self.encode(self.xp.asarray(inputs_t)[None])[0]                    # (B, I')
+        y_t, state = self.rnn.step_states(x_t, state)                            # (B, H): the top layer's new h
+        return self.head.forward(y_t), state             # for a classifier, h[-1] is its features
 
     # -- backward -----------------------------------------------------------------------------
     def backward(self, cache, dlogits, dstate=None):

@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # one registry of batchers, (model, version, kind): sessions' steps and stateless requests
         app.state.batchers = BatcherRegistry(settings, registry, on_batch=metrics.on_batch)
         app.state.sessions = SessionManager(registry, store, settings, batchers=app.state.batchers,
-                                            on_steps=metrics.steps.inc)
+                                            on_steps=metrics.on_steps)
         app.state.v2 = V2Inference(registry, app.state.sessions, app.state.batchers, settings, InferenceStatistics())
         # gRPC on its own port, in this event loop, over the same registry, sessions, batchers and statistics
         app.state.grpc = await grpc_server.start(settings, registry, app.state.sessions, app.state.v2)

@@ -115,9 +115,18 @@ def entries_per_step(config, top_k: int | None) -> int:
     return min(top_k or 1, config.output_size)
 
 
+_LABEL_BYTES: dict[int, tuple[object, int]] = {}     # id(config) -> (config, bytes): the keystroke path checks this
+
+
 def _label_bytes(config) -> int:
+    """The longest label's UTF-8 size, worked out once per config (a config is frozen)."""
+    known = _LABEL_BYTES.get(id(config))
+    if known is not None and known[0] is config:
+        return known[1]
     names = config.labels or config.vocab or ()
-    return max((len(str(n).encode()) for n in names), default=len(str(config.output_size)))
+    size = max((len(str(n).encode()) for n in names), default=len(str(config.output_size)))
+    _LABEL_BYTES[id(config)] = (config, size)          # holds the config: its id cannot be reused meanwhile
+    return size
 
 
 def check_outputs(config, steps: int, top_k: int | None, settings, fixed: int = 0) -> None:

@@ -1,8 +1,8 @@
 """Dynamic batching: concurrent requests wait at most ``max_delay`` seconds, then run together.
 
 ``run(items) -> results`` does the math for a whole batch (at most ``max_batch`` items) in a worker
-thread, so the event loop never blocks on it. For sessions, an item is (state, new steps) and
-``run`` is one padded ``advance``; callers serialise their own session (one request in flight per
+thread, so the event loop never blocks on it. For sessions, an item is a ``StepItem`` and ``run``
+is one ``advance``; callers serialise their own session (one request in flight per
 session), so a batch never holds two requests of one session and order within a session is kept.
 Requests are served by priority level (1 first; ``DEFAULT_PRIORITY`` unless the request names
 one, Triton's ``priority``), first come, first served within a level. A request with a deadline
@@ -10,19 +10,27 @@ one, Triton's ``priority``), first come, first served within a level. A request 
 never run. ``close`` drains: what was queued before it still runs, and anything submitted after
 it gets a clear 503. Past ``max_pending`` requests waiting or running, a new one is refused at
 once with a 429, so overload sheds load instead of growing latency.
+
+The batch window costs one timer per batch, not one per request: the loop sleeps until the first
+request's ``max_delay`` has passed (or until ``max_batch`` are queued) and then takes what is there.
+A small CPU batch (``INLINE_STEPS``) runs on the event loop: the trip to the worker thread and back
+costs more CPU than its math.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
+import math
 import time
+import typing
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import itertools
-import math
+import numpy as np
 
 from service.errors import Overloaded, ServiceError, Unavailable
-from service.sessions.stepper import advance
+from service.sessions.stepper import StepItem, Stepped, advance
 
 PRIORITY_LEVELS = 10          # Triton's priority_levels: 1 is served first
 DEFAULT_PRIORITY = 5          # the level of a request that names none (priority 0)
@@ -50,20 +58,25 @@ class _Pending:
 
 class DynamicBatcher:
     def __init__(self, run, max_batch: int = 64, max_delay: float = 0.002, enabled: bool = True, on_batch=None,
-                 max_pending: int = 4096):
+                 max_pending: int = 4096, inline=None):
+        """``inline(items) -> bool``: run this batch on the event loop itself, because handing it to the
+        worker thread and back (two thread wake-ups, a self-pipe write) costs more than its math."""
         self.run, self.max_batch, self.max_delay, self.enabled = run, max_batch, max_delay, enabled
+        self.inline = inline or (lambda items: False)
         self.max_pending, self._pending = max_pending, 0
         self._queue: asyncio.PriorityQueue | None = None          # (level, arrival, _Pending)
         self._arrivals = itertools.count()
         self._task: asyncio.Task | None = None
+        self._window: asyncio.Future | None = None                # set while the loop waits for a batch to fill
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batcher")
         self._on_batch = on_batch or (lambda size, delay: None)
         self._closed = False
 
     @classmethod
     def for_sessions(cls, model, **kwargs) -> DynamicBatcher:
-        """Items are (state bytes, new steps); results are (logits (K, C), new state bytes)."""
-        return cls(lambda items: advance(model, [s for s, _ in items], [x for _, x in items]), **kwargs)
+        """Items are ``StepItem``s; results are ``Stepped``s."""
+        run: typing.Callable[[list[StepItem]], list[Stepped]] = functools.partial(advance, model)
+        return cls(run, inline=_few_steps if model.xp is np else None, **kwargs)     # a GPU batch waits on its device
 
     async def submit(self, item, *, priority: int = DEFAULT_PRIORITY, deadline: float | None = None,
                      timing: dict | None = None):
@@ -96,6 +109,8 @@ class DynamicBatcher:
             self._queue = asyncio.PriorityQueue()
             self._task = asyncio.create_task(self._loop())
         self._queue.put_nowait((priority, next(self._arrivals), pending))
+        if self._window is not None and self._queue.qsize() >= self.max_batch - 1 and not self._window.done():
+            self._window.set_result(None)                 # a full batch need not wait out the window
         if pending.deadline is None:
             return await pending.future
         done, _ = await asyncio.wait({pending.future}, timeout=max(0.0, pending.deadline - time.perf_counter()))
@@ -114,14 +129,17 @@ class DynamicBatcher:
             if not _runnable(first):
                 continue
             batch = [first]
-            deadline = first.enqueued + self.max_delay
-            while len(batch) < self.max_batch:
-                timeout = deadline - time.perf_counter()
+            wait = first.enqueued + self.max_delay - time.perf_counter()
+            if wait > 0 and self._queue.qsize() < self.max_batch - 1:
+                self._window = loop.create_future()
+                timer = loop.call_later(wait, _settle, self._window)
                 try:
-                    nxt = self._queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(self._queue.get(), timeout)
-                except (TimeoutError, asyncio.QueueEmpty):
-                    break
-                nxt = nxt[2]
+                    await self._window
+                finally:
+                    timer.cancel()
+                    self._window = None
+            while len(batch) < self.max_batch and not self._queue.empty():
+                nxt = self._queue.get_nowait()[2]
                 if nxt is _STOP:
                     stopping = True
                     break
@@ -132,8 +150,12 @@ class DynamicBatcher:
             if not batch:
                 continue
             _start(batch, started)
+            items = [p.item for p in batch]
             try:
-                results = await loop.run_in_executor(self._executor, self.run, [p.item for p in batch])
+                if self.inline(items):
+                    results = self.run(items)
+                else:
+                    results = await loop.run_in_executor(self._executor, self.run, items)
             except asyncio.CancelledError:             # close() timed out mid-batch: fail it, never hang
                 for p in batch:
                     if not p.future.done():
@@ -164,6 +186,18 @@ class DynamicBatcher:
                 if p is not _STOP and not p.future.done():
                     p.future.set_exception(Unavailable("the server shut down before this step ran; retry"))
         self._executor.shutdown(wait=False)
+
+
+INLINE_STEPS = 16         # a batch of at most this many steps costs less than a trip to the worker thread
+
+
+def _few_steps(items: list[StepItem]) -> bool:
+    return sum(len(it.inputs) for it in items) <= INLINE_STEPS
+
+
+def _settle(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _timed_out(p: _Pending) -> RequestTimeout:

@@ -2,7 +2,7 @@
 
 One request per session runs at a time (a per-session asyncio lock), steps go through the
 model's dynamic batcher, and the new state is committed with a compare-and-set before the reply
-is sent.
+is sent. A step resolves its model version once; the batch formats every session's reply.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from model_core.backend import to_numpy
 from model_core.sampling import complete as sample_completions
 from model_core.state import StateFormatError, state_from_bytes, state_to_bytes
 from service.encoding import encode_sequence, stop_ids
@@ -21,16 +22,26 @@ from service.errors import InvalidInput, PayloadTooLarge, ServiceError
 from service.outputs import completion_results, timestep_results
 from service.registry import ModelEntry, ModelRegistry
 from service.batcher_registry import BatcherRegistry
-from service.sessions.stepper import load_state, logits_from_bytes, logits_to_bytes
+from service.sessions.stepper import StepItem, Stepped, packed_from_host, unpacked
 from service.sessions.store import Session, SessionStore, StepMismatch
 from service.settings import Settings
+
+
+class NonFiniteOutput(ServiceError):
+    """The step was applied, and its outputs hold NaN or infinity: a strict JSON reply cannot carry them."""
+
+    status, code = 422, "non_finite_output"
+
+    def __init__(self):
+        super().__init__("the model produced a non-finite number for this input")
 
 
 class SessionManager:
     def __init__(self, registry: ModelRegistry, store: SessionStore, settings: Settings, on_batch=None,
                  on_steps=None, batchers: BatcherRegistry | None = None):
+        """``on_steps(model, n)``: n recurrent steps were computed for a session on ``model``."""
         self.registry, self.store, self.settings = registry, store, settings
-        self._on_steps = on_steps or (lambda n: None)
+        self._on_steps = on_steps or (lambda model, n: None)
         self.batchers = batchers or BatcherRegistry(settings, registry, on_batch)
 
     def _entry(self, session: Session) -> ModelEntry:
@@ -50,9 +61,10 @@ class SessionManager:
         """The top layer's state after the session's last step, as lists (``c`` for LSTMs, else None)."""
         if session.state is None:
             return {"h": None, "c": None}
-        state = state_from_bytes(session.state)       # each (L*D, 1, H)
-        top = [p[-1, 0].astype(np.float64).round(4).tolist() for p in state]
-        return {"h": top[0], "c": top[1] if len(top) > 1 else None}
+        top = [to_numpy(p)[-1, 0].astype(np.float64).round(4) for p in session.state]  # packed: each part (H,)
+        if not all(np.isfinite(t).all() for t in top):
+            raise NonFiniteOutput()
+        return {"h": top[0].tolist(), "c": top[1].tolist() if len(top) > 1 else None}
 
     def encode(self, session: Session, item, where: str = "input") -> np.ndarray:
         return encode_sequence(self._entry(session).model.config, item, self.settings.max_steps_per_message, where)
@@ -66,8 +78,10 @@ class SessionManager:
         lost reply, a 503 or a timeout), the recorded reply is returned and nothing is applied again.
         """
         limits.check_top_k(top_k, self.settings)
-        session, logits = await self.step_logits(session_id, item, expect_at=expect_at, top_k=top_k)
-        return session, timestep_results(self._entry(session).model.config, logits, top_k)
+        session, done = await self._step(session_id, item, expect_at, top_k)
+        if not done.finite:
+            raise NonFiniteOutput()
+        return session, done.outputs
 
     async def step_logits(self, session_id: str, item, expect_at: int | None = None, top_k: int | None = None,
                           **queueing) -> tuple[Session, np.ndarray]:
@@ -77,28 +91,37 @@ class SessionManager:
         caller returns raw logits and checks its own reply's size with ``request_limits``).
         ``queueing``: the batcher's ``priority``, ``deadline`` and ``timing`` (see ``DynamicBatcher.submit``).
         """
+        session, done = await self._step(session_id, item, expect_at, top_k, raw=True, **queueing)
+        return session, done.logits
+
+    async def _step(self, session_id: str, item, expect_at: int | None, top_k: int | None, raw: bool = False,
+                    **queueing) -> tuple[Session, Stepped]:
+        """The one step path: ``raw`` skips the reply formatting (v2/gRPC send logits)."""
         async with self.store.lock(session_id):
             session = await self.store.get(session_id)
-            entry = self._entry(session)
-            arr = item if isinstance(item, np.ndarray) else self.encode(session, item)
+            entry = self._entry(session)                   # once per step: the session's own version
+            model = entry.model
+            arr = item if isinstance(item, np.ndarray) else encode_sequence(
+                model.config, item, self.settings.max_steps_per_message, "input")
             limits.check_steps(len(arr), self.settings.max_steps_per_message)
             if top_k is not None:             # v1 and the stream; v2/gRPC size their raw logits themselves
-                limits.check_outputs(entry.model.config, len(arr), top_k, self.settings)
+                limits.check_outputs(model.config, len(arr), top_k, self.settings)
             digest = None
             if expect_at is not None:
                 digest = _digest(arr)
                 if session.steps != expect_at:
-                    return session, self._replay(session, expect_at, digest, len(arr), entry)
+                    return session, self._replay(session, expect_at, digest, len(arr), model, None if raw else top_k)
             if session.steps + len(arr) > self.settings.max_steps_per_session:
                 raise PayloadTooLarge(f"session would pass its limit of {self.settings.max_steps_per_session} steps; "
                                       "reset it or start a new one")
-            logits, state = await self.batchers.run(entry, "session", (session.state, arr), **queueing)
-            new = session.advanced(state, logits_to_bytes(logits[-1]), len(arr))
-            if digest is not None:
-                new = replace(new, reply_at=expect_at, reply_digest=digest, reply_logits=logits_to_bytes(logits))
+            done = await self.batchers.run(entry, "session", StepItem(session.state, arr, None if raw else top_k),
+                                            **queueing)
+            record = {} if digest is None else {"reply_at": expect_at, "reply_digest": digest,
+                                                "reply_logits": done.logits}
+            new = session.advanced(done.state, done.logits[-1].copy(), len(arr), **record)   # a row, not a view
             await self.store.put(new, expected_revision=session.revision)      # committed before the reply
-        self._on_steps(len(arr))
-        return new, logits
+        self._on_steps(session.model, len(arr))
+        return new, done
 
     async def already_applied(self, session_id: str, at: int, arr: np.ndarray) -> bool:
         """Whether ``arr``, sent to start at step ``at``, was the session's last step taken (a retry
@@ -110,11 +133,14 @@ class SessionManager:
         return session.steps == at + len(arr) and session.recorded(at, _digest(arr)) is not None
 
     @staticmethod
-    def _replay(session: Session, at: int, digest: bytes, k: int, entry: ModelEntry) -> np.ndarray:
+    def _replay(session: Session, at: int, digest: bytes, k: int, model, top_k: int | None) -> Stepped:
         """The recorded reply of a retried step, or a 409 saying where the session really is."""
         recorded = session.recorded(at, digest)
         if recorded is not None and session.steps == at + k:
-            return logits_from_bytes(recorded).reshape(k, -1)
+            logits = recorded.reshape(k, -1)
+            finite = bool(np.isfinite(logits).all())
+            outputs = timestep_results(model.config, logits, top_k) if top_k is not None and finite else None
+            return Stepped(logits, session.state, finite, outputs)
         raise StepMismatch(f"session {session.id!r} is at step {session.steps}, not {at}, and this input is not a "
                            f"retry of its last step; resume from step {session.steps}")
 
@@ -144,8 +170,8 @@ class SessionManager:
         ids = stop_ids(model.config, stop)
 
         def run():
-            state = load_state(model, session.state)
-            logits = model.xp.asarray(logits_from_bytes(session.last_output))
+            state = model.init_state(1) if session.state is None else unpacked(model.xp.asarray(session.state))
+            logits = model.xp.asarray(session.last_output)
             return sample_completions(model, state, logits, n=n, max_length=max_length, temperature=temperature,
                                       top_k=top_k, greedy=greedy, stop_ids=ids, rng=np.random.default_rng(seed))
 
@@ -157,20 +183,17 @@ class SessionManager:
         """The engine's versioned state bytes (zeros for a session with no steps yet)."""
         s = await self.store.touch(session_id)
         entry = self._entry(s)
-        if s.state is not None:
-            return s.state
-        return state_to_bytes(entry.model.init_state(1))
+        return state_to_bytes(entry.model.init_state(1) if s.state is None else tuple(s.state))
 
     async def import_state(self, session_id: str, blob: bytes) -> Session:
         async with self.store.lock(session_id):
             s = await self.store.get(session_id)
             entry = self._entry(s)
             try:
-                state_from_bytes(blob)
-                load_state(entry.model, blob)                              # shape and dtype for this model
+                state = packed_from_host(entry.model, state_from_bytes(blob))   # fits this model
             except (StateFormatError, ValueError) as exc:
                 raise InvalidInput(f"state not accepted: {exc}") from None
-            new = replace(s, state=bytes(blob), last_output=None, revision=s.revision + 1, last_used=time.time())
+            new = replace(s, state=state, last_output=None, revision=s.revision + 1, last_used=time.time())
             return await self.store.put(new, expected_revision=s.revision)
 
     async def close(self) -> None:

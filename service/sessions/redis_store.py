@@ -2,8 +2,8 @@
 
 Keys, all under ``redis_key_prefix`` (P):
 
-    P s:{id}     hash: the whole Session (state and last output as raw bytes); PEXPIRE = the TTL,
-                 refreshed by every put, so Redis itself expires idle sessions
+    P s:{id}     hash: the whole Session (the state as ``model_core.state`` bytes, logits as float32
+                 bytes); PEXPIRE = the TTL, refreshed by every put, so Redis itself expires idle sessions
     P tomb:{id}  what to say once ``s:{id}`` is gone: "expired" while the session lives (its TTL
                  outlasts the session's by ``tombstone_seconds``), "evicted" once evicted
     P lru        sorted set id -> last put (Redis clock, µs): the LRU order for ``max_sessions``
@@ -35,12 +35,14 @@ import time
 import weakref
 from contextlib import contextmanager
 
+import numpy as np
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, TimeoutError as RedisTimeoutError
 
+from model_core.state import StateFormatError, state_from_bytes, state_to_bytes
 from service.errors import Unavailable
 from service.sessions.store import (
     ConflictError,
@@ -186,24 +188,41 @@ return 0
 
 
 def _fields(s: Session) -> list:
-    """The session as hash fields; None values are simply absent."""
+    """The session as hash fields; None values are simply absent. Only this store serialises arrays."""
     out = ["model", s.model, "model_version", s.model_version, "steps", s.steps, "revision", s.revision,
            "created", repr(s.created), "last_used", repr(s.last_used), "ttl", repr(s.ttl)]
-    for name in ("state", "last_output", "sequence_id", "reply_at", "reply_digest", "reply_logits"):
+    if s.state is not None:
+        out += ["state", state_to_bytes(tuple(s.state))]           # the engine's parts, versioned and checksummed
+    if s.last_output is not None:
+        out += ["last_output", _f4(s.last_output)]
+    if s.reply_logits is not None:
+        out += ["reply_logits", _f4(s.reply_logits), "reply_rows", len(s.reply_logits)]
+    for name in ("sequence_id", "reply_at", "reply_digest"):
         value = getattr(s, name)
         if value is not None:
             out += [name, value]
     return out
 
 
+def _f4(a) -> bytes:
+    return np.ascontiguousarray(a, dtype="<f4").tobytes()
+
+
 def _session(sid: str, h: dict[bytes, bytes]) -> Session:
-    seq, reply_at = h.get(b"sequence_id"), h.get(b"reply_at")
-    return Session(id=sid, model=h[b"model"].decode(), model_version=h[b"model_version"].decode(), state=h.get(b"state"),
-                   last_output=h.get(b"last_output"), steps=int(h[b"steps"]), revision=int(h[b"revision"]),
+    seq, reply_at, state, last, reply = (h.get(k) for k in (b"sequence_id", b"reply_at", b"state", b"last_output",
+                                                            b"reply_logits"))
+    try:
+        state = np.stack(state_from_bytes(state)) if state is not None else None     # packed
+    except StateFormatError as exc:
+        raise SessionStateUnknown(f"session {sid!r}: its stored state is unreadable ({exc}); start a new one") from None
+    return Session(id=sid, model=h[b"model"].decode(), model_version=h[b"model_version"].decode(), state=state,
+                   last_output=np.frombuffer(last, "<f4").astype(np.float32) if last is not None else None,
+                   steps=int(h[b"steps"]), revision=int(h[b"revision"]),
                    created=float(h[b"created"]), last_used=float(h[b"last_used"]), ttl=float(h[b"ttl"]),
                    sequence_id=seq.decode() if seq is not None else None,
                    reply_at=int(reply_at) if reply_at is not None else None, reply_digest=h.get(b"reply_digest"),
-                   reply_logits=h.get(b"reply_logits"))
+                   reply_logits=(np.frombuffer(reply, "<f4").astype(np.float32).reshape(int(h[b"reply_rows"]), -1)
+                                 if reply is not None else None))
 
 
 class RedisSessionStore(SessionStore):

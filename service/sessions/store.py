@@ -1,8 +1,9 @@
 """Session store: each client's recurrent state between messages.
 
 ``SessionStore`` is the interface (the Redis store of the deployment issue implements it too);
-``MemorySessionStore`` is the default for one process. State is held as the engine's versioned
-bytes (``model_core.state``), so every store keeps exactly the same thing.
+``MemorySessionStore`` is the default for one process. A ``Session`` holds the engine's own arrays
+(the B=1 state and the last logits), so a keystroke never serialises anything in one process; only
+a store that leaves the process (Redis) turns them into ``model_core.state`` bytes and back.
 
 Expired (idle past the TTL) and evicted (least recently used, past ``max_sessions``) sessions are
 remembered for a while, so using one gives a clear error saying which, never a silently fresh state.
@@ -13,10 +14,11 @@ import asyncio
 import secrets
 import threading
 import time
-import weakref
 from collections import OrderedDict
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
+
+import numpy as np
 
 from service.errors import ServiceError
 
@@ -44,15 +46,18 @@ class StepMismatch(ServiceError):
     status, code = 409, "step_mismatch"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Session:
-    """A value: stores hand out copies and take back new versions (compare-and-set on ``revision``)."""
+    """A value: stores hand out copies and take back new versions (compare-and-set on ``revision``).
+
+    The arrays in it are never written to: a step makes new ones (slots keep 100,000 idle sessions small).
+    """
 
     id: str
     model: str
     model_version: str
-    state: bytes | None = None           # model_core.state bytes; None = the model's zero state
-    last_output: bytes | None = None     # the last step's logits (float32 bytes), for completions
+    state: np.ndarray | None = None      # the engine's B=1 state parts stacked: (P, L*D, 1, H); None = zeros
+    last_output: np.ndarray | None = None    # the last step's logits (C,) float32, for completions
     steps: int = 0
     revision: int = 0
     created: float = field(default_factory=time.time)
@@ -62,17 +67,22 @@ class Session:
     # the last step taken with an idempotency ``at``, so its retry is answered, not applied twice:
     reply_at: int | None = None          # the step count that step started from
     reply_digest: bytes | None = None    # what it fed (a hash of the encoded input)
-    reply_logits: bytes | None = None    # its outputs (K, C) as float32 bytes
+    reply_logits: np.ndarray | None = None   # its outputs (K, C) float32
 
     @property
     def expires_at(self) -> float:
         return self.last_used + self.ttl
 
-    def advanced(self, state: bytes, last_output: bytes | None, steps: int) -> Session:
-        return replace(self, state=state, last_output=last_output, steps=self.steps + steps,
-                       revision=self.revision + 1, last_used=time.time())
+    def advanced(self, state, last_output: np.ndarray | None, steps: int, **record) -> Session:
+        """The next revision after ``steps`` new steps (``record``: the ``reply_*`` fields of an ``at`` step).
 
-    def recorded(self, at: int, digest: bytes) -> bytes | None:
+        Built directly, not with ``dataclasses.replace`` (a keystroke path: replace costs several µs)."""
+        return Session(self.id, self.model, self.model_version, state, last_output, self.steps + steps,
+                       self.revision + 1, self.created, time.time(), self.ttl, self.sequence_id,
+                       record.get("reply_at", self.reply_at), record.get("reply_digest", self.reply_digest),
+                       record.get("reply_logits", self.reply_logits))
+
+    def recorded(self, at: int, digest: bytes) -> np.ndarray | None:
         """The outputs of the step that started at ``at`` with this input, if it was the last one taken."""
         if self.reply_at == at and self.reply_digest == digest and self.reply_logits is not None:
             return self.reply_logits
@@ -121,7 +131,7 @@ class MemorySessionStore(SessionStore):
         self._sessions: OrderedDict[str, Session] = OrderedDict()   # least recently used first
         self._gone: OrderedDict[str, str] = OrderedDict()           # id -> "expired" | "evicted"
         self._lock = threading.Lock()           # count() is also read by the metrics exporter
-        self._step_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._step_locks: dict[str, _StepLock] = {}            # only while a step holds or waits for one
         self._on_event = on_event or (lambda event: None)
 
     def _forget(self, sid: str, reason: str) -> None:
@@ -193,11 +203,11 @@ class MemorySessionStore(SessionStore):
                 self._sessions.move_to_end(session_id)
             return s
 
-    def lock(self, session_id: str) -> asyncio.Lock:
+    def lock(self, session_id: str) -> _StepLock:
         """One process: an asyncio lock per session, dropped with its last user."""
         lock = self._step_locks.get(session_id)
         if lock is None:
-            lock = self._step_locks[session_id] = asyncio.Lock()
+            lock = self._step_locks[session_id] = _StepLock(self._step_locks, session_id)
         return lock
 
     def count(self) -> int:
@@ -212,3 +222,31 @@ class MemorySessionStore(SessionStore):
 
     async def close(self) -> None:
         pass
+
+
+class _StepLock:
+    """``async with``: one step of a session at a time. It leaves the store's table when its last
+    user is done (a counted entry, cheaper per keystroke than a weak-value table)."""
+
+    __slots__ = ("_lock", "_users", "_table", "_sid")
+
+    def __init__(self, table: dict, sid: str):
+        self._lock, self._users, self._table, self._sid = asyncio.Lock(), 0, table, sid
+
+    async def __aenter__(self) -> _StepLock:
+        self._users += 1
+        try:
+            await self._lock.acquire()
+        except BaseException:                  # cancelled while waiting: no longer a user
+            self._done()
+            raise
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._lock.release()
+        self._done()
+
+    def _done(self) -> None:
+        self._users -= 1
+        if self._users == 0 and self._table.get(self._sid) is self:
+            del self._table[self._sid]

@@ -6,16 +6,38 @@ import asyncio
 import time
 import uuid
 
+import numpy as np
 import pytest
 
 from tests.deploy import deploy_fixtures
 from tests.deploy.deploy_fixtures import RedisServer, needs_redis
+from model_core.state import state_to_bytes
 from service.errors import Unavailable
 from service.sessions.store import ConflictError, MemorySessionStore, SessionGone, SessionNotFound
 from service.settings import Settings
 
 redis_server, own_redis = deploy_fixtures.redis_server, deploy_fixtures.own_redis     # shared fixtures
-STATE = bytes(range(256)) * 4                    # every byte value: the state must come back bit for bit
+# an LSTM-like packed state (P=2 parts of (L=2, B=1, H=4)): -0.0, a subnormal and float32's extremes
+# must come back bit for bit
+STATE = np.stack([np.array([[[0.5, -0.0, 1e-45, 3.4028235e38]], [[-1.0, 2.0, -3.0, 1e-3]]], np.float32),
+                  np.arange(8, dtype=np.float32).reshape(2, 1, 4) / 7])
+LOGITS = np.array([0.25, -1.0, 7.5], np.float32)
+
+
+def state(*values: float):
+    """A small one-part packed state (1, 1, 1, n) holding ``values``: a step's stand-in for the tests."""
+    return np.array(values, np.float32).reshape(1, 1, 1, -1)
+
+
+def same_session(a, b) -> bool:
+    """Field by field: sessions hold arrays, so a round trip through Redis is compared bit for bit."""
+    for name in a.__slots__:
+        x, y = getattr(a, name), getattr(b, name)
+        if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+            assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes(), name
+        else:
+            assert x == y, name
+    return True
 
 
 def redis_store(url: str, prefix: str | None = None, on_event=None, **settings):
@@ -58,20 +80,21 @@ async def raises(exc_type, coro, code: str | None = None):
 def test_create_get_put_cas_delete(make_store):
     async def body(store):
         s = await store.create("charlm", "1")
-        assert await store.get(s.id) == s and s.revision == 0 and s.state is None
-        new = s.advanced(STATE, b"\x00\x01\xff", 3)
-        assert await store.put(new, expected_revision=0) == new
+        assert same_session(await store.get(s.id), s) and s.revision == 0 and s.state is None
+        new = s.advanced(STATE, LOGITS, 3, reply_at=0, reply_digest=b"d" * 16, reply_logits=np.ones((3, 2), np.float32))
+        assert await store.put(new, expected_revision=0) is new
         got = await store.get(s.id)
-        assert got == new and got.state == STATE and got.steps == 3 and got.revision == 1
-        await raises(ConflictError, store.put(s.advanced(b"stale", None, 1), expected_revision=0))   # stale loses
-        assert (await store.get(s.id)).state == STATE
+        assert same_session(got, new) and got.steps == 3 and got.revision == 1
+        assert got.recorded(0, b"d" * 16).shape == (3, 2) and got.recorded(1, b"d" * 16) is None
+        await raises(ConflictError, store.put(s.advanced(state(9), None, 1), expected_revision=0))   # stale loses
+        assert same_session(await store.get(s.id), new)
         named = await store.create("charlm", "1", session_id="v2:charlm:42")
         assert named.id == "v2:charlm:42"
         assert (await raises(ConflictError, store.create("charlm", "1", session_id="v2:charlm:42"))).status == 409
         assert await store.delete(s.id) is True
         assert (await raises(SessionNotFound, store.get(s.id))).status == 404
         assert await store.delete(s.id) is False
-        await raises(SessionNotFound, store.put(new.advanced(b"x", None, 1), expected_revision=1))
+        await raises(SessionNotFound, store.put(new.advanced(state(1), None, 1), expected_revision=1))
         await store.ping()
     run(make_store, body)
 
@@ -87,7 +110,7 @@ def test_ttl_expiry_is_410_expired_and_put_refreshes_it(make_store):
     async def body(store):
         a, b = await store.create("m", "v"), await store.create("m", "v")
         await asyncio.sleep(0.25)
-        await store.put((await store.get(b.id)).advanced(b"s", None, 1), expected_revision=0)   # b stays fresh
+        await store.put((await store.get(b.id)).advanced(state(1), None, 1), expected_revision=0)   # b stays fresh
         await asyncio.sleep(0.25)
         err = await raises(SessionGone, store.get(a.id), code="session_expired")
         assert err.status == 410 and "expired after 0.4 s idle" in err.message
@@ -152,11 +175,12 @@ def test_two_replicas_serialise_steps_on_one_session(redis_server):
                 async with store.lock(s.id):
                     cur = await store.get(s.id)
                     await asyncio.sleep(0.002)                                # room for the other to interleave
-                    await store.put(cur.advanced((cur.state or b"") + bytes([i]), None, 1), cur.revision)
+                    before = cur.state if cur.state is not None else state()
+                    await store.put(cur.advanced(np.append(before, state(i), axis=3), None, 1), cur.revision)
 
             await asyncio.gather(*(step(a if i % 2 else b, i) for i in range(40)))
             final = await b.get(s.id)
-            assert final.steps == 40 and final.revision == 40 and sorted(final.state) == list(range(40))
+            assert final.steps == 40 and final.revision == 40 and sorted(final.state.ravel()) == list(range(40))
         finally:
             await a.close()
             await b.close()
@@ -193,9 +217,9 @@ def test_revision_fences_a_step_whose_lock_lapsed(redis_server):
                 cur = await slow.get(s.id)
                 await asyncio.sleep(0.2)                                       # the lock lapses mid-step
                 async with fast.lock(s.id):
-                    await fast.put(cur.advanced(b"fast", None, 1), cur.revision)
-                await raises(ConflictError, slow.put(cur.advanced(b"slow", None, 1), cur.revision))
-            assert (await fast.get(s.id)).state == b"fast"
+                    await fast.put(cur.advanced(state(1), None, 1), cur.revision)
+                await raises(ConflictError, slow.put(cur.advanced(state(2), None, 1), cur.revision))
+            assert (await fast.get(s.id)).state.ravel().tolist() == [1]
         finally:
             await slow.close()
             await fast.close()
@@ -208,10 +232,11 @@ def test_stored_compactly_with_ttl_in_redis(redis_server):
         store = redis_store(redis_server.url, session_ttl_seconds=30)
         try:
             s = await store.create("charlm", "1")
-            await store.put(s.advanced(STATE, b"logits", 2), 0)
+            await store.put(s.advanced(STATE, LOGITS, 2), 0)
             key = f"{store.prefix}s:{s.id}"
             h = await store.redis.hgetall(key)
-            assert h[b"state"] == STATE and h[b"last_output"] == b"logits" and h[b"revision"] == b"1"
+            assert h[b"state"] == state_to_bytes(tuple(STATE)) and h[b"last_output"] == LOGITS.tobytes()  # little-endian f4
+            assert h[b"revision"] == b"1"
             assert b"sequence_id" not in h                                     # None is absent, not a string
             assert 29_000 < await store.redis.pttl(key) <= 30_000              # Redis holds the idle TTL
             assert await store.redis.pttl(f"{store.prefix}tomb:{s.id}") > 30_000
@@ -230,7 +255,7 @@ def test_a_put_retried_after_its_reply_was_lost_is_not_a_conflict(redis_server):
         store = redis_store(redis_server.url)
         try:
             s = await store.create("m", "v")
-            new = s.advanced(b"once", None, 1)
+            new = s.advanced(state(1), None, 1)
             late = [0, store._ttl_ms, store._tomb_ms, s.id, "write-0", await store._deadline() - 10**7, *_fields(new)]
             assert (await store._put(keys=store._keys(s.id), args=late))[0] == -2       # past its deadline: nothing
             assert (await store.get(s.id)).steps == 0
@@ -270,7 +295,7 @@ def test_redis_down_is_503_unavailable_then_recovers(own_redis: RedisServer):
         try:
             s = await store.create("m", "v")
             own_redis.kill()
-            for op in (store.create("m", "v"), store.get(s.id), store.put(s.advanced(b"x", None, 1), 0),
+            for op in (store.create("m", "v"), store.get(s.id), store.put(s.advanced(state(1), None, 1), 0),
                        store.delete(s.id), store.ping(), store.lock(s.id).__aenter__()):
                 t0 = time.monotonic()
                 err = await raises(Unavailable, op, code="unavailable")
@@ -282,8 +307,8 @@ def test_redis_down_is_503_unavailable_then_recovers(own_redis: RedisServer):
             await raises(SessionNotFound, store.get(s.id))                     # lost with Redis: a clear 404
             fresh = await store.create("m", "v")
             async with store.lock(fresh.id):
-                await store.put(fresh.advanced(b"after", None, 1), 0)
-            assert (await store.get(fresh.id)).state == b"after"
+                await store.put(fresh.advanced(state(3), None, 1), 0)
+            assert (await store.get(fresh.id)).state.ravel().tolist() == [3]
         finally:
             await store.close()
     asyncio.run(main())

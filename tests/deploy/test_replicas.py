@@ -97,7 +97,7 @@ def upstream_port(headers) -> int:
 
 def steps_counted(port: int) -> float:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    return float(re.search(r"^rnn_steps_total (\S+)$", text, re.M).group(1))
+    return sum(float(v) for v in re.findall(r"^rnn_steps_total\{[^}]*\} (\S+)$", text, re.M))      # over models
 
 
 # -- concurrency ------------------------------------------------------------------------------------

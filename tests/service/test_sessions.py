@@ -2,21 +2,32 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import numpy as np
 import pytest
 
+from tests.deploy import deploy_fixtures
+from tests.deploy.deploy_fixtures import needs_redis
 from service.registry import ModelRegistry
 from service.sessions.batcher import DynamicBatcher
 from service.sessions.manager import SessionManager
+from service.sessions.stepper import StepItem, advance
 from service.sessions.store import MemorySessionStore
 from service.settings import DEFAULT_MODEL_DIR, Settings
 from tests.helpers import same
 
+redis_server = deploy_fixtures.redis_server                      # shared fixture
 
-@pytest.fixture(scope="module")
-def client(make_client):
-    return make_client(max_steps_per_message=64, max_steps_per_session=100)
+
+@pytest.fixture(scope="module", params=["memory", pytest.param("redis", marks=needs_redis)])
+def client(request, make_client):
+    """The app on each session store: the memory store keeps arrays, only Redis serialises them."""
+    store = {}
+    if request.param == "redis":
+        store = {"session_store": "redis", "redis_url": request.getfixturevalue("redis_server").url,
+                 "redis_key_prefix": f"t-{uuid.uuid4().hex}:"}
+    return make_client(max_steps_per_message=64, max_steps_per_session=100, **store)
 
 
 def new(client, model="charlm"):
@@ -92,6 +103,18 @@ def test_state_export_import_migrates_a_session(client):
         assert resp.status_code == 422 and resp.json()["error"]["code"] == "invalid_input"
 
 
+def test_a_retried_step_is_answered_from_the_record_not_applied_twice(client):
+    sid = new(client)
+    body = {"input": "hello", "at": 0, "top_k": 3}
+    first = client.post(f"/v1/sessions/{sid}/step", json=body).json()
+    again = client.post(f"/v1/sessions/{sid}/step", json={**body, "top_k": 2}).json()      # a retry, smaller reply
+    assert first["steps"] == again["steps"] == 5
+    assert [o["top_k"][:2] for o in first["outputs"]] == [o["top_k"] for o in again["outputs"]]
+    r = client.post(f"/v1/sessions/{sid}/step", json={"input": "other", "at": 0})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "step_mismatch"
+    assert same(step(client, sid, " wor")["outputs"], step(client, new(client), "hello wor")["outputs"][-4:])
+
+
 @pytest.mark.parametrize("payload,status,code", [
     ({"model": "nope"}, 404, "not_found"),
     ({"model": "charlm", "x": 1}, 422, "invalid_request"),
@@ -137,10 +160,30 @@ def test_put_is_compare_and_set():
     async def run():
         store = MemorySessionStore()
         s = await store.create("m", "v")
-        await store.put(s.advanced(b"x", None, 1), expected_revision=0)
+        await store.put(s.advanced(np.zeros((1, 1, 1, 2), np.float32), None, 1), expected_revision=0)
         with pytest.raises(Exception) as exc:
-            await store.put(s.advanced(b"y", None, 1), expected_revision=0)  # a stale writer loses
+            await store.put(s.advanced(np.ones((1, 1, 1, 2), np.float32), None, 1), expected_revision=0)  # stale loses
         assert exc.value.status == 409
+    asyncio.run(run())
+
+
+def test_step_locks_serialise_one_session_and_leave_nothing_behind():
+    async def run():
+        store, order = MemorySessionStore(), []
+
+        async def use(i):
+            async with store.lock("s"):
+                order.append(("in", i))
+                await asyncio.sleep(0.001)
+                order.append(("out", i))
+        waiter = asyncio.ensure_future(use(99))
+        await asyncio.sleep(0)
+        blocked = asyncio.ensure_future(use(100))
+        await asyncio.sleep(0)
+        blocked.cancel()                                              # gives up while waiting
+        await asyncio.gather(waiter, *(use(i) for i in range(5)), return_exceptions=True)
+        assert all(order[k][0] == "in" and order[k + 1] == ("out", order[k][1]) for k in range(0, len(order), 2))
+        assert len(order) == 12 and not store._step_locks                    # no entry outlives its users
     asyncio.run(run())
 
 
@@ -186,14 +229,36 @@ def test_batcher_preserves_order_within_a_session():
 
     async def main():
         batcher = DynamicBatcher.for_sessions(model, max_batch=8, max_delay=0.005)
-        futures = [asyncio.ensure_future(batcher.submit((None, np.array([i % 5])))) for i in range(20)]
+        futures = [asyncio.ensure_future(batcher.submit(StepItem(None, np.array([i % 5]), None))) for i in range(20)]
         results = await asyncio.gather(*futures)
         await batcher.close()
         return results
 
     results = asyncio.run(main())
-    from service.sessions.stepper import advance
-    for i, (logits, _) in enumerate(results):                          # FIFO: request i got input i
-        ref, _ = advance(model, [None], [np.array([i % 5])])[0]
-        # float32: batch shape changes sums by an ulp; a wrong order is O(1)
-        np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-5)
+    for i, done in enumerate(results):                                 # FIFO: request i got input i
+        ref = advance(model, [StepItem(None, np.array([i % 5]), None)])[0].logits
+        # float32: the batch shape changes sums by an ulp; a wrong order is O(1)
+        np.testing.assert_allclose(done.logits, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_a_non_finite_output_is_a_clear_error_never_bare_nan():
+    """The reply path checks finiteness once per batch: NaN never reaches the JSON, the client gets
+    ``non_finite_output`` and the step still counts (it was applied, as a retry with ``at`` would see)."""
+    registry = ModelRegistry(DEFAULT_MODEL_DIR)
+    registry.load("echo")
+    head = registry.get("echo").model.head                           # this registry's own copy of the model
+    head.parameters()["weight"][...] = np.inf       # in place: load_state_dict rightly refuses it
+    manager = SessionManager(registry, MemorySessionStore(), Settings())
+
+    async def main():
+        try:
+            sid = (await manager.create("echo")).id
+            with pytest.raises(Exception) as exc:
+                await manager.step(sid, [[1.0]], top_k=1)
+            session, logits = await manager.step_logits(sid, np.array([[1.0]]))       # raw logits: the caller's call
+            return exc.value, session, logits
+        finally:
+            await manager.close()
+    err, session, logits = asyncio.run(main())
+    assert err.status == 422 and err.code == "non_finite_output"
+    assert session.steps == 2 and not np.isfinite(logits).all()

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 
+import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -30,8 +30,9 @@ log = logging.getLogger("service.stream")
 
 
 def dumps(event: ServerEvent) -> str:
-    """Strict JSON: a bare NaN or Infinity is never sent (strict parsers reject it)."""
-    return json.dumps(event, allow_nan=False, separators=(",", ":"))
+    """Strict JSON (orjson writes a non-finite float as null, never a bare NaN). Outputs are checked
+    for finiteness where they are made, so a reply says ``non_finite_output`` rather than null."""
+    return orjson.dumps(event).decode()
 
 
 class StreamConnection:
@@ -42,14 +43,10 @@ class StreamConnection:
         self.session_id: str | None = None
         self._kind = "invalid"
         self.max_bytes = ws.app.state.settings.max_request_bytes
+        self.metrics = ws.app.state.metrics
 
     async def send(self, event: ServerEvent) -> None:
-        try:
-            text = dumps(event)
-        except ValueError:                      # a non-finite number: say so instead of sending bad JSON
-            text = dumps({"type": "error", "id": event.get("id"), "code": "non_finite_output",
-                          "message": "the model produced a non-finite number for this input"})
-        await self.ws.send_text(text)
+        await self.ws.send_text(dumps(event))
 
     async def open(self, resume_id: str | None) -> bool:
         try:
@@ -89,9 +86,7 @@ class StreamConnection:
                              "message": "internal error; the socket stays open"})
             return True
         finally:
-            metrics = self.ws.app.state.metrics
-            metrics.ws_messages.labels(self._kind, outcome).inc()
-            metrics.ws_latency.labels(self._kind).observe(time.perf_counter() - start)
+            self.metrics.on_ws_message(self.model, self._kind, outcome, time.perf_counter() - start)
 
     async def _handle(self, raw: str) -> bool:
         msg_id, self._kind = None, "invalid"
@@ -103,11 +98,9 @@ class StreamConnection:
                 raise ServiceError(f"message of {len(raw)} bytes is over the limit of {self.max_bytes}",
                                    code="payload_too_large")
             try:
-                data = json.loads(raw)
-            except json.JSONDecodeError as exc:
+                data = orjson.loads(raw)        # nesting past 1024 levels is a decode error too
+            except orjson.JSONDecodeError as exc:
                 raise ServiceError(f"message is not JSON: {exc}", code="invalid_request") from None
-            except RecursionError:
-                raise ServiceError("message is nested too deeply", code="invalid_request") from None
             if isinstance(data, dict):
                 msg_id = data.get("id") if type(data.get("id")) in (str, int) else None
             try:
