@@ -93,8 +93,8 @@ def native_kernels(venv: Path, app: Path) -> str:
     target = app / "model_core" / "native" / "_rnn_kernels.so"
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "MODEL_CORE_NATIVE_CACHE": cache, "MODEL_CORE_NATIVE": "1"}
-        r = subprocess.run([str(venv / "bin" / "python"), "-c", NATIVE], env=env, cwd=app, capture_output=True,
-                           text=True)
+        r = subprocess.run([str(venv / "bin" / "python"), "-c", NATIVE], env=env, cwd=app, check=False,
+                           capture_output=True, text=True)
         if r.returncode:
             sys.exit(f"image_venv: the native kernels are not available:\n{r.stderr[-3000:]}")
         path, reason = Path(r.stdout.splitlines()[-2]), r.stdout.splitlines()[-1]

@@ -2,6 +2,10 @@
 
     python scripts/deploy_check.py              # what .ci/run runs (a few minutes on 2 cores)
     python scripts/deploy_check.py --keep       # leave the compose stack up afterwards, to look at
+    python scripts/deploy_check.py --clean-engine   # the same against a throwaway dockerd with no images
+                                                    # and no build cache: what a clean machine pays
+
+DOCKER_HOST picks the daemon, as for the docker CLI (when set, the check never starts one).
 
 1. engine: Debian's docker.io plus the compose and buildx plugins, and a dockerd if none answers
    (scripts/docker_engine.py); stand-in base images only for tags that cannot be pulled.
@@ -38,7 +42,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "tests")]      # the drivers the tests use
-from docker_engine import EngineUnavailable, ensure_bases, ensure_engine, run, stop_daemon  # noqa: E402
+from docker_engine import EngineUnavailable, ensure_bases, ensure_engine, run, stop_daemon, throwaway_engine  # noqa: E402
 from conftest import free_port  # noqa: E402
 from failover import TEXT, check_outputs, established_peers, http_failover, ws_failover  # noqa: E402
 from test_e2e_uvicorn import type_text  # noqa: E402
@@ -251,8 +255,12 @@ def check_scaling(stack: Stack) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--keep", action="store_true", help="leave the compose stack running at the end")
+    parser.add_argument("--clean-engine", action="store_true",
+                        help="run against a throwaway dockerd (empty data root, own network namespace), removed after")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="rnn-deploy-check-"))
+    if args.clean_engine:
+        return clean_engine_run(work)
     dockerd, stack, t_all, sizes, figures = None, None, time.monotonic(), {}, {}
     try:
         with phase("engine"):
@@ -304,6 +312,19 @@ def main() -> int:
     summary(sizes, figures, time.monotonic() - t_all)
     print("DEPLOYMENT CHECK " + ("PASSED" if ok else "FAILED"))
     return 0 if ok else 1
+
+
+def clean_engine_run(work: Path) -> int:
+    """This check, run again in a throwaway engine's network namespace with DOCKER_HOST pointing at it."""
+    try:
+        with throwaway_engine(work) as (env, inside):
+            print(f"== a throwaway dockerd at {env['DOCKER_HOST']}: no images, no build cache", flush=True)
+            return subprocess.run([*inside, sys.executable, str(Path(__file__).resolve())], env=env).returncode
+    except EngineUnavailable as exc:
+        print(f"\n!! DEPLOYMENT CHECK SKIPPED: {exc}", flush=True)
+        return NO_ENGINE
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def summary(sizes: dict[str, float], figures: dict[str, dict], total: float) -> None:

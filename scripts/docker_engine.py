@@ -5,6 +5,9 @@
   libc, fetched with ``apt-get download`` through a temporary source), then starts ``dockerd`` if no
   daemon answers. Returns the dockerd process we started (None when one was already running), so the
   caller stops only what it started.
+* ``throwaway_engine(work)``: a second dockerd with an empty data root, in a network namespace of its
+  own (its bridges and iptables rules cannot meet the main daemon's), for measuring what a clean
+  machine pays beside a daemon whose images others use. Removed, data and all, afterwards.
 * ``ensure_bases(tags)``: every tag that is neither present nor pullable gets a stand-in made from
   Debian with ``debootstrap`` and ``docker import``ed under that exact tag. The Dockerfile and compose
   file keep their real ``FROM``/``image:`` lines; only this machine's copy of the tag differs.
@@ -17,6 +20,7 @@ import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 NEWER_SUITE = "trixie"                    # docker-compose 2.x and docker-buildx live here, not in bookworm
@@ -70,6 +74,8 @@ def ensure_engine(log_dir: Path) -> subprocess.Popen | None:
     _install_packages()
     if _daemon_answers():
         return None
+    if os.environ.get("DOCKER_HOST"):                 # the caller chose a daemon: never start another one
+        raise EngineUnavailable(f"DOCKER_HOST={os.environ['DOCKER_HOST']} does not answer")
     if os.geteuid() != 0:
         raise EngineUnavailable("no Docker daemon answers and starting dockerd needs root")
     log = open(log_dir / "dockerd.log", "ab")
@@ -93,6 +99,58 @@ def stop_daemon(proc: subprocess.Popen | None) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+@contextmanager
+def throwaway_engine(work: Path):
+    """Yields (environment, argv prefix): DOCKER_HOST names a fresh dockerd whose data root, exec root
+    and socket are under ``work``, and the prefix runs a command in its network namespace (where its
+    published ports are on 127.0.0.1). The namespace reaches the network through a veth pair, NATed
+    by two FORWARD rules and one MASQUERADE rule on the host; all of it is removed on the way out."""
+    if os.geteuid() != 0 or not shutil.which("nsenter") or not shutil.which("ip"):
+        raise EngineUnavailable("a throwaway engine needs root, nsenter and ip")
+    n = os.getpid() % 250 + 1
+    ns, host_if, ns_if, net = f"rnnchk{os.getpid()}", f"rc{os.getpid()}h", f"rc{os.getpid()}n", f"10.250.{n}"
+    rules = [("nat", "POSTROUTING", "-s", f"{net}.0/30", "-j", "MASQUERADE"),
+             ("filter", "FORWARD", "-i", host_if, "-j", "ACCEPT"), ("filter", "FORWARD", "-o", host_if, "-j", "ACCEPT")]
+    inside = ["nsenter", f"--net=/run/netns/{ns}"]
+    dockerd, added = None, []
+    try:
+        run("ip", "netns", "add", ns)
+        run("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+        run("ip", "link", "set", ns_if, "netns", ns)
+        run("ip", "addr", "add", f"{net}.1/30", "dev", host_if)
+        run("ip", "link", "set", host_if, "up")
+        for cmd in (["addr", "add", f"{net}.2/30", "dev", ns_if], ["link", "set", ns_if, "up"], ["link", "set", "lo", "up"],
+                    ["route", "add", "default", "via", f"{net}.1"]):
+            run("ip", "-n", ns, *cmd)
+        for table, chain, *rule in rules:
+            run("iptables", "-t", table, "-I", chain, "1", *rule)
+            added.append((table, chain, *rule))
+        sock = work / "docker.sock"
+        log = open(work / "dockerd.log", "ab")
+        dockerd = subprocess.Popen([*inside, "dockerd", "--data-root", str(work / "data"), "--exec-root",
+                                    str(work / "exec"), "--pidfile", str(work / "dockerd.pid"), "-H", f"unix://{sock}"],
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        env = {**os.environ, "DOCKER_HOST": f"unix://{sock}"}
+        deadline = time.monotonic() + 60
+        while run("docker", "info", check=False, timeout=30, env=env).returncode != 0:
+            if dockerd.poll() is not None or time.monotonic() > deadline:
+                raise EngineUnavailable(f"the throwaway dockerd did not start:\n"
+                                        f"{(work / 'dockerd.log').read_text(errors='replace')[-1500:]}")
+            time.sleep(0.5)
+        yield env, inside
+    finally:
+        stop_daemon(dockerd)
+        mounts = run("findmnt", "-rn", "-o", "TARGET", check=False).stdout.split()
+        for target in sorted((m for m in mounts if m.startswith(str(work) + "/")), reverse=True):
+            run("umount", "-l", target, check=False)              # whatever the daemon left mounted
+        for table, chain, *rule in added:
+            run("iptables", "-t", table, "-D", chain, *rule, check=False)
+        run("ip", "link", "del", host_if, check=False)
+        run("ip", "netns", "del", ns, check=False)
+        for path in ("data", "exec"):
+            shutil.rmtree(work / path, ignore_errors=True)
 
 
 # -- stand-in base images ----------------------------------------------------------------------------
