@@ -11,12 +11,10 @@
 
 # ---- build: gcc for the engine's C kernels, binutils' strip; one virtualenv per target, then the app --
 # The venvs depend on pyproject.toml and image_venv.py only: a change to the app rebuilds neither.
-# apt's lists and downloads live in a cache mount shared with the runtime stage: fetched once, kept in no layer.
 FROM python:3.11.13-slim-bookworm AS build
-RUN --mount=type=cache,id=apt-lists,target=/var/lib/apt/lists,sharing=locked \
-    --mount=type=cache,id=apt-archives,target=/var/cache/apt,sharing=locked \
-    apt-get update \
-    && apt-get install -y --no-install-recommends binutils=2.40-2 gcc=4:12.2.0-3 libc6-dev=2.36-9+deb12u14
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends binutils=2.40-2 gcc=4:12.2.0-3 libc6-dev=2.36-9+deb12u14 \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /build
 COPY pyproject.toml deploy/image_venv.py ./
 
@@ -41,10 +39,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     RNN_SERVE_PORT=8000
 # libgomp1: the C kernels' OpenMP threads (RNN_SERVE_ENGINE_THREADS). The runtime never installs
 # anything after this: no pip in the image.
-RUN --mount=type=cache,id=apt-lists,target=/var/lib/apt/lists,sharing=locked \
-    --mount=type=cache,id=apt-archives,target=/var/cache/apt,sharing=locked \
-    apt-get update \
+RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1=12.2.0-14+deb12u1 \
+    && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --user-group --no-create-home --home-dir /app rnn \
     && rm -rf /usr/local/lib/python3.11/site-packages/pip /usr/local/bin/pip*
 WORKDIR /app

@@ -85,21 +85,56 @@ def ca_bundle() -> str | None:
     return str(default) if default.is_file() else None
 
 
-def build(targets: list[str]) -> None:
-    """Both targets at once: they share the `build` stage, and downloads overlap with unpacking."""
+# BuildKit 0.8 (Debian's docker.io 20.10) now and then ends a build whose steps another concurrent
+# build shares with "unexpected EOF"; such a build is started again once, from what is cached by then.
+TRANSIENT = "rpc error: code = Internal desc = unexpected EOF"
+
+
+def build(targets: list[str], standins: dict[str, str], logs: Path) -> None:
+    """The targets and the stand-ins still to build, all at once: the targets share the `build` stage
+    and the app, and downloads overlap with unpacking. Each job's log is a file (no pipe to fill while
+    another job is awaited)."""
     ca = ca_bundle()
-    procs = {t: subprocess.Popen(
-        ["docker", "buildx", "build", "--progress=plain", "--target", t, "-t", f"rnn-serve:{t}",
-         *(["--secret", f"id=ca-bundle,src={ca}"] if ca else []), str(ROOT)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "DOCKER_BUILDKIT": "1"})
-        for t in targets}
-    for target, proc in procs.items():
-        out, _ = proc.communicate(timeout=1200)
-        if proc.returncode != 0:
-            raise AssertionError(f"docker build --target {target} failed:\n{out[-6000:]}")
-        for line in out.splitlines():
-            if "image_venv:" in line:
-                print(f"   {target}: " + line.split("image_venv:", 1)[1].strip())
+    common = ["docker", "buildx", "build", "--progress=plain"]
+    jobs = {f"rnn-serve:{t}": [*common, "--target", t, "-t", f"rnn-serve:{t}",
+                               *(["--secret", f"id=ca-bundle,src={ca}"] if ca else []), str(ROOT)] for t in targets}
+    jobs.update({tag: [*common, "-t", tag, "-"] for tag in standins})         # no context: the Dockerfile on stdin
+
+    def start(tag: str, attempt: int) -> tuple[subprocess.Popen, Path, int]:
+        log = logs / f"build-{tag.replace('/', '_').replace(':', '_')}-{attempt}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(jobs[tag], stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "DOCKER_BUILDKIT": "1"})
+        proc.stdin.write(standins.get(tag, "").encode())
+        proc.stdin.close()
+        return proc, log, attempt
+
+    t0, failed = time.monotonic(), []
+    pending = {tag: start(tag, 1) for tag in jobs}
+    try:
+        while pending:
+            assert time.monotonic() - t0 < 1500, f"builds still running after 1500 s: {sorted(pending)}"
+            done = [tag for tag, (proc, _, _) in pending.items() if proc.poll() is not None]
+            if not done:
+                time.sleep(0.5)
+            for tag in done:
+                proc, log, attempt = pending.pop(tag)
+                out = log.read_text(errors="replace")
+                if proc.returncode != 0 and TRANSIENT in out and attempt == 1:
+                    print(f"   {tag}: BuildKit dropped the build ({TRANSIENT}); starting it again", flush=True)
+                    pending[tag] = start(tag, 2)
+                elif proc.returncode != 0:
+                    failed.append(f"docker build {tag} failed:\n{out[-6000:]}")
+                else:
+                    notes = [line.split("image_venv:", 1)[1].strip() for line in out.splitlines()
+                             if "image_venv:" in line]
+                    print(f"   {tag}: built in {time.monotonic() - t0:.0f} s" + "".join(f"; {n}" for n in notes),
+                          flush=True)
+    finally:
+        for proc, _, _ in pending.values():                 # a timeout: stop what is still building
+            proc.kill()
+            proc.wait()
+    assert not failed, "\n".join(failed)
 
 
 def image_mb(tag: str) -> float:
@@ -277,10 +312,11 @@ def main() -> int:
     try:
         with phase("base images"):
             (work / "bases").mkdir()
-            for tag, how in ensure_bases(base_tags(), work / "bases", say=print).items():
-                print(f"   {tag}: {how}")
-        with phase("build cpu + gpu"):
-            build(["cpu", "gpu"])
+            how, standins = ensure_bases(base_tags(), work / "bases", say=print)
+            for tag, state in how.items():
+                print(f"   {tag}: {state}" + (" (built with the images, on the first)" if tag in standins else ""))
+        with phase("build cpu + gpu" + (f" + {len(standins)} stand-ins" if standins else "")):
+            build(["cpu", "gpu"], standins, work)
         sizes = {t: image_mb(f"rnn-serve:{t}") for t in ("cpu", "gpu")}
         sizes["base"] = image_mb(base_tags()[0])
         with phase("cpu container"):
@@ -319,7 +355,12 @@ def clean_engine_run(work: Path) -> int:
     try:
         with throwaway_engine(work) as (env, inside):
             print(f"== a throwaway dockerd at {env['DOCKER_HOST']}: no images, no build cache", flush=True)
-            return subprocess.run([*inside, sys.executable, str(Path(__file__).resolve())], env=env).returncode
+            rc = subprocess.run([*inside, sys.executable, str(Path(__file__).resolve())], env=env).returncode
+            if rc not in (0, NO_ENGINE):
+                log = (work / "dockerd.log").read_text(errors="replace").splitlines()
+                print("-- the throwaway dockerd's log, its last warnings and errors:",
+                      *[line for line in log if "level=error" in line or "level=warn" in line][-20:], sep="\n")
+            return rc
     except EngineUnavailable as exc:
         print(f"\n!! DEPLOYMENT CHECK SKIPPED: {exc}", flush=True)
         return NO_ENGINE

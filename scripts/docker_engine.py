@@ -9,8 +9,9 @@
   own (its bridges and iptables rules cannot meet the main daemon's), for measuring what a clean
   machine pays beside a daemon whose images others use. Removed, data and all, afterwards.
 * ``ensure_bases(tags)``: every tag that is neither present nor pullable gets a stand-in made from
-  Debian with ``debootstrap`` and ``docker import``ed under that exact tag. The Dockerfile and compose
-  file keep their real ``FROM``/``image:`` lines; only this machine's copy of the tag differs.
+  Debian: the first with ``debootstrap``, ``docker import``ed under that exact tag, the others built
+  on it (``standin_dockerfile``). The Dockerfile and compose file keep their real ``FROM``/``image:``
+  lines; only this machine's copy of the tag differs.
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -121,8 +121,8 @@ def throwaway_engine(work: Path):
         run("ip", "link", "set", ns_if, "netns", ns)
         run("ip", "addr", "add", f"{net}.1/30", "dev", host_if)
         run("ip", "link", "set", host_if, "up")
-        for cmd in (["addr", "add", f"{net}.2/30", "dev", ns_if], ["link", "set", ns_if, "up"], ["link", "set", "lo", "up"],
-                    ["route", "add", "default", "via", f"{net}.1"]):
+        for cmd in (["addr", "add", f"{net}.2/30", "dev", ns_if], ["link", "set", ns_if, "up"],
+                    ["link", "set", "lo", "up"], ["route", "add", "default", "via", f"{net}.1"]):
             run("ip", "-n", ns, *cmd)
         for table, chain, *rule in rules:
             run("iptables", "-t", table, "-I", chain, "1", *rule)
@@ -154,7 +154,9 @@ def throwaway_engine(work: Path):
 
 
 # -- stand-in base images ----------------------------------------------------------------------------
-# Image name -> (Debian packages, `docker import --change` lines): just what our files use of the real image.
+# Image name -> (Debian packages, Dockerfile lines): just what our files use of the real image. The
+# Dockerfile's base (a Debian, listed first), if it is missing, is one `debootstrap --include` of its
+# packages; the other stand-ins are `docker build`s on that base, alongside the images.
 STANDINS: dict[str, tuple[list[str], list[str]]] = {
     "python": (["python3", "python3-venv", "ca-certificates"],
                ["ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin", 'CMD ["python3"]']),
@@ -166,30 +168,52 @@ TRIM = ["usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", 
         "var/lib/apt/lists", "var/log/apt", "var/cache/debconf/templates.dat-old"]
 
 
-def _standin(tag: str, base: Path, root: Path) -> None:
-    packages, changes = STANDINS[tag.split(":")[0].rsplit("/", 1)[-1]]
-    run("cp", "-a", str(base), str(root))
-    run("chroot", str(root), "apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages,
-        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, timeout=900)
-    run("chroot", str(root), "apt-get", "clean")
-    for path in TRIM:
-        shutil.rmtree(root / path, ignore_errors=True)
-    if (root / "usr/bin/python3").exists():          # the official image's interpreter is /usr/local/bin/python
-        (root / "usr/local/bin/python").symlink_to("/usr/bin/python3")
-    (root / "etc/resolv.conf").unlink(missing_ok=True)
-    argv = ["docker", "import"] + [a for c in changes for a in ("--change", c)] + ["-", tag]
-    tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
-    subprocess.run(argv, stdin=tar.stdout, check=True, capture_output=True, timeout=600)
-    tar.wait()
-    shutil.rmtree(root)
+def _recipe(tag: str) -> tuple[list[str], list[str]]:
+    return STANDINS[tag.split(":")[0].rsplit("/", 1)[-1]]
+
+
+def _bootstrap(tag: str, root: Path, say) -> None:
+    """debootstrap (minbase) with the stand-in's packages, on a tmpfs (dpkg's fsyncs cost nothing
+    there), then `docker import`ed under ``tag``."""
+    packages, changes = _recipe(tag)
+    suite = run("sh", "-c", ". /etc/os-release && echo $VERSION_CODENAME").stdout.strip() or "bookworm"
+    say(f"  debootstrap {suite} (minbase) + {', '.join(packages)} for {tag}")
+    root.mkdir(parents=True)
+    run("mount", "-t", "tmpfs", "-o", "size=4g", "tmpfs", str(root))
+    try:
+        run("debootstrap", "--variant=minbase", f"--include={','.join(packages)}", suite, str(root), DEBIAN_MIRROR,
+            timeout=900)
+        for path in TRIM:
+            shutil.rmtree(root / path, ignore_errors=True)
+        if (root / "usr/bin/python3").exists():          # the official image's interpreter is /usr/local/bin/python
+            (root / "usr/local/bin/python").symlink_to("/usr/bin/python3")
+        (root / "etc/resolv.conf").unlink(missing_ok=True)
+        argv = ["docker", "import"] + [a for c in changes for a in ("--change", c)] + ["-", tag]
+        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+        subprocess.run(argv, stdin=tar.stdout, check=True, capture_output=True, timeout=600)
+        tar.wait()
+    finally:
+        run("umount", str(root), check=False)
+
+
+def standin_dockerfile(tag: str, base: str) -> str:
+    """A stand-in built on another one: its packages from Debian, then its Dockerfile lines."""
+    packages, changes = _recipe(tag)
+    return "\n".join([
+        f"FROM {base}",
+        f"RUN apt-get update && apt-get install -y --no-install-recommends {' '.join(packages)} "
+        "&& apt-get clean && rm -rf /var/lib/apt/lists/*",
+        *changes]) + "\n"
 
 
 def image_present(tag: str) -> bool:
     return run("docker", "image", "inspect", tag, check=False).returncode == 0
 
 
-def ensure_bases(tags: list[str], work: Path, say=print) -> dict[str, str]:
-    """{tag: "present" | "pulled" | "stand-in"}; stand-ins are built from one minbase bootstrap."""
+def ensure_bases(tags: list[str], work: Path, say=print) -> tuple[dict[str, str], dict[str, str]]:
+    """({tag: "present" | "pulled" | "stand-in"}, {tag: Dockerfile text}). ``tags[0]`` is the Debian
+    base: bootstrapped here when missing. The Dockerfiles of the other stand-ins (built on that base)
+    are for the caller to build alongside its own images."""
     how, todo = {}, []
     for tag in dict.fromkeys(tags):
         if image_present(tag):
@@ -199,20 +223,16 @@ def ensure_bases(tags: list[str], work: Path, say=print) -> dict[str, str]:
         else:
             todo.append(tag)
     if not todo:
-        return how
+        return how, {}
     unknown = [t for t in todo if t.split(":")[0].rsplit("/", 1)[-1] not in STANDINS]
     if unknown:
         raise EngineUnavailable(f"cannot pull {unknown} and no stand-in recipe for them")
-    suite = run("sh", "-c", ". /etc/os-release && echo $VERSION_CODENAME").stdout.strip() or "bookworm"
-    base = work / "rootfs"
-    say(f"  no registry for {', '.join(todo)}: debootstrap {suite} (minbase) for stand-ins")
-    try:
-        run("debootstrap", "--variant=minbase", suite, str(base), DEBIAN_MIRROR, timeout=900)
-        shutil.copy("/etc/resolv.conf", base / "etc/resolv.conf")
-        with ThreadPoolExecutor(len(todo)) as pool:          # apt in three chroots at once: mostly waiting
-            list(pool.map(lambda t: _standin(t, base, work / t.replace("/", "_").replace(":", "_")), todo))
-        how.update(dict.fromkeys(todo, "stand-in"))
-    finally:
-        for leftover in work.iterdir():
-            shutil.rmtree(leftover, ignore_errors=True)
-    return how
+    say(f"  no registry for {', '.join(todo)}: stand-ins from Debian")
+    base = tags[0]
+    if base in todo:
+        try:
+            _bootstrap(base, work / "rootfs", say)
+        finally:
+            shutil.rmtree(work / "rootfs", ignore_errors=True)
+    how.update(dict.fromkeys(todo, "stand-in"))
+    return how, {tag: standin_dockerfile(tag, base) for tag in todo if tag != base}
