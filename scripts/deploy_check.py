@@ -353,9 +353,13 @@ def main() -> int:
 def clean_engine_run(work: Path) -> int:
     """This check, run again in a throwaway engine's network namespace with DOCKER_HOST pointing at it."""
     try:
-        with throwaway_engine(work) as (env, inside):
+        with throwaway_engine(work) as (env, inside, cpu_seconds):
             print(f"== a throwaway dockerd at {env['DOCKER_HOST']}: no images, no build cache", flush=True)
+            t0 = time.monotonic()
             rc = subprocess.run([*inside, sys.executable, str(Path(__file__).resolve())], env=env).returncode
+            if cpu_seconds() is not None:
+                print(f"-- the clean run used {cpu_seconds():.0f} s of CPU (the check, dockerd, builds, containers) "
+                      f"in {time.monotonic() - t0:.0f} s; load average now {os.getloadavg()[0]:.1f}", flush=True)
             if rc not in (0, NO_ENGINE):
                 log = (work / "dockerd.log").read_text(errors="replace").splitlines()
                 print("-- the throwaway dockerd's log, its last warnings and errors:",

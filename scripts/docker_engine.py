@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 NEWER_SUITE = "trixie"                    # docker-compose 2.x and docker-buildx live here, not in bookworm
@@ -103,17 +103,29 @@ def stop_daemon(proc: subprocess.Popen | None) -> None:
 
 @contextmanager
 def throwaway_engine(work: Path):
-    """Yields (environment, argv prefix): DOCKER_HOST names a fresh dockerd whose data root, exec root
-    and socket are under ``work``, and the prefix runs a command in its network namespace (where its
-    published ports are on 127.0.0.1). The namespace reaches the network through a veth pair, NATed
-    by two FORWARD rules and one MASQUERADE rule on the host; all of it is removed on the way out."""
+    """Yields (environment, argv prefix, CPU seconds so far): DOCKER_HOST names a fresh dockerd whose
+    data root, exec root and socket are under ``work``; the prefix runs a command in its network
+    namespace (where its published ports are on 127.0.0.1) and its cgroup, which also holds the
+    daemon, its build steps and containers (``--cgroup-parent``), so that cgroup v1's cpuacct counts
+    the CPU time of the whole run however loaded the machine is. The namespace reaches the network
+    through a veth pair, NATed by two FORWARD rules and one MASQUERADE rule on the host; all of it is
+    removed on the way out."""
     if os.geteuid() != 0 or not shutil.which("nsenter") or not shutil.which("ip"):
         raise EngineUnavailable("a throwaway engine needs root, nsenter and ip")
     n = os.getpid() % 250 + 1
     ns, host_if, ns_if, net = f"rnnchk{os.getpid()}", f"rc{os.getpid()}h", f"rc{os.getpid()}n", f"10.250.{n}"
     rules = [("nat", "POSTROUTING", "-s", f"{net}.0/30", "-j", "MASQUERADE"),
              ("filter", "FORWARD", "-i", host_if, "-j", "ACCEPT"), ("filter", "FORWARD", "-o", host_if, "-j", "ACCEPT")]
+    cpuacct = Path("/sys/fs/cgroup/cpuacct") / ns
     inside = ["nsenter", f"--net=/run/netns/{ns}"]
+    if cpuacct.parent.is_dir():                         # cgroup v1: join the cgroup, then enter the namespace
+        cpuacct.mkdir(exist_ok=True)
+        inside = ["sh", "-c", f'echo $$ > {cpuacct}/cgroup.procs && exec "$@"', "sh", *inside]
+
+    def cpu_seconds() -> float | None:
+        usage = cpuacct / "cpuacct.usage"
+        return int(usage.read_text()) / 1e9 if usage.is_file() else None
+
     dockerd, added = None, []
     try:
         run("ip", "netns", "add", ns)
@@ -130,7 +142,8 @@ def throwaway_engine(work: Path):
         sock = work / "docker.sock"
         log = open(work / "dockerd.log", "ab")
         dockerd = subprocess.Popen([*inside, "dockerd", "--data-root", str(work / "data"), "--exec-root",
-                                    str(work / "exec"), "--pidfile", str(work / "dockerd.pid"), "-H", f"unix://{sock}"],
+                                    str(work / "exec"), "--pidfile", str(work / "dockerd.pid"), "-H", f"unix://{sock}",
+                                    "--cgroup-parent", f"/{ns}"],
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         env = {**os.environ, "DOCKER_HOST": f"unix://{sock}"}
         deadline = time.monotonic() + 60
@@ -139,7 +152,7 @@ def throwaway_engine(work: Path):
                 raise EngineUnavailable(f"the throwaway dockerd did not start:\n"
                                         f"{(work / 'dockerd.log').read_text(errors='replace')[-1500:]}")
             time.sleep(0.5)
-        yield env, inside
+        yield env, inside, cpu_seconds
     finally:
         stop_daemon(dockerd)
         mounts = run("findmnt", "-rn", "-o", "TARGET", check=False).stdout.split()
@@ -151,6 +164,10 @@ def throwaway_engine(work: Path):
         run("ip", "netns", "del", ns, check=False)
         for path in ("data", "exec"):
             shutil.rmtree(work / path, ignore_errors=True)
+        for group in Path("/sys/fs/cgroup").glob(f"*/{ns}"):      # empty by now: every process has ended
+            for sub in [*sorted((d for d in group.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)), group]:
+                with suppress(OSError):
+                    sub.rmdir()
 
 
 # -- stand-in base images ----------------------------------------------------------------------------
