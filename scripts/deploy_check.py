@@ -53,18 +53,32 @@ PROJECT = "rnn-check"
 COMPOSE = ["docker", "compose", "-p", PROJECT, "-f", str(ROOT / "docker-compose.yml"),
            "-f", str(ROOT / "docker-compose.cpu.yml")]
 UID = "10001"                                            # the Dockerfile's `USER`
-timings: list[tuple[str, float]] = []
+timings: list[tuple[str, float, float | None]] = []          # (phase, wall s, CPU s of our cgroup or None)
+
+
+def cgroup_cpu_seconds() -> float | None:
+    """CPU time of this process's cgroup (v1 cpuacct) when it has one of its own, as under
+    --clean-engine, where the daemon, its builds and containers are in it too; else None."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "cpuacct" in controllers.split(",") and path != "/":
+            for mount in ("cpuacct", "cpu,cpuacct"):
+                usage = Path("/sys/fs/cgroup", mount, path.lstrip("/"), "cpuacct.usage")
+                if usage.is_file():
+                    return int(usage.read_text()) / 1e9
+    return None
 
 
 @contextmanager
 def phase(name: str):
     print(f"== {name}", flush=True)
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), cgroup_cpu_seconds()
     try:
         yield
     finally:
-        timings.append((name, time.monotonic() - t0))
-        print(f"   {name}: {timings[-1][1]:.1f} s", flush=True)
+        cpu = None if cpu0 is None else cgroup_cpu_seconds() - cpu0
+        timings.append((name, time.monotonic() - t0, cpu))
+        print(f"   {name}: {timings[-1][1]:.1f} s" + ("" if cpu is None else f" ({cpu:.0f} s of CPU)"), flush=True)
 
 
 def base_tags() -> list[str]:
@@ -373,10 +387,12 @@ def clean_engine_run(work: Path) -> int:
 
 
 def summary(sizes: dict[str, float], figures: dict[str, dict], total: float) -> None:
-    print("\n-- timings " + "-" * 50)
-    for name, secs in timings:
-        print(f"   {name:34s} {secs:7.1f} s")
-    print(f"   {'total':34s} {total:7.1f} s")
+    cpu = timings and timings[0][2] is not None
+    print("\n-- timings " + "-" * 50 + ("   CPU (this run's cgroup)" if cpu else ""))
+    for name, secs, cpu_s in timings:
+        print(f"   {name:34s} {secs:7.1f} s" + (f"   {cpu_s:7.1f} s" if cpu else ""))
+    print(f"   {'total':34s} {total:7.1f} s" + (f"   {sum(t[2] for t in timings):7.1f} s" if cpu else "")
+          + f"   (load average {os.getloadavg()[0]:.1f})")
     if sizes:
         print("-- image sizes (docker image inspect) " + "-" * 23)
         for tag, mb in sizes.items():
