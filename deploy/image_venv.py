@@ -19,8 +19,8 @@ Removed after the install (each is build- or test-time only; the image never ins
 C against these packages): pip and setuptools, ``tests``/``test`` packages and ONNX's backend test
 data, C/C++/Cython sources and headers, type stubs, NumPy's build tools, and the symbol tables of
 extension modules (binutils' ``strip``, in the build stage only). For the cpu image, bytecode is
-written only for what starting the service imports (``--app``). CuPy and the NVIDIA wheels are left whole:
-CuPy compiles its kernels at run time with NVRTC and includes its own and CUDA's headers.
+written only for what starting the service imports (``--app``). CuPy and the NVIDIA wheels are left
+whole: CuPy compiles its kernels at run time with NVRTC and includes its own and CUDA's headers.
 """
 from __future__ import annotations
 
