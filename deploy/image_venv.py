@@ -1,26 +1,35 @@
-"""Build the image's virtualenv from pyproject.toml, then drop what the runtime never reads.
+"""Build the image's virtualenv from pyproject.toml, then drop what the runtime never reads; build the
+app's native kernels and the bytecode its startup needs.
 
-    python image_venv.py /opt/venv fast          # cpu target: runtime pins + the `fast` extra
-    python image_venv.py /opt/venv fast gpu      # gpu target: + CuPy and its CUDA wheels
+    python image_venv.py /opt/venv               # cpu target: the runtime pins only
+    python image_venv.py /opt/venv gpu           # gpu target: + CuPy and its CUDA wheels
+    python image_venv.py /opt/venv --app app     # the app in ./app: native kernels, startup bytecode
 
 The pins come from pyproject.toml's [project] dependencies and the named extras, so the image and
-`pip install .` never drift apart. Behind a TLS-intercepting proxy the build passes the host's CA
-bundle as the BuildKit secret ``ca-bundle``; pip reads it from /run/secrets for this one step and
-no layer keeps it.
+`pip install .` never drift apart. No Numba (the `fast` extra): the native C kernels replace it for
+LSTM and GRU, and the plain RNN's loop is BLAS-bound on the NumPy cell. Behind a TLS-intercepting
+proxy the build passes the host's CA bundle as the BuildKit secret ``ca-bundle``; pip reads it from
+/run/secrets for this one step and no layer keeps it.
+
+``--app`` compiles ``model_core/native`` with the engine's own loader (its flags, its OpenMP
+fallback, its load test), into ``model_core/native/_rnn_kernels.so`` where the loader looks first,
+and fails the build if the kernels are not available: the image has no compiler to fall back on.
 
 Removed after the install (each is build- or test-time only; the image never installs or compiles
 C against these packages): pip and setuptools, ``tests``/``test`` packages and ONNX's backend test
 data, C/C++/Cython sources and headers, type stubs, NumPy's build tools, and the symbol tables of
 extension modules (binutils' ``strip``, in the build stage only). For the cpu image, bytecode is
-written only for what starting the service imports. CuPy and the NVIDIA wheels are left whole:
-CuPy compiles its kernels at run time with NVRTC and includes its own and CUDA's headers.
+written only for what starting the service imports (``--app``). CuPy and the NVIDIA wheels are left
+whole: CuPy compiles its kernels at run time with NVRTC and includes its own and CUDA's headers.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -78,14 +87,36 @@ def strip_symbols(site: Path) -> int:
     return freed
 
 
+def native_kernels(venv: Path, app: Path) -> str:
+    """Compile the engine's C kernels with its own loader into a scratch cache, then put the library
+    where the loader looks first. Returns the loader's account (compiler, instruction sets)."""
+    target = app / "model_core" / "native" / "_rnn_kernels.so"
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "MODEL_CORE_NATIVE_CACHE": cache, "MODEL_CORE_NATIVE": "1"}
+        r = subprocess.run([str(venv / "bin" / "python"), "-c", NATIVE], env=env, cwd=app, check=False,
+                           capture_output=True, text=True)
+        if r.returncode:
+            sys.exit(f"image_venv: the native kernels are not available:\n{r.stderr[-3000:]}")
+        path, reason = Path(r.stdout.splitlines()[-2]), r.stdout.splitlines()[-1]
+        if path.parent.resolve() != target.parent.resolve():      # not a library built at install
+            shutil.copyfile(path, target)
+    return reason
+
+
+NATIVE = """
+from model_core import native
+assert native.AVAILABLE, native.REASON
+print(native.lib._name)
+print(native.REASON)
+"""
+
+
 def bytecode_for_startup(venv: Path, app: Path) -> None:
     """Byte-compile what starting the service imports (its lifespan loads and warms every model), and
     nothing else: the image runs as a user who cannot write __pycache__, and the rest of a package's
     modules, never imported, would only take space."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     subprocess.run([str(venv / "bin" / "python"), "-c", STARTUP], check=True, env=env, cwd=app)
-    for cache in app.rglob("*.nb[ic]"):         # Numba's on-disk kernels: the runtime user could not use them
-        cache.unlink()
 
 
 STARTUP = """
@@ -102,7 +133,7 @@ asyncio.run(start_and_stop())
 """
 
 
-def main(venv: Path, extras: list[str]) -> None:
+def build_venv(venv: Path, extras: list[str]) -> None:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     req = Path("requirements.txt")
     req.write_text("\n".join(requirements(Path("pyproject.toml"), extras)) + "\n")
@@ -116,11 +147,23 @@ def main(venv: Path, extras: list[str]) -> None:
     subprocess.run([*pip, "uninstall", "-q", "--yes", "pip", "setuptools"], check=True, env=env)
     site = next((venv / "lib").glob("python3.*/site-packages"))
     pruned, stripped = prune(site), strip_symbols(site)
-    if not everything:
-        bytecode_for_startup(venv, Path("app"))
     print(f"image_venv: removed {pruned / 2**20:.1f} MiB of tests, sources and headers, "
           f"{stripped / 2**20:.1f} MiB of symbols")
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("venv", type=Path)
+    parser.add_argument("extras", nargs="*", help="pyproject.toml extras to install (gpu)")
+    parser.add_argument("--app", type=Path, help="the app's directory: build its kernels and startup bytecode "
+                                                 "against the existing VENV")
+    args = parser.parse_args()
+    if args.app is None:
+        build_venv(args.venv, args.extras)
+        return
+    print(f"image_venv: native kernels {native_kernels(args.venv, args.app)}")
+    bytecode_for_startup(args.venv, args.app)
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2:])
+    main()

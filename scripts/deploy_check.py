@@ -2,6 +2,10 @@
 
     python -m scripts.deploy_check              # what .ci/run runs (a few minutes on 2 cores)
     python -m scripts.deploy_check --keep       # leave the compose stack up afterwards, to look at
+    python -m scripts.deploy_check --clean-engine   # the same against a throwaway dockerd with no images
+                                                    # and no build cache: what a clean machine pays
+
+DOCKER_HOST picks the daemon, as for the docker CLI (when set, the check never starts one).
 
 1. engine: Debian's docker.io plus the compose and buildx plugins, and a dockerd if none answers
    (scripts/docker_engine.py); stand-in base images only for tags that cannot be pulled.
@@ -36,11 +40,16 @@ from pathlib import Path
 
 import httpx
 
-from scripts.docker_engine import EngineUnavailable, ensure_bases, ensure_engine, run, stop_daemon
-from tests.helpers import free_port
+from scripts.docker_engine import (
+    EngineUnavailable,
+    ensure_bases,
+    ensure_engine,
+    run,
+    stop_daemon,
+    throwaway_engine,
+)
 from tests.deploy.failover import TEXT, check_outputs, established_peers, http_failover, ws_failover
-from tests.helpers import type_text
-from tests.helpers import same
+from tests.helpers import free_port, same, type_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,18 +58,32 @@ PROJECT = "rnn-check"
 COMPOSE = ["docker", "compose", "-p", PROJECT, "-f", str(ROOT / "docker-compose.yml"),
            "-f", str(ROOT / "docker-compose.cpu.yml")]
 UID = "10001"                                            # the Dockerfile's `USER`
-timings: list[tuple[str, float]] = []
+timings: list[tuple[str, float, float | None]] = []          # (phase, wall s, CPU s of our cgroup or None)
+
+
+def cgroup_cpu_seconds() -> float | None:
+    """CPU time of this process's cgroup (v1 cpuacct) when it has one of its own, as under
+    --clean-engine, where the daemon, its builds and containers are in it too; else None."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "cpuacct" in controllers.split(",") and path != "/":
+            for mount in ("cpuacct", "cpu,cpuacct"):
+                usage = Path("/sys/fs/cgroup", mount, path.lstrip("/"), "cpuacct.usage")
+                if usage.is_file():
+                    return int(usage.read_text()) / 1e9
+    return None
 
 
 @contextmanager
 def phase(name: str):
     print(f"== {name}", flush=True)
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), cgroup_cpu_seconds()
     try:
         yield
     finally:
-        timings.append((name, time.monotonic() - t0))
-        print(f"   {name}: {timings[-1][1]:.1f} s", flush=True)
+        cpu = None if cpu0 is None else cgroup_cpu_seconds() - cpu0
+        timings.append((name, time.monotonic() - t0, cpu))
+        print(f"   {name}: {timings[-1][1]:.1f} s" + ("" if cpu is None else f" ({cpu:.0f} s of CPU)"), flush=True)
 
 
 def base_tags() -> list[str]:
@@ -81,21 +104,56 @@ def ca_bundle() -> str | None:
     return str(default) if default.is_file() else None
 
 
-def build(targets: list[str]) -> None:
-    """Both targets at once: they share the `build` stage, and downloads overlap with unpacking."""
+# BuildKit 0.8 (Debian's docker.io 20.10) now and then ends a build whose steps another concurrent
+# build shares with "unexpected EOF"; such a build is started again once, from what is cached by then.
+TRANSIENT = "rpc error: code = Internal desc = unexpected EOF"
+
+
+def build(targets: list[str], standins: dict[str, str], logs: Path) -> None:
+    """The targets and the stand-ins still to build, all at once: the targets share the `build` stage
+    and the app, and downloads overlap with unpacking. Each job's log is a file (no pipe to fill while
+    another job is awaited)."""
     ca = ca_bundle()
-    procs = {t: subprocess.Popen(
-        ["docker", "buildx", "build", "--progress=plain", "--target", t, "-t", f"rnn-serve:{t}",
-         *(["--secret", f"id=ca-bundle,src={ca}"] if ca else []), str(ROOT)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "DOCKER_BUILDKIT": "1"})
-        for t in targets}
-    for target, proc in procs.items():
-        out, _ = proc.communicate(timeout=1200)
-        if proc.returncode != 0:
-            raise AssertionError(f"docker build --target {target} failed:\n{out[-6000:]}")
-        for line in out.splitlines():
-            if "image_venv:" in line:
-                print(f"   {target}: " + line.split("image_venv:", 1)[1].strip())
+    common = ["docker", "buildx", "build", "--progress=plain"]
+    jobs = {f"rnn-serve:{t}": [*common, "--target", t, "-t", f"rnn-serve:{t}",
+                               *(["--secret", f"id=ca-bundle,src={ca}"] if ca else []), str(ROOT)] for t in targets}
+    jobs.update({tag: [*common, "-t", tag, "-"] for tag in standins})         # no context: the Dockerfile on stdin
+
+    def start(tag: str, attempt: int) -> tuple[subprocess.Popen, Path, int]:
+        log = logs / f"build-{tag.replace('/', '_').replace(':', '_')}-{attempt}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(jobs[tag], stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "DOCKER_BUILDKIT": "1"})
+        proc.stdin.write(standins.get(tag, "").encode())
+        proc.stdin.close()
+        return proc, log, attempt
+
+    t0, failed = time.monotonic(), []
+    pending = {tag: start(tag, 1) for tag in jobs}
+    try:
+        while pending:
+            assert time.monotonic() - t0 < 1500, f"builds still running after 1500 s: {sorted(pending)}"
+            done = [tag for tag, (proc, _, _) in pending.items() if proc.poll() is not None]
+            if not done:
+                time.sleep(0.5)
+            for tag in done:
+                proc, log, attempt = pending.pop(tag)
+                out = log.read_text(errors="replace")
+                if proc.returncode != 0 and TRANSIENT in out and attempt == 1:
+                    print(f"   {tag}: BuildKit dropped the build ({TRANSIENT}); starting it again", flush=True)
+                    pending[tag] = start(tag, 2)
+                elif proc.returncode != 0:
+                    failed.append(f"docker build {tag} failed:\n{out[-6000:]}")
+                else:
+                    notes = [line.split("image_venv:", 1)[1].strip() for line in out.splitlines()
+                             if "image_venv:" in line]
+                    print(f"   {tag}: built in {time.monotonic() - t0:.0f} s" + "".join(f"; {n}" for n in notes),
+                          flush=True)
+    finally:
+        for proc, _, _ in pending.values():                 # a timeout: stop what is still building
+            proc.kill()
+            proc.wait()
+    assert not failed, "\n".join(failed)
 
 
 def image_mb(tag: str) -> float:
@@ -251,8 +309,12 @@ def check_scaling(stack: Stack) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--keep", action="store_true", help="leave the compose stack running at the end")
+    parser.add_argument("--clean-engine", action="store_true",
+                        help="run against a throwaway dockerd (empty data root, own network namespace), removed after")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="rnn-deploy-check-"))
+    if args.clean_engine:
+        return clean_engine_run(work)
     dockerd, stack, t_all, sizes, figures = None, None, time.monotonic(), {}, {}
     try:
         with phase("engine"):
@@ -269,10 +331,11 @@ def main() -> int:
     try:
         with phase("base images"):
             (work / "bases").mkdir()
-            for tag, how in ensure_bases(base_tags(), work / "bases", say=print).items():
-                print(f"   {tag}: {how}")
-        with phase("build cpu + gpu"):
-            build(["cpu", "gpu"])
+            how, standins = ensure_bases(base_tags(), work / "bases", say=print)
+            for tag, state in how.items():
+                print(f"   {tag}: {state}" + (" (built with the images, on the first)" if tag in standins else ""))
+        with phase("build cpu + gpu" + (f" + {len(standins)} stand-ins" if standins else "")):
+            build(["cpu", "gpu"], standins, work)
         sizes = {t: image_mb(f"rnn-serve:{t}") for t in ("cpu", "gpu")}
         sizes["base"] = image_mb(base_tags()[0])
         with phase("cpu container"):
@@ -306,11 +369,35 @@ def main() -> int:
     return 0 if ok else 1
 
 
+def clean_engine_run(work: Path) -> int:
+    """This check, run again in a throwaway engine's network namespace with DOCKER_HOST pointing at it."""
+    try:
+        with throwaway_engine(work) as (env, inside, cpu_seconds):
+            print(f"== a throwaway dockerd at {env['DOCKER_HOST']}: no images, no build cache", flush=True)
+            t0 = time.monotonic()
+            rc = subprocess.run([*inside, sys.executable, str(Path(__file__).resolve())], env=env).returncode
+            if cpu_seconds() is not None:
+                print(f"-- the clean run used {cpu_seconds():.0f} s of CPU (the check, dockerd, builds, containers) "
+                      f"in {time.monotonic() - t0:.0f} s; load average now {os.getloadavg()[0]:.1f}", flush=True)
+            if rc not in (0, NO_ENGINE):
+                log = (work / "dockerd.log").read_text(errors="replace").splitlines()
+                print("-- the throwaway dockerd's log, its last warnings and errors:",
+                      *[line for line in log if "level=error" in line or "level=warn" in line][-20:], sep="\n")
+            return rc
+    except EngineUnavailable as exc:
+        print(f"\n!! DEPLOYMENT CHECK SKIPPED: {exc}", flush=True)
+        return NO_ENGINE
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def summary(sizes: dict[str, float], figures: dict[str, dict], total: float) -> None:
-    print("\n-- timings " + "-" * 50)
-    for name, secs in timings:
-        print(f"   {name:34s} {secs:7.1f} s")
-    print(f"   {'total':34s} {total:7.1f} s")
+    cpu = timings and timings[0][2] is not None
+    print("\n-- timings " + "-" * 50 + ("   CPU (this run's cgroup)" if cpu else ""))
+    for name, secs, cpu_s in timings:
+        print(f"   {name:34s} {secs:7.1f} s" + (f"   {cpu_s:7.1f} s" if cpu else ""))
+    print(f"   {'total':34s} {total:7.1f} s" + (f"   {sum(t[2] for t in timings):7.1f} s" if cpu else "")
+          + f"   (load average {os.getloadavg()[0]:.1f})")
     if sizes:
         print("-- image sizes (docker image inspect) " + "-" * 23)
         for tag, mb in sizes.items():

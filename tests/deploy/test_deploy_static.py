@@ -59,7 +59,21 @@ def test_dockerfile_targets_and_pins():
         assert stages[target][0][1].split()[0] == "runtime"
         assert not {"USER", "RUN"} & {i for i, _ in stages[target][1:]}       # nothing runs as root after USER
     assert "RNN_SERVE_DEVICE=auto" in dict(stages["gpu"])["ENV"]
-    assert re.search(r"image_venv\.py /opt/venv fast gpu$", dict(stages["gpu-build"])["RUN"])
+    assert re.search(r"image_venv\.py /opt/venv gpu$", dict(stages["gpu-build"])["RUN"])
+    for target in ("cpu", "gpu"):                 # one app, the C kernels compiled in it, in both images
+        assert ("COPY", "--from=cpu-build /build/app /app") in stages[target]
+
+
+def stages_for(stages: dict[str, list[tuple[str, str]]], target: str) -> list[str]:
+    """The stages a target is built from (its parents and every COPY --from), in the Dockerfile's order."""
+    needed, todo = set(), [target]
+    while todo:
+        name = todo.pop()
+        if name in stages and name not in needed:
+            needed.add(name)
+            todo.append(stages[name][0][1].split()[0])
+            todo += [m for i, a in stages[name] if i == "COPY" for m in re.findall(r"--from=(\S+)", a)]
+    return [name for name in stages if name in needed]
 
 
 def _map_paths(text: str, paths: dict[str, Path]) -> str:
@@ -82,7 +96,7 @@ def test_cpu_image_steps_build_a_working_service(tmp_path):
     cmd = health = None
     envs: dict[str, dict] = {}
     cwds: dict[str, Path] = {}
-    for stage in ("build", "cpu-build", "runtime", "cpu"):             # the cpu target and what it copies from
+    for stage in stages_for(stages, "cpu"):
         parent = stages[stage][0][1].split()[0]
         env, cwd = dict(envs.get(parent, base_env)), cwds.get(parent, tmp_path)
         for instr, args in stages[stage][1:]:
@@ -125,7 +139,8 @@ def test_cpu_image_steps_build_a_working_service(tmp_path):
     site = next((tmp_path / "venv" / "lib").glob("python3*/site-packages"))
     installed = {p.name.lower() for p in site.iterdir()}
     assert {"numpy", "fastapi", "uvicorn", "redis"} <= installed
-    assert not installed & {"torch", "onnxruntime", "pytest", "playwright", "pip", "matplotlib"}
+    assert not installed & {"torch", "onnxruntime", "pytest", "playwright", "pip", "matplotlib", "numba", "llvmlite"}
+    assert list((tmp_path / "app" / "model_core" / "native").glob("_rnn_kernels.so"))   # where the loader looks first
 
     port = free_port()
     env["RNN_SERVE_PORT"] = str(port)
