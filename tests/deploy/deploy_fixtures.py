@@ -49,7 +49,7 @@ def _stop(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: flo
         proc.wait(timeout=timeout)
 
 
-def _wait(check, what: str, timeout: float = 10.0) -> None:
+def _wait(check, what: str, timeout: float = 30.0) -> None:   # generous: CI shares 2 cores
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():

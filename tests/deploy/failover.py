@@ -164,9 +164,7 @@ async def http_failover(cluster: Cluster, base_url: str, text: str = TEXT, chunk
             start, piece = acked, text[acked:acked + (KILL_CHARS if kill else chunk)]
             body = {"input": piece, "top_k": 2}
             if not kill:
-                r = await client.post(f"/v1/sessions/{sid}/step", json=body)
-                assert r.status_code == 200, r.text
-                acked = outputs.record(r.json())
+                acked = outputs.record(await _ordinary_step(client, sid, {**body, "at": acked}, report))
                 continue
             if restoring is not None:
                 await restoring
@@ -199,6 +197,22 @@ async def http_failover(cluster: Cluster, base_url: str, text: str = TEXT, chunk
             await restoring
         assert (await client.delete(f"/v1/sessions/{sid}")).status_code in (200, 204)
     return sid, outputs.by_step, report
+
+
+async def _ordinary_step(client: httpx.AsyncClient, sid: str, body: dict, report: Counter) -> dict:
+    """A step no kill is aimed at, sent as the documented client sends it: with ``at``, resent on 503.
+    Right after a kill, nginx may still pick a pooled connection to the dead replica; a POST is never
+    retried by nginx, so that one request gets 503. Resending with the same ``at`` is exactly-once: a
+    step that was in fact applied is answered from the session's record, never applied again."""
+    for _ in range(20):
+        r = await client.post(f"/v1/sessions/{sid}/step", json=body)
+        if r.status_code != 503:
+            assert r.status_code == 200, r.text
+            return r.json()
+        assert r.json()["error"]["code"] == "unavailable", r.text
+        report["resent_after_503"] += 1
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"step at {body['at']} still answered 503 after 20 tries")
 
 
 def check_outputs(outputs: dict[int, dict], reference: list[dict], report: Counter, same) -> None:
