@@ -10,15 +10,16 @@
 Keys are compared in constant time. With no ``api_keys`` configured, every other request is allowed.
 CORS runs outside this middleware, so preflights are answered before any key check.
 
-``API_KEY`` and ``ADMIN_KEY`` only declare the header in OpenAPI (the lock in ``/docs``); routes take
-them as ``Security`` dependencies that read nothing, and the check stays in the middleware here.
+OpenAPI (the lock in ``/docs``) gets FastAPI's own ``APIKeyHeader`` schemes from ``document_keys``,
+by the same rule the middleware applies (``scheme_for``). They are not route dependencies: a
+dependency that reads nothing still costs every request a dependency solve.
 """
 from __future__ import annotations
 
 import hmac
 from urllib.parse import urlsplit
 
-from fastapi import Request, Security, WebSocket
+from fastapi import Request, WebSocket
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -28,11 +29,32 @@ from service.errors import error_response
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/")
 ADMIN_PREFIX = "/v1/admin/"
 
-# auto_error=False: a missing key is not FastAPI's 403; the middleware answers first with the service's 401
-API_KEY = Security(APIKeyHeader(name="X-API-Key", scheme_name="APIKey", auto_error=False,
-                                description="one of RNN_SERVE_API_KEYS; needed only when that is set"))
-ADMIN_KEY = Security(APIKeyHeader(name="X-API-Key", scheme_name="AdminKey", auto_error=False,
-                                  description="one of RNN_SERVE_ADMIN_KEYS; the admin routes are off without them"))
+API_KEY = APIKeyHeader(name="X-API-Key", scheme_name="APIKey", auto_error=False,
+                       description="one of RNN_SERVE_API_KEYS; needed only when that is set")
+ADMIN_KEY = APIKeyHeader(name="X-API-Key", scheme_name="AdminKey", auto_error=False,
+                         description="one of RNN_SERVE_ADMIN_KEYS; the admin routes are off without them")
+
+
+def scheme_for(path: str) -> APIKeyHeader | None:
+    """The key a path needs (None: open to all). ``/metrics`` may be opened by a setting; it is not
+    in the OpenAPI document."""
+    if path.startswith(ADMIN_PREFIX):
+        return ADMIN_KEY
+    return None if path in OPEN_PATHS else API_KEY
+
+
+def document_keys(schema: dict) -> dict:
+    """Add the key schemes to an OpenAPI document: each operation names the one its path needs."""
+    used = {}
+    for path, ops in schema.get("paths", {}).items():
+        scheme = scheme_for(path)
+        if scheme is None:
+            continue
+        used[scheme.scheme_name] = scheme.model.model_dump(mode="json", by_alias=True, exclude_none=True)
+        for op in ops.values():
+            op["security"] = [{scheme.scheme_name: []}]
+    schema.setdefault("components", {})["securitySchemes"] = used
+    return schema
 
 
 def _key_ok(presented: str | None, keys: list[str]) -> bool:
@@ -87,13 +109,14 @@ class APIKeyMiddleware:
         settings = scope["app"].state.settings
         path = scope["path"]
         presented = Request(scope).headers.get("x-api-key")
-        if path.startswith(ADMIN_PREFIX):
+        scheme = scheme_for(path)
+        if scheme is ADMIN_KEY:
             if not settings.admin_keys:
                 return _refuse(path, 404, "not_found", "the admin routes are off (set RNN_SERVE_ADMIN_KEYS to use them)")
             if not _key_ok(presented, settings.admin_keys):
                 return _refuse(path, 401, "unauthorized", "missing or invalid admin key: send it in the X-API-Key header")
             return None
-        if path in OPEN_PATHS or (path == "/metrics" and settings.metrics_public):
+        if scheme is None or (path == "/metrics" and settings.metrics_public):
             return None
         if not _key_ok(presented, settings.api_keys):
             return _refuse(path, 401, "unauthorized", "missing or invalid API key: send it in the X-API-Key header")

@@ -14,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from model_core.threads import set_num_threads
 from service import __version__
 from service.api.routes import admin, health, inference, kserve, models, repository, sessions, stream
-from service.auth import APIKeyMiddleware
+from service.auth import APIKeyMiddleware, document_keys
 from service.errors import install_error_handlers
 from service.grpc_api import server as grpc_server
 from service.body_limits import BodySizeLimit
@@ -95,4 +95,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (models.router, inference.router, sessions.router, stream.router, health.router, kserve.router, admin.router):
         app.include_router(router)
     app.include_router(repository.router)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_keys(FastAPI.openapi(app))
+        return app.openapi_schema
+    app.openapi = openapi
     return app

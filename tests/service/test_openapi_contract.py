@@ -4,6 +4,7 @@ and ``vocab`` with one type. Real error replies are validated against the schema
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from fastapi.testclient import TestClient
@@ -68,15 +69,21 @@ def test_every_route_declares_its_errors_in_the_real_shape(doc):
 
 
 def test_the_key_scheme_is_on_every_route_that_needs_a_key_and_only_there(doc):
+    """The document says which operations need a key; the middleware, asked without one, agrees."""
     schemes = doc["components"]["securitySchemes"]
     assert {k: (v["type"], v["in"], v["name"]) for k, v in schemes.items()} == {
         "APIKey": ("apiKey", "header", "X-API-Key"), "AdminKey": ("apiKey", "header", "X-API-Key")}
-    for path, method, op in operations(doc):
-        if path in OPEN_PATHS:
-            assert "security" not in op and "401" not in op["responses"], path
-        else:
-            scheme = "AdminKey" if path.startswith(ADMIN_PREFIX) else "APIKey"
-            assert op["security"] == [{scheme: []}] and "401" in op["responses"], (method, path)
+    with TestClient(create_app(Settings(api_keys=[KEY], admin_keys=[ADMIN]))) as anonymous:
+        for path, method, op in operations(doc):
+            url = re.sub(r"\{[^}]+\}", "x", path)
+            refused = anonymous.request(method.upper(), url).status_code == 401
+            wrong_key = anonymous.request(method.upper(), url, headers={"X-API-Key": KEY if "admin" in path else ADMIN})
+            if "security" not in op:
+                assert path in OPEN_PATHS and not refused and "401" not in op["responses"], (method, path)
+            else:
+                scheme = "AdminKey" if path.startswith(ADMIN_PREFIX) else "APIKey"
+                assert op["security"] == [{scheme: []}] and "401" in op["responses"], (method, path)
+                assert refused and wrong_key.status_code == 401, (method, path)      # the other key won't do
 
 
 def test_the_state_routes_are_octet_stream_both_ways(client, doc):

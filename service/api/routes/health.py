@@ -6,7 +6,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from service.api.deps import Registry, Sessions
-from service.auth import API_KEY
 from service.errors import ServiceError, error_responses
 from service.openinference import server
 from service.readiness import not_ready_reason
@@ -41,7 +40,7 @@ async def ready(registry: Registry, sessions: Sessions, request: Request):
     return JSONResponse({"ready": True}, status_code=200)
 
 
-@router.get("", dependencies=[API_KEY], responses=error_responses(401, v2=True))
+@router.get("", responses=error_responses(401, v2=True))
 async def server_metadata(registry: Registry) -> dict:
     """Name, version, the Triton extensions implemented (``service.openinference.server``) and the
     device in use ("cpu" or "gpu": what RNN_SERVE_DEVICE=auto chose)."""

@@ -21,10 +21,9 @@ from service.api.schemas import (
     PredictRequest,
     PredictResponse,
 )
-from service.auth import API_KEY
 from service.errors import error_responses
 
-router = APIRouter(prefix="/v1/models/{name}", tags=["inference"], dependencies=[API_KEY],
+router = APIRouter(prefix="/v1/models/{name}", tags=["inference"],
                    responses=error_responses(401, 404, 413, 422, 503))
 
 

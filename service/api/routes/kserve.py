@@ -13,13 +13,12 @@ from pydantic import BaseModel
 
 from service.api import v2_body
 from service.api.deps import AppSettings, Registry
-from service.auth import API_KEY
 from service.errors import ServiceError, error_responses
 from service.openinference.infer import v2_error
 from service.openinference.model_config import model_config
 from service.openinference.tensors import model_metadata
 
-router = APIRouter(prefix="/v2/models", tags=["kserve-v2"], dependencies=[API_KEY],
+router = APIRouter(prefix="/v2/models", tags=["kserve-v2"],
                    responses=error_responses(401, v2=True))
 
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.api.deps import Registry
-from service.auth import API_KEY
 from service.errors import error_responses
 
-router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[API_KEY], responses=error_responses(401))
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=error_responses(401))
 
 
 @router.get("")

@@ -5,11 +5,10 @@ from fastapi import APIRouter, Request
 
 from service.api import v2_body
 from service.api.deps import Registry, Sessions
-from service.auth import API_KEY
 from service.errors import error_responses
 from service.openinference import repository
 
-router = APIRouter(prefix="/v2/repository", tags=["kserve-v2"], dependencies=[API_KEY],
+router = APIRouter(prefix="/v2/repository", tags=["kserve-v2"],
                    responses=error_responses(400, 401, v2=True))
 
 

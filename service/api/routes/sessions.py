@@ -7,11 +7,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from model_core.state import VERSION as STATE_VERSION
 from service.api.deps import Sessions
 from service.api.schemas import CompleteResponse, CompletionOptions, Sequence
-from service.auth import API_KEY
 from service.errors import PayloadTooLarge, error_responses
 from service.request_limits import StepAt, TopK
 
-router = APIRouter(prefix="/v1/sessions", tags=["sessions"], dependencies=[API_KEY],
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"],
                    responses=error_responses(401, 404, 503))
 MAX_STATE_BYTES = 16 * 1024 * 1024
 # the state routes' bodies: the engine's versioned binary state (model_core.state), never JSON
