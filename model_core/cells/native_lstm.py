@@ -13,7 +13,7 @@ import numpy as np
 
 from model_core.cells.lstm_cell import GATES, STATE_SIZE, cache_shapes, fold_bias, gate_constants
 from model_core.cells.native_weights import NULL, backward_strides, c_array, ptr, recurrent_weights, row_strides
-from model_core.native import lib
+from model_core.native import handle, lib
 
 __all__ = ["GATES", "STATE_SIZE", "cache_shapes", "fold_bias", "gate_constants", "sequence_backward",
            "sequence_forward", "step_backward", "step_forward"]
@@ -40,7 +40,7 @@ def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out
         ptrs = (ptr(cache["steps"]["gates"]), ptr(cache["steps"]["tanh_c"]), ptr(cache["prev"][0]), ptr(cache["prev"][1]))
     xt, xb = row_strides(xproj)
     yt, yb = row_strides(y_out)
-    lib.mc_lstm_forward(T, B, H, int(reverse), ptr(xproj), xt, xb, w.ptr, w.wk, w.wg, w.wu, ptr(h0), ptr(c0),
+    lib.mc_lstm_forward(T, B, H, int(reverse), ptr(xproj), xt, xb, NULL, w.ptr, w.wk, w.wg, w.wu, ptr(h0), ptr(c0),
                         ptr(y_out), yt, yb, ptr(hT), ptr(cT), *ptrs, ptr(work))
     return (hT, cT), cache
 
@@ -68,20 +68,26 @@ def sequence_backward(cache, weight_hh_t, dy, d_final):
 
 
 def step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, out):
-    """One step: xproj_t (B, 4H) C-contiguous; prev (h, c); out (h', c'), each (B, H), h' with
-    contiguous rows and c' C-contiguous; cache_t
-    {"gates", "tanh_c"} is written when given (None: inference, nothing kept)."""
+    """One step: xproj_t (B, 4H); prev (h, c); out (h', c'), each (B, H), never aliasing prev, h'
+    with contiguous rows and c' C-contiguous; cache_t {"gates", "tanh_c"} is written when given
+    (None: inference, nothing kept).
+
+    Inference into C-contiguous outputs (``step()``: a streaming session pays this per token) goes
+    through the step entry point with array handles: no pointer conversions, scratch and packing in C."""
     xproj_t = c_array(xproj_t)
-    B, G4 = xproj_t.shape
-    H = G4 // 4
     h, c = (c_array(s) for s in prev)
     h_next, c_next = out
+    if cache_t is None and h_next.flags.c_contiguous:
+        if lib.mc_lstm_step(xproj_t.shape[0], h.shape[1], handle(xproj_t), handle(c_array(weight_hh_t)), handle(h),
+                            handle(c), handle(h_next), handle(c_next)):
+            raise MemoryError("the LSTM step kernel could not allocate its scratch buffer")
+        return
+    B, G4 = xproj_t.shape
+    H = G4 // 4
     w = recurrent_weights(weight_hh_t, B)
-    gates = tanh_c = NULL
-    if cache_t is not None:
-        gates, tanh_c = ptr(cache_t["gates"]), ptr(cache_t["tanh_c"])
-    lib.mc_lstm_forward(1, B, H, 0, ptr(xproj_t), 0, G4, w.ptr, w.wk, w.wg, w.wu, ptr(h), ptr(c),
-                        ptr(h_next), 0, h_next.strides[0] // 4, NULL, ptr(c_next), gates, tanh_c, NULL, NULL, NULL)
+    gates = (NULL, NULL) if cache_t is None else (ptr(cache_t["gates"]), ptr(cache_t["tanh_c"]))
+    lib.mc_lstm_forward(1, B, H, 0, ptr(xproj_t), 0, G4, NULL, w.ptr, w.wk, w.wg, w.wu, ptr(h), ptr(c),
+                        ptr(h_next), 0, h_next.strides[0] // 4, NULL, ptr(c_next), *gates, NULL, NULL, NULL)
 
 
 def step_backward(xp, d_next, prev, weight_hh_t, consts, cache_t, dgx_t, dgh_t):

@@ -46,14 +46,18 @@ _SIGNATURES = {
     "mc_select": ([ctypes.c_int32], ctypes.c_char_p),
     "mc_pack": ([_I, _I, _F, _F], None),
     "mc_product": ([_I, _I, _I, _F, _F, _I, _I, _I, _F], None),
-    "mc_lstm_forward": ([_I, _I, _I, ctypes.c_int32, _F, _I, _I, _F, _I, _I, _I, _F, _F, _F, _I, _I,
+    "mc_lstm_forward": ([_I, _I, _I, ctypes.c_int32, _F, _I, _I, _F, _F, _I, _I, _I, _F, _F, _F, _I, _I,
                          _F, _F, _F, _F, _F, _F, _F], None),
     "mc_lstm_backward": ([_I, _I, _I, ctypes.c_int32, _F, _F, _I, _I, _F, _F, _F, _F, _F, _F, _F, _F, _F], None),
-    "mc_gru_forward": ([_I, _I, _I, ctypes.c_int32, _F, _I, _I, _F, _I, _I, _I, _F, _F, _F, _I, _I,
+    "mc_gru_forward": ([_I, _I, _I, ctypes.c_int32, _F, _I, _I, _F, _F, _I, _I, _I, _F, _F, _F, _I, _I,
                         _F, _F, _F, _F, _F], None),
     "mc_gru_backward": ([_I, _I, _I, ctypes.c_int32, _F, _F, _I, _I, _F, _F, _F, _F, _F, _F, _F, _F], None),
     "mc_fma_peak": ([_I], ctypes.c_double),
     "mc_set_threads": ([ctypes.c_int32], ctypes.c_int32),
+    "mc_set_handles": ([_I], None),
+    # handles (see handle()): plain ints, so a call converts no ctypes objects
+    "mc_lstm_step": ([_I] * 8, ctypes.c_int32),
+    "mc_gru_step": ([_I] * 7, ctypes.c_int32),
 }
 
 
@@ -121,6 +125,36 @@ def _load():
 
 lib, REASON = _load()
 AVAILABLE = lib is not None
+
+
+def _handles_work() -> bool:
+    """Can the step entry points read an array's data pointer from the array object itself?
+
+    NumPy's array struct starts with the object header, then the data pointer; CPython's id() is
+    the object's address. Checked on arrays of several kinds (fresh, view, offset view) against
+    ``a.ctypes.data``; where any differs (another interpreter or NumPy ABI), handles are off and
+    ``handle`` falls back to the data pointer."""
+    if sys.implementation.name != "cpython":
+        return False
+    offset = ctypes.sizeof(ctypes.c_ssize_t) + ctypes.sizeof(ctypes.c_void_p)      # ob_refcnt, ob_type
+    base = np.arange(64, dtype=np.float32).reshape(8, 8)
+    for a in (base, base[3], base[2:, 1:], np.empty(0, np.float32)):
+        if ctypes.c_void_p.from_address(id(a) + offset).value != a.ctypes.data:
+            return False
+    return True
+
+
+if AVAILABLE and _handles_work():
+    lib.mc_set_handles(ctypes.sizeof(ctypes.c_ssize_t) + ctypes.sizeof(ctypes.c_void_p))
+
+    def handle(a: np.ndarray | None) -> int:
+        """What the step entry points take for an array: its address (they read its data pointer);
+        the caller keeps ``a`` referenced until the call returns. None passes NULL."""
+        return 0 if a is None else id(a)
+else:
+    def handle(a: np.ndarray | None) -> int:
+        """What the step entry points take for an array: here its data pointer. None passes NULL."""
+        return 0 if a is None else a.ctypes.data
 
 
 def ptr(a: np.ndarray | None):

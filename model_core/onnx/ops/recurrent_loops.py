@@ -206,21 +206,21 @@ def native_loop(op_type, x, weights, rb_h, h, c, masks, ys, reverse) -> None:
         xt, xb = row_strides(x)
         yt, yb = row_strides(ys)
         if lstm:
-            lib.mc_lstm_forward(T, N, H, int(reverse), ptr(x), xt, xb, w.ptr, w.wk, w.wg, w.wu, ptr(h), ptr(c),
+            lib.mc_lstm_forward(T, N, H, int(reverse), ptr(x), xt, xb, NULL, w.ptr, w.wk, w.wg, w.wu, ptr(h), ptr(c),
                                 ptr(ys), yt, yb, ptr(h), ptr(c), NULL, NULL, NULL, NULL, ptr(work))
         else:
-            lib.mc_gru_forward(T, N, H, int(reverse), ptr(x), xt, xb, w.ptr, w.wk, w.wg, w.wu, ptr(b_hn), ptr(h),
+            lib.mc_gru_forward(T, N, H, int(reverse), ptr(x), xt, xb, NULL, w.ptr, w.wk, w.wg, w.wu, ptr(b_hn), ptr(h),
                                ptr(ys), yt, yb, ptr(h), NULL, NULL, NULL, ptr(work))
         return
     h_new, c_new = np.empty((N, H), np.float32), np.empty((N, H), np.float32)
     for t in range(T):
         x_t = np.ascontiguousarray(x[t])                               # (N, G*H)
         if lstm:
-            lib.mc_lstm_forward(1, N, H, 0, ptr(x_t), 0, GH, w.ptr, w.wk, w.wg, w.wu, ptr(h), ptr(c), ptr(h_new),
+            lib.mc_lstm_forward(1, N, H, 0, ptr(x_t), 0, GH, NULL, w.ptr, w.wk, w.wg, w.wu, ptr(h), ptr(c), ptr(h_new),
                                 0, H, NULL, ptr(c_new), NULL, NULL, NULL, NULL, ptr(work))
             _commit(np, c, c_new, masks[t])
         else:
-            lib.mc_gru_forward(1, N, H, 0, ptr(x_t), 0, GH, w.ptr, w.wk, w.wg, w.wu, ptr(b_hn), ptr(h), ptr(h_new),
+            lib.mc_gru_forward(1, N, H, 0, ptr(x_t), 0, GH, NULL, w.ptr, w.wk, w.wg, w.wu, ptr(b_hn), ptr(h), ptr(h_new),
                                0, H, NULL, NULL, NULL, NULL, ptr(work))
         _commit(np, h, h_new, masks[t])
         ys[t] = h
