@@ -42,7 +42,7 @@ def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out
     xt, xb = row_strides(xproj)
     yt, yb = row_strides(y_out)
     b_hn, work = _b_hn(bias_hh, consts, H), np.empty(3 * B * H, np.float32)     # work: (B, 3H) unpacked
-    lib.mc_gru_forward(T, B, H, int(reverse), ptr(xproj), xt, xb, NULL, w.ptr, w.wk, w.wg, w.wu,
+    lib.mc_gru_forward(T, B, H, int(reverse), ptr(xproj), xt, xb, NULL, NULL, w.ptr, w.wk, w.wg, w.wu,
                        ptr(b_hn), ptr(h0), ptr(y_out), yt, yb, ptr(hT), *ptrs, ptr(work))
     return (hT,), cache
 
@@ -81,7 +81,7 @@ def step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, out):
     w = recurrent_weights(weight_hh_t, B)
     b_hn = _b_hn(bias_hh, consts, H)
     gates = (NULL, NULL) if cache_t is None else (ptr(cache_t["gates"]), ptr(cache_t["hn"]))
-    lib.mc_gru_forward(1, B, H, 0, ptr(xproj_t), 0, G3, NULL, w.ptr, w.wk, w.wg, w.wu, ptr(b_hn), ptr(h), ptr(out[0]),
+    lib.mc_gru_forward(1, B, H, 0, ptr(xproj_t), 0, G3, NULL, NULL, w.ptr, w.wk, w.wg, w.wu, ptr(b_hn), ptr(h), ptr(out[0]),
                        0, out[0].strides[0] // 4, NULL, *gates, NULL, NULL)
 
 

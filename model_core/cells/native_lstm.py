@@ -40,7 +40,7 @@ def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out
         ptrs = (ptr(cache["steps"]["gates"]), ptr(cache["steps"]["tanh_c"]), ptr(cache["prev"][0]), ptr(cache["prev"][1]))
     xt, xb = row_strides(xproj)
     yt, yb = row_strides(y_out)
-    lib.mc_lstm_forward(T, B, H, int(reverse), ptr(xproj), xt, xb, NULL, w.ptr, w.wk, w.wg, w.wu, ptr(h0), ptr(c0),
+    lib.mc_lstm_forward(T, B, H, int(reverse), ptr(xproj), xt, xb, NULL, NULL, w.ptr, w.wk, w.wg, w.wu, ptr(h0), ptr(c0),
                         ptr(y_out), yt, yb, ptr(hT), ptr(cT), *ptrs, ptr(work))
     return (hT, cT), cache
 
@@ -86,7 +86,7 @@ def step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, out):
     H = G4 // 4
     w = recurrent_weights(weight_hh_t, B)
     gates = (NULL, NULL) if cache_t is None else (ptr(cache_t["gates"]), ptr(cache_t["tanh_c"]))
-    lib.mc_lstm_forward(1, B, H, 0, ptr(xproj_t), 0, G4, NULL, w.ptr, w.wk, w.wg, w.wu, ptr(h), ptr(c),
+    lib.mc_lstm_forward(1, B, H, 0, ptr(xproj_t), 0, G4, NULL, NULL, w.ptr, w.wk, w.wg, w.wu, ptr(h), ptr(c),
                         ptr(h_next), 0, h_next.strides[0] // 4, NULL, ptr(c_next), *gates, NULL, NULL, NULL)
 
 

@@ -19,6 +19,11 @@
  * AVX2+FMA, baseline) and dispatched once at load by __builtin_cpu_supports. The baseline build
  * is portable C (SSE2 pairs on x86, NEON on ARM).
  *
+ * Forward takes x's projection without the biases when bx (G*H,) is given (the gate epilogue adds
+ * it: no separate pass over the (T, B, G*H) projection) or with them when bx is NULL, and, for
+ * inference on ragged batches, lens (B,) (NULL: every row runs all T steps): from processing step
+ * lens[b] on, row b's state passes through unchanged, so a ragged batch is one call too.
+ *
  * Work buffers: LSTM forward 6*B*H floats, GRU forward 3*B*H, backward 2*B*H / B*H; a NULL work
  * in forward is allocated here (the streaming step's case: one malloc beats a NumPy allocation).
  *
@@ -116,13 +121,15 @@ typedef struct {
     const char *isa;
     void (*product)(int64_t, int64_t, int64_t, const float *, const float *, int64_t, int64_t, int64_t, float *);
     void (*lstm_forward)(int64_t, int64_t, int64_t, int32_t, const float *, int64_t, int64_t, const float *,
-                         const float *, int64_t, int64_t, int64_t, const float *, const float *, float *, int64_t, int64_t,
+                         const int64_t *, const float *, int64_t, int64_t, int64_t, const float *, const float *,
+                         float *, int64_t, int64_t,
                          float *, float *, float *, float *, float *, float *, float *);
     void (*lstm_backward)(int64_t, int64_t, int64_t, int32_t, const float *, const float *, int64_t, int64_t,
                           const float *, const float *, const float *, const float *, const float *, float *,
                           float *, float *, float *);
     void (*gru_forward)(int64_t, int64_t, int64_t, int32_t, const float *, int64_t, int64_t, const float *,
-                        const float *, int64_t, int64_t, int64_t, const float *, const float *, float *, int64_t, int64_t,
+                        const int64_t *, const float *, int64_t, int64_t, int64_t, const float *, const float *,
+                        float *, int64_t, int64_t,
                         float *, float *, float *, float *, float *);
     void (*gru_backward)(int64_t, int64_t, int64_t, int32_t, const float *, const float *, int64_t, int64_t,
                          const float *, const float *, const float *, const float *, float *, float *, float *,
@@ -189,14 +196,14 @@ void mc_product(int64_t B, int64_t H, int64_t G, const float *h, const float *w,
 }
 
 void mc_lstm_forward(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *x, int64_t xt, int64_t xb,
-                     const float *bx, const float *w, int64_t wk, int64_t wg, int64_t wu, const float *h0, const float *c0,
-                     float *y, int64_t yt, int64_t yb, float *hT, float *cT, float *gates, float *tanhc,
+                     const float *bx, const int64_t *lens, const float *w, int64_t wk, int64_t wg, int64_t wu,
+                     const float *h0, const float *c0, float *y, int64_t yt, int64_t yb, float *hT, float *cT, float *gates, float *tanhc,
                      float *prev_h, float *prev_c, float *work)
 {
     ENSURE();
     float *own = work ? 0 : malloc((size_t)(6 * B * H) * sizeof(float));     /* NULL work: a step's */
     if (!work && !own) return;
-    K->lstm_forward(T, B, H, reverse, x, xt, xb, bx, w, wk, wg, wu, h0, c0, y, yt, yb, hT, cT, gates, tanhc,
+    K->lstm_forward(T, B, H, reverse, x, xt, xb, bx, lens, w, wk, wg, wu, h0, c0, y, yt, yb, hT, cT, gates, tanhc,
                     prev_h, prev_c, work ? work : own);
     free(own);
 }
@@ -210,14 +217,15 @@ void mc_lstm_backward(int64_t T, int64_t B, int64_t H, int32_t reverse, const fl
 }
 
 void mc_gru_forward(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *x, int64_t xt, int64_t xb,
-                    const float *bx, const float *w, int64_t wk, int64_t wg, int64_t wu, const float *b_hn, const float *h0,
+                    const float *bx, const int64_t *lens, const float *w, int64_t wk, int64_t wg, int64_t wu,
+                    const float *b_hn, const float *h0,
                     float *y, int64_t yt, int64_t yb, float *hT, float *gates, float *hn, float *prev_h,
                     float *work)
 {
     ENSURE();
     float *own = work ? 0 : malloc((size_t)(3 * B * H) * sizeof(float));
     if (!work && !own) return;
-    K->gru_forward(T, B, H, reverse, x, xt, xb, bx, w, wk, wg, wu, b_hn, h0, y, yt, yb, hT, gates, hn, prev_h,
+    K->gru_forward(T, B, H, reverse, x, xt, xb, bx, lens, w, wk, wg, wu, b_hn, h0, y, yt, yb, hT, gates, hn, prev_h,
                    work ? work : own);
     free(own);
 }
@@ -285,7 +293,8 @@ int32_t mc_lstm_step(int64_t B, int64_t H, intptr_t xp, intptr_t w_hh_t, intptr_
     if (!work) return -1;
     int64_t wk, wg, wu;
     const float *w = step_weights(B, H, G, arr(w_hh_t), work + 6 * B * H, &wk, &wg, &wu);
-    K->lstm_forward(1, B, H, 0, arr(xp), 0, G * H, 0, w, wk, wg, wu, arr(h), arr(c), arr(h_out), 0, H, 0, arr(c_out),
+    K->lstm_forward(1, B, H, 0, arr(xp), 0, G * H, 0, 0, w, wk, wg, wu, arr(h), arr(c), arr(h_out), 0, H, 0,
+    arr(c_out),
                     0, 0, 0, 0, work);
     return 0;
 }
@@ -302,7 +311,8 @@ int32_t mc_gru_step(int64_t B, int64_t H, intptr_t xp, intptr_t w_hh_t, intptr_t
     if (!bn) { memset(zero, 0, (size_t)H * sizeof(float)); bn = zero; }
     int64_t wk, wg, wu;
     const float *w = step_weights(B, H, G, arr(w_hh_t), zero + H, &wk, &wg, &wu);
-    K->gru_forward(1, B, H, 0, arr(xp), 0, G * H, 0, w, wk, wg, wu, bn, arr(h), arr(h_out), 0, H, 0, 0, 0, 0, work);
+    K->gru_forward(1, B, H, 0, arr(xp), 0, G * H, 0, 0, w, wk, wg, wu, bn, arr(h), arr(h_out), 0, H, 0, 0, 0, 0,
+    work);
     return 0;
 }
 

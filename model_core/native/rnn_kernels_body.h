@@ -237,7 +237,8 @@ INL void ISA(prefetch_x)(const int G, const float *x, int64_t xb, int64_t H, int
 
 /* prefetch_x for the tile after (chunk bc, group u) of step i: the chunk's next group, else the
  * next chunk's first, else the next step's (x + t' * xt) first */
-INL void ISA(prefetch_next)(const int G, const float *x, int64_t xt, int64_t xb, int64_t T, int64_t i, int32_t reverse,
+INL void ISA(prefetch_next)(const int G, const float *x, int64_t xt, int64_t xb, int64_t T, int64_t i,
+int32_t reverse,
                             int64_t H, int64_t B, int64_t chunk, int64_t bc, int64_t u, int64_t u0, int64_t u1)
 {
     int64_t t = reverse ? T - 1 - i : i, pu = u + 1, pb = bc;
@@ -273,16 +274,30 @@ INL void ISA(lstm_gates)(v8 a0, v8 a1, v8 a2, v8 a3, int64_t nu, int64_t H, int6
     }
 }
 
+/* a row whose sequence has ended (step i >= its length; lens NULL: none has) keeps its state: h and
+ * c pass through unchanged for unit group u (inference only: nothing is cached for BPTT) */
+INL int ISA(held)(const int64_t *lens, int64_t i, int64_t nu, int64_t u, const float *hp, float *y,
+                  const float *cp, float *cn)
+{
+    if (!lens || i < *lens) return 0;
+    ISA(stn)(y + u * VW, ISA(ldn)(hp + u * VW, nu), nu);
+    if (cn) ISA(stn)(cn + u * VW, ISA(ldn)(cp + u * VW, nu), nu);
+    return 1;
+}
+
 /* mr rows of one step for unit group u: the product tile, then the gates from its registers */
 INL void ISA(lstm_rows)(const int mr, const int full, int64_t nu, int64_t H, int64_t u, const float *x, int64_t xb,
-                        const v8 bv[4], const float *w, int64_t wk, int64_t wg, const float *hp, int64_t hs,
-                        const float *cp, float *cn, float *y, int64_t yb, float *gates, float *tanhc)
+                        const v8 bv[4], const int64_t *lens, int64_t i, const float *w, int64_t wk, int64_t wg,
+                        const float *hp, int64_t hs, const float *cp, float *cn, float *y, int64_t yb, float *gates,
+                        float *tanhc)
 {
     v8 acc[MRMAX][4];
     ISA(tile)(4, mr, full, nu, H, hp, hs, w, wk, wg, acc);
     for (int m = 0; m < mr; m++)
-        ISA(lstm_gates)(acc[m][0] + bv[0], acc[m][1] + bv[1], acc[m][2] + bv[2], acc[m][3] + bv[3], nu, H, u, x + m * xb, cp + m * H, cn + m * H,
-                        y + m * yb, gates ? gates + m * 4 * H : 0, gates ? tanhc + m * H : 0);
+        if (!ISA(held)(lens ? lens + m : 0, i, nu, u, hp + m * hs, y + m * yb, cp + m * H, cn + m * H))
+            ISA(lstm_gates)(acc[m][0] + bv[0], acc[m][1] + bv[1], acc[m][2] + bv[2], acc[m][3] + bv[3], nu, H, u,
+                            x + m * xb, cp + m * H, cn + m * H, y + m * yb, gates ? gates + m * 4 * H : 0,
+                            gates ? tanhc + m * H : 0);
 }
 
 static void ISA(copy_rows)(int64_t B, int64_t H, const float *src, int64_t ss, float *dst)
@@ -293,7 +308,8 @@ static void ISA(copy_rows)(int64_t B, int64_t H, const float *src, int64_t ss, f
 /* Thread `tid` of `nth` runs unit groups [U*tid/nth, U*(tid+1)/nth) of every step, then waits for
  * the others (each step reads the whole h of the step before) */
 static void ISA(lstm_forward_part)(int tid, int nth, int64_t T, int64_t B, int64_t H, int32_t reverse,
-                                   const float *x, int64_t xt, int64_t xb, const float *bx, const float *w, int64_t wk, int64_t wg,
+                                   const float *x, int64_t xt, int64_t xb, const float *bx, const int64_t *lens,
+                                   const float *w, int64_t wk, int64_t wg,
                                    int64_t wu, const float *h0, const float *c0, float *y, int64_t yt, int64_t yb,
                                    float *hT, float *cT, float *gates, float *tanhc, float *prev_h, float *prev_c,
                                    float *work)
@@ -318,11 +334,14 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t T, int64_t B, int64
                 for (int64_t u = 0; u < U; u++) {
                     int64_t nu = H - u * VW < VW ? H - u * VW : VW;
                     const float *pr = pre + b * 4 * H + u * VW;
+                    if (ISA(held)(lens ? lens + b : 0, i, nu, u, hp + b * hs, yt_ + b * yb, cp + b * H, cn + b * H))
+                        continue;
                     v8 bv[4];
                     ISA(bias_vectors)(4, bx, H, u, nu, bv);
                     ISA(lstm_gates)(ISA(ldn)(pr, nu) + bv[0], ISA(ldn)(pr + H, nu) + bv[1],
-                                    ISA(ldn)(pr + 2 * H, nu) + bv[2], ISA(ldn)(pr + 3 * H, nu) + bv[3], nu, H, u, xt_ + b * xb, cp + b * H, cn + b * H,
-                                    yt_ + b * yb, gt ? gt + b * 4 * H : 0, gt ? tct + b * H : 0);
+                                    ISA(ldn)(pr + 2 * H, nu) + bv[2], ISA(ldn)(pr + 3 * H, nu) + bv[3], nu, H, u,
+                                    xt_ + b * xb, cp + b * H, cn + b * H, yt_ + b * yb, gt ? gt + b * 4 * H : 0,
+                                    gt ? tct + b * H : 0);
                 }
             hp = yt_; hs = yb; cp = cn;
             continue;
@@ -337,7 +356,8 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t T, int64_t B, int64
             for (int64_t b = bc, be = B < bc + ROW_CHUNK(MR_LSTM) ? B : bc + ROW_CHUNK(MR_LSTM); b < be;
                  b += MR_LSTM) {                                                  /* ... for their row blocks */
                 int64_t rem = be - b < MR_LSTM ? be - b : MR_LSTM;
-#define ARGS(M, F) M, F, nu, H, u, xt_ + b * xb, xb, bv, w + u * wu, wk, wg, hp + b * hs, hs, cp + b * H, cn + b * H, \
+#define ARGS(M, F) M, F, nu, H, u, xt_ + b * xb, xb, bv, lens ? lens + b : 0, i, w + u * wu, wk, wg, hp + b * hs, \
+                   hs, cp + b * H, cn + b * H, \
                    yt_ + b * yb, yb, gt ? gt + b * 4 * H : 0, tct ? tct + b * H : 0
 #define CALL(M) if (full) ISA(lstm_rows)(ARGS(M, 1)); else ISA(lstm_rows)(ARGS(M, 0))
                 ROWS_SWITCH(MR_LSTM, rem, CALL)
@@ -354,12 +374,14 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t T, int64_t B, int64
 }
 
 static void ISA(lstm_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *x, int64_t xt,
-                              int64_t xb, const float *bx, const float *w, int64_t wk, int64_t wg, int64_t wu, const float *h0,
+                              int64_t xb, const float *bx, const int64_t *lens, const float *w, int64_t wk,
+                              int64_t wg, int64_t wu, const float *h0,
                               const float *c0, float *y, int64_t yt, int64_t yb, float *hT, float *cT,
                               float *gates, float *tanhc, float *prev_h, float *prev_c, float *work)
 {
     int nth = threads_for(wu, B, H);
-#define PART(tid, n) ISA(lstm_forward_part)(tid, n, T, B, H, reverse, x, xt, xb, bx, w, wk, wg, wu, h0, c0, y, yt, yb, \
+#define PART(tid, n) ISA(lstm_forward_part)(tid, n, T, B, H, reverse, x, xt, xb, bx, lens, w, wk, wg, wu, h0, c0, \
+                   y, yt, yb, \
                                             hT, cT, gates, tanhc, prev_h, prev_c, work)
     RUN_PARTS(nth, PART);
 #undef PART
@@ -386,19 +408,21 @@ INL void ISA(gru_gates)(v8 a0, v8 a1, v8 a2, v8 bn, v8 bxn, int64_t nu, int64_t 
 }
 
 INL void ISA(gru_rows)(const int mr, const int full, int64_t nu, int64_t H, int64_t u, const float *x, int64_t xb,
-                       const v8 bv[4], const float *w, int64_t wk, int64_t wg, const float *b_hn, const float *hp,
-                       int64_t hs, float *y, int64_t yb, float *gates, float *hn)
+                       const v8 bv[4], const int64_t *lens, int64_t i, const float *w, int64_t wk, int64_t wg,
+                       const float *b_hn, const float *hp, int64_t hs, float *y, int64_t yb, float *gates, float *hn)
 {
     v8 acc[MRMAX][4];
     ISA(tile)(3, mr, full, nu, H, hp, hs, w, wk, wg, acc);
     v8 bn = ISA(ldn)(b_hn + u * VW, nu);
     for (int m = 0; m < mr; m++)
-        ISA(gru_gates)(acc[m][0] + bv[0], acc[m][1] + bv[1], acc[m][2], bn, bv[2], nu, H, u, x + m * xb, hp + m * hs, y + m * yb,
-                       gates ? gates + m * 3 * H : 0, gates ? hn + m * H : 0);
+        if (!ISA(held)(lens ? lens + m : 0, i, nu, u, hp + m * hs, y + m * yb, 0, 0))
+            ISA(gru_gates)(acc[m][0] + bv[0], acc[m][1] + bv[1], acc[m][2], bn, bv[2], nu, H, u, x + m * xb,
+                           hp + m * hs, y + m * yb, gates ? gates + m * 3 * H : 0, gates ? hn + m * H : 0);
 }
 
 static void ISA(gru_forward_part)(int tid, int nth, int64_t T, int64_t B, int64_t H, int32_t reverse,
-                                  const float *x, int64_t xt, int64_t xb, const float *bx, const float *w, int64_t wk, int64_t wg,
+                                  const float *x, int64_t xt, int64_t xb, const float *bx, const int64_t *lens,
+                                  const float *w, int64_t wk, int64_t wg,
                                   int64_t wu, const float *b_hn, const float *h0, float *y, int64_t yt, int64_t yb,
                                   float *hT, float *gates, float *hn, float *prev_h, float *work)
 {
@@ -417,11 +441,12 @@ static void ISA(gru_forward_part)(int tid, int nth, int64_t T, int64_t B, int64_
                 for (int64_t u = 0; u < U; u++) {
                     int64_t nu = H - u * VW < VW ? H - u * VW : VW;
                     const float *pr = work + b * 3 * H + u * VW;
+                    if (ISA(held)(lens ? lens + b : 0, i, nu, u, hp + b * hs, yt_ + b * yb, 0, 0)) continue;
                     v8 bv[4];
                     ISA(bias_vectors)(3, bx, H, u, nu, bv);
                     ISA(gru_gates)(ISA(ldn)(pr, nu) + bv[0], ISA(ldn)(pr + H, nu) + bv[1], ISA(ldn)(pr + 2 * H, nu),
-                                   ISA(ldn)(b_hn + u * VW, nu), bv[2], nu, H, u, xt_ + b * xb, hp + b * hs, yt_ + b * yb,
-                                   gt ? gt + b * 3 * H : 0, gt ? hnt + b * H : 0);
+                                   ISA(ldn)(b_hn + u * VW, nu), bv[2], nu, H, u, xt_ + b * xb, hp + b * hs,
+                                   yt_ + b * yb, gt ? gt + b * 3 * H : 0, gt ? hnt + b * H : 0);
                 }
             hp = yt_; hs = yb;
             continue;
@@ -435,7 +460,8 @@ static void ISA(gru_forward_part)(int tid, int nth, int64_t T, int64_t B, int64_
             ISA(prefetch_next)(3, x, xt, xb, T, i, reverse, H, B, ROW_CHUNK(MR_GRU), bc, u, u0, u1);
             for (int64_t b = bc, be = B < bc + ROW_CHUNK(MR_GRU) ? B : bc + ROW_CHUNK(MR_GRU); b < be; b += MR_GRU) {
                 int64_t rem = be - b < MR_GRU ? be - b : MR_GRU;
-#define ARGS(M, F) M, F, nu, H, u, xt_ + b * xb, xb, bv, w + u * wu, wk, wg, b_hn, hp + b * hs, hs, yt_ + b * yb, yb, \
+#define ARGS(M, F) M, F, nu, H, u, xt_ + b * xb, xb, bv, lens ? lens + b : 0, i, w + u * wu, wk, wg, b_hn, \
+                   hp + b * hs, hs, yt_ + b * yb, yb, \
                    gt ? gt + b * 3 * H : 0, hnt ? hnt + b * H : 0
 #define CALL(M) if (full) ISA(gru_rows)(ARGS(M, 1)); else ISA(gru_rows)(ARGS(M, 0))
                 ROWS_SWITCH(MR_GRU, rem, CALL)
@@ -450,12 +476,14 @@ static void ISA(gru_forward_part)(int tid, int nth, int64_t T, int64_t B, int64_
 }
 
 static void ISA(gru_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *x, int64_t xt,
-                             int64_t xb, const float *bx, const float *w, int64_t wk, int64_t wg, int64_t wu, const float *b_hn,
+                             int64_t xb, const float *bx, const int64_t *lens, const float *w, int64_t wk,
+                             int64_t wg, int64_t wu, const float *b_hn,
                              const float *h0, float *y, int64_t yt, int64_t yb, float *hT, float *gates,
                              float *hn, float *prev_h, float *work)
 {
     int nth = threads_for(wu, B, H);
-#define PART(tid, n) ISA(gru_forward_part)(tid, n, T, B, H, reverse, x, xt, xb, bx, w, wk, wg, wu, b_hn, h0, y, yt, yb, \
+#define PART(tid, n) ISA(gru_forward_part)(tid, n, T, B, H, reverse, x, xt, xb, bx, lens, w, wk, wg, wu, b_hn, h0, \
+                   y, yt, yb, \
                                            hT, gates, hn, prev_h, work)
     RUN_PARTS(nth, PART);
 #undef PART
@@ -548,7 +576,8 @@ static void ISA(lstm_backward)(int64_t T, int64_t B, int64_t H, int32_t reverse,
     memcpy(work, dhT, (size_t)(B * H) * sizeof(float));
     memcpy(work + B * H, dcT, (size_t)(B * H) * sizeof(float));
     int nth = threads_for(0, B, H);
-#define PART(tid, n) ISA(lstm_backward_part)(tid, n, T, B, H, reverse, wt, dy, dyt, dyb, gates, tanhc, prev_c, dgx, work)
+#define PART(tid, n) ISA(lstm_backward_part)(tid, n, T, B, H, reverse, wt, dy, dyt, dyb, gates, tanhc, prev_c, dgx, \
+                   work)
     RUN_PARTS(nth, PART);
 #undef PART
     memcpy(dh0, work, (size_t)(B * H) * sizeof(float));
@@ -597,7 +626,8 @@ static void ISA(gru_backward)(int64_t T, int64_t B, int64_t H, int32_t reverse, 
 {
     memcpy(work, dhT, (size_t)(B * H) * sizeof(float));
     int nth = threads_for(0, B, H);
-#define PART(tid, n) ISA(gru_backward_part)(tid, n, T, B, H, reverse, wt, dy, dyt, dyb, gates, hn, prev_h, dgx, dgh, work)
+#define PART(tid, n) ISA(gru_backward_part)(tid, n, T, B, H, reverse, wt, dy, dyt, dyb, gates, hn, prev_h, dgx, \
+                   dgh, work)
     RUN_PARTS(nth, PART);
 #undef PART
     memcpy(dh0, work, (size_t)(B * H) * sizeof(float));
