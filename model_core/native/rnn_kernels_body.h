@@ -92,8 +92,9 @@ INL void ISA(tile_3x4)(int64_t K, const float *h, int64_t hs, const float *w, in
                        v8 acc[MRMAX][4])
 {
     const float *h0 = h, *h1 = h + hs, *h2 = h + 2 * hs;
-    v8 z = ISA(splat)(0.0f);
-    v8 a00 = z, a01 = z, a02 = z, a03 = z, a10 = z, a11 = z, a12 = z, a13 = z, a20 = z, a21 = z, a22 = z, a23 = z;
+    v8 a00 = acc[0][0], a01 = acc[0][1], a02 = acc[0][2], a03 = acc[0][3];
+    v8 a10 = acc[1][0], a11 = acc[1][1], a12 = acc[1][2], a13 = acc[1][3];
+    v8 a20 = acc[2][0], a21 = acc[2][1], a22 = acc[2][2], a23 = acc[2][3];
     for (int64_t k = 0; k < K; k++) {
         const float *wr = w + k * wk;
         v8 w0 = ISA(ld)(wr), w1 = ISA(ld)(wr + wg), w2 = ISA(ld)(wr + 2 * wg), w3 = ISA(ld)(wr + 3 * wg);
@@ -111,8 +112,8 @@ INL void ISA(tile_4x3)(int64_t K, const float *h, int64_t hs, const float *w, in
                        v8 acc[MRMAX][4])
 {
     const float *h0 = h, *h1 = h + hs, *h2 = h + 2 * hs, *h3 = h + 3 * hs;
-    v8 z = ISA(splat)(0.0f);
-    v8 a00 = z, a01 = z, a02 = z, a10 = z, a11 = z, a12 = z, a20 = z, a21 = z, a22 = z, a30 = z, a31 = z, a32 = z;
+    v8 a00 = acc[0][0], a01 = acc[0][1], a02 = acc[0][2], a10 = acc[1][0], a11 = acc[1][1], a12 = acc[1][2];
+    v8 a20 = acc[2][0], a21 = acc[2][1], a22 = acc[2][2], a30 = acc[3][0], a31 = acc[3][1], a32 = acc[3][2];
     for (int64_t k = 0; k < K; k++) {
         const float *wr = w + k * wk;
         v8 w0 = ISA(ld)(wr), w1 = ISA(ld)(wr + wg), w2 = ISA(ld)(wr + 2 * wg);
@@ -133,8 +134,6 @@ INL void ISA(tile)(const int G, const int mr, const int full, int64_t nu, int64_
 {
     if (G == 4 && mr == 3 && full) { ISA(tile_3x4)(K, h, hs, w, wk, wg, acc); return; }
     if (G == 3 && mr == 4 && full) { ISA(tile_4x3)(K, h, hs, w, wk, wg, acc); return; }
-    for (int m = 0; m < mr; m++)
-        for (int g = 0; g < G; g++) acc[m][g] = ISA(splat)(0.0f);
     for (int64_t k = 0; k < K; k++) {
         const float *wr = w + k * wk;
         v8 wv[4];
@@ -151,6 +150,8 @@ INL void ISA(product_rows)(const int G, const int mr, const int full, int64_t nu
                            const float *w, int64_t wk, int64_t wg, float *out, int64_t u)
 {
     v8 acc[MRMAX][4];
+    for (int m = 0; m < mr; m++)
+        for (int g = 0; g < G; g++) acc[m][g] = ISA(splat)(0.0f);
     ISA(tile)(G, mr, full, nu, H, h, H, w, wk, wg, acc);
     for (int m = 0; m < mr; m++)
         for (int g = 0; g < G; g++) ISA(stn)(out + m * G * H + g * H + u * VW, acc[m][g], nu);
@@ -238,8 +239,8 @@ INL void ISA(prefetch_x)(const int G, const float *x, int64_t xb, int64_t H, int
 /* prefetch_x for the tile after (chunk bc, group u) of step i: the chunk's next group, else the
  * next chunk's first, else the next step's (x + t' * xt) first */
 INL void ISA(prefetch_next)(const int G, const float *x, int64_t xt, int64_t xb, int64_t T, int64_t i,
-int32_t reverse,
-                            int64_t H, int64_t B, int64_t chunk, int64_t bc, int64_t u, int64_t u0, int64_t u1)
+                            int32_t reverse, int64_t H, int64_t B, int64_t chunk, int64_t bc, int64_t u, int64_t u0,
+                            int64_t u1)
 {
     int64_t t = reverse ? T - 1 - i : i, pu = u + 1, pb = bc;
     if (pu == u1) {
@@ -254,15 +255,12 @@ int32_t reverse,
     ISA(prefetch_x)(G, x + t * xt, xb, H, pu, pb, B < pb + chunk ? B : pb + chunk);
 }
 
-/* the gates of one row for unit group u from the product's registers a0..a3 (i, f, g, o) */
-INL void ISA(lstm_gates)(v8 a0, v8 a1, v8 a2, v8 a3, int64_t nu, int64_t H, int64_t u, const float *xr,
-                         const float *cp, float *cn, float *y, float *gates, float *tanhc)
+/* the gates of one row for unit group u from its pre-activations a0..a3 (i, f, g, o): x W_ih^T + b
+ * + h W_hh^T, in the product's registers */
+INL void ISA(lstm_gates)(v8 a0, v8 a1, v8 a2, v8 a3, int64_t nu, int64_t H, int64_t u, const float *cp, float *cn,
+                         float *y, float *gates, float *tanhc)
 {
-    xr += u * VW;                                                                 /* x W_ih^T + b, (4H,) */
-    v8 i = ISA(vsigmoid)(a0 + ISA(ldn)(xr, nu));
-    v8 f = ISA(vsigmoid)(a1 + ISA(ldn)(xr + H, nu));
-    v8 g = ISA(vtanh)(a2 + ISA(ldn)(xr + 2 * H, nu));
-    v8 o = ISA(vsigmoid)(a3 + ISA(ldn)(xr + 3 * H, nu));
+    v8 i = ISA(vsigmoid)(a0), f = ISA(vsigmoid)(a1), g = ISA(vtanh)(a2), o = ISA(vsigmoid)(a3);
     v8 c = f * ISA(ldn)(cp + u * VW, nu) + i * g;                                 /* c' = f*c + i*g */
     v8 tc = ISA(vtanh)(c);
     ISA(stn)(cn + u * VW, c, nu);
@@ -292,12 +290,13 @@ INL void ISA(lstm_rows)(const int mr, const int full, int64_t nu, int64_t H, int
                         float *tanhc)
 {
     v8 acc[MRMAX][4];
+    for (int m = 0; m < mr; m++)          /* the tile starts from x W_ih^T + b: no loads after the K loop */
+        for (int g = 0; g < 4; g++) acc[m][g] = ISA(ldn)(x + m * xb + g * H + u * VW, nu) + bv[g];
     ISA(tile)(4, mr, full, nu, H, hp, hs, w, wk, wg, acc);
     for (int m = 0; m < mr; m++)
         if (!ISA(held)(lens ? lens + m : 0, i, nu, u, hp + m * hs, y + m * yb, cp + m * H, cn + m * H))
-            ISA(lstm_gates)(acc[m][0] + bv[0], acc[m][1] + bv[1], acc[m][2] + bv[2], acc[m][3] + bv[3], nu, H, u,
-                            x + m * xb, cp + m * H, cn + m * H, y + m * yb, gates ? gates + m * 4 * H : 0,
-                            gates ? tanhc + m * H : 0);
+            ISA(lstm_gates)(acc[m][0], acc[m][1], acc[m][2], acc[m][3], nu, H, u, cp + m * H, cn + m * H, y + m * yb,
+                            gates ? gates + m * 4 * H : 0, gates ? tanhc + m * H : 0);
 }
 
 static void ISA(copy_rows)(int64_t B, int64_t H, const float *src, int64_t ss, float *dst)
@@ -338,10 +337,11 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t T, int64_t B, int64
                         continue;
                     v8 bv[4];
                     ISA(bias_vectors)(4, bx, H, u, nu, bv);
-                    ISA(lstm_gates)(ISA(ldn)(pr, nu) + bv[0], ISA(ldn)(pr + H, nu) + bv[1],
-                                    ISA(ldn)(pr + 2 * H, nu) + bv[2], ISA(ldn)(pr + 3 * H, nu) + bv[3], nu, H, u,
-                                    xt_ + b * xb, cp + b * H, cn + b * H, yt_ + b * yb, gt ? gt + b * 4 * H : 0,
-                                    gt ? tct + b * H : 0);
+                    const float *xr = xt_ + b * xb + u * VW;
+                    v8 a[4];
+                    for (int g = 0; g < 4; g++) a[g] = ISA(ldn)(pr + g * H, nu) + ISA(ldn)(xr + g * H, nu) + bv[g];
+                    ISA(lstm_gates)(a[0], a[1], a[2], a[3], nu, H, u, cp + b * H, cn + b * H, yt_ + b * yb,
+                                    gt ? gt + b * 4 * H : 0, gt ? tct + b * H : 0);
                 }
             hp = yt_; hs = yb; cp = cn;
             continue;
@@ -388,16 +388,14 @@ static void ISA(lstm_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, 
 }
 
 /* -- GRU forward --------------------------------------------------------------------------------- */
-/* the gates of one row for unit group u from the product's registers a0..a2 (r, z, n); r's and
- * z's registers already hold their biases, the candidate's input-side bias is bxn */
-INL void ISA(gru_gates)(v8 a0, v8 a1, v8 a2, v8 bn, v8 bxn, int64_t nu, int64_t H, int64_t u, const float *xr,
-                        const float *hp, float *y, float *gates, float *hn)
+/* the gates of one row for unit group u: a0, a1 r's and z's pre-activations (x W_ih^T + b +
+ * h W_hh^T), a2 the candidate's h W_hn, xn its x W_in^T + b_in */
+INL void ISA(gru_gates)(v8 a0, v8 a1, v8 a2, v8 bn, v8 xn, int64_t nu, int64_t H, int64_t u, const float *hp,
+                        float *y, float *gates, float *hn)
 {
-    xr += u * VW;                                                  /* (3H,): x W_ih^T (+ bias, unless bx holds it) */
-    v8 r = ISA(vsigmoid)(a0 + ISA(ldn)(xr, nu));
-    v8 z = ISA(vsigmoid)(a1 + ISA(ldn)(xr + H, nu));
+    v8 r = ISA(vsigmoid)(a0), z = ISA(vsigmoid)(a1);
     v8 hv = a2 + bn;                                                              /* h W_hn + b_hn */
-    v8 n = ISA(vtanh)((ISA(ldn)(xr + 2 * H, nu) + bxn) + r * hv);
+    v8 n = ISA(vtanh)(xn + r * hv);
     v8 h = ISA(ldn)(hp + u * VW, nu);
     ISA(stn)(y + u * VW, n + z * (h - n), nu);                                    /* h' = (1-z)*n + z*h */
     if (gates) {
@@ -412,12 +410,17 @@ INL void ISA(gru_rows)(const int mr, const int full, int64_t nu, int64_t H, int6
                        const float *b_hn, const float *hp, int64_t hs, float *y, int64_t yb, float *gates, float *hn)
 {
     v8 acc[MRMAX][4];
+    for (int m = 0; m < mr; m++) {        /* r and z start from x W_ih^T + b, the candidate's from zero */
+        acc[m][0] = ISA(ldn)(x + m * xb + u * VW, nu) + bv[0];
+        acc[m][1] = ISA(ldn)(x + m * xb + H + u * VW, nu) + bv[1];
+        acc[m][2] = ISA(splat)(0.0f);
+    }
     ISA(tile)(3, mr, full, nu, H, hp, hs, w, wk, wg, acc);
     v8 bn = ISA(ldn)(b_hn + u * VW, nu);
     for (int m = 0; m < mr; m++)
         if (!ISA(held)(lens ? lens + m : 0, i, nu, u, hp + m * hs, y + m * yb, 0, 0))
-            ISA(gru_gates)(acc[m][0] + bv[0], acc[m][1] + bv[1], acc[m][2], bn, bv[2], nu, H, u, x + m * xb,
-                           hp + m * hs, y + m * yb, gates ? gates + m * 3 * H : 0, gates ? hn + m * H : 0);
+            ISA(gru_gates)(acc[m][0], acc[m][1], acc[m][2], bn, ISA(ldn)(x + m * xb + 2 * H + u * VW, nu) + bv[2], nu,
+                           H, u, hp + m * hs, y + m * yb, gates ? gates + m * 3 * H : 0, gates ? hn + m * H : 0);
 }
 
 static void ISA(gru_forward_part)(int tid, int nth, int64_t T, int64_t B, int64_t H, int32_t reverse,
@@ -444,9 +447,12 @@ static void ISA(gru_forward_part)(int tid, int nth, int64_t T, int64_t B, int64_
                     if (ISA(held)(lens ? lens + b : 0, i, nu, u, hp + b * hs, yt_ + b * yb, 0, 0)) continue;
                     v8 bv[4];
                     ISA(bias_vectors)(3, bx, H, u, nu, bv);
-                    ISA(gru_gates)(ISA(ldn)(pr, nu) + bv[0], ISA(ldn)(pr + H, nu) + bv[1], ISA(ldn)(pr + 2 * H, nu),
-                                   ISA(ldn)(b_hn + u * VW, nu), bv[2], nu, H, u, xt_ + b * xb, hp + b * hs,
-                                   yt_ + b * yb, gt ? gt + b * 3 * H : 0, gt ? hnt + b * H : 0);
+                    const float *xr = xt_ + b * xb + u * VW;
+                    v8 ar = ISA(ldn)(pr, nu) + ISA(ldn)(xr, nu) + bv[0];
+                    v8 az = ISA(ldn)(pr + H, nu) + ISA(ldn)(xr + H, nu) + bv[1];
+                    ISA(gru_gates)(ar, az, ISA(ldn)(pr + 2 * H, nu), ISA(ldn)(b_hn + u * VW, nu),
+                                   ISA(ldn)(xr + 2 * H, nu) + bv[2], nu, H, u, hp + b * hs, yt_ + b * yb,
+                                   gt ? gt + b * 3 * H : 0, gt ? hnt + b * H : 0);
                 }
             hp = yt_; hs = yb;
             continue;
