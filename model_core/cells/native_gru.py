@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from model_core.cells.gru_cell import GATES, STATE_SIZE, cache_shapes, fold_bias
-from model_core.cells.native_weights import NULL, backward_strides, c_array, ptr, recurrent_weights, row_strides
+from model_core.cells.native_weights import (NULL, backward_strides, c_array, ptr, recurrent_weights, row_strides,
+                                             rows_contiguous)
 from model_core.native import handle, lib
 
 __all__ = ["GATES", "STATE_SIZE", "cache_shapes", "fold_bias", "gate_constants", "sequence_backward",
@@ -65,9 +66,14 @@ def sequence_backward(cache, weight_hh_t, dy, d_final):
 
 
 def step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, out):
-    """One step: xproj_t (B, 3H); prev (h,); out (h',) (B, H) with contiguous rows, never aliasing
-    prev; cache_t {"gates", "hn"} is written when given (None: inference, through the step entry
+    """One step: xproj_t (B, 3H); prev (h,); out (h',) (B, H), never aliasing prev (written with
+    contiguous rows; other layouts go through a copy); cache_t {"gates", "hn"} is written when given (None: inference, through the step entry
     point with array handles when out is C-contiguous, as in ``native_lstm``)."""
+    if not rows_contiguous(out[0]):                                   # a state laid out another way
+        tmp = (np.empty(out[0].shape, np.float32),)
+        step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, tmp)
+        out[0][...] = tmp[0]
+        return
     xproj_t = c_array(xproj_t)
     h = c_array(prev[0])
     if cache_t is None and out[0].flags.c_contiguous:

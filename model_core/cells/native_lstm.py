@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from model_core.cells.lstm_cell import GATES, STATE_SIZE, cache_shapes, fold_bias, gate_constants
-from model_core.cells.native_weights import NULL, backward_strides, c_array, ptr, recurrent_weights, row_strides
+from model_core.cells.native_weights import (NULL, backward_strides, c_array, ptr, recurrent_weights, row_strides,
+                                             rows_contiguous)
 from model_core.native import handle, lib
 
 __all__ = ["GATES", "STATE_SIZE", "cache_shapes", "fold_bias", "gate_constants", "sequence_backward",
@@ -68,15 +69,20 @@ def sequence_backward(cache, weight_hh_t, dy, d_final):
 
 
 def step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, out):
-    """One step: xproj_t (B, 4H); prev (h, c); out (h', c'), each (B, H), never aliasing prev, h'
-    with contiguous rows and c' C-contiguous; cache_t {"gates", "tanh_c"} is written when given
-    (None: inference, nothing kept).
+    """One step: xproj_t (B, 4H); prev (h, c); out (h', c'), each (B, H), never aliasing prev (the
+    kernel writes h' with contiguous rows and c' C-contiguous; other layouts go through a copy);
+    cache_t {"gates", "tanh_c"} is written when given (None: inference, nothing kept).
 
     Inference into C-contiguous outputs (``step()``: a streaming session pays this per token) goes
     through the step entry point with array handles: no pointer conversions, scratch and packing in C."""
+    h_next, c_next = out
+    if not (rows_contiguous(h_next) and c_next.flags.c_contiguous):     # a state laid out another way
+        tmp = (np.empty(h_next.shape, np.float32), np.empty(c_next.shape, np.float32))
+        step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, tmp)
+        h_next[...], c_next[...] = tmp
+        return
     xproj_t = c_array(xproj_t)
     h, c = (c_array(s) for s in prev)
-    h_next, c_next = out
     if cache_t is None and h_next.flags.c_contiguous:
         if lib.mc_lstm_step(xproj_t.shape[0], h.shape[1], handle(xproj_t), handle(c_array(weight_hh_t)), handle(h),
                             handle(c), handle(h_next), handle(c_next)):
