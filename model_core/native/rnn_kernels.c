@@ -56,9 +56,12 @@
 #define MIN_ROWS_H 2048
 static int mc_threads = 1;
 
-static int threads_for(int64_t wu, int64_t B, int64_t H)
+/* A single step (a streaming step(), T = 1) stays serial too: starting the team and waiting for a
+ * worker costs more than it splits, and on a busy machine a descheduled worker made one B=64 GRU
+ * step take 11 ms instead of 0.6 (bench_core --threads 2, load average 8) */
+static int threads_for(int64_t wu, int64_t T, int64_t B, int64_t H)
 {
-    if (mc_threads <= 1 || wu == VW || B * H < MIN_ROWS_H) return 1;   /* the unpacked path is serial */
+    if (mc_threads <= 1 || wu == VW || T < 2 || B * H < MIN_ROWS_H) return 1;   /* unpacked: serial */
     return mc_threads;
 }
 
