@@ -12,8 +12,9 @@ Without either, or with ``MODEL_CORE_NATIVE=0``, ``AVAILABLE`` is False and the 
 Numba or NumPy cells; ``REASON`` says why. ``MODEL_CORE_NATIVE_ISA`` = ``baseline`` / ``avx2`` /
 ``avx512`` caps the instruction set (tests run the portable build this way).
 
-The kernels take no lock and every call gets its own buffers, so sessions served from several
-threads may call them at once (ctypes releases the GIL during a call). They run on one thread
+The kernels take no lock and every call gets its own buffers (the step entry points: a per-thread
+scratch buffer), so sessions served from several threads may call them at once (ctypes releases
+the GIL during a call). They run on one thread
 unless ``set_threads(n)`` (``model_core.set_num_threads``) asks for more: then a long enough
 sequence is split across an OpenMP team, with a barrier per step.
 """
