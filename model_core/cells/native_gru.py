@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from model_core.cells.gru_cell import GATES, STATE_SIZE, cache_shapes, fold_bias
-from model_core.cells.native_weights import NULL, backward_strides, c_array, ptr, recurrent_weights, row_strides
-from model_core.native import lib
+from model_core.cells.native_weights import (NULL, backward_strides, c_array, ptr, recurrent_weights, row_strides,
+                                             rows_contiguous)
+from model_core.native import handle, lib
 
 __all__ = ["GATES", "STATE_SIZE", "cache_shapes", "fold_bias", "gate_constants", "sequence_backward",
            "sequence_forward", "step_backward", "step_forward"]
@@ -42,7 +43,7 @@ def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out
     xt, xb = row_strides(xproj)
     yt, yb = row_strides(y_out)
     b_hn, work = _b_hn(bias_hh, consts, H), np.empty(3 * B * H, np.float32)     # work: (B, 3H) unpacked
-    lib.mc_gru_forward(T, B, H, int(reverse), ptr(xproj), xt, xb, w.ptr, w.wk, w.wg, w.wu,
+    lib.mc_gru_forward(T, B, H, int(reverse), ptr(xproj), xt, xb, NULL, NULL, w.ptr, w.wk, w.wg, w.wu,
                        ptr(b_hn), ptr(h0), ptr(y_out), yt, yb, ptr(hT), *ptrs, ptr(work))
     return (hT,), cache
 
@@ -65,19 +66,30 @@ def sequence_backward(cache, weight_hh_t, dy, d_final):
 
 
 def step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, out):
-    """One step: xproj_t (B, 3H); prev (h,); out (h',) (B, H) C-contiguous; cache_t {"gates", "hn"}
-    is written when given (None: inference)."""
+    """One step: xproj_t (B, 3H); prev (h,); out (h',) (B, H), never aliasing prev (written with
+    contiguous rows; other layouts go through a copy); cache_t {"gates", "hn"} is written when given
+    (None: inference, through the step entry point with array handles when out is C-contiguous, as in
+    ``native_lstm``)."""
+    if not rows_contiguous(out[0]):                                   # a state laid out another way
+        tmp = (np.empty(out[0].shape, np.float32),)
+        step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, tmp)
+        out[0][...] = tmp[0]
+        return
     xproj_t = c_array(xproj_t)
+    h = c_array(prev[0])
+    if cache_t is None and out[0].flags.c_contiguous:
+        b_hn = None if bias_hh is None else c_array(bias_hh[2 * h.shape[1]:])
+        if lib.mc_gru_step(xproj_t.shape[0], h.shape[1], handle(xproj_t), handle(c_array(weight_hh_t)), handle(b_hn),
+                           handle(h), handle(out[0])):
+            raise MemoryError("the GRU step kernel could not allocate its scratch buffer")
+        return
     B, G3 = xproj_t.shape
     H = G3 // 3
-    h = c_array(prev[0])
     w = recurrent_weights(weight_hh_t, B)
-    gates = hn = NULL
-    if cache_t is not None:
-        gates, hn = ptr(cache_t["gates"]), ptr(cache_t["hn"])
     b_hn = _b_hn(bias_hh, consts, H)
-    lib.mc_gru_forward(1, B, H, 0, ptr(xproj_t), 0, G3, w.ptr, w.wk, w.wg, w.wu, ptr(b_hn), ptr(h), ptr(out[0]), 0,
-                       out[0].strides[0] // 4, NULL, gates, hn, NULL, NULL)
+    gates = (NULL, NULL) if cache_t is None else (ptr(cache_t["gates"]), ptr(cache_t["hn"]))
+    lib.mc_gru_forward(1, B, H, 0, ptr(xproj_t), 0, G3, NULL, NULL, w.ptr, w.wk, w.wg, w.wu, ptr(b_hn), ptr(h), ptr(out[0]),
+                       0, out[0].strides[0] // 4, NULL, *gates, NULL, NULL)
 
 
 def step_backward(xp, d_next, prev, weight_hh_t, consts, cache_t, dgx_t, dgh_t):

@@ -4,7 +4,7 @@ Same math and caches as ``lstm_cell`` (whose docstring has the equations): the k
 step's recurrent product from a register tile, the gates and the state update, so a sequence is
 one call. ``sequence_forward`` / ``sequence_backward`` run whole sequences; ``step_forward`` /
 ``step_backward`` are the same kernels for one step (``step()``, and ragged batches, whose loop
-over time stays in ``recurrent_loop``). Selected by ``model_core.cells.select`` for float32 NumPy
+over time stays in ``nn.bptt``). Selected by ``model_core.cells.select`` for float32 NumPy
 layers when ``model_core.native.AVAILABLE``.
 """
 from __future__ import annotations
@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from model_core.cells.lstm_cell import GATES, STATE_SIZE, cache_shapes, fold_bias, gate_constants
-from model_core.cells.native_weights import NULL, backward_strides, c_array, ptr, recurrent_weights, row_strides
-from model_core.native import lib
+from model_core.cells.native_weights import (NULL, backward_strides, c_array, ptr, recurrent_weights, row_strides,
+                                             rows_contiguous)
+from model_core.native import handle, lib
 
 __all__ = ["GATES", "STATE_SIZE", "cache_shapes", "fold_bias", "gate_constants", "sequence_backward",
            "sequence_forward", "step_backward", "step_forward"]
@@ -25,7 +26,7 @@ def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out
     xproj: (T, B, 4H) with both biases; state0: (h0, c0), each (B, H); weight_hh_t: (H, 4H)
     C-contiguous; y_out: (T, B, H) view (rows may be strided) that receives every h_t.
     Returns ((h_T, c_T), cache); the cache (gates, tanh_c and the states entering each step,
-    as ``recurrent_loop`` lays them out) only when ``train``.
+    as ``nn.bptt`` lays them out) only when ``train``.
     """
     T, B, G4 = xproj.shape
     H = G4 // 4
@@ -40,7 +41,7 @@ def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out
         ptrs = (ptr(cache["steps"]["gates"]), ptr(cache["steps"]["tanh_c"]), ptr(cache["prev"][0]), ptr(cache["prev"][1]))
     xt, xb = row_strides(xproj)
     yt, yb = row_strides(y_out)
-    lib.mc_lstm_forward(T, B, H, int(reverse), ptr(xproj), xt, xb, w.ptr, w.wk, w.wg, w.wu, ptr(h0), ptr(c0),
+    lib.mc_lstm_forward(T, B, H, int(reverse), ptr(xproj), xt, xb, NULL, NULL, w.ptr, w.wk, w.wg, w.wu, ptr(h0), ptr(c0),
                         ptr(y_out), yt, yb, ptr(hT), ptr(cT), *ptrs, ptr(work))
     return (hT, cT), cache
 
@@ -68,20 +69,31 @@ def sequence_backward(cache, weight_hh_t, dy, d_final):
 
 
 def step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, out):
-    """One step: xproj_t (B, 4H) C-contiguous; prev (h, c); out (h', c'), each (B, H), h' with
-    contiguous rows and c' C-contiguous; cache_t
-    {"gates", "tanh_c"} is written when given (None: inference, nothing kept)."""
+    """One step: xproj_t (B, 4H); prev (h, c); out (h', c'), each (B, H), never aliasing prev (the
+    kernel writes h' with contiguous rows and c' C-contiguous; other layouts go through a copy);
+    cache_t {"gates", "tanh_c"} is written when given (None: inference, nothing kept).
+
+    Inference into C-contiguous outputs (``step()``: a streaming session pays this per token) goes
+    through the step entry point with array handles: no pointer conversions, scratch and packing in C."""
+    h_next, c_next = out
+    if not (rows_contiguous(h_next) and c_next.flags.c_contiguous):     # a state laid out another way
+        tmp = (np.empty(h_next.shape, np.float32), np.empty(c_next.shape, np.float32))
+        step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, tmp)
+        h_next[...], c_next[...] = tmp
+        return
     xproj_t = c_array(xproj_t)
+    h, c = (c_array(s) for s in prev)
+    if cache_t is None and h_next.flags.c_contiguous:
+        if lib.mc_lstm_step(xproj_t.shape[0], h.shape[1], handle(xproj_t), handle(c_array(weight_hh_t)), handle(h),
+                            handle(c), handle(h_next), handle(c_next)):
+            raise MemoryError("the LSTM step kernel could not allocate its scratch buffer")
+        return
     B, G4 = xproj_t.shape
     H = G4 // 4
-    h, c = (c_array(s) for s in prev)
-    h_next, c_next = out
     w = recurrent_weights(weight_hh_t, B)
-    gates = tanh_c = NULL
-    if cache_t is not None:
-        gates, tanh_c = ptr(cache_t["gates"]), ptr(cache_t["tanh_c"])
-    lib.mc_lstm_forward(1, B, H, 0, ptr(xproj_t), 0, G4, w.ptr, w.wk, w.wg, w.wu, ptr(h), ptr(c),
-                        ptr(h_next), 0, h_next.strides[0] // 4, NULL, ptr(c_next), gates, tanh_c, NULL, NULL, NULL)
+    gates = (NULL, NULL) if cache_t is None else (ptr(cache_t["gates"]), ptr(cache_t["tanh_c"]))
+    lib.mc_lstm_forward(1, B, H, 0, ptr(xproj_t), 0, G4, NULL, NULL, w.ptr, w.wk, w.wg, w.wu, ptr(h), ptr(c),
+                        ptr(h_next), 0, h_next.strides[0] // 4, NULL, ptr(c_next), *gates, NULL, NULL, NULL)
 
 
 def step_backward(xp, d_next, prev, weight_hh_t, consts, cache_t, dgx_t, dgh_t):

@@ -59,6 +59,11 @@ def c_array(a) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
+def rows_contiguous(a: np.ndarray) -> bool:
+    """Can the kernels write ``a`` (B, H) as rows of H floats ``a.strides[0]`` bytes apart?"""
+    return (a.strides[1] == 4 or a.shape[1] <= 1) and a.strides[0] % 4 == 0 and a.strides[0] >= 0
+
+
 def row_strides(a: np.ndarray) -> tuple[int, int]:
     """Element strides of the first two axes of a (T, B, N) float32 array whose rows are contiguous."""
     return a.strides[0] // 4, a.strides[1] // 4

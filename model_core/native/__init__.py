@@ -12,8 +12,9 @@ Without either, or with ``MODEL_CORE_NATIVE=0``, ``AVAILABLE`` is False and the 
 Numba or NumPy cells; ``REASON`` says why. ``MODEL_CORE_NATIVE_ISA`` = ``baseline`` / ``avx2`` /
 ``avx512`` caps the instruction set (tests run the portable build this way).
 
-The kernels take no lock and every call gets its own buffers, so sessions served from several
-threads may call them at once (ctypes releases the GIL during a call). They run on one thread
+The kernels take no lock and every call gets its own buffers (the step entry points: a per-thread
+scratch buffer), so sessions served from several threads may call them at once (ctypes releases
+the GIL during a call). They run on one thread
 unless ``set_threads(n)`` (``model_core.set_num_threads``) asks for more: then a long enough
 sequence is split across an OpenMP team, with a barrier per step.
 """
@@ -46,14 +47,18 @@ _SIGNATURES = {
     "mc_select": ([ctypes.c_int32], ctypes.c_char_p),
     "mc_pack": ([_I, _I, _F, _F], None),
     "mc_product": ([_I, _I, _I, _F, _F, _I, _I, _I, _F], None),
-    "mc_lstm_forward": ([_I, _I, _I, ctypes.c_int32, _F, _I, _I, _F, _I, _I, _I, _F, _F, _F, _I, _I,
+    "mc_lstm_forward": ([_I, _I, _I, ctypes.c_int32, _F, _I, _I, _F, _F, _F, _I, _I, _I, _F, _F, _F, _I, _I,
                          _F, _F, _F, _F, _F, _F, _F], None),
     "mc_lstm_backward": ([_I, _I, _I, ctypes.c_int32, _F, _F, _I, _I, _F, _F, _F, _F, _F, _F, _F, _F, _F], None),
-    "mc_gru_forward": ([_I, _I, _I, ctypes.c_int32, _F, _I, _I, _F, _I, _I, _I, _F, _F, _F, _I, _I,
+    "mc_gru_forward": ([_I, _I, _I, ctypes.c_int32, _F, _I, _I, _F, _F, _F, _I, _I, _I, _F, _F, _F, _I, _I,
                         _F, _F, _F, _F, _F], None),
     "mc_gru_backward": ([_I, _I, _I, ctypes.c_int32, _F, _F, _I, _I, _F, _F, _F, _F, _F, _F, _F, _F], None),
     "mc_fma_peak": ([_I], ctypes.c_double),
     "mc_set_threads": ([ctypes.c_int32], ctypes.c_int32),
+    "mc_set_handles": ([_I], None),
+    # handles (see handle()): plain ints, so a call converts no ctypes objects
+    "mc_lstm_step": ([_I] * 8, ctypes.c_int32),
+    "mc_gru_step": ([_I] * 7, ctypes.c_int32),
 }
 
 
@@ -121,6 +126,36 @@ def _load():
 
 lib, REASON = _load()
 AVAILABLE = lib is not None
+
+
+def _handles_work() -> bool:
+    """Can the step entry points read an array's data pointer from the array object itself?
+
+    NumPy's array struct starts with the object header, then the data pointer; CPython's id() is
+    the object's address. Checked on arrays of several kinds (fresh, view, offset view) against
+    ``a.ctypes.data``; where any differs (another interpreter or NumPy ABI), handles are off and
+    ``handle`` falls back to the data pointer."""
+    if sys.implementation.name != "cpython":
+        return False
+    offset = ctypes.sizeof(ctypes.c_ssize_t) + ctypes.sizeof(ctypes.c_void_p)      # ob_refcnt, ob_type
+    base = np.arange(64, dtype=np.float32).reshape(8, 8)
+    for a in (base, base[3], base[2:, 1:], np.empty(0, np.float32)):
+        if ctypes.c_void_p.from_address(id(a) + offset).value != a.ctypes.data:
+            return False
+    return True
+
+
+if AVAILABLE and _handles_work():
+    lib.mc_set_handles(ctypes.sizeof(ctypes.c_ssize_t) + ctypes.sizeof(ctypes.c_void_p))
+
+    def handle(a: np.ndarray | None) -> int:
+        """What the step entry points take for an array: its address (they read its data pointer);
+        the caller keeps ``a`` referenced until the call returns. None passes NULL."""
+        return 0 if a is None else id(a)
+else:
+    def handle(a: np.ndarray | None) -> int:
+        """What the step entry points take for an array: here its data pointer. None passes NULL."""
+        return 0 if a is None else a.ctypes.data
 
 
 def ptr(a: np.ndarray | None):

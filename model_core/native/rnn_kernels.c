@@ -19,6 +19,11 @@
  * AVX2+FMA, baseline) and dispatched once at load by __builtin_cpu_supports. The baseline build
  * is portable C (SSE2 pairs on x86, NEON on ARM).
  *
+ * Forward takes x's projection without the biases when bx (G*H,) is given (the gate epilogue adds
+ * it: no separate pass over the (T, B, G*H) projection) or with them when bx is NULL, and, for
+ * inference on ragged batches, lens (B,) (NULL: every row runs all T steps): from processing step
+ * lens[b] on, row b's state passes through unchanged, so a ragged batch is one call too.
+ *
  * Work buffers: LSTM forward 6*B*H floats, GRU forward 3*B*H, backward 2*B*H / B*H; a NULL work
  * in forward is allocated here (the streaming step's case: one malloc beats a NumPy allocation).
  *
@@ -51,9 +56,12 @@
 #define MIN_ROWS_H 2048
 static int mc_threads = 1;
 
-static int threads_for(int64_t wu, int64_t B, int64_t H)
+/* A single step (a streaming step(), T = 1) stays serial too: starting the team and waiting for a
+ * worker costs more than it splits, and on a busy machine a descheduled worker made one B=64 GRU
+ * step take 11 ms instead of 0.6 (bench_core --threads 2, load average 8) */
+static int threads_for(int64_t wu, int64_t T, int64_t B, int64_t H)
 {
-    if (mc_threads <= 1 || wu == VW || B * H < MIN_ROWS_H) return 1;   /* the unpacked path is serial */
+    if (mc_threads <= 1 || wu == VW || T < 2 || B * H < MIN_ROWS_H) return 1;   /* unpacked: serial */
     return mc_threads;
 }
 
@@ -116,13 +124,15 @@ typedef struct {
     const char *isa;
     void (*product)(int64_t, int64_t, int64_t, const float *, const float *, int64_t, int64_t, int64_t, float *);
     void (*lstm_forward)(int64_t, int64_t, int64_t, int32_t, const float *, int64_t, int64_t, const float *,
-                         int64_t, int64_t, int64_t, const float *, const float *, float *, int64_t, int64_t,
+                         const int64_t *, const float *, int64_t, int64_t, int64_t, const float *, const float *,
+                         float *, int64_t, int64_t,
                          float *, float *, float *, float *, float *, float *, float *);
     void (*lstm_backward)(int64_t, int64_t, int64_t, int32_t, const float *, const float *, int64_t, int64_t,
                           const float *, const float *, const float *, const float *, const float *, float *,
                           float *, float *, float *);
     void (*gru_forward)(int64_t, int64_t, int64_t, int32_t, const float *, int64_t, int64_t, const float *,
-                        int64_t, int64_t, int64_t, const float *, const float *, float *, int64_t, int64_t,
+                        const int64_t *, const float *, int64_t, int64_t, int64_t, const float *, const float *,
+                        float *, int64_t, int64_t,
                         float *, float *, float *, float *, float *);
     void (*gru_backward)(int64_t, int64_t, int64_t, int32_t, const float *, const float *, int64_t, int64_t,
                          const float *, const float *, const float *, const float *, float *, float *, float *,
@@ -160,21 +170,23 @@ const char *mc_select(int32_t want)
 
 void mc_pack(int64_t H, int64_t G, const float *wt, float *out)
 {
-    /* wt: W_hh^T (H, G*H) C-contiguous -> out (U, H, G, 8); columns past H are zero. Row k of wt is
-     * read once, in order; fixed 8-float copies (no memcpy call per 32 bytes) */
+    /* wt: W_hh^T (H, G*H) C-contiguous -> out (U, H, G, 8); columns past H are zero. Eight rows of wt
+     * (32 KiB at H=256) at a time, so that both sides stream: each group's 8 x G x 8 floats of the
+     * block are one contiguous run of out, and the block's rows stay in L1 while every group reads
+     * them (row by row, out was written 32 bytes at a time a whole panel apart) */
     int64_t U = (H + VW - 1) / VW, full = H / VW;
-    for (int64_t k = 0; k < H; k++) {
-        const float *src = wt + k * G * H;
-        for (int64_t g = 0; g < G; g++) {
-            const float *s = src + g * H;
-            for (int64_t u = 0; u < full; u++) {
-                float *d = out + ((u * H + k) * G + g) * VW;
-                for (int l = 0; l < VW; l++) d[l] = s[u * VW + l];
-            }
-            for (int64_t u = full; u < U; u++) {                  /* the last, partial group */
-                float *d = out + ((u * H + k) * G + g) * VW;
-                for (int64_t l = 0; l < VW; l++) d[l] = u * VW + l < H ? s[u * VW + l] : 0.0f;
-            }
+    for (int64_t k0 = 0; k0 < H; k0 += 8) {
+        int64_t k1 = k0 + 8 < H ? k0 + 8 : H;
+        for (int64_t u = 0; u < U; u++) {
+            float *d = out + (u * H + k0) * G * VW;
+            for (int64_t k = k0; k < k1; k++)
+                for (int64_t g = 0; g < G; g++, d += VW) {
+                    const float *s = wt + k * G * H + g * H + u * VW;
+                    if (u < full)
+                        for (int l = 0; l < VW; l++) d[l] = s[l];
+                    else                                                  /* the last, partial group */
+                        for (int64_t l = 0; l < VW; l++) d[l] = u * VW + l < H ? s[l] : 0.0f;
+                }
         }
     }
 }
@@ -187,14 +199,14 @@ void mc_product(int64_t B, int64_t H, int64_t G, const float *h, const float *w,
 }
 
 void mc_lstm_forward(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *x, int64_t xt, int64_t xb,
-                     const float *w, int64_t wk, int64_t wg, int64_t wu, const float *h0, const float *c0,
-                     float *y, int64_t yt, int64_t yb, float *hT, float *cT, float *gates, float *tanhc,
+                     const float *bx, const int64_t *lens, const float *w, int64_t wk, int64_t wg, int64_t wu,
+                     const float *h0, const float *c0, float *y, int64_t yt, int64_t yb, float *hT, float *cT, float *gates, float *tanhc,
                      float *prev_h, float *prev_c, float *work)
 {
     ENSURE();
     float *own = work ? 0 : malloc((size_t)(6 * B * H) * sizeof(float));     /* NULL work: a step's */
     if (!work && !own) return;
-    K->lstm_forward(T, B, H, reverse, x, xt, xb, w, wk, wg, wu, h0, c0, y, yt, yb, hT, cT, gates, tanhc,
+    K->lstm_forward(T, B, H, reverse, x, xt, xb, bx, lens, w, wk, wg, wu, h0, c0, y, yt, yb, hT, cT, gates, tanhc,
                     prev_h, prev_c, work ? work : own);
     free(own);
 }
@@ -208,14 +220,15 @@ void mc_lstm_backward(int64_t T, int64_t B, int64_t H, int32_t reverse, const fl
 }
 
 void mc_gru_forward(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *x, int64_t xt, int64_t xb,
-                    const float *w, int64_t wk, int64_t wg, int64_t wu, const float *b_hn, const float *h0,
+                    const float *bx, const int64_t *lens, const float *w, int64_t wk, int64_t wg, int64_t wu,
+                    const float *b_hn, const float *h0,
                     float *y, int64_t yt, int64_t yb, float *hT, float *gates, float *hn, float *prev_h,
                     float *work)
 {
     ENSURE();
     float *own = work ? 0 : malloc((size_t)(3 * B * H) * sizeof(float));
     if (!work && !own) return;
-    K->gru_forward(T, B, H, reverse, x, xt, xb, w, wk, wg, wu, b_hn, h0, y, yt, yb, hT, gates, hn, prev_h,
+    K->gru_forward(T, B, H, reverse, x, xt, xb, bx, lens, w, wk, wg, wu, b_hn, h0, y, yt, yb, hT, gates, hn, prev_h,
                    work ? work : own);
     free(own);
 }
@@ -226,6 +239,84 @@ void mc_gru_backward(int64_t T, int64_t B, int64_t H, int32_t reverse, const flo
 {
     ENSURE();
     K->gru_backward(T, B, H, reverse, wt, dy, dyt, dyb, gates, hn, prev_h, dhT, dgx, dgh, dh0, work);
+}
+
+/* -- one inference step, for the streaming step(): the kernel with its scratch and packing here --------
+ * Arrays arrive as handles: with mc_set_handles(offset >= 0), a NumPy array's address (Python's
+ * id()) whose data pointer sits `offset` bytes in (PyArrayObject's first field after the object
+ * header), else the data pointer itself. Reading a.ctypes.data costs ~2 us per array in Python,
+ * several times the kernel's own time for a small step; the loader checks the offset on real
+ * arrays before enabling it. Every array is C-contiguous, float32. */
+static int64_t handle_offset = -1;
+
+void mc_set_handles(int64_t offset) { handle_offset = offset; }
+
+static float *arr(intptr_t a)
+{
+    if (!a || handle_offset < 0) return (float *)a;
+    return *(float **)((char *)a + handle_offset);
+}
+
+/* per-thread scratch for a step (c ping-pong, packed weights): reused, so a step makes
+ * no allocation once warm; kept until the thread exits (a few MB per serving thread at most) */
+static __thread float *scratch_buf;
+static __thread size_t scratch_size;
+
+static float *scratch(size_t n)
+{
+    if (n > scratch_size) {
+        free(scratch_buf);
+        scratch_buf = malloc(n * sizeof(float));
+        scratch_size = scratch_buf ? n : 0;
+    }
+    return scratch_buf;
+}
+
+/* from this many rows the packed register tile beats streaming W_hh^T, the packing included */
+#define STEP_PACK_MIN_BATCH 16
+
+/* the step's weights: W_hh^T as stored (few rows), or packed into `pk` */
+static const float *step_weights(int64_t B, int64_t H, int64_t G, const float *w_hh_t, float *pk, int64_t *wk,
+                                 int64_t *wg, int64_t *wu)
+{
+    if (B < STEP_PACK_MIN_BATCH) { *wk = G * H; *wg = H; *wu = VW; return w_hh_t; }
+    mc_pack(H, G, w_hh_t, pk);
+    *wk = G * VW; *wg = VW; *wu = H * G * VW;
+    return pk;
+}
+
+/* xp (B, 4H): x W_ih^T + biases; w_hh_t (H, 4H); h, c (B, H) in; h_out, c_out (B, H) out (never
+ * the inputs). Returns 0, or -1 when out of memory. */
+int32_t mc_lstm_step(int64_t B, int64_t H, intptr_t xp, intptr_t w_hh_t, intptr_t h, intptr_t c, intptr_t h_out,
+                     intptr_t c_out)
+{
+    ENSURE();
+    int64_t G = 4, U = (H + VW - 1) / VW, packed = B >= STEP_PACK_MIN_BATCH ? U * H * G * VW : 0;
+    float *work = scratch((size_t)(6 * B * H + packed));
+    if (!work) return -1;
+    int64_t wk, wg, wu;
+    const float *w = step_weights(B, H, G, arr(w_hh_t), work + 6 * B * H, &wk, &wg, &wu);
+    K->lstm_forward(1, B, H, 0, arr(xp), 0, G * H, 0, 0, w, wk, wg, wu, arr(h), arr(c), arr(h_out), 0, H, 0,
+    arr(c_out),
+                    0, 0, 0, 0, work);
+    return 0;
+}
+
+/* the GRU's: xp (B, 3H) holds every bias but b_hn (H,) (or 0: none), which stays inside r * (h W_hn + b_hn) */
+int32_t mc_gru_step(int64_t B, int64_t H, intptr_t xp, intptr_t w_hh_t, intptr_t b_hn, intptr_t h, intptr_t h_out)
+{
+    ENSURE();
+    int64_t G = 3, U = (H + VW - 1) / VW, packed = B >= STEP_PACK_MIN_BATCH ? U * H * G * VW : 0;
+    float *work = scratch((size_t)(H + 3 * B * H + packed));
+    if (!work) return -1;
+    float *zero = work + 3 * B * H;
+    const float *bn = arr(b_hn);
+    if (!bn) { memset(zero, 0, (size_t)H * sizeof(float)); bn = zero; }
+    int64_t wk, wg, wu;
+    const float *w = step_weights(B, H, G, arr(w_hh_t), zero + H, &wk, &wg, &wu);
+    K->gru_forward(1, B, H, 0, arr(xp), 0, G * H, 0, 0, w, wk, wg, wu, bn, arr(h), arr(h_out), 0, H, 0, 0, 0, 0,
+    work);
+    return 0;
 }
 
 /* flops done by one call of mc_fma_peak(iters): iters * 2 * 8 * 12 */

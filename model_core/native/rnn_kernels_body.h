@@ -12,6 +12,14 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 /* rows of h per chunk: each weight panel is read once per chunk, and a chunk's rows of h (at
  * H=256, 8 blocks of MR rows ~ 24-56 KiB) stay near L1 while every panel passes by */
 #define ROW_CHUNK(mr) (8 * (mr))
+/* the rows per chunk a call uses: ROW_CHUNK, unless such a chunk of h would not fit L1 anyway
+ * (24 rows x H=512 are 48 KiB) while all of h fits half of L2: then one chunk, so the weights,
+ * which past H=256 no longer fit L2, stream once per step (LSTM B=32, H=1024: 0.83x the time) */
+static inline int64_t chunk_rows(int64_t mr, int64_t B, int64_t H)
+{
+    int64_t rows = 8 * mr, bytes = (int64_t)sizeof(float) * H;
+    return rows * bytes > 32 * 1024 && B * bytes <= 256 * 1024 ? B : rows;
+}
 #endif
 
 INL v8 ISA(ld)(const float *p) { return *(const v8u *)p; }
@@ -37,14 +45,33 @@ INL void ISA(stn)(float *p, v8 v, int64_t n)
 
 INL float ISA(hsum)(v8 v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
 
+/* p / q for the rational forms below. On x86 a reciprocal estimate refined by one Newton step
+ * (~23 bits, error < 2 ulp of q's reciprocal) replaces the division, whose throughput (one per
+ * ~3.5 cycles on Zen 3) limited the gates: five divisions per 8 units of an LSTM step */
+INL v8 ISA(ratio)(v8 p, v8 q)
+{
+#ifdef __AVX__
+    v8 r = __builtin_ia32_rcpps256(q);
+    r = r * (2.0f - q * r);
+    return p * r;
+#else
+    return p / q;
+#endif
+}
+
 /* tanh(x) ~ x p(x^2) / q(x^2) on [-7.905, 7.905]: Eigen's and MLAS's rational form, the same
- * coefficients as model_core/jit/activations.py (error < 3e-7); NaN fails both clamps and stays NaN */
+ * coefficients as model_core/jit/activations.py (error < 3e-7, 4e-7 with the reciprocal above);
+ * NaN passes both clamps (max/min return their second operand when either is NaN) and stays NaN */
 INL v8 ISA(vtanh)(v8 x)
 {
     const v8 hi = ISA(splat)(7.90531110763549805f), lo = -hi;
+#ifdef __AVX__
+    x = __builtin_ia32_minps256(hi, __builtin_ia32_maxps256(lo, x));
+#else
     v8i above = x > hi, below = x < lo;
     x = (v8)((above & (v8i)hi) | (~above & (v8i)x));
     x = (v8)((below & (v8i)lo) | (~below & (v8i)x));
+#endif
     v8 x2 = x * x;
     v8 p = ISA(splat)(-2.76076847742355e-16f);
     p = p * x2 + 2.00018790482477e-13f;
@@ -57,7 +84,7 @@ INL v8 ISA(vtanh)(v8 x)
     q = q * x2 + 1.18534705686654e-04f;
     q = q * x2 + 2.26843463243900e-03f;
     q = q * x2 + 4.89352518554385e-03f;
-    return x * p / q;
+    return ISA(ratio)(x * p, q);
 }
 
 INL v8 ISA(vsigmoid)(v8 x) { return 0.5f * ISA(vtanh)(0.5f * x) + 0.5f; }   /* σ(x) = tanh(x/2)/2 + 1/2 */
@@ -73,8 +100,9 @@ INL void ISA(tile_3x4)(int64_t K, const float *h, int64_t hs, const float *w, in
                        v8 acc[MRMAX][4])
 {
     const float *h0 = h, *h1 = h + hs, *h2 = h + 2 * hs;
-    v8 z = ISA(splat)(0.0f);
-    v8 a00 = z, a01 = z, a02 = z, a03 = z, a10 = z, a11 = z, a12 = z, a13 = z, a20 = z, a21 = z, a22 = z, a23 = z;
+    v8 a00 = acc[0][0], a01 = acc[0][1], a02 = acc[0][2], a03 = acc[0][3];
+    v8 a10 = acc[1][0], a11 = acc[1][1], a12 = acc[1][2], a13 = acc[1][3];
+    v8 a20 = acc[2][0], a21 = acc[2][1], a22 = acc[2][2], a23 = acc[2][3];
     for (int64_t k = 0; k < K; k++) {
         const float *wr = w + k * wk;
         v8 w0 = ISA(ld)(wr), w1 = ISA(ld)(wr + wg), w2 = ISA(ld)(wr + 2 * wg), w3 = ISA(ld)(wr + 3 * wg);
@@ -92,8 +120,8 @@ INL void ISA(tile_4x3)(int64_t K, const float *h, int64_t hs, const float *w, in
                        v8 acc[MRMAX][4])
 {
     const float *h0 = h, *h1 = h + hs, *h2 = h + 2 * hs, *h3 = h + 3 * hs;
-    v8 z = ISA(splat)(0.0f);
-    v8 a00 = z, a01 = z, a02 = z, a10 = z, a11 = z, a12 = z, a20 = z, a21 = z, a22 = z, a30 = z, a31 = z, a32 = z;
+    v8 a00 = acc[0][0], a01 = acc[0][1], a02 = acc[0][2], a10 = acc[1][0], a11 = acc[1][1], a12 = acc[1][2];
+    v8 a20 = acc[2][0], a21 = acc[2][1], a22 = acc[2][2], a30 = acc[3][0], a31 = acc[3][1], a32 = acc[3][2];
     for (int64_t k = 0; k < K; k++) {
         const float *wr = w + k * wk;
         v8 w0 = ISA(ld)(wr), w1 = ISA(ld)(wr + wg), w2 = ISA(ld)(wr + 2 * wg);
@@ -114,8 +142,6 @@ INL void ISA(tile)(const int G, const int mr, const int full, int64_t nu, int64_
 {
     if (G == 4 && mr == 3 && full) { ISA(tile_3x4)(K, h, hs, w, wk, wg, acc); return; }
     if (G == 3 && mr == 4 && full) { ISA(tile_4x3)(K, h, hs, w, wk, wg, acc); return; }
-    for (int m = 0; m < mr; m++)
-        for (int g = 0; g < G; g++) acc[m][g] = ISA(splat)(0.0f);
     for (int64_t k = 0; k < K; k++) {
         const float *wr = w + k * wk;
         v8 wv[4];
@@ -132,6 +158,8 @@ INL void ISA(product_rows)(const int G, const int mr, const int full, int64_t nu
                            const float *w, int64_t wk, int64_t wg, float *out, int64_t u)
 {
     v8 acc[MRMAX][4];
+    for (int m = 0; m < mr; m++)
+        for (int g = 0; g < G; g++) acc[m][g] = ISA(splat)(0.0f);
     ISA(tile)(G, mr, full, nu, H, h, H, w, wk, wg, acc);
     for (int m = 0; m < mr; m++)
         for (int g = 0; g < G; g++) ISA(stn)(out + m * G * H + g * H + u * VW, acc[m][g], nu);
@@ -200,16 +228,47 @@ static void ISA(axpy_product)(int64_t B, int64_t K, int64_t N, const float *h, i
 }
 
 /* -- LSTM forward -------------------------------------------------------------------------------- */
-/* mr rows of one step for unit group u: the product tile, then the gates from its registers */
-/* the gates of one row for unit group u from the product's registers a0..a3 (i, f, g, o) */
-INL void ISA(lstm_gates)(v8 a0, v8 a1, v8 a2, v8 a3, int64_t nu, int64_t H, int64_t u, const float *xr,
-                         const float *cp, float *cn, float *y, float *gates, float *tanhc)
+/* G vectors of the bias (G*H,) for unit group u, zero without one: added to the tile's registers,
+ * so the projection needs no separate pass adding it */
+INL void ISA(bias_vectors)(const int G, const float *bx, int64_t H, int64_t u, int64_t nu, v8 bv[4])
 {
-    xr += u * VW;                                                                 /* x W_ih^T + b, (4H,) */
-    v8 i = ISA(vsigmoid)(a0 + ISA(ldn)(xr, nu));
-    v8 f = ISA(vsigmoid)(a1 + ISA(ldn)(xr + H, nu));
-    v8 g = ISA(vtanh)(a2 + ISA(ldn)(xr + 2 * H, nu));
-    v8 o = ISA(vsigmoid)(a3 + ISA(ldn)(xr + 3 * H, nu));
+    for (int g = 0; g < G; g++) bv[g] = bx ? ISA(ldn)(bx + g * H + u * VW, nu) : ISA(splat)(0.0f);
+}
+
+/* The rows of x (G gate pieces of 32 bytes each, a row apart) that the tile for unit group u will
+ * read, fetched into cache one tile ahead: scattered like this the hardware prefetchers miss
+ * them, and at B=32 a fifth of a step waited on these loads (perf annotate) */
+INL void ISA(prefetch_x)(const int G, const float *x, int64_t xb, int64_t H, int64_t u, int64_t b0, int64_t b1)
+{
+    for (int64_t b = b0; b < b1; b++)
+        for (int g = 0; g < G; g++) __builtin_prefetch(x + b * xb + g * H + u * VW, 0, 3);
+}
+
+/* prefetch_x for the tile after (chunk bc, group u) of step i: the chunk's next group, else the
+ * next chunk's first, else the next step's (x + t' * xt) first */
+INL void ISA(prefetch_next)(const int G, const float *x, int64_t xt, int64_t xb, int64_t T, int64_t i,
+                            int32_t reverse, int64_t H, int64_t B, int64_t chunk, int64_t bc, int64_t u, int64_t u0,
+                            int64_t u1)
+{
+    int64_t t = reverse ? T - 1 - i : i, pu = u + 1, pb = bc;
+    if (pu == u1) {
+        pu = u0;
+        pb = bc + chunk;
+        if (pb >= B) {
+            if (i + 1 >= T) return;
+            pb = 0;
+            t = reverse ? t - 1 : t + 1;
+        }
+    }
+    ISA(prefetch_x)(G, x + t * xt, xb, H, pu, pb, B < pb + chunk ? B : pb + chunk);
+}
+
+/* the gates of one row for unit group u from its pre-activations a0..a3 (i, f, g, o): x W_ih^T + b
+ * + h W_hh^T, in the product's registers */
+INL void ISA(lstm_gates)(v8 a0, v8 a1, v8 a2, v8 a3, int64_t nu, int64_t H, int64_t u, const float *cp, float *cn,
+                         float *y, float *gates, float *tanhc)
+{
+    v8 i = ISA(vsigmoid)(a0), f = ISA(vsigmoid)(a1), g = ISA(vtanh)(a2), o = ISA(vsigmoid)(a3);
     v8 c = f * ISA(ldn)(cp + u * VW, nu) + i * g;                                 /* c' = f*c + i*g */
     v8 tc = ISA(vtanh)(c);
     ISA(stn)(cn + u * VW, c, nu);
@@ -221,16 +280,31 @@ INL void ISA(lstm_gates)(v8 a0, v8 a1, v8 a2, v8 a3, int64_t nu, int64_t H, int6
     }
 }
 
+/* a row whose sequence has ended (step i >= its length; lens NULL: none has) keeps its state: h and
+ * c pass through unchanged for unit group u (inference only: nothing is cached for BPTT) */
+INL int ISA(held)(const int64_t *lens, int64_t i, int64_t nu, int64_t u, const float *hp, float *y,
+                  const float *cp, float *cn)
+{
+    if (!lens || i < *lens) return 0;
+    ISA(stn)(y + u * VW, ISA(ldn)(hp + u * VW, nu), nu);
+    if (cn) ISA(stn)(cn + u * VW, ISA(ldn)(cp + u * VW, nu), nu);
+    return 1;
+}
+
 /* mr rows of one step for unit group u: the product tile, then the gates from its registers */
 INL void ISA(lstm_rows)(const int mr, const int full, int64_t nu, int64_t H, int64_t u, const float *x, int64_t xb,
-                        const float *w, int64_t wk, int64_t wg, const float *hp, int64_t hs, const float *cp,
-                        float *cn, float *y, int64_t yb, float *gates, float *tanhc)
+                        const v8 bv[4], const int64_t *lens, int64_t i, const float *w, int64_t wk, int64_t wg,
+                        const float *hp, int64_t hs, const float *cp, float *cn, float *y, int64_t yb, float *gates,
+                        float *tanhc)
 {
     v8 acc[MRMAX][4];
+    for (int m = 0; m < mr; m++)          /* the tile starts from x W_ih^T + b: no loads after the K loop */
+        for (int g = 0; g < 4; g++) acc[m][g] = ISA(ldn)(x + m * xb + g * H + u * VW, nu) + bv[g];
     ISA(tile)(4, mr, full, nu, H, hp, hs, w, wk, wg, acc);
     for (int m = 0; m < mr; m++)
-        ISA(lstm_gates)(acc[m][0], acc[m][1], acc[m][2], acc[m][3], nu, H, u, x + m * xb, cp + m * H, cn + m * H,
-                        y + m * yb, gates ? gates + m * 4 * H : 0, gates ? tanhc + m * H : 0);
+        if (!ISA(held)(lens ? lens + m : 0, i, nu, u, hp + m * hs, y + m * yb, cp + m * H, cn + m * H))
+            ISA(lstm_gates)(acc[m][0], acc[m][1], acc[m][2], acc[m][3], nu, H, u, cp + m * H, cn + m * H, y + m * yb,
+                            gates ? gates + m * 4 * H : 0, gates ? tanhc + m * H : 0);
 }
 
 static void ISA(copy_rows)(int64_t B, int64_t H, const float *src, int64_t ss, float *dst)
@@ -241,7 +315,8 @@ static void ISA(copy_rows)(int64_t B, int64_t H, const float *src, int64_t ss, f
 /* Thread `tid` of `nth` runs unit groups [U*tid/nth, U*(tid+1)/nth) of every step, then waits for
  * the others (each step reads the whole h of the step before) */
 static void ISA(lstm_forward_part)(int tid, int nth, int64_t T, int64_t B, int64_t H, int32_t reverse,
-                                   const float *x, int64_t xt, int64_t xb, const float *w, int64_t wk, int64_t wg,
+                                   const float *x, int64_t xt, int64_t xb, const float *bx, const int64_t *lens,
+                                   const float *w, int64_t wk, int64_t wg,
                                    int64_t wu, const float *h0, const float *c0, float *y, int64_t yt, int64_t yb,
                                    float *hT, float *cT, float *gates, float *tanhc, float *prev_h, float *prev_c,
                                    float *work)
@@ -266,21 +341,32 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t T, int64_t B, int64
                 for (int64_t u = 0; u < U; u++) {
                     int64_t nu = H - u * VW < VW ? H - u * VW : VW;
                     const float *pr = pre + b * 4 * H + u * VW;
-                    ISA(lstm_gates)(ISA(ldn)(pr, nu), ISA(ldn)(pr + H, nu), ISA(ldn)(pr + 2 * H, nu),
-                                    ISA(ldn)(pr + 3 * H, nu), nu, H, u, xt_ + b * xb, cp + b * H, cn + b * H,
-                                    yt_ + b * yb, gt ? gt + b * 4 * H : 0, gt ? tct + b * H : 0);
+                    if (ISA(held)(lens ? lens + b : 0, i, nu, u, hp + b * hs, yt_ + b * yb, cp + b * H, cn + b * H))
+                        continue;
+                    v8 bv[4];
+                    ISA(bias_vectors)(4, bx, H, u, nu, bv);
+                    const float *xr = xt_ + b * xb + u * VW;
+                    v8 a[4];
+                    for (int g = 0; g < 4; g++) a[g] = ISA(ldn)(pr + g * H, nu) + ISA(ldn)(xr + g * H, nu) + bv[g];
+                    ISA(lstm_gates)(a[0], a[1], a[2], a[3], nu, H, u, cp + b * H, cn + b * H, yt_ + b * yb,
+                                    gt ? gt + b * 4 * H : 0, gt ? tct + b * H : 0);
                 }
             hp = yt_; hs = yb; cp = cn;
             continue;
         }
-        for (int64_t bc = 0; bc < B; bc += ROW_CHUNK(MR_LSTM))                   /* rows of h that stay in L2 */
+        int64_t chunk = chunk_rows(MR_LSTM, B, H);
+        for (int64_t bc = 0; bc < B; bc += chunk)                                  /* rows of h that stay in L2 */
         for (int64_t u = u0; u < u1; u++) {                                       /* one weight panel ... */
             int64_t nu = H - u * VW < VW ? H - u * VW : VW;
             int full = nu == VW || wu != VW;
-            for (int64_t b = bc, be = B < bc + ROW_CHUNK(MR_LSTM) ? B : bc + ROW_CHUNK(MR_LSTM); b < be;
+            v8 bv[4];
+            ISA(bias_vectors)(4, bx, H, u, nu, bv);
+            ISA(prefetch_next)(4, x, xt, xb, T, i, reverse, H, B, chunk, bc, u, u0, u1);
+            for (int64_t b = bc, be = B < bc + chunk ? B : bc + chunk; b < be;
                  b += MR_LSTM) {                                                  /* ... for their row blocks */
                 int64_t rem = be - b < MR_LSTM ? be - b : MR_LSTM;
-#define ARGS(M, F) M, F, nu, H, u, xt_ + b * xb, xb, w + u * wu, wk, wg, hp + b * hs, hs, cp + b * H, cn + b * H, \
+#define ARGS(M, F) M, F, nu, H, u, xt_ + b * xb, xb, bv, lens ? lens + b : 0, i, w + u * wu, wk, wg, hp + b * hs, \
+                   hs, cp + b * H, cn + b * H, \
                    yt_ + b * yb, yb, gt ? gt + b * 4 * H : 0, tct ? tct + b * H : 0
 #define CALL(M) if (full) ISA(lstm_rows)(ARGS(M, 1)); else ISA(lstm_rows)(ARGS(M, 0))
                 ROWS_SWITCH(MR_LSTM, rem, CALL)
@@ -297,27 +383,28 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t T, int64_t B, int64
 }
 
 static void ISA(lstm_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *x, int64_t xt,
-                              int64_t xb, const float *w, int64_t wk, int64_t wg, int64_t wu, const float *h0,
+                              int64_t xb, const float *bx, const int64_t *lens, const float *w, int64_t wk,
+                              int64_t wg, int64_t wu, const float *h0,
                               const float *c0, float *y, int64_t yt, int64_t yb, float *hT, float *cT,
                               float *gates, float *tanhc, float *prev_h, float *prev_c, float *work)
 {
-    int nth = threads_for(wu, B, H);
-#define PART(tid, n) ISA(lstm_forward_part)(tid, n, T, B, H, reverse, x, xt, xb, w, wk, wg, wu, h0, c0, y, yt, yb, \
+    int nth = threads_for(wu, T, B, H);
+#define PART(tid, n) ISA(lstm_forward_part)(tid, n, T, B, H, reverse, x, xt, xb, bx, lens, w, wk, wg, wu, h0, c0, \
+                   y, yt, yb, \
                                             hT, cT, gates, tanhc, prev_h, prev_c, work)
     RUN_PARTS(nth, PART);
 #undef PART
 }
 
 /* -- GRU forward --------------------------------------------------------------------------------- */
-/* the gates of one row for unit group u from the product's registers a0..a2 (r, z, n) */
-INL void ISA(gru_gates)(v8 a0, v8 a1, v8 a2, v8 bn, int64_t nu, int64_t H, int64_t u, const float *xr,
-                        const float *hp, float *y, float *gates, float *hn)
+/* the gates of one row for unit group u: a0, a1 r's and z's pre-activations (x W_ih^T + b +
+ * h W_hh^T), a2 the candidate's h W_hn, xn its x W_in^T + b_in */
+INL void ISA(gru_gates)(v8 a0, v8 a1, v8 a2, v8 bn, v8 xn, int64_t nu, int64_t H, int64_t u, const float *hp,
+                        float *y, float *gates, float *hn)
 {
-    xr += u * VW;                                                  /* (3H,): r, z with both biases, n with b_in */
-    v8 r = ISA(vsigmoid)(a0 + ISA(ldn)(xr, nu));
-    v8 z = ISA(vsigmoid)(a1 + ISA(ldn)(xr + H, nu));
+    v8 r = ISA(vsigmoid)(a0), z = ISA(vsigmoid)(a1);
     v8 hv = a2 + bn;                                                              /* h W_hn + b_hn */
-    v8 n = ISA(vtanh)(ISA(ldn)(xr + 2 * H, nu) + r * hv);
+    v8 n = ISA(vtanh)(xn + r * hv);
     v8 h = ISA(ldn)(hp + u * VW, nu);
     ISA(stn)(y + u * VW, n + z * (h - n), nu);                                    /* h' = (1-z)*n + z*h */
     if (gates) {
@@ -328,19 +415,26 @@ INL void ISA(gru_gates)(v8 a0, v8 a1, v8 a2, v8 bn, int64_t nu, int64_t H, int64
 }
 
 INL void ISA(gru_rows)(const int mr, const int full, int64_t nu, int64_t H, int64_t u, const float *x, int64_t xb,
-                       const float *w, int64_t wk, int64_t wg, const float *b_hn, const float *hp, int64_t hs,
-                       float *y, int64_t yb, float *gates, float *hn)
+                       const v8 bv[4], const int64_t *lens, int64_t i, const float *w, int64_t wk, int64_t wg,
+                       const float *b_hn, const float *hp, int64_t hs, float *y, int64_t yb, float *gates, float *hn)
 {
     v8 acc[MRMAX][4];
+    for (int m = 0; m < mr; m++) {        /* r and z start from x W_ih^T + b, the candidate's from zero */
+        acc[m][0] = ISA(ldn)(x + m * xb + u * VW, nu) + bv[0];
+        acc[m][1] = ISA(ldn)(x + m * xb + H + u * VW, nu) + bv[1];
+        acc[m][2] = ISA(splat)(0.0f);
+    }
     ISA(tile)(3, mr, full, nu, H, hp, hs, w, wk, wg, acc);
     v8 bn = ISA(ldn)(b_hn + u * VW, nu);
     for (int m = 0; m < mr; m++)
-        ISA(gru_gates)(acc[m][0], acc[m][1], acc[m][2], bn, nu, H, u, x + m * xb, hp + m * hs, y + m * yb,
-                       gates ? gates + m * 3 * H : 0, gates ? hn + m * H : 0);
+        if (!ISA(held)(lens ? lens + m : 0, i, nu, u, hp + m * hs, y + m * yb, 0, 0))
+            ISA(gru_gates)(acc[m][0], acc[m][1], acc[m][2], bn, ISA(ldn)(x + m * xb + 2 * H + u * VW, nu) + bv[2], nu,
+                           H, u, hp + m * hs, y + m * yb, gates ? gates + m * 3 * H : 0, gates ? hn + m * H : 0);
 }
 
 static void ISA(gru_forward_part)(int tid, int nth, int64_t T, int64_t B, int64_t H, int32_t reverse,
-                                  const float *x, int64_t xt, int64_t xb, const float *w, int64_t wk, int64_t wg,
+                                  const float *x, int64_t xt, int64_t xb, const float *bx, const int64_t *lens,
+                                  const float *w, int64_t wk, int64_t wg,
                                   int64_t wu, const float *b_hn, const float *h0, float *y, int64_t yt, int64_t yb,
                                   float *hT, float *gates, float *hn, float *prev_h, float *work)
 {
@@ -359,20 +453,31 @@ static void ISA(gru_forward_part)(int tid, int nth, int64_t T, int64_t B, int64_
                 for (int64_t u = 0; u < U; u++) {
                     int64_t nu = H - u * VW < VW ? H - u * VW : VW;
                     const float *pr = work + b * 3 * H + u * VW;
-                    ISA(gru_gates)(ISA(ldn)(pr, nu), ISA(ldn)(pr + H, nu), ISA(ldn)(pr + 2 * H, nu),
-                                   ISA(ldn)(b_hn + u * VW, nu), nu, H, u, xt_ + b * xb, hp + b * hs, yt_ + b * yb,
+                    if (ISA(held)(lens ? lens + b : 0, i, nu, u, hp + b * hs, yt_ + b * yb, 0, 0)) continue;
+                    v8 bv[4];
+                    ISA(bias_vectors)(3, bx, H, u, nu, bv);
+                    const float *xr = xt_ + b * xb + u * VW;
+                    v8 ar = ISA(ldn)(pr, nu) + ISA(ldn)(xr, nu) + bv[0];
+                    v8 az = ISA(ldn)(pr + H, nu) + ISA(ldn)(xr + H, nu) + bv[1];
+                    ISA(gru_gates)(ar, az, ISA(ldn)(pr + 2 * H, nu), ISA(ldn)(b_hn + u * VW, nu),
+                                   ISA(ldn)(xr + 2 * H, nu) + bv[2], nu, H, u, hp + b * hs, yt_ + b * yb,
                                    gt ? gt + b * 3 * H : 0, gt ? hnt + b * H : 0);
                 }
             hp = yt_; hs = yb;
             continue;
         }
-        for (int64_t bc = 0; bc < B; bc += ROW_CHUNK(MR_GRU))
+        int64_t chunk = chunk_rows(MR_GRU, B, H);
+        for (int64_t bc = 0; bc < B; bc += chunk)
         for (int64_t u = u0; u < u1; u++) {
             int64_t nu = H - u * VW < VW ? H - u * VW : VW;
             int full = nu == VW || wu != VW;
-            for (int64_t b = bc, be = B < bc + ROW_CHUNK(MR_GRU) ? B : bc + ROW_CHUNK(MR_GRU); b < be; b += MR_GRU) {
+            v8 bv[4];
+            ISA(bias_vectors)(3, bx, H, u, nu, bv);
+            ISA(prefetch_next)(3, x, xt, xb, T, i, reverse, H, B, chunk, bc, u, u0, u1);
+            for (int64_t b = bc, be = B < bc + chunk ? B : bc + chunk; b < be; b += MR_GRU) {
                 int64_t rem = be - b < MR_GRU ? be - b : MR_GRU;
-#define ARGS(M, F) M, F, nu, H, u, xt_ + b * xb, xb, w + u * wu, wk, wg, b_hn, hp + b * hs, hs, yt_ + b * yb, yb, \
+#define ARGS(M, F) M, F, nu, H, u, xt_ + b * xb, xb, bv, lens ? lens + b : 0, i, w + u * wu, wk, wg, b_hn, \
+                   hp + b * hs, hs, yt_ + b * yb, yb, \
                    gt ? gt + b * 3 * H : 0, hnt ? hnt + b * H : 0
 #define CALL(M) if (full) ISA(gru_rows)(ARGS(M, 1)); else ISA(gru_rows)(ARGS(M, 0))
                 ROWS_SWITCH(MR_GRU, rem, CALL)
@@ -387,12 +492,14 @@ static void ISA(gru_forward_part)(int tid, int nth, int64_t T, int64_t B, int64_
 }
 
 static void ISA(gru_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *x, int64_t xt,
-                             int64_t xb, const float *w, int64_t wk, int64_t wg, int64_t wu, const float *b_hn,
+                             int64_t xb, const float *bx, const int64_t *lens, const float *w, int64_t wk,
+                             int64_t wg, int64_t wu, const float *b_hn,
                              const float *h0, float *y, int64_t yt, int64_t yb, float *hT, float *gates,
                              float *hn, float *prev_h, float *work)
 {
-    int nth = threads_for(wu, B, H);
-#define PART(tid, n) ISA(gru_forward_part)(tid, n, T, B, H, reverse, x, xt, xb, w, wk, wg, wu, b_hn, h0, y, yt, yb, \
+    int nth = threads_for(wu, T, B, H);
+#define PART(tid, n) ISA(gru_forward_part)(tid, n, T, B, H, reverse, x, xt, xb, bx, lens, w, wk, wg, wu, b_hn, h0, \
+                   y, yt, yb, \
                                            hT, gates, hn, prev_h, work)
     RUN_PARTS(nth, PART);
 #undef PART
@@ -484,8 +591,9 @@ static void ISA(lstm_backward)(int64_t T, int64_t B, int64_t H, int32_t reverse,
 {
     memcpy(work, dhT, (size_t)(B * H) * sizeof(float));
     memcpy(work + B * H, dcT, (size_t)(B * H) * sizeof(float));
-    int nth = threads_for(0, B, H);
-#define PART(tid, n) ISA(lstm_backward_part)(tid, n, T, B, H, reverse, wt, dy, dyt, dyb, gates, tanhc, prev_c, dgx, work)
+    int nth = threads_for(0, T, B, H);
+#define PART(tid, n) ISA(lstm_backward_part)(tid, n, T, B, H, reverse, wt, dy, dyt, dyb, gates, tanhc, prev_c, dgx, \
+                   work)
     RUN_PARTS(nth, PART);
 #undef PART
     memcpy(dh0, work, (size_t)(B * H) * sizeof(float));
@@ -533,8 +641,9 @@ static void ISA(gru_backward)(int64_t T, int64_t B, int64_t H, int32_t reverse, 
                               const float *dhT, float *dgx, float *dgh, float *dh0, float *work)
 {
     memcpy(work, dhT, (size_t)(B * H) * sizeof(float));
-    int nth = threads_for(0, B, H);
-#define PART(tid, n) ISA(gru_backward_part)(tid, n, T, B, H, reverse, wt, dy, dyt, dyb, gates, hn, prev_h, dgx, dgh, work)
+    int nth = threads_for(0, T, B, H);
+#define PART(tid, n) ISA(gru_backward_part)(tid, n, T, B, H, reverse, wt, dy, dyt, dyb, gates, hn, prev_h, dgx, \
+                   dgh, work)
     RUN_PARTS(nth, PART);
 #undef PART
     memcpy(dh0, work, (size_t)(B * H) * sizeof(float));
@@ -559,3 +668,4 @@ static double ISA(fma_peak)(int64_t iters)
     }
     return (double)ISA(hsum)(((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)) + ((a8 + a9) + (a10 + a11)));
 }
+

@@ -9,7 +9,8 @@ Speed: W, R and B are laid out once (at load time when they are initializers): o
 every step of every direction. With the default activations and no clip, peepholes or
 input_forget (and, for the GRU, linear_before_reset=1, as torch exports it), LSTM and GRU run the
 engine's native kernels (``model_core.native``): the gates are reordered to the engine's order
-(i, f, g, o; r, z, n) and R packed once, at load, and a whole direction is one compiled call. Every
+(i, f, g, o; r, z, n) and R packed once, at load, and a whole direction, ragged or not, is one
+compiled call that also adds the biases. Every
 other configuration, and the RNN, runs the NumPy loops of ``recurrent_loops``: each step is one
 (N, H) @ (H, G*H) GEMM into a preallocated buffer and in-place gate math; reverse directions read
 the projection backwards through a view, and masking runs only at steps where some sequence has
@@ -223,7 +224,7 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
 
     # project every step of every direction at once: one GEMM instead of one per step
     xw = xp.matmul(X.reshape(T * N, I), w.W_T)  # (T*N, D*G*H)
-    if w.bias is not None:
+    if w.bias is not None and w.kernel is None:  # the native kernels add it in their gate epilogue
         xw += w.bias
     xw = xw.reshape(T, N, D, G * H)
     mask = None if lengths is None else xp.asarray(np.arange(T)[:, None] < lengths[None, :])[..., None]  # (T, N, 1)
@@ -244,8 +245,10 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
             y_d = None if ys is None else xp.empty((T, N, H), X.dtype)
         acts = tuple(slot[d] if len(slot) > 1 else slot[0] for slot in cfg.activations)
         if w.kernel is not None:
-            native_loop(cfg.op_type, x_d, w.kernel[d], None if w.rb_h is None else w.rb_h[d], hs[d],
-                        None if cs is None else cs[d], masks, y_d, backwards and reverse_index is None)
+            GH = G * H
+            native_loop(cfg.op_type, x_d, w.kernel[d], None if w.bias is None else w.bias[d * GH:(d + 1) * GH],
+                        None if w.rb_h is None else w.rb_h[d], hs[d], None if cs is None else cs[d], lengths, y_d,
+                        backwards and reverse_index is None)
         elif cfg.op_type == "LSTM":
             loop = lstm_loop_halved if w.halved[d] else lstm_loop
             loop(xp, cfg, acts, x_d, w.R_T[d], None if P is None else P[d], hs[d], cs[d], masks, y_d)

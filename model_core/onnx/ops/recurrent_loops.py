@@ -183,44 +183,33 @@ def rnn_loop(xp, cfg, acts, x, R_T, h, masks, ys) -> None:
             ys[t] = h
 
 
-def native_loop(op_type, x, weights, rb_h, h, c, masks, ys, reverse) -> None:
-    """LSTM or GRU (linear_before_reset) through the native kernels, default activations.
+def native_loop(op_type, x, weights, bias, rb_h, h, c, lengths, ys, reverse) -> None:
+    """LSTM or GRU (linear_before_reset) through the native kernels, default activations: one call.
 
-    x (T, N, G*H) with its gate blocks in the engine's order (i, f, g, o / r, z, n) and every bias
-    folded except the GRU's ``rb_h`` (H,) or None; ``weights``: R packed
-    (``native_weights.packed_weights``); h, c (N, H) C-contiguous, updated in place (c None for
-    the GRU); ys (T, N, H) or None. Full-length batches are one call (``reverse``: read x and
-    write ys from the last step back); ragged ones one call per step, masked here.
+    x (T, N, G*H) with its gate blocks in the engine's order (i, f, g, o / r, z, n), without the
+    biases: ``bias`` (G*H,) or None holds them all except the GRU's ``rb_h`` (H,) or None, and the
+    kernel adds it in its gate epilogue; ``weights``: R packed (``native_weights.packed_weights``);
+    h, c (N, H) C-contiguous, updated in place (c None for the GRU); ``lengths`` (N,) int64 or None
+    (full length): a row past its length keeps its state, and its Y rows hold that state (the
+    caller zeroes them); ys (T, N, H) or None. ``reverse``: read x and write ys from the last step
+    back (full-length batches; ragged ones arrive already gathered into processing order).
     """
     T, N, GH = x.shape
     H = h.shape[1]
-    lstm = op_type == "LSTM"
-    if not h.flags.c_contiguous or (lstm and not c.flags.c_contiguous):
+    if not h.flags.c_contiguous or (c is not None and not c.flags.c_contiguous):
         raise ValueError("native_loop updates h and c in place and needs them C-contiguous")
     if ys is None:
         ys = np.empty((T, N, H), np.float32)                       # the kernel reads h_t back from Y
-    b_hn = np.zeros(H, np.float32) if rb_h is None else np.ascontiguousarray(rb_h, dtype=np.float32)
+    bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+    lens = None if lengths is None else np.ascontiguousarray(lengths, dtype=np.int64)
     work = np.empty(6 * N * H, np.float32)
     w = weights
-    if all(m is None for m in masks):
-        xt, xb = row_strides(x)
-        yt, yb = row_strides(ys)
-        if lstm:
-            lib.mc_lstm_forward(T, N, H, int(reverse), ptr(x), xt, xb, w.ptr, w.wk, w.wg, w.wu, ptr(h), ptr(c),
-                                ptr(ys), yt, yb, ptr(h), ptr(c), NULL, NULL, NULL, NULL, ptr(work))
-        else:
-            lib.mc_gru_forward(T, N, H, int(reverse), ptr(x), xt, xb, w.ptr, w.wk, w.wg, w.wu, ptr(b_hn), ptr(h),
-                               ptr(ys), yt, yb, ptr(h), NULL, NULL, NULL, ptr(work))
-        return
-    h_new, c_new = np.empty((N, H), np.float32), np.empty((N, H), np.float32)
-    for t in range(T):
-        x_t = np.ascontiguousarray(x[t])                               # (N, G*H)
-        if lstm:
-            lib.mc_lstm_forward(1, N, H, 0, ptr(x_t), 0, GH, w.ptr, w.wk, w.wg, w.wu, ptr(h), ptr(c), ptr(h_new),
-                                0, H, NULL, ptr(c_new), NULL, NULL, NULL, NULL, ptr(work))
-            _commit(np, c, c_new, masks[t])
-        else:
-            lib.mc_gru_forward(1, N, H, 0, ptr(x_t), 0, GH, w.ptr, w.wk, w.wg, w.wu, ptr(b_hn), ptr(h), ptr(h_new),
-                               0, H, NULL, NULL, NULL, NULL, ptr(work))
-        _commit(np, h, h_new, masks[t])
-        ys[t] = h
+    xt, xb = row_strides(x)
+    yt, yb = row_strides(ys)
+    if op_type == "LSTM":
+        lib.mc_lstm_forward(T, N, H, int(reverse), ptr(x), xt, xb, ptr(bias), ptr(lens), w.ptr, w.wk, w.wg, w.wu,
+                            ptr(h), ptr(c), ptr(ys), yt, yb, ptr(h), ptr(c), NULL, NULL, NULL, NULL, ptr(work))
+    else:
+        b_hn = np.zeros(H, np.float32) if rb_h is None else np.ascontiguousarray(rb_h, dtype=np.float32)
+        lib.mc_gru_forward(T, N, H, int(reverse), ptr(x), xt, xb, ptr(bias), ptr(lens), w.ptr, w.wk, w.wg, w.wu,
+                           ptr(b_hn), ptr(h), ptr(ys), yt, yb, ptr(h), NULL, NULL, NULL, ptr(work))
