@@ -7,6 +7,7 @@ nginx's own config test, and the cpu image's build steps performed in a fresh vi
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -76,6 +77,16 @@ def stages_for(stages: dict[str, list[tuple[str, str]]], target: str) -> list[st
     return [name for name in stages if name in needed]
 
 
+def _docker_ignored(directory: str, names: list[str]) -> set[str]:
+    """``shutil.copytree``'s ignore: the names .dockerignore's exclusions keep out of the build context
+    (a developer's in-place build of the C kernels, bytecode), as Docker would."""
+    rules = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+             if line.strip() and not line.startswith(("#", "!")) and line.strip() != "*"]
+    rel = Path(directory).resolve().relative_to(ROOT)
+    return {n for n in names for rule in rules
+            if fnmatch.fnmatch(str(rel / n), rule) or fnmatch.fnmatch(n, rule.removeprefix("**/"))}
+
+
 def _map_paths(text: str, paths: dict[str, Path]) -> str:
     """Container paths (/opt/venv, /build, /app) -> their stand-ins under the test's tmp dir."""
     pattern = r"(?<![\w./-])(" + "|".join(map(re.escape, paths)) + r")(?=[/\s\"':]|$)"
@@ -117,8 +128,8 @@ def test_cpu_image_steps_build_a_working_service(tmp_path):
                         shutil.copytree(src, target, dirs_exist_ok=True)
                     continue
                 for src in srcs:
-                    if (ROOT / src).is_dir():
-                        shutil.copytree(ROOT / src, target, ignore=shutil.ignore_patterns("__pycache__"))
+                    if (ROOT / src).is_dir():       # the build context: what .dockerignore leaves
+                        shutil.copytree(ROOT / src, target, ignore=_docker_ignored)
                     else:
                         target.mkdir(parents=True, exist_ok=True)
                         shutil.copy(ROOT / src, target)
