@@ -12,7 +12,8 @@ Scenarios:
 * stream: N WebSocket sessions connect, then type into the char-LM, one keystroke per message
   every ``--interval`` seconds each (start times staggered); per-keystroke round-trip p50/p99.
 * throughput: sessions send single-keystroke messages back to back (closed loop); aggregate
-  steps/s with the batcher on, then with batching off (a second server), and the ratio.
+  steps/s with the batcher on, then with batching off (a second server), and the ratio; then the
+  same sessions against the transport floor (below), the most messages/s uvicorn carries here.
 * classify: ``--clients`` concurrent HTTP clients post temporal-order sequences; req/s and p99.
   The load comes from wrk (Debian's ``wrk``) when it is installed, else from a Python client.
 * memory: ``--idle-sessions`` char-LM sessions each fed one step, then the server's RSS.
@@ -21,19 +22,22 @@ Scenarios:
 * targets: each scenario at the sizes of the serving targets, then one table of target, measured
   value and verdict.
 
-The load generator shares the machine with the server, so numbers are a floor for what the
-server can do on its own; each run prints its settings and the machine.
+The load generator (``scripts.ws_load``: raw asyncio sockets, frames built once) shares the machine
+with the server, so numbers are a floor for what the server can do on its own; the server's CPU is
+read from /proc. The stream and throughput scenarios also run their typists against the transport
+floor (``scripts.transport_floor``: uvicorn and a canned reply, none of our code), so the table shows
+what a keystroke costs before our code runs. Each run prints its settings and the machine.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import platform
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -43,8 +47,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import uvloop
-import websockets
 
+from scripts.ws_load import type_into
 from tests.helpers import free_port, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,146 +93,121 @@ class Server:
             print("server did not stop within 30 s of SIGTERM; killed", file=sys.stderr)
 
 
+class Floor(Server):
+    """The transport alone (``scripts.transport_floor``) under the same uvicorn and WebSocket settings."""
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "scripts.transport_floor:app", "--host", "127.0.0.1", "--port",
+             str(self.port), "--log-level", "warning", "--no-access-log", "--ws-per-message-deflate", "false"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("the transport floor app did not start") from None
+                time.sleep(0.1)
+        self.host = f"127.0.0.1:{self.port}"
+        return self
+
+
 # -- scenarios ------------------------------------------------------------------------------
-async def typist(url, keystrokes, interval, delay, connected, go, rtts, errors, until=None):
-    """Connect, wait until every session is connected, then type one keystroke per ``interval``
-    (``keystrokes`` of them, or, given ``until`` (a one-item list, so it can be set once everyone is
-    connected), until ``time.perf_counter()`` passes ``until[0]``)."""
-    try:
-        async with websockets.connect(url, max_size=2**22, open_timeout=120, compression=None) as ws:
-            json.loads(await ws.recv())
-            connected()
-            await go.wait()
-            await asyncio.sleep(delay)                     # staggered, so keystrokes arrive evenly
-            next_at = time.perf_counter()
-            i = 0
-            while (until is None and i < keystrokes) or (until is not None and next_at < until[0]):
-                t0 = time.perf_counter()
-                await ws.send(json.dumps({"type": "input", "text": TEXT[i % len(TEXT)], "top_k": 3}))
-                reply = json.loads(await ws.recv())
-                if reply["type"] != "output":
-                    errors.append(reply)
-                rtts.append(time.perf_counter() - t0)
-                next_at += interval
-                i += 1
-                await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
-    except Exception as exc:  # report, don't hide
-        errors.append(repr(exc))
-        connected()
+def _typing(server: Server, n: int, interval: float, *, count=None, duration=None, sample=None, texts=None):
+    """N lean typists (``scripts.ws_load``) into ``server``; the server's own CPU per keystroke is read
+    from /proc once typing has started (connects apart). Returns (tally, {"cpu_us", "wall", "keys",
+    "connect_s", "windows": [(t, keys, cpu µs/key, RSS MB, p99 ms)] when ``sample`` is given})."""
+    url = f"ws://{server.host}/v1/models/charlm/stream"
+    pid, out = server.proc.pid, {}
+    uvloop.run(type_into(url, list(TEXT), 1, 0.001, count=10))        # warm-up, not measured
+
+    async def sampler(tally):
+        start, cpu0, done0 = time.perf_counter(), cpu_seconds(pid), tally.replies
+        out.update(connect_s=start - t0, windows=[])
+        if sample:
+            last = (start, cpu0, len(tally.rtts))
+            for w in range(1, math.ceil(duration / sample) + 1):
+                await asyncio.sleep(max(0.0, start + min(w * sample, duration) - time.perf_counter()))
+                now, cpu, done = time.perf_counter(), cpu_seconds(pid), len(tally.rtts)
+                keys = done - last[2]
+                out["windows"].append((now - start, keys, (cpu - last[1]) / max(keys, 1) * 1e6, rss_mb(pid),
+                                       pct(tally.rtts[last[2]:done], 99)))
+                last = (now, cpu, done)
+        out["mark"] = (start, cpu0, done0)
+    t0 = time.perf_counter()
+    tally, _ = uvloop.run(type_into(url, texts or list(TEXT), n, interval, count=count, duration=duration,
+                                    on_typing=sampler))
+    start, cpu0, done0 = out.pop("mark")
+    keys = tally.replies - done0
+    out.update(wall=time.perf_counter() - start, keys=keys, cpu_us=(cpu_seconds(pid) - cpu0) / max(keys, 1) * 1e6)
+    return tally, out
 
 
-def _set_event() -> asyncio.Event:
-    event = asyncio.Event()
-    event.set()
-    return event
-
-
-def run_stream(n_list, keystrokes, interval):
-    """Per-keystroke round trips once all N sessions are open (connecting is timed apart).
-    Returns {N: {"p99": ms, "cpu_us": server CPU µs per keystroke, connects included}}."""
+def run_stream(n_list, keystrokes, interval, floor=True):
+    """Per-keystroke round trips once all N sessions are open (connecting is timed apart), and
+    the same typists against the transport floor. Returns {N: {"p99": ms, "cpu_us": server CPU µs
+    per keystroke, "floor_us": the transport's alone, "errors"}}."""
     rows, results = [], {}
     with Server(max_batch_size=256) as srv:
-        url = f"ws://{srv.host}/v1/models/charlm/stream"
-        uvloop.run(typist(url, 10, 0.01, 0, lambda: None, _set_event(), [], []))     # warm-up, not measured
         for n in n_list:
-            rtts, errors, timing = [], [], {}
-
-            async def main():
-                go, count = asyncio.Event(), [0]
-
-                def connected():
-                    count[0] += 1
-                    if count[0] == n:
-                        timing["connected"] = time.perf_counter()
-                        go.set()
-                tasks = [asyncio.create_task(typist(url, keystrokes, interval, interval * i / n, connected, go, rtts,
-                                                    errors)) for i in range(n)]
-                await go.wait()
-                timing["typing"] = time.perf_counter()
-                await asyncio.gather(*tasks)
-            t0, cpu0 = time.perf_counter(), cpu_seconds(srv.proc.pid)
-            uvloop.run(main())
-            wall = time.perf_counter() - timing["typing"]
-            cpu_us = (cpu_seconds(srv.proc.pid) - cpu0) / max(len(rtts), 1) * 1e6     # connects included
-            rows.append([n, f"{timing['connected'] - t0:.1f}", len(rtts), f"{len(rtts) / wall:.0f}", f"{pct(rtts, 50):.1f}",
-                         f"{pct(rtts, 99):.1f}", f"{pct(rtts, 100):.1f}", f"{cpu_us:.0f}", len(errors)])
-            results[n] = {"p99": pct(rtts, 99), "cpu_us": cpu_us, "errors": len(errors)}
+            tally, m = _typing(srv, n, interval, count=keystrokes)
+            results[n] = {"p99": pct(tally.rtts, 99), "cpu_us": m["cpu_us"], "errors": len(tally.errors),
+                          "floor_us": math.nan, "floor_p99": math.nan}
+            rows.append([n, f"{m['connect_s']:.1f}", len(tally.rtts), f"{m['keys'] / m['wall']:.0f}",
+                         f"{pct(tally.rtts, 50):.1f}", f"{pct(tally.rtts, 99):.1f}", f"{pct(tally.rtts, 100):.1f}",
+                         f"{m['cpu_us']:.0f}", len(tally.errors)])
+    if floor:
+        with Floor() as fl:
+            for n, row in zip(n_list, rows):
+                tally, m = _typing(fl, n, interval, count=keystrokes)
+                results[n].update(floor_us=m["cpu_us"], floor_p99=pct(tally.rtts, 99))
+                row[-1:-1] = [f"{m['cpu_us']:.0f}", f"{results[n]['cpu_us'] - m['cpu_us']:.0f}",
+                              f"{pct(tally.rtts, 99):.1f}"]
     print_table(f"Streaming: WebSocket sessions typing into charlm, one keystroke per message every {interval * 1000:.0f} ms",
-                 ["sessions", "connect s", "keystrokes", "msg/s", "p50 ms", "p99 ms", "max ms", "server CPU µs/msg",
-                  "errors"], rows)
+                ["sessions", "connect s", "keystrokes", "msg/s", "p50 ms", "p99 ms", "max ms", "server CPU µs/msg",
+                 *(["floor µs/msg", "ours µs/msg", "floor p99 ms"] if floor else []), "errors"], rows)
+    if floor:
+        print("floor: the same typists against scripts.transport_floor (uvicorn's WebSocket protocol and the event loop "
+              "alone, a canned reply); ours: the server's CPU above it")
     return results
 
 
 def run_soak(n, duration, interval, sample):
     """N typists for ``duration`` s; per ``sample`` s window: keystrokes, server CPU per keystroke, RSS.
     Returns {"cpu_us": over the whole run, "rss_growth_mb": last window's RSS minus the first's}."""
-    rows, rtts, errors = [], [], []
     with Server(max_batch_size=256) as srv:
-        url = f"ws://{srv.host}/v1/models/charlm/stream"
-        uvloop.run(typist(url, 10, 0.01, 0, lambda: None, _set_event(), [], []))     # warm-up, not measured
-        pid = srv.proc.pid
-
-        async def main():
-            go, count = asyncio.Event(), [0]
-
-            def connected():
-                count[0] += 1
-                if count[0] == n:
-                    go.set()
-            until = [math.inf]                                       # set once everyone is connected
-            tasks = [asyncio.create_task(typist(url, None, interval, interval * i / n, connected, go, rtts, errors,
-                                                until)) for i in range(n)]
-            await go.wait()
-            until[0] = time.perf_counter() + duration
-            start, cpu0, done0 = time.perf_counter(), cpu_seconds(pid), len(rtts)
-            last_t, last_cpu, last_done = start, cpu0, done0
-            for w in range(1, math.ceil(duration / sample) + 1):
-                await asyncio.sleep(max(0.0, min(start + w * sample, until[0]) - time.perf_counter()))
-                now, cpu, done = time.perf_counter(), cpu_seconds(pid), len(rtts)
-                keys = done - last_done
-                rows.append([f"{now - start:.0f}", keys, f"{keys / (now - last_t):.0f}",
-                             f"{(cpu - last_cpu) / max(keys, 1) * 1e6:.0f}", f"{rss_mb(pid):.1f}",
-                             f"{pct(rtts[last_done:done], 99):.1f}"])
-                last_t, last_cpu, last_done = now, cpu, done
-            await asyncio.gather(*tasks)
-            return (last_cpu - cpu0) / max(last_done - done0, 1) * 1e6
-        cpu_us = uvloop.run(main())
+        tally, m = _typing(srv, n, interval, duration=duration, sample=sample)
+    rows = [[f"{t:.0f}", keys, f"{keys / sample:.0f}", f"{cpu:.0f}", f"{rss:.1f}", f"{p99:.1f}"]
+            for t, keys, cpu, rss, p99 in m["windows"]]
     print_table(f"Soak: {n} WebSocket typists, one keystroke every {interval * 1000:.0f} ms each, for {duration:g} s",
                 ["t s", "keystrokes", "msg/s", "server CPU µs/msg", "RSS MB", "p99 ms"], rows)
-    growth = float(rows[-1][4]) - float(rows[0][4]) if rows else float("nan")
-    print(f"server CPU over the run: {cpu_us:.0f} µs per keystroke; RSS change first to last window: {growth:+.1f} MB;"
-          f" errors: {len(errors)}")
-    return {"cpu_us": cpu_us, "rss_growth_mb": growth, "errors": len(errors)}
-
-
-async def closed_loop(url, duration, counter, chars):
-    async with websockets.connect(url, max_size=2**22, open_timeout=60, compression=None) as ws:
-        json.loads(await ws.recv())
-        end, i = time.perf_counter() + duration, 0
-        while time.perf_counter() < end:
-            await ws.send(json.dumps({"type": "input", "text": TEXT[i:i + chars] or "a", "top_k": 1}))
-            reply = json.loads(await ws.recv())
-            counter[0] += len(reply.get("outputs", ()))
-            i = (i + chars) % (len(TEXT) - chars)
+    growth = m["windows"][-1][3] - m["windows"][0][3] if m["windows"] else float("nan")
+    print(f"server CPU over the run: {m['cpu_us']:.0f} µs per keystroke; RSS change first to last window: {growth:+.1f} MB;"
+          f" errors: {len(tally.errors)}")
+    return {"cpu_us": m["cpu_us"], "rss_growth_mb": growth, "errors": len(tally.errors)}
 
 
 def run_throughput(sessions, duration, chars):
+    """Closed loop: every session sends its next message as soon as the last reply is in."""
     rows, rates = [], {}
+    texts = [TEXT[i:i + chars] for i in range(0, len(TEXT) - chars + 1, chars)]
     for batching in (True, False):
         with Server(batching=batching, max_batch_size=256) as srv:
-            counter = [0]
-
-            async def main():
-                await asyncio.gather(*(closed_loop(f"ws://{srv.host}/v1/models/charlm/stream", duration, counter, chars)
-                                       for _ in range(sessions)))
-            t0, cpu0 = time.perf_counter(), cpu_seconds(srv.proc.pid)
-            uvloop.run(main())
-            rates[batching] = counter[0] / (time.perf_counter() - t0)
-            cpu_us = (cpu_seconds(srv.proc.pid) - cpu0) / max(counter[0], 1) * 1e6
-            rows.append(["on" if batching else "off", sessions, chars, f"{rates[batching]:.0f}", f"{cpu_us:.0f}"])
+            tally, m = _typing(srv, sessions, 0.0, duration=duration, texts=texts)
+            rates[batching] = m["keys"] * chars / m["wall"]
+            rows.append(["on" if batching else "off", sessions, chars, f"{rates[batching]:.0f}",
+                         f"{m['cpu_us'] / chars:.0f}", len(tally.errors)])
+    with Floor() as fl:                       # the most messages/s the transport alone carries
+        tally, m = _typing(fl, sessions, 0.0, duration=duration, texts=texts)
+        rates["floor"] = m["keys"] * chars / m["wall"]
+        rows.append(["transport floor", sessions, chars, f"{rates['floor']:.0f}", f"{m['cpu_us'] / chars:.0f}",
+                     len(tally.errors)])
     print_table(f"Throughput: {sessions} sessions sending back to back for {duration:g} s",
-                ["batching", "sessions", "steps/msg", "steps/s", "server CPU µs/step"], rows)
-    print(f"batching on / off: {rates[True] / rates[False]:.1f}x")
+                ["batching", "sessions", "steps/msg", "steps/s", "server CPU µs/step", "errors"], rows)
+    print(f"batching on / off: {rates[True] / rates[False]:.1f}x; the transport alone (a canned reply, no model) "
+          f"carries {rates['floor']:.0f} messages/s")
     return rates
 
 
@@ -335,6 +314,8 @@ def run_targets(duration: float, soak_duration: float, idle_sessions: int):
     rows = [
         ["1,000 typists, 5 keys/s: p99", "≤ 50 ms", f"{stream['p99']:.1f} ms", verdict(stream["p99"] <= 50)],
         ["1,000 typists: server CPU", "≤ 60 µs/key", f"{stream['cpu_us']:.0f} µs", verdict(stream["cpu_us"] <= 60)],
+        ["1,000 typists: the transport alone", "(floor)", f"{stream['floor_us']:.0f} µs, p99 {stream['floor_p99']:.1f} ms",
+         "-"],
         [f"200 typists, {soak_duration:g} s: server CPU", "≤ 60 µs/key", f"{soak['cpu_us']:.0f} µs",
          verdict(soak["cpu_us"] <= 60)],
         [f"200 typists, {soak_duration:g} s: RSS", "flat", f"{soak['rss_growth_mb']:+.1f} MB",

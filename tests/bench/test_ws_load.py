@@ -1,0 +1,50 @@
+"""The lean load generator (``scripts.ws_load``) against the real server and the transport floor:
+every keystroke answered, replies checked, server errors counted rather than hidden."""
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from scripts.loadtest import TEXT
+from scripts.ws_load import type_into
+from tests.helpers import ROOT, free_port
+
+
+def test_typists_get_one_reply_per_keystroke(live_server):
+    tally, started = asyncio.run(type_into(f"ws://{live_server}/v1/models/charlm/stream", list(TEXT), 8, 0.01, count=5))
+    assert tally.errors == []
+    assert tally.replies == len(tally.rtts) == 40
+    assert all(0 < r < 30 for r in tally.rtts) and started > 0
+
+
+def test_error_replies_and_refused_handshakes_are_counted(live_server):
+    # a character outside the vocabulary: every reply is an error event, and each one is counted
+    tally, _ = asyncio.run(type_into(f"ws://{live_server}/v1/models/charlm/stream", ["\u2603"], 3, 0.01, count=2))
+    assert tally.replies == 6 and len(tally.errors) == 6
+    assert all('"type":"error"' in e for e in tally.errors)
+    # an unknown model: the server closes the socket with an error; the run ends instead of hanging
+    tally, _ = asyncio.run(asyncio.wait_for(
+        type_into(f"ws://{live_server}/v1/models/nope/stream", list(TEXT), 2, 0.01, count=2), 30))
+    assert tally.replies == 0 and len(tally.errors) == 2
+
+
+@pytest.mark.timeout(60)
+def test_transport_floor_app_answers_like_the_stream():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "scripts.transport_floor:app", "--port", str(port),
+                             "--log-level", "warning"], cwd=ROOT)
+    try:
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        tally, _ = asyncio.run(type_into(f"ws://127.0.0.1:{port}/", list(TEXT), 4, 0.01, count=3))
+        assert tally.errors == [] and tally.replies == 12
+    finally:
+        proc.terminate()
+        proc.wait(10)
