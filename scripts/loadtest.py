@@ -48,6 +48,7 @@ import httpx
 import numpy as np
 import uvloop
 
+from scripts.http_load import fill_sessions
 from scripts.ws_load import type_into
 from tests.helpers import free_port, start_server
 
@@ -272,21 +273,14 @@ def run_classify(clients, duration, generator):
     return {"rate": rate, "p99": p99, "errors": errors}
 
 
-def run_memory(n, concurrency=64):
+def run_memory(n, concurrency=32):
     with Server(max_sessions=n + 10) as srv:
         base = rss_mb(srv.proc.pid)
-
-        async def worker(http, k):
-            for _ in range(k):
-                sid = (await http.post(f"http://{srv.host}/v1/sessions", json={"model": "charlm"})).json()["session_id"]
-                await http.post(f"http://{srv.host}/v1/sessions/{sid}/step", json={"input": "a", "top_k": 1})
-
-        async def main():
-            async with httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency), timeout=60) as http:
-                await asyncio.gather(*(worker(http, n // concurrency + (i < n % concurrency)) for i in range(concurrency)))
         t0 = time.perf_counter()
-        uvloop.run(main())
+        errors = uvloop.run(fill_sessions("127.0.0.1", srv.port, n, "charlm", "a", concurrency))
         created = time.perf_counter() - t0
+        if errors:
+            print(f"{len(errors)} errors while filling, first: {errors[0]}")
         count = httpx.get(f"http://{srv.host}/metrics").text
         active = next(float(l.split()[1]) for l in count.splitlines() if l.startswith("rnn_sessions_active "))
         rss = rss_mb(srv.proc.pid)

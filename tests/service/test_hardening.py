@@ -146,6 +146,21 @@ def test_idle_sockets_are_closed():
             assert info.value.code == 1001
 
 
+def test_the_idle_clock_restarts_with_every_message():
+    # the one timer per socket fires early while messages keep coming: it must re-arm, not close
+    with TestClient(create_app(Settings(ws_idle_timeout_seconds=0.5))) as c:
+        with c.websocket_connect("/v1/models/charlm/stream") as ws:
+            ws.receive_json()
+            start = time.monotonic()
+            for _ in range(7):                                      # 1.4 s of typing, well past 0.5 s
+                time.sleep(0.2)
+                ws.send_json({"type": "input", "text": "a"})
+                assert ws.receive_json()["type"] == "output"
+            with pytest.raises(WebSocketDisconnect) as info:        # then silence: closed as idle
+                ws.receive_json()
+            assert info.value.code == 1001 and time.monotonic() - start >= 1.4 + 0.5
+
+
 def test_origin_allow_list():
     with TestClient(create_app(Settings(cors_origins=["https://app.example"]))) as c:
         for origin, ok in [("https://evil.example", False), ("https://app.example", True),

@@ -1,5 +1,6 @@
-"""The lean load generator (``scripts.ws_load``) against the real server and the transport floor:
-every keystroke answered, replies checked, server errors counted rather than hidden."""
+"""The lean load clients against the real server: ``scripts.ws_load`` (typists; and the transport
+floor) and ``scripts.http_load`` (session filling). Every request answered, replies checked, the
+server's errors counted rather than hidden."""
 import asyncio
 import socket
 import subprocess
@@ -8,6 +9,9 @@ import time
 
 import pytest
 
+import httpx
+
+from scripts.http_load import fill_sessions
 from scripts.loadtest import TEXT
 from scripts.ws_load import type_into
 from tests.helpers import ROOT, free_port
@@ -48,3 +52,17 @@ def test_transport_floor_app_answers_like_the_stream():
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def _active(server: str) -> int:
+    text = httpx.get(f"http://{server}/metrics").text
+    return int(float(next(line.split()[1] for line in text.splitlines() if line.startswith("rnn_sessions_active "))))
+
+
+def test_fill_sessions_creates_and_feeds_each_one(live_server):
+    host, port = live_server.split(":")
+    before = _active(live_server)
+    assert asyncio.run(fill_sessions(host, int(port), 23, "charlm", "ab", concurrency=4)) == []
+    assert _active(live_server) == before + 23
+    errors = asyncio.run(fill_sessions(host, int(port), 3, "nope", "ab", concurrency=2))
+    assert len(errors) == 3 and all(e.startswith("create: 404") for e in errors)
