@@ -316,7 +316,7 @@ class ThreadClock:
     sleep = staticmethod(time.sleep)
 
 
-PROBE_NAMES = ["openblas", "torch.mm", "numba naive", "ours rows", "ours packed"]
+PROBE_NAMES = ["openblas", "torch.mm", "mkl sgemm", "mkl packed", "numba naive", "ours rows", "ours packed"]
 
 
 def run_probe(env: Env, args) -> int:

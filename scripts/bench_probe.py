@@ -8,7 +8,9 @@ Contestants (each checked against float64 NumPy before timing):
 * ``numba naive``: a plain compiled panel loop (``for k: out[b] += h[b,k] * W[k]``), when Numba is;
 * ``ours packed``: the native kernel's register tile over the packed weights (``model_core.native``),
   the product every LSTM step of a batch runs;
-* ``ours rows``: the native kernel's row-streaming product over W^T as stored, used for small batches.
+* ``ours rows``: the native kernel's row-streaming product over W^T as stored, used for small batches;
+* ``mkl sgemm`` and ``mkl packed``: MKL's ``cblas_sgemm`` and its packed GEMM, when ``libmkl_rt`` is
+  found (``scripts.mkl_probe``; never a dependency).
 
 The peak is the larger of two measurements: a loop of independent FMAs in registers
 (``mc_fma_peak``, 256-bit vectors), and the best BLAS on a large square product.
@@ -85,7 +87,10 @@ def probe(repeat: int, torch=None, shapes=PROBE_SHAPES) -> list[dict]:
     from model_core import native
     from model_core.cells.native_weights import pack, ptr
 
+    from scripts import mkl_probe
+
     panel = _numba_panel()
+    mkl = mkl_probe.load()
     rows = []
     for B, H in shapes:
         G = 4
@@ -106,6 +111,8 @@ def probe(repeat: int, torch=None, shapes=PROBE_SHAPES) -> list[dict]:
             hp, pp, wp, op = ptr(h), ptr(packed), ptr(wt), ptr(out)
             jobs["ours packed"] = lambda: native.lib.mc_product(B, H, G, hp, pp, 8 * G, 8, 8 * G * H, op)
             jobs["ours rows"] = lambda: native.lib.mc_product(B, H, G, hp, wp, G * H, H, 8, op)
+        if mkl is not None:
+            jobs.update(mkl_probe.jobs(mkl, h, wt, out))
         row = {"B": B, "H": H}
         for name, fn in jobs.items():
             res = fn()
