@@ -248,7 +248,7 @@ class RecurrentBase(Module):
         state0 = self._check_states(states, B)
         if state0 is None:
             state0 = self.init_states(B)
-        new = tuple(xp.empty_like(s) for s in state0)                           # (L, B, H) each
+        new = tuple([xp.empty_like(s) for s in state0])                         # (L, B, H) each
         # the native kernels keep nothing for inference; the others want scratch buffers
         shapes = None if cell.native else cell.cache_shapes(B, self.hidden_size)
         inp = x_t
@@ -258,8 +258,8 @@ class RecurrentBase(Module):
             if p.bias is not None:
                 xproj += p.bias
             cache_t = None if shapes is None else {k: xp.empty(s, dtype=self.dtype) for k, s in shapes.items()}
-            cell.step_forward(xp, xproj, tuple(s[layer] for s in state0), p.w_hh.T, p.b_hh,
-                              self._consts, cache_t, tuple(n[layer] for n in new))
+            cell.step_forward(xp, xproj, tuple([s[layer] for s in state0]), p.w_hh.T, p.b_hh,
+                              self._consts, cache_t, tuple([n[layer] for n in new]))
             inp = new[0][layer]
         return inp.copy(), new
 
