@@ -120,7 +120,7 @@ class SequenceModel:
             if problem:
                 raise ValueError(problem)
             if self.embedding is not None:
-                return self.embedding.forward(ids)
+                return self.embedding.lookup(ids)                                   # checked just above
             return xp.eye(c.input_size, dtype=self.dtype)[ids]                     # one-hot (T, B, V)
         x = xp.asarray(inputs)
         if x.ndim != 3 or features_problem(c, x, finite=False):

@@ -70,6 +70,13 @@ def step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, out):
     contiguous rows; other layouts go through a copy); cache_t {"gates", "hn"} is written when given
     (None: inference, through the step entry point with array handles when out is C-contiguous, as in
     ``native_lstm``)."""
+    if cache_t is None and out[0].flags.c_contiguous:                 # tested first: per token
+        xproj_t, h = c_array(xproj_t), c_array(prev[0])
+        b_hn = None if bias_hh is None else c_array(bias_hh[2 * h.shape[1]:])
+        if lib.mc_gru_step(xproj_t.shape[0], h.shape[1], handle(xproj_t), handle(c_array(weight_hh_t)), handle(b_hn),
+                           handle(h), handle(out[0])):
+            raise MemoryError("the GRU step kernel could not allocate its scratch buffer")
+        return
     if not rows_contiguous(out[0]):                                   # a state laid out another way
         tmp = (np.empty(out[0].shape, np.float32),)
         step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, tmp)
@@ -77,12 +84,6 @@ def step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, out):
         return
     xproj_t = c_array(xproj_t)
     h = c_array(prev[0])
-    if cache_t is None and out[0].flags.c_contiguous:
-        b_hn = None if bias_hh is None else c_array(bias_hh[2 * h.shape[1]:])
-        if lib.mc_gru_step(xproj_t.shape[0], h.shape[1], handle(xproj_t), handle(c_array(weight_hh_t)), handle(b_hn),
-                           handle(h), handle(out[0])):
-            raise MemoryError("the GRU step kernel could not allocate its scratch buffer")
-        return
     B, G3 = xproj_t.shape
     H = G3 // 3
     w = recurrent_weights(weight_hh_t, B)

@@ -76,6 +76,12 @@ def step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, out):
     Inference into C-contiguous outputs (``step()``: a streaming session pays this per token) goes
     through the step entry point with array handles: no pointer conversions, scratch and packing in C."""
     h_next, c_next = out
+    if cache_t is None and h_next.flags.c_contiguous and c_next.flags.c_contiguous:   # tested first: per token
+        xproj_t, h, c = c_array(xproj_t), c_array(prev[0]), c_array(prev[1])
+        if lib.mc_lstm_step(xproj_t.shape[0], h.shape[1], handle(xproj_t), handle(c_array(weight_hh_t)), handle(h),
+                            handle(c), handle(h_next), handle(c_next)):
+            raise MemoryError("the LSTM step kernel could not allocate its scratch buffer")
+        return
     if not (rows_contiguous(h_next) and c_next.flags.c_contiguous):     # a state laid out another way
         tmp = (np.empty(h_next.shape, np.float32), np.empty(c_next.shape, np.float32))
         step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, tmp)
@@ -83,11 +89,6 @@ def step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, out):
         return
     xproj_t = c_array(xproj_t)
     h, c = (c_array(s) for s in prev)
-    if cache_t is None and h_next.flags.c_contiguous:
-        if lib.mc_lstm_step(xproj_t.shape[0], h.shape[1], handle(xproj_t), handle(c_array(weight_hh_t)), handle(h),
-                            handle(c), handle(h_next), handle(c_next)):
-            raise MemoryError("the LSTM step kernel could not allocate its scratch buffer")
-        return
     B, G4 = xproj_t.shape
     H = G4 // 4
     w = recurrent_weights(weight_hh_t, B)

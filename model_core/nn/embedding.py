@@ -46,7 +46,11 @@ class Embedding(Module):
 
     def forward(self, ids):
         """ids (...) integers -> out (..., E)."""
-        ids = self._check_ids(ids)
+        return self.lookup(self._check_ids(ids))
+
+    def lookup(self, ids):
+        """``forward`` for ids already checked to lie in [0, num_embeddings), as ``SequenceModel.encode``
+        checks them (``model_core.inputs``): the streaming step would otherwise check twice per token."""
         return self._params["weight"][ids]  # (..., E)
 
     __call__ = forward

@@ -5,9 +5,10 @@ Nothing per call is stored on the layer, so one instance serves many threads at 
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -20,6 +21,20 @@ from model_core.nn.bptt import (
     forward_direction_infer,
     forward_direction_train,
 )
+
+
+class LayerParams(NamedTuple):
+    """One layer direction's parameters as the forward reads them."""
+    w_ih: Any                   # (G*H, I_l), Fortran order
+    w_hh: Any                   # (G*H, H), Fortran order
+    bias: Any                   # (G*H,) the biases folded into the input projection (cell.fold_bias), or None
+    b_hh: Any                   # (G*H,) or None: the GRU's b_hn stays on the hidden side
+
+
+@functools.cache
+def _param_names(layer: int, suffix: str) -> tuple[str, str, str, str]:
+    """PyTorch's names for one layer direction, formatted once rather than per step."""
+    return tuple(f"{kind}_l{layer}{suffix}" for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
 
 
 @dataclass(frozen=True)
@@ -229,22 +244,22 @@ class RecurrentBase(Module):
         B, I = x_t.shape
         if I != self.input_size:
             raise ValueError(f"input has {I} features, expected input_size={self.input_size}")
-        xp, cell, H = self.xp, self._cell, self.hidden_size
+        xp, cell = self.xp, self._cell
         state0 = self._check_states(states, B)
         if state0 is None:
             state0 = self.init_states(B)
-        new = tuple(xp.empty_like(s) for s in state0)                           # (L, B, H) each
-        shapes = cell.cache_shapes(B, H)
+        new = tuple([xp.empty_like(s) for s in state0])                         # (L, B, H) each
+        # the native kernels keep nothing for inference; the others want scratch buffers
+        shapes = None if cell.native else cell.cache_shapes(B, self.hidden_size)
         inp = x_t
         for layer in range(self.num_layers):
             p = self._layer_params(layer, "")
-            xproj = inp @ p["w_ih"].T                                           # (B, G*H)
-            if p["bias"] is not None:
-                xproj += p["bias"]
-            # the native kernels keep nothing for inference; the others want scratch buffers
-            cache_t = None if cell.native else {k: xp.empty(s, dtype=self.dtype) for k, s in shapes.items()}
-            cell.step_forward(xp, xproj, tuple(s[layer] for s in state0), p["w_hh"].T, p["b_hh"],
-                              self._consts, cache_t, tuple(n[layer] for n in new))
+            xproj = inp @ p.w_ih.T                                              # (B, G*H)
+            if p.bias is not None:
+                xproj += p.bias
+            cache_t = None if shapes is None else {k: xp.empty(s, dtype=self.dtype) for k, s in shapes.items()}
+            cell.step_forward(xp, xproj, tuple([s[layer] for s in state0]), p.w_hh.T, p.b_hh,
+                              self._consts, cache_t, tuple([n[layer] for n in new]))
             inp = new[0][layer]
         return inp.copy(), new
 
@@ -266,11 +281,11 @@ class RecurrentBase(Module):
             for d, suffix in enumerate(self._suffixes()):
                 p = self._layer_params(layer, suffix)
                 # all steps in one product
-                xproj = (inp.reshape(T * B, inp.shape[-1]) @ p["w_ih"].T).reshape(T, B, p["w_ih"].shape[0])
-                if p["bias"] is not None:
-                    xproj += p["bias"]
+                xproj = (inp.reshape(T * B, inp.shape[-1]) @ p.w_ih.T).reshape(T, B, p.w_ih.shape[0])
+                if p.bias is not None:
+                    xproj += p.bias
                 idx = layer * D + d
-                args = (xp, cell, self._consts, xproj, tuple(s[idx] for s in state0), p["w_hh"], p["b_hh"],
+                args = (xp, cell, self._consts, xproj, tuple(s[idx] for s in state0), p.w_hh, p.b_hh,
                         masks, d == 1, y[:, :, d * H:(d + 1) * H])
                 final, cache = forward_direction_train(*args) if train else (forward_direction_infer(*args), None)
                 for k, f in enumerate(final):
@@ -287,12 +302,11 @@ class RecurrentBase(Module):
         cache = StackCache(layer_caches, masks) if train else None
         return y, tuple(finals), cache
 
-    def _layer_params(self, layer: int, suffix: str) -> dict:
-        P = self._params
-        w_ih, w_hh = P[f"weight_ih_l{layer}{suffix}"], P[f"weight_hh_l{layer}{suffix}"]
-        b_ih, b_hh = P.get(f"bias_ih_l{layer}{suffix}"), P.get(f"bias_hh_l{layer}{suffix}")
-        bias = self._cell.fold_bias(b_ih, b_hh) if self.bias else None
-        return {"w_ih": w_ih, "w_hh": w_hh, "bias": bias, "b_hh": b_hh}
+    def _layer_params(self, layer: int, suffix: str) -> LayerParams:
+        P, names = self._params, _param_names(layer, suffix)
+        w_ih, w_hh, b_ih, b_hh = map(P.get, names)
+        bias = self._cell.fold_bias(b_ih, b_hh) if self.bias else None     # per call: optimisers update in place
+        return LayerParams(w_ih, w_hh, bias, b_hh)
 
     # -- backward -----------------------------------------------------------------------------
     def backward(self, cache, dy, dstate=None):
@@ -335,7 +349,7 @@ class RecurrentBase(Module):
                 p = self._layer_params(layer, suffix)
                 idx = layer * D + d
                 dgx, dgh, d0 = backward_direction(
-                    xp, cell, self._consts, lc.dirs[d], p["w_hh"], dy[:, :, d * H:(d + 1) * H],
+                    xp, cell, self._consts, lc.dirs[d], p.w_hh, dy[:, :, d * H:(d + 1) * H],
                     tuple(s[idx] for s in d_final), masks, separate)
                 for k, g in enumerate(d0):
                     dstate0[k][idx] = g
@@ -350,7 +364,7 @@ class RecurrentBase(Module):
                     grads[f"bias_ih_l{layer}{suffix}"] = dgx2.sum(axis=0)
                     grads[f"bias_hh_l{layer}{suffix}"] = (dgh2.sum(axis=0) if separate
                                                           else grads[f"bias_ih_l{layer}{suffix}"].copy())
-                dinp += dgx2 @ p["w_ih"]
+                dinp += dgx2 @ p.w_ih
             dy = dinp.reshape(T, B, inp.shape[-1])
         dx = dy.transpose(1, 0, 2) if self.batch_first else dy
         grads = {k: grads[k] for k in self._params}                        # parameter order
