@@ -73,6 +73,15 @@ class SequenceModel:
     def num_parameters(self) -> int:
         return int(sum(v.size for v in self.parameters().values()))
 
+    def freeze(self) -> SequenceModel:
+        """Make every parameter read-only (NumPy's ``writeable`` flag): an in-place write raises, so
+        the kernels may keep layouts derived from the weights (the packed W_hh of a batched step).
+        For models that only serve; a model being trained stays writable. No-op on a GPU."""
+        for v in self.parameters().values():
+            if isinstance(v, np.ndarray):
+                v.flags.writeable = False
+        return self
+
     def state_dict(self) -> dict[str, np.ndarray]:
         return {f"{m}.{k}": v for m, mod in self._modules().items() for k, v in mod.state_dict().items()}
 

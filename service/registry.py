@@ -199,7 +199,7 @@ class ModelRegistry:
             if previous is not None and previous.status == "ready" and previous.version == entry.version:
                 return previous                                # unchanged files: keep the loaded model
             entry.model = (_load_onnx(folder, card, self.device) if path.name == ONNX
-                           else model_core.load(path, device=self.device))
+                           else model_core.load(path, device=self.device).freeze())    # serves, never trains
             _warm_up(entry.model)
             entry.status = "ready"
             log.info("loaded model %s version %d (%s) on %s", name, number, entry.version, entry.model.device)

@@ -5,13 +5,16 @@ weights in the layout a call should read them in.
 (see ``model_core/native/rnn_kernels.c``): W_hh^T as the layer stores it, read in place, or a
 packed copy with each unit group's gates side by side. Packing costs one pass over the weights
 (about two products' worth at H=256), so it is made per call, only when the call runs enough rows
-to pay for it; nothing is cached, so weights updated in place by an optimiser are always current.
-The per-call copy goes into a per-thread scratch buffer: a fresh 1 MiB array would cost ~256 page
-faults per call, more than the copy itself.
+to pay for it, and kept only for read-only weights: weights updated in place by an optimiser are
+always current. A read-only W_hh^T (``SequenceModel.freeze``: the service's loaded models) cannot
+change in place, so its packed copy is made once and kept while its storage lives; a batched step
+then pays one product, not three. The per-call copy goes into a per-thread scratch buffer: a fresh
+1 MiB array would cost ~256 page faults per call, more than the copy itself.
 """
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -23,6 +26,7 @@ PACK_MIN_BATCH = 16       # rows per step from which packing pays even for a sin
 PACK_MIN_ROWS = 64        # rows (B x T) in one call from which a packed copy pays for itself
 _GROUP = 8                # hidden units per packed group: one vector of float32
 _scratch = threading.local()
+_frozen: dict[tuple, tuple[weakref.ref, np.ndarray]] = {}      # packed copies of read-only weights
 
 
 def _scratch_buffer(shape) -> np.ndarray:
@@ -96,7 +100,9 @@ def recurrent_weights(weight_hh_t: np.ndarray, B: int, T: int = 1) -> KernelWeig
     H, GH = weight_hh_t.shape
     G = GH // H
     if B >= PACK_MIN_BATCH or (B >= 2 and B * T >= PACK_MIN_ROWS):
-        packed = pack(weight_hh_t, scratch=True)
+        packed = frozen_pack(weight_hh_t)
+        if packed is None:
+            packed = pack(weight_hh_t, scratch=True)
         return KernelWeights(ptr(packed), G * _GROUP, _GROUP, H * G * _GROUP, packed)
     return KernelWeights(ptr(weight_hh_t), GH, H, _GROUP, weight_hh_t)
 
@@ -107,3 +113,25 @@ def packed_weights(weight_hh_t: np.ndarray) -> KernelWeights:
     G = GH // H
     packed = pack(np.ascontiguousarray(weight_hh_t, dtype=np.float32))
     return KernelWeights(ptr(packed), G * _GROUP, _GROUP, H * G * _GROUP, packed)
+
+
+def frozen(a: np.ndarray) -> bool:
+    """Can ``a``'s values never change in place? Read-only, and so is the memory it views."""
+    owner = a.base if a.base is not None else a
+    return not a.flags.writeable and not getattr(getattr(owner, "flags", None), "writeable", False)
+
+
+def frozen_pack(weight_hh_t: np.ndarray) -> np.ndarray | None:
+    """The packed copy of a read-only W_hh^T, made on first use and kept while its storage lives
+    (the transposed view is new per call; the array it views is not); None for writable weights."""
+    if not frozen(weight_hh_t):
+        return None
+    owner = weight_hh_t.base if weight_hh_t.base is not None else weight_hh_t
+    key = (id(owner), weight_hh_t.ctypes.data, weight_hh_t.shape, weight_hh_t.strides)
+    hit = _frozen.get(key)
+    if hit is not None and hit[0]() is owner:       # the same storage, not a new one at a reused address
+        return hit[1]
+    packed = pack(weight_hh_t)
+    packed.flags.writeable = False
+    _frozen[key] = (weakref.ref(owner, lambda _, key=key: _frozen.pop(key, None)), packed)
+    return packed

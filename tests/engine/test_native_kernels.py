@@ -165,3 +165,57 @@ def test_onnx_nodes_take_the_kernels_when_their_attributes_allow(op, attrs, nati
         _, want = _kernel_weights(InferenceSession(model))
         for g, w in zip(got, want):
             np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.skipif(not native.AVAILABLE, reason="native kernels not built")
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+def test_frozen_weights_keep_one_packed_copy_and_step_the_same(cls, monkeypatch):
+    from model_core.cells import native_weights
+    B, H = 32, 24                                      # B >= PACK_MIN_BATCH: a batched step packs W_hh
+    rng = np.random.default_rng(3)
+    layer = cls(7, H, num_layers=2)
+    x = rng.standard_normal((B, 7), dtype=np.float32)
+    h0 = layer.init_states(B)
+    h0 = tuple(rng.standard_normal(s.shape, dtype=np.float32) for s in h0)
+    want = layer.step_states(x, h0)
+    packs = []
+    real_pack = native_weights.pack
+    monkeypatch.setattr(native_weights, "pack", lambda w, scratch=False: packs.append(scratch) or real_pack(w, scratch))
+    for p in layer.parameters().values():
+        p.flags.writeable = False
+    for _ in range(3):
+        got = layer.step_states(x, h0)
+        assert np.array_equal(got[0], want[0]) and all(np.array_equal(a, b) for a, b in zip(got[1], want[1]))
+        seq, _ = layer.forward_states(x[None].repeat(5, 0), h0)     # the sequence path uses the kept copy too
+    assert packs == [False, False]                     # one kept copy per layer, made once, never per call
+    with pytest.raises(ValueError, match="read-only"):
+        layer.parameters()["weight_hh_l0"][...] += 1.0  # frozen really means frozen
+    before = len(native_weights._frozen)
+    del layer, p
+    import gc
+    gc.collect()
+    assert len(native_weights._frozen) == before - 2   # the copies go with the weights
+
+
+def test_writable_weights_are_packed_per_call_so_in_place_updates_count():
+    B, H = 32, 16
+    layer = LSTM(5, H)
+    x = np.ones((B, 5), np.float32)
+    state = tuple(np.random.default_rng(1).standard_normal(s.shape, dtype=np.float32) for s in layer.init_states(B))
+    first, _ = layer.step_states(x, state)
+    layer.parameters()["weight_hh_l0"][...] *= 0.5     # an optimiser's in-place update of W_hh alone
+    second, _ = layer.step_states(x, state)
+    fresh = LSTM(5, H)
+    fresh.load_state_dict(layer.state_dict())
+    assert not np.array_equal(first, second)
+    assert np.array_equal(fresh.step_states(x, state)[0], second)
+
+
+def test_served_checkpoints_are_frozen_and_training_models_are_not():
+    from service.registry import ModelRegistry
+    from service.settings import Settings
+    registry = ModelRegistry(Settings().model_dir)
+    registry.load_all()
+    model = registry.get("charlm").model
+    assert all(not p.flags.writeable for p in model.parameters().values())
+    assert all(p.flags.writeable for p in model_core.SequenceModel(model.config).parameters().values())

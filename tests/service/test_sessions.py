@@ -247,7 +247,9 @@ def test_a_non_finite_output_is_a_clear_error_never_bare_nan():
     registry = ModelRegistry(DEFAULT_MODEL_DIR)
     registry.load("echo")
     head = registry.get("echo").model.head                           # this registry's own copy of the model
-    head.parameters()["weight"][...] = np.inf       # in place: load_state_dict rightly refuses it
+    weight = head.parameters()["weight"]
+    weight.flags.writeable = True                   # a served model is frozen; this test poisons it on purpose
+    weight[...] = np.inf                            # in place: load_state_dict rightly refuses it
     manager = SessionManager(registry, MemorySessionStore(), Settings())
 
     async def main():
