@@ -96,6 +96,34 @@ def forward_direction_infer(xp, cell, consts, xproj, state0, weight_hh, bias_hh,
     return tuple(final)
 
 
+PROJECTION_CHUNK_BYTES = 4 << 20     # an input projection chunk that stays in cache until the kernel reads it
+
+
+def forward_direction_chunked(cell, consts, x, w_ih, bias, state0, weight_hh, bias_hh, reverse, y_out) -> tuple:
+    """Native inference over one full-length direction, projecting the input a few steps at a time.
+
+    The whole ``(T, B, G*H)`` projection of a long batch is tens of MB: written once (a fresh array
+    first-touches every page), then read back from DRAM by the kernel. Projected into one reused
+    chunk of at most ``PROJECTION_CHUNK_BYTES`` just before the kernel runs those steps, it is read
+    back from cache and never allocated per call. x: (T, B, I); w_ih: (G*H, I); bias: (G*H,) or None.
+    """
+    T, B, I = x.shape
+    GH = w_ih.shape[0]
+    chunk = max(1, min(T, PROJECTION_CHUNK_BYTES // max(1, B * GH * 4)))
+    buf = np.empty((chunk, B, GH), np.float32)
+    w_ih_t, weight_hh_t = w_ih.T, weight_hh.T
+    starts = range(0, T, chunk)
+    state = tuple(state0)
+    for t0 in (reversed(starts) if reverse else starts):           # the reverse direction starts at the end
+        t1 = min(t0 + chunk, T)
+        xproj = buf[:t1 - t0]
+        np.matmul(x[t0:t1].reshape(-1, I), w_ih_t, out=xproj.reshape(-1, GH))
+        if bias is not None:
+            xproj += bias
+        state, _ = cell.sequence_forward(xproj, state, weight_hh_t, bias_hh, consts, reverse, y_out[t0:t1], False)
+    return state
+
+
 def forward_direction_train(xp, cell, consts, xproj, state0, weight_hh, bias_hh, masks, reverse,
                             y_out) -> tuple[tuple, DirectionCache]:
     """Training forward over one direction (arguments as ``forward_direction_infer``).

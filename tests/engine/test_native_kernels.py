@@ -7,6 +7,7 @@
 * ONNX LSTM/GRU nodes take the kernels exactly when their attributes allow it, and agree with the
   NumPy loops they replace (onnxruntime parity is ``test_onnx_recurrent``'s).
 """
+import dataclasses
 import os
 import subprocess
 import sys
@@ -219,3 +220,27 @@ def test_served_checkpoints_are_frozen_and_training_models_are_not():
     model = registry.get("charlm").model
     assert all(not p.flags.writeable for p in model.parameters().values())
     assert all(p.flags.writeable for p in model_core.SequenceModel(model.config).parameters().values())
+
+
+@pytest.mark.skipif(not native.AVAILABLE, reason="native kernels not built")
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+def test_inference_projected_in_chunks_matches_the_whole_projection(cls, monkeypatch):
+    from model_core.nn import bptt
+    T, B, I, H = 11, 3, 5, 8
+    layer = cls(I, H, num_layers=2, bidirectional=True)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((T, B, I), dtype=np.float32)
+    h0 = tuple(rng.standard_normal(s.shape, dtype=np.float32) for s in layer.init_states(B))
+    want_y, want_state, _ = layer.forward_train_states(x, h0)   # training: the whole projection at once
+    calls, kernel_calls = [], []
+    real, real_kernel = bptt.forward_direction_chunked, layer._cell.sequence_forward
+    spy_cell = dataclasses.replace(layer._cell, sequence_forward=lambda *a: kernel_calls.append(len(a[0])) or real_kernel(*a))
+    gates = {LSTM: 4, GRU: 3}[cls]
+    monkeypatch.setattr(bptt, "PROJECTION_CHUNK_BYTES", B * gates * H * 4 * 4)      # chunks of 4 steps: 4, 4, 3
+    import model_core.nn.recurrent_base as rb
+    monkeypatch.setattr(rb, "forward_direction_chunked", lambda cell, *a: calls.append(1) or real(spy_cell, *a))
+    y, state = layer.forward_states(x, h0)
+    assert len(calls) == 4 and kernel_calls == [4, 4, 3, 3, 4, 4] * 2    # 2 layers x 2 directions, 3 chunks each
+    np.testing.assert_allclose(y, want_y, rtol=1e-6, atol=1e-6)
+    for a, b in zip(state, want_state):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
