@@ -95,13 +95,19 @@ class Server:
 
 
 class Floor(Server):
-    """The transport alone (``scripts.transport_floor``) under the same uvicorn and WebSocket settings."""
+    """The transport alone (``scripts.transport_floor``) under the same uvicorn and WebSocket settings,
+    or (``raw``) the bare uvloop protocol: the floor under any Python server."""
+
+    def __init__(self, raw: bool = False):
+        super().__init__()
+        self.raw = raw
 
     def __enter__(self):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "scripts.transport_floor:app", "--host", "127.0.0.1", "--port",
-             str(self.port), "--log-level", "warning", "--no-access-log", "--ws-per-message-deflate", "false"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        command = (["-m", "scripts.transport_floor", "--raw", "--port", str(self.port)] if self.raw else
+                   ["-m", "uvicorn", "scripts.transport_floor:app", "--host", "127.0.0.1", "--port", str(self.port),
+                    "--log-level", "warning", "--no-access-log", "--ws-per-message-deflate", "false"])
+        self.proc = subprocess.Popen([sys.executable, *command], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -160,18 +166,20 @@ def run_stream(n_list, keystrokes, interval, floor=True):
                          f"{pct(tally.rtts, 50):.1f}", f"{pct(tally.rtts, 99):.1f}", f"{pct(tally.rtts, 100):.1f}",
                          f"{m['cpu_us']:.0f}", len(tally.errors)])
     if floor:
-        with Floor() as fl:
+        with Floor() as fl, Floor(raw=True) as raw:
             for n, row in zip(n_list, rows):
                 tally, m = _typing(fl, n, interval, count=keystrokes)
-                results[n].update(floor_us=m["cpu_us"], floor_p99=pct(tally.rtts, 99))
+                _, r = _typing(raw, n, interval, count=keystrokes)
+                results[n].update(floor_us=m["cpu_us"], floor_p99=pct(tally.rtts, 99), raw_us=r["cpu_us"])
                 row[-1:-1] = [f"{m['cpu_us']:.0f}", f"{results[n]['cpu_us'] - m['cpu_us']:.0f}",
-                              f"{pct(tally.rtts, 99):.1f}"]
+                              f"{pct(tally.rtts, 99):.1f}", f"{r['cpu_us']:.0f}"]
     print_table(f"Streaming: WebSocket sessions typing into charlm, one keystroke per message every {interval * 1000:.0f} ms",
                 ["sessions", "connect s", "keystrokes", "msg/s", "p50 ms", "p99 ms", "max ms", "server CPU µs/msg",
-                 *(["floor µs/msg", "ours µs/msg", "floor p99 ms"] if floor else []), "errors"], rows)
+                 *(["floor µs/msg", "ours µs/msg", "floor p99 ms", "raw floor µs/msg"] if floor else []), "errors"], rows)
     if floor:
         print("floor: the same typists against scripts.transport_floor (uvicorn's WebSocket protocol and the event loop "
-              "alone, a canned reply); ours: the server's CPU above it")
+              "alone, a canned reply); ours: the server's CPU above it; raw floor: a bare uvloop protocol answering "
+              "the same way (the floor under any Python server)")
     return results
 
 
@@ -310,6 +318,7 @@ def run_targets(duration: float, soak_duration: float, idle_sessions: int):
         ["1,000 typists: server CPU", "≤ 60 µs/key", f"{stream['cpu_us']:.0f} µs", verdict(stream["cpu_us"] <= 60)],
         ["1,000 typists: the transport alone", "(floor)", f"{stream['floor_us']:.0f} µs, p99 {stream['floor_p99']:.1f} ms",
          "-"],
+        ["1,000 typists: a bare Python protocol", "(floor)", f"{stream['raw_us']:.0f} µs", "-"],
         [f"200 typists, {soak_duration:g} s: server CPU", "≤ 60 µs/key", f"{soak['cpu_us']:.0f} µs",
          verdict(soak["cpu_us"] <= 60)],
         [f"200 typists, {soak_duration:g} s: RSS", "flat", f"{soak['rss_growth_mb']:+.1f} MB",

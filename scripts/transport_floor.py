@@ -5,11 +5,22 @@ same WebSocket settings as ``python -m service``, to measure what a keystroke co
 our code runs: the event loop, the sockets, uvicorn's WebSocket protocol, the ASGI messages and one
 JSON decode. The service's CPU per keystroke minus this floor is what our own code costs.
 
-    python -m uvicorn scripts.transport_floor:app --ws websockets-sansio
+``serve_raw`` is the floor under any Python server: the same replies from a bare uvloop protocol
+that parses the frames itself (no uvicorn, no ASGI, no task per socket). What separates the two is
+what moving the WebSocket termination out of the ASGI stack could save.
+
+    python -m uvicorn scripts.transport_floor:app         # uvicorn, as the service runs it
+    python -m scripts.transport_floor --raw --port 8001   # the bare protocol
 """
 from __future__ import annotations
 
+import argparse
+import asyncio
+import base64
+import hashlib
+
 import orjson
+import uvloop
 
 # a real char-LM reply with top_k 3, so the frames written are the size the service writes
 REPLY = orjson.dumps({"type": "output", "id": None, "steps": 1, "outputs": [{"top_k": [
@@ -42,3 +53,64 @@ async def app(scope, receive, send):
             return
         orjson.loads(message["text"])
         await send({"type": "websocket.send", "text": REPLY})
+
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"        # RFC 6455's accept-key suffix
+
+
+def _server_frame(text: str) -> bytes:
+    payload = text.encode()
+    n = len(payload)
+    return (bytes([0x81, n]) if n < 126 else bytes([0x81, 126]) + n.to_bytes(2, "big")) + payload
+
+
+class RawFloor(asyncio.Protocol):
+    """Handshake, unmask each client text frame, decode its JSON, write the canned reply."""
+
+    reply, session = _server_frame(REPLY), _server_frame(SESSION)
+
+    def connection_made(self, transport):
+        self.transport, self.buf, self.open = transport, bytearray(), False
+
+    def data_received(self, data):
+        buf = self.buf
+        buf += data
+        if not self.open:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            key = next(line.split(b":", 1)[1].strip() for line in bytes(buf[:end]).split(b"\r\n")
+                       if line.lower().startswith(b"sec-websocket-key:"))
+            accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
+            self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                                 b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + self.session)
+            del buf[:end + 4]
+            self.open = True
+        while len(buf) >= 6:
+            n, head = buf[1] & 0x7F, 2
+            if n == 126:
+                n, head = int.from_bytes(buf[2:4], "big"), 4
+            if len(buf) < head + 4 + n:
+                return
+            mask, opcode = buf[head:head + 4], buf[0] & 0x0F
+            payload = bytes(b ^ mask[i & 3] for i, b in enumerate(buf[head + 4:head + 4 + n]))
+            del buf[:head + 4 + n]
+            if opcode == 0x8:
+                self.transport.close()
+                return
+            orjson.loads(payload)
+            self.transport.write(self.reply)
+
+
+async def serve_raw(host: str, port: int) -> None:
+    server = await asyncio.get_running_loop().create_server(RawFloor, host, port)
+    await server.serve_forever()
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--raw", action="store_true", required=True, help="serve the bare protocol (uvicorn serves `app`)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8001)
+    args = p.parse_args()
+    uvloop.run(serve_raw(args.host, args.port))

@@ -66,3 +66,21 @@ def test_fill_sessions_creates_and_feeds_each_one(live_server):
     assert _active(live_server) == before + 23
     errors = asyncio.run(fill_sessions(host, int(port), 3, "nope", "ab", concurrency=2))
     assert len(errors) == 3 and all(e.startswith("create: 404") for e in errors)
+
+
+@pytest.mark.timeout(60)
+def test_raw_floor_server_answers_like_the_stream():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.transport_floor", "--raw", "--port", str(port)], cwd=ROOT)
+    try:
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        tally, _ = asyncio.run(type_into(f"ws://127.0.0.1:{port}/", list(TEXT), 4, 0.01, count=3))
+        assert tally.errors == [] and tally.replies == 12
+    finally:
+        proc.terminate()
+        proc.wait(10)
