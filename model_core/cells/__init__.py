@@ -31,6 +31,8 @@ class CellSteps:
     fused:  a compiled path was chosen (the native kernels, or Numba's gate kernels).
     native: the native kernels, which also run whole sequences (``sequence_forward`` /
             ``sequence_backward``, None otherwise).
+    sequence_forward_fused: inference over a sequence from the raw input, the input projection
+            made inside the kernel (the native LSTM; None otherwise).
     """
     GATES: int
     STATE_SIZE: int
@@ -43,6 +45,7 @@ class CellSteps:
     native: bool
     sequence_forward: Callable | None
     sequence_backward: Callable | None
+    sequence_forward_fused: Callable | None = None
 
 
 def uses_jit(xp, dtype) -> bool:
@@ -93,4 +96,5 @@ def select(kind: str, xp, dtype, nonlinearity: str = "tanh", reference: bool = F
                      cache_shapes=mod.cache_shapes, fold_bias=mod.fold_bias,
                      step_forward=step_forward, step_backward=step_backward, fused=fused,
                      native=use_native, sequence_forward=getattr(mod, "sequence_forward", None),
-                     sequence_backward=getattr(mod, "sequence_backward", None))
+                     sequence_backward=getattr(mod, "sequence_backward", None),
+                     sequence_forward_fused=getattr(mod, "sequence_forward_fused", None))

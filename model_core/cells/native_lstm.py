@@ -12,12 +12,12 @@ from __future__ import annotations
 import numpy as np
 
 from model_core.cells.lstm_cell import GATES, STATE_SIZE, cache_shapes, fold_bias, gate_constants
-from model_core.cells.native_weights import (NULL, PACK_MIN_BATCH, backward_strides, c_array, frozen, ptr,
-                                             recurrent_weights, row_strides, rows_contiguous)
+from model_core.cells.native_weights import (NULL, PACK_MIN_BATCH, backward_strides, c_array, frozen, frozen_pack,
+                                             pack, ptr, recurrent_weights, row_strides, rows_contiguous)
 from model_core.native import handle, lib
 
 __all__ = ["GATES", "STATE_SIZE", "cache_shapes", "fold_bias", "gate_constants", "sequence_backward",
-           "sequence_forward", "step_backward", "step_forward"]
+           "sequence_forward", "sequence_forward_fused", "step_backward", "step_forward"]
 
 
 def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out, train):
@@ -44,6 +44,38 @@ def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out
     lib.mc_lstm_forward(T, B, H, int(reverse), ptr(xproj), xt, xb, NULL, NULL, w.ptr, w.wk, w.wg, w.wu, ptr(h0), ptr(c0),
                         ptr(y_out), yt, yb, ptr(hT), ptr(cT), *ptrs, ptr(work))
     return (hT, cT), cache
+
+
+FUSED_MIN_BATCH = 2      # one row: a GEMM over all T steps first beats a one-row tile at every step
+
+
+def sequence_forward_fused(x, weight_ih_t, bias, state0, weight_hh_t, reverse, y_out):
+    """Inference over a full-length sequence from the raw input x (T, B, I): the kernel makes the
+    input projection in its register tile (W_ih^T packed like W_hh^T), so no (T, B, 4H) projection
+    is written and read back. bias: both biases folded (4H,) or None. Returns (h_T, c_T), or None
+    when this batch reads W_hh row by row (small batches: the fused tile needs the packed layout;
+    the caller projects as before)."""
+    T, B, I = x.shape
+    if B < FUSED_MIN_BATCH:
+        return None
+    H = weight_hh_t.shape[0]
+    w = recurrent_weights(weight_hh_t, B, T)
+    if w.wu == 8:                                                       # the row-streaming layout
+        return None
+    wi = frozen_pack(weight_ih_t, gates=4)
+    if wi is None:
+        wi = pack(c_array(weight_ih_t), gates=4)
+    x = x if x.dtype == np.float32 and x.strides[2] == 4 else np.ascontiguousarray(x, dtype=np.float32)
+    bias = None if bias is None else c_array(bias)
+    h0, c0 = (c_array(s) for s in state0)
+    hT, cT = np.empty((B, H), np.float32), np.empty((B, H), np.float32)
+    work = np.empty(6 * B * H, np.float32)
+    xt, xb = row_strides(x)
+    yt, yb = row_strides(y_out)
+    if lib.mc_lstm_forward_fused(T, B, H, I, int(reverse), ptr(x), xt, xb, ptr(wi), ptr(bias), w.ptr, w.wk, w.wg,
+                                 w.wu, ptr(h0), ptr(c0), ptr(y_out), yt, yb, ptr(hT), ptr(cT), ptr(work)):
+        return None
+    return hT, cT
 
 
 def sequence_backward(cache, weight_hh_t, dy, d_final):

@@ -80,15 +80,17 @@ def backward_strides(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def pack(weight_hh_t: np.ndarray, scratch: bool = False) -> np.ndarray:
-    """(H, G*H) -> (U, H, G, 8): per group of 8 hidden units, every gate's 8 columns of each row
+def pack(weight_t: np.ndarray, scratch: bool = False, gates: int | None = None) -> np.ndarray:
+    """(K, G*H) -> (U, K, G, 8): per group of 8 hidden units, every gate's 8 columns of each row
     side by side (zero past H), so the kernel's register tile reads one contiguous stream.
+    W_hh^T is square per gate (K = H, G inferred); W_ih^T (K = I) needs ``gates``.
     ``scratch``: into this thread's reusable buffer, valid until its next packing."""
-    H, GH = weight_hh_t.shape
-    G = GH // H
-    shape = (-(-H // _GROUP), H, G, _GROUP)
+    K, GH = weight_t.shape
+    G = gates or GH // K
+    H = GH // G
+    shape = (-(-H // _GROUP), K, G, _GROUP)
     packed = _scratch_buffer(shape) if scratch else np.empty(shape, np.float32)
-    lib.mc_pack(H, G, ptr(weight_hh_t), ptr(packed))
+    lib.mc_pack_rows(K, H, G, ptr(weight_t), ptr(packed))
     return packed
 
 
@@ -121,17 +123,18 @@ def frozen(a: np.ndarray) -> bool:
     return not a.flags.writeable and not getattr(getattr(owner, "flags", None), "writeable", False)
 
 
-def frozen_pack(weight_hh_t: np.ndarray) -> np.ndarray | None:
-    """The packed copy of a read-only W_hh^T, made on first use and kept while its storage lives
-    (the transposed view is new per call; the array it views is not); None for writable weights."""
-    if not frozen(weight_hh_t):
+def frozen_pack(weight_t: np.ndarray, gates: int | None = None) -> np.ndarray | None:
+    """The packed copy of a read-only W^T (see ``pack``), made on first use and kept while its
+    storage lives (the transposed view is new per call; the array it views is not); None for
+    writable weights."""
+    if not frozen(weight_t) or not weight_t.flags.c_contiguous:     # a copy would be new per call anyway
         return None
-    owner = weight_hh_t.base if weight_hh_t.base is not None else weight_hh_t
-    key = (id(owner), weight_hh_t.ctypes.data, weight_hh_t.shape, weight_hh_t.strides)
+    owner = weight_t.base if weight_t.base is not None else weight_t
+    key = (id(owner), weight_t.ctypes.data, weight_t.shape, weight_t.strides, gates)
     hit = _frozen.get(key)
     if hit is not None and hit[0]() is owner:       # the same storage, not a new one at a reused address
         return hit[1]
-    packed = pack(weight_hh_t)
+    packed = pack(weight_t, gates=gates)
     packed.flags.writeable = False
     _frozen[key] = (weakref.ref(owner, lambda _, key=key: _frozen.pop(key, None)), packed)
     return packed

@@ -46,9 +46,12 @@ _I = ctypes.c_int64
 _SIGNATURES = {
     "mc_select": ([ctypes.c_int32], ctypes.c_char_p),
     "mc_pack": ([_I, _I, _F, _F], None),
+    "mc_pack_rows": ([_I, _I, _I, _F, _F], None),
     "mc_product": ([_I, _I, _I, _F, _F, _I, _I, _I, _F], None),
     "mc_lstm_forward": ([_I, _I, _I, ctypes.c_int32, _F, _I, _I, _F, _F, _F, _I, _I, _I, _F, _F, _F, _I, _I,
                          _F, _F, _F, _F, _F, _F, _F], None),
+    "mc_lstm_forward_fused": ([_I, _I, _I, _I, ctypes.c_int32, _F, _I, _I, _F, _F, _F, _I, _I, _I, _F, _F, _F, _I,
+                               _I, _F, _F, _F], ctypes.c_int32),
     "mc_lstm_backward": ([_I, _I, _I, ctypes.c_int32, _F, _F, _I, _I, _F, _F, _F, _F, _F, _F, _F, _F, _F], None),
     "mc_gru_forward": ([_I, _I, _I, ctypes.c_int32, _F, _I, _I, _F, _F, _F, _I, _I, _I, _F, _F, _F, _I, _I,
                         _F, _F, _F, _F, _F], None),

@@ -124,6 +124,7 @@ typedef struct {
     const char *isa;
     void (*product)(int64_t, int64_t, int64_t, const float *, const float *, int64_t, int64_t, int64_t, float *);
     void (*lstm_forward)(int64_t, int64_t, int64_t, int32_t, const float *, int64_t, int64_t, const float *,
+                         int64_t, int64_t, int64_t, const float *, const float *,
                          const int64_t *, const float *, int64_t, int64_t, int64_t, const float *, const float *,
                          float *, int64_t, int64_t,
                          float *, float *, float *, float *, float *, float *, float *);
@@ -168,17 +169,18 @@ const char *mc_select(int32_t want)
 
 #define ENSURE() do { if (!K) mc_select(0); } while (0)
 
-void mc_pack(int64_t H, int64_t G, const float *wt, float *out)
+void mc_pack_rows(int64_t K_, int64_t H, int64_t G, const float *wt, float *out)
 {
-    /* wt: W_hh^T (H, G*H) C-contiguous -> out (U, H, G, 8); columns past H are zero. Eight rows of wt
-     * (32 KiB at H=256) at a time, so that both sides stream: each group's 8 x G x 8 floats of the
-     * block are one contiguous run of out, and the block's rows stay in L1 while every group reads
-     * them (row by row, out was written 32 bytes at a time a whole panel apart) */
+    /* wt: (K_, G*H) C-contiguous (W_hh^T, K_ = H, or W_ih^T, K_ = I) -> out (U, K_, G, 8); columns
+     * past H are zero. Eight rows of wt (32 KiB at H=256) at a time, so that both sides stream: each
+     * group's 8 x G x 8 floats of the block are one contiguous run of out, and the block's rows stay
+     * in L1 while every group reads them (row by row, out was written 32 bytes at a time a whole
+     * panel apart) */
     int64_t U = (H + VW - 1) / VW, full = H / VW;
-    for (int64_t k0 = 0; k0 < H; k0 += 8) {
-        int64_t k1 = k0 + 8 < H ? k0 + 8 : H;
+    for (int64_t k0 = 0; k0 < K_; k0 += 8) {
+        int64_t k1 = k0 + 8 < K_ ? k0 + 8 : K_;
         for (int64_t u = 0; u < U; u++) {
-            float *d = out + (u * H + k0) * G * VW;
+            float *d = out + (u * K_ + k0) * G * VW;
             for (int64_t k = k0; k < k1; k++)
                 for (int64_t g = 0; g < G; g++, d += VW) {
                     const float *s = wt + k * G * H + g * H + u * VW;
@@ -190,6 +192,8 @@ void mc_pack(int64_t H, int64_t G, const float *wt, float *out)
         }
     }
 }
+
+void mc_pack(int64_t H, int64_t G, const float *wt, float *out) { mc_pack_rows(H, H, G, wt, out); }
 
 void mc_product(int64_t B, int64_t H, int64_t G, const float *h, const float *w, int64_t wk, int64_t wg,
                 int64_t wu, float *out)
@@ -206,9 +210,25 @@ void mc_lstm_forward(int64_t T, int64_t B, int64_t H, int32_t reverse, const flo
     ENSURE();
     float *own = work ? 0 : malloc((size_t)(6 * B * H) * sizeof(float));     /* NULL work: a step's */
     if (!work && !own) return;
-    K->lstm_forward(T, B, H, reverse, x, xt, xb, bx, lens, w, wk, wg, wu, h0, c0, y, yt, yb, hT, cT, gates, tanhc,
+    K->lstm_forward(T, B, H, reverse, x, xt, xb, 0, 0, 0, 0, 0, bx, lens, w, wk, wg, wu, h0, c0, y, yt, yb, hT, cT,
+                    gates, tanhc,
                     prev_h, prev_c, work ? work : own);
     free(own);
+}
+
+/* Inference with the input projection made in the tile: xi (T, B, I) rows xit / xib floats apart,
+ * wi W_ih^T packed (U, I, 4, 8) (mc_pack_rows), bx both biases (4H,) or NULL, W_hh packed (the
+ * register tile's layout only: returns -1 for the row-streaming one, whose product has no tile). */
+int32_t mc_lstm_forward_fused(int64_t T, int64_t B, int64_t H, int64_t I, int32_t reverse, const float *xi,
+                              int64_t xit, int64_t xib, const float *wi, const float *bx, const float *w, int64_t wk,
+                              int64_t wg, int64_t wu, const float *h0, const float *c0, float *y, int64_t yt,
+                              int64_t yb, float *hT, float *cT, float *work)
+{
+    ENSURE();
+    if (wu == VW) return -1;
+    K->lstm_forward(T, B, H, reverse, 0, 0, 0, xi, xit, xib, I, wi, bx, 0, w, wk, wg, wu, h0, c0, y, yt, yb, hT, cT,
+                    0, 0, 0, 0, work);
+    return 0;
 }
 
 void mc_lstm_backward(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *wt, const float *dy,
@@ -296,7 +316,8 @@ int32_t mc_lstm_step(int64_t B, int64_t H, intptr_t xp, intptr_t w_hh_t, intptr_
     if (!work) return -1;
     int64_t wk, wg, wu;
     const float *w = step_weights(B, H, G, arr(w_hh_t), work + 6 * B * H, &wk, &wg, &wu);
-    K->lstm_forward(1, B, H, 0, arr(xp), 0, G * H, 0, 0, w, wk, wg, wu, arr(h), arr(c), arr(h_out), 0, H, 0,
+    K->lstm_forward(1, B, H, 0, arr(xp), 0, G * H, 0, 0, 0, 0, 0, 0, 0, w, wk, wg, wu, arr(h), arr(c), arr(h_out), 0, H,
+                    0,
     arr(c_out),
                     0, 0, 0, 0, work);
     return 0;

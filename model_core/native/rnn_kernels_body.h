@@ -291,15 +291,24 @@ INL int ISA(held)(const int64_t *lens, int64_t i, int64_t nu, int64_t u, const f
     return 1;
 }
 
-/* mr rows of one step for unit group u: the product tile, then the gates from its registers */
+/* mr rows of one step for unit group u: the product tile, then the gates from its registers.
+ * With xi (mr rows of the raw input, xib apart, I wide) and wi (this group's panel of W_ih^T, packed
+ * like W_hh: (I, 4, 8)), the input projection is made in the same registers first, from the bias:
+ * no (T, B, 4H) projection is ever written or read back. Else x holds the projection. */
 INL void ISA(lstm_rows)(const int mr, const int full, int64_t nu, int64_t H, int64_t u, const float *x, int64_t xb,
+                        const float *xi, int64_t xib, int64_t I, const float *wi,
                         const v8 bv[4], const int64_t *lens, int64_t i, const float *w, int64_t wk, int64_t wg,
                         const float *hp, int64_t hs, const float *cp, float *cn, float *y, int64_t yb, float *gates,
                         float *tanhc)
 {
     v8 acc[MRMAX][4];
-    for (int m = 0; m < mr; m++)          /* the tile starts from x W_ih^T + b: no loads after the K loop */
-        for (int g = 0; g < 4; g++) acc[m][g] = ISA(ldn)(x + m * xb + g * H + u * VW, nu) + bv[g];
+    if (xi) {
+        for (int m = 0; m < mr; m++)
+            for (int g = 0; g < 4; g++) acc[m][g] = bv[g];
+        ISA(tile)(4, mr, full, nu, I, xi, xib, wi, 4 * VW, VW, acc);
+    } else
+        for (int m = 0; m < mr; m++)      /* the tile starts from x W_ih^T + b: no loads after the K loop */
+            for (int g = 0; g < 4; g++) acc[m][g] = ISA(ldn)(x + m * xb + g * H + u * VW, nu) + bv[g];
     ISA(tile)(4, mr, full, nu, H, hp, hs, w, wk, wg, acc);
     for (int m = 0; m < mr; m++)
         if (!ISA(held)(lens ? lens + m : 0, i, nu, u, hp + m * hs, y + m * yb, cp + m * H, cn + m * H))
@@ -315,7 +324,8 @@ static void ISA(copy_rows)(int64_t B, int64_t H, const float *src, int64_t ss, f
 /* Thread `tid` of `nth` runs unit groups [U*tid/nth, U*(tid+1)/nth) of every step, then waits for
  * the others (each step reads the whole h of the step before) */
 static void ISA(lstm_forward_part)(int tid, int nth, int64_t T, int64_t B, int64_t H, int32_t reverse,
-                                   const float *x, int64_t xt, int64_t xb, const float *bx, const int64_t *lens,
+                                   const float *x, int64_t xt, int64_t xb, const float *xi, int64_t xit, int64_t xib,
+                                   int64_t I, const float *wi, const float *bx, const int64_t *lens,
                                    const float *w, int64_t wk, int64_t wg,
                                    int64_t wu, const float *h0, const float *c0, float *y, int64_t yt, int64_t yb,
                                    float *hT, float *cT, float *gates, float *tanhc, float *prev_h, float *prev_c,
@@ -331,7 +341,7 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t T, int64_t B, int64
             memcpy(prev_c + t * B * H, cp, (size_t)(B * H) * sizeof(float));
         }
         float *cn = work + (i & 1) * B * H;
-        const float *xt_ = x + t * xt;
+        const float *xt_ = x ? x + t * xt : 0;                                  /* NULL: fused (xi) */
         float *yt_ = y + t * yt;
         float *gt = gates ? gates + t * B * 4 * H : 0, *tct = gates ? tanhc + t * B * H : 0;
         if (wu == VW) {                                  /* unpacked: W_hh^T streamed by rows, then the gates */
@@ -361,11 +371,12 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t T, int64_t B, int64
             int full = nu == VW || wu != VW;
             v8 bv[4];
             ISA(bias_vectors)(4, bx, H, u, nu, bv);
-            ISA(prefetch_next)(4, x, xt, xb, T, i, reverse, H, B, chunk, bc, u, u0, u1);
+            if (!xi) ISA(prefetch_next)(4, x, xt, xb, T, i, reverse, H, B, chunk, bc, u, u0, u1);
             for (int64_t b = bc, be = B < bc + chunk ? B : bc + chunk; b < be;
                  b += MR_LSTM) {                                                  /* ... for their row blocks */
                 int64_t rem = be - b < MR_LSTM ? be - b : MR_LSTM;
-#define ARGS(M, F) M, F, nu, H, u, xt_ + b * xb, xb, bv, lens ? lens + b : 0, i, w + u * wu, wk, wg, hp + b * hs, \
+#define ARGS(M, F) M, F, nu, H, u, xt_ + b * xb, xb, xi ? xi + t * xit + b * xib : 0, xib, I, \
+                   xi ? wi + u * I * 4 * VW : 0, bv, lens ? lens + b : 0, i, w + u * wu, wk, wg, hp + b * hs, \
                    hs, cp + b * H, cn + b * H, \
                    yt_ + b * yb, yb, gt ? gt + b * 4 * H : 0, tct ? tct + b * H : 0
 #define CALL(M) if (full) ISA(lstm_rows)(ARGS(M, 1)); else ISA(lstm_rows)(ARGS(M, 0))
@@ -383,13 +394,15 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t T, int64_t B, int64
 }
 
 static void ISA(lstm_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *x, int64_t xt,
-                              int64_t xb, const float *bx, const int64_t *lens, const float *w, int64_t wk,
+                              int64_t xb, const float *xi, int64_t xit, int64_t xib, int64_t I, const float *wi,
+                              const float *bx, const int64_t *lens, const float *w, int64_t wk,
                               int64_t wg, int64_t wu, const float *h0,
                               const float *c0, float *y, int64_t yt, int64_t yb, float *hT, float *cT,
                               float *gates, float *tanhc, float *prev_h, float *prev_c, float *work)
 {
     int nth = threads_for(wu, T, B, H);
-#define PART(tid, n) ISA(lstm_forward_part)(tid, n, T, B, H, reverse, x, xt, xb, bx, lens, w, wk, wg, wu, h0, c0, \
+#define PART(tid, n) ISA(lstm_forward_part)(tid, n, T, B, H, reverse, x, xt, xb, xi, xit, xib, I, wi, bx, lens, w, \
+                                            wk, wg, wu, h0, c0, \
                    y, yt, yb, \
                                             hT, cT, gates, tanhc, prev_h, prev_c, work)
     RUN_PARTS(nth, PART);
@@ -444,7 +457,7 @@ static void ISA(gru_forward_part)(int tid, int nth, int64_t T, int64_t B, int64_
     for (int64_t i = 0; i < T; i++) {
         int64_t t = reverse ? T - 1 - i : i;
         if (prev_h && tid == 0) ISA(copy_rows)(B, H, hp, hs, prev_h + t * B * H);
-        const float *xt_ = x + t * xt;
+        const float *xt_ = x ? x + t * xt : 0;                                  /* NULL: fused (xi) */
         float *yt_ = y + t * yt;
         float *gt = gates ? gates + t * B * 3 * H : 0, *hnt = gates ? hn + t * B * H : 0;
         if (wu == VW) {                                  /* unpacked: W_hh^T streamed by rows, then the gates */

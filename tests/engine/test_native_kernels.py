@@ -181,21 +181,24 @@ def test_frozen_weights_keep_one_packed_copy_and_step_the_same(cls, monkeypatch)
     want = layer.step_states(x, h0)
     packs = []
     real_pack = native_weights.pack
-    monkeypatch.setattr(native_weights, "pack", lambda w, scratch=False: packs.append(scratch) or real_pack(w, scratch))
+    monkeypatch.setattr(native_weights, "pack", lambda w, scratch=False, gates=None:
+                        packs.append(scratch) or real_pack(w, scratch, gates))
     for p in layer.parameters().values():
         p.flags.writeable = False
     for _ in range(3):
         got = layer.step_states(x, h0)
         assert np.array_equal(got[0], want[0]) and all(np.array_equal(a, b) for a, b in zip(got[1], want[1]))
         seq, _ = layer.forward_states(x[None].repeat(5, 0), h0)     # the sequence path uses the kept copy too
-    assert packs == [False, False]                     # one kept copy per layer, made once, never per call
+    # one kept copy per weight, made once, never per call: W_hh of each layer, and the LSTM's W_ih too
+    # (its inference projection runs inside the kernel's tile)
+    assert packs == [False] * (4 if cls is LSTM else 2)
     with pytest.raises(ValueError, match="read-only"):
         layer.parameters()["weight_hh_l0"][...] += 1.0  # frozen really means frozen
     before = len(native_weights._frozen)
     del layer, p
     import gc
     gc.collect()
-    assert len(native_weights._frozen) == before - 2   # the copies go with the weights
+    assert len(native_weights._frozen) == before - len(packs)   # the copies go with the weights
 
 
 def test_writable_weights_are_packed_per_call_so_in_place_updates_count():
@@ -244,3 +247,38 @@ def test_inference_projected_in_chunks_matches_the_whole_projection(cls, monkeyp
     np.testing.assert_allclose(y, want_y, rtol=1e-6, atol=1e-6)
     for a, b in zip(state, want_state):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(not native.AVAILABLE, reason="native kernels not built")
+@pytest.mark.parametrize("B", [1, 2, 5, 32])
+def test_lstm_projection_inside_the_kernel_matches_the_projection_first(B):
+    """nn inference (``sequence_forward_fused``) against training's projection-first forward."""
+    T, I, H = 9, 13, 19                                    # H not a multiple of 8: the partial unit group
+    rng = np.random.default_rng(B)
+    layer = LSTM(I, H, num_layers=2, bidirectional=True)
+    x = rng.standard_normal((T, B, I), dtype=np.float32)
+    h0 = tuple(rng.standard_normal(s.shape, dtype=np.float32) for s in layer.init_states(B))
+    want_y, want_state, _ = layer.forward_train_states(x, h0)
+    y, state = layer.forward_states(x, h0)
+    np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-6)
+    for a, b in zip(state, want_state):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not native.AVAILABLE, reason="native kernels not built")
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+def test_onnx_lstm_projection_inside_the_kernel_matches_the_projection_first(direction, monkeypatch):
+    from model_core.onnx.ops import recurrent, recurrent_loops
+    session = InferenceSession(_node_model("LSTM", H=19, I=5, direction=direction))
+    x = np.random.default_rng(2).standard_normal((7, 4, 5)).astype(np.float32)
+    full = np.full(4, 7, np.int32)
+    calls = []
+    real = recurrent_loops.native_fused_loop
+    monkeypatch.setattr(recurrent, "native_fused_loop", lambda *a: calls.append(1) or real(*a))
+    fused = session.run(None, {"X": x, "sequence_lens": full})
+    assert len(calls) == (2 if direction == "bidirectional" else 1)
+    monkeypatch.setattr(recurrent, "FUSED_MIN_BATCH", 10**9)         # the projection first, as before
+    plain = session.run(None, {"X": x, "sequence_lens": full})
+    assert len(calls) == (2 if direction == "bidirectional" else 1)
+    for a, b in zip(fused, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -28,9 +28,11 @@ import numpy as np
 
 from model_core import native
 from model_core.backend import to_numpy
-from model_core.cells.native_weights import packed_weights
+from model_core.cells.native_lstm import FUSED_MIN_BATCH
+from model_core.cells.native_weights import pack, packed_weights
 from model_core.onnx.ops.activations import bind_activations
-from model_core.onnx.ops.recurrent_loops import gru_loop, lstm_loop, lstm_loop_halved, native_loop, rnn_loop
+from model_core.onnx.ops.recurrent_loops import (gru_loop, lstm_loop, lstm_loop_halved, native_fused_loop, native_loop,
+                                                 rnn_loop)
 from model_core.onnx.ops.registry import Unsupported, register
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -115,13 +117,15 @@ class Weights:
     direction (H,)); R_T: per direction (H, G*H), contiguous, the per-step GEMM's right operand.
     ``halved``: per direction, whether the LSTM's i, o, f columns are scaled by 1/2 (see
     ``halved_gates``). ``kernel``: per direction, R packed for the native kernels, or None when
-    the NumPy loops run (then the gates keep the ONNX order)."""
+    the NumPy loops run (then the gates keep the ONNX order). ``kernel_in``: per direction, W
+    packed the same way, for an LSTM whose input projection runs inside the kernel (None otherwise)."""
     W_T: object
     bias: object
     R_T: tuple
     rb_h: tuple | None
     halved: tuple
     kernel: tuple | None = None
+    kernel_in: tuple | None = None
 
 
 def halved_gates(cfg, peepholes: bool) -> tuple:
@@ -178,7 +182,9 @@ def prepare_weights(xp, cfg, W, R, B, H, halved, use_native=False) -> Weights:
             rb = xp.concatenate([rb[:, :2 * H], xp.zeros_like(rb[:, 2 * H:])], axis=1)
         bias = ((wb + rb) * scale).reshape(D * GH)
     kernel = tuple(packed_weights(r) for r in R_T) if use_native else None
-    return Weights(W_T, bias, R_T, rb_h, tuple(halved), kernel)
+    kernel_in = (tuple(pack(xp.ascontiguousarray(W_T[:, d * GH:(d + 1) * GH]), gates=4) for d in range(D))
+                 if use_native and cfg.op_type == "LSTM" else None)
+    return Weights(W_T, bias, R_T, rb_h, tuple(halved), kernel, kernel_in)
 
 
 def _constant_weights(node, cfg) -> Weights | None:
@@ -222,6 +228,17 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
     else:
         w = constant
 
+    if w.kernel_in is not None and lengths is None and X.dtype == np.float32 and N >= FUSED_MIN_BATCH:
+        # full-length LSTM on the native kernel: each direction's input projection is made in the
+        # kernel's register tile, so no (T, N, D*4H) projection is written and read back
+        ys = xp.empty((T, D, N, H), X.dtype) if wants[0] else None
+        hs = _initial(xp, initial_h, (D, N, H), X.dtype)
+        cs = _initial(xp, initial_c, (D, N, H), X.dtype)
+        GH = G * H
+        for d, backwards in enumerate(cfg.reversed_dirs):
+            native_fused_loop(X, w.kernel_in[d], None if w.bias is None else w.bias[d * GH:(d + 1) * GH],
+                              w.kernel[d], hs[d], cs[d], None if ys is None else ys[:, d], backwards)
+        return _outputs(xp, cfg, wants, ys, hs, cs)
     # project every step of every direction at once: one GEMM instead of one per step
     xw = xp.matmul(X.reshape(T * N, I), w.W_T)  # (T*N, D*G*H)
     if w.bias is not None and w.kernel is None:  # the native kernels add it in their gate epilogue
@@ -265,6 +282,11 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
         xp.copyto(hs, 0, where=empty)
         if cs is not None:
             xp.copyto(cs, 0, where=empty)
+    return _outputs(xp, cfg, wants, ys, hs, cs, mask)
+
+
+def _outputs(xp, cfg, wants, ys, hs, cs, mask=None) -> tuple:
+    """Y, Y_h, Y_c as the node's outputs ask (``wants``), in its layout; Y zero past each length."""
     outputs = [None, None, None]
     if ys is not None:
         if mask is not None:
