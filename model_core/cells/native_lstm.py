@@ -72,7 +72,7 @@ def sequence_forward_fused(x, weight_ih_t, bias, state0, weight_hh_t, reverse, y
     work = np.empty(6 * B * H, np.float32)
     xt, xb = row_strides(x)
     yt, yb = row_strides(y_out)
-    if lib.mc_lstm_forward_fused(T, B, H, I, int(reverse), ptr(x), xt, xb, ptr(wi), ptr(bias), w.ptr, w.wk, w.wg,
+    if lib.mc_lstm_forward_fused(T, B, H, I, int(reverse), ptr(x), xt, xb, ptr(wi), ptr(bias), NULL, w.ptr, w.wk, w.wg,
                                  w.wu, ptr(h0), ptr(c0), ptr(y_out), yt, yb, ptr(hT), ptr(cT), ptr(work)):
         return None
     return hT, cT

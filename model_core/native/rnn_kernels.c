@@ -217,16 +217,18 @@ void mc_lstm_forward(int64_t T, int64_t B, int64_t H, int32_t reverse, const flo
 }
 
 /* Inference with the input projection made in the tile: xi (T, B, I) rows xit / xib floats apart,
- * wi W_ih^T packed (U, I, 4, 8) (mc_pack_rows), bx both biases (4H,) or NULL, W_hh packed (the
+ * wi W_ih^T packed (U, I, 4, 8) (mc_pack_rows), bx both biases (4H,) or NULL, lens as mc_lstm_forward's
+ * (inference on ragged batches; NULL: full length), W_hh packed (the
  * register tile's layout only: returns -1 for the row-streaming one, whose product has no tile). */
 int32_t mc_lstm_forward_fused(int64_t T, int64_t B, int64_t H, int64_t I, int32_t reverse, const float *xi,
-                              int64_t xit, int64_t xib, const float *wi, const float *bx, const float *w, int64_t wk,
+                              int64_t xit, int64_t xib, const float *wi, const float *bx, const int64_t *lens,
+                              const float *w, int64_t wk,
                               int64_t wg, int64_t wu, const float *h0, const float *c0, float *y, int64_t yt,
                               int64_t yb, float *hT, float *cT, float *work)
 {
     ENSURE();
     if (wu == VW) return -1;
-    K->lstm_forward(T, B, H, reverse, 0, 0, 0, xi, xit, xib, I, wi, bx, 0, w, wk, wg, wu, h0, c0, y, yt, yb, hT, cT,
+    K->lstm_forward(T, B, H, reverse, 0, 0, 0, xi, xit, xib, I, wi, bx, lens, w, wk, wg, wu, h0, c0, y, yt, yb, hT, cT,
                     0, 0, 0, 0, work);
     return 0;
 }

@@ -267,11 +267,12 @@ def test_lstm_projection_inside_the_kernel_matches_the_projection_first(B):
 
 @pytest.mark.skipif(not native.AVAILABLE, reason="native kernels not built")
 @pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
-def test_onnx_lstm_projection_inside_the_kernel_matches_the_projection_first(direction, monkeypatch):
+@pytest.mark.parametrize("lengths", [[7, 7, 7, 7], [7, 2, 5, 0]])                # full, and ragged with an empty row
+def test_onnx_lstm_projection_inside_the_kernel_matches_the_projection_first(direction, lengths, monkeypatch):
     from model_core.onnx.ops import recurrent, recurrent_loops
     session = InferenceSession(_node_model("LSTM", H=19, I=5, direction=direction))
     x = np.random.default_rng(2).standard_normal((7, 4, 5)).astype(np.float32)
-    full = np.full(4, 7, np.int32)
+    full = np.array(lengths, np.int32)
     calls = []
     real = recurrent_loops.native_fused_loop
     monkeypatch.setattr(recurrent, "native_fused_loop", lambda *a: calls.append(1) or real(*a))

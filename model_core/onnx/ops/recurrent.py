@@ -228,29 +228,32 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
     else:
         w = constant
 
-    if w.kernel_in is not None and lengths is None and X.dtype == np.float32 and N >= FUSED_MIN_BATCH:
-        # full-length LSTM on the native kernel: each direction's input projection is made in the
-        # kernel's register tile, so no (T, N, D*4H) projection is written and read back
-        ys = xp.empty((T, D, N, H), X.dtype) if wants[0] else None
-        hs = _initial(xp, initial_h, (D, N, H), X.dtype)
-        cs = _initial(xp, initial_c, (D, N, H), X.dtype)
+    mask = None if lengths is None else xp.asarray(np.arange(T)[:, None] < lengths[None, :])[..., None]  # (T, N, 1)
+    reverse_index = None if lengths is None else _reverse_index(xp, lengths, T)
+    ys = xp.empty((T, D, N, H), X.dtype) if wants[0] else None  # Y in layout 0, filled in place
+    hs = _initial(xp, initial_h, (D, N, H), X.dtype)
+    cs = _initial(xp, initial_c, (D, N, H), X.dtype) if cfg.op_type == "LSTM" else None
+    if w.kernel_in is not None and X.dtype == np.float32 and N >= FUSED_MIN_BATCH:
+        # LSTM on the native kernel: each direction's input projection is made in the kernel's
+        # register tile, so no (T, N, D*4H) projection is written and read back
         GH = G * H
         for d, backwards in enumerate(cfg.reversed_dirs):
-            native_fused_loop(X, w.kernel_in[d], None if w.bias is None else w.bias[d * GH:(d + 1) * GH],
-                              w.kernel[d], hs[d], cs[d], None if ys is None else ys[:, d], backwards)
-        return _outputs(xp, cfg, wants, ys, hs, cs)
+            x_d, y_d = X, None if ys is None else ys[:, d]
+            if backwards and reverse_index is not None:          # ragged: gather X (I wide, not 4H) once
+                x_d = X[reverse_index, xp.arange(N)[None, :]]
+                y_d = None if ys is None else xp.empty((T, N, H), X.dtype)
+            native_fused_loop(x_d, w.kernel_in[d], None if w.bias is None else w.bias[d * GH:(d + 1) * GH],
+                              w.kernel[d], hs[d], cs[d], lengths, y_d, backwards and reverse_index is None)
+            if backwards and reverse_index is not None and ys is not None:
+                ys[:, d] = y_d[reverse_index, xp.arange(N)[None, :]]
+        return _finish(xp, cfg, wants, ys, hs, cs, lengths, mask)
     # project every step of every direction at once: one GEMM instead of one per step
     xw = xp.matmul(X.reshape(T * N, I), w.W_T)  # (T*N, D*G*H)
     if w.bias is not None and w.kernel is None:  # the native kernels add it in their gate epilogue
         xw += w.bias
     xw = xw.reshape(T, N, D, G * H)
-    mask = None if lengths is None else xp.asarray(np.arange(T)[:, None] < lengths[None, :])[..., None]  # (T, N, 1)
     # a step needs masking only once some sequence has ended
     masks = [None if mask is None or t < lengths.min() else mask[t] for t in range(T)]
-    reverse_index = None if lengths is None else _reverse_index(xp, lengths, T)
-    ys = xp.empty((T, D, N, H), X.dtype) if wants[0] else None  # Y in layout 0, filled in place
-    hs = _initial(xp, initial_h, (D, N, H), X.dtype)
-    cs = _initial(xp, initial_c, (D, N, H), X.dtype) if cfg.op_type == "LSTM" else None
     for d, backwards in enumerate(cfg.reversed_dirs):
         x_d = xw[:, :, d]  # (T, N, G*H) in input time order
         y_d = None if ys is None else ys[:, d]  # (T, N, H)
@@ -276,17 +279,17 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
         if backwards and reverse_index is not None and ys is not None:
             ys[:, d] = y_d[reverse_index, xp.arange(N)[None, :]]  # the index is its own inverse
 
+    return _finish(xp, cfg, wants, ys, hs, cs, lengths, mask)
+
+
+def _finish(xp, cfg, wants, ys, hs, cs, lengths, mask) -> tuple:
+    """Y, Y_h, Y_c as the node's outputs ask (``wants``), in its layout; Y zero past each length."""
     if lengths is not None and (lengths == 0).any():
         # onnxruntime's Y_h / Y_c for an empty sequence: zeros, not the initial state
         empty = xp.asarray(lengths == 0)[None, :, None]  # (1, N, 1)
         xp.copyto(hs, 0, where=empty)
         if cs is not None:
             xp.copyto(cs, 0, where=empty)
-    return _outputs(xp, cfg, wants, ys, hs, cs, mask)
-
-
-def _outputs(xp, cfg, wants, ys, hs, cs, mask=None) -> tuple:
-    """Y, Y_h, Y_c as the node's outputs ask (``wants``), in its layout; Y zero past each length."""
     outputs = [None, None, None]
     if ys is not None:
         if mask is not None:

@@ -215,21 +215,23 @@ def native_loop(op_type, x, weights, bias, rb_h, h, c, lengths, ys, reverse) -> 
                            ptr(b_hn), ptr(h), ptr(ys), yt, yb, ptr(h), NULL, NULL, NULL, ptr(work))
 
 
-def native_fused_loop(x, weights_in, bias, weights, h, c, ys, reverse) -> None:
-    """A full-length LSTM direction through the native kernel from the raw input: x (T, N, I);
+def native_fused_loop(x, weights_in, bias, weights, h, c, lengths, ys, reverse) -> None:
+    """An LSTM direction through the native kernel from the raw input: x (T, N, I);
     ``weights_in``: W^T packed (I, 4H) in the engine's gate order (``native_weights.pack``);
-    ``bias`` (4H,) or None; ``weights``: R packed; h, c (N, H) updated in place; ys (T, N, H) or
-    None. The input projection is made in the kernel's register tile (no (T, N, 4H) array)."""
+    ``bias`` (4H,) or None; ``weights``: R packed; h, c (N, H) updated in place; ``lengths`` as
+    ``native_loop``'s; ys (T, N, H) or None. The input projection is made in the kernel's register
+    tile (no (T, N, 4H) array)."""
     T, N, I = x.shape
     H = h.shape[1]
     x = x if x.dtype == np.float32 and x.strides[2] == 4 else np.ascontiguousarray(x, dtype=np.float32)
     if ys is None:
         ys = np.empty((T, N, H), np.float32)                       # the kernel reads h_t back from Y
     bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+    lens = None if lengths is None else np.ascontiguousarray(lengths, dtype=np.int64)
     work = np.empty(6 * N * H, np.float32)
     w = weights
     xt, xb = row_strides(x)
     yt, yb = row_strides(ys)
-    if lib.mc_lstm_forward_fused(T, N, H, I, int(reverse), ptr(x), xt, xb, ptr(weights_in), ptr(bias), w.ptr, w.wk,
-                                 w.wg, w.wu, ptr(h), ptr(c), ptr(ys), yt, yb, ptr(h), ptr(c), ptr(work)):
+    if lib.mc_lstm_forward_fused(T, N, H, I, int(reverse), ptr(x), xt, xb, ptr(weights_in), ptr(bias), ptr(lens),
+                                 w.ptr, w.wk, w.wg, w.wu, ptr(h), ptr(c), ptr(ys), yt, yb, ptr(h), ptr(c), ptr(work)):
         raise ValueError("the fused LSTM kernel needs R packed")
