@@ -104,24 +104,38 @@ def _compile_into_cache() -> tuple[Path | None, str]:
     return None, failure
 
 
+def _bind(path: Path) -> ctypes.CDLL:
+    """The library with every entry point's signature set; AttributeError if one is missing."""
+    lib = ctypes.CDLL(str(path))
+    for name, (args, res) in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, res
+    return lib
+
+
 def _load():
     """(ctypes library or None, why): the one place that decides whether the native path exists."""
     if os.environ.get(ENV_VAR, "1").strip().lower() in ("0", "false", "no", "off"):
         return None, f"disabled by {ENV_VAR}={os.environ[ENV_VAR]}"
     if sys.byteorder != "little":
         return None, "big-endian platform"
-    path, how = _installed(), "built at install"
-    if path is None:
+    lib, how, stale = None, "built at install", ""
+    installed = _installed()
+    if installed is not None:
+        try:
+            lib = _bind(installed)
+        except (OSError, AttributeError) as exc:
+            # built from older sources (a checkout updated without reinstalling): compile this one's
+            stale = f"the library built at install does not match these sources ({exc}); "
+    if lib is None:
         path, how = _compile_into_cache()
         if path is None:
-            return None, how
-    try:
-        lib = ctypes.CDLL(str(path))
-        for name, (args, res) in _SIGNATURES.items():
-            fn = getattr(lib, name)
-            fn.argtypes, fn.restype = args, res
-    except (OSError, AttributeError) as exc:
-        return None, f"cannot load {path} ({exc})"
+            return None, stale + how
+        try:
+            lib = _bind(path)
+        except (OSError, AttributeError) as exc:
+            return None, f"{stale}cannot load {path} ({exc})"
+        how = stale + how
     want = os.environ.get(ISA_VAR, "auto").strip().lower()
     isa = lib.mc_select(_ISAS.get(want, 0)).decode()
     return lib, f"{how}, {isa}"

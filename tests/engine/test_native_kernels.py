@@ -283,3 +283,15 @@ def test_onnx_lstm_projection_inside_the_kernel_matches_the_projection_first(dir
     assert len(calls) == (2 if direction == "bidirectional" else 1)
     for a, b in zip(fused, plain):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not native.AVAILABLE, reason="native kernels not built")
+def test_a_stale_library_from_an_older_install_is_replaced_by_a_build_of_these_sources(monkeypatch, tmp_path):
+    # a checkout updated without reinstalling keeps the old in-place library, which lacks the new
+    # entry points: the loader must compile these sources rather than lose the native path
+    import ctypes.util
+    stale = ctypes.util.find_library("m")                       # a real shared library without our symbols
+    monkeypatch.setattr(native, "_installed", lambda: stale)
+    lib, reason = native._load()
+    assert lib is not None and hasattr(lib, "mc_lstm_forward_fused")
+    assert "does not match these sources" in reason and "compiled by" in reason
