@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from model_core.cells.gru_cell import GATES, STATE_SIZE, cache_shapes, fold_bias
-from model_core.cells.native_weights import (NULL, PACK_MIN_BATCH, backward_strides, c_array, frozen, ptr,
-                                             recurrent_weights, row_strides, rows_contiguous)
+from model_core.cells.native_weights import (NULL, backward_strides, c_array, ptr, recurrent_weights, row_strides,
+                                             rows_contiguous, step_keeps_pack)
 from model_core.native import handle, lib
 
 __all__ = ["GATES", "STATE_SIZE", "cache_shapes", "fold_bias", "gate_constants", "sequence_backward",
@@ -71,7 +71,7 @@ def step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, out):
     (None: inference, through the step entry point with array handles when out is C-contiguous, as in
     ``native_lstm``)."""
     if (cache_t is None and out[0].flags.c_contiguous                                # tested first: per token
-            and (len(out[0]) < PACK_MIN_BATCH or not frozen(weight_hh_t))):     # else: the kept packed copy below
+            and not step_keeps_pack(weight_hh_t, len(out[0]))):                 # else: the kept packed copy below
         xproj_t, h = c_array(xproj_t), c_array(prev[0])
         b_hn = None if bias_hh is None else c_array(bias_hh[2 * h.shape[1]:])
         if lib.mc_gru_step(xproj_t.shape[0], h.shape[1], handle(xproj_t), handle(c_array(weight_hh_t)), handle(b_hn),

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from model_core.cells.lstm_cell import GATES, STATE_SIZE, cache_shapes, fold_bias, gate_constants
-from model_core.cells.native_weights import (NULL, PACK_MIN_BATCH, backward_strides, c_array, frozen, frozen_pack,
-                                             pack, ptr, recurrent_weights, row_strides, rows_contiguous)
+from model_core.cells.native_weights import (NULL, backward_strides, c_array, frozen_pack, pack, ptr, recurrent_weights,
+                                             row_strides, rows_contiguous, step_keeps_pack)
 from model_core.native import handle, lib
 
 __all__ = ["GATES", "STATE_SIZE", "cache_shapes", "fold_bias", "gate_constants", "sequence_backward",
@@ -60,7 +60,7 @@ def sequence_forward_fused(x, weight_ih_t, bias, state0, weight_hh_t, reverse, y
         return None
     H = weight_hh_t.shape[0]
     w = recurrent_weights(weight_hh_t, B, T)
-    if w.wu == 8:                                                       # the row-streaming layout
+    if not w.packed:                                       # the fused tile needs the packed layout
         return None
     wi = frozen_pack(weight_ih_t, gates=4)
     if wi is None:
@@ -109,7 +109,7 @@ def step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, out):
     through the step entry point with array handles: no pointer conversions, scratch and packing in C."""
     h_next, c_next = out
     if (cache_t is None and h_next.flags.c_contiguous and c_next.flags.c_contiguous       # tested first: per token
-            and (len(h_next) < PACK_MIN_BATCH or not frozen(weight_hh_t))):     # else: the kept packed copy below
+            and not step_keeps_pack(weight_hh_t, len(h_next))):                # else: the kept packed copy below
         xproj_t, h, c = c_array(xproj_t), c_array(prev[0]), c_array(prev[1])
         if lib.mc_lstm_step(xproj_t.shape[0], h.shape[1], handle(xproj_t), handle(c_array(weight_hh_t)), handle(h),
                             handle(c), handle(h_next), handle(c_next)):

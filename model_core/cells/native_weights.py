@@ -48,6 +48,11 @@ class KernelWeights(NamedTuple):
     wu: int
     keep: np.ndarray
 
+    @property
+    def packed(self) -> bool:
+        """The register tile's layout (the kernels mark the row-streaming one by wu == 8)."""
+        return self.wu != _GROUP
+
 
 def ptr(a: np.ndarray | None) -> int | None:
     """A float32 array's data pointer (None passes a NULL pointer). The caller keeps ``a`` bound
@@ -115,6 +120,12 @@ def packed_weights(weight_hh_t: np.ndarray) -> KernelWeights:
     G = GH // H
     packed = pack(np.ascontiguousarray(weight_hh_t, dtype=np.float32))
     return KernelWeights(ptr(packed), G * _GROUP, _GROUP, H * G * _GROUP, packed)
+
+
+def step_keeps_pack(weight_hh_t: np.ndarray, B: int) -> bool:
+    """Should a B-row inference step read the kept packed copy (``frozen_pack``)? The step entry
+    points pack per call from ``PACK_MIN_BATCH`` rows; for read-only weights the copy is kept."""
+    return B >= PACK_MIN_BATCH and frozen(weight_hh_t)
 
 
 def frozen(a: np.ndarray) -> bool:

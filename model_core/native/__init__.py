@@ -45,7 +45,6 @@ _F = ctypes.c_void_p                                 # pointers passed as ints: 
 _I = ctypes.c_int64
 _SIGNATURES = {
     "mc_select": ([ctypes.c_int32], ctypes.c_char_p),
-    "mc_pack": ([_I, _I, _F, _F], None),
     "mc_pack_rows": ([_I, _I, _I, _F, _F], None),
     "mc_product": ([_I, _I, _I, _F, _F, _I, _I, _I, _F], None),
     "mc_lstm_forward": ([_I, _I, _I, ctypes.c_int32, _F, _I, _I, _F, _F, _F, _I, _I, _I, _F, _F, _F, _I, _I,

@@ -197,8 +197,6 @@ void mc_pack_rows(int64_t K_, int64_t H, int64_t G, const float *wt, float *out)
     }
 }
 
-void mc_pack(int64_t H, int64_t G, const float *wt, float *out) { mc_pack_rows(H, H, G, wt, out); }
-
 void mc_product(int64_t B, int64_t H, int64_t G, const float *h, const float *w, int64_t wk, int64_t wg,
                 int64_t wu, float *out)
 {
@@ -215,20 +213,18 @@ void mc_lstm_forward(int64_t T, int64_t B, int64_t H, int32_t reverse, const flo
     float *own = work ? 0 : malloc((size_t)(6 * B * H) * sizeof(float));     /* NULL work: a step's */
     if (!work && !own) return;
     K->lstm_forward(T, B, H, reverse, x, xt, xb, 0, 0, 0, 0, 0, bx, lens, w, wk, wg, wu, h0, c0, y, yt, yb, hT, cT,
-                    gates, tanhc,
-                    prev_h, prev_c, work ? work : own);
+                    gates, tanhc, prev_h, prev_c, work ? work : own);
     free(own);
 }
 
 /* Inference with the input projection made in the tile: xi (T, B, I) rows xit / xib floats apart,
- * wi W_ih^T packed (U, I, 4, 8) (mc_pack_rows), bx both biases (4H,) or NULL, lens as mc_lstm_forward's
- * (inference on ragged batches; NULL: full length), W_hh packed (the
- * register tile's layout only: returns -1 for the row-streaming one, whose product has no tile). */
+ * wi W_ih^T packed (U, I, 4, 8) (mc_pack_rows), bx both biases (4H,) or NULL, lens as
+ * mc_lstm_forward's (ragged batches; NULL: full length). W_hh must be packed (the register tile's
+ * layout): returns -1 for the row-streaming one, whose product has no tile. */
 int32_t mc_lstm_forward_fused(int64_t T, int64_t B, int64_t H, int64_t I, int32_t reverse, const float *xi,
                               int64_t xit, int64_t xib, const float *wi, const float *bx, const int64_t *lens,
-                              const float *w, int64_t wk,
-                              int64_t wg, int64_t wu, const float *h0, const float *c0, float *y, int64_t yt,
-                              int64_t yb, float *hT, float *cT, float *work)
+                              const float *w, int64_t wk, int64_t wg, int64_t wu, const float *h0, const float *c0,
+                              float *y, int64_t yt, int64_t yb, float *hT, float *cT, float *work)
 {
     ENSURE();
     if (wu == VW) return -1;
@@ -306,7 +302,7 @@ static const float *step_weights(int64_t B, int64_t H, int64_t G, const float *w
                                  int64_t *wg, int64_t *wu)
 {
     if (B < STEP_PACK_MIN_BATCH) { *wk = G * H; *wg = H; *wu = VW; return w_hh_t; }
-    mc_pack(H, G, w_hh_t, pk);
+    mc_pack_rows(H, H, G, w_hh_t, pk);
     *wk = G * VW; *wg = VW; *wu = H * G * VW;
     return pk;
 }
@@ -323,9 +319,7 @@ int32_t mc_lstm_step(int64_t B, int64_t H, intptr_t xp, intptr_t w_hh_t, intptr_
     int64_t wk, wg, wu;
     const float *w = step_weights(B, H, G, arr(w_hh_t), work + 6 * B * H, &wk, &wg, &wu);
     K->lstm_forward(1, B, H, 0, arr(xp), 0, G * H, 0, 0, 0, 0, 0, 0, 0, w, wk, wg, wu, arr(h), arr(c), arr(h_out), 0, H,
-                    0,
-    arr(c_out),
-                    0, 0, 0, 0, work);
+                    0, arr(c_out), 0, 0, 0, 0, work);
     return 0;
 }
 

@@ -457,7 +457,7 @@ static void ISA(gru_forward_part)(int tid, int nth, int64_t T, int64_t B, int64_
     for (int64_t i = 0; i < T; i++) {
         int64_t t = reverse ? T - 1 - i : i;
         if (prev_h && tid == 0) ISA(copy_rows)(B, H, hp, hs, prev_h + t * B * H);
-        const float *xt_ = x ? x + t * xt : 0;                                  /* NULL: fused (xi) */
+        const float *xt_ = x + t * xt;
         float *yt_ = y + t * yt;
         float *gt = gates ? gates + t * B * 3 * H : 0, *hnt = gates ? hn + t * B * H : 0;
         if (wu == VW) {                                  /* unpacked: W_hh^T streamed by rows, then the gates */

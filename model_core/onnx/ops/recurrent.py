@@ -31,8 +31,7 @@ from model_core.backend import to_numpy
 from model_core.cells.native_lstm import FUSED_MIN_BATCH
 from model_core.cells.native_weights import pack, packed_weights
 from model_core.onnx.ops.activations import bind_activations
-from model_core.onnx.ops.recurrent_loops import (gru_loop, lstm_loop, lstm_loop_halved, native_fused_loop, native_loop,
-                                                 rnn_loop)
+from model_core.onnx.ops.recurrent_loops import gru_loop, lstm_loop, lstm_loop_halved, native_loop, rnn_loop
 from model_core.onnx.ops.registry import Unsupported, register
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -233,34 +232,24 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
     ys = xp.empty((T, D, N, H), X.dtype) if wants[0] else None  # Y in layout 0, filled in place
     hs = _initial(xp, initial_h, (D, N, H), X.dtype)
     cs = _initial(xp, initial_c, (D, N, H), X.dtype) if cfg.op_type == "LSTM" else None
-    if w.kernel_in is not None and X.dtype == np.float32 and N >= FUSED_MIN_BATCH:
-        # LSTM on the native kernel: each direction's input projection is made in the kernel's
-        # register tile, so no (T, N, D*4H) projection is written and read back
-        GH = G * H
-        for d, backwards in enumerate(cfg.reversed_dirs):
-            x_d, y_d = X, None if ys is None else ys[:, d]
-            if backwards and reverse_index is not None:          # ragged: gather X (I wide, not 4H) once
-                x_d = X[reverse_index, xp.arange(N)[None, :]]
-                y_d = None if ys is None else xp.empty((T, N, H), X.dtype)
-            native_fused_loop(x_d, w.kernel_in[d], None if w.bias is None else w.bias[d * GH:(d + 1) * GH],
-                              w.kernel[d], hs[d], cs[d], lengths, y_d, backwards and reverse_index is None)
-            if backwards and reverse_index is not None and ys is not None:
-                ys[:, d] = y_d[reverse_index, xp.arange(N)[None, :]]
-        return _finish(xp, cfg, wants, ys, hs, cs, lengths, mask)
-    # project every step of every direction at once: one GEMM instead of one per step
-    xw = xp.matmul(X.reshape(T * N, I), w.W_T)  # (T*N, D*G*H)
-    if w.bias is not None and w.kernel is None:  # the native kernels add it in their gate epilogue
-        xw += w.bias
-    xw = xw.reshape(T, N, D, G * H)
+    # an LSTM on the native kernel makes each direction's input projection in its register tile;
+    # otherwise every step of every direction is projected at once: one GEMM instead of one per step
+    fused = w.kernel_in is not None and X.dtype == np.float32 and N >= FUSED_MIN_BATCH
+    if not fused:
+        xw = xp.matmul(X.reshape(T * N, I), w.W_T)  # (T*N, D*G*H)
+        if w.bias is not None and w.kernel is None:  # the native kernels add it in their gate epilogue
+            xw += w.bias
+        xw = xw.reshape(T, N, D, G * H)
     # a step needs masking only once some sequence has ended
     masks = [None if mask is None or t < lengths.min() else mask[t] for t in range(T)]
     for d, backwards in enumerate(cfg.reversed_dirs):
-        x_d = xw[:, :, d]  # (T, N, G*H) in input time order
+        x_d = X if fused else xw[:, :, d]  # (T, N, I) or (T, N, G*H), in input time order
         y_d = None if ys is None else ys[:, d]  # (T, N, H)
         if backwards and reverse_index is None and w.kernel is None:
             x_d, y_d = x_d[::-1], None if y_d is None else y_d[::-1]  # views: reading backwards is free
         elif backwards and reverse_index is not None:
-            # each sequence runs backwards from its own last step: gather once, scatter Y back after
+            # each sequence runs backwards from its own last step: gather once (X is I wide, the
+            # projection G*H), scatter Y back after
             x_d = x_d[reverse_index, xp.arange(N)[None, :]]
             y_d = None if ys is None else xp.empty((T, N, H), X.dtype)
         acts = tuple(slot[d] if len(slot) > 1 else slot[0] for slot in cfg.activations)
@@ -268,7 +257,7 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
             GH = G * H
             native_loop(cfg.op_type, x_d, w.kernel[d], None if w.bias is None else w.bias[d * GH:(d + 1) * GH],
                         None if w.rb_h is None else w.rb_h[d], hs[d], None if cs is None else cs[d], lengths, y_d,
-                        backwards and reverse_index is None)
+                        backwards and reverse_index is None, w.kernel_in[d] if fused else None)
         elif cfg.op_type == "LSTM":
             loop = lstm_loop_halved if w.halved[d] else lstm_loop
             loop(xp, cfg, acts, x_d, w.R_T[d], None if P is None else P[d], hs[d], cs[d], masks, y_d)
@@ -279,11 +268,6 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
         if backwards and reverse_index is not None and ys is not None:
             ys[:, d] = y_d[reverse_index, xp.arange(N)[None, :]]  # the index is its own inverse
 
-    return _finish(xp, cfg, wants, ys, hs, cs, lengths, mask)
-
-
-def _finish(xp, cfg, wants, ys, hs, cs, lengths, mask) -> tuple:
-    """Y, Y_h, Y_c as the node's outputs ask (``wants``), in its layout; Y zero past each length."""
     if lengths is not None and (lengths == 0).any():
         # onnxruntime's Y_h / Y_c for an empty sequence: zeros, not the initial state
         empty = xp.asarray(lengths == 0)[None, :, None]  # (1, N, 1)

@@ -183,12 +183,14 @@ def rnn_loop(xp, cfg, acts, x, R_T, h, masks, ys) -> None:
             ys[t] = h
 
 
-def native_loop(op_type, x, weights, bias, rb_h, h, c, lengths, ys, reverse) -> None:
+def native_loop(op_type, x, weights, bias, rb_h, h, c, lengths, ys, reverse, weights_in=None) -> None:
     """LSTM or GRU (linear_before_reset) through the native kernels, default activations: one call.
 
     x (T, N, G*H) with its gate blocks in the engine's order (i, f, g, o / r, z, n), without the
     biases: ``bias`` (G*H,) or None holds them all except the GRU's ``rb_h`` (H,) or None, and the
-    kernel adds it in its gate epilogue; ``weights``: R packed (``native_weights.packed_weights``);
+    kernel adds it in its gate epilogue; or, with ``weights_in`` (an LSTM's W^T packed like R,
+    ``native_weights.pack``), x is the raw input (T, N, I) and the kernel makes the projection in
+    its register tile (no (T, N, 4H) array); ``weights``: R packed (``native_weights.packed_weights``);
     h, c (N, H) C-contiguous, updated in place (c None for the GRU); ``lengths`` (N,) int64 or None
     (full length): a row past its length keeps its state, and its Y rows hold that state (the
     caller zeroes them); ys (T, N, H) or None. ``reverse``: read x and write ys from the last step
@@ -204,9 +206,16 @@ def native_loop(op_type, x, weights, bias, rb_h, h, c, lengths, ys, reverse) -> 
     lens = None if lengths is None else np.ascontiguousarray(lengths, dtype=np.int64)
     work = np.empty(6 * N * H, np.float32)
     w = weights
+    if x.strides[2] != 4:                                          # the raw input may come in any layout
+        x = np.ascontiguousarray(x)
     xt, xb = row_strides(x)
     yt, yb = row_strides(ys)
-    if op_type == "LSTM":
+    if weights_in is not None:
+        if lib.mc_lstm_forward_fused(T, N, H, x.shape[2], int(reverse), ptr(x), xt, xb, ptr(weights_in), ptr(bias),
+                                     ptr(lens), w.ptr, w.wk, w.wg, w.wu, ptr(h), ptr(c), ptr(ys), yt, yb, ptr(h),
+                                     ptr(c), ptr(work)):
+            raise ValueError("the fused LSTM kernel needs R packed")
+    elif op_type == "LSTM":
         lib.mc_lstm_forward(T, N, H, int(reverse), ptr(x), xt, xb, ptr(bias), ptr(lens), w.ptr, w.wk, w.wg, w.wu,
                             ptr(h), ptr(c), ptr(ys), yt, yb, ptr(h), ptr(c), NULL, NULL, NULL, NULL, ptr(work))
     else:
@@ -214,24 +223,3 @@ def native_loop(op_type, x, weights, bias, rb_h, h, c, lengths, ys, reverse) -> 
         lib.mc_gru_forward(T, N, H, int(reverse), ptr(x), xt, xb, ptr(bias), ptr(lens), w.ptr, w.wk, w.wg, w.wu,
                            ptr(b_hn), ptr(h), ptr(ys), yt, yb, ptr(h), NULL, NULL, NULL, ptr(work))
 
-
-def native_fused_loop(x, weights_in, bias, weights, h, c, lengths, ys, reverse) -> None:
-    """An LSTM direction through the native kernel from the raw input: x (T, N, I);
-    ``weights_in``: W^T packed (I, 4H) in the engine's gate order (``native_weights.pack``);
-    ``bias`` (4H,) or None; ``weights``: R packed; h, c (N, H) updated in place; ``lengths`` as
-    ``native_loop``'s; ys (T, N, H) or None. The input projection is made in the kernel's register
-    tile (no (T, N, 4H) array)."""
-    T, N, I = x.shape
-    H = h.shape[1]
-    x = x if x.dtype == np.float32 and x.strides[2] == 4 else np.ascontiguousarray(x, dtype=np.float32)
-    if ys is None:
-        ys = np.empty((T, N, H), np.float32)                       # the kernel reads h_t back from Y
-    bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
-    lens = None if lengths is None else np.ascontiguousarray(lengths, dtype=np.int64)
-    work = np.empty(6 * N * H, np.float32)
-    w = weights
-    xt, xb = row_strides(x)
-    yt, yb = row_strides(ys)
-    if lib.mc_lstm_forward_fused(T, N, H, I, int(reverse), ptr(x), xt, xb, ptr(weights_in), ptr(bias), ptr(lens),
-                                 w.ptr, w.wk, w.wg, w.wu, ptr(h), ptr(c), ptr(ys), yt, yb, ptr(h), ptr(c), ptr(work)):
-        raise ValueError("the fused LSTM kernel needs R packed")
