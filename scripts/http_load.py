@@ -58,7 +58,7 @@ async def fill_sessions(host: str, port: int, n: int, model: str, text: str, con
         try:
             for _ in range(k):
                 status, body = await conn.post(where, "/v1/sessions", {"model": model})
-                if status != 201 and status != 200:
+                if status not in (200, 201):
                     errors.append(f"create: {status} {body[:200]!r}")
                     continue
                 sid = json.loads(body)["session_id"]

@@ -22,6 +22,8 @@ import hashlib
 import orjson
 import uvloop
 
+from scripts.ws_load import OP_CLOSE, frame, take_frame
+
 # a real char-LM reply with top_k 3, so the frames written are the size the service writes
 REPLY = orjson.dumps({"type": "output", "id": None, "steps": 1, "outputs": [{"top_k": [
     {"label": "e", "index": 5, "probability": 0.4872110188007355},
@@ -58,16 +60,10 @@ async def app(scope, receive, send):
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"        # RFC 6455's accept-key suffix
 
 
-def _server_frame(text: str) -> bytes:
-    payload = text.encode()
-    n = len(payload)
-    return (bytes([0x81, n]) if n < 126 else bytes([0x81, 126]) + n.to_bytes(2, "big")) + payload
-
-
 class RawFloor(asyncio.Protocol):
     """Handshake, unmask each client text frame, decode its JSON, write the canned reply."""
 
-    reply, session = _server_frame(REPLY), _server_frame(SESSION)
+    reply, session = frame(REPLY.encode(), masked=False), frame(SESSION.encode(), masked=False)
 
     def connection_made(self, transport):
         self.transport, self.buf, self.open = transport, bytearray(), False
@@ -86,16 +82,9 @@ class RawFloor(asyncio.Protocol):
                                  b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + self.session)
             del buf[:end + 4]
             self.open = True
-        while len(buf) >= 6:
-            n, head = buf[1] & 0x7F, 2
-            if n == 126:
-                n, head = int.from_bytes(buf[2:4], "big"), 4
-            if len(buf) < head + 4 + n:
-                return
-            mask, opcode = buf[head:head + 4], buf[0] & 0x0F
-            payload = bytes(b ^ mask[i & 3] for i, b in enumerate(buf[head + 4:head + 4 + n]))
-            del buf[:head + 4 + n]
-            if opcode == 0x8:
+        while (got := take_frame(buf)) is not None:
+            opcode, payload = got
+            if opcode == OP_CLOSE:
                 self.transport.close()
                 return
             orjson.loads(payload)

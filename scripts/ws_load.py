@@ -27,18 +27,45 @@ from urllib.parse import urlsplit
 OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x8, 0x9, 0xA
 
 
-def client_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
-    """One final, masked client frame."""
-    mask = os.urandom(4)
+def frame(payload: bytes, opcode: int = OP_TEXT, masked: bool = True) -> bytes:
+    """One final frame: masked as a client sends it, or plain as a server does."""
     n = len(payload)
+    bit = 0x80 if masked else 0
     if n < 126:
-        head = bytes([0x80 | opcode, 0x80 | n])
+        head = bytes([0x80 | opcode, bit | n])
     elif n < 1 << 16:
-        head = bytes([0x80 | opcode, 0x80 | 126]) + n.to_bytes(2, "big")
+        head = bytes([0x80 | opcode, bit | 126]) + n.to_bytes(2, "big")
     else:
-        head = bytes([0x80 | opcode, 0x80 | 127]) + n.to_bytes(8, "big")
-    body = bytes(b ^ mask[i & 3] for i, b in enumerate(payload))
-    return head + mask + body
+        head = bytes([0x80 | opcode, bit | 127]) + n.to_bytes(8, "big")
+    if not masked:
+        return head + payload
+    mask = os.urandom(4)
+    return head + mask + bytes(b ^ mask[i & 3] for i, b in enumerate(payload))
+
+
+def take_frame(buf: bytearray) -> tuple[int, bytes] | None:
+    """The first whole frame in ``buf`` as (opcode, payload), unmasked and removed from ``buf``; None
+    until one has fully arrived."""
+    if len(buf) < 2:
+        return None
+    n, head = buf[1] & 0x7F, 2
+    if n == 126:
+        if len(buf) < 4:
+            return None
+        n, head = int.from_bytes(buf[2:4], "big"), 4
+    elif n == 127:
+        if len(buf) < 10:
+            return None
+        n, head = int.from_bytes(buf[2:10], "big"), 10
+    mask = buf[head:head + 4] if buf[1] & 0x80 else None
+    start = head + (4 if mask is not None else 0)
+    if len(buf) < start + n:
+        return None
+    opcode, payload = buf[0] & 0x0F, bytes(buf[start:start + n])
+    del buf[:start + n]
+    if mask is not None:
+        payload = bytes(b ^ mask[i & 3] for i, b in enumerate(payload))
+    return opcode, payload
 
 
 @dataclass
@@ -89,24 +116,12 @@ class Typist(asyncio.Protocol):
                 return self._fail(f"handshake refused: {status.decode(errors='replace')}")
             del buf[:end + 4]
             self.open = True
-        while len(buf) >= 2:
-            n, head = buf[1] & 0x7F, 2
-            if n == 126:
-                if len(buf) < 4:
-                    return
-                n, head = int.from_bytes(buf[2:4], "big"), 4
-            elif n == 127:
-                if len(buf) < 10:
-                    return
-                n, head = int.from_bytes(buf[2:10], "big"), 10
-            if len(buf) < head + n:
-                return
-            opcode, payload = buf[0] & 0x0F, bytes(buf[head:head + n])
-            del buf[:head + n]
+        while (got := take_frame(buf)) is not None:
+            opcode, payload = got
             if opcode == OP_TEXT:
                 self._reply(payload)
             elif opcode == OP_PING:
-                self.transport.write(client_frame(payload, OP_PONG))
+                self.transport.write(frame(payload, OP_PONG))
             elif opcode == OP_CLOSE:
                 code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
                 return self._fail(f"closed by the server: {code} {payload[2:].decode(errors='replace')}")
@@ -152,7 +167,7 @@ class Typist(asyncio.Protocol):
 
     def _finish(self):
         self.done = True
-        self.transport.write(client_frame(b"\x03\xe8", OP_CLOSE))     # 1000, normal closure
+        self.transport.write(frame(b"\x03\xe8", OP_CLOSE))     # 1000, normal closure
         self.transport.close()
         self.on_done(self)
 
@@ -180,7 +195,7 @@ async def type_into(url: str, texts: list[str], n: int, interval: float, *, coun
     keystrokes or ``duration`` s. ``on_typing(tally)`` is awaited as typing starts (a sampler).
     Returns the tally and when typing started (``time.perf_counter()``)."""
     parts = urlsplit(url)
-    frames = [client_frame(f'{{"type":"input","text":{json.dumps(t)},"top_k":{top_k}}}'.encode()) for t in texts]
+    frames = [frame(f'{{"type":"input","text":{json.dumps(t)},"top_k":{top_k}}}'.encode()) for t in texts]
     loop = asyncio.get_running_loop()
     tally, opened, finished = Tally(), [0], [0]
     all_open, all_done = loop.create_future(), loop.create_future()

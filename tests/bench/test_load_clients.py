@@ -2,19 +2,14 @@
 floor) and ``scripts.http_load`` (session filling). Every request answered, replies checked, the
 server's errors counted rather than hidden."""
 import asyncio
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
 
 import httpx
 
 from scripts.http_load import fill_sessions
-from scripts.loadtest import TEXT
+from scripts.loadtest import TEXT, Floor
 from scripts.ws_load import type_into
-from tests.helpers import ROOT, free_port
 
 
 def test_typists_get_one_reply_per_keystroke(live_server):
@@ -36,22 +31,11 @@ def test_error_replies_and_refused_handshakes_are_counted(live_server):
 
 
 @pytest.mark.timeout(60)
-def test_transport_floor_app_answers_like_the_stream():
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "scripts.transport_floor:app", "--port", str(port),
-                             "--log-level", "warning"], cwd=ROOT)
-    try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        tally, _ = asyncio.run(type_into(f"ws://127.0.0.1:{port}/", list(TEXT), 4, 0.01, count=3))
-        assert tally.errors == [] and tally.replies == 12
-    finally:
-        proc.terminate()
-        proc.wait(10)
+@pytest.mark.parametrize("raw", [False, True], ids=["uvicorn", "bare-protocol"])
+def test_transport_floors_answer_like_the_stream(raw):
+    with Floor(raw=raw) as floor:                      # what the load test starts for its floor rows
+        tally, _ = asyncio.run(type_into(f"ws://{floor.host}/", list(TEXT), 4, 0.01, count=3))
+    assert tally.errors == [] and tally.replies == 12
 
 
 def _active(server: str) -> int:
@@ -67,20 +51,3 @@ def test_fill_sessions_creates_and_feeds_each_one(live_server):
     errors = asyncio.run(fill_sessions(host, int(port), 3, "nope", "ab", concurrency=2))
     assert len(errors) == 3 and all(e.startswith("create: 404") for e in errors)
 
-
-@pytest.mark.timeout(60)
-def test_raw_floor_server_answers_like_the_stream():
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "scripts.transport_floor", "--raw", "--port", str(port)], cwd=ROOT)
-    try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        tally, _ = asyncio.run(type_into(f"ws://127.0.0.1:{port}/", list(TEXT), 4, 0.01, count=3))
-        assert tally.errors == [] and tally.replies == 12
-    finally:
-        proc.terminate()
-        proc.wait(10)
