@@ -73,7 +73,7 @@ def packed_from_host(model, host_parts: tuple):
     for p, z in zip(host_parts, want):
         if p.shape != z.shape or p.dtype != z.dtype:
             raise ValueError(f"state has shape {p.shape} {p.dtype}, this model needs {z.shape} {z.dtype}")
-    return np.stack(host_parts)
+    return packed(tuple(host_parts))
 
 
 def advance(model, items: list[StepItem]) -> list[Stepped]:
