@@ -32,7 +32,7 @@ class CellSteps:
     native: the native kernels, which also run whole sequences (``sequence_forward`` /
             ``sequence_backward``, None otherwise).
     sequence_forward_fused: inference over a sequence from the raw input, the input projection
-            made inside the kernel (the native LSTM; None otherwise).
+            made inside the kernel (the native LSTM and GRU; None otherwise).
     """
     GATES: int
     STATE_SIZE: int

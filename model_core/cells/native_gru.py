@@ -10,12 +10,13 @@ from __future__ import annotations
 import numpy as np
 
 from model_core.cells.gru_cell import GATES, STATE_SIZE, cache_shapes, fold_bias
-from model_core.cells.native_weights import (NULL, backward_strides, c_array, ptr, recurrent_weights, row_strides,
-                                             rows_contiguous, step_keeps_pack)
+from model_core.cells.native_weights import (FUSED_MIN_BATCH, NULL, backward_strides, c_array, fused_input,
+                                             input_weights, ptr, recurrent_weights, row_strides, rows_contiguous,
+                                             step_keeps_pack)
 from model_core.native import handle, lib
 
 __all__ = ["GATES", "STATE_SIZE", "cache_shapes", "fold_bias", "gate_constants", "sequence_backward",
-           "sequence_forward", "step_backward", "step_forward"]
+           "sequence_forward", "sequence_forward_fused", "step_backward", "step_forward"]
 
 
 def gate_constants(xp, H: int, dtype):
@@ -46,6 +47,29 @@ def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out
     lib.mc_gru_forward(T, B, H, int(reverse), ptr(xproj), xt, xb, NULL, NULL, w.ptr, w.wk, w.wg, w.wu,
                        ptr(b_hn), ptr(h0), ptr(y_out), yt, yb, ptr(hT), *ptrs, ptr(work))
     return (hT,), cache
+
+
+def sequence_forward_fused(x, weight_ih_t, bias, state0, weight_hh_t, bias_hh, consts, reverse, y_out):
+    """Inference from the raw input x (T, B, I), the input projection made in the kernel's tile
+    (as ``native_lstm.sequence_forward_fused``): bias (3H,) folded as ``fold_bias`` folds it,
+    b_hn from bias_hh. Returns (h_T,), or None when this batch reads W_hh row by row."""
+    T, B, I = x.shape
+    if B < FUSED_MIN_BATCH:
+        return None
+    H = weight_hh_t.shape[0]
+    w = recurrent_weights(weight_hh_t, B, T)
+    if not w.packed:
+        return None
+    wi, x = input_weights(weight_ih_t, GATES), fused_input(x)
+    bias = None if bias is None else c_array(bias)
+    h0 = c_array(state0[0])
+    hT, work = np.empty((B, H), np.float32), np.empty(3 * B * H, np.float32)
+    xt, xb = row_strides(x)
+    yt, yb = row_strides(y_out)
+    if lib.mc_gru_forward_fused(T, B, H, I, int(reverse), ptr(x), xt, xb, ptr(wi), ptr(bias), NULL, w.ptr, w.wk, w.wg,
+                                w.wu, ptr(_b_hn(bias_hh, consts, H)), ptr(h0), ptr(y_out), yt, yb, ptr(hT), ptr(work)):
+        return None
+    return (hT,)
 
 
 def sequence_backward(cache, weight_hh_t, dy, d_final):

@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from model_core.cells.lstm_cell import GATES, STATE_SIZE, cache_shapes, fold_bias, gate_constants
-from model_core.cells.native_weights import (NULL, backward_strides, c_array, frozen_pack, pack, ptr, recurrent_weights,
-                                             row_strides, rows_contiguous, step_keeps_pack)
+from model_core.cells.native_weights import (FUSED_MIN_BATCH, NULL, backward_strides, c_array, fused_input,
+                                             input_weights, ptr, recurrent_weights, row_strides, rows_contiguous,
+                                             step_keeps_pack)
 from model_core.native import handle, lib
 
 __all__ = ["GATES", "STATE_SIZE", "cache_shapes", "fold_bias", "gate_constants", "sequence_backward",
@@ -46,15 +47,12 @@ def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out
     return (hT, cT), cache
 
 
-FUSED_MIN_BATCH = 2      # one row: a GEMM over all T steps first beats a one-row tile at every step
-
-
-def sequence_forward_fused(x, weight_ih_t, bias, state0, weight_hh_t, reverse, y_out):
+def sequence_forward_fused(x, weight_ih_t, bias, state0, weight_hh_t, bias_hh, consts, reverse, y_out):
     """Inference over a full-length sequence from the raw input x (T, B, I): the kernel makes the
     input projection in its register tile (W_ih^T packed like W_hh^T), so no (T, B, 4H) projection
-    is written and read back. bias: both biases folded (4H,) or None. Returns (h_T, c_T), or None
-    when this batch reads W_hh row by row (small batches: the fused tile needs the packed layout;
-    the caller projects as before)."""
+    is written and read back. bias: both biases folded (4H,) or None (bias_hh and consts: the
+    GRU's signature). Returns (h_T, c_T), or None when this batch reads W_hh row by row (small
+    batches: the fused tile needs the packed layout; the caller projects as before)."""
     T, B, I = x.shape
     if B < FUSED_MIN_BATCH:
         return None
@@ -62,10 +60,7 @@ def sequence_forward_fused(x, weight_ih_t, bias, state0, weight_hh_t, reverse, y
     w = recurrent_weights(weight_hh_t, B, T)
     if not w.packed:                                       # the fused tile needs the packed layout
         return None
-    wi = frozen_pack(weight_ih_t, gates=4)
-    if wi is None:
-        wi = pack(c_array(weight_ih_t), gates=4)
-    x = x if x.dtype == np.float32 and x.strides[2] == 4 else np.ascontiguousarray(x, dtype=np.float32)
+    wi, x = input_weights(weight_ih_t, GATES), fused_input(x)
     bias = None if bias is None else c_array(bias)
     h0, c0 = (c_array(s) for s in state0)
     hT, cT = np.empty((B, H), np.float32), np.empty((B, H), np.float32)

@@ -25,6 +25,8 @@ NULL = None
 PACK_MIN_BATCH = 16       # rows per step from which packing pays even for a single step
 PACK_MIN_ROWS = 64        # rows (B x T) in one call from which a packed copy pays for itself
 _GROUP = 8                # hidden units per packed group: one vector of float32
+FUSED_MIN_BATCH = 2       # inference makes the input projection in the kernel from 2 rows: at one, a
+                          # GEMM over all T steps first beats a one-row tile at every step
 _scratch = threading.local()
 _frozen: dict[tuple, tuple[weakref.ref, np.ndarray]] = {}      # packed copies of read-only weights
 
@@ -126,6 +128,18 @@ def step_keeps_pack(weight_hh_t: np.ndarray, B: int) -> bool:
     """Should a B-row inference step read the kept packed copy (``frozen_pack``)? The step entry
     points pack per call from ``PACK_MIN_BATCH`` rows; for read-only weights the copy is kept."""
     return B >= PACK_MIN_BATCH and frozen(weight_hh_t)
+
+
+def input_weights(weight_ih_t: np.ndarray, gates: int) -> np.ndarray:
+    """W_ih^T (I, G*H) packed like W_hh^T, for the kernels that make the input projection in their
+    tile (``mc_*_forward_fused``): kept for read-only weights, else packed per call."""
+    packed = frozen_pack(weight_ih_t, gates=gates)
+    return pack(c_array(weight_ih_t), gates=gates) if packed is None else packed
+
+
+def fused_input(x: np.ndarray) -> np.ndarray:
+    """The raw input (T, B, I) as the fused kernels read it: float32 with contiguous rows."""
+    return x if x.dtype == np.float32 and x.strides[2] == 4 else np.ascontiguousarray(x, dtype=np.float32)
 
 
 def frozen(a: np.ndarray) -> bool:

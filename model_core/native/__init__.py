@@ -52,6 +52,8 @@ _SIGNATURES = {
     "mc_lstm_forward_fused": ([_I, _I, _I, _I, ctypes.c_int32, _F, _I, _I, _F, _F, _F, _F, _I, _I, _I, _F, _F, _F,
                                _I, _I, _F, _F, _F], ctypes.c_int32),
     "mc_lstm_backward": ([_I, _I, _I, ctypes.c_int32, _F, _F, _I, _I, _F, _F, _F, _F, _F, _F, _F, _F, _F], None),
+    "mc_gru_forward_fused": ([_I, _I, _I, _I, ctypes.c_int32, _F, _I, _I, _F, _F, _F, _F, _I, _I, _I, _F, _F, _F,
+                              _I, _I, _F, _F], ctypes.c_int32),
     "mc_gru_forward": ([_I, _I, _I, ctypes.c_int32, _F, _I, _I, _F, _F, _F, _I, _I, _I, _F, _F, _F, _I, _I,
                         _F, _F, _F, _F, _F], None),
     "mc_gru_backward": ([_I, _I, _I, ctypes.c_int32, _F, _F, _I, _I, _F, _F, _F, _F, _F, _F, _F, _F], None),

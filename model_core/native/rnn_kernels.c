@@ -19,9 +19,10 @@
  * AVX2+FMA, baseline) and dispatched once at load by __builtin_cpu_supports. The baseline build
  * is portable C (SSE2 pairs on x86, NEON on ARM).
  *
- * LSTM inference can also take the raw input (mc_lstm_forward_fused): each tile starts from the
- * bias and runs over the step's input rows against W_ih^T packed like W_hh^T before the recurrent
- * product, so the input projection never exists as an array (inference with the packed layout).
+ * Inference can also take the raw input (mc_lstm_forward_fused, mc_gru_forward_fused): each tile
+ * starts from the bias and runs over the step's input rows against W_ih^T packed like W_hh^T
+ * before the recurrent product, so the input projection never exists as an array (inference with
+ * the packed layout).
  *
  * Forward takes x's projection without the biases when bx (G*H,) is given (the gate epilogue adds
  * it: no separate pass over the (T, B, G*H) projection) or with them when bx is NULL, and, for
@@ -136,6 +137,7 @@ typedef struct {
                           const float *, const float *, const float *, const float *, const float *, float *,
                           float *, float *, float *);
     void (*gru_forward)(int64_t, int64_t, int64_t, int32_t, const float *, int64_t, int64_t, const float *,
+                        int64_t, int64_t, int64_t, const float *, const float *,
                         const int64_t *, const float *, int64_t, int64_t, int64_t, const float *, const float *,
                         float *, int64_t, int64_t,
                         float *, float *, float *, float *, float *);
@@ -250,9 +252,23 @@ void mc_gru_forward(int64_t T, int64_t B, int64_t H, int32_t reverse, const floa
     ENSURE();
     float *own = work ? 0 : malloc((size_t)(3 * B * H) * sizeof(float));
     if (!work && !own) return;
-    K->gru_forward(T, B, H, reverse, x, xt, xb, bx, lens, w, wk, wg, wu, b_hn, h0, y, yt, yb, hT, gates, hn, prev_h,
-                   work ? work : own);
+    K->gru_forward(T, B, H, reverse, x, xt, xb, 0, 0, 0, 0, 0, bx, lens, w, wk, wg, wu, b_hn, h0, y, yt, yb, hT, gates,
+                   hn, prev_h, work ? work : own);
     free(own);
+}
+
+/* mc_lstm_forward_fused's GRU: wi W_ih^T packed (U, I, 3, 8), bx the folded bias (3H,: b_ih, plus
+ * b_hh for r and z) or NULL, b_hn (H,) as mc_gru_forward's */
+int32_t mc_gru_forward_fused(int64_t T, int64_t B, int64_t H, int64_t I, int32_t reverse, const float *xi,
+                             int64_t xit, int64_t xib, const float *wi, const float *bx, const int64_t *lens,
+                             const float *w, int64_t wk, int64_t wg, int64_t wu, const float *b_hn, const float *h0,
+                             float *y, int64_t yt, int64_t yb, float *hT, float *work)
+{
+    ENSURE();
+    if (wu == VW) return -1;
+    K->gru_forward(T, B, H, reverse, 0, 0, 0, xi, xit, xib, I, wi, bx, lens, w, wk, wg, wu, b_hn, h0, y, yt, yb, hT, 0,
+                   0, 0, work);
+    return 0;
 }
 
 void mc_gru_backward(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *wt, const float *dy,
@@ -335,8 +351,8 @@ int32_t mc_gru_step(int64_t B, int64_t H, intptr_t xp, intptr_t w_hh_t, intptr_t
     if (!bn) { memset(zero, 0, (size_t)H * sizeof(float)); bn = zero; }
     int64_t wk, wg, wu;
     const float *w = step_weights(B, H, G, arr(w_hh_t), zero + H, &wk, &wg, &wu);
-    K->gru_forward(1, B, H, 0, arr(xp), 0, G * H, 0, 0, w, wk, wg, wu, bn, arr(h), arr(h_out), 0, H, 0, 0, 0, 0,
-    work);
+    K->gru_forward(1, B, H, 0, arr(xp), 0, G * H, 0, 0, 0, 0, 0, 0, 0, w, wk, wg, wu, bn, arr(h), arr(h_out), 0, H, 0,
+                   0, 0, 0, work);
     return 0;
 }
 

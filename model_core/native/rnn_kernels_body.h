@@ -427,26 +427,42 @@ INL void ISA(gru_gates)(v8 a0, v8 a1, v8 a2, v8 bn, v8 xn, int64_t nu, int64_t H
     }
 }
 
+/* mr rows of one GRU step for unit group u. With xi and wi (as lstm_rows), the input projection is
+ * made in the tile first, from the bias: r and z keep accumulating over h, while the candidate's
+ * x W_in^T + b_in moves out of its register (r multiplies only the h part) and the tile's third
+ * column restarts from zero for h W_hn. Else x holds the projection. */
 INL void ISA(gru_rows)(const int mr, const int full, int64_t nu, int64_t H, int64_t u, const float *x, int64_t xb,
+                       const float *xi, int64_t xib, int64_t I, const float *wi,
                        const v8 bv[4], const int64_t *lens, int64_t i, const float *w, int64_t wk, int64_t wg,
                        const float *b_hn, const float *hp, int64_t hs, float *y, int64_t yb, float *gates, float *hn)
 {
-    v8 acc[MRMAX][4];
-    for (int m = 0; m < mr; m++) {        /* r and z start from x W_ih^T + b, the candidate's from zero */
-        acc[m][0] = ISA(ldn)(x + m * xb + u * VW, nu) + bv[0];
-        acc[m][1] = ISA(ldn)(x + m * xb + H + u * VW, nu) + bv[1];
-        acc[m][2] = ISA(splat)(0.0f);
-    }
+    v8 acc[MRMAX][4], xn[MRMAX];
+    if (xi) {
+        for (int m = 0; m < mr; m++)
+            for (int g = 0; g < 3; g++) acc[m][g] = bv[g];
+        ISA(tile)(3, mr, full, nu, I, xi, xib, wi, 3 * VW, VW, acc);
+        for (int m = 0; m < mr; m++) {
+            xn[m] = acc[m][2];
+            acc[m][2] = ISA(splat)(0.0f);
+        }
+    } else
+        for (int m = 0; m < mr; m++) {    /* r and z start from x W_ih^T + b, the candidate's from zero */
+            acc[m][0] = ISA(ldn)(x + m * xb + u * VW, nu) + bv[0];
+            acc[m][1] = ISA(ldn)(x + m * xb + H + u * VW, nu) + bv[1];
+            acc[m][2] = ISA(splat)(0.0f);
+        }
     ISA(tile)(3, mr, full, nu, H, hp, hs, w, wk, wg, acc);
     v8 bn = ISA(ldn)(b_hn + u * VW, nu);
     for (int m = 0; m < mr; m++)
         if (!ISA(held)(lens ? lens + m : 0, i, nu, u, hp + m * hs, y + m * yb, 0, 0))
-            ISA(gru_gates)(acc[m][0], acc[m][1], acc[m][2], bn, ISA(ldn)(x + m * xb + 2 * H + u * VW, nu) + bv[2], nu,
+            ISA(gru_gates)(acc[m][0], acc[m][1], acc[m][2], bn,
+                           xi ? xn[m] : ISA(ldn)(x + m * xb + 2 * H + u * VW, nu) + bv[2], nu,
                            H, u, hp + m * hs, y + m * yb, gates ? gates + m * 3 * H : 0, gates ? hn + m * H : 0);
 }
 
 static void ISA(gru_forward_part)(int tid, int nth, int64_t T, int64_t B, int64_t H, int32_t reverse,
-                                  const float *x, int64_t xt, int64_t xb, const float *bx, const int64_t *lens,
+                                  const float *x, int64_t xt, int64_t xb, const float *xi, int64_t xit, int64_t xib,
+                                  int64_t I, const float *wi, const float *bx, const int64_t *lens,
                                   const float *w, int64_t wk, int64_t wg,
                                   int64_t wu, const float *b_hn, const float *h0, float *y, int64_t yt, int64_t yb,
                                   float *hT, float *gates, float *hn, float *prev_h, float *work)
@@ -457,7 +473,7 @@ static void ISA(gru_forward_part)(int tid, int nth, int64_t T, int64_t B, int64_
     for (int64_t i = 0; i < T; i++) {
         int64_t t = reverse ? T - 1 - i : i;
         if (prev_h && tid == 0) ISA(copy_rows)(B, H, hp, hs, prev_h + t * B * H);
-        const float *xt_ = x + t * xt;
+        const float *xt_ = x ? x + t * xt : 0;                                  /* NULL: fused (xi) */
         float *yt_ = y + t * yt;
         float *gt = gates ? gates + t * B * 3 * H : 0, *hnt = gates ? hn + t * B * H : 0;
         if (wu == VW) {                                  /* unpacked: W_hh^T streamed by rows, then the gates */
@@ -486,10 +502,11 @@ static void ISA(gru_forward_part)(int tid, int nth, int64_t T, int64_t B, int64_
             int full = nu == VW || wu != VW;
             v8 bv[4];
             ISA(bias_vectors)(3, bx, H, u, nu, bv);
-            ISA(prefetch_next)(3, x, xt, xb, T, i, reverse, H, B, chunk, bc, u, u0, u1);
+            if (!xi) ISA(prefetch_next)(3, x, xt, xb, T, i, reverse, H, B, chunk, bc, u, u0, u1);
             for (int64_t b = bc, be = B < bc + chunk ? B : bc + chunk; b < be; b += MR_GRU) {
                 int64_t rem = be - b < MR_GRU ? be - b : MR_GRU;
-#define ARGS(M, F) M, F, nu, H, u, xt_ + b * xb, xb, bv, lens ? lens + b : 0, i, w + u * wu, wk, wg, b_hn, \
+#define ARGS(M, F) M, F, nu, H, u, xt_ + b * xb, xb, xi ? xi + t * xit + b * xib : 0, xib, I, \
+                   xi ? wi + u * I * 3 * VW : 0, bv, lens ? lens + b : 0, i, w + u * wu, wk, wg, b_hn, \
                    hp + b * hs, hs, yt_ + b * yb, yb, \
                    gt ? gt + b * 3 * H : 0, hnt ? hnt + b * H : 0
 #define CALL(M) if (full) ISA(gru_rows)(ARGS(M, 1)); else ISA(gru_rows)(ARGS(M, 0))
@@ -505,13 +522,15 @@ static void ISA(gru_forward_part)(int tid, int nth, int64_t T, int64_t B, int64_
 }
 
 static void ISA(gru_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *x, int64_t xt,
-                             int64_t xb, const float *bx, const int64_t *lens, const float *w, int64_t wk,
+                             int64_t xb, const float *xi, int64_t xit, int64_t xib, int64_t I, const float *wi,
+                             const float *bx, const int64_t *lens, const float *w, int64_t wk,
                              int64_t wg, int64_t wu, const float *b_hn,
                              const float *h0, float *y, int64_t yt, int64_t yb, float *hT, float *gates,
                              float *hn, float *prev_h, float *work)
 {
     int nth = threads_for(wu, T, B, H);
-#define PART(tid, n) ISA(gru_forward_part)(tid, n, T, B, H, reverse, x, xt, xb, bx, lens, w, wk, wg, wu, b_hn, h0, \
+#define PART(tid, n) ISA(gru_forward_part)(tid, n, T, B, H, reverse, x, xt, xb, xi, xit, xib, I, wi, bx, lens, w, wk, \
+                                           wg, wu, b_hn, h0, \
                    y, yt, yb, \
                                            hT, gates, hn, prev_h, work)
     RUN_PARTS(nth, PART);

@@ -109,7 +109,7 @@ def forward_direction_chunked(cell, consts, x, w_ih, bias, state0, weight_hh, bi
     back from cache and never allocated per call. x: (T, B, I); w_ih: (G*H, I); bias: (G*H,) or None.
     """
     if cell.sequence_forward_fused is not None:           # the projection inside the kernel's tile, if it can
-        final = cell.sequence_forward_fused(x, w_ih.T, bias, state0, weight_hh.T, reverse, y_out)
+        final = cell.sequence_forward_fused(x, w_ih.T, bias, state0, weight_hh.T, bias_hh, consts, reverse, y_out)
         if final is not None:
             return final
     T, B, I = x.shape

@@ -189,9 +189,9 @@ def test_frozen_weights_keep_one_packed_copy_and_step_the_same(cls, monkeypatch)
         got = layer.step_states(x, h0)
         assert np.array_equal(got[0], want[0]) and all(np.array_equal(a, b) for a, b in zip(got[1], want[1]))
         seq, _ = layer.forward_states(x[None].repeat(5, 0), h0)     # the sequence path uses the kept copy too
-    # one kept copy per weight, made once, never per call: W_hh of each layer, and the LSTM's W_ih too
-    # (its inference projection runs inside the kernel's tile)
-    assert packs == [False] * (4 if cls is LSTM else 2)
+    # one kept copy per weight, made once, never per call: W_hh and W_ih of each layer (the inference
+    # projection runs inside the kernel's tile)
+    assert packs == [False] * 4
     with pytest.raises(ValueError, match="read-only"):
         layer.parameters()["weight_hh_l0"][...] += 1.0  # frozen really means frozen
     before = len(native_weights._frozen)
@@ -250,16 +250,24 @@ def test_inference_projected_in_chunks_matches_the_whole_projection(cls, monkeyp
 
 
 @pytest.mark.skipif(not native.AVAILABLE, reason="native kernels not built")
+@pytest.mark.parametrize("cls", [LSTM, GRU])
 @pytest.mark.parametrize("B", [1, 2, 5, 32])
-def test_lstm_projection_inside_the_kernel_matches_the_projection_first(B):
+def test_projection_inside_the_kernel_matches_the_projection_first(cls, B, monkeypatch):
     """nn inference (``sequence_forward_fused``) against training's projection-first forward."""
-    T, I, H = 9, 13, 19                                    # H not a multiple of 8: the partial unit group
+    T, I, H = 33, 13, 19          # B x T >= PACK_MIN_ROWS from B=2; H not a multiple of 8: the partial unit group
     rng = np.random.default_rng(B)
-    layer = LSTM(I, H, num_layers=2, bidirectional=True)
+    layer = cls(I, H, num_layers=2, bidirectional=True)
+    for name, p in layer.parameters().items():             # nonzero biases everywhere, b_hn included
+        if name.startswith("bias"):
+            p[...] = rng.standard_normal(p.shape, dtype=np.float32)
     x = rng.standard_normal((T, B, I), dtype=np.float32)
     h0 = tuple(rng.standard_normal(s.shape, dtype=np.float32) for s in layer.init_states(B))
     want_y, want_state, _ = layer.forward_train_states(x, h0)
+    fused, real = [], layer._cell.sequence_forward_fused
+    monkeypatch.setattr(layer, "_cell", dataclasses.replace(
+        layer._cell, sequence_forward_fused=lambda *a: fused.append(real(*a) is not None) or real(*a)))
     y, state = layer.forward_states(x, h0)
+    assert fused == [B >= 2] * 4                          # 2 layers x 2 directions; one row projects first
     np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-6)
     for a, b in zip(state, want_state):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -268,9 +276,11 @@ def test_lstm_projection_inside_the_kernel_matches_the_projection_first(B):
 @pytest.mark.skipif(not native.AVAILABLE, reason="native kernels not built")
 @pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
 @pytest.mark.parametrize("lengths", [[7, 7, 7, 7], [7, 2, 5, 0]])                # full, and ragged with an empty row
-def test_onnx_lstm_projection_inside_the_kernel_matches_the_projection_first(direction, lengths, monkeypatch):
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+def test_onnx_projection_inside_the_kernel_matches_the_projection_first(op, direction, lengths, monkeypatch):
     from model_core.onnx.ops import recurrent, recurrent_loops
-    session = InferenceSession(_node_model("LSTM", H=19, I=5, direction=direction))
+    session = InferenceSession(_node_model(op, H=19, I=5, direction=direction,
+                                           **({"linear_before_reset": 1} if op == "GRU" else {})))
     x = np.random.default_rng(2).standard_normal((7, 4, 5)).astype(np.float32)
     full = np.array(lengths, np.int32)
     calls = []                                             # per kernel call: did it make the projection itself?

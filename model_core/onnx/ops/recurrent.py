@@ -28,8 +28,7 @@ import numpy as np
 
 from model_core import native
 from model_core.backend import to_numpy
-from model_core.cells.native_lstm import FUSED_MIN_BATCH
-from model_core.cells.native_weights import pack, packed_weights
+from model_core.cells.native_weights import FUSED_MIN_BATCH, pack, packed_weights
 from model_core.onnx.ops.activations import bind_activations
 from model_core.onnx.ops.recurrent_loops import gru_loop, lstm_loop, lstm_loop_halved, native_loop, rnn_loop
 from model_core.onnx.ops.registry import Unsupported, register
@@ -117,7 +116,7 @@ class Weights:
     ``halved``: per direction, whether the LSTM's i, o, f columns are scaled by 1/2 (see
     ``halved_gates``). ``kernel``: per direction, R packed for the native kernels, or None when
     the NumPy loops run (then the gates keep the ONNX order). ``kernel_in``: per direction, W
-    packed the same way, for an LSTM whose input projection runs inside the kernel (None otherwise)."""
+    packed the same way, for the input projection inside the kernel (None off the native path)."""
     W_T: object
     bias: object
     R_T: tuple
@@ -181,8 +180,9 @@ def prepare_weights(xp, cfg, W, R, B, H, halved, use_native=False) -> Weights:
             rb = xp.concatenate([rb[:, :2 * H], xp.zeros_like(rb[:, 2 * H:])], axis=1)
         bias = ((wb + rb) * scale).reshape(D * GH)
     kernel = tuple(packed_weights(r) for r in R_T) if use_native else None
-    kernel_in = (tuple(pack(xp.ascontiguousarray(W_T[:, d * GH:(d + 1) * GH]), gates=4) for d in range(D))
-                 if use_native and cfg.op_type == "LSTM" else None)
+    G = GATES[cfg.op_type]
+    kernel_in = (tuple(pack(xp.ascontiguousarray(W_T[:, d * GH:(d + 1) * GH]), gates=G) for d in range(D))
+                 if use_native else None)
     return Weights(W_T, bias, R_T, rb_h, tuple(halved), kernel, kernel_in)
 
 
@@ -232,7 +232,7 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
     ys = xp.empty((T, D, N, H), X.dtype) if wants[0] else None  # Y in layout 0, filled in place
     hs = _initial(xp, initial_h, (D, N, H), X.dtype)
     cs = _initial(xp, initial_c, (D, N, H), X.dtype) if cfg.op_type == "LSTM" else None
-    # an LSTM on the native kernel makes each direction's input projection in its register tile;
+    # the native kernels make each direction's input projection in their register tile;
     # otherwise every step of every direction is projected at once: one GEMM instead of one per step
     fused = w.kernel_in is not None and X.dtype == np.float32 and N >= FUSED_MIN_BATCH
     if not fused:

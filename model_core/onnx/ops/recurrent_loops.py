@@ -188,7 +188,7 @@ def native_loop(op_type, x, weights, bias, rb_h, h, c, lengths, ys, reverse, wei
 
     x (T, N, G*H) with its gate blocks in the engine's order (i, f, g, o / r, z, n), without the
     biases: ``bias`` (G*H,) or None holds them all except the GRU's ``rb_h`` (H,) or None, and the
-    kernel adds it in its gate epilogue; or, with ``weights_in`` (an LSTM's W^T packed like R,
+    kernel adds it in its gate epilogue; or, with ``weights_in`` (W^T packed like R,
     ``native_weights.pack``), x is the raw input (T, N, I) and the kernel makes the projection in
     its register tile (no (T, N, 4H) array); ``weights``: R packed (``native_weights.packed_weights``);
     h, c (N, H) C-contiguous, updated in place (c None for the GRU); ``lengths`` (N,) int64 or None
@@ -210,16 +210,23 @@ def native_loop(op_type, x, weights, bias, rb_h, h, c, lengths, ys, reverse, wei
         x = np.ascontiguousarray(x)
     xt, xb = row_strides(x)
     yt, yb = row_strides(ys)
-    if weights_in is not None:
-        if lib.mc_lstm_forward_fused(T, N, H, x.shape[2], int(reverse), ptr(x), xt, xb, ptr(weights_in), ptr(bias),
-                                     ptr(lens), w.ptr, w.wk, w.wg, w.wu, ptr(h), ptr(c), ptr(ys), yt, yb, ptr(h),
-                                     ptr(c), ptr(work)):
-            raise ValueError("the fused LSTM kernel needs R packed")
+    refused = 0                                                    # the fused entries: nonzero without R packed
+    if op_type == "LSTM" and weights_in is not None:
+        refused = lib.mc_lstm_forward_fused(T, N, H, x.shape[2], int(reverse), ptr(x), xt, xb, ptr(weights_in),
+                                            ptr(bias), ptr(lens), w.ptr, w.wk, w.wg, w.wu, ptr(h), ptr(c), ptr(ys), yt,
+                                            yb, ptr(h), ptr(c), ptr(work))
     elif op_type == "LSTM":
         lib.mc_lstm_forward(T, N, H, int(reverse), ptr(x), xt, xb, ptr(bias), ptr(lens), w.ptr, w.wk, w.wg, w.wu,
                             ptr(h), ptr(c), ptr(ys), yt, yb, ptr(h), ptr(c), NULL, NULL, NULL, NULL, ptr(work))
     else:
         b_hn = np.zeros(H, np.float32) if rb_h is None else np.ascontiguousarray(rb_h, dtype=np.float32)
-        lib.mc_gru_forward(T, N, H, int(reverse), ptr(x), xt, xb, ptr(bias), ptr(lens), w.ptr, w.wk, w.wg, w.wu,
-                           ptr(b_hn), ptr(h), ptr(ys), yt, yb, ptr(h), NULL, NULL, NULL, ptr(work))
+        if weights_in is not None:
+            refused = lib.mc_gru_forward_fused(T, N, H, x.shape[2], int(reverse), ptr(x), xt, xb, ptr(weights_in),
+                                               ptr(bias), ptr(lens), w.ptr, w.wk, w.wg, w.wu, ptr(b_hn), ptr(h),
+                                               ptr(ys), yt, yb, ptr(h), ptr(work))
+        else:
+            lib.mc_gru_forward(T, N, H, int(reverse), ptr(x), xt, xb, ptr(bias), ptr(lens), w.ptr, w.wk, w.wg, w.wu,
+                               ptr(b_hn), ptr(h), ptr(ys), yt, yb, ptr(h), NULL, NULL, NULL, ptr(work))
+    if refused:
+        raise ValueError(f"the fused {op_type} kernel needs R packed")
 
