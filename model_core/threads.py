@@ -5,7 +5,8 @@ threads spin-wait between small products (PERF_NOTES: 85% of a core at 200 typis
 per library on a 2-core machine only competes with itself. ``set_num_threads(n)`` sets:
 
 * OpenBLAS (NumPy's BLAS), through its own ``openblas_set_num_threads`` found in the loaded
-  library (no threadpoolctl needed at run time);
+  library (no threadpoolctl needed at run time); with more than one thread its parallel jobs run
+  on the native kernels' OpenMP team, so that one pool serves both;
 * Numba's pool, only if it is already running: the engine's Numba kernels are serial, and
   setting the count would start the pool just to size it;
 * the native kernels (``model_core.native``): their OpenMP team for long sequences (1: serial).
@@ -22,6 +23,10 @@ import numpy as np
 
 _OPENBLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
                      "openblas_set_num_threads64_", "openblas_set_num_threads")
+# OpenBLAS >= 0.3.27: a caller-managed pool for its parallel jobs (the kernels' OpenMP team)
+_OPENBLAS_TEAM_SETTERS = ("scipy_openblas_set_threads_callback_function64_",
+                          "scipy_openblas_set_threads_callback_function",
+                          "openblas_set_threads_callback_function64_", "openblas_set_threads_callback_function")
 
 
 def _loaded_openblas() -> list[str]:
@@ -39,7 +44,11 @@ def _loaded_openblas() -> list[str]:
     return found
 
 
-def _set_openblas(n: int) -> str:
+def _set_openblas(n: int, team: int | None) -> str:
+    """OpenBLAS's thread count, and where its parallel jobs run: on the native kernels' OpenMP team
+    when ``team`` (the address of ``mc_blas_team``) is given, else on OpenBLAS's own threads. Two
+    pools on few cores take turns badly: each one's idle workers spin while the other computes
+    (docs/performance.md, "Results, 2 threads")."""
     for path in _loaded_openblas():
         try:
             lib = ctypes.CDLL(path)                      # the already-loaded copy: same handle, same pool
@@ -50,8 +59,18 @@ def _set_openblas(n: int) -> str:
             if fn is not None:
                 fn.argtypes, fn.restype = [ctypes.c_int], None
                 fn(n)
-                return f"openblas={n}"
+                return f"openblas={n}" + _route_openblas_jobs(lib, team)
     return "openblas: not found"
+
+
+def _route_openblas_jobs(lib, team: int | None) -> str:
+    for name in _OPENBLAS_TEAM_SETTERS:
+        fn = getattr(lib, name, None)
+        if fn is not None:
+            fn.argtypes, fn.restype = [ctypes.c_void_p], None
+            fn(team)                 # read at the start of each parallel product: safe between calls
+            return " (on the native team)" if team else ""
+    return ""
 
 
 def _set_numba(n: int) -> str:
@@ -72,5 +91,6 @@ def set_num_threads(n: int) -> str:
         raise ValueError(f"the thread count must be a positive integer, got {n!r}")
     from model_core import native  # the library loads (or compiles) on first import
 
-    kernels = f"native={native.set_threads(n)}" if native.AVAILABLE else "native: unavailable"
-    return ", ".join((_set_openblas(n), _set_numba(n), kernels))
+    team = native.set_threads(n) if native.AVAILABLE else 1
+    kernels = f"native={team}" if native.AVAILABLE else "native: unavailable"
+    return ", ".join((_set_openblas(n, native.blas_team() if team > 1 else None), _set_numba(n), kernels))

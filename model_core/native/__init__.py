@@ -59,6 +59,8 @@ _SIGNATURES = {
     "mc_gru_backward": ([_I, _I, _I, ctypes.c_int32, _F, _F, _I, _I, _F, _F, _F, _F, _F, _F, _F, _F], None),
     "mc_fma_peak": ([_I], ctypes.c_double),
     "mc_set_threads": ([ctypes.c_int32], ctypes.c_int32),
+    "mc_blas_team_calls": ([], _I),
+    "mc_blas_team": ([ctypes.c_int, _F, ctypes.c_int, ctypes.c_size_t, _F, ctypes.c_int], None),   # OpenBLAS calls it
     "mc_set_handles": ([_I], None),
     # handles (see handle()): plain ints, so a call converts no ctypes objects
     "mc_lstm_step": ([_I] * 8, ctypes.c_int32),
@@ -189,3 +191,9 @@ def strides(a: np.ndarray) -> tuple[int, ...]:
 def set_threads(n: int) -> int:
     """Threads for later kernel calls; returns the count this build can use (1 without OpenMP)."""
     return int(lib.mc_set_threads(n)) if lib is not None else 1
+
+
+def blas_team() -> int | None:
+    """The address of ``mc_blas_team``: OpenBLAS's threads callback that runs its parallel jobs on
+    the kernels' OpenMP team (``model_core.threads``); None without the library."""
+    return None if lib is None else ctypes.cast(lib.mc_blas_team, ctypes.c_void_p).value

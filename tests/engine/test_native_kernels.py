@@ -115,6 +115,29 @@ def test_set_num_threads_reaches_openblas_and_the_kernels():
         model_core.set_num_threads(0)
 
 
+def test_openblas_runs_its_parallel_products_on_the_kernels_team_with_two_threads():
+    """Two pools on two cores competed (each one's idle workers spin while the other computes): with
+    more than one thread, OpenBLAS's jobs go to ``mc_blas_team``; with one, nothing is routed."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((600, 300), dtype=np.float32), rng.standard_normal((300, 500), dtype=np.float32)
+    want = a.astype(np.float64) @ b
+    try:
+        summary = model_core.set_num_threads(2)
+        if "on the native team" not in summary:
+            pytest.skip(f"this OpenBLAS has no threads callback ({summary})")
+        before = native.lib.mc_blas_team_calls()
+        got = a @ b                                     # large enough for OpenBLAS to split it in two
+        assert native.lib.mc_blas_team_calls() > before
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+        assert _compare_with_reference(LSTM, I=6, H=100, T=6, B=24, seed=5) < 2e-5     # BLAS and kernels, one team
+        model_core.set_num_threads(1)
+        before = native.lib.mc_blas_team_calls()
+        np.testing.assert_allclose(a @ b, want, rtol=1e-4, atol=1e-3)
+        assert native.lib.mc_blas_team_calls() == before
+    finally:
+        model_core.set_num_threads(1)
+
+
 # -- ONNX -------------------------------------------------------------------------------------------------
 def _node_model(op, H=16, I=5, direction="bidirectional", **attrs):
     rng = np.random.default_rng(7)
