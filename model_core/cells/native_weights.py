@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from model_core.native import lib
+from model_core.native import lib, threads
 
 NULL = None
 PACK_MIN_BATCH = 16       # rows per step from which packing pays even for a single step
@@ -104,11 +104,12 @@ def pack(weight_t: np.ndarray, scratch: bool = False, gates: int | None = None) 
 def recurrent_weights(weight_hh_t: np.ndarray, B: int, T: int = 1) -> KernelWeights:
     """W_hh^T (H, G*H) in the layout a call of T steps of B rows reads fastest: packed once the
     batch is big enough for the register tile to beat streaming the rows (B >= 16), or the
-    sequence long enough to pay for the copy; at B=1 both read the same bytes, so never."""
+    sequence long enough to pay for the copy. At B=1 both read the same bytes: packed only when
+    the kernels run more than one thread, which split a step by the packed unit groups."""
     weight_hh_t = c_array(weight_hh_t)                                  # the layer's storage already is
     H, GH = weight_hh_t.shape
     G = GH // H
-    if B >= PACK_MIN_BATCH or (B >= 2 and B * T >= PACK_MIN_ROWS):
+    if B >= PACK_MIN_BATCH or ((B >= 2 or threads() > 1) and B * T >= PACK_MIN_ROWS):
         packed = frozen_pack(weight_hh_t)
         if packed is None:
             packed = pack(weight_hh_t, scratch=True)

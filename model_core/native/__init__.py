@@ -188,9 +188,19 @@ def strides(a: np.ndarray) -> tuple[int, ...]:
     return tuple(s // 4 for s in a.strides)
 
 
+_threads = 1
+
+
 def set_threads(n: int) -> int:
     """Threads for later kernel calls; returns the count this build can use (1 without OpenMP)."""
-    return int(lib.mc_set_threads(n)) if lib is not None else 1
+    global _threads
+    _threads = int(lib.mc_set_threads(n)) if lib is not None else 1
+    return _threads
+
+
+def threads() -> int:
+    """The kernels' thread count (``set_threads``)."""
+    return _threads
 
 
 def blas_team() -> int | None:

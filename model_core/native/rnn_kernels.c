@@ -59,15 +59,21 @@
 #define RUN_PARTS(nth, PART) PART(0, 1)
 #endif
 #define MIN_ROWS_H 2048
+#define STEP_MIN_ROWS_H 16384
+#define MIN_WEIGHTS (128 * 1024)               /* floats: 512 KiB, a Zen 3 core's L2 */
 static int mc_threads = 1;
 
-/* A single step (a streaming step(), T = 1) stays serial too: starting the team and waiting for a
- * worker costs more than it splits, and on a busy machine a descheduled worker made one B=64 GRU
- * step take 11 ms instead of 0.6 (bench_core --threads 2, load average 8) */
-static int threads_for(int64_t wu, int64_t T, int64_t B, int64_t H)
+/* A single step (a streaming step(), T = 1) splits only from STEP_MIN_ROWS_H (B=64 at H=256): below
+ * it, starting the team costs more than it splits. (On a busy machine, with OpenBLAS's own pool
+ * spinning beside this one, one B=64 GRU step once took 11 ms instead of 0.6; with one team for
+ * both, a B=64 LSTM step at 2 threads takes 0.55 ms against 0.86 at 1.) */
+static int threads_for(int64_t wu, int64_t T, int64_t B, int64_t H, int64_t G)
 {
-    if (mc_threads <= 1 || wu == VW || T < 2 || B * H < MIN_ROWS_H) return 1;   /* unpacked: serial */
-    return mc_threads;
+    if (mc_threads <= 1 || wu == VW) return 1;                                      /* unpacked: serial */
+    if (T < 2) return B * H >= STEP_MIN_ROWS_H ? mc_threads : 1;
+    /* a sequence splits with enough rows per step, or when a step streams weights larger than L2
+     * (G*H*H floats): each thread then streams its own part (LSTM B=1, H=256: 1 MiB a step) */
+    return B * H >= MIN_ROWS_H || G * H * H >= MIN_WEIGHTS ? mc_threads : 1;
 }
 
 /* the thread count for later calls (1 = serial); returns what this build can use */

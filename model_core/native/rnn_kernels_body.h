@@ -400,7 +400,7 @@ static void ISA(lstm_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, 
                               const float *c0, float *y, int64_t yt, int64_t yb, float *hT, float *cT,
                               float *gates, float *tanhc, float *prev_h, float *prev_c, float *work)
 {
-    int nth = threads_for(wu, T, B, H);
+    int nth = threads_for(wu, T, B, H, 4);
 #define PART(tid, n) ISA(lstm_forward_part)(tid, n, T, B, H, reverse, x, xt, xb, xi, xit, xib, I, wi, bx, lens, w, \
                                             wk, wg, wu, h0, c0, \
                    y, yt, yb, \
@@ -528,7 +528,7 @@ static void ISA(gru_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, c
                              const float *h0, float *y, int64_t yt, int64_t yb, float *hT, float *gates,
                              float *hn, float *prev_h, float *work)
 {
-    int nth = threads_for(wu, T, B, H);
+    int nth = threads_for(wu, T, B, H, 3);
 #define PART(tid, n) ISA(gru_forward_part)(tid, n, T, B, H, reverse, x, xt, xb, xi, xit, xib, I, wi, bx, lens, w, wk, \
                                            wg, wu, b_hn, h0, \
                    y, yt, yb, \
@@ -623,7 +623,7 @@ static void ISA(lstm_backward)(int64_t T, int64_t B, int64_t H, int32_t reverse,
 {
     memcpy(work, dhT, (size_t)(B * H) * sizeof(float));
     memcpy(work + B * H, dcT, (size_t)(B * H) * sizeof(float));
-    int nth = threads_for(0, T, B, H);
+    int nth = threads_for(0, T, B, H, 4);
 #define PART(tid, n) ISA(lstm_backward_part)(tid, n, T, B, H, reverse, wt, dy, dyt, dyb, gates, tanhc, prev_c, dgx, \
                    work)
     RUN_PARTS(nth, PART);
@@ -673,7 +673,7 @@ static void ISA(gru_backward)(int64_t T, int64_t B, int64_t H, int32_t reverse, 
                               const float *dhT, float *dgx, float *dgh, float *dh0, float *work)
 {
     memcpy(work, dhT, (size_t)(B * H) * sizeof(float));
-    int nth = threads_for(0, T, B, H);
+    int nth = threads_for(0, T, B, H, 3);
 #define PART(tid, n) ISA(gru_backward_part)(tid, n, T, B, H, reverse, wt, dy, dyt, dyb, gates, hn, prev_h, dgx, \
                    dgh, work)
     RUN_PARTS(nth, PART);

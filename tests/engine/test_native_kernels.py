@@ -79,13 +79,21 @@ def test_array_handles_are_checked_before_use():
 
 
 @pytest.mark.parametrize("cls", [LSTM, GRU])
-def test_two_threads_match_the_reference(cls):
-    """B*H past the threshold and B*T past packing: the team splits unit groups, rows and columns."""
+@pytest.mark.parametrize("H, T, B", [(100, 6, 24),        # B*H past the threshold, B*T past packing
+                                     (210, 70, 1)])       # one row, but G*H*H past L2: packed and split too
+def test_two_threads_match_the_reference(cls, H, T, B, monkeypatch):
+    """The team splits unit groups (forward), rows and columns (BPTT)."""
+    from model_core.cells import native_gru, native_lstm, native_weights
+    packed = []
+    real = native_weights.recurrent_weights
+    for mod in (native_lstm, native_gru):
+        monkeypatch.setattr(mod, "recurrent_weights", lambda *a: packed.append(real(*a).packed) or real(*a))
     try:
         model_core.set_num_threads(2)
-        assert _compare_with_reference(cls, I=6, H=100, T=6, B=24, seed=3) < 2e-5
+        assert _compare_with_reference(cls, I=6, H=H, T=T, B=B, seed=3) < 2e-5
     finally:
         model_core.set_num_threads(1)
+    assert packed and all(packed)
 
 
 def test_portable_build_matches_the_reference():
