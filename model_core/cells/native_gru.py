@@ -28,6 +28,13 @@ def _b_hn(bias_hh, consts, H):
     return consts["zero_bias"] if bias_hh is None else c_array(bias_hh[2 * H:])   # (H,)
 
 
+def _train_cache(T, B, H, reverse):
+    """What BPTT reads (gates, hn and the state entering each step) and the kernels' pointers to it."""
+    cache = {"steps": {"gates": np.empty((T, B, 3 * H), np.float32), "hn": np.empty((T, B, H), np.float32)},
+             "prev": [np.empty((T, B, H), np.float32)], "reverse": reverse}
+    return cache, (ptr(cache["steps"]["gates"]), ptr(cache["steps"]["hn"]), ptr(cache["prev"][0]))
+
+
 def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out, train):
     """One direction over a full-length sequence: xproj (T, B, 3H); state0 (h0,) (B, H);
     weight_hh_t (H, 3H); bias_hh (3H,) or None; y_out (T, B, H) view. Returns ((h_T,), cache)."""
@@ -36,11 +43,7 @@ def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out
     h0 = c_array(state0[0])
     w = recurrent_weights(weight_hh_t, B, T)
     hT = np.empty((B, H), np.float32)
-    cache, ptrs = None, (NULL,) * 3
-    if train:
-        cache = {"steps": {"gates": np.empty((T, B, 3 * H), np.float32), "hn": np.empty((T, B, H), np.float32)},
-                 "prev": [np.empty((T, B, H), np.float32)], "reverse": reverse}
-        ptrs = (ptr(cache["steps"]["gates"]), ptr(cache["steps"]["hn"]), ptr(cache["prev"][0]))
+    cache, ptrs = _train_cache(T, B, H, reverse) if train else (None, (NULL,) * 3)
     xt, xb = row_strides(xproj)
     yt, yb = row_strides(y_out)
     b_hn, work = _b_hn(bias_hh, consts, H), np.empty(3 * B * H, np.float32)     # work: (B, 3H) unpacked
@@ -49,10 +52,11 @@ def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out
     return (hT,), cache
 
 
-def sequence_forward_fused(x, weight_ih_t, bias, state0, weight_hh_t, bias_hh, consts, reverse, y_out):
-    """Inference from the raw input x (T, B, I), the input projection made in the kernel's tile
-    (as ``native_lstm.sequence_forward_fused``): bias (3H,) folded as ``fold_bias`` folds it,
-    b_hn from bias_hh. Returns (h_T,), or None when this batch reads W_hh row by row."""
+def sequence_forward_fused(x, weight_ih_t, bias, state0, weight_hh_t, bias_hh, consts, reverse, y_out, train):
+    """``sequence_forward`` from the raw input x (T, B, I), the input projection made in the
+    kernel's tile (as ``native_lstm.sequence_forward_fused``): bias (3H,) folded as ``fold_bias``
+    folds it, b_hn from bias_hh. Returns ((h_T,), cache), or None when this batch reads W_hh row
+    by row."""
     T, B, I = x.shape
     if B < FUSED_MIN_BATCH:
         return None
@@ -64,12 +68,14 @@ def sequence_forward_fused(x, weight_ih_t, bias, state0, weight_hh_t, bias_hh, c
     bias = None if bias is None else c_array(bias)
     h0 = c_array(state0[0])
     hT, work = np.empty((B, H), np.float32), np.empty(3 * B * H, np.float32)
+    cache, ptrs = _train_cache(T, B, H, reverse) if train else (None, (NULL,) * 3)
     xt, xb = row_strides(x)
     yt, yb = row_strides(y_out)
     if lib.mc_gru_forward_fused(T, B, H, I, int(reverse), ptr(x), xt, xb, ptr(wi), ptr(bias), NULL, w.ptr, w.wk, w.wg,
-                                w.wu, ptr(_b_hn(bias_hh, consts, H)), ptr(h0), ptr(y_out), yt, yb, ptr(hT), ptr(work)):
+                                w.wu, ptr(_b_hn(bias_hh, consts, H)), ptr(h0), ptr(y_out), yt, yb, ptr(hT), *ptrs,
+                                ptr(work)):
         return None
-    return (hT,)
+    return (hT,), cache
 
 
 def sequence_backward(cache, weight_hh_t, dy, d_final):

@@ -21,13 +21,21 @@ __all__ = ["GATES", "STATE_SIZE", "cache_shapes", "fold_bias", "gate_constants",
            "sequence_forward", "sequence_forward_fused", "step_backward", "step_forward"]
 
 
+def _train_cache(T, B, H, reverse):
+    """What BPTT reads (gates, tanh_c and the states entering each step, as ``nn.bptt`` lays them
+    out) and the kernels' pointers to it."""
+    cache = {"steps": {"gates": np.empty((T, B, 4 * H), np.float32), "tanh_c": np.empty((T, B, H), np.float32)},
+             "prev": [np.empty((T, B, H), np.float32), np.empty((T, B, H), np.float32)], "reverse": reverse}
+    return cache, (ptr(cache["steps"]["gates"]), ptr(cache["steps"]["tanh_c"]), ptr(cache["prev"][0]),
+                   ptr(cache["prev"][1]))
+
+
 def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out, train):
     """One direction over a full-length sequence.
 
     xproj: (T, B, 4H) with both biases; state0: (h0, c0), each (B, H); weight_hh_t: (H, 4H)
     C-contiguous; y_out: (T, B, H) view (rows may be strided) that receives every h_t.
-    Returns ((h_T, c_T), cache); the cache (gates, tanh_c and the states entering each step,
-    as ``nn.bptt`` lays them out) only when ``train``.
+    Returns ((h_T, c_T), cache); the cache (``_train_cache``) only when ``train``.
     """
     T, B, G4 = xproj.shape
     H = G4 // 4
@@ -35,11 +43,7 @@ def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out
     w = recurrent_weights(weight_hh_t, B, T)
     hT, cT = np.empty((B, H), np.float32), np.empty((B, H), np.float32)
     work = np.empty(6 * B * H, np.float32)                               # c ping-pong; (B, 4H) unpacked
-    cache, ptrs = None, (NULL,) * 4
-    if train:
-        cache = {"steps": {"gates": np.empty((T, B, 4 * H), np.float32), "tanh_c": np.empty((T, B, H), np.float32)},
-                 "prev": [np.empty((T, B, H), np.float32), np.empty((T, B, H), np.float32)], "reverse": reverse}
-        ptrs = (ptr(cache["steps"]["gates"]), ptr(cache["steps"]["tanh_c"]), ptr(cache["prev"][0]), ptr(cache["prev"][1]))
+    cache, ptrs = _train_cache(T, B, H, reverse) if train else (None, (NULL,) * 4)
     xt, xb = row_strides(xproj)
     yt, yb = row_strides(y_out)
     lib.mc_lstm_forward(T, B, H, int(reverse), ptr(xproj), xt, xb, NULL, NULL, w.ptr, w.wk, w.wg, w.wu, ptr(h0), ptr(c0),
@@ -47,12 +51,12 @@ def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out
     return (hT, cT), cache
 
 
-def sequence_forward_fused(x, weight_ih_t, bias, state0, weight_hh_t, bias_hh, consts, reverse, y_out):
-    """Inference over a full-length sequence from the raw input x (T, B, I): the kernel makes the
-    input projection in its register tile (W_ih^T packed like W_hh^T), so no (T, B, 4H) projection
-    is written and read back. bias: both biases folded (4H,) or None (bias_hh and consts: the
-    GRU's signature). Returns (h_T, c_T), or None when this batch reads W_hh row by row (small
-    batches: the fused tile needs the packed layout; the caller projects as before)."""
+def sequence_forward_fused(x, weight_ih_t, bias, state0, weight_hh_t, bias_hh, consts, reverse, y_out, train):
+    """``sequence_forward`` from the raw input x (T, B, I): the kernel makes the input projection in
+    its register tile (W_ih^T packed like W_hh^T), so no (T, B, 4H) projection is written and read
+    back (BPTT never reads it). bias: both biases folded (4H,) or None (bias_hh and consts: the
+    GRU's signature). Returns ((h_T, c_T), cache), or None when this batch reads W_hh row by row
+    (small batches: the fused tile needs the packed layout; the caller projects as before)."""
     T, B, I = x.shape
     if B < FUSED_MIN_BATCH:
         return None
@@ -65,12 +69,13 @@ def sequence_forward_fused(x, weight_ih_t, bias, state0, weight_hh_t, bias_hh, c
     h0, c0 = (c_array(s) for s in state0)
     hT, cT = np.empty((B, H), np.float32), np.empty((B, H), np.float32)
     work = np.empty(6 * B * H, np.float32)
+    cache, ptrs = _train_cache(T, B, H, reverse) if train else (None, (NULL,) * 4)
     xt, xb = row_strides(x)
     yt, yb = row_strides(y_out)
     if lib.mc_lstm_forward_fused(T, B, H, I, int(reverse), ptr(x), xt, xb, ptr(wi), ptr(bias), NULL, w.ptr, w.wk, w.wg,
-                                 w.wu, ptr(h0), ptr(c0), ptr(y_out), yt, yb, ptr(hT), ptr(cT), ptr(work)):
+                                 w.wu, ptr(h0), ptr(c0), ptr(y_out), yt, yb, ptr(hT), ptr(cT), *ptrs, ptr(work)):
         return None
-    return hT, cT
+    return (hT, cT), cache
 
 
 def sequence_backward(cache, weight_hh_t, dy, d_final):

@@ -250,19 +250,21 @@ void mc_lstm_forward(int64_t T, int64_t B, int64_t H, int32_t reverse, const flo
     free(own);
 }
 
-/* Inference with the input projection made in the tile: xi (T, B, I) rows xit / xib floats apart,
+/* The forward with the input projection made in the tile: xi (T, B, I) rows xit / xib floats apart,
  * wi W_ih^T packed (U, I, 4, 8) (mc_pack_rows), bx both biases (4H,) or NULL, lens as
- * mc_lstm_forward's (ragged batches; NULL: full length). W_hh must be packed (the register tile's
- * layout): returns -1 for the row-streaming one, whose product has no tile. */
+ * mc_lstm_forward's (ragged batches, inference; NULL: full length), gates .. prev_c what BPTT
+ * reads, as mc_lstm_forward's (NULL: inference). W_hh must be packed (the register tile's layout):
+ * returns -1 for the row-streaming one, whose product has no tile. */
 int32_t mc_lstm_forward_fused(int64_t T, int64_t B, int64_t H, int64_t I, int32_t reverse, const float *xi,
                               int64_t xit, int64_t xib, const float *wi, const float *bx, const int64_t *lens,
                               const float *w, int64_t wk, int64_t wg, int64_t wu, const float *h0, const float *c0,
-                              float *y, int64_t yt, int64_t yb, float *hT, float *cT, float *work)
+                              float *y, int64_t yt, int64_t yb, float *hT, float *cT, float *gates, float *tanhc,
+                              float *prev_h, float *prev_c, float *work)
 {
     ENSURE();
     if (wu == VW) return -1;
     K->lstm_forward(T, B, H, reverse, 0, 0, 0, xi, xit, xib, I, wi, bx, lens, w, wk, wg, wu, h0, c0, y, yt, yb, hT, cT,
-                    0, 0, 0, 0, work);
+                    gates, tanhc, prev_h, prev_c, work);
     return 0;
 }
 
@@ -293,12 +295,13 @@ void mc_gru_forward(int64_t T, int64_t B, int64_t H, int32_t reverse, const floa
 int32_t mc_gru_forward_fused(int64_t T, int64_t B, int64_t H, int64_t I, int32_t reverse, const float *xi,
                              int64_t xit, int64_t xib, const float *wi, const float *bx, const int64_t *lens,
                              const float *w, int64_t wk, int64_t wg, int64_t wu, const float *b_hn, const float *h0,
-                             float *y, int64_t yt, int64_t yb, float *hT, float *work)
+                             float *y, int64_t yt, int64_t yb, float *hT, float *gates, float *hn, float *prev_h,
+                             float *work)
 {
     ENSURE();
     if (wu == VW) return -1;
-    K->gru_forward(T, B, H, reverse, 0, 0, 0, xi, xit, xib, I, wi, bx, lens, w, wk, wg, wu, b_hn, h0, y, yt, yb, hT, 0,
-                   0, 0, work);
+    K->gru_forward(T, B, H, reverse, 0, 0, 0, xi, xit, xib, I, wi, bx, lens, w, wk, wg, wu, b_hn, h0, y, yt, yb, hT,
+                   gates, hn, prev_h, work);
     return 0;
 }
 

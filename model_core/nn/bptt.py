@@ -99,19 +99,28 @@ def forward_direction_infer(xp, cell, consts, xproj, state0, weight_hh, bias_hh,
 PROJECTION_CHUNK_BYTES = 4 << 20     # an input projection chunk that stays in cache until the kernel reads it
 
 
+def forward_direction_fused(cell, consts, x, w_ih, bias, state0, weight_hh, bias_hh, reverse, y_out, train):
+    """One full-length direction from the raw input x (T, B, I), the native kernel making the input
+    projection in its register tile (``sequence_forward_fused``): for inference and for training,
+    whose BPTT never reads the projection. Returns (final state, cache or None), or None where the
+    kernel cannot (one row, or weights it reads unpacked): the caller projects first."""
+    if cell.sequence_forward_fused is None:
+        return None
+    return cell.sequence_forward_fused(x, w_ih.T, bias, state0, weight_hh.T, bias_hh, consts, reverse, y_out, train)
+
+
 def forward_direction_chunked(cell, consts, x, w_ih, bias, state0, weight_hh, bias_hh, reverse, y_out) -> tuple:
     """Native inference over one full-length direction, projecting the input a few steps at a time
-    (or, for a cell that can, inside the kernel: ``sequence_forward_fused``).
+    (or, where it can, inside the kernel: ``forward_direction_fused``).
 
     The whole ``(T, B, G*H)`` projection of a long batch is tens of MB: written once (a fresh array
     first-touches every page), then read back from DRAM by the kernel. Projected into one reused
     chunk of at most ``PROJECTION_CHUNK_BYTES`` just before the kernel runs those steps, it is read
     back from cache and never allocated per call. x: (T, B, I); w_ih: (G*H, I); bias: (G*H,) or None.
     """
-    if cell.sequence_forward_fused is not None:           # the projection inside the kernel's tile, if it can
-        final = cell.sequence_forward_fused(x, w_ih.T, bias, state0, weight_hh.T, bias_hh, consts, reverse, y_out)
-        if final is not None:
-            return final
+    fused = forward_direction_fused(cell, consts, x, w_ih, bias, state0, weight_hh, bias_hh, reverse, y_out, False)
+    if fused is not None:
+        return fused[0]
     T, B, I = x.shape
     GH = w_ih.shape[0]
     chunk = max(1, min(T, PROJECTION_CHUNK_BYTES // max(1, B * GH * 4)))

@@ -19,6 +19,7 @@ from model_core.nn.bptt import (
     DirectionCache,
     backward_direction,
     forward_direction_chunked,
+    forward_direction_fused,
     forward_direction_infer,
     forward_direction_train,
 )
@@ -276,21 +277,24 @@ class RecurrentBase(Module):
         if dropout and rng is None:
             raise ValueError("forward_train with dropout > 0 needs an rng for the dropout masks")
         inp, layer_caches = x, []
-        chunked = not train and cell.native and masks is None and xp is np and self.dtype == np.float32
+        native_np = cell.native and masks is None and xp is np and self.dtype == np.float32
         for layer in range(self.num_layers):
             y = xp.empty((T, B, D * H), dtype=self.dtype)
             dir_caches = []
             for d, suffix in enumerate(self._suffixes()):
                 p = self._layer_params(layer, suffix)
                 idx = layer * D + d
-                if chunked:                  # the projection made a few steps at a time, just before the kernel
-                    final = forward_direction_chunked(cell, self._consts, inp, p.w_ih, p.bias,
-                                                      tuple(s[idx] for s in state0), p.w_hh, p.b_hh, d == 1,
-                                                      y[:, :, d * H:(d + 1) * H])
-                    for k, f in enumerate(final):
-                        finals[k][idx] = f
-                    dir_caches.append(None)
-                    continue
+                if native_np:
+                    # the projection inside the kernel's tile (training too), or for inference a
+                    # few steps at a time just before the kernel
+                    args = (cell, self._consts, inp, p.w_ih, p.bias, tuple(s[idx] for s in state0), p.w_hh, p.b_hh,
+                            d == 1, y[:, :, d * H:(d + 1) * H])
+                    got = forward_direction_fused(*args, True) if train else (forward_direction_chunked(*args), None)
+                    if got is not None:
+                        for k, f in enumerate(got[0]):
+                            finals[k][idx] = f
+                        dir_caches.append(got[1])
+                        continue
                 # all steps in one product
                 xproj = (inp.reshape(T * B, inp.shape[-1]) @ p.w_ih.T).reshape(T, B, p.w_ih.shape[0])
                 if p.bias is not None:

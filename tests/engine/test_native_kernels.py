@@ -284,7 +284,8 @@ def test_inference_projected_in_chunks_matches_the_whole_projection(cls, monkeyp
 @pytest.mark.parametrize("cls", [LSTM, GRU])
 @pytest.mark.parametrize("B", [1, 2, 5, 32])
 def test_projection_inside_the_kernel_matches_the_projection_first(cls, B, monkeypatch):
-    """nn inference (``sequence_forward_fused``) against training's projection-first forward."""
+    """The fused kernels (``sequence_forward_fused``: inference, and training's forward with the
+    cache BPTT reads) against the same layer projecting first: outputs, states and gradients."""
     T, I, H = 33, 13, 19          # B x T >= PACK_MIN_ROWS from B=2; H not a multiple of 8: the partial unit group
     rng = np.random.default_rng(B)
     layer = cls(I, H, num_layers=2, bidirectional=True)
@@ -292,16 +293,26 @@ def test_projection_inside_the_kernel_matches_the_projection_first(cls, B, monke
         if name.startswith("bias"):
             p[...] = rng.standard_normal(p.shape, dtype=np.float32)
     x = rng.standard_normal((T, B, I), dtype=np.float32)
+    dy = rng.standard_normal((T, B, 2 * H), dtype=np.float32)
     h0 = tuple(rng.standard_normal(s.shape, dtype=np.float32) for s in layer.init_states(B))
-    want_y, want_state, _ = layer.forward_train_states(x, h0)
-    fused, real = [], layer._cell.sequence_forward_fused
+
+    def run():
+        y, state = layer.forward_states(x, h0)
+        y_train, state_train, cache = layer.forward_train_states(x, h0)
+        return (y, *state, y_train, *state_train, *layer.backward_states(cache, dy, None)[0:1],
+                *layer.backward_states(cache, dy, None)[2].values())
+
+    real = layer._cell
+    fused = []
+    monkeypatch.setattr(layer, "_cell", dataclasses.replace(real, sequence_forward_fused=None))
+    want = run()                                                # every projection made first, by BLAS
     monkeypatch.setattr(layer, "_cell", dataclasses.replace(
-        layer._cell, sequence_forward_fused=lambda *a: fused.append(real(*a) is not None) or real(*a)))
-    y, state = layer.forward_states(x, h0)
-    assert fused == [B >= 2] * 4                          # 2 layers x 2 directions; one row projects first
-    np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-6)
-    for a, b in zip(state, want_state):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        real, sequence_forward_fused=lambda *a: fused.append(real.sequence_forward_fused(*a) is not None)
+        or real.sequence_forward_fused(*a)))
+    got = run()
+    assert fused == [B >= 2] * 8            # (inference + training) x 2 layers x 2 directions; one row projects first
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-5)
 
 
 @pytest.mark.skipif(not native.AVAILABLE, reason="native kernels not built")

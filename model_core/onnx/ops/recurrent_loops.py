@@ -214,7 +214,7 @@ def native_loop(op_type, x, weights, bias, rb_h, h, c, lengths, ys, reverse, wei
     if op_type == "LSTM" and weights_in is not None:
         refused = lib.mc_lstm_forward_fused(T, N, H, x.shape[2], int(reverse), ptr(x), xt, xb, ptr(weights_in),
                                             ptr(bias), ptr(lens), w.ptr, w.wk, w.wg, w.wu, ptr(h), ptr(c), ptr(ys), yt,
-                                            yb, ptr(h), ptr(c), ptr(work))
+                                            yb, ptr(h), ptr(c), NULL, NULL, NULL, NULL, ptr(work))
     elif op_type == "LSTM":
         lib.mc_lstm_forward(T, N, H, int(reverse), ptr(x), xt, xb, ptr(bias), ptr(lens), w.ptr, w.wk, w.wg, w.wu,
                             ptr(h), ptr(c), ptr(ys), yt, yb, ptr(h), ptr(c), NULL, NULL, NULL, NULL, ptr(work))
@@ -223,7 +223,7 @@ def native_loop(op_type, x, weights, bias, rb_h, h, c, lengths, ys, reverse, wei
         if weights_in is not None:
             refused = lib.mc_gru_forward_fused(T, N, H, x.shape[2], int(reverse), ptr(x), xt, xb, ptr(weights_in),
                                                ptr(bias), ptr(lens), w.ptr, w.wk, w.wg, w.wu, ptr(b_hn), ptr(h),
-                                               ptr(ys), yt, yb, ptr(h), ptr(work))
+                                               ptr(ys), yt, yb, ptr(h), NULL, NULL, NULL, ptr(work))
         else:
             lib.mc_gru_forward(T, N, H, int(reverse), ptr(x), xt, xb, ptr(bias), ptr(lens), w.ptr, w.wk, w.wg, w.wu,
                                ptr(b_hn), ptr(h), ptr(ys), yt, yb, ptr(h), NULL, NULL, NULL, ptr(work))
