@@ -241,7 +241,8 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
             xw += w.bias
         xw = xw.reshape(T, N, D, G * H)
     # a step needs masking only once some sequence has ended
-    masks = [None if mask is None or t < lengths.min() else mask[t] for t in range(T)]
+    shortest = T if lengths is None else int(lengths.min())
+    masks = [None if t < shortest else mask[t] for t in range(T)]   # the native kernels take lengths instead
     for d, backwards in enumerate(cfg.reversed_dirs):
         x_d = X if fused else xw[:, :, d]  # (T, N, I) or (T, N, G*H), in input time order
         y_d = None if ys is None else ys[:, d]  # (T, N, H)
@@ -276,8 +277,12 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
             xp.copyto(cs, 0, where=empty)
     outputs = [None, None, None]
     if ys is not None:
-        if mask is not None:
-            xp.copyto(ys, 0, where=~mask[:, None])  # Y is zero past each sequence's length
+        if mask is not None:                        # Y is zero past each sequence's length
+            if xp is np:                            # a slice per sequence: a masked copy visits every element
+                for b, n in enumerate(lengths.tolist()):
+                    ys[n:, :, b] = 0
+            else:
+                xp.copyto(ys, 0, where=~mask[:, None])
         outputs[0] = ys.transpose(2, 0, 1, 3) if cfg.batch_major else ys
     for k, state in ((1, hs), (2, cs)):
         if k < len(wants) and wants[k]:
