@@ -12,8 +12,9 @@
  *    the gates, the state update and h' are computed from those registers: the gate buffer is
  *    never written and read back, and nothing is packed per step;
  *  - the whole sequence is one call: no per-step Python, no per-step BLAS dispatch.
- * BPTT's product dh = dg @ W_hh is a dot-product form over the rows of W_hh^T (contiguous), so
- * backward needs no packed copy at all.
+ * BPTT's product dh = dg @ W_hh runs from the same register tile over W_hh packed by 32-column
+ * panels (mc_pack_cols, per call), or for a few rows a step in a dot-product form over the rows
+ * of W_hh^T as stored.
  *
  * Vectors are GCC vector extensions (8 floats); each kernel is compiled three times (AVX-512VL,
  * AVX2+FMA, baseline) and dispatched once at load by __builtin_cpu_supports. The baseline build
@@ -119,6 +120,36 @@ void mc_blas_team(int sync, blas_job_t job, int n, size_t size, void *jobs, int 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define MULTI_ISA 1
 #endif
+
+/* W_hh^T (H, N) C-contiguous -> (ceil(H/32), N, 32): panel c holds W_hh's columns c*32 .. c*32+31
+ * (rows c*32 .. of W_hh^T), each row n of the panel one contiguous run of 32, zero past H; BPTT's
+ * register tile reads it as (N, 4, 8). Blocks of 8 x 32 (1 KiB) keep the transpose in L1. */
+void mc_pack_cols(int64_t H, int64_t N, const float *wt, float *out)
+{
+    int64_t C = (H + 31) / 32;
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t n0 = 0; n0 < N; n0 += 8) {
+            int64_t nn = N - n0 < 8 ? N - n0 : 8;
+            float *d = out + (c * N + n0) * 32;
+            for (int64_t j = 0; j < 32; j++) {
+                int64_t r = c * 32 + j;
+                const float *src = wt + r * N + n0;
+                for (int64_t n = 0; n < nn; n++) d[n * 32 + j] = r < H ? src[n] : 0.0f;
+            }
+        }
+}
+
+/* BPTT's W_hh packed for the register tile (mc_pack_cols), or NULL: few rows a step, where the
+ * dot-product form over W_hh^T as stored costs less than packing (1 MiB at H=256: ~2 products),
+ * or no memory (the dot-product form then runs: slower, the same result up to rounding) */
+#define BPTT_PACK_MIN_BATCH 8
+static float *bptt_weights(int64_t T, int64_t B, int64_t H, int64_t N, const float *wt)
+{
+    if (B < BPTT_PACK_MIN_BATCH || T * B < 64) return 0;
+    float *wp = malloc((size_t)((H + 31) / 32 * 32 * N) * sizeof(float));
+    if (wp) mc_pack_cols(H, N, wt, wp);
+    return wp;
+}
 
 #ifdef MULTI_ISA
 #pragma GCC push_options

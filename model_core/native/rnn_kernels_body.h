@@ -581,16 +581,57 @@ static void ISA(nt_product)(int64_t B, int64_t N, int64_t H, int64_t k0, int64_t
     }
 }
 
+/* BPTT's product from the forward's register tile: out (B, H) (+)= a (B, N) @ W_hh, with W_hh packed
+ * by mc_pack_cols as (ceil(H/32), N, 4, 8): 32 output columns per panel, so the tile runs K = N
+ * with the same 3 x 4 accumulators as the forward (the dot-product form above ends every output
+ * in a horizontal sum: LSTM B=32, H=256 backward kernel 1.3x this one's time) */
+INL void ISA(nt_tile_rows)(const int mr, int64_t N, int64_t H, const float *a, const float *w, float *out,
+                           int64_t ncol, int accumulate)
+{
+    v8 acc[MRMAX][4];
+    for (int m = 0; m < mr; m++)
+        for (int g = 0; g < 4; g++) acc[m][g] = ISA(splat)(0.0f);
+    ISA(tile)(4, mr, 1, VW, N, a, N, w, 4 * VW, VW, acc);
+    for (int m = 0; m < mr; m++)
+        for (int g = 0; g < 4 && g * VW < ncol; g++) {
+            int64_t n = ncol - g * VW < VW ? ncol - g * VW : VW;
+            float *o = out + m * H + g * VW;
+            ISA(stn)(o, accumulate ? acc[m][g] + ISA(ldn)(o, n) : acc[m][g], n);
+        }
+}
+
+/* Thread `tid` of `nth`'s share of BPTT's product: with W_hh packed (wp), its panels of 32 columns
+ * from the tile, else its columns in the dot-product form (wt, W_hh^T as stored: few rows) */
+static void ISA(bptt_product)(int tid, int nth, int64_t B, int64_t N, int64_t H, const float *a, const float *wt,
+                              const float *wp, float *out, int accumulate)
+{
+    if (!wp) {
+        int64_t k0 = (H * tid / nth) & ~(int64_t)3, k1 = tid == nth - 1 ? H : (H * (tid + 1) / nth) & ~(int64_t)3;
+        ISA(nt_product)(B, N, H, k0, k1, a, wt, out, accumulate);
+        return;
+    }
+    int64_t C = (H + 31) / 32, c0 = C * tid / nth, c1 = C * (tid + 1) / nth;
+    for (int64_t c = c0; c < c1; c++) {                       /* one panel (N x 32, in L2) ... */
+        int64_t ncol = H - c * 32 < 32 ? H - c * 32 : 32;
+        for (int64_t b = 0; b < B; b += MR_LSTM) {             /* ... for every row block of a */
+            int64_t rem = B - b < MR_LSTM ? B - b : MR_LSTM;
+#define CALL(M) ISA(nt_tile_rows)(M, N, H, a + b * N, wp + c * N * 32, out + b * H + c * 32, ncol, accumulate)
+            ROWS_SWITCH(MR_LSTM, rem, CALL)
+#undef CALL
+        }
+    }
+}
+
 /* -- LSTM backward: one step's gate gradients, then dh = dg @ W_hh ------------------------------- */
 /* Thread `tid` of `nth` runs rows [b0, b1) of the gate gradients and columns [k0, k1) of the
  * product; a barrier after each, since each reads what all threads wrote */
 static void ISA(lstm_backward_part)(int tid, int nth, int64_t T, int64_t B, int64_t H, int32_t reverse,
-                                    const float *wt, const float *dy, int64_t dyt, int64_t dyb, const float *gates,
-                                    const float *tanhc, const float *prev_c, float *dgx, float *work)
+                                    const float *wt, const float *wp, const float *dy, int64_t dyt, int64_t dyb,
+                                    const float *gates, const float *tanhc, const float *prev_c, float *dgx,
+                                    float *work)
 {
     float *__restrict dh = work, *__restrict dc = work + B * H;
-    int64_t b0 = B * tid / nth, b1 = B * (tid + 1) / nth, k0 = (H * tid / nth) & ~(int64_t)3;
-    int64_t k1 = tid == nth - 1 ? H : (H * (tid + 1) / nth) & ~(int64_t)3;
+    int64_t b0 = B * tid / nth, b1 = B * (tid + 1) / nth;
     for (int64_t s = 0; s < T; s++) {
         int64_t t = reverse ? s : T - 1 - s;                   /* the processing order, backwards */
         for (int64_t b = b0; b < b1; b++) {
@@ -614,7 +655,7 @@ static void ISA(lstm_backward_part)(int tid, int nth, int64_t T, int64_t B, int6
             }
         }
         BARRIER(nth);
-        ISA(nt_product)(B, 4 * H, H, k0, k1, dgx + t * B * 4 * H, wt, dh, 0);     /* dh_prev = dg @ W_hh */
+        ISA(bptt_product)(tid, nth, B, 4 * H, H, dgx + t * B * 4 * H, wt, wp, dh, 0);     /* dh_prev = dg @ W_hh */
         BARRIER(nth);
     }
 }
@@ -627,22 +668,24 @@ static void ISA(lstm_backward)(int64_t T, int64_t B, int64_t H, int32_t reverse,
     memcpy(work, dhT, (size_t)(B * H) * sizeof(float));
     memcpy(work + B * H, dcT, (size_t)(B * H) * sizeof(float));
     int nth = threads_for(0, T, B, H, 4);
-#define PART(tid, n) ISA(lstm_backward_part)(tid, n, T, B, H, reverse, wt, dy, dyt, dyb, gates, tanhc, prev_c, dgx, \
-                   work)
+    float *wp = bptt_weights(T, B, H, 4 * H, wt);
+#define PART(tid, n) ISA(lstm_backward_part)(tid, n, T, B, H, reverse, wt, wp, dy, dyt, dyb, gates, tanhc, prev_c, \
+                                             dgx, work)
     RUN_PARTS(nth, PART);
 #undef PART
+    free(wp);
     memcpy(dh0, work, (size_t)(B * H) * sizeof(float));
     memcpy(dc0, work + B * H, (size_t)(B * H) * sizeof(float));
 }
 
 /* -- GRU backward ------------------------------------------------------------------------------- */
 static void ISA(gru_backward_part)(int tid, int nth, int64_t T, int64_t B, int64_t H, int32_t reverse,
-                                   const float *wt, const float *dy, int64_t dyt, int64_t dyb, const float *gates,
-                                   const float *hn, const float *prev_h, float *dgx, float *dgh, float *work)
+                                   const float *wt, const float *wp, const float *dy, int64_t dyt, int64_t dyb,
+                                   const float *gates, const float *hn, const float *prev_h, float *dgx, float *dgh,
+                                   float *work)
 {
     float *__restrict dh = work;
-    int64_t b0 = B * tid / nth, b1 = B * (tid + 1) / nth, k0 = (H * tid / nth) & ~(int64_t)3;
-    int64_t k1 = tid == nth - 1 ? H : (H * (tid + 1) / nth) & ~(int64_t)3;
+    int64_t b0 = B * tid / nth, b1 = B * (tid + 1) / nth;
     for (int64_t s = 0; s < T; s++) {
         int64_t t = reverse ? s : T - 1 - s;
         for (int64_t b = b0; b < b1; b++) {
@@ -666,7 +709,7 @@ static void ISA(gru_backward_part)(int tid, int nth, int64_t T, int64_t B, int64
             }
         }
         BARRIER(nth);
-        ISA(nt_product)(B, 3 * H, H, k0, k1, dgh + t * B * 3 * H, wt, dh, 1);     /* dh += dgh @ W_hh */
+        ISA(bptt_product)(tid, nth, B, 3 * H, H, dgh + t * B * 3 * H, wt, wp, dh, 1);     /* dh += dgh @ W_hh */
         BARRIER(nth);
     }
 }
@@ -677,10 +720,12 @@ static void ISA(gru_backward)(int64_t T, int64_t B, int64_t H, int32_t reverse, 
 {
     memcpy(work, dhT, (size_t)(B * H) * sizeof(float));
     int nth = threads_for(0, T, B, H, 3);
-#define PART(tid, n) ISA(gru_backward_part)(tid, n, T, B, H, reverse, wt, dy, dyt, dyb, gates, hn, prev_h, dgx, \
-                   dgh, work)
+    float *wp = bptt_weights(T, B, H, 3 * H, wt);
+#define PART(tid, n) ISA(gru_backward_part)(tid, n, T, B, H, reverse, wt, wp, dy, dyt, dyb, gates, hn, prev_h, \
+                                            dgx, dgh, work)
     RUN_PARTS(nth, PART);
 #undef PART
+    free(wp);
     memcpy(dh0, work, (size_t)(B * H) * sizeof(float));
 }
 
