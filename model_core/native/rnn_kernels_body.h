@@ -12,16 +12,13 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 /* rows of h per chunk: each weight panel is read once per chunk, and a chunk's rows of h (at
  * H=256, 8 blocks of MR rows ~ 24-56 KiB) stay near L1 while every panel passes by */
 #define ROW_CHUNK(mr) (8 * (mr))
-/* the rows per chunk a call uses: the whole batch when its h fits 64 KiB (B <= 64 at H=256: the
- * weights, which do not fit L2, then stream from L3 once per step instead of once per chunk: LSTM
- * B=32 0.92-0.93x the time, in-process A/B); else ROW_CHUNK, unless such a chunk of h would not
- * fit L1 anyway (24 rows x H=512 are 48 KiB) while all of h fits half of L2: then one chunk too
- * (LSTM B=32, H=1024: 0.83x the time) */
+/* the rows per chunk a call uses: the whole batch when its h fits half of L2 (256 KiB: B <= 256 at
+ * H=256), so that the weights, which do not fit L2, stream from L3 once per step instead of once
+ * per chunk while h is read from L2 (in-process A/B, LSTM: B=32 0.92-0.93x the time, B=128
+ * 0.86-0.92x, B=256 0.86-1.02x, H=1024 0.83x); else ROW_CHUNK */
 static inline int64_t chunk_rows(int64_t mr, int64_t B, int64_t H)
 {
-    int64_t rows = 8 * mr, bytes = (int64_t)sizeof(float) * H;
-    if (B * bytes <= 64 * 1024) return B;
-    return rows * bytes > 32 * 1024 && B * bytes <= 256 * 1024 ? B : rows;
+    return B * (int64_t)sizeof(float) * H <= 256 * 1024 ? B : ROW_CHUNK(mr);
 }
 #endif
 
