@@ -96,6 +96,26 @@ def test_two_threads_match_the_reference(cls, H, T, B, monkeypatch):
     assert packed and all(packed)
 
 
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+def test_a_wide_single_step_splits_across_two_threads_and_matches_one(cls):
+    """From B*H >= 16384 one step (T=1) runs on the team too: the same numbers as on one thread, up
+    to the rounding of OpenBLAS's 2-thread input projection."""
+    B, I, H = 64, 8, 256
+    layer = cls(I, H, seed=2)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((B, I), dtype=np.float32)
+    state = tuple(rng.standard_normal(s.shape, dtype=np.float32) for s in layer.init_states(B))
+    want = layer.step_states(x, state)
+    try:
+        model_core.set_num_threads(2)
+        got = layer.step_states(x, state)
+    finally:
+        model_core.set_num_threads(1)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6, atol=1e-6)
+    for a, b in zip(got[1], want[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
 def test_portable_build_matches_the_reference():
     code = ("from model_core import native; "
             "assert native.REASON.endswith('baseline'), native.REASON; "
