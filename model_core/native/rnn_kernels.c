@@ -20,10 +20,10 @@
  * AVX2+FMA, baseline) and dispatched once at load by __builtin_cpu_supports. The baseline build
  * is portable C (SSE2 pairs on x86, NEON on ARM).
  *
- * Inference can also take the raw input (mc_lstm_forward_fused, mc_gru_forward_fused): each tile
- * starts from the bias and runs over the step's input rows against W_ih^T packed like W_hh^T
- * before the recurrent product, so the input projection never exists as an array (inference with
- * the packed layout).
+ * The forward can also take the raw input (mc_lstm_forward_fused, mc_gru_forward_fused): each
+ * tile starts from the bias and runs over the step's input rows against W_ih^T packed like W_hh^T
+ * before the recurrent product, so the input projection never exists as an array (inference and
+ * the training forward, with the packed layout).
  *
  * Forward takes x's projection without the biases when bx (G*H,) is given (the gate epilogue adds
  * it: no separate pass over the (T, B, G*H) projection) or with them when bx is NULL, and, for
