@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from typing import Protocol
 
+import httpx
 import websockets
 
 from service.client.http import AsyncSessionClient, Session
@@ -182,11 +183,15 @@ async def http_failover(cluster: Cluster, base_url: str, text: str = TEXT, chunk
                 continue
             cluster.kill(victim)
             report["kills"] += 1
-            r = await in_flight
-            if r.status_code == 200:
+            try:
+                r = await in_flight
+            except httpx.TransportError:          # the kill cut the reply mid-body: the outcome is unknown,
+                r = None                          # as after a 503, and `steps` below tells what was committed
+                report["reply_cut_by_the_kill"] += 1
+            if r is not None and r.status_code == 200:
                 acked = outputs.record(r.json())
                 report["reply_beat_the_kill"] += 1
-            else:
+            elif r is not None:
                 assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable", r.text
             for _ in range(100):                                  # the dead replica's lock lapses first
                 s = await client.get(f"/v1/sessions/{sid}")
