@@ -331,8 +331,8 @@ def test_projection_inside_the_kernel_matches_the_projection_first(cls, B, monke
         or real.sequence_forward_fused(*a)))
     got = run()
     assert fused == [B >= 2] * 8            # (inference + training) x 2 layers x 2 directions; one row projects first
-    for a, b in zip(got, want, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-5)
+    for a, b in zip(got, want, strict=True):       # gradients sum 2 x 33 x B float32 terms: scale-relative
+        assert np.abs(a - b).max() <= 5e-5 * max(1.0, float(np.abs(b).max())), np.abs(a - b).max()
 
 
 @pytest.mark.skipif(not native.AVAILABLE, reason="native kernels not built")
