@@ -22,7 +22,7 @@ import hashlib
 import orjson
 import uvloop
 
-from scripts.ws_load import OP_CLOSE, frame, take_frame
+from scripts.ws_load import OP_CLOSE, frame, take_frame, take_headers
 
 # a real char-LM reply with top_k 3, so the frames written are the size the service writes
 REPLY = orjson.dumps({"type": "output", "id": None, "steps": 1, "outputs": [{"top_k": [
@@ -72,15 +72,14 @@ class RawFloor(asyncio.Protocol):
         buf = self.buf
         buf += data
         if not self.open:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
+            head = take_headers(buf)
+            if head is None:
                 return
-            key = next(line.split(b":", 1)[1].strip() for line in bytes(buf[:end]).split(b"\r\n")
+            key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
                        if line.lower().startswith(b"sec-websocket-key:"))
             accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
             self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                                  b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + self.session)
-            del buf[:end + 4]
             self.open = True
         while (got := take_frame(buf)) is not None:
             opcode, payload = got

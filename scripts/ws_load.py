@@ -43,6 +43,17 @@ def frame(payload: bytes, opcode: int = OP_TEXT, masked: bool = True) -> bytes:
     return head + mask + bytes(b ^ mask[i & 3] for i, b in enumerate(payload))
 
 
+def take_headers(buf: bytearray) -> bytes | None:
+    """The HTTP head at the start of ``buf`` (up to, not including, its blank line), removed from
+    ``buf``; None until it has fully arrived. Both ends of the handshake read it this way."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = bytes(buf[:end])
+    del buf[:end + 4]
+    return head
+
+
 def take_frame(buf: bytearray) -> tuple[int, bytes] | None:
     """The first whole frame in ``buf`` as (opcode, payload), unmasked and removed from ``buf``; None
     until one has fully arrived."""
@@ -108,13 +119,12 @@ class Typist(asyncio.Protocol):
         buf = self.buf
         buf += data
         if not self.open:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
+            head = take_headers(buf)
+            if head is None:
                 return
-            status = bytes(buf[:end]).split(b"\r\n", 1)[0]
+            status = head.split(b"\r\n", 1)[0]
             if b" 101 " not in status:
                 return self._fail(f"handshake refused: {status.decode(errors='replace')}")
-            del buf[:end + 4]
             self.open = True
         while (got := take_frame(buf)) is not None:
             opcode, payload = got
