@@ -12,7 +12,7 @@ import numpy as np
 from model_core.cells.gru_cell import GATES, STATE_SIZE, cache_shapes, fold_bias
 from model_core.cells.native_weights import (FUSED_MIN_BATCH, NULL, backward_strides, c_array, fused_input,
                                              input_weights, ptr, recurrent_weights, row_strides, rows_contiguous,
-                                             step_keeps_pack)
+                                             step_keeps_pack, train_cache)
 from model_core.native import handle, lib
 
 __all__ = ["GATES", "STATE_SIZE", "cache_shapes", "fold_bias", "gate_constants", "sequence_backward",
@@ -28,13 +28,6 @@ def _b_hn(bias_hh, consts, H):
     return consts["zero_bias"] if bias_hh is None else c_array(bias_hh[2 * H:])   # (H,)
 
 
-def _train_cache(T, B, H, reverse):
-    """What BPTT reads (gates, hn and the state entering each step) and the kernels' pointers to it."""
-    cache = {"steps": {"gates": np.empty((T, B, 3 * H), np.float32), "hn": np.empty((T, B, H), np.float32)},
-             "prev": [np.empty((T, B, H), np.float32)], "reverse": reverse}
-    return cache, (ptr(cache["steps"]["gates"]), ptr(cache["steps"]["hn"]), ptr(cache["prev"][0]))
-
-
 def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out, train):
     """One direction over a full-length sequence: xproj (T, B, 3H); state0 (h0,) (B, H);
     weight_hh_t (H, 3H); bias_hh (3H,) or None; y_out (T, B, H) view. Returns ((h_T,), cache)."""
@@ -43,7 +36,7 @@ def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out
     h0 = c_array(state0[0])
     w = recurrent_weights(weight_hh_t, B, T)
     hT = np.empty((B, H), np.float32)
-    cache, ptrs = _train_cache(T, B, H, reverse) if train else (None, (NULL,) * 3)
+    cache, ptrs = train_cache(cache_shapes, STATE_SIZE, T, B, H, reverse) if train else (None, (NULL,) * 3)
     xt, xb = row_strides(xproj)
     yt, yb = row_strides(y_out)
     b_hn, work = _b_hn(bias_hh, consts, H), np.empty(3 * B * H, np.float32)     # work: (B, 3H) unpacked
@@ -68,7 +61,7 @@ def sequence_forward_fused(x, weight_ih_t, bias, state0, weight_hh_t, bias_hh, c
     bias = None if bias is None else c_array(bias)
     h0 = c_array(state0[0])
     hT, work = np.empty((B, H), np.float32), np.empty(3 * B * H, np.float32)
-    cache, ptrs = _train_cache(T, B, H, reverse) if train else (None, (NULL,) * 3)
+    cache, ptrs = train_cache(cache_shapes, STATE_SIZE, T, B, H, reverse) if train else (None, (NULL,) * 3)
     xt, xb = row_strides(x)
     yt, yb = row_strides(y_out)
     if lib.mc_gru_forward_fused(T, B, H, I, int(reverse), ptr(x), xt, xb, ptr(wi), ptr(bias), NULL, w.ptr, w.wk, w.wg,

@@ -14,20 +14,11 @@ import numpy as np
 from model_core.cells.lstm_cell import GATES, STATE_SIZE, cache_shapes, fold_bias, gate_constants
 from model_core.cells.native_weights import (FUSED_MIN_BATCH, NULL, backward_strides, c_array, fused_input,
                                              input_weights, ptr, recurrent_weights, row_strides, rows_contiguous,
-                                             step_keeps_pack)
+                                             step_keeps_pack, train_cache)
 from model_core.native import handle, lib
 
 __all__ = ["GATES", "STATE_SIZE", "cache_shapes", "fold_bias", "gate_constants", "sequence_backward",
            "sequence_forward", "sequence_forward_fused", "step_backward", "step_forward"]
-
-
-def _train_cache(T, B, H, reverse):
-    """What BPTT reads (gates, tanh_c and the states entering each step, as ``nn.bptt`` lays them
-    out) and the kernels' pointers to it."""
-    cache = {"steps": {"gates": np.empty((T, B, 4 * H), np.float32), "tanh_c": np.empty((T, B, H), np.float32)},
-             "prev": [np.empty((T, B, H), np.float32), np.empty((T, B, H), np.float32)], "reverse": reverse}
-    return cache, (ptr(cache["steps"]["gates"]), ptr(cache["steps"]["tanh_c"]), ptr(cache["prev"][0]),
-                   ptr(cache["prev"][1]))
 
 
 def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out, train):
@@ -35,7 +26,7 @@ def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out
 
     xproj: (T, B, 4H) with both biases; state0: (h0, c0), each (B, H); weight_hh_t: (H, 4H)
     C-contiguous; y_out: (T, B, H) view (rows may be strided) that receives every h_t.
-    Returns ((h_T, c_T), cache); the cache (``_train_cache``) only when ``train``.
+    Returns ((h_T, c_T), cache); the cache (``native_weights.train_cache``) only when ``train``.
     """
     T, B, G4 = xproj.shape
     H = G4 // 4
@@ -43,7 +34,7 @@ def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out
     w = recurrent_weights(weight_hh_t, B, T)
     hT, cT = np.empty((B, H), np.float32), np.empty((B, H), np.float32)
     work = np.empty(6 * B * H, np.float32)                               # c ping-pong; (B, 4H) unpacked
-    cache, ptrs = _train_cache(T, B, H, reverse) if train else (None, (NULL,) * 4)
+    cache, ptrs = train_cache(cache_shapes, STATE_SIZE, T, B, H, reverse) if train else (None, (NULL,) * 4)
     xt, xb = row_strides(xproj)
     yt, yb = row_strides(y_out)
     lib.mc_lstm_forward(T, B, H, int(reverse), ptr(xproj), xt, xb, NULL, NULL, w.ptr, w.wk, w.wg, w.wu, ptr(h0), ptr(c0),
@@ -69,7 +60,7 @@ def sequence_forward_fused(x, weight_ih_t, bias, state0, weight_hh_t, bias_hh, c
     h0, c0 = (c_array(s) for s in state0)
     hT, cT = np.empty((B, H), np.float32), np.empty((B, H), np.float32)
     work = np.empty(6 * B * H, np.float32)
-    cache, ptrs = _train_cache(T, B, H, reverse) if train else (None, (NULL,) * 4)
+    cache, ptrs = train_cache(cache_shapes, STATE_SIZE, T, B, H, reverse) if train else (None, (NULL,) * 4)
     xt, xb = row_strides(x)
     yt, yb = row_strides(y_out)
     if lib.mc_lstm_forward_fused(T, B, H, I, int(reverse), ptr(x), xt, xb, ptr(wi), ptr(bias), NULL, w.ptr, w.wk, w.wg,

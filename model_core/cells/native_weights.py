@@ -131,6 +131,15 @@ def step_keeps_pack(weight_hh_t: np.ndarray, B: int) -> bool:
     return B >= PACK_MIN_BATCH and frozen(weight_hh_t)
 
 
+def train_cache(cache_shapes, n_state: int, T: int, B: int, H: int, reverse: bool) -> tuple[dict, tuple]:
+    """What BPTT reads, laid out as ``nn.bptt`` lays it out: each step's arrays (the cell's
+    ``cache_shapes``, in its order) and the states entering each step; and the kernels' pointers
+    to them, in that order."""
+    steps = {k: np.empty((T, *s), np.float32) for k, s in cache_shapes(B, H).items()}
+    prev = [np.empty((T, B, H), np.float32) for _ in range(n_state)]
+    return {"steps": steps, "prev": prev, "reverse": reverse}, tuple(ptr(a) for a in (*steps.values(), *prev))
+
+
 def input_weights(weight_ih_t: np.ndarray, gates: int) -> np.ndarray:
     """W_ih^T (I, G*H) packed like W_hh^T, for the kernels that make the input projection in their
     tile (``mc_*_forward_fused``): kept for read-only weights, else packed per call."""
