@@ -269,12 +269,11 @@ INL void ISA(prefetch_x)(const int G, const float *x, int64_t xb, int64_t H, int
 /* prefetch_x for the tile after (chunk bc, group u) of step i: the chunk's next group, else the
  * next chunk's first, else the next step's (x + t' * xt) first */
 INL void ISA(prefetch_next)(const int G, const float *x, int64_t xt, int64_t xb, int64_t T, int64_t i,
-                            int32_t reverse, int64_t H, int64_t B, int64_t chunk, int64_t bc, int64_t u, int64_t u0,
-                            int64_t u1)
+                            int32_t reverse, int64_t H, int64_t B, int64_t chunk, int64_t bc, int64_t u)
 {
     int64_t t = reverse ? T - 1 - i : i, pu = u + 1, pb = bc;
-    if (pu == u1) {
-        pu = u0;
+    if (pu == (H + VW - 1) / VW) {
+        pu = 0;
         pb = bc + chunk;
         if (pb >= B) {
             if (i + 1 >= T) return;
@@ -395,7 +394,7 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t *claims, int64_t T,
             int full = nu == VW || wu != VW;
             v8 bv[4];
             ISA(bias_vectors)(4, bx, H, u, nu, bv);
-            if (!xi) ISA(prefetch_next)(4, x, xt, xb, T, i, reverse, H, B, chunk, bc, u, 0, U);
+            if (!xi) ISA(prefetch_next)(4, x, xt, xb, T, i, reverse, H, B, chunk, bc, u);
             for (int64_t b = bc, be = B < bc + chunk ? B : bc + chunk; b < be;
                  b += MR_LSTM) {                                                  /* ... for their row blocks */
                 int64_t rem = be - b < MR_LSTM ? be - b : MR_LSTM;
@@ -531,7 +530,7 @@ static void ISA(gru_forward_part)(int tid, int nth, int64_t *claims, int64_t T, 
             int full = nu == VW || wu != VW;
             v8 bv[4];
             ISA(bias_vectors)(3, bx, H, u, nu, bv);
-            if (!xi) ISA(prefetch_next)(3, x, xt, xb, T, i, reverse, H, B, chunk, bc, u, 0, U);
+            if (!xi) ISA(prefetch_next)(3, x, xt, xb, T, i, reverse, H, B, chunk, bc, u);
             for (int64_t b = bc, be = B < bc + chunk ? B : bc + chunk; b < be; b += MR_GRU) {
                 int64_t rem = be - b < MR_GRU ? be - b : MR_GRU;
 #define ARGS(M, F) M, F, nu, H, u, xt_ + b * xb, xb, xi ? xi + t * xit + b * xib : 0, xib, I, \
