@@ -9,7 +9,8 @@
     python -m scripts.bench_core --probe --threads 1 --repeat 30  # the recurrent product alone, vs peak
 
 Shapes are B,T,I,H; every layer is float32, one layer, unidirectional, zero initial state. Times
-are the median (or ``--stat min``) of ``--repeat`` runs after a warm-up, one contestant at a time.
+are the median (or ``--stat min``) of ``--repeat`` runs after a warm-up, the contestants taking turns
+(one call each per round), so that bursts of outside load on a shared machine hit all of them alike.
 Before timing a shape, ours and onnxruntime are checked against torch (1e-4 on the outputs) and the
 run stops if either differs. torch and onnxruntime are optional: a missing peer shows as "n/a".
 
@@ -370,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.quick:
         peers.SETTLE_S = 0.01                                           # a smoke test, not a measurement
+    elif THREADS == 1:
+        peers.SETTLE_S = 0.0                                            # one thread each: no pool spins on
     env = Env(args)
     if args.probe:
         return run_probe(env, args)
@@ -385,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         info["busy_warning"] = warning
     print(f"device {args.device}; float32, 1 layer, unidirectional, zero state; {args.stat} of {args.repeat} "
           f"({args.clock} clock) "
-          f"after {env.warmup} warm-up, contestants one at a time; outputs checked against torch to {TOL:g}",
+          f"after {env.warmup} warm-up, contestants taking turns; outputs checked against torch to {TOL:g}",
           flush=True)
     results = {"machine": info, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                "forward": {}, "step": []}

@@ -228,7 +228,7 @@ def naive_step(xp, cell: str, sd: dict):
 
 
 # -- timing ------------------------------------------------------------------------------------
-SETTLE_S = 0.3  # seconds idle before each contestant: longer than OpenBLAS's ~0.1 s worker spin-wait
+SETTLE_S = 0.3  # seconds idle before each timed turn: longer than OpenBLAS's ~0.1 s worker spin-wait
 
 
 def settle() -> None:
@@ -247,44 +247,60 @@ def _stats(times_s, unit: float) -> dict:
 
 
 def blocks_ms(jobs: dict, repeat: int, warmup: int) -> dict:
-    """``{name: {"median", "min"}}`` in ms for each ``name: (fn, sync)``: one contestant at a time,
-    warm-up first."""
-    out = {}
-    for name, (fn, sync) in jobs.items():
+    """``{name: {"median", "min"}}`` in ms for each ``name: (fn, sync)``: warm-ups first, then
+    ``repeat`` rounds that run every contestant once, in an order that rotates by round.
+
+    In rounds, not one contestant's block after another's: on a shared machine the load from other
+    processes comes in bursts of seconds to minutes (a peer's own time moved by 40% between runs
+    minutes apart), and a burst then lands on every contestant alike instead of on one block."""
+    names = list(jobs)
+    for name in names:
+        fn, sync = jobs[name]
         settle()
         for _ in range(warmup):
             fn()
             sync()
-        times = []
-        for _ in range(repeat):
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeat):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn, sync = jobs[name]
+            settle()
             t0 = time.perf_counter()
             fn()
             sync()
-            times.append(time.perf_counter() - t0)
-        out[name] = _stats(times, 1e3)
-    return out
+            times[name].append(time.perf_counter() - t0)
+    return {name: _stats(ts, 1e3) for name, ts in times.items()}
 
 
-def step_us(jobs: dict, calls: int) -> dict:
+def step_us(jobs: dict, calls: int, rounds: int = 10) -> dict:
     """``{name: {"median", "min"}}`` latency in µs of ``state = step(state)`` for each
     ``name: (step, state0, sync)``.
 
-    Each call is timed alone, as a streaming session waits for every step.
+    Each call is timed alone, as a streaming session waits for every step; the contestants take
+    turns in ``rounds`` slices of the calls (as ``blocks_ms``, so a burst of outside load is shared).
     """
-    out = {}
-    for name, (step, state, sync) in jobs.items():
+    names, states = list(jobs), {name: jobs[name][1] for name in jobs}
+    for name in names:                                                  # warm-up
+        step, _, sync = jobs[name]
         settle()
-        for _ in range(min(200, calls)):                                # warm-up
-            state = step(state)
+        for _ in range(min(200, calls)):
+            states[name] = step(states[name])
         sync()
-        times = np.empty(calls)
-        for k in range(calls):
-            t0 = time.perf_counter_ns()
-            state = step(state)
-            sync()
-            times[k] = time.perf_counter_ns() - t0
-        out[name] = _stats(times / 1e9, 1e6)
-    return out
+    times = {name: [] for name in names}
+    rounds = max(1, min(rounds, calls))
+    for r in range(rounds):
+        n = calls * (r + 1) // rounds - calls * r // rounds
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            step, _, sync = jobs[name]
+            settle()
+            state = states[name]
+            for _ in range(n):
+                t0 = time.perf_counter_ns()
+                state = step(state)
+                sync()
+                times[name].append(time.perf_counter_ns() - t0)
+            states[name] = state
+    return {name: _stats(np.array(ts) / 1e9, 1e6) for name, ts in times.items()}
 
 
 # -- tables ----------------------------------------------------------------------------------
