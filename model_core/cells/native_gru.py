@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from model_core.cells.gru_cell import GATES, STATE_SIZE, cache_shapes, fold_bias
-from model_core.cells.native_weights import (FUSED_MIN_BATCH, NULL, backward_strides, c_array, fused_input,
+from model_core.cells.native_weights import (FUSED_MIN_BATCH, NULL, aligned_empty, backward_strides, c_array, fused_input,
                                              input_weights, ptr, recurrent_weights, row_strides, rows_contiguous,
                                              step_keeps_pack, train_cache)
 from model_core.native import handle, lib
@@ -39,7 +39,7 @@ def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out
     cache, ptrs = train_cache(cache_shapes, STATE_SIZE, T, B, H, reverse) if train else (None, (NULL,) * 3)
     xt, xb = row_strides(xproj)
     yt, yb = row_strides(y_out)
-    b_hn, work = _b_hn(bias_hh, consts, H), np.empty(3 * B * H, np.float32)     # work: (B, 3H) unpacked
+    b_hn, work = _b_hn(bias_hh, consts, H), aligned_empty(3 * B * H)     # work: (B, 3H) unpacked
     lib.mc_gru_forward(T, B, H, int(reverse), ptr(xproj), xt, xb, NULL, NULL, w.ptr, w.wk, w.wg, w.wu,
                        ptr(b_hn), ptr(h0), ptr(y_out), yt, yb, ptr(hT), *ptrs, ptr(work))
     return (hT,), cache
@@ -60,7 +60,7 @@ def sequence_forward_fused(x, weight_ih_t, bias, state0, weight_hh_t, bias_hh, c
     wi, x = input_weights(weight_ih_t, GATES), fused_input(x)
     bias = None if bias is None else c_array(bias)
     h0 = c_array(state0[0])
-    hT, work = np.empty((B, H), np.float32), np.empty(3 * B * H, np.float32)
+    hT, work = np.empty((B, H), np.float32), aligned_empty(3 * B * H)
     cache, ptrs = train_cache(cache_shapes, STATE_SIZE, T, B, H, reverse) if train else (None, (NULL,) * 3)
     xt, xb = row_strides(x)
     yt, yb = row_strides(y_out)
@@ -81,7 +81,7 @@ def sequence_backward(cache, weight_hh_t, dy, d_final):
     dy = backward_strides(dy)
     dyt, dyb = row_strides(dy)
     dgx, dgh = np.empty((T, B, 3 * H), np.float32), np.empty((T, B, 3 * H), np.float32)
-    dh0, work = np.empty((B, H), np.float32), np.empty((B, H), np.float32)
+    dh0, work = np.empty((B, H), np.float32), aligned_empty((B, H))
     dhT = c_array(d_final[0])                            # every array passed stays named until the call returns
     lib.mc_gru_backward(T, B, H, int(cache["reverse"]), ptr(weight_hh_t), ptr(dy), dyt, dyb, ptr(gates), ptr(hn),
                         ptr(cache["prev"][0]), ptr(dhT), ptr(dgx), ptr(dgh), ptr(dh0), ptr(work))
@@ -123,7 +123,7 @@ def step_backward(xp, d_next, prev, weight_hh_t, consts, cache_t, dgx_t, dgh_t):
     H = G3 // 3
     weight_hh_t = c_array(weight_hh_t)
     dh = np.empty((B, H), np.float32)
-    work = np.empty((B, H), np.float32)
+    work = aligned_empty((B, H))
     h, dh_next = c_array(prev[0]), c_array(d_next[0])
     lib.mc_gru_backward(1, B, H, 0, ptr(weight_hh_t), NULL, 0, 0, ptr(cache_t["gates"]), ptr(cache_t["hn"]),
                         ptr(h), ptr(dh_next), ptr(dgx_t), ptr(dgh_t), ptr(dh), ptr(work))

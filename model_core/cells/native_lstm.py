@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from model_core.cells.lstm_cell import GATES, STATE_SIZE, cache_shapes, fold_bias, gate_constants
-from model_core.cells.native_weights import (FUSED_MIN_BATCH, NULL, backward_strides, c_array, fused_input,
+from model_core.cells.native_weights import (FUSED_MIN_BATCH, NULL, aligned_empty, backward_strides, c_array, fused_input,
                                              input_weights, ptr, recurrent_weights, row_strides, rows_contiguous,
                                              step_keeps_pack, train_cache)
 from model_core.native import handle, lib
@@ -33,7 +33,7 @@ def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out
     h0, c0 = (c_array(s) for s in state0)
     w = recurrent_weights(weight_hh_t, B, T)
     hT, cT = np.empty((B, H), np.float32), np.empty((B, H), np.float32)
-    work = np.empty(6 * B * H, np.float32)                               # c ping-pong; (B, 4H) unpacked
+    work = aligned_empty(6 * B * H)                                       # c ping-pong; (B, 4H) unpacked
     cache, ptrs = train_cache(cache_shapes, STATE_SIZE, T, B, H, reverse) if train else (None, (NULL,) * 4)
     xt, xb = row_strides(xproj)
     yt, yb = row_strides(y_out)
@@ -59,7 +59,7 @@ def sequence_forward_fused(x, weight_ih_t, bias, state0, weight_hh_t, bias_hh, c
     bias = None if bias is None else c_array(bias)
     h0, c0 = (c_array(s) for s in state0)
     hT, cT = np.empty((B, H), np.float32), np.empty((B, H), np.float32)
-    work = np.empty(6 * B * H, np.float32)
+    work = aligned_empty(6 * B * H)
     cache, ptrs = train_cache(cache_shapes, STATE_SIZE, T, B, H, reverse) if train else (None, (NULL,) * 4)
     xt, xb = row_strides(x)
     yt, yb = row_strides(y_out)
@@ -84,7 +84,7 @@ def sequence_backward(cache, weight_hh_t, dy, d_final):
     dhT, dcT = (c_array(d) for d in d_final)
     dgx = np.empty((T, B, 4 * H), np.float32)
     dh0, dc0 = np.empty((B, H), np.float32), np.empty((B, H), np.float32)
-    work = np.empty((2, B, H), np.float32)
+    work = aligned_empty((2, B, H))
     lib.mc_lstm_backward(T, B, H, int(cache["reverse"]), ptr(weight_hh_t), ptr(dy), dyt, dyb, ptr(gates),
                          ptr(tanh_c), ptr(cache["prev"][1]), ptr(dhT), ptr(dcT), ptr(dgx), ptr(dh0), ptr(dc0),
                          ptr(work))
@@ -130,7 +130,7 @@ def step_backward(xp, d_next, prev, weight_hh_t, consts, cache_t, dgx_t, dgh_t):
     dh_next, dc_next = (c_array(d) for d in d_next)
     c = c_array(prev[1])
     dh, dc = np.empty((B, H), np.float32), np.empty((B, H), np.float32)
-    work = np.empty((2, B, H), np.float32)
+    work = aligned_empty((2, B, H))
     lib.mc_lstm_backward(1, B, H, 0, ptr(weight_hh_t), NULL, 0, 0, ptr(cache_t["gates"]),
                          ptr(cache_t["tanh_c"]), ptr(c), ptr(dh_next), ptr(dc_next), ptr(dgx_t), ptr(dh), ptr(dc),
                          ptr(work))

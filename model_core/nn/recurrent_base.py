@@ -14,6 +14,7 @@ import numpy as np
 
 from model_core.backend import device_of
 from model_core.cells import CellSteps, select
+from model_core.cells.native_weights import aligned_empty
 from model_core.nn.module import Module, uniform_init
 from model_core.nn.bptt import (
     DirectionCache,
@@ -279,7 +280,7 @@ class RecurrentBase(Module):
         inp, layer_caches = x, []
         native_np = cell.native and masks is None and xp is np and self.dtype == np.float32
         for layer in range(self.num_layers):
-            y = xp.empty((T, B, D * H), dtype=self.dtype)
+            y = aligned_empty((T, B, D * H)) if native_np else xp.empty((T, B, D * H), dtype=self.dtype)
             dir_caches = []
             for d, suffix in enumerate(self._suffixes()):
                 p = self._layer_params(layer, suffix)

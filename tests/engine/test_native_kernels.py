@@ -372,3 +372,53 @@ def test_a_stale_library_from_an_older_install_is_replaced_by_a_build_of_these_s
     lib, reason = native._load()
     assert lib is not None and hasattr(lib, "mc_lstm_forward_fused")
     assert "does not match these sources" in reason and "compiled by" in reason
+
+
+# argument positions of what the fused forwards stream by vectors: W_ih^T and W_hh^T packed, Y, work
+_STREAMED = {"mc_lstm_forward_fused": {"w_ih": 8, "w_hh": 11, "y": 17, "work": 26},
+             "mc_gru_forward_fused": {"w_ih": 8, "w_hh": 11, "y": 17, "work": 24}}
+
+
+class _PointerSpy:
+    """``native.lib`` recording the streamed pointers of each fused forward call."""
+
+    def __init__(self, lib, seen: list):
+        self._lib, self._seen = lib, seen
+
+    def __getattr__(self, name):
+        fn = getattr(self._lib, name)
+        if name not in _STREAMED:
+            return fn
+
+        def call(*args):
+            self._seen.append({k: args[i] for k, i in _STREAMED[name].items()})
+            return fn(*args)
+        return call
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+@pytest.mark.parametrize("B, H", [(2, 8), (32, 256)])       # small heap blocks, and large (mmap'd: 16 past a line)
+def test_what_the_kernels_stream_starts_on_a_cache_line(cls, B, H, monkeypatch):
+    """A 32-byte load 16 bytes past a cache line spans two: NumPy's large arrays start there, and an
+    LSTM forward took 1.2x the time with its packed weights or work buffer so placed. nn (inference and
+    the training forward) and the ONNX nodes must hand the kernels line-aligned buffers."""
+    from model_core.cells import native_gru, native_lstm
+    from model_core.cells.native_weights import ALIGN, aligned_empty
+    from model_core.onnx.ops import recurrent_loops
+    for n in (1, 7, 1000, 40_000, 300_000, 3_000_000):
+        a = aligned_empty((n,))
+        assert a.shape == (n,) and a.dtype == np.float32 and a.ctypes.data % ALIGN == 0
+    seen = []
+    for mod in (native_lstm, native_gru, recurrent_loops):
+        monkeypatch.setattr(mod, "lib", _PointerSpy(native.lib, seen))
+    x = np.random.default_rng(0).standard_normal((40, B, 16), dtype=np.float32)     # B x T >= PACK_MIN_ROWS
+    layer = cls(16, H, bidirectional=True)
+    layer.forward(x)
+    layer.forward_train(x)
+    op = cls.__name__
+    session = InferenceSession(_node_model(op, H=H, I=16, direction="bidirectional",
+                                           **({"linear_before_reset": 1} if op == "GRU" else {})))
+    session.run(None, {"X": x, "sequence_lens": np.full(B, 40, np.int32)})
+    assert len(seen) == 6                                     # (inference, training, ONNX) x 2 directions
+    for call in seen:                     # 32-byte vectors never span two lines (the reverse direction's Y
+        assert all(p % 32 == 0 for p in call.values()), call      # is a view H floats into the line)

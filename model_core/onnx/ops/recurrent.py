@@ -28,7 +28,7 @@ import numpy as np
 
 from model_core import native
 from model_core.backend import to_numpy
-from model_core.cells.native_weights import FUSED_MIN_BATCH, pack, packed_weights
+from model_core.cells.native_weights import FUSED_MIN_BATCH, aligned_empty, pack, packed_weights
 from model_core.onnx.ops.activations import bind_activations
 from model_core.onnx.ops.recurrent_loops import gru_loop, lstm_loop, lstm_loop_halved, native_loop, rnn_loop
 from model_core.onnx.ops.registry import Unsupported, register
@@ -229,7 +229,10 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
 
     mask = None if lengths is None else xp.asarray(np.arange(T)[:, None] < lengths[None, :])[..., None]  # (T, N, 1)
     reverse_index = None if lengths is None else _reverse_index(xp, lengths, T)
-    ys = xp.empty((T, D, N, H), X.dtype) if wants[0] else None  # Y in layout 0, filled in place
+    ys = None  # Y in layout 0, filled in place (on a cache line for the native kernels, which write it by vectors)
+    if wants[0]:
+        native_y = w.kernel is not None and X.dtype == np.float32
+        ys = aligned_empty((T, D, N, H)) if native_y else xp.empty((T, D, N, H), X.dtype)
     hs = _initial(xp, initial_h, (D, N, H), X.dtype)
     cs = _initial(xp, initial_c, (D, N, H), X.dtype) if cfg.op_type == "LSTM" else None
     # the native kernels make each direction's input projection in their register tile;

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model_core.cells.native_weights import NULL, ptr, row_strides
+from model_core.cells.native_weights import NULL, aligned_empty, ptr, row_strides
 from model_core.native import lib
 
 
@@ -201,10 +201,10 @@ def native_loop(op_type, x, weights, bias, rb_h, h, c, lengths, ys, reverse, wei
     if not h.flags.c_contiguous or (c is not None and not c.flags.c_contiguous):
         raise ValueError("native_loop updates h and c in place and needs them C-contiguous")
     if ys is None:
-        ys = np.empty((T, N, H), np.float32)                       # the kernel reads h_t back from Y
+        ys = aligned_empty((T, N, H))                              # the kernel reads h_t back from Y
     bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
     lens = None if lengths is None else np.ascontiguousarray(lengths, dtype=np.int64)
-    work = np.empty(6 * N * H, np.float32)
+    work = aligned_empty(6 * N * H)
     w = weights
     if x.strides[2] != 4:                                          # the raw input may come in any layout
         x = np.ascontiguousarray(x)
