@@ -77,9 +77,8 @@ class SequenceModel:
         """Make every parameter read-only (NumPy's ``writeable`` flag): an in-place write raises, so
         the kernels may keep layouts derived from the weights (the packed W_hh of a batched step).
         For models that only serve; a model being trained stays writable. No-op on a GPU."""
-        for v in self.parameters().values():
-            if isinstance(v, np.ndarray):
-                v.flags.writeable = False
+        for mod in self._modules().values():
+            mod.freeze()
         return self
 
     def state_dict(self) -> dict[str, np.ndarray]:

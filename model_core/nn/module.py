@@ -28,6 +28,17 @@ class Module:
         """Live parameter arrays by name; optimisers update them in place."""
         return self._params
 
+    def freeze(self):
+        """Make every parameter read-only (NumPy's ``writeable`` flag), and the memory a parameter views
+        (the recurrent layers' W^T), so that no write can reach it: the kernels may then keep layouts
+        derived from the weights. No-op on a GPU."""
+        for v in self._params.values():
+            if isinstance(v, np.ndarray):
+                v.flags.writeable = False
+                if isinstance(v.base, np.ndarray):
+                    v.base.flags.writeable = False
+        return self
+
     def zero_grads(self) -> dict[str, object]:
         """A dict of zero arrays shaped like the parameters, for ``+=`` accumulation."""
         return {k: self.xp.zeros_like(v) for k, v in self._params.items()}

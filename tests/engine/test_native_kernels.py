@@ -234,8 +234,7 @@ def test_frozen_weights_keep_one_packed_copy_and_step_the_same(cls, monkeypatch)
     real_pack = native_weights.pack
     monkeypatch.setattr(native_weights, "pack", lambda w, scratch=False, gates=None:
                         packs.append(scratch) or real_pack(w, scratch, gates))
-    for p in layer.parameters().values():
-        p.flags.writeable = False
+    layer.freeze()
     for _ in range(3):
         got = layer.step_states(x, h0)
         assert np.array_equal(got[0], want[0]) and all(np.array_equal(a, b) for a, b in zip(got[1], want[1]))
@@ -246,7 +245,7 @@ def test_frozen_weights_keep_one_packed_copy_and_step_the_same(cls, monkeypatch)
     with pytest.raises(ValueError, match="read-only"):
         layer.parameters()["weight_hh_l0"][...] += 1.0  # frozen really means frozen
     before = len(native_weights._frozen)
-    del layer, p
+    del layer
     import gc
     gc.collect()
     assert len(native_weights._frozen) == before - len(packs)   # the copies go with the weights
@@ -400,8 +399,9 @@ class _PointerSpy:
 @pytest.mark.parametrize("B, H", [(2, 8), (32, 256)])       # small heap blocks, and large (mmap'd: 16 past a line)
 def test_what_the_kernels_stream_starts_on_a_cache_line(cls, B, H, monkeypatch):
     """A 32-byte load 16 bytes past a cache line spans two: NumPy's large arrays start there, and an
-    LSTM forward took 1.2x the time with its packed weights or work buffer so placed. nn (inference and
-    the training forward) and the ONNX nodes must hand the kernels line-aligned buffers."""
+    LSTM forward took 1.2x the time with its packed weights or work buffer so placed (a B=4 step, with
+    W_hh^T so placed). The layers' weights, nn (inference and the training forward) and the ONNX nodes
+    must hand the kernels line-aligned buffers."""
     from model_core.cells import native_gru, native_lstm
     from model_core.cells.native_weights import ALIGN, aligned_empty
     from model_core.onnx.ops import recurrent_loops
@@ -413,6 +413,9 @@ def test_what_the_kernels_stream_starts_on_a_cache_line(cls, B, H, monkeypatch):
         monkeypatch.setattr(mod, "lib", _PointerSpy(native.lib, seen))
     x = np.random.default_rng(0).standard_normal((40, B, 16), dtype=np.float32)     # B x T >= PACK_MIN_ROWS
     layer = cls(16, H, bidirectional=True)
+    for name, w in layer.parameters().items():        # W^T as stored: what small batches' steps stream
+        if name.startswith("weight_"):
+            assert w.T.flags.c_contiguous and w.ctypes.data % ALIGN == 0, name
     layer.forward(x)
     layer.forward_train(x)
     op = cls.__name__
