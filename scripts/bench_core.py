@@ -9,8 +9,8 @@
     python -m scripts.bench_core --probe --threads 1 --repeat 30  # the recurrent product alone, vs peak
 
 Shapes are B,T,I,H; every layer is float32, one layer, unidirectional, zero initial state. Times
-are the median (or ``--stat min``) of ``--repeat`` runs after a warm-up, the contestants taking turns
-(one call each per round), so that bursts of outside load on a shared machine hit all of them alike.
+are the median (or ``--stat min``) of ``--repeat`` runs, the contestants taking turns (one untimed call,
+then a timed one, per round), so that bursts of outside load on a shared machine hit all of them alike.
 Before timing a shape, ours and onnxruntime are checked against torch (1e-4 on the outputs) and the
 run stops if either differs. torch and onnxruntime are optional: a missing peer shows as "n/a".
 
@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         info["busy_warning"] = warning
     print(f"device {args.device}; float32, 1 layer, unidirectional, zero state; {args.stat} of {args.repeat} "
           f"({args.clock} clock) "
-          f"after {env.warmup} warm-up, contestants taking turns; outputs checked against torch to {TOL:g}",
+          f"contestants taking turns, each timed call after {env.warmup} untimed; outputs checked against torch to {TOL:g}",
           flush=True)
     results = {"machine": info, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                "forward": {}, "step": []}

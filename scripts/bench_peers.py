@@ -247,24 +247,25 @@ def _stats(times_s, unit: float) -> dict:
 
 
 def blocks_ms(jobs: dict, repeat: int, warmup: int) -> dict:
-    """``{name: {"median", "min"}}`` in ms for each ``name: (fn, sync)``: warm-ups first, then
-    ``repeat`` rounds that run every contestant once, in an order that rotates by round.
+    """``{name: {"median", "min"}}`` in ms for each ``name: (fn, sync)``: ``repeat`` rounds that give
+    every contestant one turn, in an order that rotates by round; a turn is ``warmup`` untimed calls
+    (at least one), then the timed one.
 
-    In rounds, not one contestant's block after another's: on a shared machine the load from other
+    In turns, not one contestant's block after another's: on a shared machine the load from other
     processes comes in bursts of seconds to minutes (a peer's own time moved by 40% between runs
-    minutes apart), and a burst then lands on every contestant alike instead of on one block."""
+    minutes apart), and a burst then lands on every contestant alike instead of on one block. The
+    untimed call of each turn puts the contestant's caches and thread pool back in the state that
+    back-to-back calls see: right after ``settle``'s pause, or after another library's call, the first
+    call pays for waking them (with 2 threads, 2-5x the time of the next one here)."""
     names = list(jobs)
-    for name in names:
-        fn, sync = jobs[name]
-        settle()
-        for _ in range(warmup):
-            fn()
-            sync()
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeat):
         for name in names[r % len(names):] + names[:r % len(names)]:
             fn, sync = jobs[name]
             settle()
+            for _ in range(max(1, warmup)):
+                fn()
+                sync()
             t0 = time.perf_counter()
             fn()
             sync()
