@@ -100,6 +100,10 @@ static int64_t blas_team_calls;                          /* products run here: w
 
 int64_t mc_blas_team_calls(void) { return __atomic_load_n(&blas_team_calls, __ATOMIC_RELAXED); }
 
+static int64_t team_forwards;                            /* forward calls split across the team: for the tests */
+
+int64_t mc_team_forwards(void) { return __atomic_load_n(&team_forwards, __ATOMIC_RELAXED); }
+
 void mc_blas_team(int sync, blas_job_t job, int n, size_t size, void *jobs, int data)
 {
     (void)sync;                                          /* OpenBLAS asks for a synchronous run: so it is */

@@ -426,6 +426,7 @@ static void ISA(lstm_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, 
     int nth = threads_for(wu, T, B, H, 4);
     int64_t *claims = nth > 1 ? calloc((size_t)(T * nth * CLAIM_STRIDE), sizeof(int64_t)) : 0;   /* next_item */
     if (!claims) nth = 1;
+    if (nth > 1) __atomic_add_fetch(&team_forwards, 1, __ATOMIC_RELAXED);
 #define PART(tid, n) ISA(lstm_forward_part)(tid, n, claims, T, B, H, reverse, x, xt, xb, xi, xit, xib, I, wi, bx, lens, w, \
                                             wk, wg, wu, h0, c0, \
                    y, yt, yb, \
@@ -559,6 +560,7 @@ static void ISA(gru_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, c
     int nth = threads_for(wu, T, B, H, 3);
     int64_t *claims = nth > 1 ? calloc((size_t)(T * nth * CLAIM_STRIDE), sizeof(int64_t)) : 0;
     if (!claims) nth = 1;
+    if (nth > 1) __atomic_add_fetch(&team_forwards, 1, __ATOMIC_RELAXED);
 #define PART(tid, n) ISA(gru_forward_part)(tid, n, claims, T, B, H, reverse, x, xt, xb, xi, xit, xib, I, wi, bx, lens, w, wk, \
                                            wg, wu, b_hn, h0, \
                    y, yt, yb, \

@@ -90,7 +90,10 @@ def test_two_threads_match_the_reference(cls, H, T, B, monkeypatch):
         monkeypatch.setattr(mod, "recurrent_weights", lambda *a: packed.append(real(*a).packed) or real(*a))
     try:
         model_core.set_num_threads(2)
+        split = native.lib.mc_team_forwards()
         assert _compare_with_reference(cls, I=6, H=H, T=T, B=B, seed=3) < 2e-5
+        split = native.lib.mc_team_forwards() - split
+        assert split == (1 if native.threads() > 1 else 0)         # the training forward ran on the team
     finally:
         model_core.set_num_threads(1)
     assert packed and all(packed)
