@@ -258,6 +258,11 @@ void mc_pack_rows(int64_t K_, int64_t H, int64_t G, const float *wt, float *out)
      * in L1 while every group reads them (row by row, out was written 32 bytes at a time a whole
      * panel apart) */
     int64_t U = (H + VW - 1) / VW, full = H / VW;
+    /* with more than one thread, weights larger than L2 are packed by the team, a share of the row
+     * blocks each (a per-call copy of W_hh^T at B=1 is part of every call) */
+    int nth = mc_threads > 1 && K_ * G * H >= MIN_WEIGHTS ? mc_threads : 1;
+    (void)nth;
+#pragma omp parallel for num_threads(nth) schedule(static) if (nth > 1)
     for (int64_t k0 = 0; k0 < K_; k0 += 8) {
         int64_t k1 = k0 + 8 < K_ ? k0 + 8 : K_;
         for (int64_t u = 0; u < U; u++) {

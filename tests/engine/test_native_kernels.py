@@ -99,6 +99,20 @@ def test_two_threads_match_the_reference(cls, H, T, B, monkeypatch):
     assert packed and all(packed)
 
 
+def test_packing_on_two_threads_writes_what_one_thread_writes():
+    """Weights larger than L2 are packed by the team at 2 threads (a share of the row blocks each):
+    every element lands where one thread puts it, the zero padding of a partial group included."""
+    from model_core.cells.native_weights import pack
+    w = np.random.default_rng(1).standard_normal((203, 4 * 203), dtype=np.float32)   # 4*203*203 > L2
+    want = pack(w)
+    try:
+        model_core.set_num_threads(2)
+        got = pack(w)
+    finally:
+        model_core.set_num_threads(1)
+    assert np.array_equal(got, want) and want[-1, :, :, 203 % 8:].max() == 0
+
+
 @pytest.mark.parametrize("cls", [LSTM, GRU])
 def test_a_wide_single_step_splits_across_two_threads_and_matches_one(cls):
     """From B*H >= 16384 one step (T=1) runs on the team too: the same numbers as on one thread, up
