@@ -246,6 +246,12 @@ def _stats(times_s, unit: float) -> dict:
     return {"median": float(np.median(times_s)) * unit, "min": float(np.min(times_s)) * unit}
 
 
+def _turns(names: list[str], r: int) -> list[str]:
+    """The contestants' order in round r: rotated by one each round, so that none always follows the same one."""
+    k = r % len(names)
+    return names[k:] + names[:k]
+
+
 def blocks_ms(jobs: dict, repeat: int, warmup: int) -> dict:
     """``{name: {"median", "min"}}`` in ms for each ``name: (fn, sync)``: ``repeat`` rounds that give
     every contestant one turn, in an order that rotates by round; a turn is ``warmup`` untimed calls
@@ -260,7 +266,7 @@ def blocks_ms(jobs: dict, repeat: int, warmup: int) -> dict:
     names = list(jobs)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeat):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in _turns(names, r):
             fn, sync = jobs[name]
             settle()
             for _ in range(max(1, warmup)):
@@ -291,7 +297,7 @@ def step_us(jobs: dict, calls: int, rounds: int = 10) -> dict:
     rounds = max(1, min(rounds, calls))
     for r in range(rounds):
         n = calls * (r + 1) // rounds - calls * r // rounds
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in _turns(names, r):
             step, _, sync = jobs[name]
             settle()
             state = states[name]
