@@ -114,6 +114,43 @@ def test_packing_on_two_threads_writes_what_one_thread_writes():
 
 
 @pytest.mark.parametrize("cls", [LSTM, GRU])
+def test_two_threads_give_one_threads_bits_call_after_call(cls):
+    """A team step ends when its items are done (a count, not a barrier: a thread may run ahead into
+    the next step or skip one it missed). Were any item read before it was written, some call out of
+    many would differ: the packed kernels make the same sums in the same order on 1 or 2 threads, so
+    every output and everything the training forward keeps for BPTT must match bit for bit."""
+    B, T, I, H = 24, 30, 6, 100                                   # packed on 1 thread too (B*T >= 64)
+    layer = cls(I, H, seed=4)
+    x = np.random.default_rng(4).standard_normal((T, B, I), dtype=np.float32)
+    want_y, want_cache = layer.forward(x)[0], layer.forward_train(x)[2]
+    try:
+        model_core.set_num_threads(2)
+        split = native.lib.mc_team_forwards()
+        for _ in range(20):
+            assert np.array_equal(layer.forward(x)[0], want_y)
+            got, want = list(_arrays(layer.forward_train(x)[2])), list(_arrays(want_cache))
+            assert len(got) == len(want) >= 3 and all(np.array_equal(a, b) for a, b in zip(got, want))
+        assert native.lib.mc_team_forwards() - split == (40 if native.threads() > 1 else 0)
+    finally:
+        model_core.set_num_threads(1)
+
+
+def _arrays(tree):
+    """Every array in a nest of dataclasses, dicts, lists and tuples, in order."""
+    if isinstance(tree, np.ndarray):
+        yield tree
+    elif dataclasses.is_dataclass(tree):
+        for f in dataclasses.fields(tree):
+            yield from _arrays(getattr(tree, f.name))
+    elif isinstance(tree, dict):
+        for v in tree.values():
+            yield from _arrays(v)
+    elif isinstance(tree, (list, tuple)):
+        for v in tree:
+            yield from _arrays(v)
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRU])
 def test_a_wide_single_step_splits_across_two_threads_and_matches_one(cls):
     """From B*H >= 16384 one step (T=1) runs on the team too: the same numbers as on one thread, up
     to the rounding of OpenBLAS's 2-thread input projection."""
