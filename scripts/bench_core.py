@@ -13,6 +13,9 @@ are the median (or ``--stat min``) of ``--repeat`` runs, the contestants taking 
 then a timed one, per round), so that bursts of outside load on a shared machine hit all of them alike.
 Before timing a shape, ours and onnxruntime are checked against torch (1e-4 on the outputs) and the
 run stops if either differs. torch and onnxruntime are optional: a missing peer shows as "n/a".
+"ours fwd" is a trainable layer (its weights writable: packed per call where a call packs them);
+"ours served" the same weights frozen, as the service loads a model (packed once and kept, as
+onnxruntime prepacks its initializers once per session).
 
 On the GPU the peers are torch's cuDNN layers and cells (a CUDA build of torch) and onnxruntime's
 CUDA provider when installed; the single-step table then covers batched sessions, B=1 to 1024.
@@ -61,8 +64,8 @@ CPU_STEP_BATCHES = [1]
 GPU_STEP_BATCHES = [1, 8, 64, 256, 1024]                               # batched sessions on one device
 STEP_I, STEP_H = 64, 256
 TOL = 1e-4
-FWD_HEADERS = ["shape B,T,I,H", "ours fwd ms", "torch fwd ms", "ort fwd ms", "ours/ort", "ours/torch",
-               "ours fwd+bwd ms", "torch fwd+bwd ms", "ratio ours/torch"]
+FWD_HEADERS = ["shape B,T,I,H", "ours fwd ms", "ours served ms", "torch fwd ms", "ort fwd ms", "ours/ort",
+               "served/ort", "ours/torch", "ours fwd+bwd ms", "torch fwd+bwd ms", "ratio ours/torch"]
 STEP_HEADERS = ["cell", "B", "ours step µs", "torch cell µs", "naive step µs", "ours/torch", "ours/naive"]
 
 
@@ -128,7 +131,7 @@ def bench_shape(env: Env, cell: str, shape, repeat: int) -> dict:
     x = rng.standard_normal((T, B, I), dtype=np.float32)
     dy = rng.standard_normal((T, B, H), dtype=np.float32)
     xs, dys = to_device(x, env.device), to_device(dy, env.device)
-    row = {"shape": list(shape), "ours_fwd": None, "torch_fwd": None, "ort_fwd": None,
+    row = {"shape": list(shape), "ours_fwd": None, "ours_served": None, "torch_fwd": None, "ort_fwd": None,
            "ours_train": None, "torch_train": None, "check": {}, "ms": {}}
     jobs = {}                                                           # name -> (fn, sync)
 
@@ -173,6 +176,14 @@ def bench_shape(env: Env, cell: str, shape, repeat: int) -> dict:
         return ours.backward(cache, dys)
 
     jobs["ours_fwd"] = (lambda: ours.forward(xs), env.ours_sync)
+    if not env.gpu:
+        # the same weights frozen, as the service loads a model: read-only, so the kernels pack them
+        # once and keep the copy, as onnxruntime prepacks its initializers once per session
+        served = OURS[cell](I, H, device=env.device, seed=0).freeze()
+        err = float(np.max(np.abs(to_numpy(served.forward(xs)[0]) - ref)))
+        if err > TOL:
+            _fail("ours served (frozen)", cell, shape, err)
+        jobs["ours_served"] = (lambda: served.forward(xs), env.ours_sync)
     jobs["ours_train"] = (ours_train, env.ours_sync)
     row["ms"] = peers.blocks_ms(jobs, repeat, env.warmup)
     row.update({name: st[env.stat] for name, st in row["ms"].items()})
@@ -240,8 +251,10 @@ def _ratio(a, b) -> str:
 
 def fwd_cells(row: dict) -> list[str]:
     shape = ",".join(str(v) for v in row["shape"])
-    o, t, r, ot, tt = (row[k] for k in ("ours_fwd", "torch_fwd", "ort_fwd", "ours_train", "torch_train"))
-    return [shape, _fmt(o), _fmt(t), _fmt(r), _ratio(o, r), _ratio(o, t), _fmt(ot), _fmt(tt), _ratio(ot, tt)]
+    o, sv, t, r, ot, tt = (row.get(k) for k in ("ours_fwd", "ours_served", "torch_fwd", "ort_fwd", "ours_train",
+                                                "torch_train"))
+    return [shape, _fmt(o), _fmt(sv), _fmt(t), _fmt(r), _ratio(o, r), _ratio(sv, r), _ratio(o, t), _fmt(ot), _fmt(tt),
+            _ratio(ot, tt)]
 
 
 def step_cells(row: dict) -> list[str]:
