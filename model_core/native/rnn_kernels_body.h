@@ -305,6 +305,24 @@ INL void ISA(prefetch_next)(const int G, const float *x, int64_t xt, int64_t xb,
     ISA(prefetch_x)(G, x + t * xt, xb, H, pu, pb, B < pb + chunk ? B : pb + chunk);
 }
 
+/* Slice `part` of `parts` of unit group u's weight panels (W_ih's when fused, then W_hh's: K rows of
+ * wk floats each), fetched into cache while the group before runs its row tiles, one slice per
+ * tile, when a step streams at least PANEL_PREFETCH_BYTES of panels. At H=512 (5 MiB a step, more
+ * than stayed in L3 here) the first row tile of each group waited on DRAM while the group's other
+ * tiles read the panel from L2, so DRAM sat idle for most of a group and then stalled the next:
+ * with the prefetch the LSTM forward at B=32, H=512 took 0.85-0.92x the time (median of 11-31,
+ * five in-process A/Bs). Below (H=256: 1.25 MiB, served from L2 and L3) it only cost, 1.02-1.13x
+ * at B=8-32, so it stays off there. */
+#define PANEL_PREFETCH_BYTES (4 << 20)
+INL void ISA(prefetch_panel)(const float *w, int64_t wu, int64_t K, int64_t wk, const float *wi, int64_t I,
+                             int64_t u, int64_t part, int64_t parts)
+{
+    int64_t li = wi ? I * wk / 16 : 0, lines = li + K * wk / 16;                  /* 16 floats a line */
+    const float *pi = wi ? wi + u * I * wk : 0, *pw = w + u * wu;
+    for (int64_t l = lines * part / parts, e = lines * (part + 1) / parts; l < e; l++)
+        __builtin_prefetch(l < li ? pi + l * 16 : pw + (l - li) * 16, 0, 3);
+}
+
 /* the gates of one row for unit group u from its pre-activations a0..a3 (i, f, g, o): x W_ih^T + b
  * + h W_hh^T, in the product's registers */
 INL void ISA(lstm_gates)(v8 a0, v8 a1, v8 a2, v8 a3, int64_t nu, int64_t H, int64_t u, const float *cp, float *cn,
@@ -377,6 +395,7 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t *claims, int64_t T,
     int64_t U = (H + VW - 1) / VW;
     const float *hp = h0, *cp = c0;
     int64_t hs = H;
+    int prefetch_panels = wu != VW && (H + (xi ? I : 0)) * wk * U * (int64_t)sizeof(float) >= PANEL_PREFETCH_BYTES;
     for (int64_t i = 0; i < T; i++) {
         int64_t t = reverse ? T - 1 - i : i;
         if (prev_h && tid == 0) {                                                 /* the state entering t */
@@ -417,9 +436,12 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t *claims, int64_t T,
             v8 bv[4];
             ISA(bias_vectors)(4, bx, H, u, nu, bv);
             if (!xi) ISA(prefetch_next)(4, x, xt, xb, T, i, reverse, H, B, chunk, bc, u);
-            for (int64_t b = bc, be = B < bc + chunk ? B : bc + chunk; b < be;
-                 b += MR_LSTM) {                                                  /* ... for their row blocks */
+            int64_t be = B < bc + chunk ? B : bc + chunk, tiles = (be - bc + MR_LSTM - 1) / MR_LSTM;
+            int64_t pu = (u + 1) % U;                                             /* the next group's panels */
+            for (int64_t b = bc; b < be; b += MR_LSTM) {                          /* ... for their row blocks */
                 int64_t rem = be - b < MR_LSTM ? be - b : MR_LSTM;
+                if (prefetch_panels && tiles > 1)
+                    ISA(prefetch_panel)(w, wu, H, wk, xi ? wi : 0, I, pu, (b - bc) / MR_LSTM, tiles);
 #define ARGS(M, F) M, F, nu, H, u, xt_ + b * xb, xb, xi ? xi + t * xit + b * xib : 0, xib, I, \
                    xi ? wi + u * I * 4 * VW : 0, bv, lens ? lens + b : 0, i, w + u * wu, wk, wg, hp + b * hs, \
                    hs, cp + b * H, cn + b * H, \
