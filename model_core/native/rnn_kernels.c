@@ -46,8 +46,9 @@
 #define VW 8                                   /* floats per vector */
 
 /* Threads: 1 unless mc_set_threads asks for more (model_core.set_num_threads). A sequence is split
- * across threads by unit groups (forward) or rows and columns (BPTT), with a barrier per step, so
- * it pays only when a step has enough work: packed weights and B*H >= MIN_ROWS_H. Without OpenMP
+ * across threads by unit groups (forward) or rows and columns (BPTT), with a wait per step (the
+ * forward's step_done, BPTT's barrier), so it pays only when a step has enough work: packed
+ * weights and B*H >= MIN_ROWS_H, or weights larger than L2. Without OpenMP
  * (a compiler lacking -fopenmp) everything runs on one thread. */
 #ifdef _OPENMP
 #include <omp.h>
