@@ -55,14 +55,18 @@ static inline int64_t next_item(int64_t *claims, int tid, int nth, int64_t items
  * 0's copy of the state entering the step in training) to the step's count, then waits until the
  * count reaches `need`, i.e. until every item of the step is done. Unlike a barrier it waits for
  * the work, not for every thread: a thread the machine deschedules between items holds up no one
- * (the others take its items, next_item) and skips the steps it missed when it runs again. With
- * an omp barrier per step, a B=1 LSTM at 2 threads ran at about twice onnxruntime's median time
- * on a VM losing a third of its cycles to steal (min 1.2x). */
+ * (the others take its items, next_item) and skips the steps it missed when it runs again. Against
+ * an omp barrier per step (in-process A/B, 2 threads, on a VM losing a third of its cycles to
+ * steal): LSTM B=1 0.92-0.95x the time, B=32 0.93-1.00x; GRU 0.96-1.00x. */
 static inline void step_done(int64_t *done, int64_t n, int64_t need)
 {
     if (n) __atomic_add_fetch(done, n, __ATOMIC_RELEASE);
     while (__atomic_load_n(done, __ATOMIC_ACQUIRE) < need) CPU_RELAX();
 }
+
+/* bytes of packed panels a step streams from which the next unit group's are prefetched
+ * (prefetch_panel, in each ISA's part below) */
+#define PANEL_PREFETCH_BYTES (4 << 20)
 #endif
 
 INL v8 ISA(ld)(const float *p) { return *(const v8u *)p; }
@@ -313,7 +317,6 @@ INL void ISA(prefetch_next)(const int G, const float *x, int64_t xt, int64_t xb,
  * with the prefetch the LSTM forward at B=32, H=512 took 0.85-0.92x the time (median of 11-31,
  * five in-process A/Bs), BPTT's product over its 32-column panels 0.89-0.99x. Below (H=256: 1.25
  * MiB, served from L2 and L3) it only cost, 1.02-1.13x at B=8-32, so it stays off there. */
-#define PANEL_PREFETCH_BYTES (4 << 20)
 INL void ISA(prefetch_panel)(const float *w, int64_t wu, int64_t K, int64_t wk, const float *wi, int64_t I,
                              int64_t u, int64_t part, int64_t parts)
 {
