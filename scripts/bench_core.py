@@ -67,6 +67,10 @@ TOL = 1e-4
 FWD_HEADERS = ["shape B,T,I,H", "ours fwd ms", "ours served ms", "torch fwd ms", "ort fwd ms", "ours/ort",
                "served/ort", "ours/torch", "ours fwd+bwd ms", "torch fwd+bwd ms", "ratio ours/torch"]
 STEP_HEADERS = ["cell", "B", "ours step µs", "torch cell µs", "naive step µs", "ours/torch", "ours/naive"]
+# (column, ours, peer): ratios taken round by round (bench_peers.paired_ratio)
+PAIRS = [("ours/ort", "ours_fwd", "ort_fwd"), ("served/ort", "ours_served", "ort_fwd"),
+         ("ours/torch", "ours_fwd", "torch_fwd"), ("fwd+bwd ours/torch", "ours_train", "torch_train")]
+PAIRED_HEADERS = ["shape B,T,I,H"] + [column for column, _, _ in PAIRS]
 
 
 def _nothing():
@@ -187,6 +191,8 @@ def bench_shape(env: Env, cell: str, shape, repeat: int) -> dict:
     jobs["ours_train"] = (ours_train, env.ours_sync)
     row["ms"] = peers.blocks_ms(jobs, repeat, env.warmup)
     row.update({name: st[env.stat] for name, st in row["ms"].items()})
+    runs = {name: st["runs"] for name, st in row["ms"].items()}
+    row["paired"] = {column: peers.paired_ratio(runs.get(a), runs.get(b)) for column, a, b in PAIRS}
     if env.torch is not None:                                           # gradients agree too (relative)
         dx, _, grads = ours_train()
         tgrads = {k: p.grad.cpu().numpy() for k, p in tmod.named_parameters()}
@@ -255,6 +261,13 @@ def fwd_cells(row: dict) -> list[str]:
                                                 "torch_train"))
     return [shape, _fmt(o), _fmt(sv), _fmt(t), _fmt(r), _ratio(o, r), _ratio(sv, r), _ratio(o, t), _fmt(ot), _fmt(tt),
             _ratio(ot, tt)]
+
+
+def paired_cells(row: dict) -> list[str]:
+    def cell(p):
+        return "n/a" if p is None else f"{p['median']:.2f} [{p['p25']:.2f}-{p['p75']:.2f}]"
+
+    return [",".join(str(v) for v in row["shape"])] + [cell(row["paired"][column]) for column, _, _ in PAIRS]
 
 
 def step_cells(row: dict) -> list[str]:
@@ -415,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         results["forward"][cell] = rows
         peers.print_table(f"{cell.upper()} forward / training step (ms, {args.device})", FWD_HEADERS,
                           [fwd_cells(r) for r in rows])
+        peers.print_table(f"{cell.upper()} ratios round by round: median [25th-75th percentile] of {args.repeat} rounds",
+                          PAIRED_HEADERS, [paired_cells(r) for r in rows])
     for cell in cells:
         for batch in step_batches:
             results["step"].append(bench_step(env, cell, batch, calls))

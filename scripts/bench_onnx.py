@@ -23,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from model_core.onnx import InferenceSession
 from model_core.threads import set_num_threads
+from scripts.bench_peers import paired_ratio
 
 set_num_threads(blas_threads.threads(default=1))           # our kernels' team and OpenBLAS
 clock = time.perf_counter                                    # --clock cpu: time.thread_time
@@ -59,17 +60,19 @@ def build(op: str, direction: str, B: int, T: int, I: int, H: int, ragged: bool,
     return model.SerializeToString(), feed
 
 
-def timed_pair(ours, ref, repeat: int) -> tuple[float, float]:
-    """Best-of-``repeat`` milliseconds for each, the runs interleaved so that both see the same
-    machine: on shared cores the minimum is the stable statistic, a median drifts with the load."""
+def timed_pair(ours, ref, repeat: int) -> tuple[float, float, dict]:
+    """Best-of-``repeat`` milliseconds for each, and ours ÷ onnxruntime round by round
+    (``paired_ratio``). The runs are interleaved, the first of each round alternating, so that both
+    see the same machine: on shared cores a min or a paired ratio is stable, a median drifts with the load."""
     ours(), ref()                                              # warm-up: caches, BLAS pool, allocator
-    best = [float("inf"), float("inf")]
-    for _ in range(repeat):
-        for k, fn in enumerate((ours, ref)):
+    times: list[list[float]] = [[], []]
+    for r in range(repeat):
+        for k in (0, 1) if r % 2 == 0 else (1, 0):
+            fn = (ours, ref)[k]
             start = clock()
             fn()
-            best[k] = min(best[k], clock() - start)
-    return 1000 * best[0], 1000 * best[1]
+            times[k].append(clock() - start)
+    return 1000 * min(times[0]), 1000 * min(times[1]), paired_ratio(times[0], times[1])
 
 
 def main() -> None:
@@ -93,10 +96,12 @@ def main() -> None:
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = int(args.threads)
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")]
-    print(f"threads={args.threads} repeat={args.repeat} clock={args.clock} "
-          f"(best-of-repeat ms, interleaved; ratio = ours / onnxruntime)")
-    print(f"{'op':<5} {'direction':<14} {'B,T,I,H':<16} {'lengths':<8} {'ours':>9} {'ort':>9} {'ratio':>7}")
-    ratios = []
+    print(f"threads={args.threads} repeat={args.repeat} clock={args.clock} (best-of-repeat ms, interleaved; "
+          f"ratio = ours / onnxruntime of the two bests; paired: the median [25th-75th percentile] of the "
+          f"ratios round by round)")
+    print(f"{'op':<5} {'direction':<14} {'B,T,I,H':<16} {'lengths':<8} {'ours':>9} {'ort':>9} {'ratio':>7} "
+          f"{'paired':>18}")
+    ratios, paired = [], []
     for op in args.ops.split(","):
         for direction in args.directions.split(","):
             for B, T, I, H in shapes:
@@ -106,11 +111,15 @@ def main() -> None:
                     ref = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
                     for got, want in zip(ours.run(None, feed), ref.run(None, feed)):
                         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-                    t_ours, t_ort = timed_pair(lambda: ours.run(None, feed), lambda: ref.run(None, feed), args.repeat)
+                    t_ours, t_ort, pr = timed_pair(lambda: ours.run(None, feed), lambda: ref.run(None, feed),
+                                                   args.repeat)
                     ratios.append(t_ours / t_ort)
+                    paired.append(pr["median"])
+                    spread = f"{pr['median']:.2f} [{pr['p25']:.2f}-{pr['p75']:.2f}]"
                     print(f"{op:<5} {direction:<14} {f'{B},{T},{I},{H}':<16} {'ragged' if ragged else 'full':<8} "
-                          f"{t_ours:9.2f} {t_ort:9.2f} {t_ours / t_ort:7.2f}", flush=True)
-    print(f"geometric mean ratio {float(np.exp(np.mean(np.log(ratios)))):.2f}")
+                          f"{t_ours:9.2f} {t_ort:9.2f} {t_ours / t_ort:7.2f} {spread:>18}", flush=True)
+    print(f"geometric mean ratio {float(np.exp(np.mean(np.log(ratios)))):.2f}, "
+          f"paired {float(np.exp(np.mean(np.log(paired)))):.2f}")
 
 
 if __name__ == "__main__":

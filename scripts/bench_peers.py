@@ -246,6 +246,20 @@ def _stats(times_s, unit: float) -> dict:
     return {"median": float(np.median(times_s)) * unit, "min": float(np.min(times_s)) * unit}
 
 
+def paired_ratio(ours, peer) -> dict | None:
+    """a ÷ b round by round (each round's two turns a few hundred ms apart), summarised as the median
+    and the 25th-75th percentiles, or None without both.
+
+    A burst of outside load lasts seconds to minutes here, so it usually lands on both turns of a
+    round and cancels in their ratio; a ratio of two minima compares two extremes that each moved
+    with the load (two contestants running the same kernel came out up to 23% apart that way)."""
+    if not ours or not peer:
+        return None
+    r = np.asarray(ours, dtype=float) / np.asarray(peer, dtype=float)
+    p25, p50, p75 = np.percentile(r, [25, 50, 75])
+    return {"median": float(p50), "p25": float(p25), "p75": float(p75), "rounds": int(r.size)}
+
+
 def _turns(names: list[str], r: int) -> list[str]:
     """The contestants' order in round r: rotated by one each round, so that none always follows the same one."""
     k = r % len(names)
@@ -253,9 +267,10 @@ def _turns(names: list[str], r: int) -> list[str]:
 
 
 def blocks_ms(jobs: dict, repeat: int, warmup: int) -> dict:
-    """``{name: {"median", "min"}}`` in ms for each ``name: (fn, sync)``: ``repeat`` rounds that give
-    every contestant one turn, in an order that rotates by round; a turn is ``warmup`` untimed calls
-    (at least one), then the timed one.
+    """``{name: {"median", "min", "runs"}}`` in ms (``runs``: the times round by round, for
+    ``paired_ratio``) for each ``name: (fn, sync)``: ``repeat`` rounds that give every contestant one
+    turn, in an order that rotates by round; a turn is ``warmup`` untimed calls (at least one), then
+    the timed one.
 
     In turns, not one contestant's block after another's: on a shared machine the load from other
     processes comes in bursts of seconds to minutes (a peer's own time moved by 40% between runs
@@ -276,7 +291,7 @@ def blocks_ms(jobs: dict, repeat: int, warmup: int) -> dict:
             fn()
             sync()
             times[name].append(time.perf_counter() - t0)
-    return {name: _stats(ts, 1e3) for name, ts in times.items()}
+    return {name: {**_stats(ts, 1e3), "runs": [t * 1e3 for t in ts]} for name, ts in times.items()}
 
 
 def step_us(jobs: dict, calls: int, rounds: int = 10) -> dict:

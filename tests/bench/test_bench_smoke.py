@@ -29,3 +29,8 @@ def test_bench_quick_runs_and_prints_tables(tmp_path):
     assert set(results["forward"]) == {"lstm", "gru", "rnn"}
     for rows in results["forward"].values():
         assert all(r["ours_fwd"] > 0 and r["torch_fwd"] > 0 and r["ort_fwd"] > 0 for r in rows)
+        for r in rows:                                                  # every ratio also taken round by round
+            assert r["paired"]["ours/ort"]["rounds"] == 1
+            assert r["paired"]["ours/ort"]["median"] == pytest.approx(r["ms"]["ours_fwd"]["runs"][0]
+                                                                      / r["ms"]["ort_fwd"]["runs"][0])
+    assert "ratios round by round" in proc.stdout
