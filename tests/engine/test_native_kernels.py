@@ -150,6 +150,54 @@ def _arrays(tree):
             yield from _arrays(v)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("H", [16, 24, 204, 210])      # U even / odd (a group left alone), a partial last group
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_one_row_makes_the_sums_a_row_of_a_batch_makes(cell, H, fused):
+    """One row runs two unit groups side by side (``tile_row_pair``: twice the FMA chains). Each
+    output must be the same sum in the same order as a row of a wider tile: a batch of that row twice
+    gives it bit for bit, y and the final state, what training keeps for BPTT, a row held past its
+    length, with and without the projection in the tile."""
+    from model_core.cells.native_weights import NULL, aligned_empty, pack, ptr
+    T, I, G = 9, 5, {"lstm": 4, "gru": 3}[cell]
+    rng = np.random.default_rng(H)
+    x1 = rng.standard_normal((T, 1, I if fused else G * H), dtype=np.float32)
+    wi = pack(rng.standard_normal((I, G * H), dtype=np.float32), gates=G)
+    w = pack(rng.standard_normal((H, G * H), dtype=np.float32) * 0.2)
+    bias, b_hn = rng.standard_normal(G * H).astype(np.float32), rng.standard_normal(H).astype(np.float32)
+    state0 = [rng.standard_normal((1, H), dtype=np.float32) for _ in range(G // 2)]      # h (and c)
+    lstm = cell == "lstm"
+
+    def run(B, ragged):
+        x = np.ascontiguousarray(np.repeat(x1, B, axis=1))
+        lens = np.full(B, T - 3, np.int64) if ragged else None          # held for the last 3 steps
+        s0 = [np.repeat(s, B, axis=0) for s in state0]
+        shapes = {"y": (T, B, H), "hT": (B, H), "cT": (B, H), "gates": (T, B, G * H), "tanhc_or_hn": (T, B, H),
+                  "prev_h": (T, B, H), "prev_c": (T, B, H)}
+        out = {k: aligned_empty(v) for k, v in shapes.items() if lstm or k not in ("cT", "prev_c")}
+
+        def keep(k):                                                    # training keeps nothing for ragged rows
+            return NULL if ragged else ptr(out[k])
+
+        work = aligned_empty(6 * B * H)
+        args = [T, B, H, *((I,) if fused else ()), 0, ptr(x), B * x.shape[2], x.shape[2]]
+        args += [ptr(wi), ptr(bias)] if fused else [ptr(bias)]
+        args += [ptr(lens), ptr(w), G * 8, 8, H * G * 8]
+        args += [ptr(s0[0]), ptr(s0[1])] if lstm else [ptr(b_hn), ptr(s0[0])]
+        args += [ptr(out["y"]), B * H, H, ptr(out["hT"]), *([ptr(out["cT"])] if lstm else [])]
+        args += [keep("gates"), keep("tanhc_or_hn"), keep("prev_h"), *([keep("prev_c")] if lstm else []), ptr(work)]
+        fn = getattr(native.lib, f"mc_{cell}_forward{'_fused' if fused else ''}")
+        assert not fn(*args)
+        return out if not ragged else {"y": out["y"], "hT": out["hT"]}
+
+    for ragged in (False, True):
+        one, two = run(1, ragged), run(2, ragged)
+        for k, a in one.items():
+            b = two[k]
+            assert np.isfinite(a).all(), k
+            assert np.array_equal(a[..., 0, :] if a.ndim == 3 else a[0], b[..., 1, :] if b.ndim == 3 else b[1]), k
+
+
 @pytest.mark.parametrize("cls", [LSTM, GRU])
 def test_a_wide_single_step_splits_across_two_threads_and_matches_one(cls):
     """From B*H >= 16384 one step (T=1) runs on the team too: the same numbers as on one thread, up
@@ -303,6 +351,30 @@ def test_frozen_weights_keep_one_packed_copy_and_step_the_same(cls, monkeypatch)
     import gc
     gc.collect()
     assert len(native_weights._frozen) == before - len(packs)   # the copies go with the weights
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+def test_one_row_of_frozen_weights_reads_the_kept_copy_over_a_sequence_and_steps_as_stored(cls, monkeypatch):
+    """At B=1 on one thread a sequence reads the kept packed copy of read-only weights (the one-row
+    tile runs two unit groups at once), writable weights as stored (a copy per call would cost what
+    it saves); a single step, and a length-1 sequence, read them as stored either way, so that
+    ``step()`` stays a length-1 ``forward`` bit for bit."""
+    from model_core.cells import native_gru, native_lstm, native_weights
+    layouts = []
+    real = native_weights.recurrent_weights
+    for mod in (native_lstm, native_gru):
+        monkeypatch.setattr(mod, "recurrent_weights", lambda *a: layouts.append(real(*a).packed) or real(*a))
+    rng = np.random.default_rng(5)
+    layer = cls(4, 12)
+    x = rng.standard_normal((70, 1, 4), dtype=np.float32)                # B*T >= PACK_MIN_ROWS
+    want = layer.forward(x)[0]
+    layer.freeze()
+    got = layer.forward(x)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)        # the bias added before, not after
+    state = layer.init_states(1)
+    stepped = layer.step_states(x[0], state)
+    assert np.array_equal(layer.forward_states(x[:1], state)[0][0], stepped[0])
+    assert layouts == [False, True, False]             # writable, frozen, the length-1 sequence
 
 
 def test_writable_weights_are_packed_per_call_so_in_place_updates_count():
