@@ -21,7 +21,17 @@ static inline int64_t chunk_rows(int64_t mr, int64_t B, int64_t H)
     return B * (int64_t)sizeof(float) * H <= 256 * 1024 ? B : ROW_CHUNK(mr);
 }
 
-/* The next work item (row chunk x unit group) of a step, of `items`, for thread tid of nth, after
+/* The work items of one step, which next_item hands out: row chunk x unit group; for one row (B=1)
+ * two unit groups each, run side by side (lstm_row_pair, gru_row_pair), the last alone when U is
+ * odd. item_group: an item's (first) group; item_is_pair: whether it has two. */
+static inline int64_t step_items(int64_t B, int64_t chunk, int64_t U)
+{
+    return B == 1 ? (U + 1) / 2 : (B + chunk - 1) / chunk * U;
+}
+static inline int64_t item_group(int64_t B, int64_t U, int64_t j) { return B == 1 ? 2 * j : j % U; }
+static inline int item_is_pair(int64_t B, int64_t U, int64_t j) { return B == 1 && 2 * j + 1 < U; }
+
+/* The next work item (step_items) of a step, of `items`, for thread tid of nth, after
  * item j. Each thread has its share, [items*t/nth, items*(t+1)/nth), and a counter of the items
  * taken from it (`claims`, 64 bytes apart: no false sharing): it takes its own in order (its
  * weight panels stay one stream for the prefetchers), then what is left of the others'. A thread
@@ -470,13 +480,13 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t *claims, int64_t T,
             hp = yt_; hs = yb; cp = cn;
             continue;
         }
-        int64_t chunk = chunk_rows(MR_LSTM, B, H), items = (B + chunk - 1) / chunk * U;
+        int64_t chunk = chunk_rows(MR_LSTM, B, H), items = step_items(B, chunk, U);
         int64_t *step_claims = claims ? claims + i * (nth + 1) * CLAIM_STRIDE : 0, ran = 0;   /* then its count */
-        if (B == 1) items = (U + 1) / 2;                            /* one row: an item is two groups */
         for (int64_t j = next_item(step_claims, tid, nth, items, -1); j < items;
              j = next_item(step_claims, tid, nth, items, j), ran++) {
-            if (B == 1 && 2 * j + 1 < U) {
-                int64_t u = 2 * j, nu2 = H - (u + 1) * VW < VW ? H - (u + 1) * VW : VW;
+            int64_t u = item_group(B, U, j);
+            if (item_is_pair(B, U, j)) {
+                int64_t nu2 = H - (u + 1) * VW < VW ? H - (u + 1) * VW : VW;
                 v8 bv[2][4];
                 ISA(bias_vectors)(4, bx, H, u, VW, bv[0]);
                 ISA(bias_vectors)(4, bx, H, u + 1, nu2, bv[1]);
@@ -484,7 +494,7 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t *claims, int64_t T,
                                    yt_, gt, tct);
                 continue;
             }
-            int64_t bc = B == 1 ? 0 : j / U * chunk, u = B == 1 ? 2 * j : j % U;   /* rows of h that stay in L2, one panel ... */
+            int64_t bc = j / U * chunk;                            /* rows of h that stay in L2, one panel ... */
             int64_t nu = H - u * VW < VW ? H - u * VW : VW;
             int full = nu == VW || wu != VW;
             v8 bv[4];
@@ -652,13 +662,13 @@ static void ISA(gru_forward_part)(int tid, int nth, int64_t *claims, int64_t T, 
             hp = yt_; hs = yb;
             continue;
         }
-        int64_t chunk = chunk_rows(MR_GRU, B, H), items = (B + chunk - 1) / chunk * U;
+        int64_t chunk = chunk_rows(MR_GRU, B, H), items = step_items(B, chunk, U);
         int64_t *step_claims = claims ? claims + i * (nth + 1) * CLAIM_STRIDE : 0, ran = 0;   /* then its count */
-        if (B == 1) items = (U + 1) / 2;                            /* one row: an item is two groups */
         for (int64_t j = next_item(step_claims, tid, nth, items, -1); j < items;
              j = next_item(step_claims, tid, nth, items, j), ran++) {
-            if (B == 1 && 2 * j + 1 < U) {
-                int64_t u = 2 * j, nu2 = H - (u + 1) * VW < VW ? H - (u + 1) * VW : VW;
+            int64_t u = item_group(B, U, j);
+            if (item_is_pair(B, U, j)) {
+                int64_t nu2 = H - (u + 1) * VW < VW ? H - (u + 1) * VW : VW;
                 v8 bv[2][4];
                 ISA(bias_vectors)(3, bx, H, u, VW, bv[0]);
                 ISA(bias_vectors)(3, bx, H, u + 1, nu2, bv[1]);
@@ -666,7 +676,7 @@ static void ISA(gru_forward_part)(int tid, int nth, int64_t *claims, int64_t T, 
                                   yt_, gt, hnt);
                 continue;
             }
-            int64_t bc = B == 1 ? 0 : j / U * chunk, u = B == 1 ? 2 * j : j % U;
+            int64_t bc = j / U * chunk;
             int64_t nu = H - u * VW < VW ? H - u * VW : VW;
             int full = nu == VW || wu != VW;
             v8 bv[4];
