@@ -264,10 +264,7 @@ def fwd_cells(row: dict) -> list[str]:
 
 
 def paired_cells(row: dict) -> list[str]:
-    def cell(p):
-        return "n/a" if p is None else f"{p['median']:.2f} [{p['p25']:.2f}-{p['p75']:.2f}]"
-
-    return [",".join(str(v) for v in row["shape"])] + [cell(row["paired"][column]) for column, _, _ in PAIRS]
+    return [",".join(str(v) for v in row["shape"])] + [peers.format_paired(row["paired"][c]) for c, _, _ in PAIRS]
 
 
 def step_cells(row: dict) -> list[str]:

@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from model_core.onnx import InferenceSession
 from model_core.threads import set_num_threads
-from scripts.bench_peers import paired_ratio
+from scripts.bench_peers import format_paired, paired_ratio
 
 set_num_threads(blas_threads.threads(default=1))           # our kernels' team and OpenBLAS
 clock = time.perf_counter                                    # --clock cpu: time.thread_time
@@ -115,9 +115,8 @@ def main() -> None:
                                                    args.repeat)
                     ratios.append(t_ours / t_ort)
                     paired.append(pr["median"])
-                    spread = f"{pr['median']:.2f} [{pr['p25']:.2f}-{pr['p75']:.2f}]"
                     print(f"{op:<5} {direction:<14} {f'{B},{T},{I},{H}':<16} {'ragged' if ragged else 'full':<8} "
-                          f"{t_ours:9.2f} {t_ort:9.2f} {t_ours / t_ort:7.2f} {spread:>18}", flush=True)
+                          f"{t_ours:9.2f} {t_ort:9.2f} {t_ours / t_ort:7.2f} {format_paired(pr):>18}", flush=True)
     print(f"geometric mean ratio {float(np.exp(np.mean(np.log(ratios)))):.2f}, "
           f"paired {float(np.exp(np.mean(np.log(paired)))):.2f}")
 

@@ -260,6 +260,11 @@ def paired_ratio(ours, peer) -> dict | None:
     return {"median": float(p50), "p25": float(p25), "p75": float(p75), "rounds": int(r.size)}
 
 
+def format_paired(p: dict | None) -> str:
+    """``paired_ratio``'s summary as the tables print it: median [25th-75th percentile]."""
+    return "n/a" if p is None else f"{p['median']:.2f} [{p['p25']:.2f}-{p['p75']:.2f}]"
+
+
 def _turns(names: list[str], r: int) -> list[str]:
     """The contestants' order in round r: rotated by one each round, so that none always follows the same one."""
     k = r % len(names)

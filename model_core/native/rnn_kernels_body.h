@@ -24,6 +24,9 @@ static inline int64_t chunk_rows(int64_t mr, int64_t B, int64_t H)
 /* The work items of one step, which next_item hands out: row chunk x unit group; for one row (B=1)
  * two unit groups each, run side by side (lstm_row_pair, gru_row_pair), the last alone when U is
  * odd. item_group: an item's (first) group; item_is_pair: whether it has two. */
+/* the units of group u that exist (VW but for a partial last group when H is not a multiple of VW) */
+static inline int64_t group_units(int64_t H, int64_t u) { return H - u * VW < VW ? H - u * VW : VW; }
+
 static inline int64_t step_items(int64_t B, int64_t chunk, int64_t U)
 {
     return B == 1 ? (U + 1) / 2 : (B + chunk - 1) / chunk * U;
@@ -254,7 +257,7 @@ INL void ISA(product_g)(const int G, int64_t B, int64_t H, const float *h, const
     int64_t U = (H + VW - 1) / VW;
     for (int64_t bc = 0; bc < B; bc += ROW_CHUNK(MR_LSTM))
     for (int64_t u = 0; u < U; u++) {
-        int64_t nu = H - u * VW < VW ? H - u * VW : VW;
+        int64_t nu = group_units(H, u);
         int full = nu == VW || wu != VW;           /* a packed layout is zero-padded: always safe */
         for (int64_t b = bc, be = B < bc + ROW_CHUNK(MR_LSTM) ? B : bc + ROW_CHUNK(MR_LSTM); b < be; b += MR_LSTM) {
             int64_t rem = be - b < MR_LSTM ? be - b : MR_LSTM;
@@ -412,12 +415,15 @@ INL void ISA(lstm_rows)(const int mr, const int full, int64_t nu, int64_t H, int
 
 /* lstm_rows for one row and the two unit groups u, u + 1 of a packed layout (zero-padded: the
  * second group may be the partial last one, nu2 wide), through tile_row_pair */
-INL void ISA(lstm_row_pair)(int64_t nu2, int64_t H, int64_t u, const float *x, const float *xi, int64_t I,
-                            const float *wi, const v8 bv[2][4], const int64_t *lens, int64_t i, const float *w,
-                            int64_t wk, int64_t wg, int64_t wu, const float *hp, const float *cp, float *cn, float *y,
-                            float *gates, float *tanhc)
+INL void ISA(lstm_row_pair)(int64_t H, int64_t u, const float *x, const float *xi, int64_t I, const float *wi,
+                            const float *bx, const int64_t *lens, int64_t i, const float *w, int64_t wk, int64_t wg,
+                            int64_t wu, const float *hp, const float *cp, float *cn, float *y, float *gates,
+                            float *tanhc)
 {
-    v8 acc[2][4];
+    int64_t nu2 = group_units(H, u + 1);
+    v8 acc[2][4], bv[2][4];
+    ISA(bias_vectors)(4, bx, H, u, VW, bv[0]);
+    ISA(bias_vectors)(4, bx, H, u + 1, nu2, bv[1]);
     for (int p = 0; p < 2; p++)
         for (int g = 0; g < 4; g++)
             acc[p][g] = xi ? bv[p][g] : ISA(ldn)(x + g * H + (u + p) * VW, p ? nu2 : VW) + bv[p][g];
@@ -465,7 +471,7 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t *claims, int64_t T,
             ISA(axpy_product)(B, H, 4 * H, hp, hs, w, pre);
             for (int64_t b = 0; b < B; b++)
                 for (int64_t u = 0; u < U; u++) {
-                    int64_t nu = H - u * VW < VW ? H - u * VW : VW;
+                    int64_t nu = group_units(H, u);
                     const float *pr = pre + b * 4 * H + u * VW;
                     if (ISA(held)(lens ? lens + b : 0, i, nu, u, hp + b * hs, yt_ + b * yb, cp + b * H, cn + b * H))
                         continue;
@@ -486,16 +492,12 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t *claims, int64_t T,
              j = next_item(step_claims, tid, nth, items, j), ran++) {
             int64_t u = item_group(B, U, j);
             if (item_is_pair(B, U, j)) {
-                int64_t nu2 = H - (u + 1) * VW < VW ? H - (u + 1) * VW : VW;
-                v8 bv[2][4];
-                ISA(bias_vectors)(4, bx, H, u, VW, bv[0]);
-                ISA(bias_vectors)(4, bx, H, u + 1, nu2, bv[1]);
-                ISA(lstm_row_pair)(nu2, H, u, xt_, xi ? xi + t * xit : 0, I, wi, bv, lens, i, w, wk, wg, wu, hp, cp, cn,
-                                   yt_, gt, tct);
+                ISA(lstm_row_pair)(H, u, xt_, xi ? xi + t * xit : 0, I, wi, bx, lens, i, w, wk, wg, wu, hp, cp, cn, yt_,
+                                   gt, tct);
                 continue;
             }
             int64_t bc = j / U * chunk;                            /* rows of h that stay in L2, one panel ... */
-            int64_t nu = H - u * VW < VW ? H - u * VW : VW;
+            int64_t nu = group_units(H, u);
             int full = nu == VW || wu != VW;
             v8 bv[4];
             ISA(bias_vectors)(4, bx, H, u, nu, bv);
@@ -597,12 +599,14 @@ INL void ISA(gru_rows)(const int mr, const int full, int64_t nu, int64_t H, int6
 }
 
 /* gru_rows for one row and the two unit groups u, u + 1 of a packed layout (as lstm_row_pair) */
-INL void ISA(gru_row_pair)(int64_t nu2, int64_t H, int64_t u, const float *x, const float *xi, int64_t I,
-                           const float *wi, const v8 bv[2][4], const int64_t *lens, int64_t i, const float *w,
-                           int64_t wk, int64_t wg, int64_t wu, const float *b_hn, const float *hp, float *y,
-                           float *gates, float *hn)
+INL void ISA(gru_row_pair)(int64_t H, int64_t u, const float *x, const float *xi, int64_t I, const float *wi,
+                           const float *bx, const int64_t *lens, int64_t i, const float *w, int64_t wk, int64_t wg,
+                           int64_t wu, const float *b_hn, const float *hp, float *y, float *gates, float *hn)
 {
-    v8 acc[2][4], xn[2];
+    int64_t nu2 = group_units(H, u + 1);
+    v8 acc[2][4], bv[2][4], xn[2];
+    ISA(bias_vectors)(3, bx, H, u, VW, bv[0]);
+    ISA(bias_vectors)(3, bx, H, u + 1, nu2, bv[1]);
     if (xi) {
         for (int p = 0; p < 2; p++)
             for (int g = 0; g < 3; g++) acc[p][g] = bv[p][g];
@@ -647,7 +651,7 @@ static void ISA(gru_forward_part)(int tid, int nth, int64_t *claims, int64_t T, 
             ISA(axpy_product)(B, H, 3 * H, hp, hs, w, work);                      /* (B, 3H) */
             for (int64_t b = 0; b < B; b++)
                 for (int64_t u = 0; u < U; u++) {
-                    int64_t nu = H - u * VW < VW ? H - u * VW : VW;
+                    int64_t nu = group_units(H, u);
                     const float *pr = work + b * 3 * H + u * VW;
                     if (ISA(held)(lens ? lens + b : 0, i, nu, u, hp + b * hs, yt_ + b * yb, 0, 0)) continue;
                     v8 bv[4];
@@ -668,16 +672,12 @@ static void ISA(gru_forward_part)(int tid, int nth, int64_t *claims, int64_t T, 
              j = next_item(step_claims, tid, nth, items, j), ran++) {
             int64_t u = item_group(B, U, j);
             if (item_is_pair(B, U, j)) {
-                int64_t nu2 = H - (u + 1) * VW < VW ? H - (u + 1) * VW : VW;
-                v8 bv[2][4];
-                ISA(bias_vectors)(3, bx, H, u, VW, bv[0]);
-                ISA(bias_vectors)(3, bx, H, u + 1, nu2, bv[1]);
-                ISA(gru_row_pair)(nu2, H, u, xt_, xi ? xi + t * xit : 0, I, wi, bv, lens, i, w, wk, wg, wu, b_hn, hp,
-                                  yt_, gt, hnt);
+                ISA(gru_row_pair)(H, u, xt_, xi ? xi + t * xit : 0, I, wi, bx, lens, i, w, wk, wg, wu, b_hn, hp, yt_, gt,
+                                  hnt);
                 continue;
             }
             int64_t bc = j / U * chunk;
-            int64_t nu = H - u * VW < VW ? H - u * VW : VW;
+            int64_t nu = group_units(H, u);
             int full = nu == VW || wu != VW;
             v8 bv[4];
             ISA(bias_vectors)(3, bx, H, u, nu, bv);

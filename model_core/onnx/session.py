@@ -97,11 +97,11 @@ class InferenceSession:
             raise ValueError(f"Invalid output name(s): {unknown}; the model's outputs are {sorted(known)}")
         feeds = self._device_feeds(input_feed)
         results = self._plan.run(feeds, names)
-        protected = self._plan.constant_ids | {id(v) for v in feeds.values()}
-        owned, given = [], set()
+        protected = {id(v) for v in feeds.values()} | self._plan.constant_ids   # a set of our own
+        owned = []
         for r in results:
-            owned.append(_owned_numpy(r, protected | given))          # one output twice: two arrays
-            given.add(id(owned[-1]))
+            owned.append(_owned_numpy(r, protected))
+            protected.add(id(owned[-1]))                              # one output twice: two arrays
         return owned
 
     def get_inputs(self) -> list[NodeArg]:
