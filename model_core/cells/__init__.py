@@ -33,6 +33,8 @@ class CellSteps:
             ``sequence_backward``, None otherwise).
     sequence_forward_fused: inference over a sequence from the raw input, the input projection
             made inside the kernel (the native LSTM and GRU; None otherwise).
+    step_forward_input: an inference step from the raw input, the projection made inside the
+            kernel (the native LSTM and GRU; None otherwise): ``step()`` and length-1 sequences.
     """
     GATES: int
     STATE_SIZE: int
@@ -46,6 +48,7 @@ class CellSteps:
     sequence_forward: Callable | None
     sequence_backward: Callable | None
     sequence_forward_fused: Callable | None = None
+    step_forward_input: Callable | None = None
 
 
 def uses_jit(xp, dtype) -> bool:
@@ -97,4 +100,5 @@ def select(kind: str, xp, dtype, nonlinearity: str = "tanh", reference: bool = F
                      step_forward=step_forward, step_backward=step_backward, fused=fused,
                      native=use_native, sequence_forward=getattr(mod, "sequence_forward", None),
                      sequence_backward=getattr(mod, "sequence_backward", None),
-                     sequence_forward_fused=getattr(mod, "sequence_forward_fused", None))
+                     sequence_forward_fused=getattr(mod, "sequence_forward_fused", None),
+                     step_forward_input=getattr(mod, "step_forward_input", None))

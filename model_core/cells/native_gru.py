@@ -12,11 +12,11 @@ import numpy as np
 from model_core.cells.gru_cell import GATES, STATE_SIZE, cache_shapes, fold_bias
 from model_core.cells.native_weights import (FUSED_MIN_BATCH, NULL, aligned_empty, backward_strides, c_array, fused_input,
                                              input_weights, ptr, recurrent_weights, row_strides, rows_contiguous,
-                                             step_keeps_pack, train_cache)
+                                             step_input_weights, step_keeps_pack, train_cache)
 from model_core.native import handle, lib
 
 __all__ = ["GATES", "STATE_SIZE", "cache_shapes", "fold_bias", "gate_constants", "sequence_backward",
-           "sequence_forward", "sequence_forward_fused", "step_backward", "step_forward"]
+           "sequence_forward", "sequence_forward_fused", "step_backward", "step_forward", "step_forward_input"]
 
 
 def gate_constants(xp, H: int, dtype):
@@ -49,11 +49,17 @@ def sequence_forward_fused(x, weight_ih_t, bias, state0, weight_hh_t, bias_hh, c
     """``sequence_forward`` from the raw input x (T, B, I), the input projection made in the
     kernel's tile (as ``native_lstm.sequence_forward_fused``): bias (3H,) folded as ``fold_bias``
     folds it, b_hn from bias_hh. Returns ((h_T,), cache), or None when this batch reads W_hh row
-    by row."""
+    by row. One step (T = 1) is ``step_forward_input``, whatever the batch and layout."""
     T, B, I = x.shape
+    H = weight_hh_t.shape[0]
+    if T == 1:                                             # the call step() makes: the same bits
+        out = (np.empty((B, H), np.float32),)
+        cache = train_cache(cache_shapes, STATE_SIZE, 1, B, H, reverse)[0] if train else None
+        step_forward_input(x[0], weight_ih_t, bias, state0, weight_hh_t, bias_hh, consts, out, cache)
+        y_out[0] = out[0]
+        return out, cache
     if B < FUSED_MIN_BATCH:
         return None
-    H = weight_hh_t.shape[0]
     w = recurrent_weights(weight_hh_t, B, T)
     if not w.packed:
         return None
@@ -115,6 +121,25 @@ def step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, out):
     gates = (NULL, NULL) if cache_t is None else (ptr(cache_t["gates"]), ptr(cache_t["hn"]))
     lib.mc_gru_forward(1, B, H, 0, ptr(xproj_t), 0, G3, NULL, NULL, w.ptr, w.wk, w.wg, w.wu, ptr(b_hn), ptr(h), ptr(out[0]),
                        0, out[0].strides[0] // 4, NULL, *gates, NULL, NULL)
+
+
+def step_forward_input(x_t, weight_ih_t, bias, prev, weight_hh_t, bias_hh, consts, out, cache=None):
+    """``native_lstm.step_forward_input``'s GRU: bias folded as ``fold_bias`` folds it (3H,) or
+    None, b_hn from bias_hh; prev (h,); out (h',) (B, H); cache a length-1 ``train_cache`` or None."""
+    if not out[0].flags.c_contiguous:
+        tmp = (np.empty(out[0].shape, np.float32),)
+        step_forward_input(x_t, weight_ih_t, bias, prev, weight_hh_t, bias_hh, consts, tmp, cache)
+        out[0][...] = tmp[0]
+        return
+    wi, wh, packed = step_input_weights(weight_ih_t, weight_hh_t, GATES)
+    x_t, h = c_array(x_t), c_array(prev[0])
+    B, I = x_t.shape
+    H = h.shape[1]
+    b_hn = None if bias_hh is None else c_array(bias_hh[2 * H:])
+    kept = (cache["steps"]["gates"], cache["steps"]["hn"], cache["prev"][0]) if cache else (None,) * 3
+    if lib.mc_gru_input_step(B, H, I, handle(x_t), handle(wi), handle(bias), handle(b_hn), handle(wh), packed,
+                             handle(h), handle(out[0]), *map(handle, kept)):
+        raise MemoryError("the GRU step kernel could not allocate its scratch buffer")
 
 
 def step_backward(xp, d_next, prev, weight_hh_t, consts, cache_t, dgx_t, dgh_t):

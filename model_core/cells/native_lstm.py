@@ -14,11 +14,11 @@ import numpy as np
 from model_core.cells.lstm_cell import GATES, STATE_SIZE, cache_shapes, fold_bias, gate_constants
 from model_core.cells.native_weights import (FUSED_MIN_BATCH, NULL, aligned_empty, backward_strides, c_array, fused_input,
                                              input_weights, ptr, recurrent_weights, row_strides, rows_contiguous,
-                                             step_keeps_pack, train_cache)
+                                             step_input_weights, step_keeps_pack, train_cache)
 from model_core.native import handle, lib
 
 __all__ = ["GATES", "STATE_SIZE", "cache_shapes", "fold_bias", "gate_constants", "sequence_backward",
-           "sequence_forward", "sequence_forward_fused", "step_backward", "step_forward"]
+           "sequence_forward", "sequence_forward_fused", "step_backward", "step_forward", "step_forward_input"]
 
 
 def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out, train):
@@ -47,11 +47,18 @@ def sequence_forward_fused(x, weight_ih_t, bias, state0, weight_hh_t, bias_hh, c
     its register tile (W_ih^T packed like W_hh^T), so no (T, B, 4H) projection is written and read
     back (BPTT never reads it). bias: both biases folded (4H,) or None (bias_hh and consts: the
     GRU's signature). Returns ((h_T, c_T), cache), or None when this batch reads W_hh row by row
-    (small batches: the fused tile needs the packed layout; the caller projects as before)."""
+    (small batches: the fused tile needs the packed layout; the caller projects as before). One
+    step (T = 1) is ``step_forward_input``, whatever the batch and layout."""
     T, B, I = x.shape
+    H = weight_hh_t.shape[0]
+    if T == 1:                                             # the call step() makes: the same bits
+        out = (np.empty((B, H), np.float32), np.empty((B, H), np.float32))
+        cache = train_cache(cache_shapes, STATE_SIZE, 1, B, H, reverse)[0] if train else None
+        step_forward_input(x[0], weight_ih_t, bias, state0, weight_hh_t, bias_hh, consts, out, cache)
+        y_out[0] = out[0]
+        return out, cache
     if B < FUSED_MIN_BATCH:
         return None
-    H = weight_hh_t.shape[0]
     w = recurrent_weights(weight_hh_t, B, T)
     if not w.packed:                                       # the fused tile needs the packed layout
         return None
@@ -119,6 +126,27 @@ def step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, out):
     gates = (NULL, NULL) if cache_t is None else (ptr(cache_t["gates"]), ptr(cache_t["tanh_c"]))
     lib.mc_lstm_forward(1, B, H, 0, ptr(xproj_t), 0, G4, NULL, NULL, w.ptr, w.wk, w.wg, w.wu, ptr(h), ptr(c),
                         ptr(h_next), 0, h_next.strides[0] // 4, NULL, ptr(c_next), *gates, NULL, NULL, NULL)
+
+
+def step_forward_input(x_t, weight_ih_t, bias, prev, weight_hh_t, bias_hh, consts, out, cache=None):
+    """One step from the raw input x_t (B, I), the projection made in the kernel: ``step()``, and a
+    length-1 sequence (``sequence_forward_fused``), which make this same call so that they agree bit
+    for bit. bias: both biases folded (4H,) or None; prev (h, c); out (h', c'), each (B, H), never
+    aliasing prev (another layout than C-contiguous goes through a copy); cache: a length-1
+    ``train_cache``, written when given (training). Read-only weights are read from their kept
+    packed copies."""
+    if not (out[0].flags.c_contiguous and out[1].flags.c_contiguous):
+        tmp = (np.empty(out[0].shape, np.float32), np.empty(out[1].shape, np.float32))
+        step_forward_input(x_t, weight_ih_t, bias, prev, weight_hh_t, bias_hh, consts, tmp, cache)
+        out[0][...], out[1][...] = tmp
+        return
+    wi, wh, packed = step_input_weights(weight_ih_t, weight_hh_t, GATES)
+    x_t, h, c = c_array(x_t), c_array(prev[0]), c_array(prev[1])
+    B, I = x_t.shape
+    kept = (cache["steps"]["gates"], cache["steps"]["tanh_c"], *cache["prev"]) if cache else (None,) * 4
+    if lib.mc_lstm_input_step(B, h.shape[1], I, handle(x_t), handle(wi), handle(bias), handle(wh), packed, handle(h),
+                              handle(c), handle(out[0]), handle(out[1]), *map(handle, kept)):
+        raise MemoryError("the LSTM step kernel could not allocate its scratch buffer")
 
 
 def step_backward(xp, d_next, prev, weight_hh_t, consts, cache_t, dgx_t, dgh_t):

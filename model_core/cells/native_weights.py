@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from model_core.native import lib, threads
+from model_core.native import data_pointer, lib, threads
 
 NULL = None
 PACK_MIN_BATCH = 16       # rows per step from which packing pays even for a single step
@@ -40,7 +40,7 @@ def aligned_empty(shape) -> np.ndarray:
     A/B), and which alignment a call got depended on the allocator's state, i.e. on what ran before."""
     size = int(np.prod(shape))
     raw = np.empty(size + ALIGN // 4, np.float32)
-    start = (-raw.ctypes.data % ALIGN) // 4
+    start = (-data_pointer(raw) % ALIGN) // 4
     return raw[start:start + size].reshape(shape)
 
 
@@ -72,7 +72,7 @@ class KernelWeights(NamedTuple):
 def ptr(a: np.ndarray | None) -> int | None:
     """A float32 array's data pointer (None passes a NULL pointer). The caller keeps ``a`` bound
     to a name until the kernel returns: a pointer into a temporary would dangle."""
-    return None if a is None else a.ctypes.data
+    return None if a is None else data_pointer(a)
 
 
 def c_array(a) -> np.ndarray:
@@ -147,6 +147,17 @@ def step_keeps_pack(weight_hh_t: np.ndarray, B: int) -> bool:
     return B >= PACK_MIN_BATCH and frozen(weight_hh_t)
 
 
+def step_input_weights(weight_ih_t: np.ndarray, weight_hh_t: np.ndarray, gates: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(W_ih, W_hh, packed) for the step entry points that take the raw input (``mc_*_input_step``):
+    the kept packed copies of read-only weights (packed = 1: the projection is made in the register
+    tile, at one row by the pair tile), else W_ih^T and W_hh^T as stored (0)."""
+    wi = frozen_pack(weight_ih_t, gates=gates)
+    wh = frozen_pack(weight_hh_t) if wi is not None else None
+    if wh is None:
+        return c_array(weight_ih_t), c_array(weight_hh_t), 0
+    return wi, wh, 1
+
+
 def train_cache(cache_shapes, n_state: int, T: int, B: int, H: int, reverse: bool) -> tuple[dict, tuple]:
     """What BPTT reads, laid out as ``nn.bptt`` lays it out: each step's arrays (the cell's
     ``cache_shapes``, in its order) and the states entering each step; and the kernels' pointers
@@ -181,7 +192,7 @@ def frozen_pack(weight_t: np.ndarray, gates: int | None = None) -> np.ndarray | 
     if not frozen(weight_t) or not weight_t.flags.c_contiguous:     # a copy would be new per call anyway
         return None
     owner = weight_t.base if weight_t.base is not None else weight_t
-    key = (id(owner), weight_t.ctypes.data, weight_t.shape, weight_t.strides, gates)
+    key = (id(owner), data_pointer(weight_t), weight_t.shape, weight_t.strides, gates)
     hit = _frozen.get(key)
     if hit is not None and hit[0]() is owner:       # the same storage, not a new one at a reused address
         return hit[1]

@@ -221,10 +221,11 @@ typedef struct {
                          const float *, const float *, const float *, const float *, float *, float *, float *,
                          float *);
     double (*fma_peak)(int64_t);
+    void (*axpy_product)(int64_t, int64_t, int64_t, const float *, int64_t, const float *, float *);
 } kernels_t;
 
 #define TABLE(sfx, name) { name, product_##sfx, lstm_forward_##sfx, lstm_backward_##sfx, gru_forward_##sfx, \
-                           gru_backward_##sfx, fma_peak_##sfx }
+                           gru_backward_##sfx, fma_peak_##sfx, axpy_product_##sfx }
 
 static const kernels_t BASE = TABLE(base, "baseline");
 #ifdef MULTI_ISA
@@ -437,6 +438,87 @@ int32_t mc_gru_step(int64_t B, int64_t H, intptr_t xp, intptr_t w_hh_t, intptr_t
     const float *w = step_weights(B, H, G, arr(w_hh_t), zero + H, &wk, &wg, &wu);
     K->gru_forward(1, B, H, 0, arr(xp), 0, G * H, 0, 0, 0, 0, 0, 0, 0, w, wk, wg, wu, bn, arr(h), arr(h_out), 0, H, 0,
                    0, 0, 0, work);
+    return 0;
+}
+
+/* -- one inference step from the raw input: step() and a length-1 forward, the input projection here --
+ * x (B, I); bias (G*H,) with both biases folded as the cells fold them (or 0: none). packed = 1:
+ * w_ih and w_hh are the kept packed copies of read-only weights ((U, I, G, 8), (U, H, G, 8)) and
+ * the projection is made in the register tile (the fused kernel; at B=1 the pair tile). packed =
+ * 0: W_ih^T (I, G*H) and W_hh^T (H, G*H) as stored; from STEP_PACK_MIN_BATCH rows both are packed
+ * into scratch (fused), below it the projection streams W_ih^T row by row (axpy_product) and the
+ * step reads W_hh^T as stored. Against the projection as a NumPy product plus a bias add before
+ * the step, this saves two calls and an array per layer and token. gates .. prev_c: what BPTT reads
+ * (as mc_lstm_forward's, T = 1), for a length-1 sequence in training; 0 for inference. Returns 0,
+ * or -1 without memory. */
+static const float *input_step_weights(int64_t B, int64_t H, int64_t I, int64_t G, int64_t packed, const float *x,
+                                       const float *w_ih, const float *bias, const float *w_hh, float *buf,
+                                       const float **wi, const float **xproj, const float **bx, int64_t *wk,
+                                       int64_t *wg, int64_t *wu)
+{
+    int64_t U = (H + VW - 1) / VW;
+    *bx = bias;
+    if (packed || B >= STEP_PACK_MIN_BATCH) {                  /* the fused tile: W_ih and W_hh packed */
+        *xproj = 0;
+        *wi = w_ih;
+        *wk = G * VW; *wg = VW; *wu = H * G * VW;
+        if (packed) return w_hh;
+        float *pi = buf, *ph = buf + U * I * G * VW;
+        mc_pack_rows(I, H, G, w_ih, pi);
+        mc_pack_rows(H, H, G, w_hh, ph);
+        *wi = pi;
+        return ph;
+    }
+    K->axpy_product(B, I, G * H, x, I, w_ih, buf);            /* (B, G*H) = x W_ih^T, by rows of W_ih^T */
+    *xproj = buf;
+    *wi = 0;
+    *wk = G * H; *wg = H; *wu = VW;
+    return w_hh;
+}
+
+static size_t input_step_scratch(int64_t B, int64_t H, int64_t I, int64_t G, int64_t packed)
+{
+    int64_t U = (H + VW - 1) / VW;
+    if (packed) return 0;
+    return (size_t)(B >= STEP_PACK_MIN_BATCH ? U * (I + H) * G * VW : B * G * H);
+}
+
+int32_t mc_lstm_input_step(int64_t B, int64_t H, int64_t I, intptr_t x, intptr_t w_ih, intptr_t bias, intptr_t w_hh,
+                           int64_t packed, intptr_t h, intptr_t c, intptr_t h_out, intptr_t c_out, intptr_t gates,
+                           intptr_t tanhc, intptr_t prev_h, intptr_t prev_c)
+{
+    ENSURE();
+    const int64_t G = 4;
+    float *work = scratch(6 * B * H + input_step_scratch(B, H, I, G, packed));
+    if (!work) return -1;
+    const float *wi, *xp, *bx;
+    int64_t wk, wg, wu;
+    const float *w = input_step_weights(B, H, I, G, packed, arr(x), arr(w_ih), arr(bias), arr(w_hh), work + 6 * B * H,
+                                        &wi, &xp, &bx, &wk, &wg, &wu);
+    K->lstm_forward(1, B, H, 0, xp, 0, G * H, wi ? arr(x) : 0, 0, I, I, wi, bx, 0, w, wk, wg, wu, arr(h), arr(c),
+                    arr(h_out), 0, H, 0, arr(c_out), arr(gates), arr(tanhc), arr(prev_h), arr(prev_c), work);
+    return 0;
+}
+
+/* the GRU's: bias folded as gru_cell.fold_bias folds it (b_ih, plus b_hh for r and z), b_hn (H,)
+ * (or 0: none) inside r * (h W_hn + b_hn); gates, hn, prev_h as mc_gru_forward's (or 0) */
+int32_t mc_gru_input_step(int64_t B, int64_t H, int64_t I, intptr_t x, intptr_t w_ih, intptr_t bias, intptr_t b_hn,
+                          intptr_t w_hh, int64_t packed, intptr_t h, intptr_t h_out, intptr_t gates, intptr_t hn,
+                          intptr_t prev_h)
+{
+    ENSURE();
+    const int64_t G = 3;
+    float *work = scratch(3 * B * H + H + input_step_scratch(B, H, I, G, packed));
+    if (!work) return -1;
+    float *zero = work + 3 * B * H;
+    const float *bn = arr(b_hn);
+    if (!bn) { memset(zero, 0, (size_t)H * sizeof(float)); bn = zero; }
+    const float *wi, *xp, *bx;
+    int64_t wk, wg, wu;
+    const float *w = input_step_weights(B, H, I, G, packed, arr(x), arr(w_ih), arr(bias), arr(w_hh), zero + H, &wi,
+                                        &xp, &bx, &wk, &wg, &wu);
+    K->gru_forward(1, B, H, 0, xp, 0, G * H, wi ? arr(x) : 0, 0, I, I, wi, bx, 0, w, wk, wg, wu, bn, arr(h),
+                   arr(h_out), 0, H, 0, arr(gates), arr(hn), arr(prev_h), work);
     return 0;
 }
 

@@ -266,6 +266,11 @@ class RecurrentBase(Module):
         inp = x_t
         for layer in range(self.num_layers):
             p = self._layer_params(layer, "")
+            if cell.step_forward_input is not None:          # the projection inside the kernel
+                cell.step_forward_input(inp, p.w_ih.T, p.bias, tuple([s[layer] for s in state0]), p.w_hh.T, p.b_hh,
+                                        self._consts, tuple([n[layer] for n in new]))
+                inp = new[0][layer]
+                continue
             xproj = inp @ p.w_ih.T                                              # (B, G*H)
             if p.bias is not None:
                 xproj += p.bias

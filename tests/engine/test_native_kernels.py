@@ -47,12 +47,25 @@ def _compare_with_reference(cls, I, H, T, B, seed=0):
     return max(errs)
 
 
+@pytest.mark.skipif(not native.AVAILABLE, reason="native kernels not built")
+def test_data_pointer_reads_what_ctypes_does():
+    from model_core.native import data_pointer
+    base = np.arange(120, dtype=np.float32).reshape(10, 12)
+    frozen = base.copy()
+    frozen.flags.writeable = False
+    for a in (base, base[3], base[2:, 5:], base.T, frozen, np.empty(0, np.float32), np.asfortranarray(base)):
+        assert data_pointer(a) == a.ctypes.data
+
+
+@pytest.mark.parametrize("frozen", [False, True])             # True: the kept packed copies, any B
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("B", [1, 3, 20])                      # 20: the entry point packs W_hh^T in C
+@pytest.mark.parametrize("B", [1, 3, 20])                      # 20: the entry point packs W_ih^T and W_hh^T in C
 @pytest.mark.parametrize("cls", [LSTM, GRU])
-def test_step_entry_point_matches_the_reference_step(cls, B, bias):
-    I, H = 7, 19
+def test_step_entry_point_matches_the_reference_step(cls, B, bias, frozen):
+    I, H = 7, 19                                               # H: a partial last unit group
     layer, ref = cls(I, H, num_layers=2, bias=bias, seed=5), cls(I, H, num_layers=2, bias=bias, seed=5)
+    if frozen:
+        layer.freeze()
     ref._cell = select(layer._kind, np, np.float32, reference=True)
     ref._consts = ref._cell.gate_constants(np, H, np.float32)
     rng = np.random.default_rng(B)
@@ -354,27 +367,55 @@ def test_frozen_weights_keep_one_packed_copy_and_step_the_same(cls, monkeypatch)
 
 
 @pytest.mark.parametrize("cls", [LSTM, GRU])
-def test_one_row_of_frozen_weights_reads_the_kept_copy_over_a_sequence_and_steps_as_stored(cls, monkeypatch):
+def test_one_row_of_frozen_weights_reads_the_kept_copy_and_a_step_is_a_length_one_forward(cls, monkeypatch):
     """At B=1 on one thread a sequence reads the kept packed copy of read-only weights (the one-row
     tile runs two unit groups at once), writable weights as stored (a copy per call would cost what
-    it saves); a single step, and a length-1 sequence, read them as stored either way, so that
-    ``step()`` stays a length-1 ``forward`` bit for bit."""
+    it saves). A step and a length-1 sequence make one and the same call, from the raw input: it
+    reads the kept copies of W_ih and W_hh (the projection made in the tile) or both as stored, so
+    ``step()`` is a length-1 ``forward`` bit for bit either way."""
     from model_core.cells import native_gru, native_lstm, native_weights
-    layouts = []
+    layouts, steps = [], []
     real = native_weights.recurrent_weights
+    real_step = native_weights.step_input_weights
     for mod in (native_lstm, native_gru):
         monkeypatch.setattr(mod, "recurrent_weights", lambda *a: layouts.append(real(*a).packed) or real(*a))
+        monkeypatch.setattr(mod, "step_input_weights", lambda *a: steps.append(real_step(*a)[2]) or real_step(*a))
     rng = np.random.default_rng(5)
     layer = cls(4, 12)
     x = rng.standard_normal((70, 1, 4), dtype=np.float32)                # B*T >= PACK_MIN_ROWS
+    state = tuple(rng.standard_normal(s.shape, dtype=np.float32) for s in layer.init_states(1))
     want = layer.forward(x)[0]
+    want_step = layer.step_states(x[0], state)
+    assert np.array_equal(layer.forward_states(x[:1], state)[0][0], want_step[0])
     layer.freeze()
     got = layer.forward(x)[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)        # the bias added before, not after
-    state = layer.init_states(1)
     stepped = layer.step_states(x[0], state)
     assert np.array_equal(layer.forward_states(x[:1], state)[0][0], stepped[0])
-    assert layouts == [False, True, False]             # writable, frozen, the length-1 sequence
+    for a, b in zip(stepped[1], want_step[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert layouts == [False, True]                    # the writable sequence, the frozen one
+    assert steps == [0, 0, 1, 1]                       # step and length-1 forward: as stored, then kept copies
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+def test_a_length_one_sequence_in_both_directions_matches_the_reference(cls, frozen):
+    """A length-1 forward runs the step's call once per layer and direction (the reverse direction
+    too: one step either way), its h written into y and its state returned."""
+    layer, ref = cls(5, 19, num_layers=2, bidirectional=True, seed=2), cls(5, 19, num_layers=2, bidirectional=True, seed=2)
+    if frozen:
+        layer.freeze()
+    ref._cell = select(layer._kind, np, np.float32, reference=True)
+    ref._consts = ref._cell.gate_constants(np, 19, np.float32)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((1, 3, 5), dtype=np.float32)
+    state = tuple(rng.standard_normal(s.shape, dtype=np.float32) for s in layer.init_states(3))
+    (y, got), (y_ref, want) = layer.forward_states(x, state), ref.forward_states(x, state)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=2e-6)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-6)
+    np.testing.assert_array_equal(y[0, :, 19:], got[0][-1])            # the top layer's reverse h is y's second half
 
 
 def test_writable_weights_are_packed_per_call_so_in_place_updates_count():
