@@ -15,7 +15,7 @@ Before timing a shape, ours and onnxruntime are checked against torch (1e-4 on t
 run stops if either differs. torch and onnxruntime are optional: a missing peer shows as "n/a".
 "ours fwd" is a trainable layer (its weights writable: packed per call where a call packs them);
 "ours served" the same weights frozen, as the service loads a model (packed once and kept, as
-onnxruntime prepacks its initializers once per session).
+onnxruntime prepacks its initializers once per session); in the single-step table too.
 
 On the GPU the peers are torch's cuDNN layers and cells (a CUDA build of torch) and onnxruntime's
 CUDA provider when installed; the single-step table then covers batched sessions, B=1 to 1024.
@@ -66,7 +66,8 @@ STEP_I, STEP_H = 64, 256
 TOL = 1e-4
 FWD_HEADERS = ["shape B,T,I,H", "ours fwd ms", "ours served ms", "torch fwd ms", "ort fwd ms", "ours/ort",
                "served/ort", "ours/torch", "ours fwd+bwd ms", "torch fwd+bwd ms", "ratio ours/torch"]
-STEP_HEADERS = ["cell", "B", "ours step µs", "torch cell µs", "naive step µs", "ours/torch", "ours/naive"]
+STEP_HEADERS = ["cell", "B", "ours step µs", "ours served µs", "torch cell µs", "naive step µs", "ours/torch",
+                "served/torch", "ours/naive"]
 # (column, ours, peer): ratios taken round by round (bench_peers.paired_ratio)
 PAIRS = [("ours/ort", "ours_fwd", "ort_fwd"), ("served/ort", "ours_served", "ort_fwd"),
          ("ours/torch", "ours_fwd", "torch_fwd"), ("fwd+bwd ours/torch", "ours_train", "torch_train")]
@@ -209,13 +210,17 @@ def bench_step(env: Env, cell: str, batch: int, calls: int) -> dict:
     xp = env.xp
     rng = np.random.default_rng(1)
     ours = OURS[cell](STEP_I, STEP_H, device=env.device, seed=1)
+    served = OURS[cell](STEP_I, STEP_H, device=env.device, seed=1).freeze()    # as the service loads a model
     sd = ours.state_dict()
     x = rng.standard_normal((batch, STEP_I), dtype=np.float32)
     xs = to_device(x, env.device)
-    row = {"cell": cell, "B": batch, "ours": None, "torch": None, "naive": None, "us": {}}
+    row = {"cell": cell, "B": batch, "ours": None, "served": None, "torch": None, "naive": None, "us": {}}
 
     def ours_step(state):
         return ours.step(xs, state)[1]
+
+    def served_step(state):
+        return served.step(xs, state)[1]
 
     naive = peers.naive_step(xp, cell, sd)
 
@@ -225,14 +230,16 @@ def bench_step(env: Env, cell: str, batch: int, calls: int) -> dict:
     zeros = xp.zeros((batch, STEP_H), dtype=np.float32)
     naive_state0 = (zeros, zeros) if cell == "lstm" else (zeros,)
     # the baseline must compute the same thing: three steps of each from zero
-    s_ours, s_naive = ours.init_state(batch), naive_state0
+    s_ours, s_served, s_naive = ours.init_state(batch), served.init_state(batch), naive_state0
     for _ in range(3):
-        s_ours, s_naive = ours_step(s_ours), naive_step(s_naive)
-    h_ours = to_numpy(s_ours[0] if cell == "lstm" else s_ours)[0]
-    err = float(np.max(np.abs(h_ours - to_numpy(s_naive[0]))))
-    if err > TOL:
-        _fail("the naive step (vs ours)", cell, (batch, 1, STEP_I, STEP_H), err)
+        s_ours, s_served, s_naive = ours_step(s_ours), served_step(s_served), naive_step(s_naive)
+    for name, s in (("ours", s_ours), ("ours served", s_served)):
+        h = to_numpy(s[0] if cell == "lstm" else s)[0]
+        err = float(np.max(np.abs(h - to_numpy(s_naive[0]))))
+        if err > TOL:
+            _fail(f"the naive step (vs {name})", cell, (batch, 1, STEP_I, STEP_H), err)
     jobs = {"ours": (ours_step, ours.init_state(batch), env.ours_sync),
+            "served": (served_step, served.init_state(batch), env.ours_sync),
             "naive": (naive_step, naive_state0, env.ours_sync)}
     if env.torch is not None:
         torch = env.torch
@@ -268,8 +275,9 @@ def paired_cells(row: dict) -> list[str]:
 
 
 def step_cells(row: dict) -> list[str]:
-    o, t, n = row["ours"], row["torch"], row["naive"]
-    return [row["cell"], str(row["B"]), _fmt(o, 1), _fmt(t, 1), _fmt(n, 1), _ratio(o, t), _ratio(o, n)]
+    o, s, t, n = row["ours"], row["served"], row["torch"], row["naive"]
+    return [row["cell"], str(row["B"]), _fmt(o, 1), _fmt(s, 1), _fmt(t, 1), _fmt(n, 1), _ratio(o, t), _ratio(s, t),
+            _ratio(o, n)]
 
 
 # -- CLI ---------------------------------------------------------------------------------------

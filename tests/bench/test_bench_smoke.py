@@ -34,3 +34,6 @@ def test_bench_quick_runs_and_prints_tables(tmp_path):
             assert r["paired"]["ours/ort"]["median"] == pytest.approx(r["ms"]["ours_fwd"]["runs"][0]
                                                                       / r["ms"]["ort_fwd"]["runs"][0])
     assert "ratios round by round" in proc.stdout
+    # the single step: the trainable layer and the served (frozen) one, each checked against the naive step
+    assert {r["cell"] for r in results["step"]} == {"lstm", "gru", "rnn"}
+    assert all(r["ours"] > 0 and r["served"] > 0 and r["torch"] > 0 for r in results["step"])
