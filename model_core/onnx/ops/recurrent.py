@@ -243,9 +243,9 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
         if w.bias is not None and w.kernel is None:  # the native kernels add it in their gate epilogue
             xw += w.bias
         xw = xw.reshape(T, N, D, G * H)
-    # a step needs masking only once some sequence has ended
+    # a step needs masking only once some sequence has ended; the native kernels take lengths instead
     shortest = T if lengths is None else int(lengths.min())
-    masks = [None if t < shortest else mask[t] for t in range(T)]   # the native kernels take lengths instead
+    masks = None if w.kernel is not None else [None if t < shortest else mask[t] for t in range(T)]
     for d, backwards in enumerate(cfg.reversed_dirs):
         x_d = X if fused else xw[:, :, d]  # (T, N, I) or (T, N, G*H), in input time order
         y_d = None if ys is None else ys[:, d]  # (T, N, H)
