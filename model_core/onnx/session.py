@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 import warnings
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import onnx.shape_inference
@@ -79,9 +80,12 @@ class InferenceSession:
         self._inputs = [_node_arg(v) for v in graph.input if v.name not in initializers]
         self._overridable = [_node_arg(v) for v in graph.input if v.name in overridable]
         self._outputs = [_node_arg(v, _invented_dims(model, v)) for v in _described_outputs(model)]
-        self._input_specs = {v.name: v for v in graph.input if v.name not in initializers or v.name in overridable}
-        self._required = [a.name for a in self._inputs]
+        self._output_names = [o.name for o in self._outputs]             # run() reads these per call
+        self._known_outputs = frozenset(self._output_names)
         _check_io_types([*graph.input, *graph.output])
+        self._input_specs = {v.name: _feed_spec(v) for v in graph.input
+                             if v.name not in initializers or v.name in overridable}
+        self._required = [a.name for a in self._inputs]
         self._plan = Plan(graph, opset, self._xp, max_bytes, overridable)
         self._meta = ModelMetadata(model.producer_name, graph.name, model.domain, model.doc_string,
                                    graph.doc_string, model.model_version,
@@ -90,11 +94,10 @@ class InferenceSession:
     # -- onnxruntime's API -----------------------------------------------------------------------
     def run(self, output_names, input_feed: dict, run_options=None) -> list[np.ndarray]:
         """Evaluate the graph; ``output_names`` None (or empty) means every output."""
-        names = [o.name for o in self._outputs] if not output_names else list(output_names)
-        known = {o.name for o in self._outputs}
-        unknown = [n for n in names if n not in known]
+        names = self._output_names if not output_names else list(output_names)
+        unknown = [n for n in names if n not in self._known_outputs]
         if unknown:
-            raise ValueError(f"Invalid output name(s): {unknown}; the model's outputs are {sorted(known)}")
+            raise ValueError(f"Invalid output name(s): {unknown}; the model's outputs are {sorted(self._known_outputs)}")
         feeds = self._device_feeds(input_feed)
         results = self._plan.run(feeds, names)
         protected = {id(v) for v in feeds.values()} | self._plan.constant_ids   # a set of our own
@@ -225,19 +228,34 @@ def _check_io_types(values) -> None:
         raise OnnxLoadError("unsupported: " + ", ".join(problems))
 
 
-def _check_feed(spec: ValueInfoProto, array: np.ndarray) -> None:
-    tensor = spec.type.tensor_type
-    expected = numpy_dtype(tensor.elem_type)
-    if array.dtype != expected:
+class _FeedSpec(NamedTuple):
+    """What a feed is checked against, read from the graph input once (protobuf fields cost
+    microseconds each to read, on every call): dtype, rank (None: any) and the fixed dimensions."""
+    name: str
+    dtype: np.dtype
+    elem_type: int
+    rank: int | None
+    fixed: tuple[tuple[int, int], ...]          # (axis, size) for each dimension with a value
+
+
+def _feed_spec(value: ValueInfoProto) -> _FeedSpec:
+    tensor = value.type.tensor_type
+    dims = list(tensor.shape.dim) if tensor.HasField("shape") else None
+    fixed = () if dims is None else tuple((k, d.dim_value) for k, d in enumerate(dims) if d.HasField("dim_value"))
+    return _FeedSpec(value.name, numpy_dtype(tensor.elem_type), tensor.elem_type, None if dims is None else len(dims),
+                     fixed)
+
+
+def _check_feed(spec: _FeedSpec, array: np.ndarray) -> None:
+    if array.dtype != spec.dtype:
         raise ValueError(f"Unexpected input data type for {spec.name!r}. Actual: ({_type_name_of(array.dtype)}), "
-                         f"expected: ({type_name(tensor.elem_type)})")
-    if not tensor.HasField("shape"):
+                         f"expected: ({type_name(spec.elem_type)})")
+    if spec.rank is None:
         return
-    dims = tensor.shape.dim
-    if array.ndim != len(dims):
-        raise ValueError(f"Invalid rank for input: {spec.name} Got: {array.ndim} Expected: {len(dims)}")
-    wrong = [(k, got, d.dim_value) for k, (got, d) in enumerate(zip(array.shape, dims))
-             if d.HasField("dim_value") and got != d.dim_value]
+    if array.ndim != spec.rank:
+        raise ValueError(f"Invalid rank for input: {spec.name} Got: {array.ndim} Expected: {spec.rank}")
+    shape = array.shape
+    wrong = [(k, shape[k], want) for k, want in spec.fixed if shape[k] != want]
     if wrong:
         detail = "; ".join(f"index {k}: got {got}, expected {want}" for k, got, want in wrong)
         raise ValueError(f"Got invalid dimensions for input: {spec.name} ({detail})")
