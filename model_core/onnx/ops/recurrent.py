@@ -227,8 +227,12 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
     else:
         w = constant
 
-    mask = None if lengths is None else xp.asarray(np.arange(T)[:, None] < lengths[None, :])[..., None]  # (T, N, 1)
-    reverse_index = None if lengths is None else _reverse_index(xp, lengths, T)
+    # what ragged batches need, made only where it is read: the step masks for the NumPy/CuPy loops
+    # (which zero CuPy's Y too; the native kernels take the lengths), the reversing index for a
+    # backward direction
+    native = w.kernel is not None
+    mask = None if lengths is None or native else xp.asarray(np.arange(T)[:, None] < lengths[None, :])[..., None]
+    reverse_index = None if lengths is None or not any(cfg.reversed_dirs) else _reverse_index(xp, lengths, T)
     ys = None  # Y in layout 0, filled in place (on a cache line for the native kernels, which write it by vectors)
     if wants[0]:
         native_y = w.kernel is not None and X.dtype == np.float32
@@ -245,7 +249,7 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
         xw = xw.reshape(T, N, D, G * H)
     # a step needs masking only once some sequence has ended; the native kernels take lengths instead
     shortest = T if lengths is None else int(lengths.min())
-    masks = None if w.kernel is not None else [None if t < shortest else mask[t] for t in range(T)]
+    masks = None if native else [None if t < shortest else mask[t] for t in range(T)]
     for d, backwards in enumerate(cfg.reversed_dirs):
         x_d = X if fused else xw[:, :, d]  # (T, N, I) or (T, N, G*H), in input time order
         y_d = None if ys is None else ys[:, d]  # (T, N, H)
@@ -279,13 +283,14 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
         if cs is not None:
             xp.copyto(cs, 0, where=empty)
     outputs = [None, None, None]
-    if ys is not None:
-        if mask is not None:                        # Y is zero past each sequence's length
-            if xp is np:                            # a slice per sequence: a masked copy visits every element
-                for b, n in enumerate(lengths.tolist()):
+    if ys is not None and lengths is not None:     # Y is zero past each sequence's length
+        if xp is np:                                # a slice per short sequence: a masked copy visits every element
+            for b, n in enumerate(lengths.tolist()):
+                if n < T:
                     ys[n:, :, b] = 0
-            else:
-                xp.copyto(ys, 0, where=~mask[:, None])
+        else:                                       # CuPy: no native kernels, so the mask exists
+            xp.copyto(ys, 0, where=~mask[:, None])
+    if ys is not None:
         outputs[0] = ys.transpose(2, 0, 1, 3) if cfg.batch_major else ys
     for k, state in ((1, hs), (2, cs)):
         if k < len(wants) and wants[k]:
