@@ -414,6 +414,7 @@ int32_t mc_lstm_step(int64_t B, int64_t H, intptr_t xp, intptr_t w_hh_t, intptr_
                      intptr_t c_out)
 {
     ENSURE();
+    if (B < 1) return 0;                                                  /* an empty batch: nothing to do */
     int64_t G = 4, U = (H + VW - 1) / VW, packed = B >= STEP_PACK_MIN_BATCH ? U * H * G * VW : 0;
     float *work = scratch((size_t)(6 * B * H + packed));
     if (!work) return -1;
@@ -428,6 +429,7 @@ int32_t mc_lstm_step(int64_t B, int64_t H, intptr_t xp, intptr_t w_hh_t, intptr_
 int32_t mc_gru_step(int64_t B, int64_t H, intptr_t xp, intptr_t w_hh_t, intptr_t b_hn, intptr_t h, intptr_t h_out)
 {
     ENSURE();
+    if (B < 1) return 0;
     int64_t G = 3, U = (H + VW - 1) / VW, packed = B >= STEP_PACK_MIN_BATCH ? U * H * G * VW : 0;
     float *work = scratch((size_t)(H + 3 * B * H + packed));
     if (!work) return -1;
@@ -489,6 +491,7 @@ int32_t mc_lstm_input_step(int64_t B, int64_t H, int64_t I, intptr_t x, intptr_t
 {
     ENSURE();
     const int64_t G = 4;
+    if (B < 1) return 0;                                                  /* an empty batch: nothing to do */
     float *work = scratch(6 * B * H + input_step_scratch(B, H, I, G, packed));
     if (!work) return -1;
     const float *wi, *xp, *bx;
@@ -508,6 +511,7 @@ int32_t mc_gru_input_step(int64_t B, int64_t H, int64_t I, intptr_t x, intptr_t 
 {
     ENSURE();
     const int64_t G = 3;
+    if (B < 1) return 0;
     float *work = scratch(3 * B * H + H + input_step_scratch(B, H, I, G, packed));
     if (!work) return -1;
     float *zero = work + 3 * B * H;

@@ -18,6 +18,7 @@ typedef int32_t v8i __attribute__((vector_size(32)));
  * 0.86-0.92x, B=256 0.86-1.02x, H=1024 0.83x); else ROW_CHUNK */
 static inline int64_t chunk_rows(int64_t mr, int64_t B, int64_t H)
 {
+    if (B < 1) return 1;                            /* an empty batch: no items, and no division by zero */
     return B * (int64_t)sizeof(float) * H <= 256 * 1024 ? B : ROW_CHUNK(mr);
 }
 

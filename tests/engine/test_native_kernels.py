@@ -418,6 +418,21 @@ def test_a_length_one_sequence_in_both_directions_matches_the_reference(cls, fro
     np.testing.assert_array_equal(y[0, :, 19:], got[0][-1])            # the top layer's reverse h is y's second half
 
 
+@pytest.mark.parametrize("frozen", [False, True])
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+def test_an_empty_batch_steps_and_runs(cls, frozen):
+    """B = 0: a step, a length-1 sequence (the same call) and a long one give empty results (a
+    frozen layer's step reads packed copies, whose row chunk once was zero: SIGFPE)."""
+    layer = cls(4, 8, seed=0)
+    if frozen:
+        layer.freeze()
+    y, _ = layer.step_states(np.zeros((0, 4), np.float32), None)
+    assert y.shape == (0, 8)
+    for T in (1, 70):
+        y, states = layer.forward_states(np.zeros((T, 0, 4), np.float32))
+        assert y.shape == (T, 0, 8) and all(s.shape == (1, 0, 8) for s in states)
+
+
 def test_writable_weights_are_packed_per_call_so_in_place_updates_count():
     B, H = 32, 16
     layer = LSTM(5, H)

@@ -277,6 +277,27 @@ def test_one_value_as_two_outputs_gives_two_arrays():
     assert (r2 >= 0).all()
 
 
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+def test_an_empty_batch_runs_and_gives_empty_outputs(op, direction):
+    """N = 0 sequences (the kernels once divided by a zero row chunk and killed the process with
+    SIGFPE); onnxruntime itself aborts on this input, so the shapes are checked against the spec."""
+    T, I, H = 5, 3, 8
+    D, G = (2 if direction == "bidirectional" else 1), {"LSTM": 4, "GRU": 3}[op]
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in (("W", (D, G * H, I)), ("R", (D, G * H, H)), ("B", (D, 2 * G * H)))]
+    outputs = ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else [])
+    node = helper.make_node(op, ["X", "W", "R", "B"], outputs, hidden_size=H, direction=direction)
+    graph = helper.make_graph([node], "rnn", [helper.make_tensor_value_info("X", F, [T, "N", I])],
+                              [helper.make_tensor_value_info(n, F, None) for n in outputs], initializer=inits)
+    session = InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)],
+                                                 ir_version=7).SerializeToString())
+    got = session.run(None, {"X": np.zeros((T, 0, I), np.float32)})
+    assert [g.shape for g in got] == [(T, D, 0, H)] + [(D, 0, H)] * (len(outputs) - 1)
+    assert session.run(None, {"X": np.ones((T, 2, I), np.float32)})[0].shape == (T, D, 2, H)   # still serving
+
+
 @pytest.mark.skipif(not native.AVAILABLE, reason="the native kernels are not built here")
 @pytest.mark.parametrize("op", ["LSTM", "GRU"])
 def test_recurrent_y_reaches_the_caller_uncopied(op):
