@@ -395,6 +395,10 @@ static float *scratch(size_t n)
     return scratch_buf;
 }
 
+/* n floats rounded up to whole cache lines: where the next buffer in a scratch block starts, so that
+ * packed weights placed after the state buffers start on a line too (see alloc_floats) */
+static inline int64_t whole_lines(int64_t n) { return (n + 15) & ~(int64_t)15; }
+
 /* from this many rows the packed register tile beats streaming W_hh^T, the packing included */
 #define STEP_PACK_MIN_BATCH 16
 
@@ -416,10 +420,11 @@ int32_t mc_lstm_step(int64_t B, int64_t H, intptr_t xp, intptr_t w_hh_t, intptr_
     ENSURE();
     if (B < 1) return 0;                                                  /* an empty batch: nothing to do */
     int64_t G = 4, U = (H + VW - 1) / VW, packed = B >= STEP_PACK_MIN_BATCH ? U * H * G * VW : 0;
-    float *work = scratch((size_t)(6 * B * H + packed));
+    int64_t own = whole_lines(6 * B * H);
+    float *work = scratch((size_t)(own + packed));
     if (!work) return -1;
     int64_t wk, wg, wu;
-    const float *w = step_weights(B, H, G, arr(w_hh_t), work + 6 * B * H, &wk, &wg, &wu);
+    const float *w = step_weights(B, H, G, arr(w_hh_t), work + own, &wk, &wg, &wu);
     K->lstm_forward(1, B, H, 0, arr(xp), 0, G * H, 0, 0, 0, 0, 0, 0, 0, w, wk, wg, wu, arr(h), arr(c), arr(h_out), 0, H,
                     0, arr(c_out), 0, 0, 0, 0, work);
     return 0;
@@ -431,13 +436,14 @@ int32_t mc_gru_step(int64_t B, int64_t H, intptr_t xp, intptr_t w_hh_t, intptr_t
     ENSURE();
     if (B < 1) return 0;
     int64_t G = 3, U = (H + VW - 1) / VW, packed = B >= STEP_PACK_MIN_BATCH ? U * H * G * VW : 0;
-    float *work = scratch((size_t)(H + 3 * B * H + packed));
+    int64_t own = whole_lines(3 * B * H), zeros = whole_lines(H);
+    float *work = scratch((size_t)(own + zeros + packed));
     if (!work) return -1;
-    float *zero = work + 3 * B * H;
+    float *zero = work + own;
     const float *bn = arr(b_hn);
     if (!bn) { memset(zero, 0, (size_t)H * sizeof(float)); bn = zero; }
     int64_t wk, wg, wu;
-    const float *w = step_weights(B, H, G, arr(w_hh_t), zero + H, &wk, &wg, &wu);
+    const float *w = step_weights(B, H, G, arr(w_hh_t), zero + zeros, &wk, &wg, &wu);
     K->gru_forward(1, B, H, 0, arr(xp), 0, G * H, 0, 0, 0, 0, 0, 0, 0, w, wk, wg, wu, bn, arr(h), arr(h_out), 0, H, 0,
                    0, 0, 0, work);
     return 0;
@@ -492,12 +498,13 @@ int32_t mc_lstm_input_step(int64_t B, int64_t H, int64_t I, intptr_t x, intptr_t
     ENSURE();
     const int64_t G = 4;
     if (B < 1) return 0;                                                  /* an empty batch: nothing to do */
-    float *work = scratch(6 * B * H + input_step_scratch(B, H, I, G, packed));
+    int64_t own = whole_lines(6 * B * H);                                 /* c ping-pong, (B, 4H) */
+    float *work = scratch(own + input_step_scratch(B, H, I, G, packed));
     if (!work) return -1;
     const float *wi, *xp, *bx;
     int64_t wk, wg, wu;
-    const float *w = input_step_weights(B, H, I, G, packed, arr(x), arr(w_ih), arr(bias), arr(w_hh), work + 6 * B * H,
-                                        &wi, &xp, &bx, &wk, &wg, &wu);
+    const float *w = input_step_weights(B, H, I, G, packed, arr(x), arr(w_ih), arr(bias), arr(w_hh), work + own, &wi,
+                                        &xp, &bx, &wk, &wg, &wu);
     K->lstm_forward(1, B, H, 0, xp, 0, G * H, wi ? arr(x) : 0, 0, I, I, wi, bx, 0, w, wk, wg, wu, arr(h), arr(c),
                     arr(h_out), 0, H, 0, arr(c_out), arr(gates), arr(tanhc), arr(prev_h), arr(prev_c), work);
     return 0;
@@ -512,15 +519,16 @@ int32_t mc_gru_input_step(int64_t B, int64_t H, int64_t I, intptr_t x, intptr_t 
     ENSURE();
     const int64_t G = 3;
     if (B < 1) return 0;
-    float *work = scratch(3 * B * H + H + input_step_scratch(B, H, I, G, packed));
+    int64_t own = whole_lines(3 * B * H), zeros = whole_lines(H);        /* (B, 3H); a zero b_hn */
+    float *work = scratch(own + zeros + input_step_scratch(B, H, I, G, packed));
     if (!work) return -1;
-    float *zero = work + 3 * B * H;
+    float *zero = work + own;
     const float *bn = arr(b_hn);
     if (!bn) { memset(zero, 0, (size_t)H * sizeof(float)); bn = zero; }
     const float *wi, *xp, *bx;
     int64_t wk, wg, wu;
-    const float *w = input_step_weights(B, H, I, G, packed, arr(x), arr(w_ih), arr(bias), arr(w_hh), zero + H, &wi,
-                                        &xp, &bx, &wk, &wg, &wu);
+    const float *w = input_step_weights(B, H, I, G, packed, arr(x), arr(w_ih), arr(bias), arr(w_hh), zero + zeros,
+                                        &wi, &xp, &bx, &wk, &wg, &wu);
     K->gru_forward(1, B, H, 0, xp, 0, G * H, wi ? arr(x) : 0, 0, I, I, wi, bx, 0, w, wk, wg, wu, bn, arr(h),
                    arr(h_out), 0, H, 0, arr(gates), arr(hn), arr(prev_h), work);
     return 0;
