@@ -230,12 +230,12 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
     # what ragged batches need, made only where it is read: the step masks for the NumPy/CuPy loops
     # (which zero CuPy's Y too; the native kernels take the lengths), the reversing index for a
     # backward direction
-    native = w.kernel is not None
-    mask = None if lengths is None or native else xp.asarray(np.arange(T)[:, None] < lengths[None, :])[..., None]
+    on_kernels = w.kernel is not None       # (not `native`: that name is the module read by runs_native)
+    mask = None if lengths is None or on_kernels else xp.asarray(np.arange(T)[:, None] < lengths[None, :])[..., None]
     reverse_index = None if lengths is None or not any(cfg.reversed_dirs) else _reverse_index(xp, lengths, T)
     ys = None  # Y in layout 0, filled in place (on a cache line for the native kernels, which write it by vectors)
     if wants[0]:
-        native_y = w.kernel is not None and X.dtype == np.float32
+        native_y = on_kernels and X.dtype == np.float32
         ys = aligned_empty((T, D, N, H)) if native_y else xp.empty((T, D, N, H), X.dtype)
     hs = _initial(xp, initial_h, (D, N, H), X.dtype)
     cs = _initial(xp, initial_c, (D, N, H), X.dtype) if cfg.op_type == "LSTM" else None
@@ -249,7 +249,7 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
         xw = xw.reshape(T, N, D, G * H)
     # a step needs masking only once some sequence has ended; the native kernels take lengths instead
     shortest = T if lengths is None else int(lengths.min())
-    masks = None if native else [None if t < shortest else mask[t] for t in range(T)]
+    masks = None if on_kernels else [None if t < shortest else mask[t] for t in range(T)]
     for d, backwards in enumerate(cfg.reversed_dirs):
         x_d = X if fused else xw[:, :, d]  # (T, N, I) or (T, N, G*H), in input time order
         y_d = None if ys is None else ys[:, d]  # (T, N, H)
@@ -261,7 +261,7 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
             x_d = x_d[reverse_index, xp.arange(N)[None, :]]
             y_d = None if ys is None else xp.empty((T, N, H), X.dtype)
         acts = tuple(slot[d] if len(slot) > 1 else slot[0] for slot in cfg.activations)
-        if w.kernel is not None:
+        if on_kernels:
             GH = G * H
             native_loop(cfg.op_type, x_d, w.kernel[d], None if w.bias is None else w.bias[d * GH:(d + 1) * GH],
                         None if w.rb_h is None else w.rb_h[d], hs[d], None if cs is None else cs[d], lengths, y_d,
