@@ -35,6 +35,8 @@ class CellSteps:
             made inside the kernel (the native LSTM and GRU; None otherwise).
     step_forward_input: an inference step from the raw input, the projection made inside the
             kernel (the native LSTM and GRU; None otherwise): ``step()`` and length-1 sequences.
+    step_weights: what ``step_forward_input`` reads of a layer's parameters, as one value that a
+            frozen layer makes once and keeps (None where step_forward_input is None).
     """
     GATES: int
     STATE_SIZE: int
@@ -49,6 +51,7 @@ class CellSteps:
     sequence_backward: Callable | None
     sequence_forward_fused: Callable | None = None
     step_forward_input: Callable | None = None
+    step_weights: Callable | None = None
 
 
 def uses_jit(xp, dtype) -> bool:
@@ -101,4 +104,5 @@ def select(kind: str, xp, dtype, nonlinearity: str = "tanh", reference: bool = F
                      native=use_native, sequence_forward=getattr(mod, "sequence_forward", None),
                      sequence_backward=getattr(mod, "sequence_backward", None),
                      sequence_forward_fused=getattr(mod, "sequence_forward_fused", None),
-                     step_forward_input=getattr(mod, "step_forward_input", None))
+                     step_forward_input=getattr(mod, "step_forward_input", None),
+                     step_weights=getattr(mod, "step_weights", None))

@@ -16,7 +16,8 @@ from model_core.cells.native_weights import (FUSED_MIN_BATCH, NULL, aligned_empt
 from model_core.native import handle, lib
 
 __all__ = ["GATES", "STATE_SIZE", "cache_shapes", "fold_bias", "gate_constants", "sequence_backward",
-           "sequence_forward", "sequence_forward_fused", "step_backward", "step_forward", "step_forward_input"]
+           "sequence_forward", "sequence_forward_fused", "step_backward", "step_forward", "step_forward_input",
+           "step_weights"]
 
 
 def gate_constants(xp, H: int, dtype):
@@ -55,7 +56,7 @@ def sequence_forward_fused(x, weight_ih_t, bias, state0, weight_hh_t, bias_hh, c
     if T == 1:                                             # the call step() makes: the same bits
         out = (np.empty((B, H), np.float32),)
         cache = train_cache(cache_shapes, STATE_SIZE, 1, B, H, reverse)[0] if train else None
-        step_forward_input(x[0], weight_ih_t, bias, state0, weight_hh_t, bias_hh, consts, out, cache)
+        step_forward_input(x[0], step_weights(weight_ih_t, bias, weight_hh_t, bias_hh), state0, out, cache)
         y_out[0] = out[0]
         return out, cache
     if B < FUSED_MIN_BATCH:
@@ -123,21 +124,27 @@ def step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, out):
                        0, out[0].strides[0] // 4, NULL, *gates, NULL, NULL)
 
 
-def step_forward_input(x_t, weight_ih_t, bias, prev, weight_hh_t, bias_hh, consts, out, cache=None):
-    """``native_lstm.step_forward_input``'s GRU: bias folded as ``fold_bias`` folds it (3H,) or
-    None, b_hn from bias_hh; prev (h,); out (h',) (B, H); cache a length-1 ``train_cache`` or None."""
+def step_weights(weight_ih_t, bias, weight_hh_t, bias_hh) -> tuple:
+    """``native_lstm.step_weights``'s GRU: (W_ih, W_hh, packed, bias, b_hn), bias folded as
+    ``fold_bias`` folds it (3H,) or None, b_hn from bias_hh."""
+    H = weight_hh_t.shape[0]
+    return (*step_input_weights(weight_ih_t, weight_hh_t, GATES), None if bias is None else c_array(bias),
+            None if bias_hh is None else c_array(bias_hh[2 * H:]))
+
+
+def step_forward_input(x_t, weights, prev, out, cache=None):
+    """``native_lstm.step_forward_input``'s GRU: weights ``step_weights``; prev (h,); out (h',)
+    (B, H); cache a length-1 ``train_cache`` or None."""
     if not out[0].flags.c_contiguous:
         tmp = (np.empty(out[0].shape, np.float32),)
-        step_forward_input(x_t, weight_ih_t, bias, prev, weight_hh_t, bias_hh, consts, tmp, cache)
+        step_forward_input(x_t, weights, prev, tmp, cache)
         out[0][...] = tmp[0]
         return
-    wi, wh, packed = step_input_weights(weight_ih_t, weight_hh_t, GATES)
+    wi, wh, packed, bias, b_hn = weights
     x_t, h = c_array(x_t), c_array(prev[0])
     B, I = x_t.shape
-    H = h.shape[1]
-    b_hn = None if bias_hh is None else c_array(bias_hh[2 * H:])
     kept = (cache["steps"]["gates"], cache["steps"]["hn"], cache["prev"][0]) if cache else (None,) * 3
-    if lib.mc_gru_input_step(B, H, I, handle(x_t), handle(wi), handle(bias), handle(b_hn), handle(wh), packed,
+    if lib.mc_gru_input_step(B, h.shape[1], I, handle(x_t), handle(wi), handle(bias), handle(b_hn), handle(wh), packed,
                              handle(h), handle(out[0]), *map(handle, kept)):
         raise MemoryError("the GRU step kernel could not allocate its scratch buffer")
 

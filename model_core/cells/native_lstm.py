@@ -18,7 +18,8 @@ from model_core.cells.native_weights import (FUSED_MIN_BATCH, NULL, aligned_empt
 from model_core.native import handle, lib
 
 __all__ = ["GATES", "STATE_SIZE", "cache_shapes", "fold_bias", "gate_constants", "sequence_backward",
-           "sequence_forward", "sequence_forward_fused", "step_backward", "step_forward", "step_forward_input"]
+           "sequence_forward", "sequence_forward_fused", "step_backward", "step_forward", "step_forward_input",
+           "step_weights"]
 
 
 def sequence_forward(xproj, state0, weight_hh_t, bias_hh, consts, reverse, y_out, train):
@@ -54,7 +55,7 @@ def sequence_forward_fused(x, weight_ih_t, bias, state0, weight_hh_t, bias_hh, c
     if T == 1:                                             # the call step() makes: the same bits
         out = (np.empty((B, H), np.float32), np.empty((B, H), np.float32))
         cache = train_cache(cache_shapes, STATE_SIZE, 1, B, H, reverse)[0] if train else None
-        step_forward_input(x[0], weight_ih_t, bias, state0, weight_hh_t, bias_hh, consts, out, cache)
+        step_forward_input(x[0], step_weights(weight_ih_t, bias, weight_hh_t, bias_hh), state0, out, cache)
         y_out[0] = out[0]
         return out, cache
     if B < FUSED_MIN_BATCH:
@@ -128,19 +129,26 @@ def step_forward(xp, xproj_t, prev, weight_hh_t, bias_hh, consts, cache_t, out):
                         ptr(h_next), 0, h_next.strides[0] // 4, NULL, ptr(c_next), *gates, NULL, NULL, NULL)
 
 
-def step_forward_input(x_t, weight_ih_t, bias, prev, weight_hh_t, bias_hh, consts, out, cache=None):
+def step_weights(weight_ih_t, bias, weight_hh_t, bias_hh) -> tuple:
+    """What ``step_forward_input`` reads of a layer's parameters, found once per call or, for a
+    frozen layer, once for good (``RecurrentBase`` keeps it): (W_ih, W_hh, packed, bias), the kept
+    packed copies of read-only weights (``step_input_weights``); bias both biases folded (4H,) or
+    None (bias_hh: the GRU's signature)."""
+    return (*step_input_weights(weight_ih_t, weight_hh_t, GATES), None if bias is None else c_array(bias))
+
+
+def step_forward_input(x_t, weights, prev, out, cache=None):
     """One step from the raw input x_t (B, I), the projection made in the kernel: ``step()``, and a
     length-1 sequence (``sequence_forward_fused``), which make this same call so that they agree bit
-    for bit. bias: both biases folded (4H,) or None; prev (h, c); out (h', c'), each (B, H), never
-    aliasing prev (another layout than C-contiguous goes through a copy); cache: a length-1
-    ``train_cache``, written when given (training). Read-only weights are read from their kept
-    packed copies."""
+    for bit. weights: ``step_weights``; prev (h, c); out (h', c'), each (B, H), never aliasing prev
+    (another layout than C-contiguous goes through a copy); cache: a length-1 ``train_cache``,
+    written when given (training)."""
     if not (out[0].flags.c_contiguous and out[1].flags.c_contiguous):
         tmp = (np.empty(out[0].shape, np.float32), np.empty(out[1].shape, np.float32))
-        step_forward_input(x_t, weight_ih_t, bias, prev, weight_hh_t, bias_hh, consts, tmp, cache)
+        step_forward_input(x_t, weights, prev, tmp, cache)
         out[0][...], out[1][...] = tmp
         return
-    wi, wh, packed = step_input_weights(weight_ih_t, weight_hh_t, GATES)
+    wi, wh, packed, bias = weights
     x_t, h, c = c_array(x_t), c_array(prev[0]), c_array(prev[1])
     B, I = x_t.shape
     kept = (cache["steps"]["gates"], cache["steps"]["tanh_c"], *cache["prev"]) if cache else (None,) * 4

@@ -186,6 +186,14 @@ def frozen(a: np.ndarray) -> bool:
     return not a.flags.writeable and not getattr(getattr(owner, "flags", None), "writeable", False)
 
 
+def forget_packs(arrays) -> None:
+    """Drop the packed copies kept for these arrays (views of the same storage included): a freeze
+    after writes were turned back on must not find copies of the old values (``Module.freeze``)."""
+    owners = {id(a.base if a.base is not None else a) for a in arrays if isinstance(a, np.ndarray)}
+    for key in [k for k in _frozen if k[0] in owners]:
+        _frozen.pop(key, None)
+
+
 def frozen_pack(weight_t: np.ndarray, gates: int | None = None) -> np.ndarray | None:
     """The packed copy of a read-only W^T (see ``pack``), made on first use and kept while its
     storage lives (the transposed view is new per call; the array it views is not); None for

@@ -398,6 +398,59 @@ def test_one_row_of_frozen_weights_reads_the_kept_copy_and_a_step_is_a_length_on
     assert steps == [0, 0, 1, 1]                       # step and length-1 forward: as stored, then kept copies
 
 
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+def test_a_frozen_layer_keeps_its_step_weights_only_while_its_parameters_are_the_same_read_only_arrays(cls):
+    """A frozen layer finds what its step kernel reads (the folded bias, the kept packed copies)
+    once and keeps it; a parameter made writable again and changed, or replaced, is read afresh,
+    and freezing again drops what was kept of the old values (the packed copies a sequence reads
+    too), so a step always sees the weights as they are now."""
+    rng = np.random.default_rng(11)
+    layer = cls(6, 10, num_layers=2, seed=4).freeze()
+    x = rng.standard_normal((2, 6), dtype=np.float32)
+    state = tuple(rng.standard_normal(s.shape, dtype=np.float32) for s in layer.init_states(2))
+
+    def expected():
+        ref = cls(6, 10, num_layers=2)
+        ref.load_state_dict(layer.state_dict())
+        ref._cell = select(layer._kind, np, np.float32, reference=True)
+        ref._consts = ref._cell.gate_constants(np, 10, np.float32)
+        return ref.step_states(x, state)
+
+    def check(got, want):
+        for a, b in zip((got[0], *got[1]), (want[0], *want[1])):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-6)
+
+    first = layer.step_states(x, state)
+    check(first, expected())
+    kept = dict(layer._kept_steps)
+    assert sorted(kept) == [0, 1]                                  # one entry per layer, made once
+    again = layer.step_states(x, state)
+    assert all(layer._kept_steps[k] is kept[k] for k in kept)
+    for a, b in zip((first[0], *first[1]), (again[0], *again[1])):
+        np.testing.assert_array_equal(a, b)
+
+    params = layer.parameters()
+    for name in ("bias_hh_l0", "weight_ih_l1"):                    # writes turned back on: not frozen now
+        if params[name].base is not None:
+            params[name].base.flags.writeable = True
+        params[name].flags.writeable = True
+        params[name][...] += 0.25
+    changed = layer.step_states(x, state)
+    check(changed, expected())
+    assert not np.allclose(changed[0], first[0])
+    assert not layer._kept_steps                                   # writable now: nothing kept
+    layer.freeze()                                                 # read-only again: kept afresh
+    check(layer.step_states(x, state), expected())
+    seq = rng.standard_normal((80, 1, 6), dtype=np.float32)        # B=1 reads the packed copies too
+    ref = cls(6, 10, num_layers=2)
+    ref.load_state_dict(layer.state_dict())
+    np.testing.assert_allclose(layer.forward(seq)[0], ref.forward(seq)[0], rtol=1e-5, atol=2e-6)
+    assert sorted(layer._kept_steps) == [0, 1] and layer._kept_steps[0] is not kept[0]
+    layer._params["bias_ih_l1"] = layer._params["bias_ih_l1"] * 0.5      # replaced by a new (writable) array
+    layer.freeze()
+    check(layer.step_states(x, state), expected())
+
+
 @pytest.mark.parametrize("frozen", [False, True])
 @pytest.mark.parametrize("cls", [LSTM, GRU])
 def test_a_length_one_sequence_in_both_directions_matches_the_reference(cls, frozen):
