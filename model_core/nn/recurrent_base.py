@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -86,7 +87,7 @@ class RecurrentBase(Module):
         self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
         self.dropout = float(dropout)
         self.num_directions = 2 if bidirectional else 1
-        self._kept_steps: dict[int, tuple] = {}          # layer -> (its parameters, cell.step_weights of them)
+        self._kept_steps: dict[int, tuple] = {}          # layer -> its parameters, cell.step_weights of them
         self._select_cell()
         # torch's default: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), in torch's parameter order
         rng = np.random.default_rng(seed)
@@ -340,14 +341,14 @@ class RecurrentBase(Module):
         parameters are the same read-only arrays: folding the bias and finding the kept packed
         copies took ~7 us of a ~45 us B=1 step."""
         params = tuple(map(self._params.get, _param_names(layer, "")))
-        kept = self._kept_steps.get(layer)
-        if (kept is not None and all([a is b for a, b in zip(kept[0], params)])
-                and all([a is None or frozen(a) for a in params])):
-            return kept[1]
+        kept = self._kept_steps.get(layer)        # (params, the arrays whose flags say read-only, weights)
+        if kept is not None and all(map(operator.is_, kept[0], params)) and not any([a.flags.writeable for a in kept[1]]):
+            return kept[2]
         p = self._layer_params(layer, "")
         weights = self._cell.step_weights(p.w_ih.T, p.bias, p.w_hh.T, p.b_hh)
         if self.xp is np and all([a is None or frozen(a) for a in params]):
-            self._kept_steps[layer] = (params, weights)
+            arrays = [a for a in params if a is not None]
+            self._kept_steps[layer] = (params, arrays + [a.base for a in arrays if isinstance(a.base, np.ndarray)], weights)
         else:                            # made writable since: what was kept may be stale when refrozen
             self._kept_steps.pop(layer, None)
         return weights
