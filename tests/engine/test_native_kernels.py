@@ -167,24 +167,25 @@ def _arrays(tree):
 @pytest.mark.parametrize("H", [16, 24, 204, 210])      # U even / odd (a group left alone), a partial last group
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_one_row_makes_the_sums_a_row_of_a_batch_makes(cell, H, fused):
-    """One row runs two unit groups side by side (``tile_row_pair``: twice the FMA chains). Each
-    output must be the same sum in the same order as a row of a wider tile: a batch of that row twice
-    gives it bit for bit, y and the final state, what training keeps for BPTT, a row held past its
-    length, with and without the projection in the tile."""
+    """One row runs two unit groups side by side (``tile_row_pair``: twice the FMA chains), at B=1
+    and for the last row of a batch that its tiles leave alone. Each output must be the same sum in
+    the same order as a row of a wider tile: each row of a batch gives, bit for bit, what that row
+    alone gives, y and the final state, what training keeps for BPTT, a row held past its length,
+    with and without the projection in the tile."""
     from model_core.cells.native_weights import NULL, aligned_empty, pack, ptr
-    T, I, G = 9, 5, {"lstm": 4, "gru": 3}[cell]
+    T, I, G, B = 9, 5, {"lstm": 4, "gru": 3}[cell], 8
     rng = np.random.default_rng(H)
-    x1 = rng.standard_normal((T, 1, I if fused else G * H), dtype=np.float32)
+    xs = rng.standard_normal((T, B, I if fused else G * H), dtype=np.float32)   # every row its own
     wi = pack(rng.standard_normal((I, G * H), dtype=np.float32), gates=G)
     w = pack(rng.standard_normal((H, G * H), dtype=np.float32) * 0.2)
     bias, b_hn = rng.standard_normal(G * H).astype(np.float32), rng.standard_normal(H).astype(np.float32)
-    state0 = [rng.standard_normal((1, H), dtype=np.float32) for _ in range(G // 2)]      # h (and c)
+    states = [rng.standard_normal((B, H), dtype=np.float32) for _ in range(G // 2)]      # h (and c)
     lstm = cell == "lstm"
 
-    def run(B, ragged):
-        x = np.ascontiguousarray(np.repeat(x1, B, axis=1))
+    def run(rows, ragged):
+        x, s0 = np.ascontiguousarray(xs[:, rows]), [np.ascontiguousarray(s[rows]) for s in states]
+        B = len(rows)
         lens = np.full(B, T - 3, np.int64) if ragged else None          # held for the last 3 steps
-        s0 = [np.repeat(s, B, axis=0) for s in state0]
         shapes = {"y": (T, B, H), "hT": (B, H), "cT": (B, H), "gates": (T, B, G * H), "tanhc_or_hn": (T, B, H),
                   "prev_h": (T, B, H), "prev_c": (T, B, H)}
         out = {k: aligned_empty(v) for k, v in shapes.items() if lstm or k not in ("cT", "prev_c")}
@@ -204,11 +205,15 @@ def test_one_row_makes_the_sums_a_row_of_a_batch_makes(cell, H, fused):
         return out if not ragged else {"y": out["y"], "hT": out["hT"]}
 
     for ragged in (False, True):
-        one, two = run(1, ragged), run(2, ragged)
-        for k, a in one.items():
-            b = two[k]
-            assert np.isfinite(a).all(), k
-            assert np.array_equal(a[..., 0, :] if a.ndim == 3 else a[0], b[..., 1, :] if b.ndim == 3 else b[1]), k
+        ones = [run([r], ragged) for r in range(B)]
+        for n in (2, 4, 5, 7, 8):                  # a last row left alone by 2-, 3-, 4-, 6- and 7-row tiles
+            many = run(list(range(n)), ragged)
+            for k, got in many.items():
+                assert np.isfinite(got).all(), k
+                for r in range(n):                 # the lone last row runs two groups at once, as B=1 does
+                    a, b = ones[r][k], got
+                    assert np.array_equal(a[..., 0, :] if a.ndim == 3 else a[0],
+                                          b[..., r, :] if b.ndim == 3 else b[r]), (k, n, r)
 
 
 @pytest.mark.parametrize("cls", [LSTM, GRU])
