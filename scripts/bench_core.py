@@ -341,13 +341,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class ThreadClock:
-    """``time`` as bench_peers uses it, with the calling thread's CPU clock in place of the wall clock."""
-    perf_counter = staticmethod(time.thread_time)
-    perf_counter_ns = staticmethod(time.thread_time_ns)
-    sleep = staticmethod(time.sleep)
-
-
 PROBE_NAMES = ["openblas", "torch.mm", "mkl sgemm", "mkl packed", "numba naive", "ours rows", "ours packed"]
 
 
@@ -381,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.clock == "cpu":
         if args.threads != 1 or args.device != "cpu":
             raise SystemExit("--clock cpu measures one thread's CPU time: it needs --threads 1 on the CPU")
-        peers.time = ThreadClock()                                      # every timer in bench_peers
+        peers.use_thread_clock()
         bench_probe.clock = time.thread_time
     cells = list(peers.CELLS) if args.cell == "all" else [args.cell]
     if args.shapes:

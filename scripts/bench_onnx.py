@@ -7,26 +7,29 @@
 
 Each case is one recurrent node (W, R, B as initializers, zero initial state) fed X (T, B, I)
 in float32; ``ragged`` cases add sequence_lens spread over [T/2, T]. Before timing, our outputs
-are checked against onnxruntime's (1e-4). Times are the best of ``--repeat`` interleaved runs
-after a warm-up (the stable statistic on shared cores); ratio = ours / onnxruntime (lower is better,
-1.0 is parity). Both runtimes get ``--threads`` threads (the BLAS pool for ours, intra-op threads for onnxruntime).
+are checked against onnxruntime's (1e-4). The runtimes take turns as in ``bench_core``
+(``bench_peers.blocks_ms``: a pause, an untimed call, the timed one; the first alternating by
+round), so neither runs while the other's idle workers still spin: at 2 threads onnxruntime's
+kept a core busy after each call, and ours, timed right after it, did not scale (26 ms at 2
+threads against 28 at 1, LSTM B=32; 17.5 timed alone). Times are the best of ``--repeat`` turns
+(the stable statistic on shared cores); ratio = ours / onnxruntime (lower is better, 1.0 is
+parity). Both runtimes get ``--threads`` threads (the BLAS pool and the kernels' team for ours,
+intra-op threads for onnxruntime).
 """
 from __future__ import annotations
 
 from scripts import blas_threads  # first: --threads sizes the BLAS pool before NumPy loads
 
 import argparse
-import time
 
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 from model_core.onnx import InferenceSession
 from model_core.threads import set_num_threads
-from scripts.bench_peers import format_paired, paired_ratio
+from scripts import bench_peers as peers
 
 set_num_threads(blas_threads.threads(default=1))           # our kernels' team and OpenBLAS
-clock = time.perf_counter                                    # --clock cpu: time.thread_time
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 DEFAULT_SHAPES = "1,100,64,256;32,100,64,256;16,100,128,128"
@@ -62,17 +65,13 @@ def build(op: str, direction: str, B: int, T: int, I: int, H: int, ragged: bool,
 
 def timed_pair(ours, ref, repeat: int) -> tuple[float, float, dict]:
     """Best-of-``repeat`` milliseconds for each, and ours ÷ onnxruntime round by round
-    (``paired_ratio``). The runs are interleaved, the first of each round alternating, so that both
-    see the same machine: on shared cores a min or a paired ratio is stable, a median drifts with the load."""
-    ours(), ref()                                              # warm-up: caches, BLAS pool, allocator
-    times: list[list[float]] = [[], []]
-    for r in range(repeat):
-        for k in (0, 1) if r % 2 == 0 else (1, 0):
-            fn = (ours, ref)[k]
-            start = clock()
-            fn()
-            times[k].append(clock() - start)
-    return 1000 * min(times[0]), 1000 * min(times[1]), paired_ratio(times[0], times[1])
+    (``paired_ratio``), from ``repeat`` rounds of turns (``bench_peers.blocks_ms``)."""
+    ms = peers.blocks_ms({"ours": (ours, _nothing), "ort": (ref, _nothing)}, repeat, warmup=1)
+    return ms["ours"]["min"], ms["ort"]["min"], peers.paired_ratio(ms["ours"]["runs"], ms["ort"]["runs"])
+
+
+def _nothing() -> None:
+    """No device to wait for: the CPU calls return when done."""
 
 
 def main() -> None:
@@ -86,11 +85,10 @@ def main() -> None:
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: the calling thread's CPU time (1 thread only; robust on a loaded machine)")
     args = parser.parse_args()
-    global clock
     if args.clock == "cpu":
         if args.threads != "1":
             raise SystemExit("--clock cpu needs --threads 1: every runtime then computes on the calling thread")
-        clock = time.thread_time
+        peers.use_thread_clock()
     import onnxruntime as ort  # the reference extra only
 
     options = ort.SessionOptions()
@@ -116,7 +114,7 @@ def main() -> None:
                     ratios.append(t_ours / t_ort)
                     paired.append(pr["median"])
                     print(f"{op:<5} {direction:<14} {f'{B},{T},{I},{H}':<16} {'ragged' if ragged else 'full':<8} "
-                          f"{t_ours:9.2f} {t_ort:9.2f} {t_ours / t_ort:7.2f} {format_paired(pr):>18}", flush=True)
+                          f"{t_ours:9.2f} {t_ort:9.2f} {t_ours / t_ort:7.2f} {peers.format_paired(pr):>18}", flush=True)
     print(f"geometric mean ratio {float(np.exp(np.mean(np.log(ratios)))):.2f}, "
           f"paired {float(np.exp(np.mean(np.log(paired)))):.2f}")
 

@@ -231,6 +231,20 @@ def naive_step(xp, cell: str, sd: dict):
 SETTLE_S = 0.3  # seconds idle before each timed turn: longer than OpenBLAS's ~0.1 s worker spin-wait
 
 
+class ThreadClock:
+    """``time`` as this module uses it, with the calling thread's CPU clock in place of the wall clock."""
+    perf_counter = staticmethod(time.thread_time)
+    perf_counter_ns = staticmethod(time.thread_time_ns)
+    sleep = staticmethod(time.sleep)
+
+
+def use_thread_clock() -> None:
+    """Every timer here (``blocks_ms``, ``step_us``) on the calling thread's CPU clock (``--clock cpu``:
+    with one thread every contestant computes on the calling thread)."""
+    global time
+    time = ThreadClock()
+
+
 def settle() -> None:
     """Let the previous contestant's idle worker threads stop spinning before the next one runs.
 

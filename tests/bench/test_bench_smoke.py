@@ -37,3 +37,21 @@ def test_bench_quick_runs_and_prints_tables(tmp_path):
     # the single step: the trainable layer and the served (frozen) one, each checked against the naive step
     assert {r["cell"] for r in results["step"]} == {"lstm", "gru", "rnn"}
     assert all(r["ours"] > 0 and r["served"] > 0 and r["torch"] > 0 for r in results["step"])
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("threads, clock", [("1", "cpu"), ("2", "wall")])
+def test_bench_onnx_runs_one_node_in_turns(threads, clock):
+    """scripts/bench_onnx.py checks a node against onnxruntime, times both in turns and prints the ratios."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "scripts.bench_onnx", "--ops", "LSTM", "--shapes", "2,5,3,8", "--directions", "forward",
+         "--repeat", "2", "--threads", threads, "--clock", clock],
+        capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("LSTM")]
+    assert [r[3] for r in rows] == ["full", "ragged"]
+    for r in rows:                                       # ours, ort, the ratio of bests, the paired median [quartiles]
+        ours, ort, ratio, paired = map(float, r[4:8])
+        assert ours > 0 and ort > 0 and ratio > 0 and paired > 0
+        assert r[8].startswith("[") and r[8].endswith("]")
+    assert "geometric mean ratio" in proc.stdout
