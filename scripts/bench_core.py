@@ -74,10 +74,6 @@ PAIRS = [("ours/ort", "ours_fwd", "ort_fwd"), ("served/ort", "ours_served", "ort
 PAIRED_HEADERS = ["shape B,T,I,H"] + [column for column, _, _ in PAIRS]
 
 
-def _nothing():
-    return None
-
-
 class Env:
     """What a run needs: device, array module, syncs, and the peers that are usable."""
 
@@ -85,7 +81,7 @@ class Env:
         self.gpu = args.device == "gpu"
         self.device = args.device
         self.xp = get_xp(self.device)
-        self.ours_sync = self.xp.cuda.Device().synchronize if self.gpu else _nothing
+        self.ours_sync = self.xp.cuda.Device().synchronize if self.gpu else peers.no_sync
         torch = peers.optional("torch")
         if torch is not None and self.gpu and not torch.cuda.is_available():
             torch = None                                                # a CPU-only torch is no cuDNN
@@ -95,7 +91,7 @@ class Env:
                 torch.set_num_interop_threads(1)
         self.torch = torch
         self.tdev = "cuda" if self.gpu else "cpu"
-        self.torch_sync = torch.cuda.synchronize if (torch is not None and self.gpu) else _nothing
+        self.torch_sync = torch.cuda.synchronize if (torch is not None and self.gpu) else peers.no_sync
         ort, onnx = peers.optional("onnxruntime"), peers.optional("onnx")
         self.ort = ort if (onnx is not None and peers.ort_usable(ort, self.gpu)) else None
         self.onnx = onnx
@@ -174,7 +170,7 @@ def bench_shape(env: Env, cell: str, shape, repeat: int) -> dict:
         if err > TOL:
             _fail("onnxruntime", cell, shape, err)
         runner.bind(x)
-        jobs["ort_fwd"] = (lambda: runner.run(x), _nothing)
+        jobs["ort_fwd"] = (lambda: runner.run(x), peers.no_sync)
 
     def ours_train():
         _, _, cache = ours.forward_train(xs)

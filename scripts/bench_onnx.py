@@ -66,12 +66,8 @@ def build(op: str, direction: str, B: int, T: int, I: int, H: int, ragged: bool,
 def timed_pair(ours, ref, repeat: int) -> tuple[float, float, dict]:
     """Best-of-``repeat`` milliseconds for each, and ours ÷ onnxruntime round by round
     (``paired_ratio``), from ``repeat`` rounds of turns (``bench_peers.blocks_ms``)."""
-    ms = peers.blocks_ms({"ours": (ours, _nothing), "ort": (ref, _nothing)}, repeat, warmup=1)
+    ms = peers.blocks_ms({"ours": (ours, peers.no_sync), "ort": (ref, peers.no_sync)}, repeat, warmup=1)
     return ms["ours"]["min"], ms["ort"]["min"], peers.paired_ratio(ms["ours"]["runs"], ms["ort"]["runs"])
-
-
-def _nothing() -> None:
-    """No device to wait for: the CPU calls return when done."""
 
 
 def main() -> None:

@@ -231,6 +231,10 @@ def naive_step(xp, cell: str, sd: dict):
 SETTLE_S = 0.3  # seconds idle before each timed turn: longer than OpenBLAS's ~0.1 s worker spin-wait
 
 
+def no_sync() -> None:
+    """The ``sync`` of a contestant whose calls return when done (the CPU): nothing to wait for."""
+
+
 class ThreadClock:
     """``time`` as this module uses it, with the calling thread's CPU clock in place of the wall clock."""
     perf_counter = staticmethod(time.thread_time)
