@@ -188,7 +188,7 @@ def frozen(a: np.ndarray) -> bool:
 
 def forget_packs(arrays) -> None:
     """Drop the packed copies kept for these arrays (views of the same storage included): a freeze
-    after writes were turned back on must not find copies of the old values (``Module.freeze``)."""
+    after writes were turned back on must not find copies of the old values (``RecurrentBase.freeze``)."""
     owners = {id(a.base if a.base is not None else a) for a in arrays if isinstance(a, np.ndarray)}
     for key in [k for k in _frozen if k[0] in owners]:
         _frozen.pop(key, None)
