@@ -36,10 +36,11 @@ def run(*argv: str, check: bool = True, timeout: float = 600, **kw) -> subproces
     return subprocess.run(argv, check=check, timeout=timeout, text=True, capture_output=True, **kw)
 
 
-def _apt(*args: str, sources: Path | None = None) -> None:
+def _apt(*args: str, sources: Path | None = None, cwd: str | None = None) -> None:
+    """apt-get with ``args``; ``sources``: read only this sources file; ``cwd``: where ``download`` puts the .debs."""
     opts = ["-o", f"Dir::Etc::sourcelist={sources}", "-o", "Dir::Etc::sourceparts=-",
             "-o", "APT::Get::List-Cleanup=0"] if sources else []
-    run("apt-get", *opts, *args, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    run("apt-get", *opts, *args, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, cwd=cwd)
 
 
 def _daemon_answers() -> bool:
