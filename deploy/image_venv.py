@@ -7,7 +7,7 @@ app's native kernels and the bytecode its startup needs.
 
 The pins come from pyproject.toml's [project] dependencies and the named extras, so the image and
 `pip install .` never drift apart. No Numba (the `fast` extra): the native C kernels replace it for
-LSTM and GRU, and the plain RNN's loop is BLAS-bound on the NumPy cell. Behind a TLS-intercepting
+LSTM, GRU and the plain RNN. Behind a TLS-intercepting
 proxy the build passes the host's CA bundle as the BuildKit secret ``ca-bundle``; pip reads it from
 /run/secrets for this one step and no layer keeps it.
 

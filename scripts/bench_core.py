@@ -105,8 +105,7 @@ class Env:
 def engine_line(env: Env) -> str:
     """Which step implementation model_core runs here (native kernels, compiled cells or the reference)."""
     if uses_native("lstm", env.xp, np.float32):
-        rnn = f"RNN: Numba cells ({jit.REASON})" if uses_jit(env.xp, np.float32) else "RNN: NumPy cells"
-        return f"native LSTM/GRU kernels ({native.REASON}); {rnn}"
+        return f"native LSTM/GRU/RNN kernels ({native.REASON})"
     if uses_jit(env.xp, np.float32):
         return f"compiled float32 cells ({jit.REASON}), BLAS for the products"
     if env.gpu:

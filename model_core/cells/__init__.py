@@ -1,9 +1,10 @@
 """Single-step cells: each file holds one cell's step forward and step backward side by side.
 
 ``lstm_cell``, ``gru_cell`` and ``rnn_cell`` are the reference steps, written once for NumPy and
-CuPy. ``native_lstm`` and ``native_gru`` run the whole time loop in the compiled kernels of
-``model_core.native`` (when ``model_core.native.AVAILABLE``); ``fused_lstm``, ``fused_gru`` and
-``fused_rnn`` do the step's elementwise part with Numba (when ``model_core.jit.AVAILABLE``).
+CuPy. ``native_lstm``, ``native_gru`` and ``native_rnn`` run the whole time loop in the compiled
+kernels of ``model_core.native`` (when ``model_core.native.AVAILABLE``); ``fused_lstm``,
+``fused_gru`` and ``fused_rnn`` do the step's elementwise part with Numba (when
+``model_core.jit.AVAILABLE``).
 ``select`` is the one place that picks between them: native, else Numba, else the reference.
 """
 from __future__ import annotations
@@ -32,9 +33,9 @@ class CellSteps:
     native: the native kernels, which also run whole sequences (``sequence_forward`` /
             ``sequence_backward``, None otherwise).
     sequence_forward_fused: inference over a sequence from the raw input, the input projection
-            made inside the kernel (the native LSTM and GRU; None otherwise).
+            made inside the kernel (the native cells; None otherwise).
     step_forward_input: an inference step from the raw input, the projection made inside the
-            kernel (the native LSTM and GRU; None otherwise): ``step()`` and length-1 sequences.
+            kernel (the native cells; None otherwise): ``step()`` and length-1 sequences.
     step_weights: what ``step_forward_input`` reads of a layer's parameters, as one value that a
             frozen layer makes once and keeps (None where step_forward_input is None).
     """
@@ -60,15 +61,17 @@ def uses_jit(xp, dtype) -> bool:
 
 
 def uses_native(kind: str, xp, dtype) -> bool:
-    """The native kernels: LSTM and GRU, float32 NumPy arrays (the RNN's loop is BLAS-bound already)."""
-    return native.AVAILABLE and kind in ("lstm", "gru") and xp is np and np.dtype(dtype) == np.float32
+    """The native kernels: every cell, float32 NumPy arrays."""
+    return native.AVAILABLE and kind in _REFERENCE and xp is np and np.dtype(dtype) == np.float32
 
 
 def _native(kind: str) -> ModuleType:
     if kind == "lstm":
         from model_core.cells import native_lstm as mod  # loads the native library
-    else:
+    elif kind == "gru":
         from model_core.cells import native_gru as mod
+    else:
+        from model_core.cells import native_rnn as mod
     return mod
 
 
@@ -94,15 +97,11 @@ def select(kind: str, xp, dtype, nonlinearity: str = "tanh", reference: bool = F
     use_native = not reference and allow_native and uses_native(kind, xp, dtype)
     fused = not reference and (use_native or uses_jit(xp, dtype))
     mod = _native(kind) if use_native else _fused(kind) if fused else _REFERENCE[kind]
-    if kind == "rnn":
-        step_forward, step_backward = mod.make(nonlinearity)
-    else:
-        step_forward, step_backward = mod.step_forward, mod.step_backward
+    fns = mod.make(nonlinearity) if kind == "rnn" else vars(mod)    # the RNN's, with its activation bound
     return CellSteps(GATES=mod.GATES, STATE_SIZE=mod.STATE_SIZE, gate_constants=mod.gate_constants,
                      cache_shapes=mod.cache_shapes, fold_bias=mod.fold_bias,
-                     step_forward=step_forward, step_backward=step_backward, fused=fused,
-                     native=use_native, sequence_forward=getattr(mod, "sequence_forward", None),
-                     sequence_backward=getattr(mod, "sequence_backward", None),
-                     sequence_forward_fused=getattr(mod, "sequence_forward_fused", None),
-                     step_forward_input=getattr(mod, "step_forward_input", None),
-                     step_weights=getattr(mod, "step_weights", None))
+                     step_forward=fns["step_forward"], step_backward=fns["step_backward"], fused=fused,
+                     native=use_native, sequence_forward=fns.get("sequence_forward"),
+                     sequence_backward=fns.get("sequence_backward"),
+                     sequence_forward_fused=fns.get("sequence_forward_fused"),
+                     step_forward_input=fns.get("step_forward_input"), step_weights=fns.get("step_weights"))

@@ -61,7 +61,7 @@ def _relu_backward(dh_next, act, dg):
 
 
 def make(nonlinearity: str):
-    """Return (step_forward, step_backward) for ``"tanh"`` or ``"relu"``, as ``rnn_cell.make`` does."""
+    """The step functions for ``"tanh"`` or ``"relu"``, as ``rnn_cell.make`` returns them."""
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     fwd_kernel, bwd_kernel = (_tanh_forward, _tanh_backward) if nonlinearity == "tanh" else (_relu_forward, _relu_backward)
@@ -77,4 +77,4 @@ def make(nonlinearity: str):
         bwd_kernel(dh_next, cache_t["act"], dgx_t)
         return (product(xp, dgx_t, weight_hh),)                       # (B, H) @ (H, H)
 
-    return step_forward, step_backward
+    return {"step_forward": step_forward, "step_backward": step_backward}

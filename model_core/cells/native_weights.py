@@ -26,6 +26,7 @@ NULL = None
 PACK_MIN_BATCH = 16       # rows per step from which packing pays even for a single step
 PACK_MIN_ROWS = 64        # rows (B x T) in one call from which a packed copy pays for itself
 _GROUP = 8                # hidden units per packed group: one vector of float32
+_PANEL = 32               # the RNN's units per packed panel: four vectors, the LSTM tile's width
 FUSED_MIN_BATCH = 2       # inference makes the input projection in the kernel from 2 rows: at one, a
                           # GEMM over all T steps first beats a one-row tile at every step
 ALIGN = 64                # bytes: kernel buffers start on a cache line (see ``aligned_empty``)
@@ -101,18 +102,30 @@ def backward_strides(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def pack(weight_t: np.ndarray, scratch: bool = False, gates: int | None = None) -> np.ndarray:
+def pack(weight_t: np.ndarray, scratch: bool = False, gates: int | None = None, panels: bool = False) -> np.ndarray:
     """(K, G*H) -> (U, K, G, 8): per group of 8 hidden units, every gate's 8 columns of each row
     side by side (zero past H), so the kernel's register tile reads one contiguous stream.
     W_hh^T is square per gate (K = H, G inferred); W_ih^T (K = I) needs ``gates``.
+    ``panels``: the RNN's layout instead, (K, H) -> (ceil(H/32), K, 32) (``mc_pack_panels``).
     ``scratch``: into this thread's reusable buffer, valid until its next packing."""
     K, GH = weight_t.shape
-    G = gates or GH // K
-    H = GH // G
-    shape = (-(-H // _GROUP), K, G, _GROUP)
+    if panels:
+        shape = (-(-GH // _PANEL), K, _PANEL)
+    else:
+        G = gates or GH // K
+        H = GH // G
+        shape = (-(-H // _GROUP), K, G, _GROUP)
     packed = _scratch_buffer(shape) if scratch else aligned_empty(shape)
-    lib.mc_pack_rows(K, H, G, ptr(weight_t), ptr(packed))
+    if panels:
+        lib.mc_pack_panels(K, GH, ptr(weight_t), ptr(packed))
+    else:
+        lib.mc_pack_rows(K, H, G, ptr(weight_t), ptr(packed))
     return packed
+
+
+def _reads_packed(weight_hh_t: np.ndarray, B: int, T: int) -> bool:
+    """Does a call of T steps of B rows read W_hh^T packed? (``recurrent_weights``' rule)"""
+    return B >= PACK_MIN_BATCH or ((B >= 2 or threads() > 1 or frozen(weight_hh_t)) and B * T >= PACK_MIN_ROWS)
 
 
 def recurrent_weights(weight_hh_t: np.ndarray, B: int, T: int = 1) -> KernelWeights:
@@ -126,7 +139,7 @@ def recurrent_weights(weight_hh_t: np.ndarray, B: int, T: int = 1) -> KernelWeig
     weight_hh_t = c_array(weight_hh_t)                                  # the layer's storage already is
     H, GH = weight_hh_t.shape
     G = GH // H
-    if B >= PACK_MIN_BATCH or ((B >= 2 or threads() > 1 or frozen(weight_hh_t)) and B * T >= PACK_MIN_ROWS):
+    if _reads_packed(weight_hh_t, B, T):
         packed = frozen_pack(weight_hh_t)
         if packed is None:
             packed = pack(weight_hh_t, scratch=True)
@@ -134,11 +147,25 @@ def recurrent_weights(weight_hh_t: np.ndarray, B: int, T: int = 1) -> KernelWeig
     return KernelWeights(ptr(weight_hh_t), GH, H, _GROUP, weight_hh_t)
 
 
-def packed_weights(weight_hh_t: np.ndarray) -> KernelWeights:
-    """Always the packed layout: for weights that never change (an ONNX graph's initializers)."""
+def recurrent_panels(weight_hh_t: np.ndarray, B: int, T: int = 1) -> tuple[np.ndarray, int]:
+    """The RNN's W_hh^T (H, H) as a call of T steps of B rows reads it (``recurrent_weights``' rule,
+    in the RNN's panels: the kept copy of read-only weights, or a copy per call), and whether it is
+    packed (1) or as stored (0)."""
+    weight_hh_t = c_array(weight_hh_t)
+    if not _reads_packed(weight_hh_t, B, T):
+        return weight_hh_t, 0
+    packed = frozen_pack(weight_hh_t, panels=True)
+    return (pack(weight_hh_t, scratch=True, panels=True) if packed is None else packed), 1
+
+
+def packed_weights(weight_hh_t: np.ndarray, panels: bool = False) -> KernelWeights:
+    """Always the packed layout: for weights that never change (an ONNX graph's initializers).
+    ``panels``: the RNN's (``pack``), whose strides are (32, 8, 32H)."""
     H, GH = weight_hh_t.shape
     G = GH // H
-    packed = pack(np.ascontiguousarray(weight_hh_t, dtype=np.float32))
+    packed = pack(np.ascontiguousarray(weight_hh_t, dtype=np.float32), panels=panels)
+    if panels:
+        return KernelWeights(ptr(packed), _PANEL, _GROUP, H * _PANEL, packed)
     return KernelWeights(ptr(packed), G * _GROUP, _GROUP, H * G * _GROUP, packed)
 
 
@@ -148,12 +175,13 @@ def step_keeps_pack(weight_hh_t: np.ndarray, B: int) -> bool:
     return B >= PACK_MIN_BATCH and frozen(weight_hh_t)
 
 
-def step_input_weights(weight_ih_t: np.ndarray, weight_hh_t: np.ndarray, gates: int) -> tuple[np.ndarray, np.ndarray, int]:
+def step_input_weights(weight_ih_t: np.ndarray, weight_hh_t: np.ndarray, gates: int,
+                       panels: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
     """(W_ih, W_hh, packed) for the step entry points that take the raw input (``mc_*_input_step``):
     the kept packed copies of read-only weights (packed = 1: the projection is made in the register
-    tile, at one row by the pair tile), else W_ih^T and W_hh^T as stored (0)."""
-    wi = frozen_pack(weight_ih_t, gates=gates)
-    wh = frozen_pack(weight_hh_t) if wi is not None else None
+    tile, at one row by the pair tile), else W_ih^T and W_hh^T as stored (0). ``panels``: the RNN's."""
+    wi = frozen_pack(weight_ih_t, gates=gates, panels=panels)
+    wh = frozen_pack(weight_hh_t, panels=panels) if wi is not None else None
     if wh is None:
         return c_array(weight_ih_t), c_array(weight_hh_t), 0
     return wi, wh, 1
@@ -168,11 +196,11 @@ def train_cache(cache_shapes, n_state: int, T: int, B: int, H: int, reverse: boo
     return {"steps": steps, "prev": prev, "reverse": reverse}, tuple(ptr(a) for a in (*steps.values(), *prev))
 
 
-def input_weights(weight_ih_t: np.ndarray, gates: int) -> np.ndarray:
+def input_weights(weight_ih_t: np.ndarray, gates: int, panels: bool = False) -> np.ndarray:
     """W_ih^T (I, G*H) packed like W_hh^T, for the kernels that make the input projection in their
     tile (``mc_*_forward_fused``): kept for read-only weights, else packed per call."""
-    packed = frozen_pack(weight_ih_t, gates=gates)
-    return pack(c_array(weight_ih_t), gates=gates) if packed is None else packed
+    packed = frozen_pack(weight_ih_t, gates=gates, panels=panels)
+    return pack(c_array(weight_ih_t), gates=gates, panels=panels) if packed is None else packed
 
 
 def fused_input(x: np.ndarray) -> np.ndarray:
@@ -194,18 +222,18 @@ def forget_packs(arrays) -> None:
         _frozen.pop(key, None)
 
 
-def frozen_pack(weight_t: np.ndarray, gates: int | None = None) -> np.ndarray | None:
+def frozen_pack(weight_t: np.ndarray, gates: int | None = None, panels: bool = False) -> np.ndarray | None:
     """The packed copy of a read-only W^T (see ``pack``), made on first use and kept while its
     storage lives (the transposed view is new per call; the array it views is not); None for
     writable weights."""
     if not frozen(weight_t) or not weight_t.flags.c_contiguous:     # a copy would be new per call anyway
         return None
     owner = weight_t.base if weight_t.base is not None else weight_t
-    key = (id(owner), data_pointer(weight_t), weight_t.shape, weight_t.strides, gates)
+    key = (id(owner), data_pointer(weight_t), weight_t.shape, weight_t.strides, None if panels else gates, panels)
     hit = _frozen.get(key)
     if hit is not None and hit[0]() is owner:       # the same storage, not a new one at a reused address
         return hit[1]
-    packed = pack(weight_t, gates=gates)
+    packed = pack(weight_t, gates=gates, panels=panels)
     packed.flags.writeable = False
     _frozen[key] = (weakref.ref(owner, lambda _, key=key: _frozen.pop(key, None)), packed)
     return packed

@@ -24,7 +24,7 @@ def fold_bias(bias_ih, bias_hh):
 
 
 def make(nonlinearity: str):
-    """Return (step_forward, step_backward) for ``"tanh"`` or ``"relu"``."""
+    """The step functions for ``"tanh"`` or ``"relu"``, by ``CellSteps``' field names."""
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     relu = nonlinearity == "relu"
@@ -49,4 +49,4 @@ def make(nonlinearity: str):
             xp.multiply(dh_next, 1.0 - act * act, out=dgx_t)
         return (product(xp, dgx_t, weight_hh),)               # (B, H) @ (H, H)
 
-    return step_forward, step_backward
+    return {"step_forward": step_forward, "step_backward": step_backward}

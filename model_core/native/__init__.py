@@ -57,6 +57,10 @@ _SIGNATURES = {
     "mc_gru_forward": ([_I, _I, _I, ctypes.c_int32, _F, _I, _I, _F, _F, _F, _I, _I, _I, _F, _F, _F, _I, _I,
                         _F, _F, _F, _F, _F], None),
     "mc_gru_backward": ([_I, _I, _I, ctypes.c_int32, _F, _F, _I, _I, _F, _F, _F, _F, _F, _F, _F, _F], None),
+    "mc_pack_panels": ([_I, _I, _F, _F], None),
+    "mc_rnn_forward": ([_I, _I, _I, _I, ctypes.c_int32, ctypes.c_int32, _F, _I, _I, _F, _F, _F, _F, ctypes.c_int32, _F,
+                        _F, _I, _I, _F, _F, _F], ctypes.c_int32),
+    "mc_rnn_backward": ([_I, _I, _I, ctypes.c_int32, ctypes.c_int32, _F, _F, _I, _I, _F, _F, _F, _F, _F], None),
     "mc_fma_peak": ([_I], ctypes.c_double),
     "mc_set_threads": ([ctypes.c_int32], ctypes.c_int32),
     "mc_blas_team_calls": ([], _I),
@@ -68,6 +72,7 @@ _SIGNATURES = {
     "mc_gru_step": ([_I] * 7, ctypes.c_int32),
     "mc_lstm_input_step": ([_I] * 16, ctypes.c_int32),
     "mc_gru_input_step": ([_I] * 14, ctypes.c_int32),
+    "mc_rnn_input_step": ([_I] * 13, ctypes.c_int32),
 }
 
 

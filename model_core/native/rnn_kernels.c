@@ -222,10 +222,16 @@ typedef struct {
                          float *);
     double (*fma_peak)(int64_t);
     void (*axpy_product)(int64_t, int64_t, int64_t, const float *, int64_t, const float *, float *);
+    void (*rnn_forward)(int64_t, int64_t, int64_t, int64_t, int32_t, int32_t, const float *, int64_t, int64_t,
+                        const float *, const float *, const int64_t *, const float *, int32_t, const float *, float *,
+                        int64_t, int64_t, float *, float *, float *, float *);
+    void (*rnn_backward)(int64_t, int64_t, int64_t, int32_t, int32_t, const float *, const float *, int64_t, int64_t,
+                         const float *, const float *, float *, float *, float *);
 } kernels_t;
 
 #define TABLE(sfx, name) { name, product_##sfx, lstm_forward_##sfx, lstm_backward_##sfx, gru_forward_##sfx, \
-                           gru_backward_##sfx, fma_peak_##sfx, axpy_product_##sfx }
+                           gru_backward_##sfx, fma_peak_##sfx, axpy_product_##sfx, rnn_forward_##sfx, \
+                           rnn_backward_##sfx }
 
 static const kernels_t BASE = TABLE(base, "baseline");
 #ifdef MULTI_ISA
@@ -531,6 +537,86 @@ int32_t mc_gru_input_step(int64_t B, int64_t H, int64_t I, intptr_t x, intptr_t 
                                         &wi, &xp, &bx, &wk, &wg, &wu);
     K->gru_forward(1, B, H, 0, xp, 0, G * H, wi ? arr(x) : 0, 0, I, I, wi, bx, 0, w, wk, wg, wu, bn, arr(h),
                    arr(h_out), 0, H, 0, arr(gates), arr(hn), arr(prev_h), work);
+    return 0;
+}
+
+/* -- the Elman RNN (relu: 0 tanh, 1 relu) ---------------------------------------------------------
+ * W^T (K_, H) C-contiguous (W_hh^T, K_ = H, or W_ih^T, K_ = I) -> (ceil(H/32), K_, 32), the RNN
+ * kernels' panels: panel c's row k is W^T[k, 32c .. 32c+31], zero past H */
+void mc_pack_panels(int64_t K_, int64_t H, const float *wt, float *out)
+{
+    int64_t C = (H + MC_PANEL - 1) / MC_PANEL;
+    for (int64_t c = 0; c < C; c++) {
+        int64_t n = H - c * MC_PANEL < MC_PANEL ? H - c * MC_PANEL : MC_PANEL;
+        for (int64_t k = 0; k < K_; k++) {
+            float *d = out + (c * K_ + k) * MC_PANEL;
+            memcpy(d, wt + k * H + c * MC_PANEL, (size_t)n * sizeof(float));
+            if (n < MC_PANEL) memset(d + n, 0, (size_t)(MC_PANEL - n) * sizeof(float));
+        }
+    }
+}
+
+/* One direction of T steps. packed = 1: w is W_hh^T's panels (mc_pack_panels) and, with wi (W_ih^T's
+ * panels), x is the raw input (T, B, I), the projection made in the register tile; without wi, x
+ * is the projection (T, B, H). packed = 0: w is W_hh^T (H, H) as stored, streamed by rows (few
+ * rows), and x the projection. bx: the folded bias (H,) or NULL. x, y rows xt/xb and yt/yb floats
+ * apart; lens (B,) or NULL as mc_lstm_forward's (inference); act and prev_h (T, B, H): what BPTT
+ * reads (h' and the state entering each step), or NULL. hT may be h0 (in place). Returns 0, -1 for
+ * wi without packed weights, -2 without memory. */
+int32_t mc_rnn_forward(int64_t T, int64_t B, int64_t H, int64_t I, int32_t reverse, int32_t relu, const float *x,
+                       int64_t xt, int64_t xb, const float *wi, const float *bx, const int64_t *lens, const float *w,
+                       int32_t packed, const float *h0, float *y, int64_t yt, int64_t yb, float *hT, float *act,
+                       float *prev_h)
+{
+    ENSURE();
+    if (wi && !packed) return -1;
+    float *work = 0;
+    if (!packed && B > 0 && T > 0 && !(work = scratch((size_t)(B * H)))) return -2;
+    K->rnn_forward(T, B, H, I, reverse, relu, x, xt, xb, wi, bx, lens, w, packed, h0, y, yt, yb, hT, act, prev_h, work);
+    return 0;
+}
+
+/* BPTT: wt W_hh^T (H, H); dy (T, B, H) rows dyt/dyb apart or NULL; act as the forward wrote it;
+ * dhT (B, H) in; dgx (T, B, H) the pre-activation gradients and dh0 (B, H) out; work B*H floats */
+void mc_rnn_backward(int64_t T, int64_t B, int64_t H, int32_t reverse, int32_t relu, const float *wt, const float *dy,
+                     int64_t dyt, int64_t dyb, const float *act, const float *dhT, float *dgx, float *dh0, float *work)
+{
+    ENSURE();
+    K->rnn_backward(T, B, H, reverse, relu, wt, dy, dyt, dyb, act, dhT, dgx, dh0, work);
+}
+
+/* One inference step of the RNN from the raw input x (B, I), as mc_lstm_input_step's: packed = 1,
+ * w_ih and w_hh the kept panels of read-only weights (the projection in the tile); 0, W_ih^T (I, H)
+ * and W_hh^T (H, H) as stored, packed into scratch from STEP_PACK_MIN_BATCH rows, below it the
+ * projection streamed by rows of W_ih^T and W_hh^T read as stored. bias (H,) or 0; act, prev_h:
+ * what BPTT reads (T = 1) or 0. Returns 0, or -1 without memory. */
+int32_t mc_rnn_input_step(int64_t B, int64_t H, int64_t I, int64_t relu, intptr_t x, intptr_t w_ih, intptr_t bias,
+                          intptr_t w_hh, int64_t packed, intptr_t h, intptr_t h_out, intptr_t act, intptr_t prev_h)
+{
+    ENSURE();
+    if (B < 1) return 0;                                                  /* an empty batch: nothing to do */
+    int64_t C = (H + MC_PANEL - 1) / MC_PANEL, r = relu != 0;
+    if (packed) {
+        K->rnn_forward(1, B, H, I, 0, r, arr(x), 0, I, arr(w_ih), arr(bias), 0, arr(w_hh), 1, arr(h), arr(h_out), 0, H,
+                       0, arr(act), arr(prev_h), 0);
+        return 0;
+    }
+    if (B >= STEP_PACK_MIN_BATCH) {
+        float *pi = scratch((size_t)(C * (I + H) * MC_PANEL));
+        if (!pi) return -1;
+        float *ph = pi + C * I * MC_PANEL;
+        mc_pack_panels(I, H, arr(w_ih), pi);
+        mc_pack_panels(H, H, arr(w_hh), ph);
+        K->rnn_forward(1, B, H, I, 0, r, arr(x), 0, I, pi, arr(bias), 0, ph, 1, arr(h), arr(h_out), 0, H, 0, arr(act),
+                       arr(prev_h), 0);
+        return 0;
+    }
+    int64_t own = whole_lines(B * H);
+    float *xp = scratch((size_t)(2 * own));                               /* the projection; the product */
+    if (!xp) return -1;
+    K->axpy_product(B, I, H, arr(x), I, arr(w_ih), xp);
+    K->rnn_forward(1, B, H, 0, 0, r, xp, 0, H, 0, arr(bias), 0, arr(w_hh), 0, arr(h), arr(h_out), 0, H, 0, arr(act),
+                   arr(prev_h), xp + own);
     return 0;
 }
 

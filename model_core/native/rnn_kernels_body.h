@@ -752,6 +752,164 @@ static void ISA(gru_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, c
     free(claims);
 }
 
+/* -- Elman RNN forward: h' = act(x W_ih^T + b + h W_hh^T), act tanh or relu ------------------------ */
+/* Its weights are read as panels of 32 units (mc_pack_panels: (ceil(H/32), K, 32), zero past H):
+ * the tile's four vectors are a panel's four groups of 8 units, so the RNN runs the LSTM's 3 x 4
+ * register tile (at one row, the pair tile's 8 chains) where one vector per unit group would keep
+ * a quarter of the accumulators, each a chain waiting on the FMA latency. A panel is the RNN's
+ * "unit group" for the items of a step (step_items, last_row_pair). */
+#ifndef MC_PANEL
+#define MC_PANEL 32                                                   /* units per panel: 4 vectors */
+/* the units of piece g (0..3) of panel c that exist: 8, fewer in the last, 0 past H */
+static inline int64_t piece_units(int64_t H, int64_t c, int g)
+{
+    int64_t n = H - c * MC_PANEL - g * VW;
+    return n < 0 ? 0 : n < VW ? n : VW;
+}
+#endif
+
+INL v8 ISA(rnn_act)(const int relu, v8 a)
+{
+    if (!relu) return ISA(vtanh)(a);
+#ifdef __AVX__
+    return __builtin_ia32_maxps256(ISA(splat)(0.0f), a);       /* max(0, a): NaN, the second operand, stays */
+#else
+    v8i neg = a < ISA(splat)(0.0f);                                          /* false for NaN: it stays */
+    return (v8)(~neg & (v8i)a);
+#endif
+}
+
+/* one row of panel c: h' from the pre-activations in acc, into y (and act, what BPTT reads), or
+ * the state passed through unchanged when the row's sequence has ended (as `held`) */
+INL void ISA(rnn_out)(const int relu, const v8 acc[4], int held, int64_t H, int64_t c, const float *hp, float *y,
+                      float *act)
+{
+    for (int g = 0; g < 4; g++) {
+        int64_t n = piece_units(H, c, g), o = c * MC_PANEL + g * VW;
+        if (!n) break;
+        if (held) { ISA(stn)(y + o, ISA(ldn)(hp + o, n), n); continue; }
+        v8 v = ISA(rnn_act)(relu, acc[g]);
+        ISA(stn)(y + o, v, n);
+        if (act) ISA(stn)(act + o, v, n);
+    }
+}
+
+/* the tile's starting registers for one row of panel c: the bias (raw input: the projection is
+ * made in the tile next), else the given projection plus the bias */
+INL void ISA(rnn_start)(const float *x, int raw, const float *bx, int64_t H, int64_t c, v8 acc[4])
+{
+    for (int g = 0; g < 4; g++) {
+        int64_t n = piece_units(H, c, g), o = c * MC_PANEL + g * VW;
+        v8 b = bx && n ? ISA(ldn)(bx + o, n) : ISA(splat)(0.0f);
+        acc[g] = raw || !n ? b : ISA(ldn)(x + o, n) + b;
+    }
+}
+
+/* mr rows of one step for panel c; raw: x holds the input rows (I wide, the projection made here
+ * from wi, W_ih^T's panels), else the projection */
+INL void ISA(rnn_rows)(const int mr, const int relu, int64_t H, int64_t c, const float *x, int64_t xb, int raw,
+                       int64_t I, const float *wi, const float *bx, const int64_t *lens, int64_t i, const float *w,
+                       const float *hp, int64_t hs, float *y, int64_t yb, float *act)
+{
+    v8 acc[MRMAX][4];
+    for (int m = 0; m < mr; m++) ISA(rnn_start)(x + m * xb, raw, bx, H, c, acc[m]);
+    if (raw) ISA(tile)(4, mr, 1, VW, I, x, xb, wi + c * I * MC_PANEL, MC_PANEL, VW, acc);
+    ISA(tile)(4, mr, 1, VW, H, hp, hs, w + c * H * MC_PANEL, MC_PANEL, VW, acc);
+    for (int m = 0; m < mr; m++)
+        ISA(rnn_out)(relu, acc[m], lens && i >= lens[m], H, c, hp + m * hs, y + m * yb, act ? act + m * H : 0);
+}
+
+/* rnn_rows for one row and the panels c, c + 1, side by side (tile_row_pair) */
+INL void ISA(rnn_row_pair)(const int relu, int64_t H, int64_t c, const float *x, int raw, int64_t I, const float *wi,
+                           const float *bx, const int64_t *lens, int64_t i, const float *w, const float *hp, float *y,
+                           float *act)
+{
+    v8 acc[2][4];
+    for (int p = 0; p < 2; p++) ISA(rnn_start)(x, raw, bx, H, c + p, acc[p]);
+    if (raw) ISA(tile_row_pair)(4, I, x, wi + c * I * MC_PANEL, MC_PANEL, VW, I * MC_PANEL, acc);
+    ISA(tile_row_pair)(4, H, hp, w + c * H * MC_PANEL, MC_PANEL, VW, H * MC_PANEL, acc);
+    for (int p = 0; p < 2; p++) ISA(rnn_out)(relu, acc[p], lens && i >= *lens, H, c + p, hp, y, act);
+}
+
+/* as lstm_forward_part, for the RNN: packed, the items of each step over panels; else W_hh^T (H, H)
+ * as stored, streamed by rows into work (B, H) (one thread), then the activation */
+static void ISA(rnn_forward_part)(int tid, int nth, int64_t *claims, int64_t T, int64_t B, int64_t H, int64_t I,
+                                  int32_t reverse, int relu, const float *x, int64_t xt, int64_t xb, const float *wi,
+                                  const float *bx, const int64_t *lens, const float *w, int packed, const float *h0,
+                                  float *y, int64_t yt, int64_t yb, float *hT, float *act, float *prev_h, float *work)
+{
+    int64_t C = (H + MC_PANEL - 1) / MC_PANEL, U = (H + VW - 1) / VW;
+    const float *hp = h0;
+    int64_t hs = H;
+    int raw = wi != 0;
+    for (int64_t i = 0; i < T; i++) {
+        int64_t t = reverse ? T - 1 - i : i;
+        if (prev_h && tid == 0) ISA(copy_rows)(B, H, hp, hs, prev_h + t * B * H);          /* the state entering t */
+        const float *xt_ = x + t * xt;
+        float *yt_ = y + t * yt, *at = act ? act + t * B * H : 0;
+        if (!packed) {
+            ISA(axpy_product)(B, H, H, hp, hs, w, work);
+            for (int64_t b = 0; b < B; b++)
+                for (int64_t u = 0; u < U; u++) {
+                    int64_t nu = group_units(H, u);
+                    if (ISA(held)(lens ? lens + b : 0, i, nu, u, hp + b * hs, yt_ + b * yb, 0, 0)) continue;
+                    v8 a = ISA(ldn)(work + b * H + u * VW, nu) + ISA(ldn)(xt_ + b * xb + u * VW, nu);
+                    if (bx) a += ISA(ldn)(bx + u * VW, nu);
+                    v8 v = ISA(rnn_act)(relu, a);
+                    ISA(stn)(yt_ + b * yb + u * VW, v, nu);
+                    if (at) ISA(stn)(at + b * H + u * VW, v, nu);
+                }
+            hp = yt_; hs = yb;
+            continue;
+        }
+        int64_t chunk = chunk_rows(MR_LSTM, B, H), items = step_items(B, chunk, C);
+        int64_t *step_claims = claims ? claims + i * (nth + 1) * CLAIM_STRIDE : 0, ran = 0;
+        for (int64_t j = next_item(step_claims, tid, nth, items, -1); j < items;
+             j = next_item(step_claims, tid, nth, items, j), ran++) {
+            int64_t c = item_group(B, C, j);
+            if (item_is_pair(B, C, j)) {
+                ISA(rnn_row_pair)(relu, H, c, xt_, raw, I, wi, bx, lens, i, w, hp, yt_, at);
+                continue;
+            }
+            int64_t bc = j / C * chunk, be = B < bc + chunk ? B : bc + chunk;
+            int64_t pair = last_row_pair(be - bc, MR_LSTM, MC_PANEL * H, C, c), bt = pair ? be - 1 : be;
+            for (int64_t b = bc; b < bt; b += MR_LSTM) {
+                int64_t rem = bt - b < MR_LSTM ? bt - b : MR_LSTM;
+#define CALL(M) ISA(rnn_rows)(M, relu, H, c, xt_ + b * xb, xb, raw, I, wi, bx, lens ? lens + b : 0, i, w, \
+                              hp + b * hs, hs, yt_ + b * yb, yb, at ? at + b * H : 0)
+                ROWS_SWITCH(MR_LSTM, rem, CALL)
+#undef CALL
+            }
+            if (pair > 0) {
+                int64_t r = be - 1;
+                ISA(rnn_row_pair)(relu, H, c, xt_ + r * xb, raw, I, wi, bx, lens ? lens + r : 0, i, w, hp + r * hs,
+                                  yt_ + r * yb, at ? at + r * H : 0);
+            }
+        }
+        if (step_claims)
+            step_done(step_claims + nth * CLAIM_STRIDE, ran + (prev_h && tid == 0), items + (prev_h != 0));
+        hp = yt_; hs = yb;
+    }
+    if (tid == 0 && hT && hT != hp) ISA(copy_rows)(B, H, hp, hs, hT);       /* hT may be h0 itself (T = 0) */
+}
+
+static void ISA(rnn_forward)(int64_t T, int64_t B, int64_t H, int64_t I, int32_t reverse, int32_t relu,
+                             const float *x, int64_t xt, int64_t xb, const float *wi, const float *bx,
+                             const int64_t *lens, const float *w, int32_t packed, const float *h0, float *y,
+                             int64_t yt, int64_t yb, float *hT, float *act, float *prev_h, float *work)
+{
+    int nth = threads_for(packed ? MC_PANEL * H : VW, T, B, H, 1);
+    int64_t *claims = nth > 1 ? calloc((size_t)(T * (nth + 1) * CLAIM_STRIDE), sizeof(int64_t)) : 0;
+    if (!claims) nth = 1;
+    if (nth > 1) __atomic_add_fetch(&team_forwards, 1, __ATOMIC_RELAXED);
+    const int r = relu != 0;
+#define PART(tid, n) ISA(rnn_forward_part)(tid, n, claims, T, B, H, I, reverse, r, x, xt, xb, wi, bx, lens, w, packed, \
+                                           h0, y, yt, yb, hT, act, prev_h, work)
+    RUN_PARTS(nth, PART);
+#undef PART
+    free(claims);
+}
+
 /* -- BPTT's product: out (B, H) (+)= a (B, N) @ W_hh, with W_hh^T = wt (H, N) read by rows ---------- */
 INL void ISA(nt_rows)(const int mr, const int nk, int64_t N, const float *a, const float *wt, float *out,
                       int64_t H, int accumulate)
@@ -937,6 +1095,47 @@ static void ISA(gru_backward)(int64_t T, int64_t B, int64_t H, int32_t reverse, 
     float *wp = bptt_weights(T, B, H, 3 * H, wt);
 #define PART(tid, n) ISA(gru_backward_part)(tid, n, T, B, H, reverse, wt, wp, dy, dyt, dyb, gates, hn, prev_h, \
                                             dgx, dgh, work)
+    RUN_PARTS(nth, PART);
+#undef PART
+    free(wp);
+    memcpy(dh0, work, (size_t)(B * H) * sizeof(float));
+}
+
+/* -- RNN backward: dg = dh * act'(h') (from h' itself), then dh = dg @ W_hh ------------------------ */
+static void ISA(rnn_backward_part)(int tid, int nth, int64_t T, int64_t B, int64_t H, int32_t reverse, int relu,
+                                   const float *wt, const float *wp, const float *dy, int64_t dyt, int64_t dyb,
+                                   const float *act, float *dgx, float *work)
+{
+    float *__restrict dh = work;
+    int64_t b0 = B * tid / nth, b1 = B * (tid + 1) / nth;
+    for (int64_t s = 0; s < T; s++) {
+        int64_t t = reverse ? s : T - 1 - s;
+        for (int64_t b = b0; b < b1; b++) {
+            const float *__restrict a = act + (t * B + b) * H;
+            const float *__restrict dyr = dy ? dy + t * dyt + b * dyb : 0;   /* NULL: no output gradient */
+            float *__restrict d = dgx + (t * B + b) * H, *__restrict dhb = dh + b * H;
+            if (dy)
+                for (int64_t j = 0; j < H; j++) dhb[j] += dyr[j];                    /* carried + output */
+            if (relu)
+                for (int64_t j = 0; j < H; j++) d[j] = dhb[j] * (a[j] > 0.0f ? 1.0f : 0.0f);   /* [h' > 0] */
+            else
+                for (int64_t j = 0; j < H; j++) d[j] = dhb[j] * (1.0f - a[j] * a[j]);          /* 1 - h'^2 */
+        }
+        BARRIER(nth);
+        ISA(bptt_product)(tid, nth, B, H, H, dgx + t * B * H, wt, wp, dh, 0);         /* dh_prev = dg @ W_hh */
+        BARRIER(nth);
+    }
+}
+
+static void ISA(rnn_backward)(int64_t T, int64_t B, int64_t H, int32_t reverse, int32_t relu, const float *wt,
+                              const float *dy, int64_t dyt, int64_t dyb, const float *act, const float *dhT,
+                              float *dgx, float *dh0, float *work)
+{
+    memcpy(work, dhT, (size_t)(B * H) * sizeof(float));
+    int nth = threads_for(0, T, B, H, 1);
+    float *wp = bptt_weights(T, B, H, H, wt);
+    const int r = relu != 0;
+#define PART(tid, n) ISA(rnn_backward_part)(tid, n, T, B, H, reverse, r, wt, wp, dy, dyt, dyb, act, dgx, work)
     RUN_PARTS(nth, PART);
 #undef PART
     free(wp);

@@ -19,18 +19,26 @@ from onnx import helper, numpy_helper
 import model_core
 from model_core import native
 from model_core.cells import select
-from model_core.nn import GRU, LSTM
+from model_core.nn import GRU, LSTM, RNN
 from model_core.onnx import InferenceSession
 from tests.helpers import ROOT
 
 pytestmark = pytest.mark.skipif(not native.AVAILABLE, reason=f"native kernels unavailable: {native.REASON}")
 
 
+def RNN_RELU(*args, **kwargs):
+    """The Elman RNN with relu (the kernel's other activation), built as the classes are."""
+    return RNN(*args, nonlinearity="relu", **kwargs)
+
+
+CLASSES = [LSTM, GRU, RNN, RNN_RELU]
+
+
 def _compare_with_reference(cls, I, H, T, B, seed=0):
     """Max |native - reference| over y, final state, dx and every gradient, float32."""
     layer = cls(I, H, seed=seed)
     ref = cls(I, H, seed=seed)
-    ref._cell = select(layer._kind, np, np.float32, reference=True)
+    ref._cell = select(layer._kind, np, np.float32, getattr(layer, "nonlinearity", "tanh"), reference=True)
     ref._consts = ref._cell.gate_constants(np, H, np.float32)
     assert layer._cell.native and not ref._cell.fused
     rng = np.random.default_rng(seed)
@@ -60,13 +68,13 @@ def test_data_pointer_reads_what_ctypes_does():
 @pytest.mark.parametrize("frozen", [False, True])             # True: the kept packed copies, any B
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("B", [1, 3, 20])                      # 20: the entry point packs W_ih^T and W_hh^T in C
-@pytest.mark.parametrize("cls", [LSTM, GRU])
+@pytest.mark.parametrize("cls", CLASSES)
 def test_step_entry_point_matches_the_reference_step(cls, B, bias, frozen):
     I, H = 7, 19                                               # H: a partial last unit group
     layer, ref = cls(I, H, num_layers=2, bias=bias, seed=5), cls(I, H, num_layers=2, bias=bias, seed=5)
     if frozen:
         layer.freeze()
-    ref._cell = select(layer._kind, np, np.float32, reference=True)
+    ref._cell = select(layer._kind, np, np.float32, getattr(layer, "nonlinearity", "tanh"), reference=True)
     ref._consts = ref._cell.gate_constants(np, H, np.float32)
     rng = np.random.default_rng(B)
     parts = [rng.standard_normal((2, B, H)).astype(np.float32) for _ in range(layer.state_size)]
@@ -91,16 +99,19 @@ def test_array_handles_are_checked_before_use():
     assert native._handles_work() == (native.handle(a) == id(a))
 
 
-@pytest.mark.parametrize("cls", [LSTM, GRU])
+@pytest.mark.parametrize("cls", CLASSES)
 @pytest.mark.parametrize("H, T, B", [(100, 6, 24),        # B*H past the threshold, B*T past packing
                                      (210, 70, 1)])       # one row, but G*H*H past L2: packed and split too
 def test_two_threads_match_the_reference(cls, H, T, B, monkeypatch):
     """The team splits unit groups (forward), rows and columns (BPTT)."""
-    from model_core.cells import native_gru, native_lstm, native_weights
+    from model_core.cells import native_gru, native_lstm, native_rnn, native_weights
     packed = []
-    real = native_weights.recurrent_weights
+    real, real_panels = native_weights.recurrent_weights, native_weights.recurrent_panels
     for mod in (native_lstm, native_gru):
         monkeypatch.setattr(mod, "recurrent_weights", lambda *a: packed.append(real(*a).packed) or real(*a))
+    monkeypatch.setattr(native_rnn, "recurrent_panels", lambda *a: packed.append(real_panels(*a)[1]) or real_panels(*a))
+    if cls(1, 1)._kind == "rnn" and B == 1:
+        H = 370                                           # the RNN's H*H past L2 (G = 1)
     try:
         model_core.set_num_threads(2)
         split = native.lib.mc_team_forwards()
@@ -126,7 +137,7 @@ def test_packing_on_two_threads_writes_what_one_thread_writes():
     assert np.array_equal(got, want) and want[-1, :, :, 203 % 8:].max() == 0
 
 
-@pytest.mark.parametrize("cls", [LSTM, GRU])
+@pytest.mark.parametrize("cls", CLASSES)
 def test_two_threads_give_one_threads_bits_call_after_call(cls):
     """A team step ends when its items are done (a count, not a barrier: a thread may run ahead into
     the next step or skip one it missed). Were any item read before it was written, some call out of
@@ -164,8 +175,8 @@ def _arrays(tree):
 
 
 @pytest.mark.parametrize("fused", [False, True])
-@pytest.mark.parametrize("H", [16, 24, 204, 210])      # U even / odd (a group left alone), a partial last group
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("H", [16, 24, 40, 204, 210])  # U even / odd (a group left alone), a partial last group
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_one_row_makes_the_sums_a_row_of_a_batch_makes(cell, H, fused):
     """One row runs two unit groups side by side (``tile_row_pair``: twice the FMA chains), at B=1
     and for the last row of a batch that its tiles leave alone. Each output must be the same sum in
@@ -173,13 +184,14 @@ def test_one_row_makes_the_sums_a_row_of_a_batch_makes(cell, H, fused):
     alone gives, y and the final state, what training keeps for BPTT, a row held past its length,
     with and without the projection in the tile."""
     from model_core.cells.native_weights import NULL, aligned_empty, pack, ptr
-    T, I, G, B = 9, 5, {"lstm": 4, "gru": 3}[cell], 8
+    T, I, G, B = 9, 5, {"lstm": 4, "gru": 3, "rnn": 1}[cell], 8
     rng = np.random.default_rng(H)
     xs = rng.standard_normal((T, B, I if fused else G * H), dtype=np.float32)   # every row its own
-    wi = pack(rng.standard_normal((I, G * H), dtype=np.float32), gates=G)
-    w = pack(rng.standard_normal((H, G * H), dtype=np.float32) * 0.2)
+    panels = cell == "rnn"                                                       # the RNN's layout
+    wi = pack(rng.standard_normal((I, G * H), dtype=np.float32), gates=G, panels=panels)
+    w = pack(rng.standard_normal((H, G * H), dtype=np.float32) * 0.2, panels=panels)
     bias, b_hn = rng.standard_normal(G * H).astype(np.float32), rng.standard_normal(H).astype(np.float32)
-    states = [rng.standard_normal((B, H), dtype=np.float32) for _ in range(G // 2)]      # h (and c)
+    states = [rng.standard_normal((B, H), dtype=np.float32) for _ in range(max(1, G // 2))]      # h (and c)
     lstm = cell == "lstm"
 
     def run(rows, ragged):
@@ -188,12 +200,19 @@ def test_one_row_makes_the_sums_a_row_of_a_batch_makes(cell, H, fused):
         lens = np.full(B, T - 3, np.int64) if ragged else None          # held for the last 3 steps
         shapes = {"y": (T, B, H), "hT": (B, H), "cT": (B, H), "gates": (T, B, G * H), "tanhc_or_hn": (T, B, H),
                   "prev_h": (T, B, H), "prev_c": (T, B, H)}
-        out = {k: aligned_empty(v) for k, v in shapes.items() if lstm or k not in ("cT", "prev_c")}
+        unused = () if lstm else ("cT", "prev_c", "tanhc_or_hn") if panels else ("cT", "prev_c")   # RNN: h' in "gates"
+        out = {k: aligned_empty(v) for k, v in shapes.items() if k not in unused}
 
         def keep(k):                                                    # training keeps nothing for ragged rows
             return NULL if ragged else ptr(out[k])
 
         work = aligned_empty(6 * B * H)
+        if panels:                                                      # mc_rnn_forward, tanh
+            args = [T, B, H, I if fused else 0, 0, 0, ptr(x), B * x.shape[2], x.shape[2], ptr(wi) if fused else NULL,
+                    ptr(bias), ptr(lens), ptr(w), 1, ptr(s0[0]), ptr(out["y"]), B * H, H, ptr(out["hT"]),
+                    keep("gates"), keep("prev_h")]
+            assert not native.lib.mc_rnn_forward(*args)
+            return out if not ragged else {"y": out["y"], "hT": out["hT"]}
         args = [T, B, H, *((I,) if fused else ()), 0, ptr(x), B * x.shape[2], x.shape[2]]
         args += [ptr(wi), ptr(bias)] if fused else [ptr(bias)]
         args += [ptr(lens), ptr(w), G * 8, 8, H * G * 8]
@@ -216,7 +235,7 @@ def test_one_row_makes_the_sums_a_row_of_a_batch_makes(cell, H, fused):
                                           b[..., r, :] if b.ndim == 3 else b[r]), (k, n, r)
 
 
-@pytest.mark.parametrize("cls", [LSTM, GRU])
+@pytest.mark.parametrize("cls", CLASSES)
 def test_a_wide_single_step_splits_across_two_threads_and_matches_one(cls):
     """From B*H >= 16384 one step (T=1) runs on the team too: the same numbers as on one thread, up
     to the rounding of OpenBLAS's 2-thread input projection."""
@@ -289,7 +308,7 @@ def test_openblas_runs_its_parallel_products_on_the_kernels_team_with_two_thread
 # -- ONNX -------------------------------------------------------------------------------------------------
 def _node_model(op, H=16, I=5, direction="bidirectional", **attrs):
     rng = np.random.default_rng(7)
-    D, G = (2 if direction == "bidirectional" else 1), {"LSTM": 4, "GRU": 3}[op]
+    D, G = (2 if direction == "bidirectional" else 1), {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
     inits = [numpy_helper.from_array((0.3 * rng.standard_normal(s)).astype(np.float32), n)
              for n, s in (("W", (D, G * H, I)), ("R", (D, G * H, H)), ("B", (D, 2 * G * H)))]
     outputs = ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else [])
@@ -327,6 +346,12 @@ def _kernel_weights(session):
     ("GRU", {}, False),                                        # r before R's product: the loop
     ("LSTM", {"clip": 2.0}, False),
     ("LSTM", {"activations": ["Sigmoid", "Tanh", "Relu"] * 2}, False),
+    ("RNN", {}, True),
+    ("RNN", {"activations": ["Relu", "Relu"]}, True),
+    ("RNN", {"activations": ["Tanh", "Relu"]}, True),                # an activation per direction
+    ("RNN", {"clip": 2.0}, False),
+    ("RNN", {"activations": ["Sigmoid", "Sigmoid"]}, False),
+    ("RNN", {"activations": ["LeakyRelu", "LeakyRelu"]}, False),
 ])
 def test_onnx_nodes_take_the_kernels_when_their_attributes_allow(op, attrs, native_expected, monkeypatch):
     model = _node_model(op, **attrs)
@@ -340,7 +365,7 @@ def test_onnx_nodes_take_the_kernels_when_their_attributes_allow(op, attrs, nati
 
 
 @pytest.mark.skipif(not native.AVAILABLE, reason="native kernels not built")
-@pytest.mark.parametrize("cls", [LSTM, GRU])
+@pytest.mark.parametrize("cls", CLASSES)
 def test_frozen_weights_keep_one_packed_copy_and_step_the_same(cls, monkeypatch):
     from model_core.cells import native_weights
     B, H = 32, 24                                      # B >= PACK_MIN_BATCH: a batched step packs W_hh
@@ -352,8 +377,8 @@ def test_frozen_weights_keep_one_packed_copy_and_step_the_same(cls, monkeypatch)
     want = layer.step_states(x, h0)
     packs = []
     real_pack = native_weights.pack
-    monkeypatch.setattr(native_weights, "pack", lambda w, scratch=False, gates=None:
-                        packs.append(scratch) or real_pack(w, scratch, gates))
+    monkeypatch.setattr(native_weights, "pack", lambda w, scratch=False, gates=None, panels=False:
+                        packs.append(scratch) or real_pack(w, scratch, gates, panels))
     layer.freeze()
     for _ in range(3):
         got = layer.step_states(x, h0)
@@ -371,20 +396,24 @@ def test_frozen_weights_keep_one_packed_copy_and_step_the_same(cls, monkeypatch)
     assert len(native_weights._frozen) == before - len(packs)   # the copies go with the weights
 
 
-@pytest.mark.parametrize("cls", [LSTM, GRU])
+@pytest.mark.parametrize("cls", CLASSES)
 def test_one_row_of_frozen_weights_reads_the_kept_copy_and_a_step_is_a_length_one_forward(cls, monkeypatch):
     """At B=1 on one thread a sequence reads the kept packed copy of read-only weights (the one-row
     tile runs two unit groups at once), writable weights as stored (a copy per call would cost what
     it saves). A step and a length-1 sequence make one and the same call, from the raw input: it
     reads the kept copies of W_ih and W_hh (the projection made in the tile) or both as stored, so
     ``step()`` is a length-1 ``forward`` bit for bit either way."""
-    from model_core.cells import native_gru, native_lstm, native_weights
+    from model_core.cells import native_gru, native_lstm, native_rnn, native_weights
     layouts, steps = [], []
-    real = native_weights.recurrent_weights
+    real, real_panels = native_weights.recurrent_weights, native_weights.recurrent_panels
     real_step = native_weights.step_input_weights
-    for mod in (native_lstm, native_gru):
-        monkeypatch.setattr(mod, "recurrent_weights", lambda *a: layouts.append(real(*a).packed) or real(*a))
-        monkeypatch.setattr(mod, "step_input_weights", lambda *a: steps.append(real_step(*a)[2]) or real_step(*a))
+    for mod in (native_lstm, native_gru, native_rnn):
+        monkeypatch.setattr(mod, "recurrent_weights", lambda *a: layouts.append(real(*a).packed) or real(*a),
+                            raising=False)
+        monkeypatch.setattr(mod, "step_input_weights",
+                            lambda *a, **k: steps.append(real_step(*a, **k)[2]) or real_step(*a, **k))
+    monkeypatch.setattr(native_rnn, "recurrent_panels", lambda *a: layouts.append(bool(real_panels(*a)[1]))
+                        or real_panels(*a))
     rng = np.random.default_rng(5)
     layer = cls(4, 12)
     x = rng.standard_normal((70, 1, 4), dtype=np.float32)                # B*T >= PACK_MIN_ROWS
@@ -403,7 +432,7 @@ def test_one_row_of_frozen_weights_reads_the_kept_copy_and_a_step_is_a_length_on
     assert steps == [0, 0, 1, 1]                       # step and length-1 forward: as stored, then kept copies
 
 
-@pytest.mark.parametrize("cls", [LSTM, GRU])
+@pytest.mark.parametrize("cls", CLASSES)
 def test_a_frozen_layer_keeps_its_step_weights_only_while_its_parameters_are_the_same_read_only_arrays(cls):
     """A frozen layer finds what its step kernel reads (the folded bias, the kept packed copies)
     once and keeps it; a parameter made writable again and changed, or replaced, is read afresh,
@@ -417,7 +446,7 @@ def test_a_frozen_layer_keeps_its_step_weights_only_while_its_parameters_are_the
     def expected():
         ref = cls(6, 10, num_layers=2)
         ref.load_state_dict(layer.state_dict())
-        ref._cell = select(layer._kind, np, np.float32, reference=True)
+        ref._cell = select(layer._kind, np, np.float32, getattr(layer, "nonlinearity", "tanh"), reference=True)
         ref._consts = ref._cell.gate_constants(np, 10, np.float32)
         return ref.step_states(x, state)
 
@@ -457,14 +486,14 @@ def test_a_frozen_layer_keeps_its_step_weights_only_while_its_parameters_are_the
 
 
 @pytest.mark.parametrize("frozen", [False, True])
-@pytest.mark.parametrize("cls", [LSTM, GRU])
+@pytest.mark.parametrize("cls", CLASSES)
 def test_a_length_one_sequence_in_both_directions_matches_the_reference(cls, frozen):
     """A length-1 forward runs the step's call once per layer and direction (the reverse direction
     too: one step either way), its h written into y and its state returned."""
     layer, ref = cls(5, 19, num_layers=2, bidirectional=True, seed=2), cls(5, 19, num_layers=2, bidirectional=True, seed=2)
     if frozen:
         layer.freeze()
-    ref._cell = select(layer._kind, np, np.float32, reference=True)
+    ref._cell = select(layer._kind, np, np.float32, getattr(layer, "nonlinearity", "tanh"), reference=True)
     ref._consts = ref._cell.gate_constants(np, 19, np.float32)
     rng = np.random.default_rng(9)
     x = rng.standard_normal((1, 3, 5), dtype=np.float32)
@@ -477,7 +506,7 @@ def test_a_length_one_sequence_in_both_directions_matches_the_reference(cls, fro
 
 
 @pytest.mark.parametrize("frozen", [False, True])
-@pytest.mark.parametrize("cls", [LSTM, GRU])
+@pytest.mark.parametrize("cls", CLASSES)
 def test_an_empty_batch_steps_and_runs(cls, frozen):
     """B = 0: a step, a length-1 sequence (the same call) and a long one give empty results (a
     frozen layer's step reads packed copies, whose row chunk once was zero: SIGFPE)."""
@@ -516,7 +545,7 @@ def test_served_checkpoints_are_frozen_and_training_models_are_not():
 
 
 @pytest.mark.skipif(not native.AVAILABLE, reason="native kernels not built")
-@pytest.mark.parametrize("cls", [LSTM, GRU])
+@pytest.mark.parametrize("cls", CLASSES)
 def test_inference_projected_in_chunks_matches_the_whole_projection(cls, monkeypatch):
     from model_core.nn import bptt
     T, B, I, H = 11, 3, 5, 8
@@ -528,7 +557,7 @@ def test_inference_projected_in_chunks_matches_the_whole_projection(cls, monkeyp
     calls, kernel_calls = [], []
     real, real_kernel = bptt.forward_direction_chunked, layer._cell.sequence_forward
     spy_cell = dataclasses.replace(layer._cell, sequence_forward=lambda *a: kernel_calls.append(len(a[0])) or real_kernel(*a))
-    gates = {LSTM: 4, GRU: 3}[cls]
+    gates = layer._cell.GATES
     monkeypatch.setattr(bptt, "PROJECTION_CHUNK_BYTES", B * gates * H * 4 * 4)      # chunks of 4 steps: 4, 4, 3
     import model_core.nn.recurrent_base as rb
     monkeypatch.setattr(rb, "forward_direction_chunked", lambda cell, *a: calls.append(1) or real(spy_cell, *a))
@@ -540,7 +569,7 @@ def test_inference_projected_in_chunks_matches_the_whole_projection(cls, monkeyp
 
 
 @pytest.mark.skipif(not native.AVAILABLE, reason="native kernels not built")
-@pytest.mark.parametrize("cls", [LSTM, GRU])
+@pytest.mark.parametrize("cls", CLASSES)
 @pytest.mark.parametrize("B", [1, 2, 5, 32])
 def test_projection_inside_the_kernel_matches_the_projection_first(cls, B, monkeypatch):
     """The fused kernels (``sequence_forward_fused``: inference, and training's forward with the
@@ -581,7 +610,7 @@ def test_projection_inside_the_kernel_matches_the_projection_first(cls, B, monke
 @pytest.mark.skipif(not native.AVAILABLE, reason="native kernels not built")
 @pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
 @pytest.mark.parametrize("lengths", [[7, 7, 7, 7], [7, 2, 5, 0]])                # full, and ragged with an empty row
-@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
 def test_onnx_projection_inside_the_kernel_matches_the_projection_first(op, direction, lengths, monkeypatch):
     from model_core.onnx.ops import recurrent, recurrent_loops
     session = InferenceSession(_node_model(op, H=19, I=5, direction=direction,
@@ -590,7 +619,7 @@ def test_onnx_projection_inside_the_kernel_matches_the_projection_first(op, dire
     full = np.array(lengths, np.int32)
     calls = []                                             # per kernel call: did it make the projection itself?
     real = recurrent_loops.native_loop
-    monkeypatch.setattr(recurrent, "native_loop", lambda *a: calls.append(a[-1] is not None) or real(*a))
+    monkeypatch.setattr(recurrent, "native_loop", lambda *a: calls.append(a[10] is not None) or real(*a))
     fused = session.run(None, {"X": x, "sequence_lens": full})
     dirs = 2 if direction == "bidirectional" else 1
     assert calls == [True] * dirs
@@ -615,7 +644,8 @@ def test_a_stale_library_from_an_older_install_is_replaced_by_a_build_of_these_s
 
 # argument positions of what the fused forwards stream by vectors: W_ih^T and W_hh^T packed, Y, work
 _STREAMED = {"mc_lstm_forward_fused": {"w_ih": 8, "w_hh": 11, "y": 17, "work": 26},
-             "mc_gru_forward_fused": {"w_ih": 8, "w_hh": 11, "y": 17, "work": 24}}
+             "mc_gru_forward_fused": {"w_ih": 8, "w_hh": 11, "y": 17, "work": 24},
+             "mc_rnn_forward": {"w_ih": 9, "w_hh": 12, "y": 15}}
 
 
 class _PointerSpy:
@@ -635,21 +665,21 @@ class _PointerSpy:
         return call
 
 
-@pytest.mark.parametrize("cls", [LSTM, GRU])
+@pytest.mark.parametrize("cls", CLASSES)
 @pytest.mark.parametrize("B, H", [(2, 8), (32, 256)])       # small heap blocks, and large (mmap'd: 16 past a line)
 def test_what_the_kernels_stream_starts_on_a_cache_line(cls, B, H, monkeypatch):
     """A 32-byte load 16 bytes past a cache line spans two: NumPy's large arrays start there, and an
     LSTM forward took 1.2x the time with its packed weights or work buffer so placed (a B=4 step, with
     W_hh^T so placed). The layers' weights, nn (inference and the training forward) and the ONNX nodes
     must hand the kernels line-aligned buffers."""
-    from model_core.cells import native_gru, native_lstm
+    from model_core.cells import native_gru, native_lstm, native_rnn
     from model_core.cells.native_weights import ALIGN, aligned_empty
     from model_core.onnx.ops import recurrent_loops
     for n in (1, 7, 1000, 40_000, 300_000, 3_000_000):
         a = aligned_empty((n,))
         assert a.shape == (n,) and a.dtype == np.float32 and a.ctypes.data % ALIGN == 0
     seen = []
-    for mod in (native_lstm, native_gru, recurrent_loops):
+    for mod in (native_lstm, native_gru, native_rnn, recurrent_loops):
         monkeypatch.setattr(mod, "lib", _PointerSpy(native.lib, seen))
     x = np.random.default_rng(0).standard_normal((40, B, 16), dtype=np.float32)     # B x T >= PACK_MIN_ROWS
     layer = cls(16, H, bidirectional=True)
@@ -658,7 +688,7 @@ def test_what_the_kernels_stream_starts_on_a_cache_line(cls, B, H, monkeypatch):
             assert w.T.flags.c_contiguous and w.ctypes.data % ALIGN == 0, name
     layer.forward(x)
     layer.forward_train(x)
-    op = cls.__name__
+    op = layer._kind.upper()
     session = InferenceSession(_node_model(op, H=H, I=16, direction="bidirectional",
                                            **({"linear_before_reset": 1} if op == "GRU" else {})))
     session.run(None, {"X": x, "sequence_lens": np.full(B, 40, np.int32)})

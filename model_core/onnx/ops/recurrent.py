@@ -10,8 +10,8 @@ every step of every direction. With the default activations and no clip, peephol
 input_forget (and, for the GRU, linear_before_reset=1, as torch exports it), LSTM and GRU run the
 engine's native kernels (``model_core.native``): the gates are reordered to the engine's order
 (i, f, g, o; r, z, n) and R packed once, at load, and a whole direction, ragged or not, is one
-compiled call that also adds the biases. Every
-other configuration, and the RNN, runs the NumPy loops of ``recurrent_loops``: each step is one
+compiled call that also adds the biases. So does the RNN with Tanh or Relu and no clip. Every
+other configuration runs the NumPy loops of ``recurrent_loops``: each step is one
 (N, H) @ (H, G*H) GEMM into a preallocated buffer and in-place gate math; reverse directions read
 the projection backwards through a view, and masking runs only at steps where some sequence has
 ended.
@@ -36,8 +36,8 @@ from model_core.onnx.ops.registry import Unsupported, register
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
 DIRECTIONS = {"forward": (False,), "reverse": (True,), "bidirectional": (False, True)}
-# ONNX gate blocks in the engine's order: LSTM i,o,f,c -> i,f,g,o; GRU z,r,h -> r,z,n
-ENGINE_GATE_ORDER = {"LSTM": (0, 2, 3, 1), "GRU": (1, 0, 2)}
+# ONNX gate blocks in the engine's order: LSTM i,o,f,c -> i,f,g,o; GRU z,r,h -> r,z,n; RNN as it is
+ENGINE_GATE_ORDER = {"LSTM": (0, 2, 3, 1), "GRU": (1, 0, 2), "RNN": (0,)}
 
 
 @dataclass(frozen=True)
@@ -138,17 +138,28 @@ def halved_gates(cfg, peepholes: bool) -> tuple:
     return tuple(n == ("sigmoid", "tanh", "tanh") for n in names)
 
 
+def _activation_names(cfg, d: int) -> tuple:
+    """Direction d's activations by name (lower case), one per slot."""
+    return tuple(slot[d if len(slot) > 1 else 0].key[0] for slot in cfg.activations)
+
+
+def relu_dirs(cfg) -> tuple:
+    """Per direction: does an RNN node's direction run Relu (else Tanh), as the native kernel takes it."""
+    return tuple(_activation_names(cfg, d) == ("relu",) for d in range(len(cfg.reversed_dirs)))
+
+
 def runs_native(xp, cfg, peepholes: bool, dtype) -> bool:
-    """Can the native kernels run this node? They implement the default activations only."""
-    if not native.AVAILABLE or xp is not np or np.dtype(dtype) != np.float32 or cfg.op_type == "RNN":
+    """Can the native kernels run this node? They implement the default activations only, and for
+    the RNN Tanh or Relu (neither takes coefficients)."""
+    if not native.AVAILABLE or xp is not np or np.dtype(dtype) != np.float32:
         return False
     if cfg.clip is not None or peepholes or cfg.input_forget:
         return False
     if cfg.op_type == "GRU" and not cfg.linear_before_reset:      # r multiplies h before R's product
         return False
     default = tuple(n.lower() for n in DEFAULT_ACTIVATIONS[cfg.op_type])     # sigmoid, tanh: no coefficients
-    return all(tuple(slot[d if len(slot) > 1 else 0].key[0] for slot in cfg.activations) == default
-               for d in range(len(cfg.reversed_dirs)))
+    allowed = {default, ("relu",)} if cfg.op_type == "RNN" else {default}
+    return all(_activation_names(cfg, d) in allowed for d in range(len(cfg.reversed_dirs)))
 
 
 def _engine_order(a, op_type, H, axis):
@@ -179,10 +190,11 @@ def prepare_weights(xp, cfg, W, R, B, H, halved, use_native=False) -> Weights:
             rb_h = tuple(xp.ascontiguousarray(rb[d, 2 * H:]) for d in range(D))
             rb = xp.concatenate([rb[:, :2 * H], xp.zeros_like(rb[:, 2 * H:])], axis=1)
         bias = ((wb + rb) * scale).reshape(D * GH)
-    kernel = tuple(packed_weights(r) for r in R_T) if use_native else None
+    panels = cfg.op_type == "RNN"                   # the RNN's kernel reads panels of 32 units
+    kernel = tuple(packed_weights(r, panels) for r in R_T) if use_native else None
     G = GATES[cfg.op_type]
-    kernel_in = (tuple(pack(xp.ascontiguousarray(W_T[:, d * GH:(d + 1) * GH]), gates=G) for d in range(D))
-                 if use_native else None)
+    kernel_in = (tuple(pack(xp.ascontiguousarray(W_T[:, d * GH:(d + 1) * GH]), gates=G, panels=panels)
+                       for d in range(D)) if use_native else None)
     return Weights(W_T, bias, R_T, rb_h, tuple(halved), kernel, kernel_in)
 
 
@@ -265,7 +277,8 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
             GH = G * H
             native_loop(cfg.op_type, x_d, w.kernel[d], None if w.bias is None else w.bias[d * GH:(d + 1) * GH],
                         None if w.rb_h is None else w.rb_h[d], hs[d], None if cs is None else cs[d], lengths, y_d,
-                        backwards and reverse_index is None, w.kernel_in[d] if fused else None)
+                        backwards and reverse_index is None, w.kernel_in[d] if fused else None,
+                        cfg.op_type == "RNN" and relu_dirs(cfg)[d])
         elif cfg.op_type == "LSTM":
             loop = lstm_loop_halved if w.halved[d] else lstm_loop
             loop(xp, cfg, acts, x_d, w.R_T[d], None if P is None else P[d], hs[d], cs[d], masks, y_d)

@@ -183,8 +183,9 @@ def rnn_loop(xp, cfg, acts, x, R_T, h, masks, ys) -> None:
             ys[t] = h
 
 
-def native_loop(op_type, x, weights, bias, rb_h, h, c, lengths, ys, reverse, weights_in=None) -> None:
-    """LSTM or GRU (linear_before_reset) through the native kernels, default activations: one call.
+def native_loop(op_type, x, weights, bias, rb_h, h, c, lengths, ys, reverse, weights_in=None, relu=False) -> None:
+    """LSTM, GRU (linear_before_reset) or RNN through the native kernels, default activations (the
+    RNN's Tanh, or Relu with ``relu``): one call.
 
     x (T, N, G*H) with its gate blocks in the engine's order (i, f, g, o / r, z, n), without the
     biases: ``bias`` (G*H,) or None holds them all except the GRU's ``rb_h`` (H,) or None, and the
@@ -204,14 +205,18 @@ def native_loop(op_type, x, weights, bias, rb_h, h, c, lengths, ys, reverse, wei
         ys = aligned_empty((T, N, H))                              # the kernel reads h_t back from Y
     bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
     lens = None if lengths is None else np.ascontiguousarray(lengths, dtype=np.int64)
-    work = aligned_empty(6 * N * H)
+    work = None if op_type == "RNN" else aligned_empty(6 * N * H)     # the RNN's kernel needs none
     w = weights
     if x.strides[2] != 4:                                          # the raw input may come in any layout
         x = np.ascontiguousarray(x)
     xt, xb = row_strides(x)
     yt, yb = row_strides(ys)
     refused = 0                                                    # the fused entries: nonzero without R packed
-    if op_type == "LSTM" and weights_in is not None:
+    if op_type == "RNN":                    # R and W as panels (native_weights.pack); x raw with weights_in
+        refused = lib.mc_rnn_forward(T, N, H, x.shape[2] if weights_in is not None else 0, int(reverse), int(relu),
+                                     ptr(x), xt, xb, ptr(weights_in), ptr(bias), ptr(lens), w.ptr, 1, ptr(h), ptr(ys),
+                                     yt, yb, ptr(h), NULL, NULL)
+    elif op_type == "LSTM" and weights_in is not None:
         refused = lib.mc_lstm_forward_fused(T, N, H, x.shape[2], int(reverse), ptr(x), xt, xb, ptr(weights_in),
                                             ptr(bias), ptr(lens), w.ptr, w.wk, w.wg, w.wu, ptr(h), ptr(c), ptr(ys), yt,
                                             yb, ptr(h), ptr(c), NULL, NULL, NULL, NULL, ptr(work))
