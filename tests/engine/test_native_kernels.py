@@ -258,8 +258,8 @@ def test_a_wide_single_step_splits_across_two_threads_and_matches_one(cls):
 def test_portable_build_matches_the_reference():
     code = ("from model_core import native; "
             "assert native.REASON.endswith('baseline'), native.REASON; "
-            "from tests.engine.test_native_kernels import _compare_with_reference as c; from model_core.nn import LSTM, GRU; "
-            "errs = [c(k, I, H, T, B) for k in (LSTM, GRU) for (I, H, T, B) in ((5, 13, 7, 3), (6, 40, 9, 11))]; "
+            "from tests.engine.test_native_kernels import _compare_with_reference as c, CLASSES; "
+            "errs = [c(k, I, H, T, B) for k in CLASSES for (I, H, T, B) in ((5, 13, 7, 3), (6, 40, 9, 11), (4, 70, 5, 24))]; "
             "assert max(errs) < 2e-5, errs")
     env = {**os.environ, "MODEL_CORE_NATIVE_ISA": "baseline"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
