@@ -78,6 +78,10 @@ static int threads_for(int64_t wu, int64_t T, int64_t B, int64_t H, int64_t G)
     return B * H >= MIN_ROWS_H || G * H * H >= MIN_WEIGHTS ? mc_threads : 1;
 }
 
+/* the threads a packed sequence call of T steps of B rows runs on (G gates): for a caller that
+ * chooses how to cut a call (the ONNX nodes' ragged batches, recurrent_loops._ragged_loop) */
+int32_t mc_sequence_threads(int64_t T, int64_t B, int64_t H, int64_t G) { return threads_for(0, T, B, H, G); }
+
 /* the thread count for later calls (1 = serial); returns what this build can use */
 int32_t mc_set_threads(int32_t n)
 {

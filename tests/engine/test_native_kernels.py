@@ -695,3 +695,63 @@ def test_what_the_kernels_stream_starts_on_a_cache_line(cls, B, H, monkeypatch):
     assert len(seen) == 6                                     # (inference, training, ONNX) x 2 directions
     for call in seen:                     # 32-byte vectors never span two lines (the reverse direction's Y
         assert all(p % 32 == 0 for p in call.values()), call      # is a view H floats into the line)
+
+
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+def test_a_ragged_onnx_batch_computes_only_the_rows_still_running(op, direction, monkeypatch):
+    """Rows sorted by length, one kernel call per stretch between two lengths over the rows still
+    running: with lengths 7, 2, 5, 0, 5 the kernel runs (steps, rows) = (2, 4), (3, 3), (2, 1) per
+    direction, 21 row-steps where the batch has 35, and agrees with the NumPy loops."""
+    from model_core.onnx.ops import recurrent_loops
+    model = _node_model(op, H=19, I=5, direction=direction, **({"linear_before_reset": 1} if op == "GRU" else {}))
+    x = np.random.default_rng(5).standard_normal((7, 5, 5)).astype(np.float32)
+    feed = {"X": x, "sequence_lens": np.array([7, 2, 5, 0, 5], np.int32)}
+    calls = []
+
+    class Spy:
+        def __getattr__(self, name):
+            fn = getattr(native.lib, name)
+            return (lambda *a: calls.append((a[0], a[1])) or fn(*a)) if "forward" in name else fn
+
+    monkeypatch.setattr(recurrent_loops, "lib", Spy())
+    got = InferenceSession(model).run(None, feed)
+    assert calls == [(2, 4), (3, 3), (2, 1)] * (2 if direction == "bidirectional" else 1)
+    monkeypatch.setattr("model_core.onnx.ops.recurrent.native.AVAILABLE", False)     # the NumPy loops
+    want = InferenceSession(model).run(None, feed)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+def test_a_ragged_onnx_batch_on_a_team_is_one_call_through_the_kernels_lengths(op, monkeypatch):
+    """On a team of two a ragged batch that splits stays one call, the kernel holding the rows that
+    have ended (a call per stretch of lengths cost 1.1-2.3x there): the same bits as one thread,
+    whose calls skip the ended rows."""
+    from model_core.onnx.ops import recurrent_loops
+    if native.lib.mc_set_threads(2) < 2:
+        pytest.skip("this build has no OpenMP: one thread")
+    model_core.set_num_threads(1)
+    model = _node_model(op, H=128, I=5, direction="forward", **({"linear_before_reset": 1} if op == "GRU" else {}))
+    x = np.random.default_rng(6).standard_normal((9, 20, 5)).astype(np.float32)    # 20 x 128 rows split
+    lengths = np.array([9] * 8 + [7] * 4 + [5] * 8, np.int32)
+    np.random.default_rng(6).shuffle(lengths)
+    feed = {"X": x, "sequence_lens": lengths}
+    calls = []
+
+    class Spy:
+        def __getattr__(self, name):
+            fn = getattr(native.lib, name)
+            return (lambda *a: calls.append((a[0], a[1])) or fn(*a)) if "forward" in name else fn
+
+    session = InferenceSession(model)
+    monkeypatch.setattr(recurrent_loops, "lib", Spy())
+    try:
+        model_core.set_num_threads(2)
+        got = session.run(None, feed)
+    finally:
+        model_core.set_num_threads(1)
+    one = session.run(None, feed)
+    assert calls == [(9, 20), (5, 20), (2, 12), (2, 8)]      # the team's one call; then one thread's three
+    for g, o in zip(got, one, strict=True):
+        assert np.array_equal(g, o)

@@ -278,12 +278,12 @@ def test_one_value_as_two_outputs_gives_two_arrays():
 
 
 @pytest.mark.parametrize("direction", ["forward", "bidirectional"])
-@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
 def test_an_empty_batch_runs_and_gives_empty_outputs(op, direction):
     """N = 0 sequences (the kernels once divided by a zero row chunk and killed the process with
     SIGFPE); onnxruntime itself aborts on this input, so the shapes are checked against the spec."""
     T, I, H = 5, 3, 8
-    D, G = (2 if direction == "bidirectional" else 1), {"LSTM": 4, "GRU": 3}[op]
+    D, G = (2 if direction == "bidirectional" else 1), {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
              for name, shape in (("W", (D, G * H, I)), ("R", (D, G * H, H)), ("B", (D, 2 * G * H)))]
@@ -299,13 +299,13 @@ def test_an_empty_batch_runs_and_gives_empty_outputs(op, direction):
 
 
 @pytest.mark.skipif(not native.AVAILABLE, reason="the native kernels are not built here")
-@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
 def test_recurrent_y_reaches_the_caller_uncopied(op):
     """The kernels write Y into a buffer of their own (a view starting on a cache line): the session
     hands it over as it is. Copying it cost a second Y and fresh pages every call (B=32, T=100, H=256:
     1,500 minor page faults a call, 1.2x the time of the same kernel through nn.LSTM)."""
     T, N, I, H = 6, 4, 3, 8
-    G = {"LSTM": 4, "GRU": 3}[op]
+    G = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
              for name, shape in (("W", (1, G * H, I)), ("R", (1, G * H, H)), ("B", (1, 2 * G * H)))]
