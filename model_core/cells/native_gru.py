@@ -11,7 +11,7 @@ import numpy as np
 
 from model_core.cells.gru_cell import GATES, STATE_SIZE, cache_shapes, fold_bias
 from model_core.cells.native_weights import (FUSED_MIN_BATCH, NULL, aligned_empty, backward_strides, c_array, fused_input,
-                                             input_weights, ptr, recurrent_weights, row_strides, rows_contiguous,
+                                             input_weights, length_one, ptr, recurrent_weights, row_strides, rows_contiguous,
                                              step_input_weights, step_keeps_pack, train_cache)
 from model_core.native import handle, lib
 
@@ -54,11 +54,8 @@ def sequence_forward_fused(x, weight_ih_t, bias, state0, weight_hh_t, bias_hh, c
     T, B, I = x.shape
     H = weight_hh_t.shape[0]
     if T == 1:                                             # the call step() makes: the same bits
-        out = (np.empty((B, H), np.float32),)
-        cache = train_cache(cache_shapes, STATE_SIZE, 1, B, H, reverse)[0] if train else None
-        step_forward_input(x[0], step_weights(weight_ih_t, bias, weight_hh_t, bias_hh), state0, out, cache)
-        y_out[0] = out[0]
-        return out, cache
+        return length_one(step_forward_input, step_weights(weight_ih_t, bias, weight_hh_t, bias_hh), cache_shapes,
+                          STATE_SIZE, x, state0, y_out, reverse, train)
     if B < FUSED_MIN_BATCH:
         return None
     w = recurrent_weights(weight_hh_t, B, T)

@@ -196,6 +196,19 @@ def train_cache(cache_shapes, n_state: int, T: int, B: int, H: int, reverse: boo
     return {"steps": steps, "prev": prev, "reverse": reverse}, tuple(ptr(a) for a in (*steps.values(), *prev))
 
 
+def length_one(step_forward_input, weights, cache_shapes, n_state: int, x, state0, y_out, reverse: bool,
+               train: bool) -> tuple:
+    """A length-1 sequence as ``step()`` runs it, for the bits to be the same: one call of the
+    cell's ``step_forward_input`` on x[0] with its ``step_weights`` value, h' into y_out[0].
+    Returns (final state, a length-1 ``train_cache`` or None)."""
+    B, H = x.shape[1], y_out.shape[2]
+    out = tuple([np.empty((B, H), np.float32) for _ in range(n_state)])
+    cache = train_cache(cache_shapes, n_state, 1, B, H, reverse)[0] if train else None
+    step_forward_input(x[0], weights, state0, out, cache)
+    y_out[0] = out[0]
+    return out, cache
+
+
 def input_weights(weight_ih_t: np.ndarray, gates: int, panels: bool = False) -> np.ndarray:
     """W_ih^T (I, G*H) packed like W_hh^T, for the kernels that make the input projection in their
     tile (``mc_*_forward_fused``): kept for read-only weights, else packed per call."""
