@@ -30,10 +30,9 @@ from model_core import native
 from model_core.backend import to_numpy
 from model_core.cells.native_weights import FUSED_MIN_BATCH, aligned_empty, pack, packed_weights
 from model_core.onnx.ops.activations import bind_activations
-from model_core.onnx.ops.recurrent_loops import gru_loop, lstm_loop, lstm_loop_halved, native_loop, rnn_loop
+from model_core.onnx.ops.recurrent_loops import GATES, gru_loop, lstm_loop, lstm_loop_halved, native_loop, rnn_loop
 from model_core.onnx.ops.registry import Unsupported, register
 
-GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
 DIRECTIONS = {"forward": (False,), "reverse": (True,), "bidirectional": (False, True)}
 # ONNX gate blocks in the engine's order: LSTM i,o,f,c -> i,f,g,o; GRU z,r,h -> r,z,n; RNN as it is

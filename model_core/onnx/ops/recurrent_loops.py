@@ -16,6 +16,8 @@ import numpy as np
 from model_core.cells.native_weights import NULL, aligned_empty, ptr, row_strides
 from model_core.native import lib
 
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}                        # the ops' gate blocks
+
 
 def activate(xp, fn, a) -> None:
     """``a = fn(a)`` in place; the spec's default activations without a temporary."""
@@ -183,9 +185,6 @@ def rnn_loop(xp, cfg, acts, x, R_T, h, masks, ys) -> None:
             ys[t] = h
 
 
-_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
-
-
 def _ragged_loop(op_type, x, weights, bias, rb_h, h, c, lengths, ys, weights_in, relu) -> None:
     """``native_loop`` over a ragged batch on one thread (x and ys in processing order, row b running
     steps [0, lengths[b])), computing only the rows still running: the rows sorted by length,
@@ -236,7 +235,7 @@ def native_loop(op_type, x, weights, bias, rb_h, h, c, lengths, ys, reverse, wei
     if not h.flags.c_contiguous or (c is not None and not c.flags.c_contiguous):
         raise ValueError("native_loop updates h and c in place and needs them C-contiguous")
     ragged = lengths is not None and N and int(np.min(lengths)) < T
-    if ragged and lib.mc_sequence_threads(T, N, H, _GATES[op_type]) == 1:
+    if ragged and lib.mc_sequence_threads(T, N, H, GATES[op_type]) == 1:
         _ragged_loop(op_type, x, weights, bias, rb_h, h, c, lengths, ys, weights_in, relu)
         return
     lengths = lengths if ragged else None                          # None: every row runs all T steps
