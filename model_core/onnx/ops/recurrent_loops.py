@@ -226,9 +226,9 @@ def native_loop(op_type, x, weights, bias, rb_h, h, c, lengths, ys, reverse, wei
     its register tile (no (T, N, 4H) array); ``weights``: R packed (``native_weights.packed_weights``);
     h, c (N, H) C-contiguous, updated in place (c None for the GRU); ``lengths`` (N,) int64 or None
     (full length): a row past its length keeps its state (on one thread it is not computed,
-    ``_ragged_loop``; on a team the kernel computes and drops it, in one call),
-    and its Y rows are left for the caller to zero; ys (T, N, H) or None. ``reverse``: read x and write ys from the last step
-    back (full-length batches; ragged ones arrive already gathered into processing order).
+    ``_ragged_loop``; on a team the kernel computes and drops it, in one call), and its Y rows are
+    left for the caller to zero; ys (T, N, H) or None. ``reverse``: read x and write ys from the
+    last step back (full-length batches; ragged ones arrive already gathered into processing order).
     """
     T, N, GH = x.shape
     H = h.shape[1]
