@@ -63,9 +63,9 @@ _SIGNATURES = {
     "mc_rnn_backward": ([_I, _I, _I, ctypes.c_int32, ctypes.c_int32, _F, _F, _I, _I, _F, _F, _F, _F, _F], None),
     "mc_fma_peak": ([_I], ctypes.c_double),
     "mc_set_threads": ([ctypes.c_int32], ctypes.c_int32),
-    "mc_sequence_threads": ([_I, _I, _I, _I], ctypes.c_int32),
     "mc_blas_team_calls": ([], _I),
     "mc_team_forwards": ([], _I),
+    "mc_row_steps_run": ([], _I),
     "mc_blas_team": ([ctypes.c_int, _F, ctypes.c_int, ctypes.c_size_t, _F, ctypes.c_int], None),   # OpenBLAS calls it
     "mc_set_handles": ([_I], None),
     # handles (see handle()): plain ints, so a call converts no ctypes objects

@@ -28,7 +28,8 @@
  * Forward takes x's projection without the biases when bx (G*H,) is given (the gate epilogue adds
  * it: no separate pass over the (T, B, G*H) projection) or with them when bx is NULL, and, for
  * inference on ragged batches, lens (B,) (NULL: every row runs all T steps): from processing step
- * lens[b] on, row b's state passes through unchanged, so a ragged batch is one call too.
+ * lens[b] on, row b's state passes through unchanged, so a ragged batch is one call too; with lens
+ * ranked longest first a step computes only the rows still running (running_rows).
  *
  * Work buffers: LSTM forward 6*B*H floats, GRU forward 3*B*H, backward 2*B*H / B*H; a NULL work
  * in forward is allocated here (the streaming step's case: one malloc beats a NumPy allocation).
@@ -78,10 +79,6 @@ static int threads_for(int64_t wu, int64_t T, int64_t B, int64_t H, int64_t G)
     return B * H >= MIN_ROWS_H || G * H * H >= MIN_WEIGHTS ? mc_threads : 1;
 }
 
-/* the threads a packed sequence call of T steps of B rows runs on (G gates): for a caller that
- * chooses how to cut a call (the ONNX nodes' ragged batches, recurrent_loops._ragged_loop) */
-int32_t mc_sequence_threads(int64_t T, int64_t B, int64_t H, int64_t G) { return threads_for(0, T, B, H, G); }
-
 /* the thread count for later calls (1 = serial); returns what this build can use */
 int32_t mc_set_threads(int32_t n)
 {
@@ -108,6 +105,10 @@ int64_t mc_blas_team_calls(void) { return __atomic_load_n(&blas_team_calls, __AT
 static int64_t team_forwards;                            /* forward calls split across the team: for the tests */
 
 int64_t mc_team_forwards(void) { return __atomic_load_n(&team_forwards, __ATOMIC_RELAXED); }
+
+static int64_t row_steps_run;               /* rows the packed forward steps ran, summed: for the tests */
+
+int64_t mc_row_steps_run(void) { return __atomic_load_n(&row_steps_run, __ATOMIC_RELAXED); }
 
 void mc_blas_team(int sync, blas_job_t job, int n, size_t size, void *jobs, int data)
 {

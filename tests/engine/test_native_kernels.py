@@ -181,8 +181,9 @@ def test_one_row_makes_the_sums_a_row_of_a_batch_makes(cell, H, fused):
     """One row runs two unit groups side by side (``tile_row_pair``: twice the FMA chains), at B=1
     and for the last row of a batch that its tiles leave alone. Each output must be the same sum in
     the same order as a row of a wider tile: each row of a batch gives, bit for bit, what that row
-    alone gives, y and the final state, what training keeps for BPTT, a row held past its length,
-    with and without the projection in the tile."""
+    alone gives, y and the final state, what training keeps for BPTT, a row held past its length
+    (lengths ranked longest first: the step runs the rows still running and copies the rest; else
+    each row runs its tile and drops it), with and without the projection in the tile."""
     from model_core.cells.native_weights import NULL, aligned_empty, pack, ptr
     T, I, G, B = 9, 5, {"lstm": 4, "gru": 3, "rnn": 1}[cell], 8
     rng = np.random.default_rng(H)
@@ -194,10 +195,14 @@ def test_one_row_makes_the_sums_a_row_of_a_batch_makes(cell, H, fused):
     states = [rng.standard_normal((B, H), dtype=np.float32) for _ in range(max(1, G // 2))]      # h (and c)
     lstm = cell == "lstm"
 
+    lengths = {"ranked": np.full(B, T - 3, np.int64),                  # held for the last 3 steps
+               "unranked": T - 3 + np.arange(B) % 3}                   # 6, 7, 8, 6, ...: each row its tile
+    lengths["unranked"][0] = 0                                         # and one held from the start
+
     def run(rows, ragged):
         x, s0 = np.ascontiguousarray(xs[:, rows]), [np.ascontiguousarray(s[rows]) for s in states]
         B = len(rows)
-        lens = np.full(B, T - 3, np.int64) if ragged else None          # held for the last 3 steps
+        lens = np.ascontiguousarray(lengths[ragged][rows]) if ragged else None
         shapes = {"y": (T, B, H), "hT": (B, H), "cT": (B, H), "gates": (T, B, G * H), "tanhc_or_hn": (T, B, H),
                   "prev_h": (T, B, H), "prev_c": (T, B, H)}
         unused = () if lstm else ("cT", "prev_c", "tanhc_or_hn") if panels else ("cT", "prev_c")   # RNN: h' in "gates"
@@ -212,7 +217,7 @@ def test_one_row_makes_the_sums_a_row_of_a_batch_makes(cell, H, fused):
                     ptr(bias), ptr(lens), ptr(w), 1, ptr(s0[0]), ptr(out["y"]), B * H, H, ptr(out["hT"]),
                     keep("gates"), keep("prev_h")]
             assert not native.lib.mc_rnn_forward(*args)
-            return out if not ragged else {"y": out["y"], "hT": out["hT"]}
+            return out if not ragged else {k: out[k] for k in ("y", "hT", "cT") if k in out}
         args = [T, B, H, *((I,) if fused else ()), 0, ptr(x), B * x.shape[2], x.shape[2]]
         args += [ptr(wi), ptr(bias)] if fused else [ptr(bias)]
         args += [ptr(lens), ptr(w), G * 8, 8, H * G * 8]
@@ -221,9 +226,9 @@ def test_one_row_makes_the_sums_a_row_of_a_batch_makes(cell, H, fused):
         args += [keep("gates"), keep("tanhc_or_hn"), keep("prev_h"), *([keep("prev_c")] if lstm else []), ptr(work)]
         fn = getattr(native.lib, f"mc_{cell}_forward{'_fused' if fused else ''}")
         assert not fn(*args)
-        return out if not ragged else {"y": out["y"], "hT": out["hT"]}
+        return out if not ragged else {k: out[k] for k in ("y", "hT", "cT") if k in out}
 
-    for ragged in (False, True):
+    for ragged in (None, "ranked", "unranked"):
         ones = [run([r], ragged) for r in range(B)]
         for n in (2, 4, 5, 7, 8):                  # a last row left alone by 2-, 3-, 4-, 6- and 7-row tiles
             many = run(list(range(n)), ragged)
@@ -697,26 +702,33 @@ def test_what_the_kernels_stream_starts_on_a_cache_line(cls, B, H, monkeypatch):
         assert all(p % 32 == 0 for p in call.values()), call      # is a view H floats into the line)
 
 
+class _ForwardCalls:
+    """native.lib for recurrent_loops, recording each forward call's (T, B)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        fn = getattr(native.lib, name)
+        return (lambda *a: self.calls.append((a[0], a[1])) or fn(*a)) if "forward" in name else fn
+
+
 @pytest.mark.parametrize("direction", ["forward", "bidirectional"])
 @pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
 def test_a_ragged_onnx_batch_computes_only_the_rows_still_running(op, direction, monkeypatch):
-    """Rows sorted by length, one kernel call per stretch between two lengths over the rows still
-    running: with lengths 7, 2, 5, 0, 5 the kernel runs (steps, rows) = (2, 4), (3, 3), (2, 1) per
-    direction, 21 row-steps where the batch has 35, and agrees with the NumPy loops."""
+    """Rows ranked by length, longest first, in one kernel call per direction, whose steps run only
+    the rows still running: with lengths 7, 2, 5, 0, 5 the kernel's tiles run 19 row-steps per
+    direction where the batch has 35, and it agrees with the NumPy loops."""
     from model_core.onnx.ops import recurrent_loops
     model = _node_model(op, H=19, I=5, direction=direction, **({"linear_before_reset": 1} if op == "GRU" else {}))
     x = np.random.default_rng(5).standard_normal((7, 5, 5)).astype(np.float32)
     feed = {"X": x, "sequence_lens": np.array([7, 2, 5, 0, 5], np.int32)}
-    calls = []
-
-    class Spy:
-        def __getattr__(self, name):
-            fn = getattr(native.lib, name)
-            return (lambda *a: calls.append((a[0], a[1])) or fn(*a)) if "forward" in name else fn
-
-    monkeypatch.setattr(recurrent_loops, "lib", Spy())
+    spy, dirs = _ForwardCalls(), 2 if direction == "bidirectional" else 1
+    monkeypatch.setattr(recurrent_loops, "lib", spy)
+    before = native.lib.mc_row_steps_run()
     got = InferenceSession(model).run(None, feed)
-    assert calls == [(2, 4), (3, 3), (2, 1)] * (2 if direction == "bidirectional" else 1)
+    assert spy.calls == [(7, 5)] * dirs
+    assert native.lib.mc_row_steps_run() - before == 19 * dirs
     monkeypatch.setattr("model_core.onnx.ops.recurrent.native.AVAILABLE", False)     # the NumPy loops
     want = InferenceSession(model).run(None, feed)
     for g, w in zip(got, want, strict=True):
@@ -724,10 +736,9 @@ def test_a_ragged_onnx_batch_computes_only_the_rows_still_running(op, direction,
 
 
 @pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
-def test_a_ragged_onnx_batch_on_a_team_is_one_call_through_the_kernels_lengths(op, monkeypatch):
-    """On a team of two a ragged batch that splits stays one call, the kernel holding the rows that
-    have ended (a call per stretch of lengths cost 1.1-2.3x there): the same bits as one thread,
-    whose calls skip the ended rows."""
+def test_a_ragged_onnx_batch_on_a_team_runs_only_the_rows_still_running(op, monkeypatch):
+    """On a team of two a ragged batch is one call split across the team, its steps over the rows
+    still running (140 row-steps of 180 here): the same bits as one thread."""
     from model_core.onnx.ops import recurrent_loops
     if native.lib.mc_set_threads(2) < 2:
         pytest.skip("this build has no OpenMP: one thread")
@@ -737,21 +748,17 @@ def test_a_ragged_onnx_batch_on_a_team_is_one_call_through_the_kernels_lengths(o
     lengths = np.array([9] * 8 + [7] * 4 + [5] * 8, np.int32)
     np.random.default_rng(6).shuffle(lengths)
     feed = {"X": x, "sequence_lens": lengths}
-    calls = []
-
-    class Spy:
-        def __getattr__(self, name):
-            fn = getattr(native.lib, name)
-            return (lambda *a: calls.append((a[0], a[1])) or fn(*a)) if "forward" in name else fn
-
-    session = InferenceSession(model)
-    monkeypatch.setattr(recurrent_loops, "lib", Spy())
+    session, spy = InferenceSession(model), _ForwardCalls()
+    monkeypatch.setattr(recurrent_loops, "lib", spy)
+    steps, teams = native.lib.mc_row_steps_run(), native.lib.mc_team_forwards()
     try:
         model_core.set_num_threads(2)
         got = session.run(None, feed)
     finally:
         model_core.set_num_threads(1)
+    assert native.lib.mc_team_forwards() - teams == 1
+    assert native.lib.mc_row_steps_run() - steps == 8 * 9 + 4 * 7 + 8 * 5
     one = session.run(None, feed)
-    assert calls == [(9, 20), (5, 20), (2, 12), (2, 8)]      # the team's one call; then one thread's three
+    assert spy.calls == [(9, 20)] * 2                         # the team's one call, then one thread's
     for g, o in zip(got, one, strict=True):
         assert np.array_equal(g, o)

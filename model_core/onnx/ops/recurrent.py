@@ -237,6 +237,30 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
                             use_native)
     else:
         w = constant
+    order = None
+    if w.kernel is not None and lengths is not None and (np.diff(lengths) > 0).any():
+        # the native kernels run a step over the rows still running when the lengths are ranked,
+        # longest first (a prefix): rank the batch once for every direction, restore it after
+        order = np.argsort(-lengths, kind="stable")
+        X, lengths = np.take(X, order, axis=1), lengths[order]
+        initial_h, initial_c = (None if s is None else np.take(s, order, axis=1) for s in (initial_h, initial_c))
+    ys, hs, cs = _directions(xp, cfg, wants, X, w, H, lengths, initial_h, initial_c, P)
+    if order is not None:
+        back = np.argsort(order)
+        ys, hs, cs = (None if a is None else np.take(a, back, axis=a.ndim - 2) for a in (ys, hs, cs))
+    outputs = [None, None, None]
+    if ys is not None:
+        outputs[0] = ys.transpose(2, 0, 1, 3) if cfg.batch_major else ys
+    for k, state in ((1, hs), (2, cs)):
+        if k < len(wants) and wants[k]:
+            outputs[k] = state.transpose(1, 0, 2) if cfg.batch_major else state
+    return tuple(outputs[:len(wants)])
+
+
+def _directions(xp, cfg, wants, X, w, H, lengths, initial_h, initial_c, P):
+    """Every direction of one node in layout 0: Y (T, D, N, H) or None, Y_h, Y_c (D, N, H)."""
+    T, N, I = X.shape
+    D, G = len(cfg.reversed_dirs), GATES[cfg.op_type]
 
     # what ragged batches need, made only where it is read: the step masks for the NumPy/CuPy loops
     # (which zero CuPy's Y too; the native kernels take the lengths), the reversing index for a
@@ -294,7 +318,6 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
         xp.copyto(hs, 0, where=empty)
         if cs is not None:
             xp.copyto(cs, 0, where=empty)
-    outputs = [None, None, None]
     if ys is not None and lengths is not None:     # Y is zero past each sequence's length
         if xp is np:                                # a slice per short sequence: a masked copy visits every element
             for b, n in enumerate(lengths.tolist()):
@@ -302,12 +325,7 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
                     ys[n:, :, b] = 0
         else:                                       # CuPy: no native kernels, so the mask exists
             xp.copyto(ys, 0, where=~mask[:, None])
-    if ys is not None:
-        outputs[0] = ys.transpose(2, 0, 1, 3) if cfg.batch_major else ys
-    for k, state in ((1, hs), (2, cs)):
-        if k < len(wants) and wants[k]:
-            outputs[k] = state.transpose(1, 0, 2) if cfg.batch_major else state
-    return tuple(outputs[:len(wants)])
+    return ys, hs, cs
 
 
 def _initial(xp, given, shape, dtype):

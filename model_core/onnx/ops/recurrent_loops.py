@@ -185,36 +185,6 @@ def rnn_loop(xp, cfg, acts, x, R_T, h, masks, ys) -> None:
             ys[t] = h
 
 
-def _ragged_loop(op_type, x, weights, bias, rb_h, h, c, lengths, ys, weights_in, relu) -> None:
-    """``native_loop`` over a ragged batch on one thread (x and ys in processing order, row b running
-    steps [0, lengths[b])), computing only the rows still running: the rows sorted by length,
-    longest first, so that those running at any step are a prefix; then one full-length call per
-    stretch of steps between two lengths, over that prefix, carrying h and c in place. Through the
-    lengths the kernel runs every row at every step and drops what a row past its end made (a
-    ragged LSTM batch at B=32 cost what a full one did, where onnxruntime's cost 0.86x). Not on a
-    team: there a call per stretch (each its own parallel region, and fewer rows a step to split)
-    took 1.1-2.3x the one call's time (bench A/B at 2 threads, LSTM and GRU, B=16 and 32). Y past
-    a row's length is left for the caller to zero, as the kernel leaves it."""
-    T, N = x.shape[:2]
-    lens = np.asarray(lengths, np.int64)
-    order = np.argsort(-lens, kind="stable")
-    ends = lens[order]                                             # descending
-    xs = x[:, order]                                               # gathered copies, rows in that order
-    hs, cs = h[order], None if c is None else c[order]
-    yp = aligned_empty((T, N, h.shape[1]))
-    start = 0
-    for end in sorted(set(ends.tolist()) - {0}):                   # each stretch [start, end)
-        n = int(np.count_nonzero(ends > start))                    # the rows running through it
-        native_loop(op_type, xs[start:end, :n], weights, bias, rb_h, hs[:n], None if cs is None else cs[:n], None,
-                    yp[start:end, :n], False, weights_in, relu)
-        start = end
-    h[order] = hs
-    if c is not None:
-        c[order] = cs
-    if ys is not None:
-        ys[:, order] = yp
-
-
 def native_loop(op_type, x, weights, bias, rb_h, h, c, lengths, ys, reverse, weights_in=None, relu=False) -> None:
     """LSTM, GRU (linear_before_reset) or RNN through the native kernels, default activations (the
     RNN's Tanh, or Relu with ``relu``): one call.
@@ -225,19 +195,17 @@ def native_loop(op_type, x, weights, bias, rb_h, h, c, lengths, ys, reverse, wei
     ``native_weights.pack``), x is the raw input (T, N, I) and the kernel makes the projection in
     its register tile (no (T, N, 4H) array); ``weights``: R packed (``native_weights.packed_weights``);
     h, c (N, H) C-contiguous, updated in place (c None for the GRU); ``lengths`` (N,) int64 or None
-    (full length): a row past its length keeps its state (on one thread it is not computed,
-    ``_ragged_loop``; on a team the kernel computes and drops it, in one call), and its Y rows are
-    left for the caller to zero; ys (T, N, H) or None. ``reverse``: read x and write ys from the
-    last step back (full-length batches; ragged ones arrive already gathered into processing order).
+    (full length): a row past its length keeps its state, and its Y rows are left for the caller
+    to zero. Ranked longest first (``run_recurrent`` ranks a ragged batch), a step computes only the
+    rows still running; else each row runs and drops what it made. ys (T, N, H) or None.
+    ``reverse``: read x and write ys from the last step back (full-length batches; ragged ones
+    arrive already gathered into processing order).
     """
     T, N, GH = x.shape
     H = h.shape[1]
     if not h.flags.c_contiguous or (c is not None and not c.flags.c_contiguous):
         raise ValueError("native_loop updates h and c in place and needs them C-contiguous")
     ragged = lengths is not None and N and int(np.min(lengths)) < T
-    if ragged and lib.mc_sequence_threads(T, N, H, GATES[op_type]) == 1:
-        _ragged_loop(op_type, x, weights, bias, rb_h, h, c, lengths, ys, weights_in, relu)
-        return
     lengths = lengths if ragged else None                          # None: every row runs all T steps
     if ys is None:
         ys = aligned_empty((T, N, H))                              # the kernel reads h_t back from Y
