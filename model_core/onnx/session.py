@@ -22,6 +22,7 @@ import onnx.shape_inference
 from onnx import ModelProto, ValueInfoProto
 
 from model_core.backend import get_xp, resolve_device, to_numpy
+from model_core.heap import keep_freed_memory
 from model_core.onnx.dtypes import NUMPY_DTYPES, elem_type_label, numpy_dtype, type_name
 from model_core.onnx.errors import OnnxLoadError
 from model_core.onnx.graph import DEFAULT_DOMAINS, Plan
@@ -61,9 +62,11 @@ class InferenceSession:
     """Run an ONNX graph on ``device`` ("cpu", "gpu" or "auto"), onnxruntime-style.
 
     ``providers`` may stand in for ``device``: a CUDA or TensorRT provider means the GPU, and
-    listing CPUExecutionProvider after it means "GPU if there is one". ``sess_options`` is kept
-    for API compatibility; its settings have no effect here. ``max_bytes`` caps the model file,
-    each tensor, external data and tensors created from shape inputs at run time.
+    listing CPUExecutionProvider after it means "GPU if there is one". Of ``sess_options``
+    (onnxruntime's ``SessionOptions`` or anything with its attributes) only
+    ``enable_cpu_mem_arena`` has an effect: on by default, as in onnxruntime, it keeps freed memory
+    in the process for the next call (``model_core.heap``; process-wide, glibc only). ``max_bytes``
+    caps the model file, each tensor, external data and tensors created from shape inputs at run time.
     """
 
     def __init__(self, path_or_bytes, sess_options=None, providers=None, device: str = "cpu", *,
@@ -71,6 +74,8 @@ class InferenceSession:
         self._device = resolve_device(_device_for(providers, device))
         self._xp = get_xp(self._device)
         self._sess_options = sess_options
+        if getattr(sess_options, "enable_cpu_mem_arena", True):
+            keep_freed_memory()
         model = read_model(path_or_bytes, max_bytes)
         opset = _default_opset(model)
         graph = model.graph
