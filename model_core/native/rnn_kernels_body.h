@@ -74,7 +74,7 @@ static inline int64_t next_item(int64_t *claims, int tid, int nth, int64_t items
 
 /* Rows still running at step i. A batch whose lengths are ranked, longest first (the ONNX loops
  * sort a ragged batch so), runs them as a prefix: a step's items cover only the rows running, and
- * the rest are held by one copy (hold_rows), where unranked rows each run their tile and drop what
+ * the rest are held by one copy (step_rows), where unranked rows each run their tile and drop what
  * it made (`held`). Then a ragged batch costs its row-steps, on one thread or a team, in one call
  * (a call per stretch of lengths cost 1.1-2.3x on a team). Training (a cache) keeps every row. */
 static inline int lens_ranked(const int64_t *lens, int64_t B)
@@ -480,15 +480,19 @@ static void ISA(copy_rows)(int64_t B, int64_t H, const float *src, int64_t ss, f
     for (int64_t b = 0; b < B; b++) memcpy(dst + b * H, src + b * ss, (size_t)H * sizeof(float));
 }
 
-/* the n rows of a ranked batch past their lengths (running_rows) keep their state: h (and c) pass
- * to the step's outputs unchanged */
-static void ISA(hold_rows)(int64_t n, int64_t H, const float *hp, int64_t hs, float *y, int64_t yb, const float *cp,
-                           float *cn)
+/* The rows step i's items run (running_rows: all B unless the lengths are ranked); thread 0 holds
+ * the rest, whose h (and c, cn given) pass to the step's outputs unchanged, as one more completion
+ * of the step (step_done) */
+static int64_t ISA(step_rows)(const int64_t *lens, int ranked, int64_t B, int64_t i, int tid, int64_t H,
+                              const float *hp, int64_t hs, float *y, int64_t yb, const float *cp, float *cn)
 {
-    for (int64_t b = 0; b < n; b++) {
+    int64_t nb = running_rows(lens, ranked, B, i);
+    if (tid != 0) return nb;
+    for (int64_t b = nb; b < B; b++) {
         memcpy(y + b * yb, hp + b * hs, (size_t)H * sizeof(float));
         if (cn) memcpy(cn + b * H, cp + b * H, (size_t)H * sizeof(float));
     }
+    return nb;
 }
 
 /* Thread `tid` of `nth` runs the work items (row chunk x unit group) of each step that it claims
@@ -538,8 +542,7 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t *claims, int64_t T,
             hp = yt_; hs = yb; cp = cn;
             continue;
         }
-        int64_t nb = running_rows(lens, ranked, B, i), hold = nb < B && tid == 0;   /* rows running; held */
-        if (hold) ISA(hold_rows)(B - nb, H, hp + nb * hs, hs, yt_ + nb * yb, yb, cp + nb * H, cn + nb * H);
+        int64_t nb = ISA(step_rows)(lens, ranked, B, i, tid, H, hp, hs, yt_, yb, cp, cn), hold = nb < B && tid == 0;
         row_steps += nb;
         int64_t chunk = chunk_rows(MR_LSTM, nb, H), items = step_items(nb, chunk, U);
         int64_t *step_claims = claims ? claims + i * (nth + 1) * CLAIM_STRIDE : 0, ran = 0;   /* then its count */
@@ -581,7 +584,8 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t *claims, int64_t T,
             }
         }
         if (step_claims)
-            step_done(step_claims + nth * CLAIM_STRIDE, ran + (prev_h && tid == 0) + hold, items + (prev_h != 0) + (nb < B));
+            step_done(step_claims + nth * CLAIM_STRIDE, ran + (prev_h && tid == 0) + hold,
+                      items + (prev_h != 0) + (nb < B));
         hp = yt_; hs = yb; cp = cn;
     }
     if (tid != 0) return;
@@ -731,8 +735,7 @@ static void ISA(gru_forward_part)(int tid, int nth, int64_t *claims, int64_t T, 
             hp = yt_; hs = yb;
             continue;
         }
-        int64_t nb = running_rows(lens, ranked, B, i), hold = nb < B && tid == 0;   /* as the LSTM's */
-        if (hold) ISA(hold_rows)(B - nb, H, hp + nb * hs, hs, yt_ + nb * yb, yb, 0, 0);
+        int64_t nb = ISA(step_rows)(lens, ranked, B, i, tid, H, hp, hs, yt_, yb, 0, 0), hold = nb < B && tid == 0;
         row_steps += nb;
         int64_t chunk = chunk_rows(MR_GRU, nb, H), items = step_items(nb, chunk, U);
         int64_t *step_claims = claims ? claims + i * (nth + 1) * CLAIM_STRIDE : 0, ran = 0;   /* then its count */
@@ -771,7 +774,8 @@ static void ISA(gru_forward_part)(int tid, int nth, int64_t *claims, int64_t T, 
             }
         }
         if (step_claims)
-            step_done(step_claims + nth * CLAIM_STRIDE, ran + (prev_h && tid == 0) + hold, items + (prev_h != 0) + (nb < B));
+            step_done(step_claims + nth * CLAIM_STRIDE, ran + (prev_h && tid == 0) + hold,
+                      items + (prev_h != 0) + (nb < B));
         hp = yt_; hs = yb;
     }
     if (tid != 0) return;
@@ -910,8 +914,7 @@ static void ISA(rnn_forward_part)(int tid, int nth, int64_t *claims, int64_t T, 
             hp = yt_; hs = yb;
             continue;
         }
-        int64_t nb = running_rows(lens, ranked, B, i), hold = nb < B && tid == 0;   /* as the LSTM's */
-        if (hold) ISA(hold_rows)(B - nb, H, hp + nb * hs, hs, yt_ + nb * yb, yb, 0, 0);
+        int64_t nb = ISA(step_rows)(lens, ranked, B, i, tid, H, hp, hs, yt_, yb, 0, 0), hold = nb < B && tid == 0;
         row_steps += nb;
         int64_t chunk = chunk_rows(MR_LSTM, nb, H), items = step_items(nb, chunk, C);
         int64_t *step_claims = claims ? claims + i * (nth + 1) * CLAIM_STRIDE : 0, ran = 0;
@@ -938,7 +941,8 @@ static void ISA(rnn_forward_part)(int tid, int nth, int64_t *claims, int64_t T, 
             }
         }
         if (step_claims)
-            step_done(step_claims + nth * CLAIM_STRIDE, ran + (prev_h && tid == 0) + hold, items + (prev_h != 0) + (nb < B));
+            step_done(step_claims + nth * CLAIM_STRIDE, ran + (prev_h && tid == 0) + hold,
+                      items + (prev_h != 0) + (nb < B));
         hp = yt_; hs = yb;
     }
     if (tid != 0) return;
