@@ -72,8 +72,8 @@ static inline int64_t next_item(int64_t *claims, int tid, int nth, int64_t items
     return items;
 }
 
-/* Rows still running at step i. A batch whose lengths are ranked, longest first (the ONNX loops
- * sort a ragged batch so), runs them as a prefix: a step's items cover only the rows running, and
+/* Rows still running at step i. A batch whose lengths are ranked, longest first (run_recurrent
+ * ranks a ragged ONNX batch so), runs them as a prefix: a step's items cover only the rows running, and
  * the rest are held by one copy (step_rows), where unranked rows each run their tile and drop what
  * it made (`held`). Then a ragged batch costs its row-steps, on one thread or a team, in one call
  * (a call per stretch of lengths cost 1.1-2.3x on a team). Training (a cache) keeps every row. */
