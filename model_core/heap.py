@@ -6,7 +6,14 @@ passes its trim threshold. The next call's arrays then land on fresh pages, and 
 touch is a fault: a ragged ONNX LSTM node (B=32, T=100, H=256, two threads), whose ranked batch
 takes two more arrays than a full one, took ~1,880 faults a call and ran slower than not ranking
 at all (docs/performance.md). Fixed thresholds keep freed pages for the next call: ~40 faults a
-call. The cost is the process's footprint, which stays at its peak, as with an arena.
+call. Training pays the same way: an LSTM's forward cache and BPTT's gradients (B=32, T=100,
+H=512: ~45 MB a step) took ~3,000-4,000 faults a training step. The cost is the process's
+footprint, which stays at its peak, as with an arena.
+
+Process-wide, so the engine never sets it on import (PyTorch leaves the C allocator alone too): the
+processes this project owns call it (``InferenceSession`` unless ``enable_cpu_mem_arena`` is off,
+the service's lifespan, ``scripts/train.py``, the benchmarks), and a training loop of a user's own
+calls ``model_core.keep_freed_memory()`` once.
 """
 from __future__ import annotations
 

@@ -48,6 +48,7 @@ if importlib.util.find_spec("threadpoolctl") is not None:
 
     _BLAS_LIMIT = threadpoolctl.threadpool_limits(limits=THREADS)     # held for the process's life
 ENGINE_THREADS = set_num_threads(THREADS)                               # our kernels' team too
+HEAP = peers.keep_heap()                                                # before any contestant allocates
 
 OURS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
 DEFAULT_SHAPES = [(1, 100, 64, 256), (32, 100, 64, 256), (256, 50, 64, 256), (32, 100, 128, 512)]
@@ -341,7 +342,7 @@ PROBE_NAMES = ["openblas", "torch.mm", "mkl sgemm", "mkl packed", "numba naive",
 
 def run_probe(env: Env, args) -> int:
     """The recurrent product alone: GFLOP/s per contestant and its share of this core's peak."""
-    info = peers.machine_info(THREADS)
+    info = peers.machine_info(THREADS) | {"heap": HEAP}
     print(peers.machine_line(info))
     if THREADS != 1:
         print("note: the probe is meant for --threads 1 (the peak is one core's)")
@@ -395,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     env = Env(args)
     if args.probe:
         return run_probe(env, args)
-    info = peers.machine_info(THREADS)
+    info = peers.machine_info(THREADS) | {"heap": HEAP}
     info["engine"] = engine_line(env)
     print(peers.machine_line(info))
     print(f"ours: {info['engine']}")

@@ -92,7 +92,7 @@ def main() -> None:
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")]
     print(f"threads={args.threads} repeat={args.repeat} clock={args.clock} (best-of-repeat ms, interleaved; "
           f"ratio = ours / onnxruntime of the two bests; paired: the median [25th-75th percentile] of the "
-          f"ratios round by round)")
+          f"ratios round by round); heap: {peers.keep_heap()}")
     print(f"{'op':<5} {'direction':<14} {'B,T,I,H':<16} {'lengths':<8} {'ours':>9} {'ort':>9} {'ratio':>7} "
           f"{'paired':>18}")
     ratios, paired = [], []

@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from model_core.heap import keep_freed_memory
 from model_core.onnx.export_weights import reorder_gates
 
 CELLS = ("lstm", "gru", "rnn")
@@ -95,10 +96,19 @@ def busy_warning(cores: int, window_s: float = 0.5) -> str | None:
             "Trust the ratios more than the times, and re-run when the machine is quiet.")
 
 
+def keep_heap() -> str:
+    """Every contestant in the process runs with freed memory kept (``model_core.keep_freed_memory``:
+    what our ``InferenceSession`` and onnxruntime's arena do by default, and the project's training
+    and service processes set), so that no one's timing holds another's page faults; the header's
+    words for it."""
+    return "freed memory kept (model_core.keep_freed_memory)" if keep_freed_memory() else "the C library's policy"
+
+
 def machine_line(info: dict) -> str:
     return (f"{info['cpu']} | {info['cores']} cores visible, threads={info['threads']} | "
             f"python {info['python']} | numpy {info['numpy']} ({info['blas']}) | "
-            f"torch {info['torch']} | onnxruntime {info['onnxruntime']}")
+            f"torch {info['torch']} | onnxruntime {info['onnxruntime']}"
+            + (f" | heap: {info['heap']}" if "heap" in info else ""))
 
 
 # -- torch -------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from model_core import CheckpointError, DeviceError
+from model_core import CheckpointError, DeviceError, keep_freed_memory
 from model_core.config import CELLS
 from model_core.data.temporal_order import Difficulty
 from model_core.training import CHECKPOINT_NAME, TASKS, TrainConfig, train
@@ -125,6 +125,7 @@ def main(argv=None) -> int:
         cfg = config_from_args(args)
         if args.resume is not None and not args.resume.is_file():
             parser.error(f"--resume: no checkpoint at {args.resume}")
+        keep_freed_memory()            # each step's caches reuse the last step's pages (model_core/heap.py)
         metrics = run(cfg, args.out, args.resume, progress=not args.no_progress)
     except (ValueError, DeviceError, CheckpointError) as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")

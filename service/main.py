@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.middleware.cors import CORSMiddleware
 
+from model_core.heap import keep_freed_memory
 from model_core.threads import set_num_threads
 from service import __version__
 from service.api.routes import admin, health, inference, kserve, models, repository, sessions, stream
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         metrics = app.state.metrics
         set_num_threads(settings.engine_threads)  # before any model runs: every native pool, on purpose
+        keep_freed_memory()                       # an arena, as onnxruntime's: requests reuse pages (model_core/heap.py)
         registry = ModelRegistry(settings.model_dir, settings.device)
         if settings.device == "auto" and registry.device_in_use == "cpu":
             log.warning("RNN_SERVE_DEVICE=auto: no usable GPU (CuPy and a visible CUDA device); serving on the CPU")

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from model_core.heap import keep_freed_memory
 from tests.helpers import ROOT
 
 pytest.importorskip("torch")
@@ -24,6 +25,9 @@ def test_bench_quick_runs_and_prints_tables(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ours fwd ms" in proc.stdout and "torch fwd+bwd ms" in proc.stdout  # the table header
     assert "ours step µs" in proc.stdout
+    # every contestant runs with the same heap policy, and the header says which
+    policy = "freed memory kept" if keep_freed_memory() else "the C library's policy"
+    assert f"| heap: {policy}" in proc.stdout.splitlines()[0]
     assert "MISMATCH" not in proc.stdout + proc.stderr
     results = json.loads(out.read_text())
     assert set(results["forward"]) == {"lstm", "gru", "rnn"}

@@ -113,11 +113,13 @@ def test_forget_bias_moves_only_the_lstm_forget_gate_biases():
 
 
 # -- train.py -------------------------------------------------------------------------------
-def test_train_cli_writes_checkpoint_metrics_and_curves(tmp_path, capsys):
+def test_train_cli_writes_checkpoint_metrics_and_curves(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
+    kept = []                                  # the process's heap policy, set once before training
+    monkeypatch.setattr(train_cli, "keep_freed_memory", lambda: kept.append(not out.exists()) or True)
     rc = train_cli.main(["--task", "temporal-order", "--difficulty", "easy", "--hidden-size", "8", "--epochs", "2",
                          "--out", str(out), "--no-progress"])
-    assert rc == 0
+    assert rc == 0 and kept == [True]
     assert "done: 2 epochs" in capsys.readouterr().out
     for name in ("model.safetensors", "metrics.json", "curves.png"):
         assert (out / name).stat().st_size > 0, name
