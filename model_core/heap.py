@@ -7,7 +7,7 @@ touch is a fault: a ragged ONNX LSTM node (B=32, T=100, H=256, two threads), who
 takes two more arrays than a full one, took ~1,880 faults a call and ran slower than not ranking
 at all (docs/performance.md). Fixed thresholds keep freed pages for the next call: ~40 faults a
 call. Training pays the same way: an LSTM's forward cache and BPTT's gradients (B=32, T=100,
-H=512: ~45 MB a step) took ~3,000-4,000 faults a training step. The cost is the process's
+H=512: ~45 MB a step) took 2,200-5,100 faults a training step at B=32, H=256 and 512. The cost is the process's
 footprint, which stays at its peak, as with an arena.
 
 Process-wide, so the engine never sets it on import (PyTorch leaves the C allocator alone too): the

@@ -90,9 +90,10 @@ def main() -> None:
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = int(args.threads)
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")]
+    heap = peers.keep_heap()                            # before either runtime allocates
     print(f"threads={args.threads} repeat={args.repeat} clock={args.clock} (best-of-repeat ms, interleaved; "
           f"ratio = ours / onnxruntime of the two bests; paired: the median [25th-75th percentile] of the "
-          f"ratios round by round); heap: {peers.keep_heap()}")
+          f"ratios round by round); heap: {heap}")
     print(f"{'op':<5} {'direction':<14} {'B,T,I,H':<16} {'lengths':<8} {'ours':>9} {'ort':>9} {'ratio':>7} "
           f"{'paired':>18}")
     ratios, paired = [], []
