@@ -116,9 +116,6 @@ static inline void step_done(int64_t *done, int64_t n, int64_t need)
     while (__atomic_load_n(done, __ATOMIC_ACQUIRE) < need) CPU_RELAX();
 }
 
-/* bytes of packed panels a step streams from which the next unit group's are prefetched
- * (prefetch_panel, in each ISA's part below) */
-#define PANEL_PREFETCH_BYTES (4 << 20)
 #endif
 
 INL v8 ISA(ld)(const float *p) { return *(const v8u *)p; }
@@ -382,22 +379,14 @@ INL void ISA(prefetch_next)(const int G, const float *x, int64_t xt, int64_t xb,
     ISA(prefetch_x)(G, x + t * xt, xb, H, pu, pb, B < pb + chunk ? B : pb + chunk);
 }
 
-/* Slice `part` of `parts` of unit group u's weight panels (W_ih's when fused, then W_hh's: K rows of
- * wk floats each), fetched into cache while the group before runs its row tiles, one slice per
- * tile, when a step streams at least PANEL_PREFETCH_BYTES of panels. At H=512 (5 MiB a step, more
- * than stayed in L3 here) the first row tile of each group waited on DRAM while the group's other
- * tiles read the panel from L2, so DRAM sat idle for most of a group and then stalled the next:
- * with the prefetch the LSTM forward at B=32, H=512 took 0.85-0.92x the time (median of 11-31,
- * five in-process A/Bs), BPTT's product over its 32-column panels 0.89-0.99x. Below (H=256: 1.25
- * MiB, served from L2 and L3) it only cost, 1.02-1.13x at B=8-32, so it stays off there. */
-INL void ISA(prefetch_panel)(const float *w, int64_t wu, int64_t K, int64_t wk, const float *wi, int64_t I,
-                             int64_t u, int64_t part, int64_t parts)
-{
-    int64_t li = wi ? I * wk / 16 : 0, lines = li + K * wk / 16;                  /* 16 floats a line */
-    const float *pi = wi ? wi + u * I * wk : 0, *pw = w + u * wu;
-    for (int64_t l = lines * part / parts, e = lines * (part + 1) / parts; l < e; l++)
-        __builtin_prefetch(l < li ? pi + l * 16 : pw + (l - li) * 16, 0, 3);
-}
+/* No software prefetch of the next unit group's panels: the hardware's stream prefetchers keep
+ * up. Slicing the next panel into every row tile (prefetcht0, from 4 MiB of panels a step) once took
+ * the H=512 forward to 0.85-0.92x the time on a busy VM; on the quiet one (2026-12-03) taking it out
+ * took the forward to 0.92-0.96x the time at B=32-256, H=512-1024 (B=8: 0.81-0.82x) and
+ * forward+backward to 0.97-0.98x (B=8: 0.90x), 1 and 2 threads; with a 256 MiB streaming neighbour
+ * on the other core, 1.03x at B=32, level at B=256, 0.88x at B=8 (in-process A/B, median of 7-15).
+ * Prefetching each panel's head only was level with none, the whole panel into L2 only (prefetcht1)
+ * level with prefetcht0. */
 
 /* the gates of one row for unit group u from its pre-activations a0..a3 (i, f, g, o): x W_ih^T + b
  * + h W_hh^T, in the product's registers */
@@ -509,7 +498,6 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t *claims, int64_t T,
     int64_t U = (H + VW - 1) / VW;
     const float *hp = h0, *cp = c0;
     int64_t hs = H;
-    int prefetch_panels = wu != VW && (H + (xi ? I : 0)) * wk * U * (int64_t)sizeof(float) >= PANEL_PREFETCH_BYTES;
     int ranked = !gates && wu != VW && lens_ranked(lens, B);
     int64_t row_steps = 0;
     for (int64_t i = 0; i < T; i++) {
@@ -561,12 +549,9 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t *claims, int64_t T,
             ISA(bias_vectors)(4, bx, H, u, nu, bv);
             if (!xi) ISA(prefetch_next)(4, x, xt, xb, T, i, reverse, H, nb, chunk, bc, u);
             int64_t be = nb < bc + chunk ? nb : bc + chunk, pair = last_row_pair(be - bc, MR_LSTM, wu, U, u);
-            int64_t bt = pair ? be - 1 : be, tiles = (bt - bc + MR_LSTM - 1) / MR_LSTM;   /* rows in tiles */
-            int64_t pu = (u + 1) % U;                                             /* the next group's panels */
+            int64_t bt = pair ? be - 1 : be;                                      /* rows in tiles */
             for (int64_t b = bc; b < bt; b += MR_LSTM) {                          /* ... for their row blocks */
                 int64_t rem = bt - b < MR_LSTM ? bt - b : MR_LSTM;
-                if (prefetch_panels && tiles > 1)
-                    ISA(prefetch_panel)(w, wu, H, wk, xi ? wi : 0, I, pu, (b - bc) / MR_LSTM, tiles);
 #define ARGS(M, F) M, F, nu, H, u, xt_ + b * xb, xb, xi ? xi + t * xit + b * xib : 0, xib, I, \
                    xi ? wi + u * I * 4 * VW : 0, bv, lens ? lens + b : 0, i, w + u * wu, wk, wg, hp + b * hs, \
                    hs, cp + b * H, cn + b * H, \
@@ -1037,13 +1022,11 @@ static void ISA(bptt_product)(int tid, int nth, int64_t B, int64_t N, int64_t H,
         ISA(nt_product)(B, N, H, k0, k1, a, wt, out, accumulate);
         return;
     }
-    int64_t C = (H + 31) / 32, c0 = C * tid / nth, c1 = C * (tid + 1) / nth, tiles = (B + MR_LSTM - 1) / MR_LSTM;
-    int prefetch = tiles > 1 && C * 32 * N * (int64_t)sizeof(float) >= PANEL_PREFETCH_BYTES;   /* as the forward's */
+    int64_t C = (H + 31) / 32, c0 = C * tid / nth, c1 = C * (tid + 1) / nth;
     for (int64_t c = c0; c < c1; c++) {                       /* one panel (N x 32, in L2) ... */
         int64_t ncol = H - c * 32 < 32 ? H - c * 32 : 32;
         for (int64_t b = 0; b < B; b += MR_LSTM) {             /* ... for every row block of a */
             int64_t rem = B - b < MR_LSTM ? B - b : MR_LSTM;
-            if (prefetch && c + 1 < c1) ISA(prefetch_panel)(wp, N * 32, N, 32, 0, 0, c + 1, b / MR_LSTM, tiles);
 #define CALL(M) ISA(nt_tile_rows)(M, N, H, a + b * N, wp + c * N * 32, out + b * H + c * 32, ncol, accumulate)
             ROWS_SWITCH(MR_LSTM, rem, CALL)
 #undef CALL
