@@ -48,8 +48,8 @@
 
 /* Threads: 1 unless mc_set_threads asks for more (model_core.set_num_threads). A sequence is split
  * across threads by unit groups (forward) or rows and columns (BPTT), with a wait per step (the
- * forward's step_done, BPTT's barrier), so it pays only when a step has enough work: packed
- * weights and B*H >= MIN_ROWS_H, or weights larger than L2. Without OpenMP
+ * forward's step_done, BPTT's barrier), so it pays only when a step has enough work (team_for).
+ * Without OpenMP
  * (a compiler lacking -fopenmp) everything runs on one thread. */
 #ifdef _OPENMP
 #include <omp.h>
@@ -61,22 +61,24 @@
 #define BARRIER(nth) ((void)(nth))
 #define RUN_PARTS(nth, PART) PART(0, 1)
 #endif
-#define MIN_ROWS_H 2048
-#define STEP_MIN_ROWS_H 16384
 #define MIN_WEIGHTS (128 * 1024)               /* floats: 512 KiB, a Zen 3 core's L2 */
 static int mc_threads = 1;
 
-/* A single step (a streaming step(), T = 1) splits only from STEP_MIN_ROWS_H (B=64 at H=256): below
- * it, starting the team costs more than it splits. (On a busy machine, with OpenBLAS's own pool
- * spinning beside this one, one B=64 GRU step once took 11 ms instead of 0.6; with one team for
- * both, a B=64 LSTM step at 2 threads takes 0.55 ms against 0.86 at 1.) */
+/* The threads for a recurrent call: the team once a step's recurrent product has TEAM_MIN_MACS
+ * multiply-adds (B*G*H*H), twice that for a single step (T = 1), which also starts the team. Below
+ * it a step's share is shorter than the wait that ends it (~1 us a step here). Measured on the quiet
+ * 2-core VM, 2 threads against 1, in-process A/B, median of 10 (2026-12-03): sequences LSTM H=128
+ * B=1-4 0.56-0.73x the time, H=64 B=4-8 0.60-0.71, H=32 B=16-32 0.59-0.67, GRU H=128 B=2-4 0.59-0.60;
+ * forward+backward H=128 B=1-4 0.66-0.74, H=64 B=8 0.78, H=32 B=16 0.90; single steps LSTM H=256
+ * B=1 0.77 (33.6 -> 26.3 us), B=8 0.63, H=128 B=2-4 0.82-0.90, H=64 B=16 0.91, GRU H=256 B=1 0.80;
+ * and below it H=32 B=1-8 1.21-1.63x, H=16 1.50-1.80. (The rule it replaced, B*H >= 2048 or weights
+ * past L2, a step from B*H >= 16384, left those gains on one thread.) While the host took the other
+ * core now and then, the same sequences ran 0.92-1.15x: a team pays when its second core is there. */
+#define TEAM_MIN_MACS 65536
 static int threads_for(int64_t wu, int64_t T, int64_t B, int64_t H, int64_t G)
 {
     if (mc_threads <= 1 || wu == VW) return 1;                                      /* unpacked: serial */
-    if (T < 2) return B * H >= STEP_MIN_ROWS_H ? mc_threads : 1;
-    /* a sequence splits with enough rows per step, or when a step streams weights larger than L2
-     * (G*H*H floats): each thread then streams its own part (LSTM B=1, H=256: 1 MiB a step) */
-    return B * H >= MIN_ROWS_H || G * H * H >= MIN_WEIGHTS ? mc_threads : 1;
+    return B * G * H * H >= (T < 2 ? 2 * TEAM_MIN_MACS : TEAM_MIN_MACS) ? mc_threads : 1;
 }
 
 /* the thread count for later calls (1 = serial); returns what this build can use */

@@ -138,6 +138,36 @@ def test_packing_on_two_threads_writes_what_one_thread_writes():
 
 
 @pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("B, H, T, team", [(1, 256, 1, True),      # a streaming step whose weights pass L2
+                                           (4, 128, 1, True),      # B*G*H*H past twice the threshold
+                                           (1, 64, 1, False),      # a step too small to pay for the team
+                                           (2, 128, 70, True),     # a short sequence (fused: at B=1 BLAS projects); not the RNN's
+                                           (8, 32, 50, False)])    # a sequence step shorter than the wait
+def test_the_team_takes_calls_with_enough_work_a_step(cls, B, H, T, team):
+    """threads_for: 2 threads split a call once a step's recurrent product has TEAM_MIN_MACS
+    multiply-adds (B*G*H*H), twice that for a single step, and give one thread's bits either way."""
+    if native.lib.mc_set_threads(2) < 2:
+        model_core.set_num_threads(1)
+        pytest.skip("this build has no OpenMP: one thread")
+    model_core.set_num_threads(1)
+    layer = cls(16, H, seed=5).freeze()
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[layer._kind]
+    team = team and B * G * H * H >= (2 if T == 1 else 1) * 65536           # the GRU's and RNN's G
+    x = np.random.default_rng(5).standard_normal((T, B, 16), dtype=np.float32)
+    run = (lambda: layer.step(x[0], layer.init_state(B))[0]) if T == 1 else (lambda: layer.forward(x)[0])
+    want = run()
+    try:
+        model_core.set_num_threads(2)
+        split = native.lib.mc_team_forwards()
+        got = run()
+        split = native.lib.mc_team_forwards() - split
+    finally:
+        model_core.set_num_threads(1)
+    assert split == int(team)
+    assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("cls", CLASSES)
 def test_two_threads_give_one_threads_bits_call_after_call(cls):
     """A team step ends when its items are done (a count, not a barrier: a thread may run ahead into
     the next step or skip one it missed). Were any item read before it was written, some call out of
