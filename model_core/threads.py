@@ -9,7 +9,8 @@ per library on a 2-core machine only competes with itself. ``set_num_threads(n)`
   on the native kernels' OpenMP team, so that one pool serves both;
 * Numba's pool, only if it is already running: the engine's Numba kernels are serial, and
   setting the count would start the pool just to size it;
-* the native kernels (``model_core.native``): their OpenMP team for long sequences (1: serial).
+* the native kernels (``model_core.native``): their OpenMP team, for calls whose steps have
+  enough work to split (``threads_for`` in the C source; 1: serial).
 
 It returns what it did, for the caller's log line.
 """
