@@ -48,9 +48,8 @@
 
 /* Threads: 1 unless mc_set_threads asks for more (model_core.set_num_threads). A sequence is split
  * across threads by unit groups (forward) or rows and columns (BPTT), with a wait per step (the
- * forward's step_done, BPTT's barrier), so it pays only when a step has enough work (team_for).
- * Without OpenMP
- * (a compiler lacking -fopenmp) everything runs on one thread. */
+ * forward's step_done, BPTT's barrier), so it pays only when a step has enough work (threads_for).
+ * Without OpenMP (a compiler lacking -fopenmp) everything runs on one thread. */
 #ifdef _OPENMP
 #include <omp.h>
 #define BARRIER(nth) do { if ((nth) > 1) { _Pragma("omp barrier") } } while (0)

@@ -100,8 +100,8 @@ def test_array_handles_are_checked_before_use():
 
 
 @pytest.mark.parametrize("cls", CLASSES)
-@pytest.mark.parametrize("H, T, B", [(100, 6, 24),        # B*H past the threshold, B*T past packing
-                                     (210, 70, 1)])       # one row, but G*H*H past L2: packed and split too
+@pytest.mark.parametrize("H, T, B", [(100, 6, 24),        # B*G*H*H past the team's threshold, B*T past packing
+                                     (210, 70, 1)])       # one row, but G*H*H past it: packed and split too
 def test_two_threads_match_the_reference(cls, H, T, B, monkeypatch):
     """The team splits unit groups (forward), rows and columns (BPTT)."""
     from model_core.cells import native_gru, native_lstm, native_rnn, native_weights
@@ -111,7 +111,7 @@ def test_two_threads_match_the_reference(cls, H, T, B, monkeypatch):
         monkeypatch.setattr(mod, "recurrent_weights", lambda *a: packed.append(real(*a).packed) or real(*a))
     monkeypatch.setattr(native_rnn, "recurrent_panels", lambda *a: packed.append(real_panels(*a)[1]) or real_panels(*a))
     if cls(1, 1)._kind == "rnn" and B == 1:
-        H = 370                                           # the RNN's H*H past L2 (G = 1)
+        H = 370                                           # the RNN's H*H past the threshold (G = 1)
     try:
         model_core.set_num_threads(2)
         split = native.lib.mc_team_forwards()
