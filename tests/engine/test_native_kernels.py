@@ -137,8 +137,15 @@ def test_packing_on_two_threads_writes_what_one_thread_writes():
     assert np.array_equal(got, want) and want[-1, :, :, 203 % 8:].max() == 0
 
 
+def _skip_without_a_team():
+    """Skip where this build has no OpenMP (one thread only); else start from 1 thread."""
+    if native.lib.mc_set_threads(2) < 2:
+        pytest.skip("this build has no OpenMP: one thread")
+    model_core.set_num_threads(1)
+
+
 @pytest.mark.parametrize("cls", CLASSES)
-@pytest.mark.parametrize("B, H, T, team", [(1, 256, 1, True),      # a streaming step whose weights pass L2
+@pytest.mark.parametrize("B, H, T, team", [(1, 256, 1, True),      # a streaming step, one row: B*G*H*H past twice the threshold
                                            (4, 128, 1, True),      # B*G*H*H past twice the threshold
                                            (1, 64, 1, False),      # a step too small to pay for the team
                                            (2, 128, 70, True),     # a short sequence (fused: at B=1 BLAS projects); not the RNN's
@@ -146,10 +153,7 @@ def test_packing_on_two_threads_writes_what_one_thread_writes():
 def test_the_team_takes_calls_with_enough_work_a_step(cls, B, H, T, team):
     """threads_for: 2 threads split a call once a step's recurrent product has TEAM_MIN_MACS
     multiply-adds (B*G*H*H), twice that for a single step, and give one thread's bits either way."""
-    if native.lib.mc_set_threads(2) < 2:
-        model_core.set_num_threads(1)
-        pytest.skip("this build has no OpenMP: one thread")
-    model_core.set_num_threads(1)
+    _skip_without_a_team()
     layer = cls(16, H, seed=5).freeze()
     G = {"lstm": 4, "gru": 3, "rnn": 1}[layer._kind]
     team = team and B * G * H * H >= (2 if T == 1 else 1) * 65536           # the GRU's and RNN's G
@@ -770,9 +774,7 @@ def test_a_ragged_onnx_batch_on_a_team_runs_only_the_rows_still_running(op, monk
     """On a team of two a ragged batch is one call split across the team, its steps over the rows
     still running (140 row-steps of 180 here): the same bits as one thread."""
     from model_core.onnx.ops import recurrent_loops
-    if native.lib.mc_set_threads(2) < 2:
-        pytest.skip("this build has no OpenMP: one thread")
-    model_core.set_num_threads(1)
+    _skip_without_a_team()
     model = _node_model(op, H=128, I=5, direction="forward", **({"linear_before_reset": 1} if op == "GRU" else {}))
     x = np.random.default_rng(6).standard_normal((9, 20, 5)).astype(np.float32)    # 20 x 128 rows split
     lengths = np.array([9] * 8 + [7] * 4 + [5] * 8, np.int32)
