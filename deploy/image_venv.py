@@ -89,7 +89,9 @@ def strip_symbols(site: Path) -> int:
 
 def native_kernels(venv: Path, app: Path) -> str:
     """Compile the engine's C kernels with its own loader into a scratch cache, then put the library
-    where the loader looks first. Returns the loader's account (compiler, instruction sets)."""
+    where the loader looks first; the step entry point too (``step_entry.c``, a CPython extension:
+    built where the base image has Python's headers, as the official one does; without them the
+    service steps through ctypes). Returns the loader's account (compiler, instruction sets)."""
     target = app / "model_core" / "native" / "_rnn_kernels.so"
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "MODEL_CORE_NATIVE_CACHE": cache, "MODEL_CORE_NATIVE": "1"}
@@ -97,17 +99,23 @@ def native_kernels(venv: Path, app: Path) -> str:
                            capture_output=True, text=True)
         if r.returncode:
             sys.exit(f"image_venv: the native kernels are not available:\n{r.stderr[-3000:]}")
-        path, reason = Path(r.stdout.splitlines()[-2]), r.stdout.splitlines()[-1]
-        if path.parent.resolve() != target.parent.resolve():      # not a library built at install
+        path, reason, entry, entry_reason, suffix = r.stdout.splitlines()[-5:]
+        if Path(path).parent.resolve() != target.parent.resolve():      # not a library built at install
             shutil.copyfile(path, target)
-    return reason
+        if entry != "None" and Path(entry).parent.resolve() != target.parent.resolve():
+            shutil.copyfile(entry, target.parent / f"_step_entry{suffix}")
+    return f"{reason}; step entry: {entry_reason}"
 
 
 NATIVE = """
+import sysconfig
 from model_core import native
 assert native.AVAILABLE, native.REASON
 print(native.lib._name)
 print(native.REASON)
+print(native.step_entry and native.step_entry.__file__)
+print(native.STEP_ENTRY_REASON)
+print(sysconfig.get_config_var("EXT_SUFFIX"))
 """
 
 

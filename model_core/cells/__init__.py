@@ -38,6 +38,8 @@ class CellSteps:
             kernel (the native cells; None otherwise): ``step()`` and length-1 sequences.
     step_weights: what ``step_forward_input`` reads of a layer's parameters, as one value that a
             frozen layer makes once and keeps (None where step_forward_input is None).
+    step_entry: what the compiled step entry point (``model_core.native.step_entry``) reads of a
+            ``step_weights`` value, (kind, arrays) (the native cells; None otherwise).
     """
     GATES: int
     STATE_SIZE: int
@@ -53,6 +55,7 @@ class CellSteps:
     sequence_forward_fused: Callable | None = None
     step_forward_input: Callable | None = None
     step_weights: Callable | None = None
+    step_entry: Callable | None = None
 
 
 def uses_jit(xp, dtype) -> bool:
@@ -104,4 +107,5 @@ def select(kind: str, xp, dtype, nonlinearity: str = "tanh", reference: bool = F
                      native=use_native, sequence_forward=fns.get("sequence_forward"),
                      sequence_backward=fns.get("sequence_backward"),
                      sequence_forward_fused=fns.get("sequence_forward_fused"),
-                     step_forward_input=fns.get("step_forward_input"), step_weights=fns.get("step_weights"))
+                     step_forward_input=fns.get("step_forward_input"), step_weights=fns.get("step_weights"),
+                     step_entry=fns.get("step_entry"))

@@ -13,10 +13,10 @@ from model_core.cells.gru_cell import GATES, STATE_SIZE, cache_shapes, fold_bias
 from model_core.cells.native_weights import (FUSED_MIN_BATCH, NULL, aligned_empty, backward_strides, c_array, fused_input,
                                              input_weights, length_one, ptr, recurrent_weights, row_strides, rows_contiguous,
                                              step_input_weights, step_keeps_pack, train_cache)
-from model_core.native import handle, lib
+from model_core.native import STEP_KINDS, handle, lib
 
 __all__ = ["GATES", "STATE_SIZE", "cache_shapes", "fold_bias", "gate_constants", "sequence_backward",
-           "sequence_forward", "sequence_forward_fused", "step_backward", "step_forward", "step_forward_input",
+           "sequence_forward", "sequence_forward_fused", "step_backward", "step_entry", "step_forward", "step_forward_input",
            "step_weights"]
 
 
@@ -127,6 +127,12 @@ def step_weights(weight_ih_t, bias, weight_hh_t, bias_hh) -> tuple:
     H = weight_hh_t.shape[0]
     return (*step_input_weights(weight_ih_t, weight_hh_t, GATES), None if bias is None else c_array(bias),
             None if bias_hh is None else c_array(bias_hh[2 * H:]))
+
+
+def step_entry(weights) -> tuple:
+    """``native_lstm.step_entry``'s GRU: its b_hn too."""
+    wi, wh, packed, bias, b_hn = weights
+    return STEP_KINDS["gru"], (wi, wh, packed, bias, b_hn)
 
 
 def step_forward_input(x_t, weights, prev, out, cache=None):

@@ -15,10 +15,10 @@ from model_core.cells.lstm_cell import GATES, STATE_SIZE, cache_shapes, fold_bia
 from model_core.cells.native_weights import (FUSED_MIN_BATCH, NULL, aligned_empty, backward_strides, c_array, fused_input,
                                              input_weights, length_one, ptr, recurrent_weights, row_strides, rows_contiguous,
                                              step_input_weights, step_keeps_pack, train_cache)
-from model_core.native import handle, lib
+from model_core.native import STEP_KINDS, handle, lib
 
 __all__ = ["GATES", "STATE_SIZE", "cache_shapes", "fold_bias", "gate_constants", "sequence_backward",
-           "sequence_forward", "sequence_forward_fused", "step_backward", "step_forward", "step_forward_input",
+           "sequence_forward", "sequence_forward_fused", "step_backward", "step_entry", "step_forward", "step_forward_input",
            "step_weights"]
 
 
@@ -132,6 +132,13 @@ def step_weights(weight_ih_t, bias, weight_hh_t, bias_hh) -> tuple:
     packed copies of read-only weights (``step_input_weights``); bias both biases folded (4H,) or
     None (bias_hh: the GRU's signature)."""
     return (*step_input_weights(weight_ih_t, weight_hh_t, GATES), None if bias is None else c_array(bias))
+
+
+def step_entry(weights) -> tuple:
+    """What the compiled step entry point (``model_core.native.step_entry``) reads of a
+    ``step_weights`` value: (kind, (W_ih, W_hh, packed, bias, b_hn)), the arrays it passes the kernel."""
+    wi, wh, packed, bias = weights
+    return STEP_KINDS["lstm"], (wi, wh, packed, bias, None)
 
 
 def step_forward_input(x_t, weights, prev, out, cache=None):

@@ -18,7 +18,7 @@ from model_core.cells.native_weights import (FUSED_MIN_BATCH, NULL, aligned_empt
                                              fused_input, input_weights, length_one, ptr, recurrent_panels, row_strides,
                                              rows_contiguous, step_input_weights, train_cache)
 from model_core.cells.rnn_cell import GATES, STATE_SIZE, cache_shapes, fold_bias, gate_constants
-from model_core.native import handle, lib
+from model_core.native import STEP_KINDS, handle, lib
 
 __all__ = ["GATES", "STATE_SIZE", "cache_shapes", "fold_bias", "gate_constants", "make", "step_weights"]
 
@@ -133,6 +133,11 @@ def make(nonlinearity: str) -> dict[str, Callable]:
                                  handle(h), handle(out[0]), *map(handle, kept)):
             raise MemoryError("the RNN step kernel could not allocate its scratch buffer")
 
+    def step_entry(weights) -> tuple:
+        """``native_lstm.step_entry``'s RNN, its activation in the kind."""
+        wi, wh, packed, bias = weights
+        return STEP_KINDS["rnn_relu" if relu else "rnn_tanh"], (wi, wh, packed, bias, None)
+
     return {"step_forward": step_forward, "step_backward": step_backward, "sequence_forward": sequence_forward,
             "sequence_backward": sequence_backward, "sequence_forward_fused": sequence_forward_fused,
-            "step_forward_input": step_forward_input, "step_weights": step_weights}
+            "step_forward_input": step_forward_input, "step_weights": step_weights, "step_entry": step_entry}

@@ -17,11 +17,19 @@ scratch buffer), so sessions served from several threads may call them at once (
 the GIL during a call). They run on one thread
 unless ``set_threads(n)`` (``model_core.set_num_threads``) asks for more: then a long enough
 sequence is split across an OpenMP team, with a barrier per step.
+
+``step_entry`` is a second, small library: a CPython extension (``step_entry.c``) through which a
+frozen layer's ``step()`` is one call, checks, new state and kernels in C (``RecurrentBase``). It
+comes from the same two places (built at install, else compiled into the cache where Python's
+headers are present) and is optional on top of the kernels: without it, or with
+``MODEL_CORE_NATIVE_STEP_ENTRY=0``, ``step()`` calls the kernels through ctypes as before;
+``STEP_ENTRY_REASON`` says which.
 """
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -74,14 +82,18 @@ _SIGNATURES = {
     "mc_lstm_input_step": ([_I] * 16, ctypes.c_int32),
     "mc_gru_input_step": ([_I] * 14, ctypes.c_int32),
     "mc_rnn_input_step": ([_I] * 13, ctypes.c_int32),
+    # the same with data pointers: what the compiled step entry point (step_entry.c) calls
+    "mc_lstm_input_step_data": ([_I, _I, _I, _F, _F, _F, _F, _I, _F, _F, _F, _F, _F, _F, _F, _F], ctypes.c_int32),
+    "mc_gru_input_step_data": ([_I, _I, _I, _F, _F, _F, _F, _F, _I, _F, _F, _F, _F, _F], ctypes.c_int32),
+    "mc_rnn_input_step_data": ([_I, _I, _I, _I, _F, _F, _F, _F, _I, _F, _F, _F, _F], ctypes.c_int32),
 }
 
 
-def _sources_hash() -> str:
+def _sources_hash(sources, flags) -> str:
     h = hashlib.sha256()
-    for path in SOURCES:
+    for path in sources:
         h.update(path.read_bytes())
-    h.update(" ".join(CFLAGS + OPENMP).encode())
+    h.update(" ".join(flags).encode())
     return h.hexdigest()[:16]
 
 
@@ -91,21 +103,25 @@ def _installed() -> Path | None:
     return None
 
 
-def _compile_into_cache() -> tuple[Path | None, str]:
+def _compile_into_cache(sources=SOURCES, stem: str = "rnn_kernels", flag_sets=(CFLAGS + OPENMP, CFLAGS),
+                        suffix: str | None = None) -> tuple[Path | None, str]:
+    """Compile ``sources[0]`` into the cache as ``{stem}-{hash}{suffix}``, trying each flag set in turn
+    (the kernels: without OpenMP second, one thread, still fast). Returns (path or None, how)."""
     compiler = next((c for c in (os.environ.get("CC"), "cc", "gcc", "clang") if c and shutil.which(c)), None)
     if compiler is None:
         return None, "no C compiler on the PATH and no library built at install"
     cache = Path(os.environ.get(CACHE_VAR) or Path.home() / ".cache" / "model_core")
-    target = cache / f"rnn_kernels-{_sources_hash()}{sysconfig.get_config_var('SHLIB_SUFFIX') or '.so'}"
+    suffix = suffix or sysconfig.get_config_var("SHLIB_SUFFIX") or ".so"
+    target = cache / f"{stem}-{_sources_hash(sources, flag_sets[0])}{suffix}"
     if target.exists():
         return target, f"compiled by {compiler} (cached)"
     failure = ""
-    for flags in (CFLAGS + OPENMP, CFLAGS):                       # without OpenMP: one thread, still fast
+    for flags in flag_sets:
         try:
             cache.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=cache) as tmp:   # compile aside, rename into place: atomic
                 out = Path(tmp) / target.name
-                subprocess.run([compiler, *flags, "-o", str(out), str(SOURCES[0])], check=True,
+                subprocess.run([compiler, *flags, "-o", str(out), str(sources[0])], check=True,
                                capture_output=True, timeout=300)
                 ctypes.CDLL(str(out))                              # links and loads here (libgomp present)
                 os.replace(out, target)
@@ -199,6 +215,68 @@ else:
         """``a.ctypes.data``."""
         return a.ctypes.data
 
+
+# -- the compiled entry point of a frozen layer's step (step_entry.c) --------------------------------
+STEP_ENTRY_VAR = "MODEL_CORE_NATIVE_STEP_ENTRY"
+STEP_ENTRY_SOURCES = (_HERE / "step_entry.c",)
+STEP_KINDS = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}      # step_entry.c's KIND_*
+
+
+def step_entry_hash() -> str | None:
+    """What a build of step_entry.c embeds as SOURCE_HASH (setup.py computes it the same way): a
+    module built from other sources is not loaded. None where the source is not installed."""
+    try:
+        return hashlib.sha256(STEP_ENTRY_SOURCES[0].read_bytes()).hexdigest()[:16]
+    except OSError:
+        return None
+
+
+def _step_entry_flags() -> list[str] | None:
+    """The flags that build step_entry.c against this interpreter's headers; None without Python.h."""
+    include = sysconfig.get_paths()["include"]
+    if not (Path(include) / "Python.h").exists():
+        return None
+    flags = ["-O2", "-fPIC", "-shared", "-I", include, f'-DMC_SOURCE_HASH="{step_entry_hash()}"']
+    return flags + (["-undefined", "dynamic_lookup"] if sys.platform == "darwin" else [])
+
+
+def _load_step_entry():
+    """(the extension module configured with the kernels' addresses, or None; why)."""
+    if lib is None:
+        return None, "no native kernels"
+    if os.environ.get(STEP_ENTRY_VAR, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None, f"disabled by {STEP_ENTRY_VAR}={os.environ[STEP_ENTRY_VAR]}"
+    if sys.implementation.name != "cpython":
+        return None, f"a CPython extension, and this is {sys.implementation.name}"
+    try:
+        from model_core.native import _step_entry as mod                # built at install
+        how = "built at install"
+    except ImportError:
+        mod = None
+    want = step_entry_hash()
+    if mod is None or (want is not None and mod.SOURCE_HASH != want):  # none, or built from other sources
+        flags = _step_entry_flags() if want is not None else None
+        if flags is None:
+            missing = "its source" if want is None else f"Python.h in {sysconfig.get_paths()['include']}"
+            return None, f"none built at install, and no {missing} to compile it"
+        path, how = _compile_into_cache(STEP_ENTRY_SOURCES, "step_entry", (flags,),
+                                        sysconfig.get_config_var("EXT_SUFFIX"))
+        if path is None:
+            return None, how
+        try:
+            spec = importlib.util.spec_from_file_location("model_core.native._step_entry", path)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+        except ImportError as exc:
+            return None, f"cannot import {path} ({exc})"
+        if mod.SOURCE_HASH != want:
+            return None, f"{path} was not built from {STEP_ENTRY_SOURCES[0]}"
+    addresses = [ctypes.cast(getattr(lib, f"mc_{k}_input_step_data"), ctypes.c_void_p).value for k in ("lstm", "gru", "rnn")]
+    mod.configure(np.ndarray, np.empty, np.float32, *addresses)
+    return mod, how
+
+
+step_entry, STEP_ENTRY_REASON = _load_step_entry()
 
 _threads = 1
 

@@ -503,9 +503,9 @@ static size_t input_step_scratch(int64_t B, int64_t H, int64_t I, int64_t G, int
     return (size_t)(B >= STEP_PACK_MIN_BATCH ? U * (I + H) * G * VW : B * G * H);
 }
 
-int32_t mc_lstm_input_step(int64_t B, int64_t H, int64_t I, intptr_t x, intptr_t w_ih, intptr_t bias, intptr_t w_hh,
-                           int64_t packed, intptr_t h, intptr_t c, intptr_t h_out, intptr_t c_out, intptr_t gates,
-                           intptr_t tanhc, intptr_t prev_h, intptr_t prev_c)
+int32_t mc_lstm_input_step_data(int64_t B, int64_t H, int64_t I, const float *x, const float *w_ih, const float *bias,
+                                const float *w_hh, int64_t packed, const float *h, const float *c, float *h_out,
+                                float *c_out, float *gates, float *tanhc, float *prev_h, float *prev_c)
 {
     ENSURE();
     const int64_t G = 4;
@@ -515,18 +515,27 @@ int32_t mc_lstm_input_step(int64_t B, int64_t H, int64_t I, intptr_t x, intptr_t
     if (!work) return -1;
     const float *wi, *xp, *bx;
     int64_t wk, wg, wu;
-    const float *w = input_step_weights(B, H, I, G, packed, arr(x), arr(w_ih), arr(bias), arr(w_hh), work + own, &wi,
-                                        &xp, &bx, &wk, &wg, &wu);
-    K->lstm_forward(1, B, H, 0, xp, 0, G * H, wi ? arr(x) : 0, 0, I, I, wi, bx, 0, w, wk, wg, wu, arr(h), arr(c),
-                    arr(h_out), 0, H, 0, arr(c_out), arr(gates), arr(tanhc), arr(prev_h), arr(prev_c), work);
+    const float *w = input_step_weights(B, H, I, G, packed, x, w_ih, bias, w_hh, work + own, &wi, &xp, &bx, &wk, &wg,
+                                        &wu);
+    K->lstm_forward(1, B, H, 0, xp, 0, G * H, wi ? x : 0, 0, I, I, wi, bx, 0, w, wk, wg, wu, h, c, h_out, 0, H, 0,
+                    c_out, gates, tanhc, prev_h, prev_c, work);
     return 0;
+}
+
+/* the same with handles (ctypes' calls) */
+int32_t mc_lstm_input_step(int64_t B, int64_t H, int64_t I, intptr_t x, intptr_t w_ih, intptr_t bias, intptr_t w_hh,
+                           int64_t packed, intptr_t h, intptr_t c, intptr_t h_out, intptr_t c_out, intptr_t gates,
+                           intptr_t tanhc, intptr_t prev_h, intptr_t prev_c)
+{
+    return mc_lstm_input_step_data(B, H, I, arr(x), arr(w_ih), arr(bias), arr(w_hh), packed, arr(h), arr(c), arr(h_out),
+                                   arr(c_out), arr(gates), arr(tanhc), arr(prev_h), arr(prev_c));
 }
 
 /* the GRU's: bias folded as gru_cell.fold_bias folds it (b_ih, plus b_hh for r and z), b_hn (H,)
  * (or 0: none) inside r * (h W_hn + b_hn); gates, hn, prev_h as mc_gru_forward's (or 0) */
-int32_t mc_gru_input_step(int64_t B, int64_t H, int64_t I, intptr_t x, intptr_t w_ih, intptr_t bias, intptr_t b_hn,
-                          intptr_t w_hh, int64_t packed, intptr_t h, intptr_t h_out, intptr_t gates, intptr_t hn,
-                          intptr_t prev_h)
+int32_t mc_gru_input_step_data(int64_t B, int64_t H, int64_t I, const float *x, const float *w_ih, const float *bias,
+                               const float *b_hn, const float *w_hh, int64_t packed, const float *h, float *h_out,
+                               float *gates, float *hn, float *prev_h)
 {
     ENSURE();
     const int64_t G = 3;
@@ -535,15 +544,23 @@ int32_t mc_gru_input_step(int64_t B, int64_t H, int64_t I, intptr_t x, intptr_t 
     float *work = scratch(own + zeros + input_step_scratch(B, H, I, G, packed));
     if (!work) return -1;
     float *zero = work + own;
-    const float *bn = arr(b_hn);
+    const float *bn = b_hn;
     if (!bn) { memset(zero, 0, (size_t)H * sizeof(float)); bn = zero; }
     const float *wi, *xp, *bx;
     int64_t wk, wg, wu;
-    const float *w = input_step_weights(B, H, I, G, packed, arr(x), arr(w_ih), arr(bias), arr(w_hh), zero + zeros,
-                                        &wi, &xp, &bx, &wk, &wg, &wu);
-    K->gru_forward(1, B, H, 0, xp, 0, G * H, wi ? arr(x) : 0, 0, I, I, wi, bx, 0, w, wk, wg, wu, bn, arr(h),
-                   arr(h_out), 0, H, 0, arr(gates), arr(hn), arr(prev_h), work);
+    const float *w = input_step_weights(B, H, I, G, packed, x, w_ih, bias, w_hh, zero + zeros, &wi, &xp, &bx, &wk, &wg,
+                                        &wu);
+    K->gru_forward(1, B, H, 0, xp, 0, G * H, wi ? x : 0, 0, I, I, wi, bx, 0, w, wk, wg, wu, bn, h, h_out, 0, H, 0,
+                   gates, hn, prev_h, work);
     return 0;
+}
+
+int32_t mc_gru_input_step(int64_t B, int64_t H, int64_t I, intptr_t x, intptr_t w_ih, intptr_t bias, intptr_t b_hn,
+                          intptr_t w_hh, int64_t packed, intptr_t h, intptr_t h_out, intptr_t gates, intptr_t hn,
+                          intptr_t prev_h)
+{
+    return mc_gru_input_step_data(B, H, I, arr(x), arr(w_ih), arr(bias), arr(b_hn), arr(w_hh), packed, arr(h),
+                                  arr(h_out), arr(gates), arr(hn), arr(prev_h));
 }
 
 /* -- the Elman RNN (relu: 0 tanh, 1 relu) ---------------------------------------------------------
@@ -596,34 +613,39 @@ void mc_rnn_backward(int64_t T, int64_t B, int64_t H, int32_t reverse, int32_t r
  * and W_hh^T (H, H) as stored, packed into scratch from STEP_PACK_MIN_BATCH rows, below it the
  * projection streamed by rows of W_ih^T and W_hh^T read as stored. bias (H,) or 0; act, prev_h:
  * what BPTT reads (T = 1) or 0. Returns 0, or -1 without memory. */
-int32_t mc_rnn_input_step(int64_t B, int64_t H, int64_t I, int64_t relu, intptr_t x, intptr_t w_ih, intptr_t bias,
-                          intptr_t w_hh, int64_t packed, intptr_t h, intptr_t h_out, intptr_t act, intptr_t prev_h)
+int32_t mc_rnn_input_step_data(int64_t B, int64_t H, int64_t I, int64_t relu, const float *x, const float *w_ih,
+                               const float *bias, const float *w_hh, int64_t packed, const float *h, float *h_out,
+                               float *act, float *prev_h)
 {
     ENSURE();
     if (B < 1) return 0;                                                  /* an empty batch: nothing to do */
     int64_t C = (H + MC_PANEL - 1) / MC_PANEL, r = relu != 0;
     if (packed) {
-        K->rnn_forward(1, B, H, I, 0, r, arr(x), 0, I, arr(w_ih), arr(bias), 0, arr(w_hh), 1, arr(h), arr(h_out), 0, H,
-                       0, arr(act), arr(prev_h), 0);
+        K->rnn_forward(1, B, H, I, 0, r, x, 0, I, w_ih, bias, 0, w_hh, 1, h, h_out, 0, H, 0, act, prev_h, 0);
         return 0;
     }
     if (B >= STEP_PACK_MIN_BATCH) {
         float *pi = scratch((size_t)(C * (I + H) * MC_PANEL));
         if (!pi) return -1;
         float *ph = pi + C * I * MC_PANEL;
-        mc_pack_panels(I, H, arr(w_ih), pi);
-        mc_pack_panels(H, H, arr(w_hh), ph);
-        K->rnn_forward(1, B, H, I, 0, r, arr(x), 0, I, pi, arr(bias), 0, ph, 1, arr(h), arr(h_out), 0, H, 0, arr(act),
-                       arr(prev_h), 0);
+        mc_pack_panels(I, H, w_ih, pi);
+        mc_pack_panels(H, H, w_hh, ph);
+        K->rnn_forward(1, B, H, I, 0, r, x, 0, I, pi, bias, 0, ph, 1, h, h_out, 0, H, 0, act, prev_h, 0);
         return 0;
     }
     int64_t own = whole_lines(B * H);
     float *xp = scratch((size_t)(2 * own));                               /* the projection; the product */
     if (!xp) return -1;
-    K->axpy_product(B, I, H, arr(x), I, arr(w_ih), xp);
-    K->rnn_forward(1, B, H, 0, 0, r, xp, 0, H, 0, arr(bias), 0, arr(w_hh), 0, arr(h), arr(h_out), 0, H, 0, arr(act),
-                   arr(prev_h), xp + own);
+    K->axpy_product(B, I, H, x, I, w_ih, xp);
+    K->rnn_forward(1, B, H, 0, 0, r, xp, 0, H, 0, bias, 0, w_hh, 0, h, h_out, 0, H, 0, act, prev_h, xp + own);
     return 0;
+}
+
+int32_t mc_rnn_input_step(int64_t B, int64_t H, int64_t I, int64_t relu, intptr_t x, intptr_t w_ih, intptr_t bias,
+                          intptr_t w_hh, int64_t packed, intptr_t h, intptr_t h_out, intptr_t act, intptr_t prev_h)
+{
+    return mc_rnn_input_step_data(B, H, I, relu, arr(x), arr(w_ih), arr(bias), arr(w_hh), packed, arr(h), arr(h_out),
+                                  arr(act), arr(prev_h));
 }
 
 /* flops done by one call of mc_fma_peak(iters): iters * 2 * 8 * 12 */

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from model_core import native
 from model_core.backend import device_of
 from model_core.cells import CellSteps, select
 from model_core.cells.native_weights import aligned_empty, forget_packs, frozen
@@ -88,6 +89,7 @@ class RecurrentBase(Module):
         self.dropout = float(dropout)
         self.num_directions = 2 if bidirectional else 1
         self._kept_steps: dict[int, tuple] = {}          # layer -> its parameters, cell.step_weights of them
+        self._step_plan: tuple | None = None              # (entry, plan): step() in one compiled call
         self._select_cell()
         # torch's default: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), in torch's parameter order
         rng = np.random.default_rng(seed)
@@ -242,7 +244,12 @@ class RecurrentBase(Module):
 
     def step(self, x_t, state):
         """One timestep for a batch of independent streams: x_t (B, I) -> (y_t (B, H), state)."""
-        y_t, states = self.step_states(x_t, self._tuple_form(state, "state"))
+        entry = self._step_plan
+        if entry is not None:
+            got = entry[0](entry[1], x_t, state, True)
+            if got is not None:
+                return got
+        y_t, states = self._step_python(x_t, self._tuple_form(state, "state"))
         return y_t, self._torch_form(states)
 
     def step_states(self, x_t, states: tuple | None):
@@ -250,8 +257,18 @@ class RecurrentBase(Module):
 
         The same math as ``forward`` on a length-1 sequence, without its sequence machinery
         (time-major copies, per-sequence buffers, masks): a streaming session pays for every
-        microsecond of it on every token.
+        microsecond of it on every token. A frozen layer's step is one compiled call where the
+        input and state are plain float32 arrays (``_refresh_step_plan``); the rest comes here.
         """
+        entry = self._step_plan
+        if entry is not None:
+            got = entry[0](entry[1], x_t, states, False)
+            if got is not None:
+                return got
+        return self._step_python(x_t, states)
+
+    def _step_python(self, x_t, states: tuple | None):
+        """``step_states`` in Python around the kernels: every check, conversion and error message."""
         if self.bidirectional:
             raise ValueError("step() needs a unidirectional layer: a bidirectional one must see the whole sequence")
         x_t = self._as_array(x_t, "input")
@@ -267,10 +284,11 @@ class RecurrentBase(Module):
         new = tuple([xp.empty_like(s) for s in state0])                         # (L, B, H) each
         # the native kernels keep nothing for inference; the others want scratch buffers
         shapes = None if cell.native else cell.cache_shapes(B, self.hidden_size)
-        inp = x_t
+        inp, weights = x_t, []
         for layer in range(self.num_layers):
             if cell.step_forward_input is not None:          # the projection inside the kernel
-                cell.step_forward_input(inp, self._step_weights(layer), tuple([s[layer] for s in state0]),
+                weights.append(self._step_weights(layer))
+                cell.step_forward_input(inp, weights[-1], tuple([s[layer] for s in state0]),
                                         tuple([n[layer] for n in new]))
                 inp = new[0][layer]
                 continue
@@ -282,7 +300,29 @@ class RecurrentBase(Module):
             cell.step_forward(xp, xproj, tuple([s[layer] for s in state0]), p.w_hh.T, p.b_hh,
                               self._consts, cache_t, tuple([n[layer] for n in new]))
             inp = new[0][layer]
+        self._refresh_step_plan(weights)
         return inp.copy(), new
+
+    def _refresh_step_plan(self, weights: list) -> None:
+        """Make, keep or drop the plan through which ``step`` is one call of the compiled entry point
+        (``model_core.native.step_entry``): made where every layer's ``weights`` (its cell's
+        ``step_weights``, just found) are the ones the layer keeps, i.e. a frozen layer; kept while
+        they stay the same; dropped otherwise. The entry checks at every call that the parameters
+        are still these read-only arrays, as ``_step_weights`` does, and leaves any other call here."""
+        entry, cell = native.step_entry, self._cell
+        kept = [self._kept_steps.get(layer) for layer in range(self.num_layers)]
+        if (entry is None or cell.step_entry is None or len(weights) != self.num_layers
+                or any([k is None or k[2] is not w for k, w in zip(kept, weights)])):
+            self._step_plan = None
+            return
+        if self._step_plan is not None and all(map(operator.is_, self._step_plan[2], weights)):
+            return
+        layers = [cell.step_entry(w) for w in weights]
+        names = tuple([n for layer in range(self.num_layers) for n in _param_names(layer, "")])
+        plan = (layers[0][0], self.num_layers, self.input_size, self.hidden_size, self._params, names,
+                tuple([p for k in kept for p in k[0]]), tuple([a for k in kept for a in k[1]]),
+                tuple([arrays for _, arrays in layers]))
+        self._step_plan = (entry.step, plan, tuple(weights))
 
     def _run(self, x, states, lengths, train, rng):
         xp, H, D, cell = self.xp, self.hidden_size, self.num_directions, self._cell
@@ -426,11 +466,12 @@ class RecurrentBase(Module):
         step's weights), should writes have been turned back on since a previous freeze."""
         forget_packs(self._params.values())
         self._kept_steps.clear()
+        self._step_plan = None
         return super().freeze()
 
     def to(self, device: str):
         clone = super().to(device)
-        clone._kept_steps = {}
+        clone._kept_steps, clone._step_plan = {}, None
         clone._select_cell()
         clone._store_weights_transposed()
         return clone

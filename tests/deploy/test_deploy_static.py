@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 import urllib.error
 import urllib.request
@@ -152,6 +153,8 @@ def test_cpu_image_steps_build_a_working_service(tmp_path):
     assert {"numpy", "fastapi", "uvicorn", "redis"} <= installed
     assert not installed & {"torch", "onnxruntime", "pytest", "playwright", "pip", "matplotlib", "numba", "llvmlite"}
     assert list((tmp_path / "app" / "model_core" / "native").glob("_rnn_kernels.so"))   # where the loader looks first
+    if (Path(sysconfig.get_paths()["include"]) / "Python.h").exists():                 # as in the official base image
+        assert list((tmp_path / "app" / "model_core" / "native").glob("_step_entry.*.so"))
 
     port = free_port()
     env["RNN_SERVE_PORT"] = str(port)
