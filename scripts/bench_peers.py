@@ -239,6 +239,10 @@ def naive_step(xp, cell: str, sd: dict):
 
 # -- timing ------------------------------------------------------------------------------------
 SETTLE_S = 0.3  # seconds idle before each timed turn: longer than OpenBLAS's ~0.1 s worker spin-wait
+# Untimed single steps after that idle, before a turn's timed ones: this VM's cores come back slowly
+# (a B=1 LSTM step ran 34, 24, 20 µs over its first three hundred calls after 0.3 s asleep, on one thread
+# or two), so a turn that started timing at once measured the wake-up, twice the steady step at 2 threads.
+STEP_WARM_S = 0.03
 
 
 def no_sync() -> None:
@@ -332,7 +336,8 @@ def step_us(jobs: dict, calls: int, rounds: int = 10) -> dict:
     ``name: (step, state0, sync)``.
 
     Each call is timed alone, as a streaming session waits for every step; the contestants take
-    turns in ``rounds`` slices of the calls (as ``blocks_ms``, so a burst of outside load is shared).
+    turns in ``rounds`` slices of the calls (as ``blocks_ms``, so a burst of outside load is shared),
+    each after ``settle`` and ``STEP_WARM_S`` of its own untimed calls: the steady step, not a wake-up.
     """
     names, states = list(jobs), {name: jobs[name][1] for name in jobs}
     for name in names:                                                  # warm-up
@@ -349,6 +354,10 @@ def step_us(jobs: dict, calls: int, rounds: int = 10) -> dict:
             step, _, sync = jobs[name]
             settle()
             state = states[name]
+            warm_until = time.perf_counter() + (STEP_WARM_S if SETTLE_S else 0.0)
+            while time.perf_counter() < warm_until:
+                state = step(state)
+                sync()
             for _ in range(n):
                 t0 = time.perf_counter_ns()
                 state = step(state)
