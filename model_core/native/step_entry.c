@@ -11,7 +11,7 @@
  * every rule about inputs and every message has one home (model_core/nn/recurrent_base.py).
  * Plain: x an ndarray (B, I) and the state ndarrays (L, B, H), all float32, C-contiguous, B >= 1,
  * L <= MAX_LAYERS; the layer's parameters still the arrays the plan was made from, still read-only
- * (as is the memory they view): a plan is only made for a frozen layer (RecurrentBase._step_plan).
+ * (as is the memory they view): a plan is only made for a frozen layer (RecurrentBase._refresh_step_plan).
  *
  * Only the Python C API (no NumPy headers): arrays are read through the buffer protocol and made by
  * numpy.empty, handed in by configure(). The GIL is released while the kernels run, as ctypes does.
@@ -35,7 +35,7 @@ typedef int32_t (*gru_step_fn)(int64_t, int64_t, int64_t, const float *, const f
 typedef int32_t (*rnn_step_fn)(int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *,
                                const float *, int64_t, const float *, float *, float *, float *);
 
-/* a plan (RecurrentBase._step_plan): (kind, layers, input_size, hidden_size, params, names, kept,
+/* a plan (RecurrentBase._refresh_step_plan): (kind, layers, input_size, hidden_size, params, names, kept,
  * readonly, weights); weights: per layer (w_ih, w_hh, packed, bias or None, b_hn or None), the
  * arrays the cell's step_weights made, which the plan keeps alive */
 #define PLAN_SIZE 9

@@ -89,7 +89,7 @@ class RecurrentBase(Module):
         self.dropout = float(dropout)
         self.num_directions = 2 if bidirectional else 1
         self._kept_steps: dict[int, tuple] = {}          # layer -> its parameters, cell.step_weights of them
-        self._step_plan: tuple | None = None              # (entry, plan): step() in one compiled call
+        self._step_plan: tuple | None = None              # (entry's step, plan, its weights): _refresh_step_plan
         self._select_cell()
         # torch's default: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), in torch's parameter order
         rng = np.random.default_rng(seed)
