@@ -310,9 +310,12 @@ class RecurrentBase(Module):
         they stay the same; dropped otherwise. The entry checks at every call that the parameters
         are still these read-only arrays, as ``_step_weights`` does, and leaves any other call here."""
         entry, cell = native.step_entry, self._cell
-        kept = [self._kept_steps.get(layer) for layer in range(self.num_layers)]
         if (entry is None or cell.step_entry is None or len(weights) != self.num_layers
-                or any([k is None or k[2] is not w for k, w in zip(kept, weights)])):
+                or len(self._kept_steps) < self.num_layers):            # a writable layer keeps nothing
+            self._step_plan = None
+            return
+        kept = [self._kept_steps.get(layer) for layer in range(self.num_layers)]
+        if any([k is None or k[2] is not w for k, w in zip(kept, weights)]):
             self._step_plan = None
             return
         if self._step_plan is not None and all(map(operator.is_, self._step_plan[2], weights)):
