@@ -271,3 +271,25 @@ def test_a_module_built_from_other_sources_is_rebuilt(monkeypatch, tmp_path):
     mod, how = native._load_step_entry()
     assert mod is not None and mod.SOURCE_HASH == "0123456789abcdef" and "compiled by" in how
     assert list(tmp_path.glob("step_entry-*"))
+
+
+@pytest.mark.parametrize("name", ["charlm", "temporal-order"])
+def test_the_services_models_step_through_the_compiled_entry(name):
+    """The bundled models as the service loads them (frozen): each keystroke's ``SequenceModel.step``
+    is one compiled call for the whole stack of layers, with the Python step's bits."""
+    from service.registry import ModelRegistry
+    from service.settings import Settings
+    registry = ModelRegistry(Settings().model_dir)
+    registry.load_all()
+    model = registry.get(name).model
+    c = model.config
+    inputs = np.arange(3) % c.input_size if c.uses_tokens else np.ones((3, c.input_size), np.float32)
+    logits, state = model.step(inputs, None)                       # no state yet: the Python step
+    before = native.step_entry.steps()
+    got_logits, got_state = model.step(inputs, state)
+    assert native.step_entry.steps() == before + 1
+    x_t = model.encode(np.asarray(inputs)[None])[0]
+    y_py, state_py = model.rnn._step_python(x_t, state)
+    np.testing.assert_array_equal(got_logits, model.head.forward(y_py))
+    for a, b in zip(got_state, state_py):
+        np.testing.assert_array_equal(a, b)
