@@ -231,12 +231,13 @@ def step_entry_hash() -> str | None:
         return None
 
 
-def _step_entry_flags() -> list[str] | None:
-    """The flags that build step_entry.c against this interpreter's headers; None without Python.h."""
+def _step_entry_flags(source_hash: str) -> list[str] | None:
+    """The flags that build step_entry.c (``step_entry_hash``: ``source_hash``) against this
+    interpreter's headers; None without Python.h."""
     include = sysconfig.get_paths()["include"]
     if not (Path(include) / "Python.h").exists():
         return None
-    flags = ["-O2", "-fPIC", "-shared", "-I", include, f'-DMC_SOURCE_HASH="{step_entry_hash()}"']
+    flags = ["-O2", "-fPIC", "-shared", "-I", include, f'-DMC_SOURCE_HASH="{source_hash}"']
     return flags + (["-undefined", "dynamic_lookup"] if sys.platform == "darwin" else [])
 
 
@@ -255,7 +256,7 @@ def _load_step_entry():
         mod = None
     want = step_entry_hash()
     if mod is None or (want is not None and mod.SOURCE_HASH != want):  # none, or built from other sources
-        flags = _step_entry_flags() if want is not None else None
+        flags = _step_entry_flags(want) if want is not None else None
         if flags is None:
             missing = "its source" if want is None else f"Python.h in {sysconfig.get_paths()['include']}"
             return None, f"none built at install, and no {missing} to compile it"

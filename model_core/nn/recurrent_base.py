@@ -314,8 +314,8 @@ class RecurrentBase(Module):
                 or len(self._kept_steps) < self.num_layers):            # a writable layer keeps nothing
             self._step_plan = None
             return
-        kept = [self._kept_steps.get(layer) for layer in range(self.num_layers)]
-        if any([k is None or k[2] is not w for k, w in zip(kept, weights)]):
+        kept = [self._kept_steps[layer] for layer in range(self.num_layers)]     # one per layer: all there
+        if any([k[2] is not w for k, w in zip(kept, weights)]):
             self._step_plan = None
             return
         if self._step_plan is not None and all(map(operator.is_, self._step_plan[2], weights)):
