@@ -171,6 +171,32 @@ def test_the_team_takes_calls_with_enough_work_a_step(cls, B, H, T, team):
     assert np.array_equal(got, want)
 
 
+@pytest.mark.parametrize("H", [136, 264])              # U = 17, 33: each with a last group alone
+@pytest.mark.parametrize("cls", CLASSES)
+def test_one_row_on_a_team_runs_every_item_of_every_step_once(cls, H):
+    """At B=1 the odd steps run each thread's share of items backwards (item_in_order), on one
+    thread and on a team; each item's sums are the same either way, so a sequence gives the same
+    bits on 1 and 2 kernel threads (OpenBLAS, which projects the input at B=1, stays on one), and
+    an item missed or run twice would not. One thread's run is checked against the reference."""
+    _skip_without_a_team()
+    T, I = 70, 16                                              # B*T past packing
+    layer = cls(I, H, seed=6).freeze()
+    x = np.random.default_rng(6).standard_normal((T, 1, I), dtype=np.float32)
+    want = layer.forward(x)
+    assert _compare_with_reference(cls, I=I, H=H, T=T, B=1, seed=6) < 2e-5
+    try:
+        native.set_threads(2)
+        split = native.lib.mc_team_forwards()
+        got = layer.forward(x)
+        split = native.lib.mc_team_forwards() - split
+    finally:
+        native.set_threads(1)
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[layer._kind]
+    assert split == int(G * H * H >= 65536)
+    for a, b in zip(_arrays(got), _arrays(want)):
+        assert np.array_equal(a, b)
+
+
 @pytest.mark.parametrize("cls", CLASSES)
 def test_two_threads_give_one_threads_bits_call_after_call(cls):
     """A team step ends when its items are done (a count, not a barrier: a thread may run ahead into
