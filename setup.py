@@ -5,11 +5,13 @@ the engine runs its Numba or NumPy cells (``model_core.native.REASON`` says why)
 for ``model_core.set_num_threads``) is tried first, then dropped if the toolchain lacks it.
 The kernels' library is plain C loaded with ctypes, so it does not depend on the Python version's
 C API; the second, small extension (``step_entry.c``: a frozen layer's ``step()`` in one call) is a
-CPython module, optional on top of it.
+CPython module built against NumPy's C API (NumPy is a build requirement in pyproject.toml, pinned as
+at run time), optional on top of it.
 """
 import hashlib
 from pathlib import Path
 
+import numpy
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
@@ -48,8 +50,10 @@ setup(
     ), Extension(
         "model_core.native._step_entry",
         sources=[str(STEP_ENTRY)],
+        include_dirs=[numpy.get_include()],
         extra_compile_args=["-O2"],                           # model_core/native/__init__.py's _step_entry_flags
-        define_macros=[("MC_SOURCE_HASH", f'"{hashlib.sha256(STEP_ENTRY.read_bytes()).hexdigest()[:16]}"')],
+        define_macros=[("MC_SOURCE_HASH", f'"{hashlib.sha256(STEP_ENTRY.read_bytes()).hexdigest()[:16]}"'),
+                       ("MC_NUMPY_VERSION", f'"{numpy.__version__}"')],
         optional=True,
     )],
     cmdclass={"build_ext": OptionalBuildExt},

@@ -17,8 +17,9 @@ and fails the build if the kernels are not available: the image has no compiler 
 
 Removed after the install (each is build- or test-time only; the image never installs or compiles
 C against these packages): pip and setuptools, ``tests``/``test`` packages and ONNX's backend test
-data, C/C++/Cython sources and headers, type stubs, NumPy's build tools, and the symbol tables of
-extension modules (binutils' ``strip``, in the build stage only). For the cpu image, bytecode is
+data, C/C++/Cython sources and headers (NumPy's once ``--app`` has compiled against them), type
+stubs, NumPy's build tools, and the symbol tables of extension modules (binutils' ``strip``, in the
+build stage only). For the cpu image, bytecode is
 written only for what starting the service imports (``--app``). CuPy and the NVIDIA wheels are left
 whole: CuPy compiles its kernels at run time with NVRTC and includes its own and CUDA's headers.
 """
@@ -38,6 +39,9 @@ KEEP_WHOLE = ("cupy", "cupyx", "cupy_backends", "nvidia", "cuda")        # NVRTC
 TEST_DIRS = {"tests", "test"}                # never imported by the package itself (numpy.testing stays)
 DEV_SUFFIXES = (".h", ".hpp", ".c", ".cc", ".cpp", ".pxd", ".pyx", ".pxi", ".pyi")
 BUILD_TOOLS = {"numpy/distutils", "numpy/f2py", "numpy/_pyinstaller"}    # build-time tools shipped inside numpy
+# step_entry.c is built against NumPy's C API: the cpu venv (the one --app builds against) keeps these
+# headers (0.5 MB) until --app has compiled it, then drops them
+NUMPY_HEADERS = "numpy/_core/include"
 
 
 def requirements(pyproject: Path, extras: list[str]) -> list[str]:
@@ -45,8 +49,9 @@ def requirements(pyproject: Path, extras: list[str]) -> list[str]:
     return project["dependencies"] + [r for e in extras for r in project["optional-dependencies"][e]]
 
 
-def prune(site: Path) -> int:
-    """Delete what the runtime never reads; returns the bytes freed."""
+def prune(site: Path, keep: tuple[str, ...] = ()) -> int:
+    """Delete what the runtime never reads, but for the folders in ``keep`` (relative to ``site``);
+    returns the bytes freed."""
     freed = 0
 
     def drop(path: Path) -> None:
@@ -64,7 +69,7 @@ def prune(site: Path) -> int:
         for path in sorted(top.rglob("*"), reverse=True):              # children before their parents
             if path.is_dir() and (path.name in TEST_DIRS or path.relative_to(site).as_posix() in BUILD_TOOLS):
                 drop(path)
-            elif path.is_file() and path.suffix in DEV_SUFFIXES:
+            elif path.is_file() and path.suffix in DEV_SUFFIXES and not path.relative_to(site).as_posix().startswith(keep):
                 drop(path)
     return freed
 
@@ -90,8 +95,9 @@ def strip_symbols(site: Path) -> int:
 def native_kernels(venv: Path, app: Path) -> str:
     """Compile the engine's C kernels with its own loader into a scratch cache, then put the library
     where the loader looks first; the step entry point too (``step_entry.c``, a CPython extension:
-    built where the base image has Python's headers, as the official one does; without them the
-    service steps through ctypes). Returns the loader's account (compiler, instruction sets)."""
+    built where the base image has Python's headers, as the official one does, against the NumPy
+    headers ``prune`` left for it, which go afterwards; without them the service steps through
+    ctypes). Returns the loader's account (compiler, instruction sets)."""
     target = app / "model_core" / "native" / "_rnn_kernels.so"
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "MODEL_CORE_NATIVE_CACHE": cache, "MODEL_CORE_NATIVE": "1"}
@@ -104,6 +110,8 @@ def native_kernels(venv: Path, app: Path) -> str:
             shutil.copyfile(path, target)
         if entry != "None" and Path(entry).parent.resolve() != target.parent.resolve():
             shutil.copyfile(entry, target.parent / f"_step_entry{suffix}")
+    headers = next((venv / "lib").glob("python3.*/site-packages")) / NUMPY_HEADERS
+    shutil.rmtree(headers, ignore_errors=True)                      # built: the runtime never reads them
     return f"{reason}; step entry: {entry_reason}"
 
 
@@ -154,7 +162,7 @@ def build_venv(venv: Path, extras: list[str]) -> None:
                    check=True, env=env)
     subprocess.run([*pip, "uninstall", "-q", "--yes", "pip", "setuptools"], check=True, env=env)
     site = next((venv / "lib").glob("python3.*/site-packages"))
-    pruned, stripped = prune(site), strip_symbols(site)
+    pruned, stripped = prune(site, () if extras else (NUMPY_HEADERS + "/",)), strip_symbols(site)
     print(f"image_venv: removed {pruned / 2**20:.1f} MiB of tests, sources and headers, "
           f"{stripped / 2**20:.1f} MiB of symbols")
 

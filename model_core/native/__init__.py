@@ -21,9 +21,9 @@ sequence is split across an OpenMP team, with a barrier per step.
 ``step_entry`` is a second, small library: a CPython extension (``step_entry.c``) through which a
 frozen layer's ``step()`` is one call, checks, new state and kernels in C (``RecurrentBase``). It
 comes from the same two places (built at install, else compiled into the cache where Python's
-headers are present) and is optional on top of the kernels: without it, or with
-``MODEL_CORE_NATIVE_STEP_ENTRY=0``, ``step()`` calls the kernels through ctypes as before;
-``STEP_ENTRY_REASON`` says which.
+and NumPy's headers are present: it reads and makes arrays with NumPy's C API) and is optional on
+top of the kernels: without it, or with ``MODEL_CORE_NATIVE_STEP_ENTRY=0``, ``step()`` calls the
+kernels through ctypes as before; ``STEP_ENTRY_REASON`` says which.
 """
 from __future__ import annotations
 
@@ -231,13 +231,23 @@ def step_entry_hash() -> str | None:
         return None
 
 
+def _step_entry_headers() -> tuple[str, str] | None:
+    """(Python's, NumPy's) include directories, where both have their headers; else None."""
+    python, numpy_include = sysconfig.get_paths()["include"], np.get_include()
+    if not (Path(python) / "Python.h").exists() or not (Path(numpy_include) / "numpy" / "arrayobject.h").exists():
+        return None
+    return python, numpy_include
+
+
 def _step_entry_flags(source_hash: str) -> list[str] | None:
     """The flags that build step_entry.c (``step_entry_hash``: ``source_hash``) against this
-    interpreter's headers; None without Python.h."""
-    include = sysconfig.get_paths()["include"]
-    if not (Path(include) / "Python.h").exists():
+    interpreter's and this NumPy's headers; None without them. NumPy's version is among the flags,
+    so the cached build is remade when NumPy changes."""
+    headers = _step_entry_headers()
+    if headers is None:
         return None
-    flags = ["-O2", "-fPIC", "-shared", "-I", include, f'-DMC_SOURCE_HASH="{source_hash}"']
+    flags = ["-O2", "-fPIC", "-shared", "-I", headers[0], "-I", headers[1], f'-DMC_SOURCE_HASH="{source_hash}"',
+             f'-DMC_NUMPY_VERSION="{np.__version__}"']
     return flags + (["-undefined", "dynamic_lookup"] if sys.platform == "darwin" else [])
 
 
@@ -258,7 +268,7 @@ def _load_step_entry():
     if mod is None or (want is not None and mod.SOURCE_HASH != want):  # none, or built from other sources
         flags = _step_entry_flags(want) if want is not None else None
         if flags is None:
-            missing = "its source" if want is None else f"Python.h in {sysconfig.get_paths()['include']}"
+            missing = "its source" if want is None else "Python's and NumPy's headers"
             return None, f"none built at install, and no {missing} to compile it"
         path, how = _compile_into_cache(STEP_ENTRY_SOURCES, "step_entry", (flags,),
                                         sysconfig.get_config_var("EXT_SUFFIX"))
@@ -273,7 +283,7 @@ def _load_step_entry():
         if mod.SOURCE_HASH != want:
             return None, f"{path} was not built from {STEP_ENTRY_SOURCES[0]}"
     addresses = [ctypes.cast(getattr(lib, f"mc_{k}_input_step_data"), ctypes.c_void_p).value for k in ("lstm", "gru", "rnn")]
-    mod.configure(np.ndarray, np.empty, np.float32, *addresses)
+    mod.configure(*addresses)
     return mod, how
 
 

@@ -13,14 +13,17 @@
  * L <= MAX_LAYERS; the layer's parameters still the arrays the plan was made from, still read-only
  * (as is the memory they view): a plan is only made for a frozen layer (RecurrentBase._refresh_step_plan).
  *
- * Only the Python C API (no NumPy headers): arrays are read through the buffer protocol and made by
- * numpy.empty, handed in by configure(). The GIL is released while the kernels run, as ctypes does.
+ * Arrays are read and made with NumPy's C API: its checks are field reads, where the buffer protocol
+ * (the first version) spent ~1 us of a step on a dozen buffer exports and numpy.empty calls. The
+ * GIL is released while the kernels run, as ctypes does.
  */
 #ifndef MC_SOURCE_HASH
 #define MC_SOURCE_HASH ""    /* the build passes this file's hash; the loader rebuilds on a mismatch */
 #endif
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -46,32 +49,27 @@ typedef struct { const float *w_ih, *w_hh, *bias, *b_hn; int64_t packed; } Layer
 static lstm_step_fn lstm_step;
 static gru_step_fn gru_step;
 static rnn_step_fn rnn_step;
-static PyObject *ndarray_type, *np_empty, *float32;
 static unsigned long long steps_run;          /* steps this entry ran (tests: the fast path was taken) */
 
 #define MAX_STATES 2
 
-/* an exact ndarray, float32, C-contiguous, of `ndim` dimensions; its buffer in `view` (release it) */
-static int plain_array(PyObject *a, Py_buffer *view, int ndim)
+/* an exact ndarray of `ndim` dimensions, float32 in the machine's byte order, C-contiguous */
+static PyArrayObject *plain_array(PyObject *a, int ndim)
 {
-    if ((PyObject *)Py_TYPE(a) != ndarray_type) return 0;
-    if (PyObject_GetBuffer(a, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
-        PyErr_Clear();
-        return 0;
-    }
-    if (view->ndim == ndim && view->itemsize == 4 && view->format && strcmp(view->format, "f") == 0) return 1;
-    PyBuffer_Release(view);
-    return 0;
+    if (!PyArray_CheckExact(a)) return NULL;
+    PyArrayObject *arr = (PyArrayObject *)a;
+    if (PyArray_NDIM(arr) != ndim || PyArray_TYPE(arr) != NPY_FLOAT32 || !PyArray_ISNOTSWAPPED(arr)
+        || !PyArray_IS_C_CONTIGUOUS(arr))
+        return NULL;
+    return arr;
 }
 
-/* an array's data pointer (None: NULL); 0 when it exports no contiguous buffer */
+/* an array's data (None: NULL); 0 where it is not an ndarray */
 static int data_of(PyObject *a, const float **out)
 {
     if (a == Py_None) { *out = NULL; return 1; }
-    Py_buffer view;
-    if (PyObject_GetBuffer(a, &view, PyBUF_SIMPLE) < 0) { PyErr_Clear(); return 0; }
-    *out = view.buf;                      /* the plan keeps the array alive, and nothing resizes it */
-    PyBuffer_Release(&view);
+    if (!PyArray_Check(a)) return 0;
+    *out = PyArray_DATA((PyArrayObject *)a);         /* the plan keeps the array alive; nothing resizes it */
     return 1;
 }
 
@@ -98,25 +96,17 @@ static int plan_current(PyObject *params, PyObject *names, PyObject *kept, PyObj
         if (now != PyTuple_GET_ITEM(kept, i)) return 0;
     }
     n = PyTuple_GET_SIZE(readonly);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_buffer view;
-        if (PyObject_GetBuffer(PyTuple_GET_ITEM(readonly, i), &view, PyBUF_STRIDES) < 0) { PyErr_Clear(); return 0; }
-        int ro = view.readonly;
-        PyBuffer_Release(&view);
-        if (!ro) return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {                 /* the parameters and the ndarrays they view */
+        PyObject *a = PyTuple_GET_ITEM(readonly, i);
+        if (!PyArray_Check(a) || PyArray_ISWRITEABLE((PyArrayObject *)a)) return 0;
     }
     return 1;
 }
 
-static PyObject *new_array(Py_ssize_t a, Py_ssize_t b, Py_ssize_t c, int ndim, Py_buffer *view)
+/* a new C-contiguous float32 array of `ndim` dimensions, the last of `dims` */
+static PyArrayObject *new_array(int ndim, const npy_intp *dims)
 {
-    PyObject *shape = ndim == 3 ? Py_BuildValue("(nnn)", a, b, c) : Py_BuildValue("(nn)", b, c);
-    if (!shape) return NULL;
-    PyObject *args[2] = {shape, float32};
-    PyObject *out = PyObject_Vectorcall(np_empty, args, 2, NULL);
-    Py_DECREF(shape);
-    if (out && PyObject_GetBuffer(out, view, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) Py_CLEAR(out);
-    return out;
+    return (PyArrayObject *)PyArray_SimpleNew(ndim, dims + 3 - ndim, NPY_FLOAT32);
 }
 
 /* step(plan, x, state, torch_form) -> (y, state), or None where the layer's Python step should run.
@@ -134,7 +124,7 @@ static PyObject *step(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     int64_t head[4];
     for (int k = 0; k < 4; k++) head[k] = PyLong_AsLongLong(PyTuple_GET_ITEM(plan, k));
     if (PyErr_Occurred()) { PyErr_Clear(); Py_RETURN_NONE; }
-    const int64_t kind = head[0], L = head[1], I = head[2], H = head[3];
+    const int64_t kind = head[0], L = head[1], In = head[2], H = head[3];   /* In: not I, complex.h's */
     const int n_state = kind == KIND_LSTM ? 2 : 1;
     PyObject *weights = PyTuple_GET_ITEM(plan, 8);
     if (L < 1 || L > MAX_LAYERS || !PyTuple_Check(weights) || PyTuple_GET_SIZE(weights) != L) Py_RETURN_NONE;
@@ -154,32 +144,34 @@ static PyObject *step(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         if (!seq || PySequence_Fast_GET_SIZE(state) != n_state) Py_RETURN_NONE;
         for (int k = 0; k < n_state; k++) given[k] = PySequence_Fast_GET_ITEM(state, k);
     }
-    Py_buffer xv, sv[MAX_STATES], ov[MAX_STATES], yv;
-    PyObject *out[MAX_STATES] = {0}, *y = NULL, *result = NULL;
-    int held = 0, made = 0;                                           /* state buffers held, outputs made */
-    if (!plain_array(x, &xv, 2)) Py_RETURN_NONE;
-    const Py_ssize_t B = xv.shape[0];
-    if (B < 1 || xv.shape[1] != I) goto decline;
-    for (; held < n_state; held++) {
-        if (!plain_array(given[held], &sv[held], 3)) goto decline;
-        if (sv[held].shape[0] != L || sv[held].shape[1] != B || sv[held].shape[2] != H) { held++; goto decline; }
+    PyArrayObject *xa = plain_array(x, 2), *sa[MAX_STATES], *out[MAX_STATES] = {0}, *y = NULL;
+    if (!xa) Py_RETURN_NONE;
+    const npy_intp B = PyArray_DIM(xa, 0);
+    if (B < 1 || PyArray_DIM(xa, 1) != In) Py_RETURN_NONE;
+    for (int k = 0; k < n_state; k++) {
+        sa[k] = plain_array(given[k], 3);
+        if (!sa[k] || PyArray_DIM(sa[k], 0) != L || PyArray_DIM(sa[k], 1) != B || PyArray_DIM(sa[k], 2) != H)
+            Py_RETURN_NONE;
     }
-    for (; made < n_state; made++)
-        if (!(out[made] = new_array(L, B, H, 3, &ov[made]))) goto fail;
-    if (!(y = new_array(0, B, H, 2, &yv))) goto fail;
+    PyObject *result = NULL;
+    const npy_intp dims[3] = {L, B, H};
+    for (int k = 0; k < n_state; k++)
+        if (!(out[k] = new_array(3, dims))) goto done;                /* MemoryError */
+    if (!(y = new_array(2, dims))) goto done;
 
     int32_t rc = 0;
     const int64_t plane = (int64_t)B * H;
     Py_BEGIN_ALLOW_THREADS
-    const float *in = xv.buf;
-    int64_t in_size = I;
+    const float *in = PyArray_DATA(xa);
+    int64_t in_size = In;
     for (int64_t l = 0; l < L && rc == 0; l++) {
         const LayerWeights *w = &layer[l];
-        const float *h = (const float *)sv[0].buf + l * plane;
-        float *h_out = (float *)ov[0].buf + l * plane;
+        const float *h = (const float *)PyArray_DATA(sa[0]) + l * plane;
+        float *h_out = (float *)PyArray_DATA(out[0]) + l * plane;
         if (kind == KIND_LSTM)
             rc = lstm_step(B, H, in_size, in, w->w_ih, w->bias, w->w_hh, w->packed, h,
-                           (const float *)sv[1].buf + l * plane, h_out, (float *)ov[1].buf + l * plane, 0, 0, 0, 0);
+                           (const float *)PyArray_DATA(sa[1]) + l * plane, h_out,
+                           (float *)PyArray_DATA(out[1]) + l * plane, 0, 0, 0, 0);
         else if (kind == KIND_GRU)
             rc = gru_step(B, H, in_size, in, w->w_ih, w->bias, w->b_hn, w->w_hh, w->packed, h, h_out, 0, 0, 0);
         else
@@ -188,64 +180,45 @@ static PyObject *step(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         in = h_out;
         in_size = H;
     }
-    if (rc == 0) memcpy(yv.buf, in, (size_t)plane * sizeof(float));   /* y: the top layer's h', its own array */
+    if (rc == 0) memcpy(PyArray_DATA(y), in, (size_t)plane * sizeof(float));   /* y: the top layer's h', its own array */
     Py_END_ALLOW_THREADS
-    if (rc != 0) goto decline;                                        /* no scratch memory: Python's step says so */
+    if (rc != 0) {                                                    /* no scratch memory: Python's step says so */
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
 
     steps_run++;
     PyObject *new_state;
-    if (n_state == 1 && torch_form) {
-        new_state = out[0];
-        Py_INCREF(new_state);
-    } else {
+    if (n_state == 1 && torch_form)
+        new_state = Py_NewRef(out[0]);
+    else
         new_state = n_state == 2 ? PyTuple_Pack(2, out[0], out[1]) : PyTuple_Pack(1, out[0]);
-    }
     if (new_state) {
         result = PyTuple_Pack(2, y, new_state);
         Py_DECREF(new_state);
     }
-    goto done;
-
-decline:
-    result = Py_None;
-    Py_INCREF(result);
-    goto done;
-fail:
-    result = NULL;                                                    /* numpy.empty raised (MemoryError) */
 done:
-    PyBuffer_Release(&xv);
-    for (int k = 0; k < held; k++) PyBuffer_Release(&sv[k]);
-    for (int k = 0; k < made; k++) {
-        PyBuffer_Release(&ov[k]);
-        Py_DECREF(out[k]);
-    }
-    if (y) {
-        PyBuffer_Release(&yv);
-        Py_DECREF(y);
-    }
+    for (int k = 0; k < n_state; k++) Py_XDECREF(out[k]);
+    Py_XDECREF(y);
     return result;
 }
 
-/* configure(ndarray, empty, float32, lstm, gru, rnn): NumPy's type, numpy.empty and float32, and the
- * addresses of rnn_kernels.c's mc_*_input_step_data */
+/* configure(lstm, gru, rnn): the addresses of rnn_kernels.c's mc_*_input_step_data */
 static PyObject *configure(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "configure(ndarray, empty, float32, lstm, gru, rnn)");
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "configure(lstm, gru, rnn)");
         return NULL;
     }
     void *fn[3];
     for (int k = 0; k < 3; k++) {
-        fn[k] = PyLong_AsVoidPtr(args[3 + k]);
+        fn[k] = PyLong_AsVoidPtr(args[k]);
         if (!fn[k]) {
             if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "configure: a kernel's address is 0");
             return NULL;
         }
     }
-    Py_XSETREF(ndarray_type, Py_NewRef(args[0]));
-    Py_XSETREF(np_empty, Py_NewRef(args[1]));
-    Py_XSETREF(float32, Py_NewRef(args[2]));
     lstm_step = (lstm_step_fn)fn[0];
     gru_step = (gru_step_fn)fn[1];
     rnn_step = (rnn_step_fn)fn[2];
@@ -260,7 +233,7 @@ static PyObject *steps(PyObject *self, PyObject *unused)
 
 static PyMethodDef methods[] = {
     {"step", (PyCFunction)(void (*)(void))step, METH_FASTCALL, "step(plan, x, state, torch_form) -> (y, state) or None"},
-    {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL, "configure(ndarray, empty, float32, lstm, gru, rnn)"},
+    {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL, "configure(lstm, gru, rnn)"},
     {"steps", steps, METH_NOARGS, "steps this entry ran"},
     {NULL, NULL, 0, NULL},
 };
@@ -270,6 +243,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_step_entry", "A fro
 
 PyMODINIT_FUNC PyInit__step_entry(void)
 {
+    import_array();                           /* NumPy's C API; an ImportError where it does not match */
     PyObject *m = PyModule_Create(&module);
     if (m && PyModule_AddStringConstant(m, "SOURCE_HASH", MC_SOURCE_HASH) < 0) Py_CLEAR(m);
     return m;

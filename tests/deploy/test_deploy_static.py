@@ -155,6 +155,7 @@ def test_cpu_image_steps_build_a_working_service(tmp_path):
     assert list((tmp_path / "app" / "model_core" / "native").glob("_rnn_kernels.so"))   # where the loader looks first
     if (Path(sysconfig.get_paths()["include"]) / "Python.h").exists():                 # as in the official base image
         assert list((tmp_path / "app" / "model_core" / "native").glob("_step_entry.*.so"))
+    assert not (site / "numpy" / "_core" / "include").exists()       # kept for step_entry.c's build, then dropped
 
     port = free_port()
     env["RNN_SERVE_PORT"] = str(port)

@@ -142,6 +142,10 @@ def _outcome(fn):
     return y, state
 
 
+class _Sub(np.ndarray):
+    """An ndarray subclass: its methods may differ, so the compiled step leaves it to Python."""
+
+
 @pytest.mark.parametrize("cls", [LSTM, GRU])
 def test_what_is_not_plain_goes_to_the_python_step_with_its_results_and_its_errors(cls):
     layer = cls(5, 8, num_layers=2, seed=1).freeze()
@@ -158,6 +162,9 @@ def test_what_is_not_plain_goes_to_the_python_step_with_its_results_and_its_erro
         "a strided input": (np.repeat(x, 2, axis=1)[:, ::2], state),
         "a Fortran-order state": (x, tuple(np.asfortranarray(p) for p in _parts(state)) if lstm else np.asfortranarray(h)),
         "a float64 state": (x, tuple(p.astype(np.float64) for p in _parts(state)) if lstm else h.astype(np.float64)),
+        "a big-endian input": (x.astype(">f4"), state),
+        "a big-endian state": (x, tuple(p.astype(">f4") for p in _parts(state)) if lstm else h.astype(">f4")),
+        "an ndarray subclass as input": (x.view(_Sub), state),
         "an empty batch": (x[:0], None),
         # what the Python step refuses, with its own message
         "too many features": (rng.standard_normal((3, 6), dtype=np.float32), state),
@@ -267,7 +274,7 @@ def test_a_module_built_from_other_sources_is_rebuilt(monkeypatch, tmp_path):
     monkeypatch.setenv("MODEL_CORE_NATIVE_CACHE", str(tmp_path))
     monkeypatch.setattr(native, "step_entry_hash", lambda: "0123456789abcdef")   # the installed one is "stale"
     if native._step_entry_flags("0123456789abcdef") is None:
-        pytest.skip("no Python.h to compile against")
+        pytest.skip("no Python or NumPy headers to compile against")
     mod, how = native._load_step_entry()
     assert mod is not None and mod.SOURCE_HASH == "0123456789abcdef" and "compiled by" in how
     assert list(tmp_path.glob("step_entry-*"))
