@@ -231,22 +231,21 @@ def step_entry_hash() -> str | None:
         return None
 
 
-def _step_entry_headers() -> tuple[str, str] | None:
-    """(Python's, NumPy's) include directories, where both have their headers; else None."""
-    python, numpy_include = sysconfig.get_paths()["include"], np.get_include()
-    if not (Path(python) / "Python.h").exists() or not (Path(numpy_include) / "numpy" / "arrayobject.h").exists():
-        return None
-    return python, numpy_include
+def _step_entry_headers() -> tuple[list[str], list[str]]:
+    """(Python's and NumPy's include directories, the headers missing from them)."""
+    dirs = [sysconfig.get_paths()["include"], np.get_include()]
+    wanted = [Path(dirs[0]) / "Python.h", Path(dirs[1]) / "numpy" / "arrayobject.h"]
+    return dirs, [str(h) for h in wanted if not h.exists()]
 
 
 def _step_entry_flags(source_hash: str) -> list[str] | None:
     """The flags that build step_entry.c (``step_entry_hash``: ``source_hash``) against this
     interpreter's and this NumPy's headers; None without them. NumPy's version is among the flags,
     so the cached build is remade when NumPy changes."""
-    headers = _step_entry_headers()
-    if headers is None:
+    dirs, missing = _step_entry_headers()
+    if missing:
         return None
-    flags = ["-O2", "-fPIC", "-shared", "-I", headers[0], "-I", headers[1], f'-DMC_SOURCE_HASH="{source_hash}"',
+    flags = ["-O2", "-fPIC", "-shared", "-I", dirs[0], "-I", dirs[1], f'-DMC_SOURCE_HASH="{source_hash}"',
              f'-DMC_NUMPY_VERSION="{np.__version__}"']
     return flags + (["-undefined", "dynamic_lookup"] if sys.platform == "darwin" else [])
 
@@ -268,7 +267,7 @@ def _load_step_entry():
     if mod is None or (want is not None and mod.SOURCE_HASH != want):  # none, or built from other sources
         flags = _step_entry_flags(want) if want is not None else None
         if flags is None:
-            missing = "its source" if want is None else "Python's and NumPy's headers"
+            missing = "its source" if want is None else " or ".join(_step_entry_headers()[1])
             return None, f"none built at install, and no {missing} to compile it"
         path, how = _compile_into_cache(STEP_ENTRY_SOURCES, "step_entry", (flags,),
                                         sysconfig.get_config_var("EXT_SUFFIX"))

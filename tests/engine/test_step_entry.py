@@ -280,6 +280,22 @@ def test_a_module_built_from_other_sources_is_rebuilt(monkeypatch, tmp_path):
     assert list(tmp_path.glob("step_entry-*"))
 
 
+@pytest.mark.parametrize("missing", ["Python.h", "numpy/arrayobject.h"])
+def test_without_headers_to_build_it_the_reason_names_the_missing_one(monkeypatch, tmp_path, missing):
+    """Where the installed module is stale and a header is missing (a base image without Python's
+    headers), the step runs through ctypes and STEP_ENTRY_REASON says which header is missing."""
+    monkeypatch.setenv("MODEL_CORE_NATIVE_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "step_entry_hash", lambda: "0123456789abcdef")   # the installed one is "stale"
+    if missing == "Python.h":
+        monkeypatch.setattr(native.sysconfig, "get_paths", lambda: {"include": str(tmp_path)})
+    else:
+        monkeypatch.setattr(native.np, "get_include", lambda: str(tmp_path))
+    mod, why = native._load_step_entry()
+    assert mod is None
+    assert why == f"none built at install, and no {tmp_path / missing} to compile it"
+    assert not list(tmp_path.glob("step_entry-*"))                  # nothing compiled
+
+
 @pytest.mark.parametrize("name", ["charlm", "temporal-order"])
 def test_the_services_models_step_through_the_compiled_entry(name):
     """The bundled models as the service loads them (frozen): each keystroke's ``SequenceModel.step``
