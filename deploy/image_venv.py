@@ -162,7 +162,8 @@ def build_venv(venv: Path, extras: list[str]) -> None:
                    check=True, env=env)
     subprocess.run([*pip, "uninstall", "-q", "--yes", "pip", "setuptools"], check=True, env=env)
     site = next((venv / "lib").glob("python3.*/site-packages"))
-    pruned, stripped = prune(site, () if extras else (NUMPY_HEADERS + "/",)), strip_symbols(site)
+    keep = () if extras else (NUMPY_HEADERS + "/",)                # no extras: the cpu venv, which --app builds against
+    pruned, stripped = prune(site, keep), strip_symbols(site)
     print(f"image_venv: removed {pruned / 2**20:.1f} MiB of tests, sources and headers, "
           f"{stripped / 2**20:.1f} MiB of symbols")
 
