@@ -50,6 +50,10 @@ static inline int last_row_pair(int64_t rows, int mr, int64_t wu, int64_t U, int
     return u + 1 < U;
 }
 
+/* The first item of thread o's share of a step's `items` among nth threads; its share ends where
+ * thread o + 1's starts (next_item, item_in_order) */
+static inline int64_t share_start(int64_t items, int o, int nth) { return items * o / nth; }
+
 /* Item j of a step, in the order it runs. At one row (B=1) a step streams every weight once, and at
  * H=256 they are 1.25 MiB (LSTM) against a core's 512 KiB of L2; odd steps run each thread's share
  * backwards, so they start on the panels the step before ended on, still in L2. The same items,
@@ -63,7 +67,7 @@ static inline int64_t item_in_order(int64_t nb, int64_t i, int nth, int64_t item
 {
     if (nb != 1 || !(i & 1)) return j;
     for (int o = 0; o < nth; o++) {
-        int64_t lo = items * o / nth, hi = items * (o + 1) / nth;          /* next_item's shares */
+        int64_t lo = share_start(items, o, nth), hi = share_start(items, o + 1, nth);
         if (j < hi) return lo + hi - 1 - j;
     }
     return j;
@@ -83,7 +87,7 @@ static inline int64_t next_item(int64_t *claims, int tid, int nth, int64_t items
     if (!claims) return j + 1;
     for (int k = 0; k < nth; k++) {
         int o = (tid + k) % nth;
-        int64_t lo = items * o / nth, hi = items * (o + 1) / nth, *c = claims + o * CLAIM_STRIDE;
+        int64_t lo = share_start(items, o, nth), hi = share_start(items, o + 1, nth), *c = claims + o * CLAIM_STRIDE;
         if (lo + __atomic_load_n(c, __ATOMIC_RELAXED) >= hi) continue;        /* spent: no write */
         int64_t n = __atomic_fetch_add(c, 1, __ATOMIC_RELAXED);
         if (lo + n < hi) return lo + n;
