@@ -44,6 +44,10 @@ BUILD_TOOLS = {"numpy/distutils", "numpy/f2py", "numpy/_pyinstaller"}    # build
 NUMPY_HEADERS = "numpy/_core/include"
 
 
+def site_packages(venv: Path) -> Path:
+    return next((venv / "lib").glob("python3.*/site-packages"))
+
+
 def requirements(pyproject: Path, extras: list[str]) -> list[str]:
     project = tomllib.loads(pyproject.read_text())["project"]
     return project["dependencies"] + [r for e in extras for r in project["optional-dependencies"][e]]
@@ -110,7 +114,7 @@ def native_kernels(venv: Path, app: Path) -> str:
             shutil.copyfile(path, target)
         if entry != "None" and Path(entry).parent.resolve() != target.parent.resolve():
             shutil.copyfile(entry, target.parent / f"_step_entry{suffix}")
-    headers = next((venv / "lib").glob("python3.*/site-packages")) / NUMPY_HEADERS
+    headers = site_packages(venv) / NUMPY_HEADERS
     shutil.rmtree(headers, ignore_errors=True)                      # built: the runtime never reads them
     return f"{reason}; step entry: {entry_reason}"
 
@@ -161,7 +165,7 @@ def build_venv(venv: Path, extras: list[str]) -> None:
     subprocess.run([*pip, "install", "-q", *([] if everything else ["--no-compile"]), "-r", str(req)],
                    check=True, env=env)
     subprocess.run([*pip, "uninstall", "-q", "--yes", "pip", "setuptools"], check=True, env=env)
-    site = next((venv / "lib").glob("python3.*/site-packages"))
+    site = site_packages(venv)
     keep = () if extras else (NUMPY_HEADERS + "/",)                # no extras: the cpu venv, which --app builds against
     pruned, stripped = prune(site, keep), strip_symbols(site)
     print(f"image_venv: removed {pruned / 2**20:.1f} MiB of tests, sources and headers, "
