@@ -16,9 +16,10 @@
  * panels (mc_pack_cols, per call), or for a few rows a step in a dot-product form over the rows
  * of W_hh^T as stored.
  *
- * Vectors are GCC vector extensions (8 floats); each kernel is compiled three times (AVX-512VL,
- * AVX2+FMA, baseline) and dispatched once at load by __builtin_cpu_supports. The baseline build
- * is portable C (SSE2 pairs on x86, NEON on ARM).
+ * Vectors are GCC vector extensions (8 floats); each kernel is compiled three times (AVX-512,
+ * AVX2+FMA, baseline) and dispatched once at load by __builtin_cpu_supports. The AVX-512 build's
+ * tiles hold two gates of a unit group per 16-lane register (tile_wide): the same layout, the same
+ * bits. The baseline build is portable C (SSE2 pairs on x86, NEON on ARM).
  *
  * The forward can also take the raw input (mc_lstm_forward_fused, mc_gru_forward_fused): each
  * tile starts from the bias and runs over the step's input rows against W_ih^T packed like W_hh^T
@@ -175,11 +176,16 @@ static float *bptt_weights(int64_t T, int64_t B, int64_t H, int64_t N, const flo
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx2,fma")
 #define ISA(name) name##_avx512
-#define MR_LSTM 6                              /* 32 vector registers: 6x4 accumulators */
-#define MR_GRU 7
+#define WIDE 1                                 /* 512-bit tiles (tile_wide) */
+/* 32 registers: 12 rows x 2 16-lane accumulators (GRU: one 16- and one 8-lane). LSTM forward at
+ * 1 thread against 6 rows (the 8-lane tile's 6x4): B=32 0.86x the time, H=512 0.83x; 8 rows
+ * in between (1.02x and 1.07x of 12's; Xeon with AVX-512, bench_core, 2026-12-03) */
+#define MR_LSTM 12
+#define MR_GRU 12
 #define MR_NT 3
 #include "rnn_kernels_body.h"
 #undef ISA
+#undef WIDE
 #undef MR_LSTM
 #undef MR_GRU
 #undef MR_NT

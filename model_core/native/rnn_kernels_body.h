@@ -7,8 +7,10 @@
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v8u __attribute__((vector_size(32), aligned(4), may_alias));   /* unaligned loads */
 typedef int32_t v8i __attribute__((vector_size(32)));
+typedef float v16 __attribute__((vector_size(64)));                             /* WIDE builds only */
+typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
 #define INL static inline __attribute__((always_inline))
-#define MRMAX 8
+#define MRMAX 12
 /* rows of h per chunk: each weight panel is read once per chunk, and a chunk's rows of h (at
  * H=256, 8 blocks of MR rows ~ 24-56 KiB) stay near L1 while every panel passes by */
 #define ROW_CHUNK(mr) (8 * (mr))
@@ -277,9 +279,53 @@ INL void ISA(tile_row_pair)(const int G, int64_t K, const float *h, const float 
         for (int g = 0; g < G; g++) acc[p][g] = a[p][g];
 }
 
+#ifdef WIDE
+/* The tile in 512-bit registers (AVX-512 builds): a packed row k holds a unit group's G gates of 8
+ * side by side (wg == VW), so one 16-lane vector covers two gates (i|f, g|o; the GRU's r|z, with n
+ * in a 256-bit one) and a row of the tile takes 2 FMAs a k where 8-lane vectors took 4 (3). Each
+ * lane still sums over k in order from the same start: bit-identical to the 8-lane tile. */
+INL v16 ISA(join)(v8 lo, v8 hi) { return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
+INL v8 ISA(low)(v16 a) { return __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7); }
+INL v8 ISA(high)(v16 a) { return __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15); }
+
+INL void ISA(tile_wide)(const int G, const int mr, int64_t K, const float *h, int64_t hs, const float *w, int64_t wk,
+                        v8 acc[MRMAX][4])
+{
+    v16 a[MRMAX][2];
+    v8 n[MRMAX];
+    for (int m = 0; m < mr; m++) {
+        a[m][0] = ISA(join)(acc[m][0], acc[m][1]);
+        if (G == 4) a[m][1] = ISA(join)(acc[m][2], acc[m][3]);
+        else n[m] = acc[m][2];
+    }
+    for (int64_t k = 0; k < K; k++) {
+        const float *wr = w + k * wk;
+        v16 w0 = *(const v16u *)wr, w1 = {0};
+        v8 w2 = {0};
+        if (G == 4) w1 = *(const v16u *)(wr + 2 * VW);
+        else w2 = ISA(ld)(wr + 2 * VW);
+        for (int m = 0; m < mr; m++) {
+            float x = h[m * hs + k];
+            a[m][0] += w0 * x;
+            if (G == 4) a[m][1] += w1 * x;
+            else n[m] += w2 * x;
+        }
+    }
+    for (int m = 0; m < mr; m++) {
+        acc[m][0] = ISA(low)(a[m][0]);
+        acc[m][1] = ISA(high)(a[m][0]);
+        if (G == 4) { acc[m][2] = ISA(low)(a[m][1]); acc[m][3] = ISA(high)(a[m][1]); }
+        else acc[m][2] = n[m];
+    }
+}
+#endif
+
 INL void ISA(tile)(const int G, const int mr, const int full, int64_t nu, int64_t K, const float *h, int64_t hs,
                    const float *w, int64_t wk, int64_t wg, v8 acc[MRMAX][4])
 {
+#ifdef WIDE
+    if ((G == 4 || G == 3) && full && wg == VW) { ISA(tile_wide)(G, mr, K, h, hs, w, wk, acc); return; }
+#endif
     if (G == 4 && mr == 3 && full) { ISA(tile_3x4)(K, h, hs, w, wk, wg, acc); return; }
     if (G == 3 && mr == 4 && full) { ISA(tile_4x3)(K, h, hs, w, wk, wg, acc); return; }
     for (int64_t k = 0; k < K; k++) {
@@ -308,7 +354,8 @@ INL void ISA(product_rows)(const int G, const int mr, const int full, int64_t nu
 #define ROWS_SWITCH(MRC, rem, CALL) \
     switch (rem) { case 1: CALL(1); break; case 2: CALL(2); break; case 3: CALL(3); break; \
                    case 4: CALL(4); break; case 5: CALL(5); break; case 6: CALL(6); break; \
-                   case 7: CALL(7); break; default: CALL(MRC); }
+                   case 7: CALL(7); break; case 8: CALL(8); break; case 9: CALL(9); break; \
+                   case 10: CALL(10); break; case 11: CALL(11); break; default: CALL(MRC); }
 
 INL void ISA(product_g)(const int G, int64_t B, int64_t H, const float *h, const float *w, int64_t wk,
                            int64_t wg, int64_t wu, float *out)

@@ -332,6 +332,59 @@ def test_portable_build_matches_the_reference():
     assert proc.returncode == 0, proc.stderr
 
 
+WIDE_SHAPES = ((5, 40, 6, 1), (7, 72, 5, 13), (6, 136, 4, 25), (9, 64, 3, 32), (4, 13, 5, 12))
+
+
+def _outputs(cls, I, H, T, B, seed=0) -> dict:
+    """Every array the kernels make for one layer: the training forward and BPTT (y, final state,
+    dx, gradients), a frozen layer's forward (the fused tile) and a frozen step from that state."""
+    layer = cls(I, H, seed=seed)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    y, s, cache = layer.forward_train(x)
+    dx, _, grads = layer.backward(cache, rng.standard_normal(y.shape).astype(np.float32))
+    states = s if isinstance(s, tuple) else (s,)
+    frozen = cls(I, H, seed=seed).freeze()
+    out = {"y": y, "dx": dx, "served": frozen.forward(x)[0], "step": frozen.step_states(x[-1], states)[0]}
+    out.update({f"s{i}": a for i, a in enumerate(states)})
+    out.update({f"grad_{k}": v for k, v in grads.items()})
+    return out
+
+
+@pytest.mark.skipif(not native.REASON.endswith("avx512vl"), reason=f"no AVX-512 build here ({native.REASON})")
+def test_the_512_bit_tiles_give_the_256_bit_build_s_bits(tmp_path):
+    """The AVX-512 build's tiles hold two gates per 16-lane register (tile_wide), where the AVX2 build
+    holds one per 8 lanes; each lane sums the same products in the same order, so every forward
+    array is bit-identical (training, served, a step): batches whose last row is left alone (13,
+    25), partial unit groups (H=13), B=1."""
+    code = ("import numpy as np, sys; from model_core import native; "
+            "assert native.REASON.endswith('avx2+fma'), native.REASON; "
+            "from tests.engine.test_native_kernels import _outputs, CLASSES, WIDE_SHAPES; "
+            "np.savez(sys.argv[1], **{f'{k.__name__}-{n}-{name}': a for k in CLASSES for n, sh in enumerate(WIDE_SHAPES) "
+            "for name, a in _outputs(k, *sh).items()})")
+    path = tmp_path / "avx2.npz"
+    env = {**os.environ, "MODEL_CORE_NATIVE_ISA": "avx2"}
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    want = np.load(path)
+    checked = 0
+    for cls in CLASSES:
+        for n, shape in enumerate(WIDE_SHAPES):
+            for name, got in _outputs(cls, *shape).items():
+                ref = want[f"{cls.__name__}-{n}-{name}"]
+                assert got.shape == ref.shape, (cls.__name__, shape, name)
+                if name in ("dx",) or name.startswith("grad_"):
+                    # BPTT's elementwise loops are vectorised by GCC per build (16 lanes and masked
+                    # tails here): the last bit may differ, as it did before tile_wide
+                    scale = max(1.0, float(np.abs(ref).max()))
+                    assert np.abs(got - ref).max() <= 2e-6 * scale, (cls.__name__, shape, name)
+                else:
+                    assert np.array_equal(got, ref), (cls.__name__, shape, name)
+                checked += 1
+    assert checked == len(want.files)
+
+
 def test_set_num_threads_reaches_openblas_and_the_kernels():
     threadpoolctl = pytest.importorskip("threadpoolctl")
     try:
