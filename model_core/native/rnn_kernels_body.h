@@ -182,10 +182,24 @@ INL v8 ISA(ratio)(v8 p, v8 q)
 
 /* tanh(x) ~ x p(x^2) / q(x^2) on [-7.905, 7.905]: Eigen's and MLAS's rational form, the same
  * coefficients as model_core/jit/activations.py (error < 3e-7, 4e-7 with the reciprocal above);
- * NaN passes both clamps (max/min return their second operand when either is NaN) and stays NaN */
+ * NaN passes both clamps (max/min return their second operand when either is NaN) and stays NaN.
+ * TANH_CLAMP and TANH_PQ are the 8- and 16-lane forms' one home (scalars broadcast in both). */
+#define TANH_CLAMP 7.90531110763549805f
+#define TANH_PQ(x2, p, q) do { \
+        p = (x2) * -2.76076847742355e-16f + 2.00018790482477e-13f; \
+        p = p * (x2) - 8.60467152213735e-11f; \
+        p = p * (x2) + 5.12229709037114e-08f; \
+        p = p * (x2) + 1.48572235717979e-05f; \
+        p = p * (x2) + 6.37261928875436e-04f; \
+        p = p * (x2) + 4.89352455891786e-03f; \
+        q = (x2) * 1.19825839466702e-06f + 1.18534705686654e-04f; \
+        q = q * (x2) + 2.26843463243900e-03f; \
+        q = q * (x2) + 4.89352518554385e-03f; \
+    } while (0)
+
 INL v8 ISA(vtanh)(v8 x)
 {
-    const v8 hi = ISA(splat)(7.90531110763549805f), lo = -hi;
+    const v8 hi = ISA(splat)(TANH_CLAMP), lo = -hi;
 #ifdef __AVX__
     x = __builtin_ia32_minps256(hi, __builtin_ia32_maxps256(lo, x));
 #else
@@ -193,22 +207,36 @@ INL v8 ISA(vtanh)(v8 x)
     x = (v8)((above & (v8i)hi) | (~above & (v8i)x));
     x = (v8)((below & (v8i)lo) | (~below & (v8i)x));
 #endif
-    v8 x2 = x * x;
-    v8 p = ISA(splat)(-2.76076847742355e-16f);
-    p = p * x2 + 2.00018790482477e-13f;
-    p = p * x2 - 8.60467152213735e-11f;
-    p = p * x2 + 5.12229709037114e-08f;
-    p = p * x2 + 1.48572235717979e-05f;
-    p = p * x2 + 6.37261928875436e-04f;
-    p = p * x2 + 4.89352455891786e-03f;
-    v8 q = ISA(splat)(1.19825839466702e-06f);
-    q = q * x2 + 1.18534705686654e-04f;
-    q = q * x2 + 2.26843463243900e-03f;
-    q = q * x2 + 4.89352518554385e-03f;
+    v8 x2 = x * x, p, q;
+    TANH_PQ(x2, p, q);
     return ISA(ratio)(x * p, q);
 }
 
 INL v8 ISA(vsigmoid)(v8 x) { return 0.5f * ISA(vtanh)(0.5f * x) + 0.5f; }   /* σ(x) = tanh(x/2)/2 + 1/2 */
+
+#ifdef WIDE
+/* 16 lanes: two gates of a unit group in one register (tile_wide's), for the gates too */
+INL v16 ISA(join)(v8 lo, v8 hi) { return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
+INL v8 ISA(low)(v16 a) { return __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7); }
+INL v8 ISA(high)(v16 a) { return __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15); }
+
+/* vtanh on 16 lanes, bit for bit: the same clamps (max/min, so a NaN stays NaN), the
+ * same polynomials, and the 8-lane reciprocal estimate on each half (AVX-512's own, rcp14, is a
+ * different estimate and would move the last bit against the 8-lane build) */
+INL v16 ISA(vtanh16)(v16 x)
+{
+    const v16 hi = {TANH_CLAMP, TANH_CLAMP, TANH_CLAMP, TANH_CLAMP, TANH_CLAMP, TANH_CLAMP, TANH_CLAMP, TANH_CLAMP,
+                    TANH_CLAMP, TANH_CLAMP, TANH_CLAMP, TANH_CLAMP, TANH_CLAMP, TANH_CLAMP, TANH_CLAMP, TANH_CLAMP};
+    x = __builtin_ia32_minps512_mask(hi, __builtin_ia32_maxps512_mask(-hi, x, x, -1, 4), x, -1, 4);
+    v16 x2 = x * x, p, q;
+    TANH_PQ(x2, p, q);
+    v16 r = ISA(join)(__builtin_ia32_rcpps256(ISA(low)(q)), __builtin_ia32_rcpps256(ISA(high)(q)));
+    r = r * (2.0f - q * r);
+    return x * p * r;
+}
+
+INL v16 ISA(vsigmoid16)(v16 x) { return 0.5f * ISA(vtanh16)(0.5f * x) + 0.5f; }
+#endif
 
 /* acc[m][g] = sum_k h[m, k] * W[k, g-th gate of this unit group]: mr rows of h (row stride hs),
  * G vectors wide; the tile the forward kernels build on. `full` is 0 only for an unpacked tail
@@ -284,9 +312,6 @@ INL void ISA(tile_row_pair)(const int G, int64_t K, const float *h, const float 
  * side by side (wg == VW), so one 16-lane vector covers two gates (i|f, g|o; the GRU's r|z, with n
  * in a 256-bit one) and a row of the tile takes 2 FMAs a k where 8-lane vectors took 4 (3). Each
  * lane still sums over k in order from the same start: bit-identical to the 8-lane tile. */
-INL v16 ISA(join)(v8 lo, v8 hi) { return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
-INL v8 ISA(low)(v16 a) { return __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7); }
-INL v8 ISA(high)(v16 a) { return __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15); }
 
 INL void ISA(tile_wide)(const int G, const int mr, int64_t K, const float *h, int64_t hs, const float *w, int64_t wk,
                         v8 acc[MRMAX][4])
@@ -463,7 +488,14 @@ INL void ISA(prefetch_next)(const int G, const float *x, int64_t xt, int64_t xb,
 INL void ISA(lstm_gates)(v8 a0, v8 a1, v8 a2, v8 a3, int64_t nu, int64_t H, int64_t u, const float *cp, float *cn,
                          float *y, float *gates, float *tanhc)
 {
+#ifdef WIDE
+    /* i|f through σ, g|o through tanh of (g, o/2), then o's half as σ: 2 16-lane tanh for 4 8-lane */
+    const v16 half = {1, 1, 1, 1, 1, 1, 1, 1, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f};
+    v16 fi = ISA(vsigmoid16)(ISA(join)(a0, a1)), t = ISA(vtanh16)(ISA(join)(a2, a3) * half);
+    v8 i = ISA(low)(fi), f = ISA(high)(fi), g = ISA(low)(t), o = 0.5f * ISA(high)(t) + 0.5f;
+#else
     v8 i = ISA(vsigmoid)(a0), f = ISA(vsigmoid)(a1), g = ISA(vtanh)(a2), o = ISA(vsigmoid)(a3);
+#endif
     v8 c = f * ISA(ldn)(cp + u * VW, nu) + i * g;                                 /* c' = f*c + i*g */
     v8 tc = ISA(vtanh)(c);
     ISA(stn)(cn + u * VW, c, nu);
@@ -675,7 +707,12 @@ static void ISA(lstm_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, 
 INL void ISA(gru_gates)(v8 a0, v8 a1, v8 a2, v8 bn, v8 xn, int64_t nu, int64_t H, int64_t u, const float *hp,
                         float *y, float *gates, float *hn)
 {
+#ifdef WIDE
+    v16 rz = ISA(vsigmoid16)(ISA(join)(a0, a1));                                  /* r|z in one register */
+    v8 r = ISA(low)(rz), z = ISA(high)(rz);
+#else
     v8 r = ISA(vsigmoid)(a0), z = ISA(vsigmoid)(a1);
+#endif
     v8 hv = a2 + bn;                                                              /* h W_hn + b_hn */
     v8 n = ISA(vtanh)(xn + r * hv);
     v8 h = ISA(ldn)(hp + u * VW, nu);
