@@ -314,7 +314,7 @@ INL void ISA(tile_row_pair)(const int G, int64_t K, const float *h, const float 
  * lane still sums over k in order from the same start: bit-identical to the 8-lane tile. */
 
 INL void ISA(tile_wide)(const int G, const int mr, int64_t K, const float *h, int64_t hs, const float *w, int64_t wk,
-                        v8 acc[MRMAX][4])
+                        v8 acc[MRMAX][4], const float *pf)
 {
     v16 a[MRMAX][2];
     v8 n[MRMAX];
@@ -325,6 +325,7 @@ INL void ISA(tile_wide)(const int G, const int mr, int64_t K, const float *h, in
     }
     for (int64_t k = 0; k < K; k++) {
         const float *wr = w + k * wk;
+        if (pf) { __builtin_prefetch(pf + k * wk, 0, 2); __builtin_prefetch(pf + k * wk + 2 * VW, 0, 2); }
         v16 w0 = *(const v16u *)wr, w1 = {0};
         v8 w2 = {0};
         if (G == 4) w1 = *(const v16u *)(wr + 2 * VW);
@@ -349,7 +350,7 @@ INL void ISA(tile)(const int G, const int mr, const int full, int64_t nu, int64_
                    const float *w, int64_t wk, int64_t wg, v8 acc[MRMAX][4])
 {
 #ifdef WIDE
-    if ((G == 4 || G == 3) && full && wg == VW) { ISA(tile_wide)(G, mr, K, h, hs, w, wk, acc); return; }
+    if ((G == 4 || G == 3) && full && wg == VW) { ISA(tile_wide)(G, mr, K, h, hs, w, wk, acc, 0); return; }
 #endif
     if (G == 4 && mr == 3 && full) { ISA(tile_3x4)(K, h, hs, w, wk, wg, acc); return; }
     if (G == 3 && mr == 4 && full) { ISA(tile_4x3)(K, h, hs, w, wk, wg, acc); return; }
@@ -362,6 +363,23 @@ INL void ISA(tile)(const int G, const int mr, const int full, int64_t nu, int64_
             for (int g = 0; g < G; g++) acc[m][g] += wv[g] * hv;
         }
     }
+}
+
+/* ISA(tile) that also fetches pf, the panel the thread's next item reads (same strides), into L2
+ * as it goes, two lines a k row (NULL: none). AVX-512 build only: with the weights past L2 (LSTM
+ * H=512: 5 MiB a step), the first row block of each item otherwise waits on L3 (forward B=32-64,
+ * H=512: 0.95-0.97x the time at 1 and 2 threads; H=256, B=4-256 level; in-process A/B, median of
+ * 15, Xeon, 2026-12-03). The LSTM's only: the GRU's forward ran 1.05x the time with it at H=256
+ * and level at H=512 (bench_core, alternate builds). The AVX2 build streams without it (measured
+ * on Zen 3: see "No software prefetch" below). */
+INL void ISA(tile_next)(const int G, const int mr, const int full, int64_t nu, int64_t K, const float *h, int64_t hs,
+                        const float *w, int64_t wk, int64_t wg, v8 acc[MRMAX][4], const float *pf)
+{
+#ifdef WIDE
+    if ((G == 4 || G == 3) && full && wg == VW) { ISA(tile_wide)(G, mr, K, h, hs, w, wk, acc, pf); return; }
+#endif
+    (void)pf;
+    ISA(tile)(G, mr, full, nu, K, h, hs, w, wk, wg, acc);
 }
 
 /* -- the recurrent product alone (the probe): out (B, G*H) = h (B, H) @ W ---------------------- */
@@ -521,22 +539,23 @@ INL int ISA(held)(const int64_t *lens, int64_t i, int64_t nu, int64_t u, const f
 /* mr rows of one step for unit group u: the product tile, then the gates from its registers.
  * With xi (mr rows of the raw input, xib apart, I wide) and wi (this group's panel of W_ih^T, packed
  * like W_hh: (I, 4, 8)), the input projection is made in the same registers first, from the bias:
- * no (T, B, 4H) projection is ever written or read back. Else x holds the projection. */
+ * no (T, B, 4H) projection is ever written or read back. Else x holds the projection. pfi and pfh:
+ * the panels of W_ih and W_hh that the next item reads, or NULL (tile_next). */
 INL void ISA(lstm_rows)(const int mr, const int full, int64_t nu, int64_t H, int64_t u, const float *x, int64_t xb,
                         const float *xi, int64_t xib, int64_t I, const float *wi,
                         const v8 bv[4], const int64_t *lens, int64_t i, const float *w, int64_t wk, int64_t wg,
                         const float *hp, int64_t hs, const float *cp, float *cn, float *y, int64_t yb, float *gates,
-                        float *tanhc)
+                        float *tanhc, const float *pfi, const float *pfh)
 {
     v8 acc[MRMAX][4];
     if (xi) {
         for (int m = 0; m < mr; m++)
             for (int g = 0; g < 4; g++) acc[m][g] = bv[g];
-        ISA(tile)(4, mr, full, nu, I, xi, xib, wi, 4 * VW, VW, acc);
+        ISA(tile_next)(4, mr, full, nu, I, xi, xib, wi, 4 * VW, VW, acc, pfi);
     } else
         for (int m = 0; m < mr; m++)      /* the tile starts from x W_ih^T + b: no loads after the K loop */
             for (int g = 0; g < 4; g++) acc[m][g] = ISA(ldn)(x + m * xb + g * H + u * VW, nu) + bv[g];
-    ISA(tile)(4, mr, full, nu, H, hp, hs, w, wk, wg, acc);
+    ISA(tile_next)(4, mr, full, nu, H, hp, hs, w, wk, wg, acc, pfh);
     for (int m = 0; m < mr; m++)
         if (!ISA(held)(lens ? lens + m : 0, i, nu, u, hp + m * hs, y + m * yb, cp + m * H, cn + m * H))
             ISA(lstm_gates)(acc[m][0], acc[m][1], acc[m][2], acc[m][3], nu, H, u, cp + m * H, cn + m * H, y + m * yb,
@@ -657,7 +676,8 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t *claims, int64_t T,
 #define ARGS(M, F) M, F, nu, H, u, xt_ + b * xb, xb, xi ? xi + t * xit + b * xib : 0, xib, I, \
                    xi ? wi + u * I * 4 * VW : 0, bv, lens ? lens + b : 0, i, w + u * wu, wk, wg, hp + b * hs, \
                    hs, cp + b * H, cn + b * H, \
-                   yt_ + b * yb, yb, gt ? gt + b * 4 * H : 0, tct ? tct + b * H : 0
+                   yt_ + b * yb, yb, gt ? gt + b * 4 * H : 0, tct ? tct + b * H : 0, \
+                   b == bc && xi && u + 1 < U ? wi + (u + 1) * I * 4 * VW : 0, b == bc && u + 1 < U ? w + (u + 1) * wu : 0
 #define CALL(M) if (full) ISA(lstm_rows)(ARGS(M, 1)); else ISA(lstm_rows)(ARGS(M, 0))
                 ROWS_SWITCH(MR_LSTM, rem, CALL)
 #undef CALL
