@@ -654,7 +654,8 @@ int32_t mc_rnn_input_step(int64_t B, int64_t H, int64_t I, int64_t relu, intptr_
                                   arr(act), arr(prev_h));
 }
 
-/* flops done by one call of mc_fma_peak(iters): iters * 2 * 8 * 12 */
+/* the FMA loop behind the probe's peak: returns the flops it did (iters * 2 * 12 * the lanes of the
+ * widest vectors this build's tiles use) */
 double mc_fma_peak(int64_t iters)
 {
     ENSURE();

@@ -323,6 +323,10 @@ INL void ISA(tile_wide)(const int G, const int mr, int64_t K, const float *h, in
         if (G == 4) a[m][1] = ISA(join)(acc[m][2], acc[m][3]);
         else n[m] = acc[m][2];
     }
+    /* rows m = 3q + s read as r[q][s * hs], r[q] one pointer per three rows, moving along k: 4
+     * pointers and hs in registers (one per row spilled, and was reloaded every k at 12 rows) */
+    const float *r[(MRMAX + 2) / 3];
+    for (int q = 0; q < (mr + 2) / 3; q++) r[q] = h + 3 * q * hs;
     for (int64_t k = 0; k < K; k++) {
         const float *wr = w + k * wk;
         if (pf) { __builtin_prefetch(pf + k * wk, 0, 2); __builtin_prefetch(pf + k * wk + 2 * VW, 0, 2); }
@@ -331,11 +335,12 @@ INL void ISA(tile_wide)(const int G, const int mr, int64_t K, const float *h, in
         if (G == 4) w1 = *(const v16u *)(wr + 2 * VW);
         else w2 = ISA(ld)(wr + 2 * VW);
         for (int m = 0; m < mr; m++) {
-            float x = h[m * hs + k];
+            float x = r[m / 3][m % 3 * hs];
             a[m][0] += w0 * x;
             if (G == 4) a[m][1] += w1 * x;
             else n[m] += w2 * x;
         }
+        for (int q = 0; q < (mr + 2) / 3; q++) r[q]++;
     }
     for (int m = 0; m < mr; m++) {
         acc[m][0] = ISA(low)(a[m][0]);
@@ -1310,22 +1315,37 @@ static void ISA(rnn_backward)(int64_t T, int64_t B, int64_t H, int32_t reverse, 
 }
 
 /* -- the machine's limit: 12 independent FMA chains (named, so they live in registers), enough
- * to keep both FMA pipes busy through their latency ------------------------------------------------ */
+ * to keep both FMA pipes busy through their latency, in the widest vectors the tiles use (16 lanes
+ * in the AVX-512 build). Returns the flops done; the sum lands in fma_sink. ------------------------ */
+#ifdef WIDE
+typedef v16 ISA(vpeak);
+#define PEAK_REG "+v"
+#else
+typedef v8 ISA(vpeak);
+#define PEAK_REG "+x"
+#endif
+static volatile float ISA(fma_sink);
+
 static double ISA(fma_peak)(int64_t iters)
 {
-    v8 a0 = ISA(splat)(1.00f), a1 = ISA(splat)(1.01f), a2 = ISA(splat)(1.02f), a3 = ISA(splat)(1.03f);
-    v8 a4 = ISA(splat)(1.04f), a5 = ISA(splat)(1.05f), a6 = ISA(splat)(1.06f), a7 = ISA(splat)(1.07f);
-    v8 a8 = ISA(splat)(1.08f), a9 = ISA(splat)(1.09f), a10 = ISA(splat)(1.10f), a11 = ISA(splat)(1.11f);
-    const v8 m = ISA(splat)(0.9999999f), c = ISA(splat)(1e-7f);
+    const ISA(vpeak) one = {0}, m = one + 0.9999999f, c = one + 1e-7f;
+    ISA(vpeak) a0 = one + 1.00f, a1 = one + 1.01f, a2 = one + 1.02f, a3 = one + 1.03f, a4 = one + 1.04f;
+    ISA(vpeak) a5 = one + 1.05f, a6 = one + 1.06f, a7 = one + 1.07f, a8 = one + 1.08f, a9 = one + 1.09f;
+    ISA(vpeak) a10 = one + 1.10f, a11 = one + 1.11f;
     for (int64_t it = 0; it < iters; it++) {
         a0 = a0 * m + c; a1 = a1 * m + c; a2 = a2 * m + c; a3 = a3 * m + c; a4 = a4 * m + c; a5 = a5 * m + c;
         a6 = a6 * m + c; a7 = a7 * m + c; a8 = a8 * m + c; a9 = a9 * m + c; a10 = a10 * m + c; a11 = a11 * m + c;
 #ifdef __AVX__
         /* the compiler may not fold or shorten the chains */
-        __asm__ volatile("" : "+x"(a0), "+x"(a1), "+x"(a2), "+x"(a3), "+x"(a4), "+x"(a5),
-                              "+x"(a6), "+x"(a7), "+x"(a8), "+x"(a9), "+x"(a10), "+x"(a11));
+        __asm__ volatile("" : PEAK_REG(a0), PEAK_REG(a1), PEAK_REG(a2), PEAK_REG(a3), PEAK_REG(a4), PEAK_REG(a5),
+                              PEAK_REG(a6), PEAK_REG(a7), PEAK_REG(a8), PEAK_REG(a9), PEAK_REG(a10), PEAK_REG(a11));
 #endif
     }
-    return (double)ISA(hsum)(((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)) + ((a8 + a9) + (a10 + a11)));
+    ISA(vpeak) sum = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)) + ((a8 + a9) + (a10 + a11));
+    float total = 0;
+    for (size_t l = 0; l < sizeof sum / sizeof(float); l++) total += sum[l];
+    ISA(fma_sink) = total;
+    return (double)iters * 2 * 12 * (double)(sizeof sum / sizeof(float));
 }
+#undef PEAK_REG
 
