@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from model_core.native import data_pointer, lib, threads
+from model_core.native import data_pointer, lib
 
 NULL = None
 PACK_MIN_BATCH = 16       # rows per step from which packing pays even for a single step
@@ -125,17 +125,18 @@ def pack(weight_t: np.ndarray, scratch: bool = False, gates: int | None = None, 
 
 def _reads_packed(weight_hh_t: np.ndarray, B: int, T: int) -> bool:
     """Does a call of T steps of B rows read W_hh^T packed? (``recurrent_weights``' rule)"""
-    return B >= PACK_MIN_BATCH or ((B >= 2 or threads() > 1 or frozen(weight_hh_t)) and B * T >= PACK_MIN_ROWS)
+    return B >= PACK_MIN_BATCH or B * T >= PACK_MIN_ROWS
 
 
 def recurrent_weights(weight_hh_t: np.ndarray, B: int, T: int = 1) -> KernelWeights:
     """W_hh^T (H, G*H) in the layout a call of T steps of B rows reads fastest: packed once the
     batch is big enough for the register tile to beat streaming the rows (B >= 16), or the
-    sequence long enough to pay for the copy. At B=1 both read the same bytes: packed when the
-    kernels run more than one thread, which split a step by the packed unit groups, or when the
-    copy is kept (read-only weights; the one-row tile runs two groups at once: a B=1 forward, H=256,
-    in 0.91-0.95x the time, where a copy per call makes it level). A single step stays as it is
-    stored whatever the weights, as ``step()`` reads them."""
+    sequence long enough to pay for the copy. At B=1 too, where both read the same bytes: the
+    one-row tile runs two unit groups at once, and a team splits a step by them. With a copy per
+    call (writable weights, 1 thread) a B=1 forward took 0.64-0.69x the time of the rows as stored
+    at H=512, 0.88-0.93x at H=128, level at H=256 (Xeon, in-process A/B, median of 21; on Zen 3
+    it was level at H=256); a kept copy (read-only weights) 0.91-0.95x at H=256. A single step
+    stays as it is stored whatever the weights, as ``step()`` reads them."""
     weight_hh_t = c_array(weight_hh_t)                                  # the layer's storage already is
     H, GH = weight_hh_t.shape
     G = GH // H

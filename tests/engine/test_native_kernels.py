@@ -517,8 +517,8 @@ def test_frozen_weights_keep_one_packed_copy_and_step_the_same(cls, monkeypatch)
 @pytest.mark.parametrize("cls", CLASSES)
 def test_one_row_of_frozen_weights_reads_the_kept_copy_and_a_step_is_a_length_one_forward(cls, monkeypatch):
     """At B=1 on one thread a sequence reads the kept packed copy of read-only weights (the one-row
-    tile runs two unit groups at once), writable weights as stored (a copy per call would cost what
-    it saves). A step and a length-1 sequence make one and the same call, from the raw input: it
+    tile runs two unit groups at once), writable weights packed per call once B x T reaches
+    PACK_MIN_ROWS and as stored below it. A step and a length-1 sequence make one and the same call, from the raw input: it
     reads the kept copies of W_ih and W_hh (the projection made in the tile) or both as stored, so
     ``step()`` is a length-1 ``forward`` bit for bit either way."""
     from model_core.cells import native_gru, native_lstm, native_rnn, native_weights
@@ -537,6 +537,8 @@ def test_one_row_of_frozen_weights_reads_the_kept_copy_and_a_step_is_a_length_on
     x = rng.standard_normal((70, 1, 4), dtype=np.float32)                # B*T >= PACK_MIN_ROWS
     state = tuple(rng.standard_normal(s.shape, dtype=np.float32) for s in layer.init_states(1))
     want = layer.forward(x)[0]
+    short = layer.forward(x[:40])[0]                                     # B*T < PACK_MIN_ROWS: as stored
+    np.testing.assert_allclose(short, want[:40], rtol=1e-5, atol=1e-6)
     want_step = layer.step_states(x[0], state)
     assert np.array_equal(layer.forward_states(x[:1], state)[0][0], want_step[0])
     layer.freeze()
@@ -546,7 +548,7 @@ def test_one_row_of_frozen_weights_reads_the_kept_copy_and_a_step_is_a_length_on
     assert np.array_equal(layer.forward_states(x[:1], state)[0][0], stepped[0])
     for a, b in zip(stepped[1], want_step[1]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert layouts == [False, True]                    # the writable sequence, the frozen one
+    assert layouts == [True, False, True]              # the writable sequences, long and short; the frozen one
     assert steps == [0, 0, 1, 1]                       # step and length-1 forward: as stored, then kept copies
 
 
