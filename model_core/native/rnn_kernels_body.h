@@ -782,6 +782,75 @@ INL void ISA(gru_rows)(const int mr, const int full, int64_t nu, int64_t H, int6
                            H, u, hp + m * hs, y + m * yb, gates ? gates + m * 3 * H : 0, gates ? hn + m * H : 0);
 }
 
+#ifdef WIDE
+/* The GRU's tile over two unit groups u and v = u + 1 (w0 and w1 = w0 + wu: their panels): r|z of
+ * each in a 16-lane register, and both groups' n in a third (its two 8-lane rows joined), so all
+ * three FMAs of a row are full width where one group's tile ran n at half width. Each lane sums
+ * as in tile_wide: the same bits. */
+#define MR_GRU2 8
+INL void ISA(gru_tile2)(const int mr, int64_t K, const float *h, int64_t hs, const float *w0, const float *w1,
+                        int64_t wk, v16 rz0[MR_GRU2], v16 rz1[MR_GRU2], v16 nn[MR_GRU2])
+{
+    const float *r[(MR_GRU2 + 2) / 3];                           /* rows as in tile_wide */
+    for (int q = 0; q < (mr + 2) / 3; q++) r[q] = h + 3 * q * hs;
+    for (int64_t k = 0; k < K; k++) {
+        const float *a = w0 + k * wk, *b = w1 + k * wk;
+        v16 wa = *(const v16u *)a, wb = *(const v16u *)b, wn = ISA(join)(ISA(ld)(a + 2 * VW), ISA(ld)(b + 2 * VW));
+        for (int m = 0; m < mr; m++) {
+            float x = r[m / 3][m % 3 * hs];
+            rz0[m] += wa * x;
+            rz1[m] += wb * x;
+            nn[m] += wn * x;
+        }
+        for (int q = 0; q < (mr + 2) / 3; q++) r[q]++;
+    }
+}
+
+/* gru_rows for the two unit groups u, u + 1 of a packed layout (zero-padded: u + 1 may be the
+ * partial last group), through gru_tile2 */
+INL void ISA(gru_rows2)(const int mr, int64_t H, int64_t u, const float *x, int64_t xb, const float *xi, int64_t xib,
+                        int64_t I, const float *wi, const float *bx, const int64_t *lens, int64_t i, const float *w,
+                        int64_t wk, int64_t wu, const float *b_hn, const float *hp, int64_t hs, float *y, int64_t yb,
+                        float *gates, float *hn)
+{
+    int64_t nu[2] = {VW, group_units(H, u + 1)};
+    v8 bv[2][4];
+    for (int p = 0; p < 2; p++) ISA(bias_vectors)(3, bx, H, u + p, nu[p], bv[p]);
+    v16 rz[2][MR_GRU2], nn[MR_GRU2], xn[MR_GRU2];
+    const v16 zero = {0};
+    for (int m = 0; m < mr; m++) {
+        for (int p = 0; p < 2; p++) {
+            const float *xr = x + m * xb + (u + p) * VW;
+            rz[p][m] = xi ? ISA(join)(bv[p][0], bv[p][1])
+                          : ISA(join)(ISA(ldn)(xr, nu[p]) + bv[p][0], ISA(ldn)(xr + H, nu[p]) + bv[p][1]);
+        }
+        nn[m] = xi ? ISA(join)(bv[0][2], bv[1][2]) : zero;
+    }
+    if (xi) {                            /* x W_ih^T + b first; the candidate's part moves out of nn */
+        ISA(gru_tile2)(mr, I, xi, xib, wi + u * I * 3 * VW, wi + (u + 1) * I * 3 * VW, 3 * VW, rz[0], rz[1], nn);
+        for (int m = 0; m < mr; m++) {
+            xn[m] = nn[m];
+            nn[m] = zero;
+        }
+    }
+    ISA(gru_tile2)(mr, H, hp, hs, w + u * wu, w + (u + 1) * wu, wk, rz[0], rz[1], nn);
+    for (int p = 0; p < 2; p++) {
+        v8 bn = ISA(ldn)(b_hn + (u + p) * VW, nu[p]);
+        for (int m = 0; m < mr; m++) {
+            if (ISA(held)(lens ? lens + m : 0, i, nu[p], u + p, hp + m * hs, y + m * yb, 0, 0)) continue;
+            v8 n = p ? ISA(high)(nn[m]) : ISA(low)(nn[m]);
+            v8 xc = xi ? (p ? ISA(high)(xn[m]) : ISA(low)(xn[m]))
+                       : ISA(ldn)(x + m * xb + 2 * H + (u + p) * VW, nu[p]) + bv[p][2];
+            ISA(gru_gates)(ISA(low)(rz[p][m]), ISA(high)(rz[p][m]), n, bn, xc, nu[p], H, u + p, hp + m * hs,
+                           y + m * yb, gates ? gates + m * 3 * H : 0, gates ? hn + m * H : 0);
+        }
+    }
+}
+#define GRU_GROUPS 2                 /* unit groups per work item from two rows (gru_forward_part) */
+#else
+#define GRU_GROUPS 1
+#endif
+
 /* gru_rows for one row and the two unit groups u, u + 1 of a packed layout (as lstm_row_pair) */
 INL void ISA(gru_row_pair)(int64_t H, int64_t u, const float *x, const float *xi, int64_t I, const float *wi,
                            const float *bx, const int64_t *lens, int64_t i, const float *w, int64_t wk, int64_t wg,
@@ -854,17 +923,34 @@ static void ISA(gru_forward_part)(int tid, int nth, int64_t *claims, int64_t T, 
         }
         int64_t nb = ISA(step_rows)(lens, ranked, B, i, tid, H, hp, hs, yt_, yb, 0, 0), hold = nb < B && tid == 0;
         row_steps += nb;
-        int64_t chunk = chunk_rows(MR_GRU, nb, H), items = step_items(nb, chunk, U);
+        /* from two rows an item takes GRU_GROUPS unit groups (gru_rows2 in the AVX-512 build), the last alone
+         * when U is odd; one row runs pairs of groups anyway (gru_row_pair) */
+        int64_t UG = nb > 1 ? (U + GRU_GROUPS - 1) / GRU_GROUPS : U;
+        int64_t chunk = chunk_rows(MR_GRU, nb, H), items = step_items(nb, chunk, UG);
         int64_t *step_claims = claims ? claims + i * (nth + 1) * CLAIM_STRIDE : 0, ran = 0;   /* then its count */
         for (int64_t j = next_item(step_claims, tid, nth, items, -1); j < items;
              j = next_item(step_claims, tid, nth, items, j), ran++) {
-            int64_t k = item_in_order(nb, i, nth, items, j), u = item_group(nb, U, k);
+            int64_t k = item_in_order(nb, i, nth, items, j), u = nb > 1 ? GRU_GROUPS * (k % UG) : item_group(nb, U, k);
             if (item_is_pair(nb, U, k)) {
                 ISA(gru_row_pair)(H, u, xt_, xi ? xi + t * xit : 0, I, wi, bx, lens, i, w, wk, wg, wu, b_hn, hp, yt_, gt,
                                   hnt);
                 continue;
             }
-            int64_t bc = j / U * chunk;
+            int64_t bc = j / UG * chunk;
+#ifdef WIDE
+            if (u + 1 < U) {
+                int64_t be = nb < bc + chunk ? nb : bc + chunk;
+                for (int64_t b = bc; b < be; b += MR_GRU2) {
+                    int64_t rem = be - b < MR_GRU2 ? be - b : MR_GRU2;
+#define CALL(M) ISA(gru_rows2)(M, H, u, xt_ + b * xb, xb, xi ? xi + t * xit + b * xib : 0, xib, I, wi, bx, \
+                               lens ? lens + b : 0, i, w, wk, wu, b_hn, hp + b * hs, hs, yt_ + b * yb, yb, \
+                               gt ? gt + b * 3 * H : 0, hnt ? hnt + b * H : 0)
+                    ROWS_SWITCH(MR_GRU2, rem, CALL)
+#undef CALL
+                }
+                continue;
+            }
+#endif
             int64_t nu = group_units(H, u);
             int full = nu == VW || wu != VW;
             v8 bv[4];
