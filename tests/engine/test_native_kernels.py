@@ -332,6 +332,29 @@ def test_portable_build_matches_the_reference():
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("B", [1, 3])
+def test_a_frozen_sequence_gives_the_same_bits_in_one_call_or_in_pieces(cls, B):
+    """A session may send its steps one by one, in chunks or all at once: a frozen layer reads its
+    kept packed copies and makes the input projection in the tile on every path, so the answer
+    does not depend on the chunking (with few rows the sequence once read W_hh^T as stored and
+    projected first, and a piece after a step's state drifted in the last bit)."""
+    layer = cls(5, 24, seed=3).freeze()
+    x = np.random.default_rng(3).standard_normal((7, B, 5), dtype=np.float32)
+    whole, whole_state = layer.forward_states(x, None)
+    for cuts in ((1, 2, 3, 4, 5, 6), (2, 5), (3,), (1, 6)):
+        state, ys = None, []
+        for a, b in zip((0, *cuts), (*cuts, 7)):
+            y, state = layer.forward_states(x[a:b], state)
+            ys.append(y)
+        assert np.array_equal(np.concatenate(ys), whole), cuts
+        assert all(np.array_equal(s, w) for s, w in zip(state, whole_state)), cuts
+    state = None
+    for t in range(7):                                                       # step() too
+        y, state = layer.step_states(x[t], state)
+    assert np.array_equal(y, whole[-1]) and all(np.array_equal(s, w) for s, w in zip(state, whole_state))
+
+
 WIDE_SHAPES = ((5, 40, 6, 1), (7, 72, 5, 13), (6, 136, 4, 25), (9, 64, 3, 32), (4, 13, 5, 12))
 
 
