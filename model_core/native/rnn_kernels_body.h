@@ -338,7 +338,9 @@ INL void ISA(tile_row_pair)(const int G, int64_t K, const float *h, const float 
 /* The tile in 512-bit registers (AVX-512 builds): a packed row k holds a unit group's G gates of 8
  * side by side (wg == VW), so one 16-lane vector covers two gates (i|f, g|o; the GRU's r|z, with n
  * in a 256-bit one) and a row of the tile takes 2 FMAs a k where 8-lane vectors took 4 (3). Each
- * lane still sums over k in order from the same start: bit-identical to the 8-lane tile. */
+ * lane still sums over k in order from the same start: bit-identical to the 8-lane tile.
+ * wide_tile: whether tile_wide runs a tile (packed, gates side by side). */
+INL int ISA(wide_tile)(const int G, const int full, int64_t wg) { return (G == 4 || G == 3) && full && wg == VW; }
 
 INL void ISA(tile_wide)(const int G, const int mr, int64_t K, const float *h, int64_t hs, const float *w, int64_t wk,
                         v8 acc[MRMAX][4], const float *pf)
@@ -382,7 +384,7 @@ INL void ISA(tile)(const int G, const int mr, const int full, int64_t nu, int64_
                    const float *w, int64_t wk, int64_t wg, v8 acc[MRMAX][4])
 {
 #ifdef WIDE
-    if ((G == 4 || G == 3) && full && wg == VW) { ISA(tile_wide)(G, mr, K, h, hs, w, wk, acc, 0); return; }
+    if (ISA(wide_tile)(G, full, wg)) { ISA(tile_wide)(G, mr, K, h, hs, w, wk, acc, 0); return; }
 #endif
     if (G == 4 && mr == 3 && full) { ISA(tile_3x4)(K, h, hs, w, wk, wg, acc); return; }
     if (G == 3 && mr == 4 && full) { ISA(tile_4x3)(K, h, hs, w, wk, wg, acc); return; }
@@ -408,7 +410,7 @@ INL void ISA(tile_next)(const int G, const int mr, const int full, int64_t nu, i
                         const float *w, int64_t wk, int64_t wg, v8 acc[MRMAX][4], const float *pf)
 {
 #ifdef WIDE
-    if ((G == 4 || G == 3) && full && wg == VW) { ISA(tile_wide)(G, mr, K, h, hs, w, wk, acc, pf); return; }
+    if (ISA(wide_tile)(G, full, wg)) { ISA(tile_wide)(G, mr, K, h, hs, w, wk, acc, pf); return; }
 #endif
     (void)pf;
     ISA(tile)(G, mr, full, nu, K, h, hs, w, wk, wg, acc);
