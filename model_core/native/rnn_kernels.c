@@ -179,15 +179,19 @@ static float *bptt_weights(int64_t T, int64_t B, int64_t H, int64_t N, const flo
 #define WIDE 1                                 /* 512-bit tiles (tile_wide) */
 /* 32 registers: 12 rows x 2 16-lane accumulators (GRU: one 16- and one 8-lane). LSTM forward at
  * 1 thread against 6 rows (the 8-lane tile's 6x4): B=32 0.86x the time, H=512 0.83x; 8 rows
- * in between (1.02x and 1.07x of 12's; Xeon with AVX-512, bench_core, 2026-12-03) */
+ * in between (1.02x and 1.07x of 12's; Xeon with AVX-512, bench_core, 2026-12-03). The GRU runs
+ * two unit groups an item from two rows (gru_rows2: 8 rows x 3 16-lane accumulators); its 12-row
+ * tile is left for an odd last group and the row chunks. */
 #define MR_LSTM 12
 #define MR_GRU 12
+#define MR_GRU2 8
 #define MR_NT 3
 #include "rnn_kernels_body.h"
 #undef ISA
 #undef WIDE
 #undef MR_LSTM
 #undef MR_GRU
+#undef MR_GRU2
 #undef MR_NT
 #pragma GCC pop_options
 

@@ -815,8 +815,7 @@ INL void ISA(gru_rows)(const int mr, const int full, int64_t nu, int64_t H, int6
 /* The GRU's tile over two unit groups u and v = u + 1 (w0 and w1 = w0 + wu: their panels): r|z of
  * each in a 16-lane register, and both groups' n in a third (its two 8-lane rows joined), so all
  * three FMAs of a row are full width where one group's tile ran n at half width. Each lane sums
- * as in tile_wide: the same bits. */
-#define MR_GRU2 8
+ * as in tile_wide: the same bits. MR_GRU2 rows (3 accumulators each), set with the other tiles'. */
 INL void ISA(gru_tile2)(const int mr, int64_t K, const float *h, int64_t hs, const float *w0, const float *w1,
                         int64_t wk, v16 rz0[MR_GRU2], v16 rz1[MR_GRU2], v16 nn[MR_GRU2])
 {
