@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from model_core.cells.gru_cell import GATES, STATE_SIZE, cache_shapes, fold_bias
-from model_core.cells.native_weights import (NULL, aligned_empty, backward_strides, c_array, fused_input, fuses_input,
-                                             input_weights, length_one, ptr, recurrent_weights, row_strides, rows_contiguous,
-                                             step_input_weights, step_keeps_pack, train_cache)
+from model_core.cells.native_weights import (FUSED_MIN_BATCH, NULL, aligned_empty, backward_strides, c_array,
+                                             fused_input, input_weights, length_one, projected, ptr,
+                                             recurrent_weights, row_strides, rows_contiguous, step_input_weights,
+                                             step_keeps_pack, train_cache)
 from model_core.native import STEP_KINDS, handle, lib
 
 __all__ = ["GATES", "STATE_SIZE", "cache_shapes", "fold_bias", "gate_constants", "sequence_backward",
@@ -56,8 +57,9 @@ def sequence_forward_fused(x, weight_ih_t, bias, state0, weight_hh_t, bias_hh, c
     if T == 1:                                             # the call step() makes: the same bits
         return length_one(step_forward_input, step_weights(weight_ih_t, bias, weight_hh_t, bias_hh), cache_shapes,
                           STATE_SIZE, x, state0, y_out, reverse, train)
-    if not fuses_input(weight_ih_t, B):
-        return None
+    if 0 < B < FUSED_MIN_BATCH:                            # one row: projected first, with the fused tile's bits
+        return sequence_forward(projected(x, weight_ih_t, bias, GATES), state0, weight_hh_t, bias_hh, consts, reverse,
+                                y_out, train)
     w = recurrent_weights(weight_hh_t, B, T)
     if not w.packed:
         return None

@@ -27,8 +27,8 @@ PACK_MIN_BATCH = 16       # rows per step from which packing pays even for a sin
 PACK_MIN_ROWS = 64        # rows (B x T) in one call from which a packed copy pays for itself
 _GROUP = 8                # hidden units per packed group: one vector of float32
 _PANEL = 32               # the RNN's units per packed panel: four vectors, the LSTM tile's width
-FUSED_MIN_BATCH = 2       # inference makes the input projection in the kernel from 2 rows: at one, a
-                          # GEMM over all T steps first beats a one-row tile at every step
+FUSED_MIN_BATCH = 2       # the input projection is made in the kernel's tile from 2 rows; at one, over
+                          # all T steps first (``projected``: the LSTM's and GRU's, in the tile's order)
 ALIGN = 64                # bytes: kernel buffers start on a cache line (see ``aligned_empty``)
 _scratch = threading.local()
 _frozen: dict[tuple, tuple[weakref.ref, np.ndarray]] = {}      # packed copies of read-only weights
@@ -131,13 +131,34 @@ def _reads_packed(weight_hh_t: np.ndarray, B: int, T: int) -> bool:
 
 
 def fuses_input(weight_ih_t: np.ndarray, B: int) -> bool:
-    """Does a sequence of B rows make its input projection in the kernel's tile? From
+    """Does an RNN sequence of B rows make its input projection in the kernel's tile? From
     FUSED_MIN_BATCH rows, and at any batch for read-only weights: a frozen layer's step makes it
     there (from the kept copies), and a sequence must give the step's bits whether a session
-    sends it in one call or in pieces. At one row on the Xeon the fused tile was level with a
-    GEMM first (0.99-1.01x the time: LSTM H=256 and 512, GRU H=256, measured on writable weights
-    packed per call)."""
+    sends it in one call or in pieces. (The LSTM and GRU project a one-row sequence first, with
+    the same bits: ``projected``.)"""
     return B >= FUSED_MIN_BATCH or frozen(weight_ih_t)
+
+
+def projected(x: np.ndarray, weight_ih_t: np.ndarray, bias: np.ndarray | None, gates: int) -> np.ndarray:
+    """x (T, 1, I) @ W_ih^T + bias, (T, 1, G*H), made by ``mc_project``: each value from the bias
+    over k in order, as the fused tile makes it before it turns to h, so a one-row sequence
+    projected first gives the bits of a frozen layer's ``step()`` (one call or in pieces). W_ih^T
+    packed (``input_weights``). Why not a GEMM: OpenBLAS's AVX-512 sgemm leaves the kernel that
+    follows it 1.10-1.14x slower for milliseconds (see ``project_rows`` in the kernels). Why not
+    the fused tile, at one row: it reads W_ih at every step. Frozen, against the fused tile:
+    0.91-0.93x the time at H=256, 0.78-0.79x at H=512 (in-process A/B, median of 21); writable,
+    against the GEMM first: 0.89x (GRU) and 0.93x (LSTM) run alone, level when the two take turns
+    (the sgemm's slowdown then reaches both). Xeon, 1 thread, 2026-12-03."""
+    T, B, I = x.shape
+    if B != 1:
+        raise ValueError(f"projected() takes one-row sequences (T, 1, I), got {x.shape}")
+    x = fused_input(x)
+    wi = input_weights(weight_ih_t, gates)
+    GH = weight_ih_t.shape[1]
+    out = aligned_empty((T, 1, GH))
+    bias = None if bias is None else c_array(bias)
+    lib.mc_project(T, I, GH // gates, gates, ptr(x), x.strides[0] // 4, ptr(wi), ptr(bias), ptr(out), GH)
+    return out
 
 
 def recurrent_weights(weight_hh_t: np.ndarray, B: int, T: int = 1) -> KernelWeights:

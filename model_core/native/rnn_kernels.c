@@ -186,6 +186,7 @@ static float *bptt_weights(int64_t T, int64_t B, int64_t H, int64_t N, const flo
 #define MR_GRU 12
 #define MR_GRU2 8
 #define MR_NT 3
+#define MR_PROJ 6                              /* 8-lane: 6 rows x 4 gates, 32 registers */
 #include "rnn_kernels_body.h"
 #undef ISA
 #undef WIDE
@@ -193,6 +194,7 @@ static float *bptt_weights(int64_t T, int64_t B, int64_t H, int64_t N, const flo
 #undef MR_GRU
 #undef MR_GRU2
 #undef MR_NT
+#undef MR_PROJ
 #pragma GCC pop_options
 
 #pragma GCC push_options
@@ -201,11 +203,13 @@ static float *bptt_weights(int64_t T, int64_t B, int64_t H, int64_t N, const flo
 #define MR_LSTM 3                              /* 16 registers: 3x4 accumulators, W from memory */
 #define MR_GRU 4
 #define MR_NT 3
+#define MR_PROJ 3
 #include "rnn_kernels_body.h"
 #undef ISA
 #undef MR_LSTM
 #undef MR_GRU
 #undef MR_NT
+#undef MR_PROJ
 #pragma GCC pop_options
 #endif
 
@@ -213,6 +217,7 @@ static float *bptt_weights(int64_t T, int64_t B, int64_t H, int64_t N, const flo
 #define MR_LSTM 2
 #define MR_GRU 2
 #define MR_NT 2
+#define MR_PROJ 2
 #include "rnn_kernels_body.h"
 #undef ISA
 
@@ -243,11 +248,13 @@ typedef struct {
                         int64_t, int64_t, float *, float *, float *, float *);
     void (*rnn_backward)(int64_t, int64_t, int64_t, int32_t, int32_t, const float *, const float *, int64_t, int64_t,
                          const float *, const float *, float *, float *, float *);
+    void (*project)(int64_t, int64_t, int64_t, int64_t, const float *, int64_t, const float *, const float *, float *,
+                    int64_t);
 } kernels_t;
 
 #define TABLE(sfx, name) { name, product_##sfx, lstm_forward_##sfx, lstm_backward_##sfx, gru_forward_##sfx, \
                            gru_backward_##sfx, fma_peak_##sfx, axpy_product_##sfx, rnn_forward_##sfx, \
-                           rnn_backward_##sfx }
+                           rnn_backward_##sfx, project_##sfx }
 
 static const kernels_t BASE = TABLE(base, "baseline");
 #ifdef MULTI_ISA
@@ -308,6 +315,18 @@ void mc_product(int64_t B, int64_t H, int64_t G, const float *h, const float *w,
 {
     ENSURE();
     K->product(B, H, G, h, w, wk, wg, wu, out);
+}
+
+/* The input projection of N rows, out (N, G*H) rows os floats apart = x (N, I) rows xs apart @ W_ih^T
+ * + bias (G*H,) or NULL, W_ih^T packed (U, I, G, 8) (mc_pack_rows), G = 4 (LSTM) or 3 (GRU): the
+ * bits the fused forward's tile makes before it turns to h (a one-row sequence projects first) */
+int32_t mc_project(int64_t N, int64_t I, int64_t H, int64_t G, const float *x, int64_t xs, const float *wi,
+                   const float *bias, float *out, int64_t os)
+{
+    ENSURE();
+    if (G != 4 && G != 3) return -1;
+    K->project(N, I, H, G, x, xs, wi, bias, out, os);
+    return 0;
 }
 
 void mc_lstm_forward(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *x, int64_t xt, int64_t xb,

@@ -433,6 +433,9 @@ INL void ISA(product_rows)(const int G, const int mr, const int full, int64_t nu
                    case 4: CALL(4); break; case 5: CALL(5); break; case 6: CALL(6); break; \
                    case 7: CALL(7); break; case 8: CALL(8); break; case 9: CALL(9); break; \
                    case 10: CALL(10); break; case 11: CALL(11); break; default: CALL(MRC); }
+#define PROJ_SWITCH(rem, CALL) \
+    switch (rem) { case 1: CALL(1); break; case 2: CALL(2); break; case 3: CALL(3); break; \
+                   case 4: CALL(4); break; case 5: CALL(5); break; default: CALL(MR_PROJ); }
 
 INL void ISA(product_g)(const int G, int64_t B, int64_t H, const float *h, const float *w, int64_t wk,
                            int64_t wg, int64_t wu, float *out)
@@ -497,6 +500,61 @@ static void ISA(axpy_product)(int64_t B, int64_t K, int64_t N, const float *h, i
 INL void ISA(bias_vectors)(const int G, const float *bx, int64_t H, int64_t u, int64_t nu, v8 bv[4])
 {
     for (int g = 0; g < G; g++) bv[g] = bx ? ISA(ldn)(bx + g * H + u * VW, nu) : ISA(splat)(0.0f);
+}
+
+/* -- the input projection alone, for one-row sequences (mc_project) ---------------------------- */
+/* mr rows of x W_ih^T + b for unit group u: each lane starts from the bias and sums over k in order,
+ * as the fused tile does before it turns to h (lstm_rows, gru_rows, the pair tiles), so a sequence
+ * projected first gives the bits of one whose projection is made in the step (a frozen layer's
+ * step() at one row). 8-lane vectors in every build: on the Xeon a kernel run after 512-bit loads
+ * (OpenBLAS's AVX-512 sgemm, or our 16-lane tile) ran 1.10-1.14x slower for about 4 ms (GRU B=1,
+ * H=256, T=100: 794-808 us, against 710-718 run alone, after OpenBLAS's AVX2 sgemm, after 2 ms of
+ * 512-bit FMAs in registers, or after this projection, which took 97 us to OpenBLAS's 61; measured
+ * in-process, 2026-12-03). */
+INL void ISA(project_rows)(const int G, const int mr, int64_t nu, int64_t I, const float *x, int64_t xs,
+                           const float *wi, const v8 bv[4], float *out, int64_t os, int64_t H, int64_t u)
+{
+    v8 acc[MRMAX][4];
+    for (int m = 0; m < mr; m++)
+        for (int g = 0; g < G; g++) acc[m][g] = bv[g];
+    for (int64_t k = 0; k < I; k++) {
+        const float *wr = wi + k * G * VW;
+        v8 wv[4];
+        for (int g = 0; g < G; g++) wv[g] = ISA(ld)(wr + g * VW);
+        for (int m = 0; m < mr; m++) {
+            float xv = x[m * xs + k];
+            for (int g = 0; g < G; g++) acc[m][g] += wv[g] * xv;
+        }
+    }
+    for (int m = 0; m < mr; m++)
+        for (int g = 0; g < G; g++) ISA(stn)(out + m * os + g * H + u * VW, acc[m][g], nu);
+}
+
+/* out (N, G*H), rows os floats apart = x (N, I), rows xs apart, @ W_ih^T + bias (G*H,) or NULL:
+ * W_ih^T packed (U, I, G, 8) (mc_pack_rows). A unit group's panel (I x G x 8) stays in L1 while
+ * every row passes. */
+INL void ISA(project_g)(const int G, int64_t N, int64_t I, int64_t H, const float *x, int64_t xs, const float *wi,
+                        const float *bias, float *out, int64_t os)
+{
+    int64_t U = (H + VW - 1) / VW;
+    for (int64_t u = 0; u < U; u++) {
+        int64_t nu = group_units(H, u);
+        v8 bv[4];
+        ISA(bias_vectors)(G, bias, H, u, nu, bv);
+        for (int64_t b = 0; b < N; b += MR_PROJ) {
+            int64_t rem = N - b < MR_PROJ ? N - b : MR_PROJ;
+#define CALL(M) ISA(project_rows)(G, M, nu, I, x + b * xs, xs, wi + u * I * G * VW, bv, out + b * os, os, H, u)
+            PROJ_SWITCH(rem, CALL)
+#undef CALL
+        }
+    }
+}
+
+static void ISA(project)(int64_t N, int64_t I, int64_t H, int64_t G, const float *x, int64_t xs, const float *wi,
+                         const float *bias, float *out, int64_t os)
+{
+    if (G == 4) ISA(project_g)(4, N, I, H, x, xs, wi, bias, out, os);
+    else ISA(project_g)(3, N, I, H, x, xs, wi, bias, out, os);
 }
 
 /* The rows of x (G gate pieces of 32 bytes each, a row apart) that the tile for unit group u will
