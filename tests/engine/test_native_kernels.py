@@ -320,6 +320,23 @@ def test_a_wide_single_step_splits_across_two_threads_and_matches_one(cls):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("G", [4, 3])
+@pytest.mark.parametrize("B, H", [(1, 16), (13, 20), (32, 64), (25, 40)])      # 20, 40: a partial unit group
+def test_the_probe_s_recurrent_product_matches_float64(G, B, H):
+    """bench_core --probe times mc_product over the packed weights (the tile every step runs; 16
+    lanes and no accumulator round trip in the AVX-512 build) and over W_hh^T as stored."""
+    from model_core.cells.native_weights import pack, ptr
+    rng = np.random.default_rng(B * H + G)
+    h = rng.standard_normal((B, H), dtype=np.float32)
+    wt = rng.standard_normal((H, G * H), dtype=np.float32)
+    want = h.astype(np.float64) @ wt.astype(np.float64)
+    packed = pack(wt)
+    for w, strides in ((packed, (8 * G, 8, 8 * G * H)), (wt, (G * H, H, 8))):
+        out = np.full((B, G * H), np.nan, np.float32)
+        native.lib.mc_product(B, H, G, ptr(h), ptr(w), *strides, ptr(out))
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
+
+
 def test_portable_build_matches_the_reference():
     code = ("from model_core import native; "
             "assert native.REASON.endswith('baseline'), native.REASON; "
