@@ -48,7 +48,6 @@ SOURCES = (_HERE / "rnn_kernels.c", _HERE / "rnn_kernels_body.h")
 CFLAGS = ["-O3", "-fPIC", "-shared", "-Wno-psabi"]
 OPENMP = ["-fopenmp"]    # threads for model_core.set_num_threads; the build retries without it
 _ISAS = {"auto": 0, "baseline": 1, "avx2": 2, "avx512": 3}
-SPINCOUNT = "3000"       # GOMP_SPINCOUNT unless the user set it or OMP_WAIT_POLICY (_short_spin)
 
 _F = ctypes.c_void_p                                 # pointers passed as ints: a.ctypes.data
 _I = ctypes.c_int64
@@ -143,24 +142,10 @@ def _bind(path: Path) -> ctypes.CDLL:
     return lib
 
 
-def _short_spin() -> None:
-    """Let the OpenMP team's threads spin briefly after a call, then sleep (libgomp reads this when
-    it loads, with the library). By default they spin 300k pauses, and on a KVM guest a vCPU that
-    spins in pauses is descheduled by the host (pause-loop exiting): after a pause of 10-50 ms the
-    team's second thread started 1.8-2.0 ms late and an empty parallel region took 2.2-5.8 ms; with
-    3000 spins 52-62 us and 93-109 us (C, libgomp alone). A frozen GRU forward at 2 threads, B=16,
-    H=128, median of 40 calls 50 ms apart: T=10 5.66 -> 0.53 ms, T=100 9.76 -> 1.84; back to back
-    0.16 -> 0.14 and 1.12 -> 1.19 (Xeon KVM guest, 2026-12-03). A user's OMP_WAIT_POLICY or
-    GOMP_SPINCOUNT wins."""
-    if "OMP_WAIT_POLICY" not in os.environ:
-        os.environ.setdefault("GOMP_SPINCOUNT", SPINCOUNT)
-
-
 def _load():
     """(ctypes library or None, why): the one place that decides whether the native path exists."""
     if os.environ.get(ENV_VAR, "1").strip().lower() in ("0", "false", "no", "off"):
         return None, f"disabled by {ENV_VAR}={os.environ[ENV_VAR]}"
-    _short_spin()
     if sys.byteorder != "little":
         return None, "big-endian platform"
     lib, how, stale = None, "built at install", ""
