@@ -423,14 +423,13 @@ INL void ISA(tile_next)(const int G, const int mr, const int full, int64_t nu, i
     ISA(tile)(G, mr, full, nu, K, h, hs, w, wk, wg, acc);
 }
 
+/* CALL(rem) for rem = 1 .. MRC rows, each count a constant: only counts up to MRC are made (a
+ * tile's arrays hold MRC rows) */
+#define ROW_CASE(K, MRC, CALL) case K: if ((K) < (MRC)) { CALL(K); } else { CALL(MRC); } break;
 #define ROWS_SWITCH(MRC, rem, CALL) \
-    switch (rem) { case 1: CALL(1); break; case 2: CALL(2); break; case 3: CALL(3); break; \
-                   case 4: CALL(4); break; case 5: CALL(5); break; case 6: CALL(6); break; \
-                   case 7: CALL(7); break; case 8: CALL(8); break; case 9: CALL(9); break; \
-                   case 10: CALL(10); break; case 11: CALL(11); break; default: CALL(MRC); }
-#define PROJ_SWITCH(rem, CALL) \
-    switch (rem) { case 1: CALL(1); break; case 2: CALL(2); break; case 3: CALL(3); break; \
-                   case 4: CALL(4); break; case 5: CALL(5); break; default: CALL(MR_PROJ); }
+    switch (rem) { ROW_CASE(1, MRC, CALL) ROW_CASE(2, MRC, CALL) ROW_CASE(3, MRC, CALL) ROW_CASE(4, MRC, CALL) \
+                   ROW_CASE(5, MRC, CALL) ROW_CASE(6, MRC, CALL) ROW_CASE(7, MRC, CALL) ROW_CASE(8, MRC, CALL) \
+                   ROW_CASE(9, MRC, CALL) ROW_CASE(10, MRC, CALL) ROW_CASE(11, MRC, CALL) default: CALL(MRC); }
 
 /* -- the recurrent product alone (the probe): out (B, G*H) = h (B, H) @ W ---------------------- */
 #ifdef WIDE
@@ -591,7 +590,7 @@ INL void ISA(project_g)(const int G, int64_t N, int64_t I, int64_t H, const floa
         for (int64_t b = 0; b < N; b += MR_PROJ) {
             int64_t rem = N - b < MR_PROJ ? N - b : MR_PROJ;
 #define CALL(M) ISA(project_rows)(G, M, nu, I, x + b * xs, xs, wi + u * I * G * VW, bv, out + b * os, os, H, u)
-            PROJ_SWITCH(rem, CALL)
+            ROWS_SWITCH(MR_PROJ, rem, CALL)
 #undef CALL
         }
     }
@@ -979,8 +978,10 @@ INL void ISA(gru_rows2)(const int mr, int64_t H, int64_t u, const float *x, int6
         }
     }
 }
+#undef GRU_GROUPS                    /* this header is included once per instruction set */
 #define GRU_GROUPS 2                 /* unit groups per work item from two rows (gru_forward_part) */
 #else
+#undef GRU_GROUPS
 #define GRU_GROUPS 1
 #endif
 
