@@ -149,15 +149,18 @@ def projected(x: np.ndarray, weight_ih_t: np.ndarray, bias: np.ndarray | None, g
     0.91-0.93x the time at H=256, 0.78-0.79x at H=512 (in-process A/B, median of 21); writable,
     against the GEMM first: 0.89x (GRU) and 0.93x (LSTM) run alone, level when the two take turns
     (the sgemm's slowdown then reaches both). Xeon, 1 thread, 2026-12-03."""
+    return project_packed(x, input_weights(weight_ih_t, gates), bias, weight_ih_t.shape[1] // gates, gates)
+
+
+def project_packed(x: np.ndarray, wi: np.ndarray, bias: np.ndarray | None, H: int, gates: int) -> np.ndarray:
+    """``projected`` from W_ih^T already packed (``pack``; an ONNX session's kept copy)."""
     T, B, I = x.shape
     if B != 1:
-        raise ValueError(f"projected() takes one-row sequences (T, 1, I), got {x.shape}")
+        raise ValueError(f"the projection takes one-row sequences (T, 1, I), got {x.shape}")
     x = fused_input(x)
-    wi = input_weights(weight_ih_t, gates)
-    GH = weight_ih_t.shape[1]
-    out = aligned_empty((T, 1, GH))
+    out = aligned_empty((T, 1, gates * H))
     bias = None if bias is None else c_array(bias)
-    lib.mc_project(T, I, GH // gates, gates, ptr(x), x.strides[0] // 4, ptr(wi), ptr(bias), ptr(out), GH)
+    lib.mc_project(T, I, H, gates, ptr(x), x.strides[0] // 4, ptr(wi), ptr(bias), ptr(out), gates * H)
     return out
 
 

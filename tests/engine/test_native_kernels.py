@@ -795,6 +795,28 @@ def test_onnx_projection_inside_the_kernel_matches_the_projection_first(op, dire
 
 
 @pytest.mark.skipif(not native.AVAILABLE, reason="native kernels not built")
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("lengths", [[7], [4]])                                    # full, and shorter
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+def test_onnx_one_row_projection_by_the_kernels_matches_the_gemm(op, direction, lengths, monkeypatch):
+    from model_core.onnx.ops import recurrent
+    session = InferenceSession(_node_model(op, H=19, I=5, direction=direction,
+                                           **({"linear_before_reset": 1} if op == "GRU" else {})))
+    x = np.random.default_rng(3).standard_normal((7, 1, 5)).astype(np.float32)
+    feeds = {"X": x, "sequence_lens": np.array(lengths, np.int32)}
+    calls = []
+    real = recurrent.project_packed
+    monkeypatch.setattr(recurrent, "project_packed", lambda *a: calls.append(a[3]) or real(*a))
+    projected = session.run(None, feeds)
+    assert calls == [19] * (2 if direction == "bidirectional" else 1)
+    monkeypatch.setattr(recurrent, "ONE_ROW_PROJECTED", ())                        # the GEMM first, as before
+    plain = session.run(None, feeds)
+    assert len(calls) == (2 if direction == "bidirectional" else 1)
+    for a, b in zip(projected, plain, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not native.AVAILABLE, reason="native kernels not built")
 def test_a_stale_library_from_an_older_install_is_replaced_by_a_build_of_these_sources(monkeypatch, tmp_path):
     # a checkout updated without reinstalling keeps the old in-place library, which lacks the new
     # entry points: the loader must compile these sources rather than lose the native path

@@ -28,7 +28,8 @@ import numpy as np
 
 from model_core import native
 from model_core.backend import to_numpy
-from model_core.cells.native_weights import FUSED_MIN_BATCH, aligned_empty, pack, packed_weights
+from model_core.cells.native_weights import (FUSED_MIN_BATCH, aligned_empty, pack, packed_weights,
+                                             project_packed)
 from model_core.onnx.ops.activations import bind_activations
 from model_core.onnx.ops.recurrent_loops import GATES, gru_loop, lstm_loop, lstm_loop_halved, native_loop, rnn_loop
 from model_core.onnx.ops.registry import Unsupported, register
@@ -37,6 +38,8 @@ DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "
 DIRECTIONS = {"forward": (False,), "reverse": (True,), "bidirectional": (False, True)}
 # ONNX gate blocks in the engine's order: LSTM i,o,f,c -> i,f,g,o; GRU z,r,h -> r,z,n; RNN as it is
 ENGINE_GATE_ORDER = {"LSTM": (0, 2, 3, 1), "GRU": (1, 0, 2), "RNN": (0,)}
+
+ONE_ROW_PROJECTED = ("LSTM", "GRU")     # ops whose one-row input is projected by mc_project (_directions)
 
 
 @dataclass(frozen=True)
@@ -277,7 +280,12 @@ def _directions(xp, cfg, wants, X, w, H, lengths, initial_h, initial_c, P):
     # the native kernels make each direction's input projection in their register tile;
     # otherwise every step of every direction is projected at once: one GEMM instead of one per step
     fused = w.kernel_in is not None and X.dtype == np.float32 and N >= FUSED_MIN_BATCH
-    if not fused:
+    # one row of an LSTM or GRU: each direction's projection by the kernels' own (8-lane) tile, as a
+    # one-row layer's (native_weights.projected): after OpenBLAS's AVX-512 sgemm the step kernel
+    # ran 1.10-1.14x slower on the Xeon. The bias stays the kernel's to add, as with the GEMM.
+    one_row = (w.kernel_in is not None and X.dtype == np.float32 and N == 1 and not fused
+               and cfg.op_type in ONE_ROW_PROJECTED)
+    if not fused and not one_row:
         xw = xp.matmul(X.reshape(T * N, I), w.W_T)  # (T*N, D*G*H)
         if w.bias is not None and w.kernel is None:  # the native kernels add it in their gate epilogue
             xw += w.bias
@@ -286,7 +294,10 @@ def _directions(xp, cfg, wants, X, w, H, lengths, initial_h, initial_c, P):
     shortest = T if lengths is None else int(lengths.min())
     masks = None if on_kernels else [None if t < shortest else mask[t] for t in range(T)]
     for d, backwards in enumerate(cfg.reversed_dirs):
-        x_d = X if fused else xw[:, :, d]  # (T, N, I) or (T, N, G*H), in input time order
+        if one_row:
+            x_d = project_packed(X, w.kernel_in[d], None, H, G)                          # (T, 1, G*H)
+        else:
+            x_d = X if fused else xw[:, :, d]  # (T, N, I) or (T, N, G*H), in input time order
         y_d = None if ys is None else ys[:, d]  # (T, N, H)
         if backwards and reverse_index is None and w.kernel is None:
             x_d, y_d = x_d[::-1], None if y_d is None else y_d[::-1]  # views: reading backwards is free
