@@ -48,6 +48,7 @@ SOURCES = (_HERE / "rnn_kernels.c", _HERE / "rnn_kernels_body.h")
 CFLAGS = ["-O3", "-fPIC", "-shared", "-Wno-psabi"]
 OPENMP = ["-fopenmp"]    # threads for model_core.set_num_threads; the build retries without it
 _ISAS = {"auto": 0, "baseline": 1, "avx2": 2, "avx512": 3}
+SPINCOUNT = "10000000"   # GOMP_SPINCOUNT unless the user set it or OMP_WAIT_POLICY (_team_spin)
 
 _F = ctypes.c_void_p                                 # pointers passed as ints: a.ctypes.data
 _I = ctypes.c_int64
@@ -142,10 +143,27 @@ def _bind(path: Path) -> ctypes.CDLL:
     return lib
 
 
+def _team_spin() -> None:
+    """How long the OpenMP team's threads spin after a multi-threaded call before they sleep
+    (libgomp reads it when it loads, with the library): 10M pauses, ~0.11 s here, where libgomp's
+    default is 300k (~3 ms). On the Xeon KVM guest a team whose threads had gone to sleep after
+    the short spin woke slowly and unevenly: a frozen B=1 forward at 2 threads (T=100, H=256),
+    median of 12 calls each after 0.3 s idle and one untimed call, took 4.2 ms (RNN) and 7.8 ms
+    (LSTM) where 0.26 and 0.79 were its best; with 10M spins 0.33-0.37 and 0.82, after 0.3-3 s
+    idle. bench_onnx at 2 threads, the B=1 and B=16 rows: paired medians up to 5.94 -> all at or
+    under 0.87. Shorter spins did worse (3000: its B=1 GRU 0.67 -> 3.03, the team asleep while
+    onnxruntime's workers ran). The cost: after a call on a team, its threads hold a core for up to
+    ~0.1 s. One thread (the service's request paths) starts no team. A user's OMP_WAIT_POLICY or
+    GOMP_SPINCOUNT wins."""
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", SPINCOUNT)
+
+
 def _load():
     """(ctypes library or None, why): the one place that decides whether the native path exists."""
     if os.environ.get(ENV_VAR, "1").strip().lower() in ("0", "false", "no", "off"):
         return None, f"disabled by {ENV_VAR}={os.environ[ENV_VAR]}"
+    _team_spin()
     if sys.byteorder != "little":
         return None, "big-endian platform"
     lib, how, stale = None, "built at install", ""

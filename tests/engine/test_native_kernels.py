@@ -337,6 +337,19 @@ def test_the_probe_s_recurrent_product_matches_float64(G, B, H):
         np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("env, want", [({}, native.SPINCOUNT), ({"GOMP_SPINCOUNT": "7"}, "7"),
+                                       ({"OMP_WAIT_POLICY": "active"}, None)])
+def test_the_team_spins_long_unless_the_user_says_otherwise(env, want):
+    """After libgomp's default 300k spins a sleeping team woke slowly and unevenly on a KVM guest:
+    the kernels set a longer spin before libgomp loads, unless the user chose one."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    code = "import os, model_core.native as n; print(os.environ.get('GOMP_SPINCOUNT'))"
+    proc = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(want)
+
+
 def test_portable_build_matches_the_reference():
     code = ("from model_core import native; "
             "assert native.REASON.endswith('baseline'), native.REASON; "
