@@ -160,7 +160,8 @@ def project_packed(x: np.ndarray, wi: np.ndarray, bias: np.ndarray | None, H: in
     x = fused_input(x)
     out = aligned_empty((T, 1, gates * H))
     bias = None if bias is None else c_array(bias)
-    lib.mc_project(T, I, H, gates, ptr(x), x.strides[0] // 4, ptr(wi), ptr(bias), ptr(out), gates * H)
+    if lib.mc_project(T, I, H, gates, ptr(x), x.strides[0] // 4, ptr(wi), ptr(bias), ptr(out), gates * H):
+        raise ValueError(f"mc_project takes the LSTM's 4 gates or the GRU's 3, got {gates}")
     return out
 
 

@@ -448,9 +448,7 @@ INL void ISA(product_wide)(const int G, const int mr, int64_t K, const float *h,
         else ISA(st)(o + 2 * H, n[m]);
     }
 }
-#endif
 
-#ifdef WIDE
 /* mr rows of the product from tile_wide's k loop, in a function of its own that starts from zero
  * and stores its registers: inlined into product_g's loops, GCC kept two of the tile's values on
  * the stack and reloaded them every k, and the accumulators went through memory twice on their
@@ -480,7 +478,6 @@ INL void ISA(product_rows)(const int G, const int mr, const int full, int64_t nu
     for (int m = 0; m < mr; m++)
         for (int g = 0; g < G; g++) ISA(stn)(out + m * G * H + g * H + u * VW, acc[m][g], nu);
 }
-
 
 INL void ISA(product_g)(const int G, int64_t B, int64_t H, const float *h, const float *w, int64_t wk,
                            int64_t wg, int64_t wu, float *out)

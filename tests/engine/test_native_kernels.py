@@ -350,6 +350,15 @@ def test_the_team_spins_long_unless_the_user_says_otherwise(env, want):
     assert proc.stdout.strip() == str(want)
 
 
+def test_the_one_row_projection_refuses_what_it_cannot_make():
+    from model_core.cells.native_weights import pack, project_packed
+    wi = pack(np.zeros((4, 16), np.float32), gates=2)
+    with pytest.raises(ValueError, match="4 gates or the GRU's 3"):
+        project_packed(np.zeros((3, 1, 4), np.float32), wi, None, 8, 2)
+    with pytest.raises(ValueError, match="one-row sequences"):
+        project_packed(np.zeros((3, 2, 4), np.float32), wi, None, 8, 4)
+
+
 def test_portable_build_matches_the_reference():
     code = ("from model_core import native; "
             "assert native.REASON.endswith('baseline'), native.REASON; "
