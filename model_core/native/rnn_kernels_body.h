@@ -387,12 +387,10 @@ INL void ISA(tile_wide)(const int G, const int mr, int64_t K, const float *h, in
 }
 #endif
 
-INL void ISA(tile)(const int G, const int mr, const int full, int64_t nu, int64_t K, const float *h, int64_t hs,
-                   const float *w, int64_t wk, int64_t wg, v8 acc[MRMAX][4])
+/* the tile on 8-lane vectors, in every build (ISA(tile) takes 16 lanes where it can) */
+INL void ISA(tile8)(const int G, const int mr, const int full, int64_t nu, int64_t K, const float *h, int64_t hs,
+                    const float *w, int64_t wk, int64_t wg, v8 acc[MRMAX][4])
 {
-#ifdef WIDE
-    if (ISA(wide_tile)(G, full, wg)) { ISA(tile_wide)(G, mr, K, h, hs, w, wk, acc, 0); return; }
-#endif
     if (G == 4 && mr == 3 && full) { ISA(tile_3x4)(K, h, hs, w, wk, wg, acc); return; }
     if (G == 3 && mr == 4 && full) { ISA(tile_4x3)(K, h, hs, w, wk, wg, acc); return; }
     for (int64_t k = 0; k < K; k++) {
@@ -404,6 +402,15 @@ INL void ISA(tile)(const int G, const int mr, const int full, int64_t nu, int64_
             for (int g = 0; g < G; g++) acc[m][g] += wv[g] * hv;
         }
     }
+}
+
+INL void ISA(tile)(const int G, const int mr, const int full, int64_t nu, int64_t K, const float *h, int64_t hs,
+                   const float *w, int64_t wk, int64_t wg, v8 acc[MRMAX][4])
+{
+#ifdef WIDE
+    if (ISA(wide_tile)(G, full, wg)) { ISA(tile_wide)(G, mr, K, h, hs, w, wk, acc, 0); return; }
+#endif
+    ISA(tile8)(G, mr, full, nu, K, h, hs, w, wk, wg, acc);
 }
 
 /* ISA(tile) that also fetches pf, the panel the thread's next item reads (same strides), into L2
@@ -560,15 +567,7 @@ INL void ISA(project_rows)(const int G, const int mr, int64_t nu, int64_t I, con
     v8 acc[MRMAX][4];
     for (int m = 0; m < mr; m++)
         for (int g = 0; g < G; g++) acc[m][g] = bv[g];
-    for (int64_t k = 0; k < I; k++) {
-        const float *wr = wi + k * G * VW;
-        v8 wv[4];
-        for (int g = 0; g < G; g++) wv[g] = ISA(ld)(wr + g * VW);
-        for (int m = 0; m < mr; m++) {
-            float xv = x[m * xs + k];
-            for (int g = 0; g < G; g++) acc[m][g] += wv[g] * xv;
-        }
-    }
+    ISA(tile8)(G, mr, 1, nu, I, x, xs, wi, G * VW, VW, acc);                   /* packed: zero-padded */
     for (int m = 0; m < mr; m++)
         for (int g = 0; g < G; g++) ISA(stn)(out + m * os + g * H + u * VW, acc[m][g], nu);
 }
