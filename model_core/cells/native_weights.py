@@ -173,11 +173,13 @@ def recurrent_weights(weight_hh_t: np.ndarray, B: int, T: int = 1) -> KernelWeig
     call (writable weights, 1 thread) a B=1 forward took 0.64-0.69x the time of the rows as stored
     at H=512, 0.88-0.93x at H=128, level at H=256 (Xeon, in-process A/B, median of 21; on Zen 3
     it was level at H=256); a kept copy (read-only weights) 0.91-0.95x at H=256. A single step
-    stays as it is stored whatever the weights, as ``step()`` reads them."""
+    stays as it is stored whatever the weights, as ``step()`` reads them. A GRU row whose W_hh^T fits
+    L2 reads it as stored in any case (``mc_row_form``: the kernels' row form, faster than the
+    packed tile there and with its bits, so no copy is made or kept for it)."""
     weight_hh_t = c_array(weight_hh_t)                                  # the layer's storage already is
     H, GH = weight_hh_t.shape
     G = GH // H
-    if _reads_packed(weight_hh_t, B, T):
+    if not lib.mc_row_form(B, H, G) and _reads_packed(weight_hh_t, B, T):
         packed = frozen_pack(weight_hh_t)
         if packed is None:
             packed = pack(weight_hh_t, scratch=True)

@@ -878,6 +878,87 @@ INL void ISA(gru_gates)(v8 a0, v8 a1, v8 a2, v8 bn, v8 xn, int64_t nu, int64_t H
     }
 }
 
+/* -- one GRU row against W_hh^T as stored (the row form, mc_row_form) ---------------------------
+ * Units [a, a + C*RW) of one row: C vectors of each gate sum h over every row k of W_hh^T, each
+ * row's three runs of C*RW floats contiguous, so every k issues 3C independent loads of whole lines.
+ * The packed pair tile's 8-lane loads from two panels ran a B=1 step (H=256) at ~128 GB/s out of L2;
+ * this form at 155, near the 167 of a plain read (C harness, Xeon, 2026-12-03). Each lane starts
+ * where the pair tile's does and sums over k in the same order: the same bits. */
+#ifdef WIDE
+#define RW 16
+#define RCMAX 8                                   /* 3 x 8 accumulators of the 32 registers */
+#define RV v16
+#define RLD(p) ((v16)*(const v16u *)(p))
+#define RST(p, v) (*(v16u *)(p) = (v))
+#define RSIG(v) ISA(vsigmoid16)(v)
+#define RTANH(v) ISA(vtanh16)(v)
+#else
+#define RW VW
+#define RCMAX 4                                   /* 3 x 4 of AVX2's 16 */
+#define RV v8
+#define RLD(p) ((v8)ISA(ld)(p))
+#define RST(p, v) ISA(st)(p, v)
+#define RSIG(v) ISA(vsigmoid)(v)
+#define RTANH(v) ISA(vtanh)(v)
+#endif
+INL void ISA(gru_row_chunk)(const int C, int64_t H, int64_t a, const float *x, const float *bx, const int64_t *lens,
+                            int64_t i, const float *w, const float *b_hn, const float *hp, float *y, float *gates,
+                            float *hn)
+{
+    if (lens && i >= *lens) {                                       /* ended: h passes through (held) */
+        memcpy(y + a, hp + a, (size_t)(C * RW) * sizeof(float));
+        return;
+    }
+    RV ar[RCMAX], az[RCMAX], an[RCMAX], zero = {0};
+    for (int c = 0; c < C; c++) {                   /* r and z from x W_ih^T + b, as gru_row_pair's */
+        int64_t o = a + c * RW;
+        ar[c] = RLD(x + o) + (bx ? RLD(bx + o) : zero);
+        az[c] = RLD(x + H + o) + (bx ? RLD(bx + H + o) : zero);
+        an[c] = zero;
+    }
+    for (int64_t k = 0; k < H; k++) {
+        const float *wr = w + k * 3 * H + a;
+        float v = hp[k];
+        for (int c = 0; c < C; c++) {
+            ar[c] += RLD(wr + c * RW) * v;
+            az[c] += RLD(wr + H + c * RW) * v;
+            an[c] += RLD(wr + 2 * H + c * RW) * v;
+        }
+    }
+    for (int c = 0; c < C; c++) {                                          /* gru_gates, RW lanes */
+        int64_t o = a + c * RW;
+        RV r = RSIG(ar[c]), z = RSIG(az[c]), hv = an[c] + RLD(b_hn + o);
+        RV n = RTANH(RLD(x + 2 * H + o) + (bx ? RLD(bx + 2 * H + o) : zero) + r * hv);
+        RST(y + o, n + z * (RLD(hp + o) - n));
+        if (gates) {
+            RST(gates + o, r); RST(gates + H + o, z); RST(gates + 2 * H + o, n);
+            RST(hn + o, hv);
+        }
+    }
+}
+
+/* the row form's items of a step: n runs of vectors of RW units, balanced, at most RCMAX each */
+static inline int64_t ISA(row_chunks)(int64_t H) { return (H / RW + RCMAX - 1) / RCMAX; }
+
+INL void ISA(gru_row_item)(int64_t j, int64_t H, const float *x, const float *bx, const int64_t *lens, int64_t i,
+                           const float *w, const float *b_hn, const float *hp, float *y, float *gates, float *hn)
+{
+    int64_t nv = H / RW, n = ISA(row_chunks)(H), v0 = nv * j / n, v1 = nv * (j + 1) / n;
+    switch (v1 - v0) {
+#define CASE(C) case C: ISA(gru_row_chunk)(C < RCMAX ? C : RCMAX, H, v0 * RW, x, bx, lens, i, w, b_hn, hp, y, gates, \
+                                           hn); break;
+    CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
+#undef CASE
+    }
+}
+#undef RW
+#undef RCMAX
+#undef RV
+#undef RLD
+#undef RST
+#undef RSIG
+#undef RTANH
+
 /* mr rows of one GRU step for unit group u. With xi and wi (as lstm_rows), the input projection is
  * made in the tile first, from the bias: r and z keep accumulating over h, while the candidate's
  * x W_in^T + b_in moves out of its register (r multiplies only the h part) and the tile's third
@@ -1032,6 +1113,17 @@ static void ISA(gru_forward_part)(int tid, int nth, int64_t *claims, int64_t T, 
         const float *xt_ = x ? x + t * xt : 0;                                  /* NULL: fused (xi) */
         float *yt_ = y + t * yt;
         float *gt = gates ? gates + t * B * 3 * H : 0, *hnt = gates ? hn + t * B * H : 0;
+        if (wu == VW && mc_row_form(B, H, 3)) {          /* one row against W_hh^T as stored, a team's items */
+            int64_t items = ISA(row_chunks)(H), ran = 0;
+            int64_t *step_claims = claims ? claims + i * (nth + 1) * CLAIM_STRIDE : 0;
+            for (int64_t j = next_item(step_claims, tid, nth, items, -1); j < items;
+                 j = next_item(step_claims, tid, nth, items, j), ran++)
+                ISA(gru_row_item)(item_in_order(1, i, nth, items, j), H, xt_, bx, lens, i, w, b_hn, hp, yt_, gt, hnt);
+            if (step_claims)
+                step_done(step_claims + nth * CLAIM_STRIDE, ran + (prev_h && tid == 0), items + (prev_h != 0));
+            hp = yt_; hs = yb;
+            continue;
+        }
         if (wu == VW) {                                  /* unpacked: W_hh^T streamed by rows, then the gates */
             ISA(axpy_product)(B, H, 3 * H, hp, hs, w, work);                      /* (B, 3H) */
             for (int64_t b = 0; b < B; b++)

@@ -171,7 +171,7 @@ def test_the_team_takes_calls_with_enough_work_a_step(cls, B, H, T, team):
     assert np.array_equal(got, want)
 
 
-@pytest.mark.parametrize("H", [136, 264])              # U = 17, 33: each with a last group alone
+@pytest.mark.parametrize("H", [136, 264, 160])         # U = 17, 33: each with a last group alone; 160: the GRU's row form
 @pytest.mark.parametrize("cls", CLASSES)
 def test_one_row_on_a_team_runs_every_item_of_every_step_once(cls, H):
     """At B=1 the odd steps run each thread's share of items backwards (item_in_order), on one
@@ -300,6 +300,48 @@ def test_one_row_makes_the_sums_a_row_of_a_batch_makes(cell, H, fused):
                                           b[..., r, :] if b.ndim == 3 else b[r]), (k, n, r)
 
 
+@pytest.mark.parametrize("H", [16, 48, 144, 256])    # 1, 3, 9 (two items: 4 + 5) and 16 vectors of 16 units
+def test_a_gru_row_read_as_stored_makes_the_packed_tile_s_sums(H):
+    """One GRU row whose W_hh^T fits L2 reads it as stored (the row form, ``mc_row_form``), in runs of
+    whole vectors per gate, where the packed pair tile reads two panels of 8 lanes. Each lane starts
+    from the same value and sums over k in the same order, so every output is the pair tile's bit for
+    bit: y and the final state, what training keeps for BPTT, with and without a bias, a row held
+    past its length, and on a team."""
+    from model_core.cells.native_weights import NULL, aligned_empty, pack, ptr
+    assert native.lib.mc_row_form(1, H, 3)
+    assert not native.lib.mc_row_form(2, H, 3) and not native.lib.mc_row_form(1, H, 4)
+    assert not native.lib.mc_row_form(1, H + 8, 3) and not native.lib.mc_row_form(1, 512, 3)   # 512: 3 MiB
+    T, G = 9, 3
+    rng = np.random.default_rng(H)
+    x = rng.standard_normal((T, 1, G * H), dtype=np.float32)
+    wt = rng.standard_normal((H, G * H), dtype=np.float32) * (2 / H) ** 0.5
+    layouts = {"stored": (wt, (G * H, H, 8)), "packed": (pack(wt), (G * 8, 8, H * G * 8))}
+    b_hn, h0 = rng.standard_normal(H).astype(np.float32), rng.standard_normal((1, H), dtype=np.float32)
+
+    def run(layout, bias, lens, train):
+        w, strides = layouts[layout]
+        out = {k: aligned_empty(s) for k, s in (("y", (T, 1, H)), ("hT", (1, H)), ("gates", (T, 1, G * H)),
+                                                ("hn", (T, 1, H)), ("prev_h", (T, 1, H)))}
+        kept = [ptr(out[k]) if train else NULL for k in ("gates", "hn", "prev_h")]
+        native.lib.mc_gru_forward(T, 1, H, 0, ptr(x), G * H, G * H, ptr(bias), ptr(lens), ptr(w), *strides,
+                                  ptr(b_hn), ptr(h0), ptr(out["y"]), H, H, ptr(out["hT"]), *kept,
+                                  ptr(aligned_empty(3 * H)))
+        return out if train else {k: out[k] for k in ("y", "hT")}
+
+    bias = rng.standard_normal(G * H).astype(np.float32)
+    for b, lens, train in ((bias, None, True), (None, None, True), (bias, np.array([T - 3]), False),
+                           (bias, np.array([0]), False)):
+        want = run("packed", b, lens, train)
+        for threads in (1, 2):
+            native.set_threads(threads)
+            try:
+                got = run("stored", b, lens, train)
+            finally:
+                native.set_threads(1)
+            for k in want:
+                assert np.isfinite(got[k]).all() and np.array_equal(got[k], want[k]), (k, b is None, lens, threads)
+
+
 @pytest.mark.parametrize("cls", CLASSES)
 def test_a_wide_single_step_splits_across_two_threads_and_matches_one(cls):
     """From B*H >= 16384 one step (T=1) runs on the team too: the same numbers as on one thread, up
@@ -373,7 +415,7 @@ def test_portable_build_matches_the_reference():
 
 @pytest.mark.parametrize("cls", CLASSES)
 @pytest.mark.parametrize("B", [1, 3])
-@pytest.mark.parametrize("H", [24, 19])                                   # 19: a partial unit group
+@pytest.mark.parametrize("H", [24, 19, 32])                   # 19: a partial unit group; 32: the GRU's row form
 def test_a_frozen_sequence_gives_the_same_bits_in_one_call_or_in_pieces(cls, B, H):
     """A session may send its steps one by one, in chunks or all at once: a frozen layer reads its
     kept packed copies and makes the input projection with the tile's sums on every path (in the
@@ -396,7 +438,7 @@ def test_a_frozen_sequence_gives_the_same_bits_in_one_call_or_in_pieces(cls, B, 
     assert np.array_equal(y, whole[-1]) and all(np.array_equal(s, w) for s, w in zip(state, whole_state))
 
 
-WIDE_SHAPES = ((5, 40, 6, 1), (7, 72, 5, 13), (6, 136, 4, 25), (9, 64, 3, 32), (4, 13, 5, 12))
+WIDE_SHAPES = ((5, 40, 6, 1), (7, 72, 5, 13), (6, 136, 4, 25), (9, 64, 3, 32), (4, 13, 5, 12), (6, 64, 5, 1))
 
 
 def _outputs(cls, I, H, T, B, seed=0) -> dict:
