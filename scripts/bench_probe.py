@@ -26,9 +26,14 @@ PROBE_SHAPES = [(1, 256), (32, 256), (64, 256), (256, 256), (32, 512)]
 clock = time.perf_counter          # bench_core --clock cpu sets time.thread_time
 
 
-def best_seconds(fn, repeat: int, min_time: float = 2e-4) -> float:
-    """Min over ``repeat`` timings, each of enough calls to last ``min_time``: per-call seconds."""
-    fn()
+def best_seconds(fn, repeat: int, min_time: float = 2e-4, warm: float = 0.02) -> float:
+    """Min over ``repeat`` timings, each of enough calls to last ``min_time``: per-call seconds. The
+    contestant first runs untimed for ``warm`` seconds: on the Xeon a kernel run within ~4 ms of
+    another's 512-bit loads ran 1.10-1.14x slower (see ``model_core.cells.native_weights.projected``),
+    so without it each contestant's first timings paid for the one before."""
+    t0 = clock()
+    while clock() - t0 < warm:
+        fn()
     t0 = clock()
     fn()
     one = max(clock() - t0, 1e-7)
