@@ -46,6 +46,13 @@ def aligned_empty(shape) -> np.ndarray:
     return raw[start:start + size].reshape(shape)
 
 
+def aligned_copy(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous float32 copy of ``a`` starting on a cache line (``aligned_empty``)."""
+    out = aligned_empty(a.shape)
+    out[...] = a
+    return out
+
+
 def _scratch_buffer(shape) -> np.ndarray:
     """A float32 array of ``shape`` owned by this thread, reused by its next call (never returned
     to a caller: it only lives for the duration of one kernel call)."""
@@ -175,15 +182,23 @@ def recurrent_weights(weight_hh_t: np.ndarray, B: int, T: int = 1) -> KernelWeig
     it was level at H=256); a kept copy (read-only weights) 0.91-0.95x at H=256. A single step
     stays as it is stored whatever the weights, as ``step()`` reads them. A GRU row whose W_hh^T fits
     L2 reads it as stored in any case (``mc_row_form``: the kernels' row form, faster than the
-    packed tile there and with its bits, so no copy is made or kept for it)."""
+    packed tile there and with its bits, so no copy is made or kept for it; the layer stores it on a
+    cache line, which the form needs)."""
     weight_hh_t = c_array(weight_hh_t)                                  # the layer's storage already is
     H, GH = weight_hh_t.shape
     G = GH // H
-    if not lib.mc_row_form(B, H, G) and _reads_packed(weight_hh_t, B, T):
+    if not lib.mc_row_form(B, H, G, ptr(weight_hh_t)) and _reads_packed(weight_hh_t, B, T):
         packed = frozen_pack(weight_hh_t)
         if packed is None:
             packed = pack(weight_hh_t, scratch=True)
         return KernelWeights(ptr(packed), G * _GROUP, _GROUP, H * G * _GROUP, packed)
+    return stored_weights(weight_hh_t)
+
+
+def stored_weights(weight_hh_t: np.ndarray) -> KernelWeights:
+    """W_hh^T (H, G*H), C-contiguous float32, as stored: the layout the kernels stream by rows (and
+    a GRU row reads in the row form, ``mc_row_form``)."""
+    H, GH = weight_hh_t.shape
     return KernelWeights(ptr(weight_hh_t), GH, H, _GROUP, weight_hh_t)
 
 

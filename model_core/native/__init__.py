@@ -55,7 +55,7 @@ _I = ctypes.c_int64
 _SIGNATURES = {
     "mc_select": ([ctypes.c_int32], ctypes.c_char_p),
     "mc_pack_rows": ([_I, _I, _I, _F, _F], None),
-    "mc_row_form": ([_I, _I, _I], ctypes.c_int32),
+    "mc_row_form": ([_I, _I, _I, _F], ctypes.c_int32),
     "mc_product": ([_I, _I, _I, _F, _F, _I, _I, _I, _F], None),
     "mc_project": ([_I, _I, _I, _I, _F, _I, _F, _F, _F, _I], ctypes.c_int32),
     "mc_lstm_forward": ([_I, _I, _I, ctypes.c_int32, _F, _I, _I, _F, _F, _F, _I, _I, _I, _F, _F, _F, _I, _I,

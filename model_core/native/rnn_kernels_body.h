@@ -842,7 +842,7 @@ static void ISA(lstm_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, 
                               const float *c0, float *y, int64_t yt, int64_t yb, float *hT, float *cT,
                               float *gates, float *tanhc, float *prev_h, float *prev_c, float *work)
 {
-    int nth = threads_for(wu, T, B, H, 4);
+    int nth = threads_for(wu, T, B, H, 4, w);
     int64_t *claims = nth > 1 ? calloc((size_t)(T * (nth + 1) * CLAIM_STRIDE), sizeof(int64_t)) : 0;   /* next_item */
     if (!claims) nth = 1;
     if (nth > 1) __atomic_add_fetch(&team_forwards, 1, __ATOMIC_RELAXED);
@@ -1113,7 +1113,7 @@ static void ISA(gru_forward_part)(int tid, int nth, int64_t *claims, int64_t T, 
         const float *xt_ = x ? x + t * xt : 0;                                  /* NULL: fused (xi) */
         float *yt_ = y + t * yt;
         float *gt = gates ? gates + t * B * 3 * H : 0, *hnt = gates ? hn + t * B * H : 0;
-        if (wu == VW && mc_row_form(B, H, 3)) {          /* one row against W_hh^T as stored, a team's items */
+        if (wu == VW && mc_row_form(B, H, 3, w)) {          /* one row against W_hh^T as stored, a team's items */
             int64_t items = ISA(row_chunks)(H), ran = 0;
             int64_t *step_claims = claims ? claims + i * (nth + 1) * CLAIM_STRIDE : 0;
             for (int64_t j = next_item(step_claims, tid, nth, items, -1); j < items;
@@ -1215,7 +1215,7 @@ static void ISA(gru_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, c
                              const float *h0, float *y, int64_t yt, int64_t yb, float *hT, float *gates,
                              float *hn, float *prev_h, float *work)
 {
-    int nth = threads_for(wu, T, B, H, 3);
+    int nth = threads_for(wu, T, B, H, 3, w);
     int64_t *claims = nth > 1 ? calloc((size_t)(T * (nth + 1) * CLAIM_STRIDE), sizeof(int64_t)) : 0;
     if (!claims) nth = 1;
     if (nth > 1) __atomic_add_fetch(&team_forwards, 1, __ATOMIC_RELAXED);
@@ -1380,7 +1380,7 @@ static void ISA(rnn_forward)(int64_t T, int64_t B, int64_t H, int64_t I, int32_t
                              const int64_t *lens, const float *w, int32_t packed, const float *h0, float *y,
                              int64_t yt, int64_t yb, float *hT, float *act, float *prev_h, float *work)
 {
-    int nth = threads_for(packed ? MC_PANEL * H : VW, T, B, H, 1);
+    int nth = threads_for(packed ? MC_PANEL * H : VW, T, B, H, 1, w);
     int64_t *claims = nth > 1 ? calloc((size_t)(T * (nth + 1) * CLAIM_STRIDE), sizeof(int64_t)) : 0;
     if (!claims) nth = 1;
     if (nth > 1) __atomic_add_fetch(&team_forwards, 1, __ATOMIC_RELAXED);
@@ -1519,7 +1519,7 @@ static void ISA(lstm_backward)(int64_t T, int64_t B, int64_t H, int32_t reverse,
 {
     memcpy(work, dhT, (size_t)(B * H) * sizeof(float));
     memcpy(work + B * H, dcT, (size_t)(B * H) * sizeof(float));
-    int nth = threads_for(0, T, B, H, 4);
+    int nth = threads_for(0, T, B, H, 4, 0);
     float *wp = bptt_weights(T, B, H, 4 * H, wt);
 #define PART(tid, n) ISA(lstm_backward_part)(tid, n, T, B, H, reverse, wt, wp, dy, dyt, dyb, gates, tanhc, prev_c, \
                                              dgx, work)
@@ -1571,7 +1571,7 @@ static void ISA(gru_backward)(int64_t T, int64_t B, int64_t H, int32_t reverse, 
                               const float *dhT, float *dgx, float *dgh, float *dh0, float *work)
 {
     memcpy(work, dhT, (size_t)(B * H) * sizeof(float));
-    int nth = threads_for(0, T, B, H, 3);
+    int nth = threads_for(0, T, B, H, 3, 0);
     float *wp = bptt_weights(T, B, H, 3 * H, wt);
 #define PART(tid, n) ISA(gru_backward_part)(tid, n, T, B, H, reverse, wt, wp, dy, dyt, dyb, gates, hn, prev_h, \
                                             dgx, dgh, work)
@@ -1612,7 +1612,7 @@ static void ISA(rnn_backward)(int64_t T, int64_t B, int64_t H, int32_t reverse, 
                               float *dgx, float *dh0, float *work)
 {
     memcpy(work, dhT, (size_t)(B * H) * sizeof(float));
-    int nth = threads_for(0, T, B, H, 1);
+    int nth = threads_for(0, T, B, H, 1, 0);
     float *wp = bptt_weights(T, B, H, H, wt);
     const int r = relu != 0;
 #define PART(tid, n) ISA(rnn_backward_part)(tid, n, T, B, H, reverse, r, wt, wp, dy, dyt, dyb, act, dgx, work)

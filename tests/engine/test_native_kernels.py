@@ -307,15 +307,20 @@ def test_a_gru_row_read_as_stored_makes_the_packed_tile_s_sums(H):
     from the same value and sums over k in the same order, so every output is the pair tile's bit for
     bit: y and the final state, what training keeps for BPTT, with and without a bias, a row held
     past its length, and on a team."""
-    from model_core.cells.native_weights import NULL, aligned_empty, pack, ptr
-    assert native.lib.mc_row_form(1, H, 3)
-    assert not native.lib.mc_row_form(2, H, 3) and not native.lib.mc_row_form(1, H, 4)
-    assert not native.lib.mc_row_form(1, H + 8, 3) and not native.lib.mc_row_form(1, 512, 3)   # 512: 3 MiB
+    from model_core.cells.native_weights import NULL, aligned_copy, aligned_empty, pack, ptr
     T, G = 9, 3
     rng = np.random.default_rng(H)
     x = rng.standard_normal((T, 1, G * H), dtype=np.float32)
-    wt = rng.standard_normal((H, G * H), dtype=np.float32) * (2 / H) ** 0.5
-    layouts = {"stored": (wt, (G * H, H, 8)), "packed": (pack(wt), (G * 8, 8, H * G * 8))}
+    wt = aligned_copy(rng.standard_normal((H, G * H), dtype=np.float32) * (2 / H) ** 0.5)
+    off = np.empty(wt.size + 20, np.float32)
+    off = off[(-ptr(off) % 64) // 4 + 4:][:wt.size].reshape(wt.shape)          # 16 bytes past a line
+    off[...] = wt
+    form = native.lib.mc_row_form
+    assert form(1, H, 3, ptr(wt)) and not form(1, H, 3, ptr(off))
+    assert not form(2, H, 3, ptr(wt)) and not form(1, H, 4, ptr(wt))
+    assert not form(1, H + 8, 3, ptr(wt)) and not form(1, 512, 3, ptr(wt))                 # 512: 3 MiB
+    layouts = {"stored": (wt, (G * H, H, 8)), "packed": (pack(wt), (G * 8, 8, H * G * 8)),
+               "off a line": (off, (G * H, H, 8))}                          # streamed by rows (axpy_product)
     b_hn, h0 = rng.standard_normal(H).astype(np.float32), rng.standard_normal((1, H), dtype=np.float32)
 
     def run(layout, bias, lens, train):
@@ -323,9 +328,9 @@ def test_a_gru_row_read_as_stored_makes_the_packed_tile_s_sums(H):
         out = {k: aligned_empty(s) for k, s in (("y", (T, 1, H)), ("hT", (1, H)), ("gates", (T, 1, G * H)),
                                                 ("hn", (T, 1, H)), ("prev_h", (T, 1, H)))}
         kept = [ptr(out[k]) if train else NULL for k in ("gates", "hn", "prev_h")]
+        work = aligned_empty(3 * H)                                     # named: alive through the call
         native.lib.mc_gru_forward(T, 1, H, 0, ptr(x), G * H, G * H, ptr(bias), ptr(lens), ptr(w), *strides,
-                                  ptr(b_hn), ptr(h0), ptr(out["y"]), H, H, ptr(out["hT"]), *kept,
-                                  ptr(aligned_empty(3 * H)))
+                                  ptr(b_hn), ptr(h0), ptr(out["y"]), H, H, ptr(out["hT"]), *kept, ptr(work))
         return out if train else {k: out[k] for k in ("y", "hT")}
 
     bias = rng.standard_normal(G * H).astype(np.float32)
@@ -340,6 +345,8 @@ def test_a_gru_row_read_as_stored_makes_the_packed_tile_s_sums(H):
                 native.set_threads(1)
             for k in want:
                 assert np.isfinite(got[k]).all() and np.array_equal(got[k], want[k]), (k, b is None, lens, threads)
+        for k, got in run("off a line", b, lens, train).items():         # another sum order: close, not equal
+            np.testing.assert_allclose(got, want[k], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("cls", CLASSES)
@@ -862,17 +869,20 @@ def test_onnx_projection_inside_the_kernel_matches_the_projection_first(op, dire
 @pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
 @pytest.mark.parametrize("lengths", [[7], [4]])                                    # full, and shorter
 @pytest.mark.parametrize("op", ["LSTM", "GRU"])
-def test_onnx_one_row_projection_by_the_kernels_matches_the_gemm(op, direction, lengths, monkeypatch):
+@pytest.mark.parametrize("H", [19, 32])                                  # 32: a GRU row in the row form
+def test_onnx_one_row_projection_by_the_kernels_matches_the_gemm(op, direction, lengths, H, monkeypatch):
     from model_core.onnx.ops import recurrent
-    session = InferenceSession(_node_model(op, H=19, I=5, direction=direction,
+    session = InferenceSession(_node_model(op, H=H, I=5, direction=direction,
                                            **({"linear_before_reset": 1} if op == "GRU" else {})))
     x = np.random.default_rng(3).standard_normal((7, 1, 5)).astype(np.float32)
     feeds = {"X": x, "sequence_lens": np.array(lengths, np.int32)}
-    calls = []
-    real = recurrent.project_packed
+    calls, layouts = [], []
+    real, real_loop = recurrent.project_packed, recurrent.native_loop
     monkeypatch.setattr(recurrent, "project_packed", lambda *a: calls.append(a[3]) or real(*a))
+    monkeypatch.setattr(recurrent, "native_loop", lambda *a: layouts.append(a[2].packed) or real_loop(*a))
     projected = session.run(None, feeds)
-    assert calls == [19] * (2 if direction == "bidirectional" else 1)
+    assert calls == [H] * (2 if direction == "bidirectional" else 1)
+    assert layouts == [not (op == "GRU" and H == 32)] * len(calls)      # R^T as stored in the row form
     monkeypatch.setattr(recurrent, "ONE_ROW_PROJECTED", ())                        # the GEMM first, as before
     plain = session.run(None, feeds)
     assert len(calls) == (2 if direction == "bidirectional" else 1)

@@ -28,8 +28,8 @@ import numpy as np
 
 from model_core import native
 from model_core.backend import to_numpy
-from model_core.cells.native_weights import (FUSED_MIN_BATCH, aligned_empty, pack, packed_weights,
-                                             project_packed)
+from model_core.cells.native_weights import (FUSED_MIN_BATCH, aligned_copy, aligned_empty, pack, packed_weights,
+                                             project_packed, ptr, stored_weights)
 from model_core.onnx.ops.activations import bind_activations
 from model_core.onnx.ops.recurrent_loops import GATES, gru_loop, lstm_loop, lstm_loop_halved, native_loop, rnn_loop
 from model_core.onnx.ops.registry import Unsupported, register
@@ -183,7 +183,8 @@ def prepare_weights(xp, cfg, W, R, B, H, halved, use_native=False) -> Weights:
         if half:
             scale[d, :3 * H] = 0.5
     W_T = xp.ascontiguousarray((W * scale[:, :, None]).transpose(2, 0, 1).reshape(I, D * GH))  # (I, D*G*H)
-    R_T = tuple(xp.ascontiguousarray((R[d] * scale[d][:, None]).T) for d in range(D))  # (H, G*H) each
+    # (H, G*H) each; for the kernels on a cache line, as a layer stores it (the GRU's row form reads it)
+    R_T = tuple((aligned_copy if use_native else xp.ascontiguousarray)((R[d] * scale[d][:, None]).T) for d in range(D))
     bias, rb_h = None, None
     if B is not None:
         wb, rb = B[:, :GH], B[:, GH:]  # (D, G*H) each
@@ -309,7 +310,9 @@ def _directions(xp, cfg, wants, X, w, H, lengths, initial_h, initial_c, P):
         acts = tuple(slot[d] if len(slot) > 1 else slot[0] for slot in cfg.activations)
         if on_kernels:
             GH = G * H
-            native_loop(cfg.op_type, x_d, w.kernel[d], None if w.bias is None else w.bias[d * GH:(d + 1) * GH],
+            # a GRU row reads R^T as stored where the kernels' row form takes it (recurrent_weights' rule)
+            kernel = stored_weights(w.R_T[d]) if one_row and native.lib.mc_row_form(1, H, G, ptr(w.R_T[d])) else w.kernel[d]
+            native_loop(cfg.op_type, x_d, kernel, None if w.bias is None else w.bias[d * GH:(d + 1) * GH],
                         None if w.rb_h is None else w.rb_h[d], hs[d], None if cs is None else cs[d], lengths, y_d,
                         backwards and reverse_index is None, w.kernel_in[d] if fused else None,
                         cfg.op_type == "RNN" and relu_dirs(cfg)[d])
