@@ -137,6 +137,18 @@ def _reads_packed(weight_hh_t: np.ndarray, B: int, T: int) -> bool:
     return B >= PACK_MIN_BATCH or B * T >= PACK_MIN_ROWS or frozen(weight_hh_t)
 
 
+def reads_row_form(weight_hh_t: np.ndarray, B: int, kept: bool) -> bool:
+    """Does a call of B rows read W_hh^T (H, G*H) as stored, in the kernels' row form
+    (``mc_row_form``: one row, W_hh^T within 1 MiB and on a cache line, where a layer stores it)?
+    Its sums are the packed pair tile's, so the choice never changes a bit. A GRU row always does:
+    0.82x the pair tile's time a step, and no copy. An LSTM row only without a ``kept`` packed copy
+    (writable weights): the 16-lane pair tile reads one faster (6.5 against 7.1 us a step at H=256,
+    C harness), but a writable layer would pack per call (about 70 us at H=256) or, for short calls,
+    stream W_hh^T row by row through memory accumulators."""
+    H, GH = weight_hh_t.shape
+    return bool(lib.mc_row_form(B, H, GH // H, ptr(weight_hh_t))) and (GH == 3 * H or not kept)
+
+
 def fuses_input(weight_ih_t: np.ndarray, B: int) -> bool:
     """Does an RNN sequence of B rows make its input projection in the kernel's tile? From
     FUSED_MIN_BATCH rows, and at any batch for read-only weights: a frozen layer's step makes it
@@ -180,14 +192,12 @@ def recurrent_weights(weight_hh_t: np.ndarray, B: int, T: int = 1) -> KernelWeig
     call (writable weights, 1 thread) a B=1 forward took 0.64-0.69x the time of the rows as stored
     at H=512, 0.88-0.93x at H=128, level at H=256 (Xeon, in-process A/B, median of 21; on Zen 3
     it was level at H=256); a kept copy (read-only weights) 0.91-0.95x at H=256. A single step
-    stays as it is stored whatever the weights, as ``step()`` reads them. A GRU row whose W_hh^T fits
-    L2 reads it as stored in any case (``mc_row_form``: the kernels' row form, faster than the
-    packed tile there and with its bits, so no copy is made or kept for it; the layer stores it on a
-    cache line, which the form needs)."""
+    stays as it is stored whatever the weights, as ``step()`` reads them. One row may read it as
+    stored in the kernels' row form instead (``reads_row_form``)."""
     weight_hh_t = c_array(weight_hh_t)                                  # the layer's storage already is
     H, GH = weight_hh_t.shape
     G = GH // H
-    if not lib.mc_row_form(B, H, G, ptr(weight_hh_t)) and _reads_packed(weight_hh_t, B, T):
+    if not reads_row_form(weight_hh_t, B, frozen(weight_hh_t)) and _reads_packed(weight_hh_t, B, T):
         packed = frozen_pack(weight_hh_t)
         if packed is None:
             packed = pack(weight_hh_t, scratch=True)

@@ -75,8 +75,8 @@ static int mc_threads = 1;
  * past L2, a step from B*H >= 16384, left those gains on one thread.) While the host took the other
  * core now and then, the same sequences ran 0.92-1.15x: a team pays when its second core is there. */
 #define TEAM_MIN_MACS 65536
-/* Does a call of B rows read W_hh^T (w, as stored) in the row form (gru_row_chunk) rather than
- * packed? One GRU row, H a multiple of 16 (whole vectors in every build), W_hh^T within 1 MiB, which
+/* Can a call of B rows read W_hh^T (w, as stored) in the row form (gru_row_chunk, lstm_row_chunk)?
+ * The kernels then do. One LSTM or GRU row, H a multiple of 16 (whole vectors in every build), W_hh^T within 1 MiB, which
  * stays in L2 from step to step (at H=512, 3 MiB from L3, the form ran 1.7x the packed tile's time,
  * C harness), and w on a cache line: its rows are whole lines apart, and 16 bytes past one every
  * 64-byte load spans two (a B=1 step 8.7 us against 5.3, in-process). The cells and the ONNX
@@ -84,7 +84,8 @@ static int mc_threads = 1;
 #define ROW_FORM_MAX_FLOATS (256 * 1024)
 int32_t mc_row_form(int64_t B, int64_t H, int64_t G, const float *w)
 {
-    return B == 1 && G == 3 && H > 0 && H % 16 == 0 && G * H * H <= ROW_FORM_MAX_FLOATS && !((uintptr_t)w & 63);
+    return B == 1 && (G == 3 || G == 4) && H > 0 && H % 16 == 0 && G * H * H <= ROW_FORM_MAX_FLOATS &&
+           !((uintptr_t)w & 63);
 }
 
 static int threads_for(int64_t wu, int64_t T, int64_t B, int64_t H, int64_t G, const float *w)

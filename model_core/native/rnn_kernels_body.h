@@ -670,6 +670,146 @@ INL int ISA(held)(const int64_t *lens, int64_t i, int64_t nu, int64_t u, const f
     return 1;
 }
 
+/* -- one row against W_hh^T as stored (the row form, mc_row_form) ------------------------------
+ * Units [a, a + C*RW) of one row: C vectors of each gate sum h over every row k of W_hh^T, each
+ * row's G runs of C*RW floats contiguous, so every k issues G*C independent loads of whole lines.
+ * The packed GRU pair tile's 8-lane loads from two panels ran a B=1 step (H=256) at ~128 GB/s out
+ * of L2; this form at 155, near the 167 of a plain read (C harness, Xeon, 2026-12-03). The LSTM's
+ * 16-lane pair tile reads its kept copy at 163 and this form at 147, but this form needs no copy:
+ * a writable layer's one-row call reads it (native_weights). Each lane starts where the pair
+ * tile's does and sums over k in the same order: the same bits. */
+#ifdef WIDE
+#define RW 16
+#define RCMAX(G) (24 / (G))                        /* G x RCMAX accumulators of the 32 registers */
+#define RV v16
+#define RLD(p) ((v16)*(const v16u *)(p))
+#define RST(p, v) (*(v16u *)(p) = (v))
+#define RSIG(v) ISA(vsigmoid16)(v)
+#define RTANH(v) ISA(vtanh16)(v)
+#else
+#define RW VW
+#define RCMAX(G) (12 / (G))                        /* of AVX2's 16 */
+#define RV v8
+#define RLD(p) ((v8)ISA(ld)(p))
+#define RST(p, v) ISA(st)(p, v)
+#define RSIG(v) ISA(vsigmoid)(v)
+#define RTANH(v) ISA(vtanh)(v)
+#endif
+INL void ISA(gru_row_chunk)(const int C, int64_t H, int64_t a, const float *x, const float *bx, const int64_t *lens,
+                            int64_t i, const float *w, const float *b_hn, const float *hp, float *y, float *gates,
+                            float *hn)
+{
+    if (lens && i >= *lens) {                                       /* ended: h passes through (held) */
+        memcpy(y + a, hp + a, (size_t)(C * RW) * sizeof(float));
+        return;
+    }
+    RV ar[RCMAX(3)], az[RCMAX(3)], an[RCMAX(3)], zero = {0};
+    for (int c = 0; c < C; c++) {                   /* r and z from x W_ih^T + b, as gru_row_pair's */
+        int64_t o = a + c * RW;
+        ar[c] = RLD(x + o) + (bx ? RLD(bx + o) : zero);
+        az[c] = RLD(x + H + o) + (bx ? RLD(bx + H + o) : zero);
+        an[c] = zero;
+    }
+    for (int64_t k = 0; k < H; k++) {
+        const float *wr = w + k * 3 * H + a;
+        float v = hp[k];
+        for (int c = 0; c < C; c++) {
+            ar[c] += RLD(wr + c * RW) * v;
+            az[c] += RLD(wr + H + c * RW) * v;
+            an[c] += RLD(wr + 2 * H + c * RW) * v;
+        }
+    }
+    for (int c = 0; c < C; c++) {                                          /* gru_gates, RW lanes */
+        int64_t o = a + c * RW;
+        RV r = RSIG(ar[c]), z = RSIG(az[c]), hv = an[c] + RLD(b_hn + o);
+        RV n = RTANH(RLD(x + 2 * H + o) + (bx ? RLD(bx + 2 * H + o) : zero) + r * hv);
+        RST(y + o, n + z * (RLD(hp + o) - n));
+        if (gates) {
+            RST(gates + o, r); RST(gates + H + o, z); RST(gates + 2 * H + o, n);
+            RST(hn + o, hv);
+        }
+    }
+}
+
+/* the row form's items of a step: runs of vectors of RW units, balanced, at most RCMAX(G) each */
+static inline int64_t ISA(row_chunks)(int64_t H, int G) { return (H / RW + RCMAX(G) - 1) / RCMAX(G); }
+static inline int64_t ISA(row_chunk_start)(int64_t H, int G, int64_t j) { return H / RW * j / ISA(row_chunks)(H, G); }
+
+/* one LSTM row, as gru_row_chunk: lstm_row_pair's sums, then lstm_gates on RW lanes */
+INL void ISA(lstm_row_chunk)(const int C, int64_t H, int64_t a, const float *x, const float *bx, const int64_t *lens,
+                             int64_t i, const float *w, const float *hp, const float *cp, float *cn, float *y,
+                             float *gates, float *tanhc)
+{
+    if (lens && i >= *lens) {                                                 /* ended: h and c pass through */
+        memcpy(y + a, hp + a, (size_t)(C * RW) * sizeof(float));
+        memcpy(cn + a, cp + a, (size_t)(C * RW) * sizeof(float));
+        return;
+    }
+    RV acc[4][RCMAX(4)], zero = {0};
+    for (int g = 0; g < 4; g++)
+        for (int c = 0; c < C; c++) {
+            int64_t o = g * H + a + c * RW;
+            acc[g][c] = RLD(x + o) + (bx ? RLD(bx + o) : zero);
+        }
+    for (int64_t k = 0; k < H; k++) {
+        const float *wr = w + k * 4 * H + a;
+        float v = hp[k];
+        for (int g = 0; g < 4; g++)
+            for (int c = 0; c < C; c++) acc[g][c] += RLD(wr + g * H + c * RW) * v;
+    }
+    for (int c = 0; c < C; c++) {
+        int64_t o = a + c * RW;
+        RV ig = RSIG(acc[0][c]), f = RSIG(acc[1][c]), g = RTANH(acc[2][c]), og = RSIG(acc[3][c]);
+        RV cv = f * RLD(cp + o) + ig * g;                                         /* c' = f*c + i*g */
+        RV tc = RTANH(cv);
+        RST(cn + o, cv);
+        RST(y + o, og * tc);                                                      /* h' = o*tanh(c') */
+        if (gates) {
+            RST(gates + o, ig); RST(gates + H + o, f); RST(gates + 2 * H + o, g); RST(gates + 3 * H + o, og);
+            RST(tanhc + o, tc);
+        }
+    }
+}
+
+/* item j of a step in the row form: its run of vectors (row_chunks), as a constant count */
+#define ROW_ITEM(G, CALL) do { \
+        int64_t v0_ = ISA(row_chunk_start)(H, G, j), n_ = ISA(row_chunk_start)(H, G, j + 1) - v0_; \
+        switch (n_) { \
+        case 1: CALL(1 < RCMAX(G) ? 1 : RCMAX(G), v0_ * RW); break; \
+        case 2: CALL(2 < RCMAX(G) ? 2 : RCMAX(G), v0_ * RW); break; \
+        case 3: CALL(3 < RCMAX(G) ? 3 : RCMAX(G), v0_ * RW); break; \
+        case 4: CALL(4 < RCMAX(G) ? 4 : RCMAX(G), v0_ * RW); break; \
+        case 5: CALL(5 < RCMAX(G) ? 5 : RCMAX(G), v0_ * RW); break; \
+        case 6: CALL(6 < RCMAX(G) ? 6 : RCMAX(G), v0_ * RW); break; \
+        case 7: CALL(7 < RCMAX(G) ? 7 : RCMAX(G), v0_ * RW); break; \
+        default: CALL(8 < RCMAX(G) ? 8 : RCMAX(G), v0_ * RW); break; \
+        } } while (0)
+
+INL void ISA(gru_row_item)(int64_t j, int64_t H, const float *x, const float *bx, const int64_t *lens, int64_t i,
+                           const float *w, const float *b_hn, const float *hp, float *y, float *gates, float *hn)
+{
+#define CALL(C, a) ISA(gru_row_chunk)(C, H, a, x, bx, lens, i, w, b_hn, hp, y, gates, hn)
+    ROW_ITEM(3, CALL);
+#undef CALL
+}
+
+INL void ISA(lstm_row_item)(int64_t j, int64_t H, const float *x, const float *bx, const int64_t *lens, int64_t i,
+                            const float *w, const float *hp, const float *cp, float *cn, float *y, float *gates,
+                            float *tanhc)
+{
+#define CALL(C, a) ISA(lstm_row_chunk)(C, H, a, x, bx, lens, i, w, hp, cp, cn, y, gates, tanhc)
+    ROW_ITEM(4, CALL);
+#undef CALL
+}
+#undef ROW_ITEM
+#undef RW
+#undef RCMAX
+#undef RV
+#undef RLD
+#undef RST
+#undef RSIG
+#undef RTANH
+
 /* mr rows of one step for unit group u: the product tile, then the gates from its registers.
  * With xi (mr rows of the raw input, xib apart, I wide) and wi (this group's panel of W_ih^T, packed
  * like W_hh: (I, 4, 8)), the input projection is made in the same registers first, from the bias:
@@ -765,6 +905,18 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t *claims, int64_t T,
         const float *xt_ = x ? x + t * xt : 0;                                  /* NULL: fused (xi) */
         float *yt_ = y + t * yt;
         float *gt = gates ? gates + t * B * 4 * H : 0, *tct = gates ? tanhc + t * B * H : 0;
+        if (wu == VW && mc_row_form(B, H, 4, w)) {          /* one row against W_hh^T as stored, a team's items */
+            int64_t items = ISA(row_chunks)(H, 4), ran = 0;
+            int64_t *step_claims = claims ? claims + i * (nth + 1) * CLAIM_STRIDE : 0;
+            for (int64_t j = next_item(step_claims, tid, nth, items, -1); j < items;
+                 j = next_item(step_claims, tid, nth, items, j), ran++)
+                ISA(lstm_row_item)(item_in_order(1, i, nth, items, j), H, xt_, bx, lens, i, w, hp, cp, cn, yt_, gt,
+                                   tct);
+            if (step_claims)
+                step_done(step_claims + nth * CLAIM_STRIDE, ran + (prev_h && tid == 0), items + (prev_h != 0));
+            hp = yt_; hs = yb; cp = cn;
+            continue;
+        }
         if (wu == VW) {                                  /* unpacked: W_hh^T streamed by rows, then the gates */
             float *pre = work + 2 * B * H;                                        /* (B, 4H) */
             ISA(axpy_product)(B, H, 4 * H, hp, hs, w, pre);
@@ -877,87 +1029,6 @@ INL void ISA(gru_gates)(v8 a0, v8 a1, v8 a2, v8 bn, v8 xn, int64_t nu, int64_t H
         ISA(stn)(hn + u * VW, hv, nu);
     }
 }
-
-/* -- one GRU row against W_hh^T as stored (the row form, mc_row_form) ---------------------------
- * Units [a, a + C*RW) of one row: C vectors of each gate sum h over every row k of W_hh^T, each
- * row's three runs of C*RW floats contiguous, so every k issues 3C independent loads of whole lines.
- * The packed pair tile's 8-lane loads from two panels ran a B=1 step (H=256) at ~128 GB/s out of L2;
- * this form at 155, near the 167 of a plain read (C harness, Xeon, 2026-12-03). Each lane starts
- * where the pair tile's does and sums over k in the same order: the same bits. */
-#ifdef WIDE
-#define RW 16
-#define RCMAX 8                                   /* 3 x 8 accumulators of the 32 registers */
-#define RV v16
-#define RLD(p) ((v16)*(const v16u *)(p))
-#define RST(p, v) (*(v16u *)(p) = (v))
-#define RSIG(v) ISA(vsigmoid16)(v)
-#define RTANH(v) ISA(vtanh16)(v)
-#else
-#define RW VW
-#define RCMAX 4                                   /* 3 x 4 of AVX2's 16 */
-#define RV v8
-#define RLD(p) ((v8)ISA(ld)(p))
-#define RST(p, v) ISA(st)(p, v)
-#define RSIG(v) ISA(vsigmoid)(v)
-#define RTANH(v) ISA(vtanh)(v)
-#endif
-INL void ISA(gru_row_chunk)(const int C, int64_t H, int64_t a, const float *x, const float *bx, const int64_t *lens,
-                            int64_t i, const float *w, const float *b_hn, const float *hp, float *y, float *gates,
-                            float *hn)
-{
-    if (lens && i >= *lens) {                                       /* ended: h passes through (held) */
-        memcpy(y + a, hp + a, (size_t)(C * RW) * sizeof(float));
-        return;
-    }
-    RV ar[RCMAX], az[RCMAX], an[RCMAX], zero = {0};
-    for (int c = 0; c < C; c++) {                   /* r and z from x W_ih^T + b, as gru_row_pair's */
-        int64_t o = a + c * RW;
-        ar[c] = RLD(x + o) + (bx ? RLD(bx + o) : zero);
-        az[c] = RLD(x + H + o) + (bx ? RLD(bx + H + o) : zero);
-        an[c] = zero;
-    }
-    for (int64_t k = 0; k < H; k++) {
-        const float *wr = w + k * 3 * H + a;
-        float v = hp[k];
-        for (int c = 0; c < C; c++) {
-            ar[c] += RLD(wr + c * RW) * v;
-            az[c] += RLD(wr + H + c * RW) * v;
-            an[c] += RLD(wr + 2 * H + c * RW) * v;
-        }
-    }
-    for (int c = 0; c < C; c++) {                                          /* gru_gates, RW lanes */
-        int64_t o = a + c * RW;
-        RV r = RSIG(ar[c]), z = RSIG(az[c]), hv = an[c] + RLD(b_hn + o);
-        RV n = RTANH(RLD(x + 2 * H + o) + (bx ? RLD(bx + 2 * H + o) : zero) + r * hv);
-        RST(y + o, n + z * (RLD(hp + o) - n));
-        if (gates) {
-            RST(gates + o, r); RST(gates + H + o, z); RST(gates + 2 * H + o, n);
-            RST(hn + o, hv);
-        }
-    }
-}
-
-/* the row form's items of a step: n runs of vectors of RW units, balanced, at most RCMAX each */
-static inline int64_t ISA(row_chunks)(int64_t H) { return (H / RW + RCMAX - 1) / RCMAX; }
-
-INL void ISA(gru_row_item)(int64_t j, int64_t H, const float *x, const float *bx, const int64_t *lens, int64_t i,
-                           const float *w, const float *b_hn, const float *hp, float *y, float *gates, float *hn)
-{
-    int64_t nv = H / RW, n = ISA(row_chunks)(H), v0 = nv * j / n, v1 = nv * (j + 1) / n;
-    switch (v1 - v0) {
-#define CASE(C) case C: ISA(gru_row_chunk)(C < RCMAX ? C : RCMAX, H, v0 * RW, x, bx, lens, i, w, b_hn, hp, y, gates, \
-                                           hn); break;
-    CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
-#undef CASE
-    }
-}
-#undef RW
-#undef RCMAX
-#undef RV
-#undef RLD
-#undef RST
-#undef RSIG
-#undef RTANH
 
 /* mr rows of one GRU step for unit group u. With xi and wi (as lstm_rows), the input projection is
  * made in the tile first, from the bias: r and z keep accumulating over h, while the candidate's
@@ -1114,7 +1185,7 @@ static void ISA(gru_forward_part)(int tid, int nth, int64_t *claims, int64_t T, 
         float *yt_ = y + t * yt;
         float *gt = gates ? gates + t * B * 3 * H : 0, *hnt = gates ? hn + t * B * H : 0;
         if (wu == VW && mc_row_form(B, H, 3, w)) {          /* one row against W_hh^T as stored, a team's items */
-            int64_t items = ISA(row_chunks)(H), ran = 0;
+            int64_t items = ISA(row_chunks)(H, 3), ran = 0;
             int64_t *step_claims = claims ? claims + i * (nth + 1) * CLAIM_STRIDE : 0;
             for (int64_t j = next_item(step_claims, tid, nth, items, -1); j < items;
                  j = next_item(step_claims, tid, nth, items, j), ran++)

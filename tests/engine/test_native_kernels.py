@@ -300,15 +300,17 @@ def test_one_row_makes_the_sums_a_row_of_a_batch_makes(cell, H, fused):
                                           b[..., r, :] if b.ndim == 3 else b[r]), (k, n, r)
 
 
-@pytest.mark.parametrize("H", [16, 48, 144, 256])    # 1, 3, 9 (two items: 4 + 5) and 16 vectors of 16 units
-def test_a_gru_row_read_as_stored_makes_the_packed_tile_s_sums(H):
-    """One GRU row whose W_hh^T fits L2 reads it as stored (the row form, ``mc_row_form``), in runs of
-    whole vectors per gate, where the packed pair tile reads two panels of 8 lanes. Each lane starts
-    from the same value and sums over k in the same order, so every output is the pair tile's bit for
-    bit: y and the final state, what training keeps for BPTT, with and without a bias, a row held
-    past its length, and on a team."""
+@pytest.mark.parametrize("H", [16, 48, 144, 256])   # 1, 3, 9 and 16 vectors of 16 units: items of 1 to 8 vectors
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_a_row_read_as_stored_makes_the_packed_tile_s_sums(cell, H):
+    """One LSTM or GRU row whose W_hh^T fits L2 and starts on a cache line can read it as stored
+    (the row form, ``mc_row_form``), in runs of whole vectors per gate, where the packed pair tile
+    reads two panels of 8 lanes. Each lane starts from the same value and sums over k in the same
+    order, so every output is the pair tile's bit for bit: y and the final state, what training
+    keeps for BPTT, with and without a bias, a row held past its length, and on a team. Off a cache
+    line it streams the rows as before: close, not equal."""
     from model_core.cells.native_weights import NULL, aligned_copy, aligned_empty, pack, ptr
-    T, G = 9, 3
+    T, G, lstm = 9, {"gru": 3, "lstm": 4}[cell], cell == "lstm"
     rng = np.random.default_rng(H)
     x = rng.standard_normal((T, 1, G * H), dtype=np.float32)
     wt = aligned_copy(rng.standard_normal((H, G * H), dtype=np.float32) * (2 / H) ** 0.5)
@@ -316,22 +318,31 @@ def test_a_gru_row_read_as_stored_makes_the_packed_tile_s_sums(H):
     off = off[(-ptr(off) % 64) // 4 + 4:][:wt.size].reshape(wt.shape)          # 16 bytes past a line
     off[...] = wt
     form = native.lib.mc_row_form
-    assert form(1, H, 3, ptr(wt)) and not form(1, H, 3, ptr(off))
-    assert not form(2, H, 3, ptr(wt)) and not form(1, H, 4, ptr(wt))
-    assert not form(1, H + 8, 3, ptr(wt)) and not form(1, 512, 3, ptr(wt))                 # 512: 3 MiB
+    assert form(1, H, G, ptr(wt)) and not form(1, H, G, ptr(off))
+    assert not form(2, H, G, ptr(wt)) and not form(1, H, 1, ptr(wt))                        # the RNN: no
+    assert not form(1, H + 8, G, ptr(wt)) and not form(1, 512, G, ptr(wt))              # 512: 3-4 MiB
     layouts = {"stored": (wt, (G * H, H, 8)), "packed": (pack(wt), (G * 8, 8, H * G * 8)),
                "off a line": (off, (G * H, H, 8))}                          # streamed by rows (axpy_product)
-    b_hn, h0 = rng.standard_normal(H).astype(np.float32), rng.standard_normal((1, H), dtype=np.float32)
+    b_hn = rng.standard_normal(H).astype(np.float32)
+    h0, c0 = (rng.standard_normal((1, H), dtype=np.float32) for _ in range(2))
 
     def run(layout, bias, lens, train):
         w, strides = layouts[layout]
-        out = {k: aligned_empty(s) for k, s in (("y", (T, 1, H)), ("hT", (1, H)), ("gates", (T, 1, G * H)),
-                                                ("hn", (T, 1, H)), ("prev_h", (T, 1, H)))}
-        kept = [ptr(out[k]) if train else NULL for k in ("gates", "hn", "prev_h")]
-        work = aligned_empty(3 * H)                                     # named: alive through the call
-        native.lib.mc_gru_forward(T, 1, H, 0, ptr(x), G * H, G * H, ptr(bias), ptr(lens), ptr(w), *strides,
-                                  ptr(b_hn), ptr(h0), ptr(out["y"]), H, H, ptr(out["hT"]), *kept, ptr(work))
-        return out if train else {k: out[k] for k in ("y", "hT")}
+        out = {k: aligned_empty(s) for k, s in (("y", (T, 1, H)), ("hT", (1, H)), ("cT", (1, H)),
+                                                ("gates", (T, 1, G * H)), ("hn_or_tanhc", (T, 1, H)),
+                                                ("prev_h", (T, 1, H)), ("prev_c", (T, 1, H)))}
+        kept_names = ("gates", "hn_or_tanhc", "prev_h", "prev_c")[:G]          # the GRU keeps no prev_c
+        kept = [ptr(out[k]) if train else NULL for k in kept_names]
+        work = aligned_empty(6 * H)                                     # named: alive through the call
+        if lstm:
+            native.lib.mc_lstm_forward(T, 1, H, 0, ptr(x), G * H, G * H, ptr(bias), ptr(lens), ptr(w), *strides,
+                                       ptr(h0), ptr(c0), ptr(out["y"]), H, H, ptr(out["hT"]), ptr(out["cT"]), *kept,
+                                       ptr(work))
+        else:
+            native.lib.mc_gru_forward(T, 1, H, 0, ptr(x), G * H, G * H, ptr(bias), ptr(lens), ptr(w), *strides,
+                                      ptr(b_hn), ptr(h0), ptr(out["y"]), H, H, ptr(out["hT"]), *kept, ptr(work))
+        made = ("y", "hT", "cT") if lstm else ("y", "hT")
+        return {k: out[k] for k in made + (kept_names if train else ())}
 
     bias = rng.standard_normal(G * H).astype(np.float32)
     for b, lens, train in ((bias, None, True), (None, None, True), (bias, np.array([T - 3]), False),

@@ -29,7 +29,7 @@ import numpy as np
 from model_core import native
 from model_core.backend import to_numpy
 from model_core.cells.native_weights import (FUSED_MIN_BATCH, aligned_copy, aligned_empty, pack, packed_weights,
-                                             project_packed, ptr, stored_weights)
+                                             project_packed, reads_row_form, stored_weights)
 from model_core.onnx.ops.activations import bind_activations
 from model_core.onnx.ops.recurrent_loops import GATES, gru_loop, lstm_loop, lstm_loop_halved, native_loop, rnn_loop
 from model_core.onnx.ops.registry import Unsupported, register
@@ -310,8 +310,8 @@ def _directions(xp, cfg, wants, X, w, H, lengths, initial_h, initial_c, P):
         acts = tuple(slot[d] if len(slot) > 1 else slot[0] for slot in cfg.activations)
         if on_kernels:
             GH = G * H
-            # a GRU row reads R^T as stored where the kernels' row form takes it (recurrent_weights' rule)
-            kernel = stored_weights(w.R_T[d]) if one_row and native.lib.mc_row_form(1, H, G, ptr(w.R_T[d])) else w.kernel[d]
+            # one row may read R^T as stored, in the kernels' row form (a GRU's; an LSTM keeps its packed R)
+            kernel = stored_weights(w.R_T[d]) if one_row and reads_row_form(w.R_T[d], 1, kept=True) else w.kernel[d]
             native_loop(cfg.op_type, x_d, kernel, None if w.bias is None else w.bias[d * GH:(d + 1) * GH],
                         None if w.rb_h is None else w.rb_h[d], hs[d], None if cs is None else cs[d], lengths, y_d,
                         backwards and reverse_index is None, w.kernel_in[d] if fused else None,
