@@ -76,11 +76,11 @@ static int mc_threads = 1;
  * core now and then, the same sequences ran 0.92-1.15x: a team pays when its second core is there. */
 #define TEAM_MIN_MACS 65536
 /* Can a call of B rows read W_hh^T (w, as stored) in the row form (gru_row_chunk, lstm_row_chunk)?
- * The kernels then do. One LSTM or GRU row, H a multiple of 16 (whole vectors in every build), W_hh^T within 1 MiB, which
- * stays in L2 from step to step (at H=512, 3 MiB from L3, the form ran 1.7x the packed tile's time,
- * C harness), and w on a cache line: its rows are whole lines apart, and 16 bytes past one every
- * 64-byte load spans two (a B=1 step 8.7 us against 5.3, in-process). The cells and the ONNX
- * runtime ask it too (native_weights, recurrent.py). */
+ * The kernels then do. One LSTM or GRU row, H a multiple of 16 (whole vectors in every build),
+ * W_hh^T within 1 MiB, which stays in L2 from step to step (at H=512, 3 MiB from L3, the form ran
+ * 1.7x the packed tile's time, C harness), and w on a cache line: its rows are whole lines apart,
+ * and 16 bytes past one every 64-byte load spans two (a B=1 step 8.7 us against 5.3, in-process).
+ * Which layout a call passes is native_weights.reads_row_form's choice. */
 #define ROW_FORM_MAX_FLOATS (256 * 1024)
 int32_t mc_row_form(int64_t B, int64_t H, int64_t G, const float *w)
 {
