@@ -206,8 +206,8 @@ def recurrent_weights(weight_hh_t: np.ndarray, B: int, T: int = 1) -> KernelWeig
 
 
 def stored_weights(weight_hh_t: np.ndarray) -> KernelWeights:
-    """W_hh^T (H, G*H), C-contiguous float32, as stored: the layout the kernels stream by rows (and
-    a GRU row reads in the row form, ``mc_row_form``)."""
+    """W_hh^T (H, G*H), C-contiguous float32, as stored: the layout the kernels stream by rows, and
+    one row reads in the row form (``reads_row_form``)."""
     H, GH = weight_hh_t.shape
     return KernelWeights(ptr(weight_hh_t), GH, H, _GROUP, weight_hh_t)
 

@@ -811,6 +811,18 @@ INL void ISA(lstm_row_item)(int64_t j, int64_t n, int64_t H, const float *x, con
 }
 #undef ROW_ITEM
 #undef RW
+
+/* step i of the row form in a forward part (lstm_ or gru_forward_part's variables): the items this
+ * thread takes (next_item, in item_in_order's order), then the step's end on a team (step_done, with
+ * thread 0's copy of the state entering the step in training) */
+#define ROW_STEP(G, ITEM) do { \
+        int64_t items_ = ISA(row_chunks)(H, G, nth), ran_ = 0; \
+        int64_t *claims_ = claims ? claims + i * (nth + 1) * CLAIM_STRIDE : 0; \
+        for (int64_t j_ = next_item(claims_, tid, nth, items_, -1); j_ < items_; \
+             j_ = next_item(claims_, tid, nth, items_, j_), ran_++) \
+            ITEM(item_in_order(1, i, nth, items_, j_), items_); \
+        if (claims_) step_done(claims_ + nth * CLAIM_STRIDE, ran_ + (prev_h && tid == 0), items_ + (prev_h != 0)); \
+    } while (0)
 #undef RCMAX
 #undef RV
 #undef RLD
@@ -914,14 +926,9 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t *claims, int64_t T,
         float *yt_ = y + t * yt;
         float *gt = gates ? gates + t * B * 4 * H : 0, *tct = gates ? tanhc + t * B * H : 0;
         if (wu == VW && mc_row_form(B, H, 4, w)) {          /* one row against W_hh^T as stored, a team's items */
-            int64_t items = ISA(row_chunks)(H, 4, nth), ran = 0;
-            int64_t *step_claims = claims ? claims + i * (nth + 1) * CLAIM_STRIDE : 0;
-            for (int64_t j = next_item(step_claims, tid, nth, items, -1); j < items;
-                 j = next_item(step_claims, tid, nth, items, j), ran++)
-                ISA(lstm_row_item)(item_in_order(1, i, nth, items, j), items, H, xt_, bx, lens, i, w, hp, cp, cn,
-                                   yt_, gt, tct);
-            if (step_claims)
-                step_done(step_claims + nth * CLAIM_STRIDE, ran + (prev_h && tid == 0), items + (prev_h != 0));
+#define ITEM(j, n) ISA(lstm_row_item)(j, n, H, xt_, bx, lens, i, w, hp, cp, cn, yt_, gt, tct)
+            ROW_STEP(4, ITEM);
+#undef ITEM
             hp = yt_; hs = yb; cp = cn;
             continue;
         }
@@ -1193,14 +1200,9 @@ static void ISA(gru_forward_part)(int tid, int nth, int64_t *claims, int64_t T, 
         float *yt_ = y + t * yt;
         float *gt = gates ? gates + t * B * 3 * H : 0, *hnt = gates ? hn + t * B * H : 0;
         if (wu == VW && mc_row_form(B, H, 3, w)) {          /* one row against W_hh^T as stored, a team's items */
-            int64_t items = ISA(row_chunks)(H, 3, nth), ran = 0;
-            int64_t *step_claims = claims ? claims + i * (nth + 1) * CLAIM_STRIDE : 0;
-            for (int64_t j = next_item(step_claims, tid, nth, items, -1); j < items;
-                 j = next_item(step_claims, tid, nth, items, j), ran++)
-                ISA(gru_row_item)(item_in_order(1, i, nth, items, j), items, H, xt_, bx, lens, i, w, b_hn, hp, yt_, gt,
-                                  hnt);
-            if (step_claims)
-                step_done(step_claims + nth * CLAIM_STRIDE, ran + (prev_h && tid == 0), items + (prev_h != 0));
+#define ITEM(j, n) ISA(gru_row_item)(j, n, H, xt_, bx, lens, i, w, b_hn, hp, yt_, gt, hnt)
+            ROW_STEP(3, ITEM);
+#undef ITEM
             hp = yt_; hs = yb;
             continue;
         }
@@ -1287,6 +1289,8 @@ static void ISA(gru_forward_part)(int tid, int nth, int64_t *claims, int64_t T, 
     __atomic_add_fetch(&row_steps_run, row_steps, __ATOMIC_RELAXED);
     if (hT && hT != hp) ISA(copy_rows)(B, H, hp, hs, hT);
 }
+
+#undef ROW_STEP
 
 static void ISA(gru_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, const float *x, int64_t xt,
                              int64_t xb, const float *xi, int64_t xit, int64_t xib, int64_t I, const float *wi,
