@@ -22,7 +22,7 @@ class BodySizeLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared is not None and declared.isdigit() and (len(declared) > 19 or int(declared) > self.max_bytes):
             return await self._reject(scope, receive, send)
         chunks, size, more = [], 0, True
         try:

@@ -90,6 +90,20 @@ def read_folder_config(folder: Path) -> ModelFolderConfig:
         raise ValueError(f"{MODEL_CONFIG}: {problems}") from None
 
 
+def version_number(text: str | int) -> int | None:
+    """A version as Triton numbers them: a non-negative int64 in ASCII digits, else None.
+
+    ``str.isdigit`` alone is not the check: it takes '³' and other Unicode digits that ``int``
+    refuses (a 500 once, found by schemathesis), and ``int`` refuses strings of more than 4300
+    digits."""
+    if isinstance(text, int):
+        return text if 0 <= text < 2**63 else None
+    text = str(text)
+    if not (text.isascii() and text.isdigit() and len(text) <= 19):
+        return None
+    return int(text) if int(text) < 2**63 else None
+
+
 def version_folders(folder: Path, model_files: tuple[str, ...]) -> dict[int, Path]:
     """Version number -> the folder holding that version's model file.
 
@@ -97,8 +111,8 @@ def version_folders(folder: Path, model_files: tuple[str, ...]) -> dict[int, Pat
     file are Triton's layout. Both at once is ambiguous and refused.
     """
     flat = any((folder / n).is_file() for n in model_files)
-    numbered = {int(p.name): p for p in folder.iterdir()
-                if p.is_dir() and p.name.isdigit() and any((p / n).is_file() for n in model_files)} \
+    numbered = {version_number(p.name): p for p in folder.iterdir()
+                if p.is_dir() and version_number(p.name) is not None and any((p / n).is_file() for n in model_files)} \
         if folder.is_dir() else {}
     if flat and numbered:
         raise ValueError(f"{folder.name} holds a model file and version folders {sorted(numbered)}; use one layout")

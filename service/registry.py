@@ -30,7 +30,7 @@ from model_core.onnx.sequence_model import OnnxSequenceModel
 from model_core.served import ServedModel
 from service.errors import NotFound, Unavailable
 from service.model_card import CARD, read_card
-from service.model_versions import VersionPolicy, read_folder_config, version_folders
+from service.model_versions import VersionPolicy, read_folder_config, version_folders, version_number
 
 log = logging.getLogger("service.registry")
 CHECKPOINT = "model.safetensors"
@@ -317,7 +317,7 @@ class ModelRegistry:
         entry = self.get(name)
         if version not in (None, ""):
             served = self._served.get(name, {})
-            number = int(version) if isinstance(version, int) or str(version).isdigit() else None
+            number = version_number(version)
             entry = served.get(number) if number is not None else None
             if entry is None:
                 have = ", ".join(str(n) for n in sorted(served)) or "none"

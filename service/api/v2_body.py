@@ -71,10 +71,11 @@ def split(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:
     if header_length is None:
         head, rest = view, view[len(view):]
     else:
-        if not header_length.strip().isdigit() or int(header_length) > len(body):
+        digits = header_length.strip()           # isascii: isdigit takes '³', which int refuses
+        if not (digits.isascii() and digits.isdigit() and len(digits) <= 19) or int(digits) > len(body):
             raise BodyError(f"Inference-Header-Content-Length {header_length!r} must be a byte count within the "
                             f"body's {len(body)} bytes")
-        n = int(header_length)
+        n = int(digits)
         head, rest = view[:n], view[n:]
     try:
         header = json.loads(bytes(head))

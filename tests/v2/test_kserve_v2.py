@@ -131,6 +131,17 @@ def test_unknown_model_and_version(client):
     assert client.get("/v2/models/charlm/versions/0").status_code == 404
 
 
+@pytest.mark.parametrize("version", ["\u00b3", "\u0661", "1" * 5000, "9" * 19, "-1", " 1"])
+def test_a_version_that_is_not_an_ascii_int64_is_a_404_naming_the_versions(client, version):
+    """'³' passes str.isdigit and fails int() (a 500 once, found by schemathesis); 5000 digits
+    pass both checks but int() refuses them; 9 * 19 is past int64."""
+    for r in (client.get("/v2/models/charlm/ready", params={"version": version}),
+              client.get(f"/v2/models/charlm/versions/{version}"),
+              client.post(f"/v2/models/charlm/versions/{version}/infer", json=_ids_body(client))):
+        assert r.status_code == 404 and "versions: 1" in r.json()["error"], (version, r.status_code, r.text[:200])
+    assert client.get("/v2/models/charlm/ready", params={"version": "1"}).status_code == 200
+
+
 # -- bodies: content types, Triton's binary tensor data extension, compression ----------------------
 def _ids_body(client, text="To be"):
     x = ids(client, text)
@@ -252,6 +263,15 @@ def test_bad_binary_bodies_are_400s_naming_the_tensor(client, header, blobs, nee
     body, headers = _binary_request(header, blobs)
     r = client.post("/v2/models/charlm/infer", content=body, headers=headers)
     assert r.status_code == 400 and needle in r.json()["error"], r.text
+
+
+@pytest.mark.parametrize("length", ["\u00b3", "\u00b9\u00b2", "1" * 5000, "-3", ""])
+def test_a_header_length_that_is_not_a_byte_count_is_a_400(client, length):
+    body, headers = _binary_request({"inputs": [{"name": "INPUT_IDS", "datatype": "INT64", "shape": [1, 1],
+                                                 "parameters": {"binary_data_size": 8}}]}, [b"\0" * 8])
+    headers = {**headers, "Inference-Header-Content-Length": length.encode("latin-1")}
+    r = client.post("/v2/models/charlm/infer", content=body, headers=headers)
+    assert r.status_code == 400 and "Inference-Header-Content-Length" in r.json()["error"], r.text[:300]
 
 
 def test_bad_json_bodies(client):

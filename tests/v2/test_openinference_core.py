@@ -141,6 +141,20 @@ def test_bad_version_config_fails_the_model_with_the_field(tmp_path, config, nee
     assert reg.ready("temporal-order").status == "ready"
 
 
+def test_only_ascii_int64_folders_are_versions(tmp_path):
+    """'³' and '١' pass str.isdigit (int() refuses the first and reads the second as 1); a name past
+    int64 is not a Triton version either. Such folders are not versions, and the model loads."""
+    _versioned_repo(tmp_path, {"all": {}}, versions=(2,))
+    for name in ("\u00b3", "\u0661", "9" * 19, "1" * 5000):
+        try:
+            shutil.copytree(DEFAULT_MODEL_DIR / "echo", tmp_path / "echo" / name)
+        except OSError:                                   # a name longer than the file system takes
+            continue
+    reg = ModelRegistry(tmp_path)
+    reg.load_all()
+    assert [e.number for e in reg.served("echo")] == [2]
+
+
 def test_flat_and_versioned_at_once_is_refused(tmp_path):
     _versioned_repo(tmp_path)
     shutil.copy(DEFAULT_MODEL_DIR / "echo" / "model.safetensors", tmp_path / "echo" / "model.safetensors")
