@@ -167,6 +167,8 @@ void mc_pack_cols(int64_t H, int64_t N, const float *wt, float *out)
 /* float buffers that start on a cache line: malloc puts large blocks 16 bytes past one, where half of
  * the kernels' 32-byte vector loads and stores span two lines (LSTM forward, B=32: 1.2x the time
  * with the packed weights or the c buffer there, in-process A/B). free() releases them. */
+void mc_pack_rows(int64_t K_, int64_t H, int64_t G, const float *wt, float *out);   /* below */
+
 static float *alloc_floats(size_t n)
 {
     void *p = 0;
@@ -242,7 +244,7 @@ typedef struct {
                          int64_t, int64_t, int64_t, const float *, const float *,
                          const int64_t *, const float *, int64_t, int64_t, int64_t, const float *, const float *,
                          float *, int64_t, int64_t,
-                         float *, float *, float *, float *, float *, float *, float *);
+                         float *, float *, float *, float *, float *, float *, float *, const float *, const float *);
     void (*lstm_backward)(int64_t, int64_t, int64_t, int32_t, const float *, const float *, int64_t, int64_t,
                           const float *, const float *, const float *, const float *, const float *, float *,
                           float *, float *, float *);
@@ -351,7 +353,7 @@ void mc_lstm_forward(int64_t T, int64_t B, int64_t H, int32_t reverse, const flo
     float *own = work ? 0 : alloc_floats((size_t)(6 * B * H));     /* NULL work: a step's */
     if (!work && !own) return;
     K->lstm_forward(T, B, H, reverse, x, xt, xb, 0, 0, 0, 0, 0, bx, lens, w, wk, wg, wu, h0, c0, y, yt, yb, hT, cT,
-                    gates, tanhc, prev_h, prev_c, work ? work : own);
+                    gates, tanhc, prev_h, prev_c, work ? work : own, 0, 0);
     free(own);
 }
 
@@ -369,7 +371,7 @@ int32_t mc_lstm_forward_fused(int64_t T, int64_t B, int64_t H, int64_t I, int32_
     ENSURE();
     if (wu == VW) return -1;
     K->lstm_forward(T, B, H, reverse, 0, 0, 0, xi, xit, xib, I, wi, bx, lens, w, wk, wg, wu, h0, c0, y, yt, yb, hT, cT,
-                    gates, tanhc, prev_h, prev_c, work);
+                    gates, tanhc, prev_h, prev_c, work, 0, 0);
     return 0;
 }
 
@@ -480,7 +482,7 @@ int32_t mc_lstm_step(int64_t B, int64_t H, intptr_t xp, intptr_t w_hh_t, intptr_
     int64_t wk, wg, wu;
     const float *w = step_weights(B, H, G, arr(w_hh_t), work + own, &wk, &wg, &wu);
     K->lstm_forward(1, B, H, 0, arr(xp), 0, G * H, 0, 0, 0, 0, 0, 0, 0, w, wk, wg, wu, arr(h), arr(c), arr(h_out), 0, H,
-                    0, arr(c_out), 0, 0, 0, 0, work);
+                    0, arr(c_out), 0, 0, 0, 0, work, 0, 0);
     return 0;
 }
 
@@ -513,10 +515,10 @@ int32_t mc_gru_step(int64_t B, int64_t H, intptr_t xp, intptr_t w_hh_t, intptr_t
  * the step, this saves two calls and an array per layer and token. gates .. prev_c: what BPTT reads
  * (as mc_lstm_forward's, T = 1), for a length-1 sequence in training; 0 for inference. Returns 0,
  * or -1 without memory. */
-static const float *input_step_weights(int64_t B, int64_t H, int64_t I, int64_t G, int64_t packed, const float *x,
-                                       const float *w_ih, const float *bias, const float *w_hh, float *buf,
-                                       const float **wi, const float **xproj, const float **bx, int64_t *wk,
-                                       int64_t *wg, int64_t *wu)
+static const float *input_step_weights(int64_t B, int64_t H, int64_t I, int64_t G, int64_t packed, int pack,
+                                       const float *x, const float *w_ih, const float *bias, const float *w_hh,
+                                       float *buf, const float **wi, const float **xproj, const float **bx,
+                                       int64_t *wk, int64_t *wg, int64_t *wu)
 {
     int64_t U = (H + VW - 1) / VW;
     *bx = bias;
@@ -525,9 +527,11 @@ static const float *input_step_weights(int64_t B, int64_t H, int64_t I, int64_t 
         *wi = w_ih;
         *wk = G * VW; *wg = VW; *wu = H * G * VW;
         if (packed) return w_hh;
-        float *pi = buf, *ph = buf + U * I * G * VW;
-        mc_pack_rows(I, H, G, w_ih, pi);
-        mc_pack_rows(H, H, G, w_hh, ph);
+        float *pi = buf, *ph = buf + U * I * G * VW;           /* pack = 0: the kernel packs into them */
+        if (pack) {
+            mc_pack_rows(I, H, G, w_ih, pi);
+            mc_pack_rows(H, H, G, w_hh, ph);
+        }
         *wi = pi;
         return ph;
     }
@@ -557,10 +561,11 @@ int32_t mc_lstm_input_step_data(int64_t B, int64_t H, int64_t I, const float *x,
     if (!work) return -1;
     const float *wi, *xp, *bx;
     int64_t wk, wg, wu;
-    const float *w = input_step_weights(B, H, I, G, packed, x, w_ih, bias, w_hh, work + own, &wi, &xp, &bx, &wk, &wg,
-                                        &wu);
+    int in_kernel = !packed && B >= STEP_PACK_MIN_BATCH;          /* lstm_forward packs them (si, sh) */
+    const float *w = input_step_weights(B, H, I, G, packed, !in_kernel, x, w_ih, bias, w_hh, work + own, &wi, &xp,
+                                        &bx, &wk, &wg, &wu);
     K->lstm_forward(1, B, H, 0, xp, 0, G * H, wi ? x : 0, 0, I, I, wi, bx, 0, w, wk, wg, wu, h, c, h_out, 0, H, 0,
-                    c_out, gates, tanhc, prev_h, prev_c, work);
+                    c_out, gates, tanhc, prev_h, prev_c, work, in_kernel ? w_ih : 0, in_kernel ? w_hh : 0);
     return 0;
 }
 
@@ -590,8 +595,8 @@ int32_t mc_gru_input_step_data(int64_t B, int64_t H, int64_t I, const float *x, 
     if (!bn) { memset(zero, 0, (size_t)H * sizeof(float)); bn = zero; }
     const float *wi, *xp, *bx;
     int64_t wk, wg, wu;
-    const float *w = input_step_weights(B, H, I, G, packed, x, w_ih, bias, w_hh, zero + zeros, &wi, &xp, &bx, &wk, &wg,
-                                        &wu);
+    const float *w = input_step_weights(B, H, I, G, packed, 1, x, w_ih, bias, w_hh, zero + zeros, &wi, &xp, &bx, &wk,
+                                        &wg, &wu);
     K->gru_forward(1, B, H, 0, xp, 0, G * H, wi ? x : 0, 0, I, I, wi, bx, 0, w, wk, wg, wu, bn, h, h_out, 0, H, 0,
                    gates, hn, prev_h, work);
     return 0;

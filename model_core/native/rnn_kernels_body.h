@@ -438,6 +438,54 @@ INL void ISA(tile_next)(const int G, const int mr, const int full, int64_t nu, i
                    ROW_CASE(5, MRC, CALL) ROW_CASE(6, MRC, CALL) ROW_CASE(7, MRC, CALL) ROW_CASE(8, MRC, CALL) \
                    ROW_CASE(9, MRC, CALL) ROW_CASE(10, MRC, CALL) ROW_CASE(11, MRC, CALL) default: CALL(MRC); }
 
+#ifdef WIDE
+/* tile_wide for the LSTM with W^T read as stored: src is unit group u's first column (rows 4H floats
+ * apart, gates H apart, nu units), and each k row of the panel goes to the packed layout at dst as
+ * the tile reads it, for the row blocks after this one. A writable layer's batched step so packs
+ * its weights inside the first block's FMA-bound loop, not in a pass of its own over 1.25 MiB (at
+ * H=256), and each panel is still in L1 for the next blocks. The same values in the same order as
+ * tile_wide's: the same bits. */
+INL void ISA(tile_wide_pack)(const int mr, int64_t K, const float *h, int64_t hs, const float *src, int64_t H,
+                             int64_t nu, float *dst, v8 acc[MRMAX][4])
+{
+    v16 a[MRMAX][2];
+    for (int m = 0; m < mr; m++) {
+        a[m][0] = ISA(join)(acc[m][0], acc[m][1]);
+        a[m][1] = ISA(join)(acc[m][2], acc[m][3]);
+    }
+    const float *r[(MRMAX + 2) / 3];                                          /* rows as in wide_loop */
+    for (int q = 0; q < (mr + 2) / 3; q++) r[q] = h + 3 * q * hs;
+    for (int64_t k = 0; k < K; k++) {
+        const float *s = src + k * 4 * H;
+        v16 w0 = ISA(join)(ISA(ldn)(s, nu), ISA(ldn)(s + H, nu));                          /* i|f, g|o */
+        v16 w1 = ISA(join)(ISA(ldn)(s + 2 * H, nu), ISA(ldn)(s + 3 * H, nu));
+        *(v16u *)(dst + k * 4 * VW) = w0;
+        *(v16u *)(dst + k * 4 * VW + 2 * VW) = w1;
+        for (int m = 0; m < mr; m++) {
+            float x = r[m / 3][m % 3 * hs];
+            a[m][0] += w0 * x;
+            a[m][1] += w1 * x;
+        }
+        for (int q = 0; q < (mr + 2) / 3; q++) r[q]++;
+    }
+    for (int m = 0; m < mr; m++) {
+        acc[m][0] = ISA(low)(a[m][0]); acc[m][1] = ISA(high)(a[m][0]);
+        acc[m][2] = ISA(low)(a[m][1]); acc[m][3] = ISA(high)(a[m][1]);
+    }
+}
+
+/* tile_wide_pack for mr rows, out of line: it runs once per item, and inlined into every row count
+ * of lstm_rows it cost the frozen step, which never packs, 1.04x its time */
+static __attribute__((noinline)) void ISA(tile_wide_pack_rows)(int mr, int64_t K, const float *h, int64_t hs,
+                                                               const float *src, int64_t H, int64_t nu, float *dst,
+                                                               v8 acc[MRMAX][4])
+{
+#define CALL(M) ISA(tile_wide_pack)(M, K, h, hs, src, H, nu, dst, acc)
+    ROWS_SWITCH(MRMAX, mr, CALL)
+#undef CALL
+}
+#endif
+
 /* -- the recurrent product alone (the probe): out (B, G*H) = h (B, H) @ W ---------------------- */
 #ifdef WIDE
 INL void ISA(product_wide)(const int G, const int mr, int64_t K, const float *h, const float *w, int64_t wk, float *out,
@@ -839,16 +887,22 @@ INL void ISA(lstm_rows)(const int mr, const int full, int64_t nu, int64_t H, int
                         const float *xi, int64_t xib, int64_t I, const float *wi,
                         const v8 bv[4], const int64_t *lens, int64_t i, const float *w, int64_t wk, int64_t wg,
                         const float *hp, int64_t hs, const float *cp, float *cn, float *y, int64_t yb, float *gates,
-                        float *tanhc, const float *pfi, const float *pfh)
+                        float *tanhc, const float *pfi, const float *pfh, const float *si, const float *sh)
 {
     v8 acc[MRMAX][4];
     if (xi) {
         for (int m = 0; m < mr; m++)
             for (int g = 0; g < 4; g++) acc[m][g] = bv[g];
+#ifdef WIDE
+        if (si) ISA(tile_wide_pack_rows)(mr, I, xi, xib, si, H, nu, (float *)wi, acc); else       /* wi: scratch */
+#endif
         ISA(tile_next)(4, mr, full, nu, I, xi, xib, wi, 4 * VW, VW, acc, pfi);
     } else
         for (int m = 0; m < mr; m++)      /* the tile starts from x W_ih^T + b: no loads after the K loop */
             for (int g = 0; g < 4; g++) acc[m][g] = ISA(ldn)(x + m * xb + g * H + u * VW, nu) + bv[g];
+#ifdef WIDE
+    if (sh) ISA(tile_wide_pack_rows)(mr, H, hp, hs, sh, H, nu, (float *)w, acc); else                  /* w: scratch */
+#endif
     ISA(tile_next)(4, mr, full, nu, H, hp, hs, w, wk, wg, acc, pfh);
     for (int m = 0; m < mr; m++)
         if (!ISA(held)(lens ? lens + m : 0, i, nu, u, hp + m * hs, y + m * yb, cp + m * H, cn + m * H))
@@ -908,7 +962,7 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t *claims, int64_t T,
                                    const float *w, int64_t wk, int64_t wg,
                                    int64_t wu, const float *h0, const float *c0, float *y, int64_t yt, int64_t yb,
                                    float *hT, float *cT, float *gates, float *tanhc, float *prev_h, float *prev_c,
-                                   float *work)
+                                   float *work, const float *si, const float *sh)
 {
     int64_t U = (H + VW - 1) / VW;
     const float *hp = h0, *cp = c0;
@@ -970,15 +1024,22 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t *claims, int64_t T,
             v8 bv[4];
             ISA(bias_vectors)(4, bx, H, u, nu, bv);
             if (!xi) ISA(prefetch_next)(4, x, xt, xb, T, i, reverse, H, nb, chunk, bc, u);
-            int64_t be = nb < bc + chunk ? nb : bc + chunk, pair = last_row_pair(be - bc, MR_LSTM, wu, U, u);
+            /* si, sh: W_ih^T and W_hh^T as stored, whose panels of group u the item's first row block
+             * packs into this thread's two panels in the scratch (tile_wide_pack), for its other blocks: no pair
+             * then, whose second group is another item's */
+            int64_t be = nb < bc + chunk ? nb : bc + chunk, pair = si ? 0 : last_row_pair(be - bc, MR_LSTM, wu, U, u);
+            const float *pwi = si ? wi + tid * (I + H) * 4 * VW : wi + u * I * 4 * VW;
+            const float *pw = si ? pwi + I * 4 * VW : w + u * wu;
             int64_t bt = pair ? be - 1 : be;                                      /* rows in tiles */
             for (int64_t b = bc; b < bt; b += MR_LSTM) {                          /* ... for their row blocks */
                 int64_t rem = bt - b < MR_LSTM ? bt - b : MR_LSTM;
 #define ARGS(M, F) M, F, nu, H, u, xt_ + b * xb, xb, xi ? xi + t * xit + b * xib : 0, xib, I, \
-                   xi ? wi + u * I * 4 * VW : 0, bv, lens ? lens + b : 0, i, w + u * wu, wk, wg, hp + b * hs, \
+                   xi ? pwi : 0, bv, lens ? lens + b : 0, i, pw, wk, wg, hp + b * hs, \
                    hs, cp + b * H, cn + b * H, \
                    yt_ + b * yb, yb, gt ? gt + b * 4 * H : 0, tct ? tct + b * H : 0, \
-                   b == bc && xi && u + 1 < U ? wi + (u + 1) * I * 4 * VW : 0, b == bc && u + 1 < U ? w + (u + 1) * wu : 0
+                   b == bc && xi && !si && u + 1 < U ? wi + (u + 1) * I * 4 * VW : 0, \
+                   b == bc && !si && u + 1 < U ? w + (u + 1) * wu : 0, \
+                   b == bc && si ? si + u * VW : 0, b == bc && sh ? sh + u * VW : 0
 #define CALL(M) if (full) ISA(lstm_rows)(ARGS(M, 1)); else ISA(lstm_rows)(ARGS(M, 0))
                 ROWS_SWITCH(MR_LSTM, rem, CALL)
 #undef CALL
@@ -1007,16 +1068,33 @@ static void ISA(lstm_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, 
                               const float *bx, const int64_t *lens, const float *w, int64_t wk,
                               int64_t wg, int64_t wu, const float *h0,
                               const float *c0, float *y, int64_t yt, int64_t yb, float *hT, float *cT,
-                              float *gates, float *tanhc, float *prev_h, float *prev_c, float *work)
+                              float *gates, float *tanhc, float *prev_h, float *prev_c, float *work, const float *si,
+                              const float *sh)
 {
     int nth = threads_for(wu, T, B, H, 4, w);
+    /* si, sh (or NULL): W_ih^T and W_hh^T as stored, to be packed into wi and w, the caller's scratch
+     * of (U, I + H, 4, 8) floats (a writable layer's batched step). Where a step's items each own a
+     * unit group, the 512-bit tile packs each group's panels as it first reads them, into two panels
+     * per thread at the start of the scratch, at wi (tile_wide_pack): the stored weights then stay in L2 from call to
+     * call, as a frozen layer's packed copy does, with no pass of their own over 1.25 MiB (H=256).
+     * Otherwise they are packed here first. */
+#ifdef WIDE
+    int on_use = si && T == 1 && chunk_rows(MR_LSTM, B, H) >= B && nth <= (H + VW - 1) / VW;
+#else
+    int on_use = 0;
+#endif
+    if (sh && !on_use) {
+        if (si) mc_pack_rows(I, H, 4, si, (float *)wi);
+        mc_pack_rows(H, H, 4, sh, (float *)w);
+        si = sh = 0;
+    }
     int64_t *claims = nth > 1 ? calloc((size_t)(T * (nth + 1) * CLAIM_STRIDE), sizeof(int64_t)) : 0;   /* next_item */
     if (!claims) nth = 1;
     if (nth > 1) __atomic_add_fetch(&team_forwards, 1, __ATOMIC_RELAXED);
 #define PART(tid, n) ISA(lstm_forward_part)(tid, n, claims, T, B, H, reverse, x, xt, xb, xi, xit, xib, I, wi, bx, lens, w, \
                                             wk, wg, wu, h0, c0, \
                    y, yt, yb, \
-                                            hT, cT, gates, tanhc, prev_h, prev_c, work)
+                                            hT, cT, gates, tanhc, prev_h, prev_c, work, si, sh)
     RUN_PARTS(nth, PART);
 #undef PART
     free(claims);

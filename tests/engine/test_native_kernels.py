@@ -469,7 +469,8 @@ def _outputs(cls, I, H, T, B, seed=0) -> dict:
     dx, _, grads = layer.backward(cache, rng.standard_normal(y.shape).astype(np.float32))
     states = s if isinstance(s, tuple) else (s,)
     frozen = cls(I, H, seed=seed).freeze()
-    out = {"y": y, "dx": dx, "served": frozen.forward(x)[0], "step": frozen.step_states(x[-1], states)[0]}
+    out = {"y": y, "dx": dx, "served": frozen.forward(x)[0], "step": frozen.step_states(x[-1], states)[0],
+           "writable_step": layer.step_states(x[-1], states)[0]}
     out.update({f"s{i}": a for i, a in enumerate(states)})
     out.update({f"grad_{k}": v for k, v in grads.items()})
     return out
@@ -762,6 +763,31 @@ def test_an_empty_batch_steps_and_runs(cls, frozen):
     for T in (1, 70):
         y, states = layer.forward_states(np.zeros((T, 0, 4), np.float32))
         assert y.shape == (T, 0, 8) and all(s.shape == (1, 0, 8) for s in states)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("B, I, H", [(16, 7, 40), (25, 9, 61), (64, 64, 256), (37, 5, 61), (300, 3, 64)])
+def test_a_writable_step_gives_the_frozen_step_s_bits(B, I, H, threads):
+    """A writable LSTM's batched step packs W_ih and W_hh per call: with 512-bit tiles inside its
+    first row block's tile as it reads them as stored (tile_wide_pack), for the blocks after it,
+    elsewhere in a pass first. Either way each lane sums what the kept packed copies of a frozen
+    layer give it, in the same order: the same bits, for every row block (B past one tile's rows,
+    a last block of one row), a partial last unit group (H=61), and a team of two."""
+    rng = np.random.default_rng(B + H)
+    layer = LSTM(I, H, seed=B)
+    frozen = LSTM(I, H, seed=B).freeze()
+    try:
+        model_core.set_num_threads(threads)
+        state = tuple(rng.standard_normal(s.shape, dtype=np.float32) for s in layer.init_states(B))
+        for _ in range(3):                                                  # the state carries over
+            x = rng.standard_normal((B, I), dtype=np.float32)
+            y, new = layer.step_states(x, state)
+            y_frozen, new_frozen = frozen.step_states(x, state)
+            assert np.array_equal(y, y_frozen)
+            assert all(np.array_equal(a, b) for a, b in zip(new, new_frozen))
+            state = new
+    finally:
+        model_core.set_num_threads(1)
 
 
 def test_writable_weights_are_packed_per_call_so_in_place_updates_count():
