@@ -252,7 +252,7 @@ typedef struct {
                         int64_t, int64_t, int64_t, const float *, const float *,
                         const int64_t *, const float *, int64_t, int64_t, int64_t, const float *, const float *,
                         float *, int64_t, int64_t,
-                        float *, float *, float *, float *, float *);
+                        float *, float *, float *, float *, float *, const float *, const float *);
     void (*gru_backward)(int64_t, int64_t, int64_t, int32_t, const float *, const float *, int64_t, int64_t,
                          const float *, const float *, const float *, const float *, float *, float *, float *,
                          float *);
@@ -393,7 +393,7 @@ void mc_gru_forward(int64_t T, int64_t B, int64_t H, int32_t reverse, const floa
     float *own = work ? 0 : alloc_floats((size_t)(3 * B * H));
     if (!work && !own) return;
     K->gru_forward(T, B, H, reverse, x, xt, xb, 0, 0, 0, 0, 0, bx, lens, w, wk, wg, wu, b_hn, h0, y, yt, yb, hT, gates,
-                   hn, prev_h, work ? work : own);
+                   hn, prev_h, work ? work : own, 0, 0);
     free(own);
 }
 
@@ -408,7 +408,7 @@ int32_t mc_gru_forward_fused(int64_t T, int64_t B, int64_t H, int64_t I, int32_t
     ENSURE();
     if (wu == VW) return -1;
     K->gru_forward(T, B, H, reverse, 0, 0, 0, xi, xit, xib, I, wi, bx, lens, w, wk, wg, wu, b_hn, h0, y, yt, yb, hT,
-                   gates, hn, prev_h, work);
+                   gates, hn, prev_h, work, 0, 0);
     return 0;
 }
 
@@ -501,7 +501,7 @@ int32_t mc_gru_step(int64_t B, int64_t H, intptr_t xp, intptr_t w_hh_t, intptr_t
     int64_t wk, wg, wu;
     const float *w = step_weights(B, H, G, arr(w_hh_t), zero + zeros, &wk, &wg, &wu);
     K->gru_forward(1, B, H, 0, arr(xp), 0, G * H, 0, 0, 0, 0, 0, 0, 0, w, wk, wg, wu, bn, arr(h), arr(h_out), 0, H, 0,
-                   0, 0, 0, work);
+                   0, 0, 0, work, 0, 0);
     return 0;
 }
 
@@ -595,10 +595,11 @@ int32_t mc_gru_input_step_data(int64_t B, int64_t H, int64_t I, const float *x, 
     if (!bn) { memset(zero, 0, (size_t)H * sizeof(float)); bn = zero; }
     const float *wi, *xp, *bx;
     int64_t wk, wg, wu;
-    const float *w = input_step_weights(B, H, I, G, packed, 1, x, w_ih, bias, w_hh, zero + zeros, &wi, &xp, &bx, &wk,
-                                        &wg, &wu);
+    int in_kernel = !packed && B >= STEP_PACK_MIN_BATCH;          /* gru_forward packs them (si, sh) */
+    const float *w = input_step_weights(B, H, I, G, packed, !in_kernel, x, w_ih, bias, w_hh, zero + zeros, &wi, &xp,
+                                        &bx, &wk, &wg, &wu);
     K->gru_forward(1, B, H, 0, xp, 0, G * H, wi ? x : 0, 0, I, I, wi, bx, 0, w, wk, wg, wu, bn, h, h_out, 0, H, 0,
-                   gates, hn, prev_h, work);
+                   gates, hn, prev_h, work, in_kernel ? w_ih : 0, in_kernel ? w_hh : 0);
     return 0;
 }
 

@@ -1179,12 +1179,58 @@ INL void ISA(gru_tile2)(const int mr, int64_t K, const float *h, int64_t hs, con
     }
 }
 
+/* gru_tile2 with W^T read as stored (as tile_wide_pack for the LSTM): src is group u's first
+ * column (rows 3H floats apart, gates H apart; group u full, u + 1 with nu1 units), and each k row
+ * of the two groups' panels goes to the packed layout at d0 and d1 as the tile reads it. The same
+ * values in the same order as gru_tile2's: the same bits. */
+INL void ISA(gru_tile2_pack)(const int mr, int64_t K, const float *h, int64_t hs, const float *src, int64_t H,
+                             int64_t nu1, float *d0, float *d1, v16 rz0[MR_GRU2], v16 rz1[MR_GRU2],
+                             v16 nn[MR_GRU2])
+{
+    v16 a0[MR_GRU2], a1[MR_GRU2], an[MR_GRU2];          /* locals: the stores below may not alias them */
+    for (int m = 0; m < mr; m++) { a0[m] = rz0[m]; a1[m] = rz1[m]; an[m] = nn[m]; }
+    const float *r[(MR_GRU2 + 2) / 3];
+    for (int q = 0; q < (mr + 2) / 3; q++) r[q] = h + 3 * q * hs;
+    for (int64_t k = 0; k < K; k++) {
+        const float *s = src + k * 3 * H;
+        v16 wa = ISA(join)(ISA(ld)(s), ISA(ld)(s + H));
+        v16 wb = ISA(join)(ISA(ldn)(s + VW, nu1), ISA(ldn)(s + H + VW, nu1));
+        v8 na = ISA(ld)(s + 2 * H), nb = ISA(ldn)(s + 2 * H + VW, nu1);
+        *(v16u *)(d0 + k * 3 * VW) = wa;
+        ISA(st)(d0 + k * 3 * VW + 2 * VW, na);
+        *(v16u *)(d1 + k * 3 * VW) = wb;
+        ISA(st)(d1 + k * 3 * VW + 2 * VW, nb);
+        v16 wn = ISA(join)(na, nb);
+        for (int m = 0; m < mr; m++) {
+            float x = r[m / 3][m % 3 * hs];
+            a0[m] += wa * x;
+            a1[m] += wb * x;
+            an[m] += wn * x;
+        }
+        for (int q = 0; q < (mr + 2) / 3; q++) r[q]++;
+    }
+    for (int m = 0; m < mr; m++) { rz0[m] = a0[m]; rz1[m] = a1[m]; nn[m] = an[m]; }
+}
+
+/* gru_tile2_pack for mr rows, out of line as tile_wide_pack_rows */
+static __attribute__((noinline)) void ISA(gru_tile2_pack_rows)(int mr, int64_t K, const float *h, int64_t hs,
+                                                               const float *src, int64_t H, int64_t nu1, float *d0,
+                                                               float *d1, v16 rz0[MR_GRU2], v16 rz1[MR_GRU2],
+                                                               v16 nn[MR_GRU2])
+{
+#define CALL(M) ISA(gru_tile2_pack)(M, K, h, hs, src, H, nu1, d0, d1, rz0, rz1, nn)
+    ROWS_SWITCH(MR_GRU2, mr, CALL)
+#undef CALL
+}
+
 /* gru_rows for the two unit groups u, u + 1 of a packed layout (zero-padded: u + 1 may be the
- * partial last group), through gru_tile2 */
+ * partial last group), through gru_tile2: their panels at wi0 and wi0 + wid (W_ih), w0 and w0 + wu
+ * (W_hh). si, sh (or NULL): W_ih^T and W_hh^T as stored at group u's column, which this block
+ * packs into those panels as it reads them (gru_tile2_pack). */
 INL void ISA(gru_rows2)(const int mr, int64_t H, int64_t u, const float *x, int64_t xb, const float *xi, int64_t xib,
-                        int64_t I, const float *wi, const float *bx, const int64_t *lens, int64_t i, const float *w,
-                        int64_t wk, int64_t wu, const float *b_hn, const float *hp, int64_t hs, float *y, int64_t yb,
-                        float *gates, float *hn)
+                        int64_t I, const float *wi0, int64_t wid, const float *bx, const int64_t *lens, int64_t i,
+                        const float *w0, int64_t wk, int64_t wu, const float *b_hn, const float *hp, int64_t hs,
+                        float *y, int64_t yb, float *gates, float *hn, const float *si, const float *sh)
 {
     int64_t nu[2] = {VW, group_units(H, u + 1)};
     v8 bv[2][4];
@@ -1200,13 +1246,17 @@ INL void ISA(gru_rows2)(const int mr, int64_t H, int64_t u, const float *x, int6
         nn[m] = xi ? ISA(join)(bv[0][2], bv[1][2]) : zero;
     }
     if (xi) {                            /* x W_ih^T + b first; the candidate's part moves out of nn */
-        ISA(gru_tile2)(mr, I, xi, xib, wi + u * I * 3 * VW, wi + (u + 1) * I * 3 * VW, 3 * VW, rz[0], rz[1], nn);
+        if (si)
+            ISA(gru_tile2_pack_rows)(mr, I, xi, xib, si, H, nu[1], (float *)wi0, (float *)(wi0 + wid), rz[0], rz[1], nn);
+        else
+            ISA(gru_tile2)(mr, I, xi, xib, wi0, wi0 + wid, 3 * VW, rz[0], rz[1], nn);
         for (int m = 0; m < mr; m++) {
             xn[m] = nn[m];
             nn[m] = zero;
         }
     }
-    ISA(gru_tile2)(mr, H, hp, hs, w + u * wu, w + (u + 1) * wu, wk, rz[0], rz[1], nn);
+    if (sh) ISA(gru_tile2_pack_rows)(mr, H, hp, hs, sh, H, nu[1], (float *)w0, (float *)(w0 + wu), rz[0], rz[1], nn);
+    else ISA(gru_tile2)(mr, H, hp, hs, w0, w0 + wu, wk, rz[0], rz[1], nn);
     for (int p = 0; p < 2; p++) {
         v8 bn = ISA(ldn)(b_hn + (u + p) * VW, nu[p]);
         for (int m = 0; m < mr; m++) {
@@ -1264,7 +1314,8 @@ static void ISA(gru_forward_part)(int tid, int nth, int64_t *claims, int64_t T, 
                                   int64_t I, const float *wi, const float *bx, const int64_t *lens,
                                   const float *w, int64_t wk, int64_t wg,
                                   int64_t wu, const float *b_hn, const float *h0, float *y, int64_t yt, int64_t yb,
-                                  float *hT, float *gates, float *hn, float *prev_h, float *work)
+                                  float *hT, float *gates, float *hn, float *prev_h, float *work, const float *si,
+                                  const float *sh)
 {
     int64_t U = (H + VW - 1) / VW;
     const float *hp = h0;
@@ -1322,11 +1373,17 @@ static void ISA(gru_forward_part)(int tid, int nth, int64_t *claims, int64_t T, 
 #ifdef WIDE
             if (u + 1 < U) {
                 int64_t be = nb < bc + chunk ? nb : bc + chunk;
+                /* si, sh: the item's first row block packs groups u and u + 1 into this thread's four
+                 * panels at the start of the scratch (wi), for its other blocks (gru_tile2_pack) */
+                const float *pwi = si ? wi + tid * 2 * (I + H) * 3 * VW : xi ? wi + u * I * 3 * VW : 0;
+                const float *pw = si ? pwi + 2 * I * 3 * VW : w + u * wu;
+                int64_t du = si ? H * 3 * VW : wu;
                 for (int64_t b = bc; b < be; b += MR_GRU2) {
                     int64_t rem = be - b < MR_GRU2 ? be - b : MR_GRU2;
-#define CALL(M) ISA(gru_rows2)(M, H, u, xt_ + b * xb, xb, xi ? xi + t * xit + b * xib : 0, xib, I, wi, bx, \
-                               lens ? lens + b : 0, i, w, wk, wu, b_hn, hp + b * hs, hs, yt_ + b * yb, yb, \
-                               gt ? gt + b * 3 * H : 0, hnt ? hnt + b * H : 0)
+#define CALL(M) ISA(gru_rows2)(M, H, u, xt_ + b * xb, xb, xi ? xi + t * xit + b * xib : 0, xib, I, pwi, I * 3 * VW, bx, \
+                               lens ? lens + b : 0, i, pw, wk, du, b_hn, hp + b * hs, hs, yt_ + b * yb, yb, \
+                               gt ? gt + b * 3 * H : 0, hnt ? hnt + b * H : 0, b == bc && si ? si + u * VW : 0, \
+                               b == bc && sh ? sh + u * VW : 0)
                     ROWS_SWITCH(MR_GRU2, rem, CALL)
 #undef CALL
                 }
@@ -1375,16 +1432,31 @@ static void ISA(gru_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, c
                              const float *bx, const int64_t *lens, const float *w, int64_t wk,
                              int64_t wg, int64_t wu, const float *b_hn,
                              const float *h0, float *y, int64_t yt, int64_t yb, float *hT, float *gates,
-                             float *hn, float *prev_h, float *work)
+                             float *hn, float *prev_h, float *work, const float *si, const float *sh)
 {
     int nth = threads_for(wu, T, B, H, 3, w);
+    /* si, sh (or NULL): W_ih^T and W_hh^T as stored, to be packed into wi and w (a writable layer's
+     * batched step, as lstm_forward's). Where each item owns a pair of unit groups over the whole
+     * batch (gru_rows2), the item's first row block packs them as it reads them (gru_tile2_pack),
+     * into four panels per thread at wi; otherwise they are packed here first. */
+#ifdef WIDE
+    int64_t U = (H + VW - 1) / VW;
+    int on_use = si && T == 1 && B > 1 && U % 2 == 0 && chunk_rows(MR_GRU, B, H) >= B && nth <= U / 2;
+#else
+    int on_use = 0;
+#endif
+    if (sh && !on_use) {
+        if (si) mc_pack_rows(I, H, 3, si, (float *)wi);
+        mc_pack_rows(H, H, 3, sh, (float *)w);
+        si = sh = 0;
+    }
     int64_t *claims = nth > 1 ? calloc((size_t)(T * (nth + 1) * CLAIM_STRIDE), sizeof(int64_t)) : 0;
     if (!claims) nth = 1;
     if (nth > 1) __atomic_add_fetch(&team_forwards, 1, __ATOMIC_RELAXED);
 #define PART(tid, n) ISA(gru_forward_part)(tid, n, claims, T, B, H, reverse, x, xt, xb, xi, xit, xib, I, wi, bx, lens, w, wk, \
                                            wg, wu, b_hn, h0, \
                    y, yt, yb, \
-                                           hT, gates, hn, prev_h, work)
+                                           hT, gates, hn, prev_h, work, si, sh)
     RUN_PARTS(nth, PART);
 #undef PART
     free(claims);
