@@ -169,6 +169,18 @@ void mc_pack_cols(int64_t H, int64_t N, const float *wt, float *out)
  * with the packed weights or the c buffer there, in-process A/B). free() releases them. */
 void mc_pack_rows(int64_t K_, int64_t H, int64_t G, const float *wt, float *out);   /* below */
 
+/* A batched step's W_ih^T and W_hh^T as stored (si, sh, or NULL; G gates), packed into wi and w
+ * here unless its tile packs them as it first reads them (on_use: tile_wide_pack, gru_tile2_pack):
+ * then NULL, for the tiles to read wi and w */
+static void pack_first_unless(int on_use, int64_t G, int64_t I, int64_t H, const float **si, const float **sh,
+                              const float *wi, const float *w)
+{
+    if (!*sh || on_use) return;
+    if (*si) mc_pack_rows(I, H, G, *si, (float *)wi);
+    mc_pack_rows(H, H, G, *sh, (float *)w);
+    *si = *sh = 0;
+}
+
 static float *alloc_floats(size_t n)
 {
     void *p = 0;
@@ -509,31 +521,29 @@ int32_t mc_gru_step(int64_t B, int64_t H, intptr_t xp, intptr_t w_hh_t, intptr_t
  * x (B, I); bias (G*H,) with both biases folded as the cells fold them (or 0: none). packed = 1:
  * w_ih and w_hh are the kept packed copies of read-only weights ((U, I, G, 8), (U, H, G, 8)) and
  * the projection is made in the register tile (the fused kernel; at B=1 the pair tile). packed =
- * 0: W_ih^T (I, G*H) and W_hh^T (H, G*H) as stored; from STEP_PACK_MIN_BATCH rows both are packed
- * into scratch (fused), below it the projection streams W_ih^T row by row (axpy_product) and the
- * step reads W_hh^T as stored. Against the projection as a NumPy product plus a bias add before
+ * 0: W_ih^T (I, G*H) and W_hh^T (H, G*H) as stored; from STEP_PACK_MIN_BATCH rows the kernel
+ * packs both into scratch (fused; si, sh: lstm_forward's), below it the projection streams W_ih^T
+ * row by row (axpy_product) and the step reads W_hh^T as stored. Against the projection as a NumPy product plus a bias add before
  * the step, this saves two calls and an array per layer and token. gates .. prev_c: what BPTT reads
  * (as mc_lstm_forward's, T = 1), for a length-1 sequence in training; 0 for inference. Returns 0,
  * or -1 without memory. */
-static const float *input_step_weights(int64_t B, int64_t H, int64_t I, int64_t G, int64_t packed, int pack,
-                                       const float *x, const float *w_ih, const float *bias, const float *w_hh,
-                                       float *buf, const float **wi, const float **xproj, const float **bx,
-                                       int64_t *wk, int64_t *wg, int64_t *wu)
+static const float *input_step_weights(int64_t B, int64_t H, int64_t I, int64_t G, int64_t packed, const float *x,
+                                       const float *w_ih, const float *bias, const float *w_hh, float *buf,
+                                       const float **wi, const float **xproj, const float **bx, int64_t *wk,
+                                       int64_t *wg, int64_t *wu, const float **si, const float **sh)
 {
     int64_t U = (H + VW - 1) / VW;
     *bx = bias;
+    *si = *sh = 0;
     if (packed || B >= STEP_PACK_MIN_BATCH) {                  /* the fused tile: W_ih and W_hh packed */
         *xproj = 0;
         *wi = w_ih;
         *wk = G * VW; *wg = VW; *wu = H * G * VW;
         if (packed) return w_hh;
-        float *pi = buf, *ph = buf + U * I * G * VW;           /* pack = 0: the kernel packs into them */
-        if (pack) {
-            mc_pack_rows(I, H, G, w_ih, pi);
-            mc_pack_rows(H, H, G, w_hh, ph);
-        }
-        *wi = pi;
-        return ph;
+        *si = w_ih;                                            /* for the kernel to pack into buf */
+        *sh = w_hh;
+        *wi = buf;
+        return buf + U * I * G * VW;
     }
     K->axpy_product(B, I, G * H, x, I, w_ih, buf);            /* (B, G*H) = x W_ih^T, by rows of W_ih^T */
     *xproj = buf;
@@ -559,13 +569,12 @@ int32_t mc_lstm_input_step_data(int64_t B, int64_t H, int64_t I, const float *x,
     int64_t own = whole_lines(6 * B * H);                                 /* c ping-pong, (B, 4H) */
     float *work = scratch(own + input_step_scratch(B, H, I, G, packed));
     if (!work) return -1;
-    const float *wi, *xp, *bx;
+    const float *wi, *xp, *bx, *si, *sh;
     int64_t wk, wg, wu;
-    int in_kernel = !packed && B >= STEP_PACK_MIN_BATCH;          /* lstm_forward packs them (si, sh) */
-    const float *w = input_step_weights(B, H, I, G, packed, !in_kernel, x, w_ih, bias, w_hh, work + own, &wi, &xp,
-                                        &bx, &wk, &wg, &wu);
+    const float *w = input_step_weights(B, H, I, G, packed, x, w_ih, bias, w_hh, work + own, &wi, &xp, &bx, &wk, &wg,
+                                        &wu, &si, &sh);
     K->lstm_forward(1, B, H, 0, xp, 0, G * H, wi ? x : 0, 0, I, I, wi, bx, 0, w, wk, wg, wu, h, c, h_out, 0, H, 0,
-                    c_out, gates, tanhc, prev_h, prev_c, work, in_kernel ? w_ih : 0, in_kernel ? w_hh : 0);
+                    c_out, gates, tanhc, prev_h, prev_c, work, si, sh);
     return 0;
 }
 
@@ -593,13 +602,12 @@ int32_t mc_gru_input_step_data(int64_t B, int64_t H, int64_t I, const float *x, 
     float *zero = work + own;
     const float *bn = b_hn;
     if (!bn) { memset(zero, 0, (size_t)H * sizeof(float)); bn = zero; }
-    const float *wi, *xp, *bx;
+    const float *wi, *xp, *bx, *si, *sh;
     int64_t wk, wg, wu;
-    int in_kernel = !packed && B >= STEP_PACK_MIN_BATCH;          /* gru_forward packs them (si, sh) */
-    const float *w = input_step_weights(B, H, I, G, packed, !in_kernel, x, w_ih, bias, w_hh, zero + zeros, &wi, &xp,
-                                        &bx, &wk, &wg, &wu);
+    const float *w = input_step_weights(B, H, I, G, packed, x, w_ih, bias, w_hh, zero + zeros, &wi, &xp, &bx, &wk, &wg,
+                                        &wu, &si, &sh);
     K->gru_forward(1, B, H, 0, xp, 0, G * H, wi ? x : 0, 0, I, I, wi, bx, 0, w, wk, wg, wu, bn, h, h_out, 0, H, 0,
-                   gates, hn, prev_h, work, in_kernel ? w_ih : 0, in_kernel ? w_hh : 0);
+                   gates, hn, prev_h, work, si, sh);
     return 0;
 }
 

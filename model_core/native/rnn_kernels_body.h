@@ -1083,11 +1083,7 @@ static void ISA(lstm_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, 
 #else
     int on_use = 0;
 #endif
-    if (sh && !on_use) {
-        if (si) mc_pack_rows(I, H, 4, si, (float *)wi);
-        mc_pack_rows(H, H, 4, sh, (float *)w);
-        si = sh = 0;
-    }
+    pack_first_unless(on_use, 4, I, H, &si, &sh, wi, w);
     int64_t *claims = nth > 1 ? calloc((size_t)(T * (nth + 1) * CLAIM_STRIDE), sizeof(int64_t)) : 0;   /* next_item */
     if (!claims) nth = 1;
     if (nth > 1) __atomic_add_fetch(&team_forwards, 1, __ATOMIC_RELAXED);
@@ -1445,11 +1441,7 @@ static void ISA(gru_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, c
 #else
     int on_use = 0;
 #endif
-    if (sh && !on_use) {
-        if (si) mc_pack_rows(I, H, 3, si, (float *)wi);
-        mc_pack_rows(H, H, 3, sh, (float *)w);
-        si = sh = 0;
-    }
+    pack_first_unless(on_use, 3, I, H, &si, &sh, wi, w);
     int64_t *claims = nth > 1 ? calloc((size_t)(T * (nth + 1) * CLAIM_STRIDE), sizeof(int64_t)) : 0;
     if (!claims) nth = 1;
     if (nth > 1) __atomic_add_fetch(&team_forwards, 1, __ATOMIC_RELAXED);
