@@ -169,15 +169,22 @@ void mc_pack_cols(int64_t H, int64_t N, const float *wt, float *out)
  * with the packed weights or the c buffer there, in-process A/B). free() releases them. */
 void mc_pack_rows(int64_t K_, int64_t H, int64_t G, const float *wt, float *out);   /* below */
 
-/* A batched step's W_ih^T and W_hh^T as stored (si, sh, or NULL; G gates), packed into wi and w
- * here unless its tile packs them as it first reads them (on_use: tile_wide_pack, gru_tile2_pack):
- * then NULL, for the tiles to read wi and w */
+void mc_pack_panels(int64_t K_, int64_t H, const float *wt, float *out);             /* below */
+
+/* A batched step's W_ih^T and W_hh^T as stored (si, sh, or NULL; G gates, G = 1 the RNN's panels),
+ * packed into wi and w here unless its tile packs them as it first reads them (on_use:
+ * tile_wide_pack, gru_tile2_pack): then NULL, for the tiles to read wi and w */
 static void pack_first_unless(int on_use, int64_t G, int64_t I, int64_t H, const float **si, const float **sh,
                               const float *wi, const float *w)
 {
     if (!*sh || on_use) return;
-    if (*si) mc_pack_rows(I, H, G, *si, (float *)wi);
-    mc_pack_rows(H, H, G, *sh, (float *)w);
+    if (G == 1) {
+        if (*si) mc_pack_panels(I, H, *si, (float *)wi);
+        mc_pack_panels(H, H, *sh, (float *)w);
+    } else {
+        if (*si) mc_pack_rows(I, H, G, *si, (float *)wi);
+        mc_pack_rows(H, H, G, *sh, (float *)w);
+    }
     *si = *sh = 0;
 }
 
@@ -272,7 +279,7 @@ typedef struct {
     void (*axpy_product)(int64_t, int64_t, int64_t, const float *, int64_t, const float *, float *);
     void (*rnn_forward)(int64_t, int64_t, int64_t, int64_t, int32_t, int32_t, const float *, int64_t, int64_t,
                         const float *, const float *, const int64_t *, const float *, int32_t, const float *, float *,
-                        int64_t, int64_t, float *, float *, float *, float *);
+                        int64_t, int64_t, float *, float *, float *, float *, const float *, const float *);
     void (*rnn_backward)(int64_t, int64_t, int64_t, int32_t, int32_t, const float *, const float *, int64_t, int64_t,
                          const float *, const float *, float *, float *, float *);
     void (*project)(int64_t, int64_t, int64_t, int64_t, const float *, int64_t, const float *, const float *, float *,
@@ -651,7 +658,8 @@ int32_t mc_rnn_forward(int64_t T, int64_t B, int64_t H, int64_t I, int32_t rever
     if (wi && !packed) return -1;
     float *work = 0;
     if (!packed && B > 0 && T > 0 && !(work = scratch((size_t)(B * H)))) return -2;
-    K->rnn_forward(T, B, H, I, reverse, relu, x, xt, xb, wi, bx, lens, w, packed, h0, y, yt, yb, hT, act, prev_h, work);
+    K->rnn_forward(T, B, H, I, reverse, relu, x, xt, xb, wi, bx, lens, w, packed, h0, y, yt, yb, hT, act, prev_h, work,
+                   0, 0);
     return 0;
 }
 
@@ -677,23 +685,22 @@ int32_t mc_rnn_input_step_data(int64_t B, int64_t H, int64_t I, int64_t relu, co
     if (B < 1) return 0;                                                  /* an empty batch: nothing to do */
     int64_t C = (H + MC_PANEL - 1) / MC_PANEL, r = relu != 0;
     if (packed) {
-        K->rnn_forward(1, B, H, I, 0, r, x, 0, I, w_ih, bias, 0, w_hh, 1, h, h_out, 0, H, 0, act, prev_h, 0);
+        K->rnn_forward(1, B, H, I, 0, r, x, 0, I, w_ih, bias, 0, w_hh, 1, h, h_out, 0, H, 0, act, prev_h, 0, 0, 0);
         return 0;
     }
     if (B >= STEP_PACK_MIN_BATCH) {
         float *pi = scratch((size_t)(C * (I + H) * MC_PANEL));
         if (!pi) return -1;
         float *ph = pi + C * I * MC_PANEL;
-        mc_pack_panels(I, H, w_ih, pi);
-        mc_pack_panels(H, H, w_hh, ph);
-        K->rnn_forward(1, B, H, I, 0, r, x, 0, I, pi, bias, 0, ph, 1, h, h_out, 0, H, 0, act, prev_h, 0);
+        K->rnn_forward(1, B, H, I, 0, r, x, 0, I, pi, bias, 0, ph, 1, h, h_out, 0, H, 0, act, prev_h, 0, w_ih,
+                       w_hh);                                         /* the kernel packs them into pi, ph */
         return 0;
     }
     int64_t own = whole_lines(B * H);
     float *xp = scratch((size_t)(2 * own));                               /* the projection; the product */
     if (!xp) return -1;
     K->axpy_product(B, I, H, x, I, w_ih, xp);
-    K->rnn_forward(1, B, H, 0, 0, r, xp, 0, H, 0, bias, 0, w_hh, 0, h, h_out, 0, H, 0, act, prev_h, xp + own);
+    K->rnn_forward(1, B, H, 0, 0, r, xp, 0, H, 0, bias, 0, w_hh, 0, h, h_out, 0, H, 0, act, prev_h, xp + own, 0, 0);
     return 0;
 }
 

@@ -439,14 +439,15 @@ INL void ISA(tile_next)(const int G, const int mr, const int full, int64_t nu, i
                    ROW_CASE(9, MRC, CALL) ROW_CASE(10, MRC, CALL) ROW_CASE(11, MRC, CALL) default: CALL(MRC); }
 
 #ifdef WIDE
-/* tile_wide for the LSTM with W^T read as stored: src is unit group u's first column (rows 4H floats
- * apart, gates H apart, nu units), and each k row of the panel goes to the packed layout at dst as
- * the tile reads it, for the row blocks after this one. A writable layer's batched step so packs
+/* tile_wide (G = 4) with W^T read as stored: src is the panel's first column, its k rows rs floats
+ * apart and its four vectors gs apart (the LSTM: unit group u, rows 4H apart, gates H apart, nu
+ * units; the RNN: panel c, rows H apart, vectors 8 apart), and each k row of the panel goes to the
+ * packed layout at dst as the tile reads it, for the row blocks after this one. A writable layer's batched step so packs
  * its weights inside the first block's FMA-bound loop, not in a pass of its own over 1.25 MiB (at
  * H=256), and each panel is still in L1 for the next blocks. The same values in the same order as
  * tile_wide's: the same bits. */
-INL void ISA(tile_wide_pack)(const int mr, int64_t K, const float *h, int64_t hs, const float *src, int64_t H,
-                             int64_t nu, float *dst, v8 acc[MRMAX][4])
+INL void ISA(tile_wide_pack)(const int mr, int64_t K, const float *h, int64_t hs, const float *src, int64_t rs,
+                             int64_t gs, int64_t nu, float *dst, v8 acc[MRMAX][4])
 {
     v16 a[MRMAX][2];
     for (int m = 0; m < mr; m++) {
@@ -456,9 +457,9 @@ INL void ISA(tile_wide_pack)(const int mr, int64_t K, const float *h, int64_t hs
     const float *r[(MRMAX + 2) / 3];                                          /* rows as in wide_loop */
     for (int q = 0; q < (mr + 2) / 3; q++) r[q] = h + 3 * q * hs;
     for (int64_t k = 0; k < K; k++) {
-        const float *s = src + k * 4 * H;
-        v16 w0 = ISA(join)(ISA(ldn)(s, nu), ISA(ldn)(s + H, nu));                          /* i|f, g|o */
-        v16 w1 = ISA(join)(ISA(ldn)(s + 2 * H, nu), ISA(ldn)(s + 3 * H, nu));
+        const float *s = src + k * rs;
+        v16 w0 = ISA(join)(ISA(ldn)(s, nu), ISA(ldn)(s + gs, nu));                         /* i|f, g|o */
+        v16 w1 = ISA(join)(ISA(ldn)(s + 2 * gs, nu), ISA(ldn)(s + 3 * gs, nu));
         *(v16u *)(dst + k * 4 * VW) = w0;
         *(v16u *)(dst + k * 4 * VW + 2 * VW) = w1;
         for (int m = 0; m < mr; m++) {
@@ -477,10 +478,10 @@ INL void ISA(tile_wide_pack)(const int mr, int64_t K, const float *h, int64_t hs
 /* tile_wide_pack for mr rows, out of line: it runs once per item, and inlined into every row count
  * of lstm_rows it cost the frozen step, which never packs, 1.04x its time */
 static __attribute__((noinline)) void ISA(tile_wide_pack_rows)(int mr, int64_t K, const float *h, int64_t hs,
-                                                               const float *src, int64_t H, int64_t nu, float *dst,
-                                                               v8 acc[MRMAX][4])
+                                                               const float *src, int64_t rs, int64_t gs, int64_t nu,
+                                                               float *dst, v8 acc[MRMAX][4])
 {
-#define CALL(M) ISA(tile_wide_pack)(M, K, h, hs, src, H, nu, dst, acc)
+#define CALL(M) ISA(tile_wide_pack)(M, K, h, hs, src, rs, gs, nu, dst, acc)
     ROWS_SWITCH(MRMAX, mr, CALL)
 #undef CALL
 }
@@ -894,14 +895,14 @@ INL void ISA(lstm_rows)(const int mr, const int full, int64_t nu, int64_t H, int
         for (int m = 0; m < mr; m++)
             for (int g = 0; g < 4; g++) acc[m][g] = bv[g];
 #ifdef WIDE
-        if (si) ISA(tile_wide_pack_rows)(mr, I, xi, xib, si, H, nu, (float *)wi, acc); else       /* wi: scratch */
+        if (si) ISA(tile_wide_pack_rows)(mr, I, xi, xib, si, 4 * H, H, nu, (float *)wi, acc); else /* wi: scratch */
 #endif
         ISA(tile_next)(4, mr, full, nu, I, xi, xib, wi, 4 * VW, VW, acc, pfi);
     } else
         for (int m = 0; m < mr; m++)      /* the tile starts from x W_ih^T + b: no loads after the K loop */
             for (int g = 0; g < 4; g++) acc[m][g] = ISA(ldn)(x + m * xb + g * H + u * VW, nu) + bv[g];
 #ifdef WIDE
-    if (sh) ISA(tile_wide_pack_rows)(mr, H, hp, hs, sh, H, nu, (float *)w, acc); else                  /* w: scratch */
+    if (sh) ISA(tile_wide_pack_rows)(mr, H, hp, hs, sh, 4 * H, H, nu, (float *)w, acc); else      /* w: scratch */
 #endif
     ISA(tile_next)(4, mr, full, nu, H, hp, hs, w, wk, wg, acc, pfh);
     for (int m = 0; m < mr; m++)
@@ -1507,16 +1508,25 @@ INL void ISA(rnn_start)(const float *x, int raw, const float *bx, int64_t H, int
     }
 }
 
-/* mr rows of one step for panel c; raw: x holds the input rows (I wide, the projection made here
- * from wi, W_ih^T's panels), else the projection */
+/* mr rows of one step for panel c, whose panels are at wi (W_ih^T) and w (W_hh^T); raw: x holds
+ * the input rows (I wide, the projection made here), else the projection. si, sh (or NULL): W_ih^T
+ * and W_hh^T as stored at the panel's first column, which this block packs into wi and w as it
+ * reads them (tile_wide_pack) */
 INL void ISA(rnn_rows)(const int mr, const int relu, int64_t H, int64_t c, const float *x, int64_t xb, int raw,
                        int64_t I, const float *wi, const float *bx, const int64_t *lens, int64_t i, const float *w,
-                       const float *hp, int64_t hs, float *y, int64_t yb, float *act)
+                       const float *hp, int64_t hs, float *y, int64_t yb, float *act, const float *si,
+                       const float *sh)
 {
     v8 acc[MRMAX][4];
     for (int m = 0; m < mr; m++) ISA(rnn_start)(x + m * xb, raw, bx, H, c, acc[m]);
-    if (raw) ISA(tile)(4, mr, 1, VW, I, x, xb, wi + c * I * MC_PANEL, MC_PANEL, VW, acc);
-    ISA(tile)(4, mr, 1, VW, H, hp, hs, w + c * H * MC_PANEL, MC_PANEL, VW, acc);
+#ifdef WIDE
+    if (raw && si) ISA(tile_wide_pack_rows)(mr, I, x, xb, si, H, VW, VW, (float *)wi, acc); else
+#endif
+    if (raw) ISA(tile)(4, mr, 1, VW, I, x, xb, wi, MC_PANEL, VW, acc);
+#ifdef WIDE
+    if (sh) ISA(tile_wide_pack_rows)(mr, H, hp, hs, sh, H, VW, VW, (float *)w, acc); else
+#endif
+    ISA(tile)(4, mr, 1, VW, H, hp, hs, w, MC_PANEL, VW, acc);
     for (int m = 0; m < mr; m++)
         ISA(rnn_out)(relu, acc[m], lens && i >= lens[m], H, c, hp + m * hs, y + m * yb, act ? act + m * H : 0);
 }
@@ -1538,7 +1548,8 @@ INL void ISA(rnn_row_pair)(const int relu, int64_t H, int64_t c, const float *x,
 static void ISA(rnn_forward_part)(int tid, int nth, int64_t *claims, int64_t T, int64_t B, int64_t H, int64_t I,
                                   int32_t reverse, int relu, const float *x, int64_t xt, int64_t xb, const float *wi,
                                   const float *bx, const int64_t *lens, const float *w, int packed, const float *h0,
-                                  float *y, int64_t yt, int64_t yb, float *hT, float *act, float *prev_h, float *work)
+                                  float *y, int64_t yt, int64_t yb, float *hT, float *act, float *prev_h, float *work,
+                                  const float *si, const float *sh)
 {
     int64_t C = (H + MC_PANEL - 1) / MC_PANEL, U = (H + VW - 1) / VW;
     const float *hp = h0;
@@ -1577,11 +1588,16 @@ static void ISA(rnn_forward_part)(int tid, int nth, int64_t *claims, int64_t T, 
                 continue;
             }
             int64_t bc = j / C * chunk, be = nb < bc + chunk ? nb : bc + chunk;
-            int64_t pair = last_row_pair(be - bc, MR_LSTM, MC_PANEL * H, C, c), bt = pair ? be - 1 : be;
+            /* si, sh: the item's first row block packs panel c into this thread's two panels at the
+             * start of the scratch (wi), for its other blocks: no pair then (as lstm_forward_part's) */
+            int64_t pair = si ? 0 : last_row_pair(be - bc, MR_LSTM, MC_PANEL * H, C, c), bt = pair ? be - 1 : be;
+            const float *pwi = si ? wi + tid * (I + H) * MC_PANEL : raw ? wi + c * I * MC_PANEL : 0;
+            const float *pw = si ? pwi + I * MC_PANEL : w + c * H * MC_PANEL;
             for (int64_t b = bc; b < bt; b += MR_LSTM) {
                 int64_t rem = bt - b < MR_LSTM ? bt - b : MR_LSTM;
-#define CALL(M) ISA(rnn_rows)(M, relu, H, c, xt_ + b * xb, xb, raw, I, wi, bx, lens ? lens + b : 0, i, w, \
-                              hp + b * hs, hs, yt_ + b * yb, yb, at ? at + b * H : 0)
+#define CALL(M) ISA(rnn_rows)(M, relu, H, c, xt_ + b * xb, xb, raw, I, pwi, bx, lens ? lens + b : 0, i, pw, \
+                              hp + b * hs, hs, yt_ + b * yb, yb, at ? at + b * H : 0, \
+                              b == bc && si ? si + c * MC_PANEL : 0, b == bc && sh ? sh + c * MC_PANEL : 0)
                 ROWS_SWITCH(MR_LSTM, rem, CALL)
 #undef CALL
             }
@@ -1604,15 +1620,26 @@ static void ISA(rnn_forward_part)(int tid, int nth, int64_t *claims, int64_t T, 
 static void ISA(rnn_forward)(int64_t T, int64_t B, int64_t H, int64_t I, int32_t reverse, int32_t relu,
                              const float *x, int64_t xt, int64_t xb, const float *wi, const float *bx,
                              const int64_t *lens, const float *w, int32_t packed, const float *h0, float *y,
-                             int64_t yt, int64_t yb, float *hT, float *act, float *prev_h, float *work)
+                             int64_t yt, int64_t yb, float *hT, float *act, float *prev_h, float *work,
+                             const float *si, const float *sh)
 {
     int nth = threads_for(packed ? MC_PANEL * H : VW, T, B, H, 1, w);
+    /* si, sh (or NULL): W_ih^T and W_hh^T as stored, to be packed into the panels at wi and w (a
+     * writable layer's batched step, as lstm_forward's): by the tile as it first reads them where
+     * each item owns a panel over the whole batch and every panel is whole, else here first */
+#ifdef WIDE
+    int64_t C = (H + MC_PANEL - 1) / MC_PANEL;
+    int on_use = si && T == 1 && H % MC_PANEL == 0 && chunk_rows(MR_LSTM, B, H) >= B && nth <= C;
+#else
+    int on_use = 0;
+#endif
+    pack_first_unless(on_use, 1, I, H, &si, &sh, wi, w);
     int64_t *claims = nth > 1 ? calloc((size_t)(T * (nth + 1) * CLAIM_STRIDE), sizeof(int64_t)) : 0;
     if (!claims) nth = 1;
     if (nth > 1) __atomic_add_fetch(&team_forwards, 1, __ATOMIC_RELAXED);
     const int r = relu != 0;
 #define PART(tid, n) ISA(rnn_forward_part)(tid, n, claims, T, B, H, I, reverse, r, x, xt, xb, wi, bx, lens, w, packed, \
-                                           h0, y, yt, yb, hT, act, prev_h, work)
+                                           h0, y, yt, yb, hT, act, prev_h, work, si, sh)
     RUN_PARTS(nth, PART);
 #undef PART
     free(claims);

@@ -767,14 +767,15 @@ def test_an_empty_batch_steps_and_runs(cls, frozen):
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("B, I, H", [(16, 7, 40), (25, 9, 61), (64, 64, 256), (37, 5, 61), (300, 3, 64)])
-@pytest.mark.parametrize("cls", [LSTM, GRU])
+@pytest.mark.parametrize("cls", CLASSES)
 def test_a_writable_step_gives_the_frozen_step_s_bits(cls, B, I, H, threads):
-    """A writable LSTM's or GRU's batched step packs W_ih and W_hh per call: with 512-bit tiles
-    inside its first row block's tile as it reads them as stored (tile_wide_pack, gru_tile2_pack),
-    for the blocks after it, elsewhere (and for a GRU with an odd count of unit groups, H=40) in a
-    pass first. Either way each lane sums what the kept packed copies of a frozen layer give it, in
-    the same order: the same bits, for every row block (B past one tile's rows, a last block of one
-    row), a partial last unit group (H=61), and a team of two."""
+    """A writable layer's batched step packs W_ih and W_hh per call: with 512-bit tiles inside its
+    first row block's tile as it reads them as stored (tile_wide_pack, gru_tile2_pack), for the
+    blocks after it, elsewhere in a pass first (a GRU with an odd count of unit groups, H=40; an
+    RNN whose last panel of 32 units is partial, H=40 and 61). Either way each lane sums what the
+    kept packed copies of a frozen layer give it, in the same order: the same bits, for every row
+    block (B past one tile's rows, a last block of one row), a partial last unit group (H=61), and
+    a team of two."""
     rng = np.random.default_rng(B + H)
     layer = cls(I, H, seed=B)
     frozen = cls(I, H, seed=B).freeze()
