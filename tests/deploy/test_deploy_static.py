@@ -105,6 +105,9 @@ def test_cpu_image_steps_build_a_working_service(tmp_path):
     (shim / "python").symlink_to(getattr(sys, "_base_executable", sys.executable))
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("RNN_SERVE_", "VIRTUAL_ENV", "PYTHON"))}
     base_env["PATH"] = f"{shim}:{base_env.get('PATH', '/usr/bin:/bin')}"
+    # the image's gRPC port (8001) may be taken on this host, by a `make serve` in another terminal:
+    # the steps that start the service (the venv's warm-up, the CMD) bind a free one instead
+    base_env["RNN_SERVE_GRPC_PORT"] = str(free_port())
     cmd = health = None
     envs: dict[str, dict] = {}
     cwds: dict[str, Path] = {}
