@@ -164,11 +164,7 @@ void mc_pack_cols(int64_t H, int64_t N, const float *wt, float *out)
         }
 }
 
-/* float buffers that start on a cache line: malloc puts large blocks 16 bytes past one, where half of
- * the kernels' 32-byte vector loads and stores span two lines (LSTM forward, B=32: 1.2x the time
- * with the packed weights or the c buffer there, in-process A/B). free() releases them. */
 void mc_pack_rows(int64_t K_, int64_t H, int64_t G, const float *wt, float *out);   /* below */
-
 void mc_pack_panels(int64_t K_, int64_t H, const float *wt, float *out);             /* below */
 
 /* A batched step's W_ih^T and W_hh^T as stored (si, sh, or NULL; G gates, G = 1 the RNN's panels),
@@ -188,6 +184,9 @@ static void pack_first_unless(int on_use, int64_t G, int64_t I, int64_t H, const
     *si = *sh = 0;
 }
 
+/* float buffers that start on a cache line: malloc puts large blocks 16 bytes past one, where half of
+ * the kernels' 32-byte vector loads and stores span two lines (LSTM forward, B=32: 1.2x the time
+ * with the packed weights or the c buffer there, in-process A/B). free() releases them. */
 static float *alloc_floats(size_t n)
 {
     void *p = 0;
@@ -530,10 +529,10 @@ int32_t mc_gru_step(int64_t B, int64_t H, intptr_t xp, intptr_t w_hh_t, intptr_t
  * the projection is made in the register tile (the fused kernel; at B=1 the pair tile). packed =
  * 0: W_ih^T (I, G*H) and W_hh^T (H, G*H) as stored; from STEP_PACK_MIN_BATCH rows the kernel
  * packs both into scratch (fused; si, sh: lstm_forward's), below it the projection streams W_ih^T
- * row by row (axpy_product) and the step reads W_hh^T as stored. Against the projection as a NumPy product plus a bias add before
- * the step, this saves two calls and an array per layer and token. gates .. prev_c: what BPTT reads
- * (as mc_lstm_forward's, T = 1), for a length-1 sequence in training; 0 for inference. Returns 0,
- * or -1 without memory. */
+ * row by row (axpy_product) and the step reads W_hh^T as stored. Against the projection as a NumPy
+ * product plus a bias add before the step, this saves two calls and an array per layer and token.
+ * gates .. prev_c: what BPTT reads (as mc_lstm_forward's, T = 1), for a length-1 sequence in
+ * training; 0 for inference. Returns 0, or -1 without memory. */
 static const float *input_step_weights(int64_t B, int64_t H, int64_t I, int64_t G, int64_t packed, const float *x,
                                        const float *w_ih, const float *bias, const float *w_hh, float *buf,
                                        const float **wi, const float **xproj, const float **bx, int64_t *wk,

@@ -442,10 +442,10 @@ INL void ISA(tile_next)(const int G, const int mr, const int full, int64_t nu, i
 /* tile_wide (G = 4) with W^T read as stored: src is the panel's first column, its k rows rs floats
  * apart and its four vectors gs apart (the LSTM: unit group u, rows 4H apart, gates H apart, nu
  * units; the RNN: panel c, rows H apart, vectors 8 apart), and each k row of the panel goes to the
- * packed layout at dst as the tile reads it, for the row blocks after this one. A writable layer's batched step so packs
- * its weights inside the first block's FMA-bound loop, not in a pass of its own over 1.25 MiB (at
- * H=256), and each panel is still in L1 for the next blocks. The same values in the same order as
- * tile_wide's: the same bits. */
+ * packed layout at dst as the tile reads it, for the row blocks after this one. A writable
+ * layer's batched step so packs its weights inside the first block's FMA-bound loop, not in a
+ * pass of its own over 1.25 MiB (LSTM, H=256), and each panel is still in L1 for the next blocks.
+ * The same values in the same order as tile_wide's: the same bits. */
 INL void ISA(tile_wide_pack)(const int mr, int64_t K, const float *h, int64_t hs, const float *src, int64_t rs,
                              int64_t gs, int64_t nu, float *dst, v8 acc[MRMAX][4])
 {
@@ -1025,9 +1025,9 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t *claims, int64_t T,
             v8 bv[4];
             ISA(bias_vectors)(4, bx, H, u, nu, bv);
             if (!xi) ISA(prefetch_next)(4, x, xt, xb, T, i, reverse, H, nb, chunk, bc, u);
-            /* si, sh: W_ih^T and W_hh^T as stored, whose panels of group u the item's first row block
-             * packs into this thread's two panels in the scratch (tile_wide_pack), for its other blocks: no pair
-             * then, whose second group is another item's */
+            /* si, sh: W_ih^T and W_hh^T as stored, whose panels of group u the item's first row
+             * block packs into this thread's two panels in the scratch (tile_wide_pack), for its
+             * other blocks: no pair then, whose second group is another item's */
             int64_t be = nb < bc + chunk ? nb : bc + chunk, pair = si ? 0 : last_row_pair(be - bc, MR_LSTM, wu, U, u);
             const float *pwi = si ? wi + tid * (I + H) * 4 * VW : wi + u * I * 4 * VW;
             const float *pw = si ? pwi + I * 4 * VW : w + u * wu;
@@ -1073,12 +1073,12 @@ static void ISA(lstm_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, 
                               const float *sh)
 {
     int nth = threads_for(wu, T, B, H, 4, w);
-    /* si, sh (or NULL): W_ih^T and W_hh^T as stored, to be packed into wi and w, the caller's scratch
-     * of (U, I + H, 4, 8) floats (a writable layer's batched step). Where a step's items each own a
-     * unit group, the 512-bit tile packs each group's panels as it first reads them, into two panels
-     * per thread at the start of the scratch, at wi (tile_wide_pack): the stored weights then stay in L2 from call to
-     * call, as a frozen layer's packed copy does, with no pass of their own over 1.25 MiB (H=256).
-     * Otherwise they are packed here first. */
+    /* si, sh (or NULL): W_ih^T and W_hh^T as stored, to be packed into wi and w, the caller's
+     * scratch of (U, I + H, 4, 8) floats (a writable layer's batched step). Where a step's items
+     * each own a unit group, the 512-bit tile packs each group's panels as it first reads them,
+     * into two panels per thread at the start of the scratch, at wi (tile_wide_pack): the stored
+     * weights then stay in L2 from call to call, as a frozen layer's packed copy does, with no pass
+     * of their own over 1.25 MiB (H=256). Otherwise they are packed here first. */
 #ifdef WIDE
     int on_use = si && T == 1 && chunk_rows(MR_LSTM, B, H) >= B && nth <= (H + VW - 1) / VW;
 #else
@@ -1244,7 +1244,8 @@ INL void ISA(gru_rows2)(const int mr, int64_t H, int64_t u, const float *x, int6
     }
     if (xi) {                            /* x W_ih^T + b first; the candidate's part moves out of nn */
         if (si)
-            ISA(gru_tile2_pack_rows)(mr, I, xi, xib, si, H, nu[1], (float *)wi0, (float *)(wi0 + wid), rz[0], rz[1], nn);
+            ISA(gru_tile2_pack_rows)(mr, I, xi, xib, si, H, nu[1], (float *)wi0, (float *)(wi0 + wid), rz[0], rz[1],
+                                     nn);
         else
             ISA(gru_tile2)(mr, I, xi, xib, wi0, wi0 + wid, 3 * VW, rz[0], rz[1], nn);
         for (int m = 0; m < mr; m++) {
@@ -1377,8 +1378,8 @@ static void ISA(gru_forward_part)(int tid, int nth, int64_t *claims, int64_t T, 
                 int64_t du = si ? H * 3 * VW : wu;
                 for (int64_t b = bc; b < be; b += MR_GRU2) {
                     int64_t rem = be - b < MR_GRU2 ? be - b : MR_GRU2;
-#define CALL(M) ISA(gru_rows2)(M, H, u, xt_ + b * xb, xb, xi ? xi + t * xit + b * xib : 0, xib, I, pwi, I * 3 * VW, bx, \
-                               lens ? lens + b : 0, i, pw, wk, du, b_hn, hp + b * hs, hs, yt_ + b * yb, yb, \
+#define CALL(M) ISA(gru_rows2)(M, H, u, xt_ + b * xb, xb, xi ? xi + t * xit + b * xib : 0, xib, I, pwi, I * 3 * VW, \
+                               bx, lens ? lens + b : 0, i, pw, wk, du, b_hn, hp + b * hs, hs, yt_ + b * yb, yb, \
                                gt ? gt + b * 3 * H : 0, hnt ? hnt + b * H : 0, b == bc && si ? si + u * VW : 0, \
                                b == bc && sh ? sh + u * VW : 0)
                     ROWS_SWITCH(MR_GRU2, rem, CALL)
