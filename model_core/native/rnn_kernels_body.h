@@ -343,8 +343,10 @@ INL void ISA(tile_row_pair)(const int G, int64_t K, const float *h, const float 
 INL int ISA(wide_tile)(const int G, const int full, int64_t wg) { return (G == 4 || G == 3) && full && wg == VW; }
 
 /* the tile's k loop on 16-lane accumulators a (the GRU's n on 8) */
+/* pf: where the next item's panel is fetched from as the k loop runs, row k >> pfs at each k with
+ * no bit of pfs set (pfs 0: a row every k; 1: every other k, half the rows: pf_part) */
 INL void ISA(wide_loop)(const int G, const int mr, int64_t K, const float *h, int64_t hs, const float *w, int64_t wk,
-                        v16 a[MRMAX][2], v8 n[MRMAX], const float *pf)
+                        v16 a[MRMAX][2], v8 n[MRMAX], const float *pf, const int pfs)
 {
     /* rows m = 3q + s read as r[q][s * hs], r[q] one pointer per three rows, moving along k: 4
      * pointers and hs in registers (one per row spilled, and was reloaded every k at 12 rows) */
@@ -352,7 +354,11 @@ INL void ISA(wide_loop)(const int G, const int mr, int64_t K, const float *h, in
     for (int q = 0; q < (mr + 2) / 3; q++) r[q] = h + 3 * q * hs;
     for (int64_t k = 0; k < K; k++) {
         const float *wr = w + k * wk;
-        if (pf) { __builtin_prefetch(pf + k * wk, 0, 2); __builtin_prefetch(pf + k * wk + 2 * VW, 0, 2); }
+        if (pf && !(k & pfs)) {
+            const float *p = pf + (k >> pfs) * wk;
+            __builtin_prefetch(p, 0, 2);
+            __builtin_prefetch(p + 2 * VW, 0, 2);
+        }
         v16 w0 = *(const v16u *)wr, w1 = {0};
         v8 w2 = {0};
         if (G == 4) w1 = *(const v16u *)(wr + 2 * VW);
@@ -368,7 +374,7 @@ INL void ISA(wide_loop)(const int G, const int mr, int64_t K, const float *h, in
 }
 
 INL void ISA(tile_wide)(const int G, const int mr, int64_t K, const float *h, int64_t hs, const float *w, int64_t wk,
-                        v8 acc[MRMAX][4], const float *pf)
+                        v8 acc[MRMAX][4], const float *pf, const int pfs)
 {
     v16 a[MRMAX][2];
     v8 n[MRMAX];
@@ -377,7 +383,7 @@ INL void ISA(tile_wide)(const int G, const int mr, int64_t K, const float *h, in
         if (G == 4) a[m][1] = ISA(join)(acc[m][2], acc[m][3]);
         else n[m] = acc[m][2];
     }
-    ISA(wide_loop)(G, mr, K, h, hs, w, wk, a, n, pf);
+    ISA(wide_loop)(G, mr, K, h, hs, w, wk, a, n, pf, pfs);
     for (int m = 0; m < mr; m++) {
         acc[m][0] = ISA(low)(a[m][0]);
         acc[m][1] = ISA(high)(a[m][0]);
@@ -408,7 +414,7 @@ INL void ISA(tile)(const int G, const int mr, const int full, int64_t nu, int64_
                    const float *w, int64_t wk, int64_t wg, v8 acc[MRMAX][4])
 {
 #ifdef WIDE
-    if (ISA(wide_tile)(G, full, wg)) { ISA(tile_wide)(G, mr, K, h, hs, w, wk, acc, 0); return; }
+    if (ISA(wide_tile)(G, full, wg)) { ISA(tile_wide)(G, mr, K, h, hs, w, wk, acc, 0, 0); return; }
 #endif
     ISA(tile8)(G, mr, full, nu, K, h, hs, w, wk, wg, acc);
 }
@@ -421,13 +427,27 @@ INL void ISA(tile)(const int G, const int mr, const int full, int64_t nu, int64_
  * and level at H=512 (bench_core, alternate builds). The AVX2 build streams without it (measured
  * on Zen 3: see "No software prefetch" below). */
 INL void ISA(tile_next)(const int G, const int mr, const int full, int64_t nu, int64_t K, const float *h, int64_t hs,
-                        const float *w, int64_t wk, int64_t wg, v8 acc[MRMAX][4], const float *pf)
+                        const float *w, int64_t wk, int64_t wg, v8 acc[MRMAX][4], const float *pf, const int pfs)
 {
 #ifdef WIDE
-    if (ISA(wide_tile)(G, full, wg)) { ISA(tile_wide)(G, mr, K, h, hs, w, wk, acc, pf); return; }
+    if (ISA(wide_tile)(G, full, wg)) { ISA(tile_wide)(G, mr, K, h, hs, w, wk, acc, pf, pfs); return; }
 #endif
-    (void)pf;
+    (void)pf; (void)pfs;
     ISA(tile)(G, mr, full, nu, K, h, hs, w, wk, wg, acc);
+}
+
+/* The part of the next item's panel (next: its first row, K rows wk floats apart) that row block j
+ * of an item of nbk blocks fetches (tile_next's pf; NULL: none), and at what pace (pfs): split
+ * between the first two blocks, half the rows each at one row every other k, where one block took
+ * the whole panel at a row every k. W_hh^T past L2 (LSTM H=512: 4 MiB) comes from L3 at ~30 GB/s
+ * on this Xeon, and one block's k loop (a third of the group's time at B=32) was too short for
+ * 64 KiB: the probe's product at H=512 0.92x the time at B=32, 0.95x at B=64, H=256 level
+ * (in-process A/B, median of 11) */
+INL int ISA(pf_pace)(int64_t nbk) { return nbk >= 2; }
+INL const float *ISA(pf_part)(const float *next, int64_t j, int64_t nbk, int64_t K, int64_t wk)
+{
+    int pfs = ISA(pf_pace)(nbk);
+    return next && j <= pfs ? next + j * ((K + pfs) >> pfs) * wk : 0;
 }
 
 /* CALL(rem) for rem = 1 .. MRC rows, each count a constant: only counts up to MRC are made (a
@@ -490,12 +510,12 @@ static __attribute__((noinline)) void ISA(tile_wide_pack_rows)(int mr, int64_t K
 /* -- the recurrent product alone (the probe): out (B, G*H) = h (B, H) @ W ---------------------- */
 #ifdef WIDE
 INL void ISA(product_wide)(const int G, const int mr, int64_t K, const float *h, const float *w, int64_t wk, float *out,
-                           int64_t H, const float *pf)
+                           int64_t H, const float *pf, const int pfs)
 {
     v16 a[MRMAX][2];
     v8 n[MRMAX];
     for (int m = 0; m < mr; m++) { a[m][0] = a[m][1] = (v16){0}; n[m] = ISA(splat)(0.0f); }
-    ISA(wide_loop)(G, mr, K, h, K, w, wk, a, n, pf);
+    ISA(wide_loop)(G, mr, K, h, K, w, wk, a, n, pf, pfs);
     for (int m = 0; m < mr; m++) {
         float *o = out + m * G * H;
         ISA(st)(o, ISA(low)(a[m][0]));
@@ -511,22 +531,25 @@ INL void ISA(product_wide)(const int G, const int mr, int64_t K, const float *h,
  * way out (166 GFLOP/s at B=96, H=256 against 179 for the bare loop; Xeon) */
 static __attribute__((noinline)) void ISA(product_wide_rows)(const int G, int mr, int64_t K, const float *h,
                                                              const float *w, int64_t wk, float *out, int64_t H,
-                                                             const float *pf)
+                                                             const float *pf, int pfs)
 {
-#define CALL(M) if (G == 4) ISA(product_wide)(4, M, K, h, w, wk, out, H, pf); \
-                else ISA(product_wide)(3, M, K, h, w, wk, out, H, pf)
+#define CALL(M) if (G == 4) ISA(product_wide)(4, M, K, h, w, wk, out, H, pf, pfs); \
+                else ISA(product_wide)(3, M, K, h, w, wk, out, H, pf, pfs)
     ROWS_SWITCH(MRMAX, mr, CALL)
 #undef CALL
 }
 #endif
 
 INL void ISA(product_rows)(const int G, const int mr, const int full, int64_t nu, int64_t H, const float *h,
-                           const float *w, int64_t wk, int64_t wg, float *out, int64_t u, const float *pf)
+                           const float *w, int64_t wk, int64_t wg, float *out, int64_t u, const float *pf, int pfs)
 {
 #ifdef WIDE
-    if (ISA(wide_tile)(G, full, wg) && nu == VW) { ISA(product_wide_rows)(G, mr, H, h, w, wk, out + u * VW, H, pf); return; }
+    if (ISA(wide_tile)(G, full, wg) && nu == VW) {
+        ISA(product_wide_rows)(G, mr, H, h, w, wk, out + u * VW, H, pf, pfs);
+        return;
+    }
 #endif
-    (void)pf;
+    (void)pf; (void)pfs;
     v8 acc[MRMAX][4];
     for (int m = 0; m < mr; m++)
         for (int g = 0; g < G; g++) acc[m][g] = ISA(splat)(0.0f);
@@ -543,11 +566,13 @@ INL void ISA(product_g)(const int G, int64_t B, int64_t H, const float *h, const
     for (int64_t u = 0; u < U; u++) {
         int64_t nu = group_units(H, u);
         int full = nu == VW || wu != VW;           /* a packed layout is zero-padded: always safe */
-        for (int64_t b = bc, be = B < bc + ROW_CHUNK(MR_LSTM) ? B : bc + ROW_CHUNK(MR_LSTM); b < be; b += MR_LSTM) {
+        int64_t be = B < bc + ROW_CHUNK(MR_LSTM) ? B : bc + ROW_CHUNK(MR_LSTM), nbk = (be - bc + MR_LSTM - 1) / MR_LSTM;
+        int pfs = ISA(pf_pace)(nbk);
+        for (int64_t b = bc; b < be; b += MR_LSTM) {
             int64_t rem = be - b < MR_LSTM ? be - b : MR_LSTM;
-            const float *pf = b == bc && u + 1 < U ? w + (u + 1) * wu : 0;              /* as tile_next */
-#define CALL(M) if (full) ISA(product_rows)(G, M, 1, nu, H, h + b * H, w + u * wu, wk, wg, out + b * G * H, u, pf); \
-                else ISA(product_rows)(G, M, 0, nu, H, h + b * H, w + u * wu, wk, wg, out + b * G * H, u, pf)
+            const float *pf = ISA(pf_part)(u + 1 < U ? w + (u + 1) * wu : 0, (b - bc) / MR_LSTM, nbk, H, wk);
+#define CALL(M) if (full) ISA(product_rows)(G, M, 1, nu, H, h + b * H, w + u * wu, wk, wg, out + b * G * H, u, pf, pfs); \
+                else ISA(product_rows)(G, M, 0, nu, H, h + b * H, w + u * wu, wk, wg, out + b * G * H, u, pf, pfs)
             ROWS_SWITCH(MR_LSTM, rem, CALL)
 #undef CALL
         }
@@ -888,7 +913,8 @@ INL void ISA(lstm_rows)(const int mr, const int full, int64_t nu, int64_t H, int
                         const float *xi, int64_t xib, int64_t I, const float *wi,
                         const v8 bv[4], const int64_t *lens, int64_t i, const float *w, int64_t wk, int64_t wg,
                         const float *hp, int64_t hs, const float *cp, float *cn, float *y, int64_t yb, float *gates,
-                        float *tanhc, const float *pfi, const float *pfh, const float *si, const float *sh)
+                        float *tanhc, const float *pfi, const float *pfh, const int pfs, const float *si,
+                        const float *sh)
 {
     v8 acc[MRMAX][4];
     if (xi) {
@@ -897,14 +923,14 @@ INL void ISA(lstm_rows)(const int mr, const int full, int64_t nu, int64_t H, int
 #ifdef WIDE
         if (si) ISA(tile_wide_pack_rows)(mr, I, xi, xib, si, 4 * H, H, nu, (float *)wi, acc); else /* wi: scratch */
 #endif
-        ISA(tile_next)(4, mr, full, nu, I, xi, xib, wi, 4 * VW, VW, acc, pfi);
+        ISA(tile_next)(4, mr, full, nu, I, xi, xib, wi, 4 * VW, VW, acc, pfi, pfs);
     } else
         for (int m = 0; m < mr; m++)      /* the tile starts from x W_ih^T + b: no loads after the K loop */
             for (int g = 0; g < 4; g++) acc[m][g] = ISA(ldn)(x + m * xb + g * H + u * VW, nu) + bv[g];
 #ifdef WIDE
     if (sh) ISA(tile_wide_pack_rows)(mr, H, hp, hs, sh, 4 * H, H, nu, (float *)w, acc); else      /* w: scratch */
 #endif
-    ISA(tile_next)(4, mr, full, nu, H, hp, hs, w, wk, wg, acc, pfh);
+    ISA(tile_next)(4, mr, full, nu, H, hp, hs, w, wk, wg, acc, pfh, pfs);
     for (int m = 0; m < mr; m++)
         if (!ISA(held)(lens ? lens + m : 0, i, nu, u, hp + m * hs, y + m * yb, cp + m * H, cn + m * H))
             ISA(lstm_gates)(acc[m][0], acc[m][1], acc[m][2], acc[m][3], nu, H, u, cp + m * H, cn + m * H, y + m * yb,
@@ -1032,14 +1058,17 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t *claims, int64_t T,
             const float *pwi = si ? wi + tid * (I + H) * 4 * VW : wi + u * I * 4 * VW;
             const float *pw = si ? pwi + I * 4 * VW : w + u * wu;
             int64_t bt = pair ? be - 1 : be;                                      /* rows in tiles */
+            int64_t nbk = (bt - bc + MR_LSTM - 1) / MR_LSTM;
+            const float *nwi = xi && !si && u + 1 < U ? wi + (u + 1) * I * 4 * VW : 0;   /* the next panels */
+            const float *nw = !si && u + 1 < U ? w + (u + 1) * wu : 0;
             for (int64_t b = bc; b < bt; b += MR_LSTM) {                          /* ... for their row blocks */
                 int64_t rem = bt - b < MR_LSTM ? bt - b : MR_LSTM;
 #define ARGS(M, F) M, F, nu, H, u, xt_ + b * xb, xb, xi ? xi + t * xit + b * xib : 0, xib, I, \
                    xi ? pwi : 0, bv, lens ? lens + b : 0, i, pw, wk, wg, hp + b * hs, \
                    hs, cp + b * H, cn + b * H, \
                    yt_ + b * yb, yb, gt ? gt + b * 4 * H : 0, tct ? tct + b * H : 0, \
-                   b == bc && xi && !si && u + 1 < U ? wi + (u + 1) * I * 4 * VW : 0, \
-                   b == bc && !si && u + 1 < U ? w + (u + 1) * wu : 0, \
+                   ISA(pf_part)(nwi, (b - bc) / MR_LSTM, nbk, I, 4 * VW), \
+                   ISA(pf_part)(nw, (b - bc) / MR_LSTM, nbk, H, wk), ISA(pf_pace)(nbk), \
                    b == bc && si ? si + u * VW : 0, b == bc && sh ? sh + u * VW : 0
 #define CALL(M) if (full) ISA(lstm_rows)(ARGS(M, 1)); else ISA(lstm_rows)(ARGS(M, 0))
                 ROWS_SWITCH(MR_LSTM, rem, CALL)
