@@ -20,6 +20,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from service.request_limits import INT64_MAX, ascii_int64
+
 MODEL_CONFIG = "config.json"
 MAX_CONFIG_BYTES = 64 * 1024
 
@@ -90,18 +92,11 @@ def read_folder_config(folder: Path) -> ModelFolderConfig:
         raise ValueError(f"{MODEL_CONFIG}: {problems}") from None
 
 
-def version_number(text: str | int) -> int | None:
-    """A version as Triton numbers them: a non-negative int64 in ASCII digits, else None.
-
-    ``str.isdigit`` alone is not the check: it takes '³' and other Unicode digits that ``int``
-    refuses (a 500 once, found by schemathesis), and ``int`` refuses strings of more than 4300
-    digits."""
-    if isinstance(text, int):
-        return text if 0 <= text < 2**63 else None
-    text = str(text)
-    if not (text.isascii() and text.isdigit() and len(text) <= 19):
-        return None
-    return int(text) if int(text) < 2**63 else None
+def version_number(version: str | int) -> int | None:
+    """A version as Triton numbers them: a non-negative int64 (as text, in ASCII digits), else None."""
+    if isinstance(version, int):
+        return version if 0 <= version <= INT64_MAX else None
+    return ascii_int64(str(version))
 
 
 def version_folders(folder: Path, model_files: tuple[str, ...]) -> dict[int, Path]:
@@ -111,9 +106,8 @@ def version_folders(folder: Path, model_files: tuple[str, ...]) -> dict[int, Pat
     file are Triton's layout. Both at once is ambiguous and refused.
     """
     flat = any((folder / n).is_file() for n in model_files)
-    numbered = {version_number(p.name): p for p in folder.iterdir()
-                if p.is_dir() and version_number(p.name) is not None and any((p / n).is_file() for n in model_files)} \
-        if folder.is_dir() else {}
+    named = ((version_number(p.name), p) for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else ()
+    numbered = {n: p for n, p in named if n is not None and any((p / f).is_file() for f in model_files)}
     if flat and numbered:
         raise ValueError(f"{folder.name} holds a model file and version folders {sorted(numbered)}; use one layout")
     return {1: folder} if flat else dict(sorted(numbered.items()))

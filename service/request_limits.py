@@ -57,6 +57,17 @@ Sequence = str | list[TokenId] | list[list[Feature]]
 
 
 # -- checks for transports without pydantic (v2 tensors, gRPC) ------------------------------------
+def ascii_int64(text: str) -> int | None:
+    """A non-negative int64 written in ASCII digits (a version, a byte count in a header), else None.
+
+    ``str.isdigit`` alone is not the check: it takes '³' and other Unicode digits that ``int``
+    refuses (a 500 once, found by schemathesis), and ``int`` refuses more than 4300 digits."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 19):
+        return None
+    value = int(text)
+    return value if value <= INT64_MAX else None
+
+
 def check_int_range(value: int, lo: int, hi: int, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise InvalidInput(f"{where}: must be an integer in [{lo}, {hi}], got {value!r}")

@@ -21,6 +21,7 @@ import zlib
 from service.errors import PayloadTooLarge, ServiceError
 from service.openinference import datatypes as dt
 from service.openinference.types import InferInput, InferRequest, InferResponse, RequestedOutput
+from service.request_limits import ascii_int64
 
 HEADER_LENGTH = "inference-header-content-length"
 _CHUNK = 64 * 1024
@@ -71,11 +72,10 @@ def split(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:
     if header_length is None:
         head, rest = view, view[len(view):]
     else:
-        digits = header_length.strip()           # isascii: isdigit takes '³', which int refuses
-        if not (digits.isascii() and digits.isdigit() and len(digits) <= 19) or int(digits) > len(body):
+        n = ascii_int64(header_length.strip())
+        if n is None or n > len(body):
             raise BodyError(f"Inference-Header-Content-Length {header_length!r} must be a byte count within the "
                             f"body's {len(body)} bytes")
-        n = int(digits)
         head, rest = view[:n], view[n:]
     try:
         header = json.loads(bytes(head))
