@@ -1055,7 +1055,7 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t *claims, int64_t T,
              * block packs into this thread's two panels in the scratch (tile_wide_pack), for its
              * other blocks: no pair then, whose second group is another item's */
             int64_t be = nb < bc + chunk ? nb : bc + chunk, pair = si ? 0 : last_row_pair(be - bc, MR_LSTM, wu, U, u);
-            const float *pwi = si ? wi + tid * (I + H) * 4 * VW : wi + u * I * 4 * VW;
+            const float *pwi = si ? wi + tid * (I + H) * 4 * VW : xi ? wi + u * I * 4 * VW : 0;
             const float *pw = si ? pwi + I * 4 * VW : w + u * wu;
             int64_t bt = pair ? be - 1 : be;                                      /* rows in tiles */
             int64_t nbk = (bt - bc + MR_LSTM - 1) / MR_LSTM;
@@ -1064,7 +1064,7 @@ static void ISA(lstm_forward_part)(int tid, int nth, int64_t *claims, int64_t T,
             for (int64_t b = bc; b < bt; b += MR_LSTM) {                          /* ... for their row blocks */
                 int64_t rem = bt - b < MR_LSTM ? bt - b : MR_LSTM;
 #define ARGS(M, F) M, F, nu, H, u, xt_ + b * xb, xb, xi ? xi + t * xit + b * xib : 0, xib, I, \
-                   xi ? pwi : 0, bv, lens ? lens + b : 0, i, pw, wk, wg, hp + b * hs, \
+                   pwi, bv, lens ? lens + b : 0, i, pw, wk, wg, hp + b * hs, \
                    hs, cp + b * H, cn + b * H, \
                    yt_ + b * yb, yb, gt ? gt + b * 4 * H : 0, tct ? tct + b * H : 0, \
                    ISA(pf_part)(nwi, (b - bc) / MR_LSTM, nbk, I, 4 * VW), \
