@@ -68,7 +68,7 @@ TOL = 1e-4
 FWD_HEADERS = ["shape B,T,I,H", "ours fwd ms", "ours served ms", "torch fwd ms", "ort fwd ms", "ours/ort",
                "served/ort", "ours/torch", "ours fwd+bwd ms", "torch fwd+bwd ms", "ratio ours/torch"]
 STEP_HEADERS = ["cell", "B", "ours step µs", "ours served µs", "torch cell µs", "naive step µs", "ours/torch",
-                "served/torch", "ours/naive"]
+                "served/torch", "ours/naive", "floor µs", "served/floor"]
 # (column, ours, peer): ratios taken round by round (bench_peers.paired_ratio)
 PAIRS = [("ours/ort", "ours_fwd", "ort_fwd"), ("served/ort", "ours_served", "ort_fwd"),
          ("ours/torch", "ours_fwd", "torch_fwd"), ("fwd+bwd ours/torch", "ours_train", "torch_train")]
@@ -98,6 +98,7 @@ class Env:
         self.onnx = onnx
         self.warmup = 3 if self.gpu else 1
         self.stat = args.stat
+        self.floor_repeat = 3 if args.quick else 15
 
     def inference(self):
         return self.torch.inference_mode() if self.torch is not None else contextlib.nullcontext()
@@ -202,6 +203,23 @@ def bench_shape(env: Env, cell: str, shape, repeat: int) -> dict:
 
 
 # -- single step -------------------------------------------------------------------------------
+def step_floor(weights: list[np.ndarray], batch: int, repeat: int) -> dict | None:
+    """The least one step can take on this machine: it reads every weight once and does 2 flops per
+    weight and row, so it is bounded by this core's read rate over that many bytes (``mc_read_peak``,
+    measured on a buffer their size: the cache level they land in) and by the FMA loop's rate,
+    each as if THREADS cores added up. None without the native kernels (or on the GPU)."""
+    nbytes = sum(w.nbytes for w in weights)
+    read = bench_probe.measure_read(nbytes, repeat)
+    if read is None:
+        return None
+    iters = 200_000
+    fma = native.lib.mc_fma_peak(iters) / bench_probe.best_seconds(lambda: native.lib.mc_fma_peak(iters), repeat) / 1e9
+    flops = 2.0 * batch * sum(w.size for w in weights)
+    read_us, fma_us = nbytes / (read * THREADS) / 1e3, flops / (fma * THREADS) / 1e3
+    return {"us": max(read_us, fma_us), "read_us": read_us, "fma_us": fma_us, "bytes": nbytes,
+            "read_GB_s": read, "fma_GFLOP_s": fma}
+
+
 def bench_step(env: Env, cell: str, batch: int, calls: int) -> dict:
     xp = env.xp
     rng = np.random.default_rng(1)
@@ -246,6 +264,8 @@ def bench_step(env: Env, cell: str, batch: int, calls: int) -> dict:
     with env.inference():                                               # no autograd for torch's cell
         row["us"] = peers.step_us(jobs, calls)
     row.update({name: st[env.stat] for name, st in row["us"].items()})
+    if not env.gpu:
+        row["floor"] = step_floor([sd["weight_ih_l0"], sd["weight_hh_l0"]], batch, env.floor_repeat)
     return row
 
 
@@ -272,8 +292,9 @@ def paired_cells(row: dict) -> list[str]:
 
 def step_cells(row: dict) -> list[str]:
     o, s, t, n = row["ours"], row["served"], row["torch"], row["naive"]
+    f = (row.get("floor") or {}).get("us")
     return [row["cell"], str(row["B"]), _fmt(o, 1), _fmt(s, 1), _fmt(t, 1), _fmt(n, 1), _ratio(o, t), _ratio(s, t),
-            _ratio(o, n)]
+            _ratio(o, n), _fmt(f, 1), _ratio(s, f)]
 
 
 # -- CLI ---------------------------------------------------------------------------------------
@@ -430,6 +451,12 @@ def main(argv: list[str] | None = None) -> int:
     if results["step"]:
         peers.print_table(f"Single step, I={STEP_I} H={STEP_H} (µs, {args.stat} of {calls} calls, {args.device})",
                           STEP_HEADERS, [step_cells(r) for r in results["step"]])
+        for r in results["step"]:
+            f = r.get("floor")
+            if f:
+                print(f"  floor of {r['cell']} B={r['B']}: the longer of {f['bytes'] / 2**20:.2f} MiB of weights read "
+                      f"once at {f['read_GB_s']:.0f} GB/s a core ({f['read_us']:.1f} µs) and its FMAs at "
+                      f"{f['fma_GFLOP_s']:.0f} GFLOP/s a core ({f['fma_us']:.1f} µs), on {THREADS} core(s)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))

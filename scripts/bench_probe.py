@@ -68,6 +68,20 @@ def measure_peak(repeat: int, torch=None) -> dict:
     return out
 
 
+def measure_read(nbytes: int, repeat: int) -> float | None:
+    """GB/s of the read loop (``mc_read_peak``) over a buffer of ``nbytes``: how fast one core streams
+    that many bytes of weights from wherever that size lives (L2, L3). None without the kernels."""
+    from model_core import native
+
+    if not native.AVAILABLE:
+        return None
+    a = np.random.default_rng(0).standard_normal(max(1, nbytes // 4), dtype=np.float32)
+    total = np.empty(1, np.float32)
+    passes = max(1, int(2**23 // a.nbytes))                 # ~8 MiB a call: the ctypes call is noise
+    t = best_seconds(lambda: native.lib.mc_read_peak(a.ctypes.data, a.size, passes, total.ctypes.data), repeat)
+    return native.lib.mc_read_peak(a.ctypes.data, a.size, passes, total.ctypes.data) / t / 1e9
+
+
 def _numba_panel():
     from model_core import jit
 

@@ -73,6 +73,7 @@ _SIGNATURES = {
                         _F, _I, _I, _F, _F, _F], ctypes.c_int32),
     "mc_rnn_backward": ([_I, _I, _I, ctypes.c_int32, ctypes.c_int32, _F, _F, _I, _I, _F, _F, _F, _F, _F], None),
     "mc_fma_peak": ([_I], ctypes.c_double),
+    "mc_read_peak": ([_F, _I, _I, _F], ctypes.c_double),
     "mc_set_threads": ([ctypes.c_int32], ctypes.c_int32),
     "mc_blas_team_calls": ([], _I),
     "mc_team_forwards": ([], _I),

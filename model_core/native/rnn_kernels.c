@@ -275,6 +275,7 @@ typedef struct {
                          const float *, const float *, const float *, const float *, float *, float *, float *,
                          float *);
     double (*fma_peak)(int64_t);
+    double (*read_peak)(const float *, int64_t, int64_t, float *);
     void (*axpy_product)(int64_t, int64_t, int64_t, const float *, int64_t, const float *, float *);
     void (*rnn_forward)(int64_t, int64_t, int64_t, int64_t, int32_t, int32_t, const float *, int64_t, int64_t,
                         const float *, const float *, const int64_t *, const float *, int32_t, const float *, float *,
@@ -286,8 +287,8 @@ typedef struct {
 } kernels_t;
 
 #define TABLE(sfx, name) { name, product_##sfx, lstm_forward_##sfx, lstm_backward_##sfx, gru_forward_##sfx, \
-                           gru_backward_##sfx, fma_peak_##sfx, axpy_product_##sfx, rnn_forward_##sfx, \
-                           rnn_backward_##sfx, project_##sfx }
+                           gru_backward_##sfx, fma_peak_##sfx, read_peak_##sfx, axpy_product_##sfx, \
+                           rnn_forward_##sfx, rnn_backward_##sfx, project_##sfx }
 
 static const kernels_t BASE = TABLE(base, "baseline");
 #ifdef MULTI_ISA
@@ -716,4 +717,12 @@ double mc_fma_peak(int64_t iters)
 {
     ENSURE();
     return K->fma_peak(iters);
+}
+
+/* the read loop behind a step's floor (bench_core): reads a's n floats `passes` times in this
+ * build's widest vectors; returns the bytes read, and the sum of what it read in *sum */
+double mc_read_peak(const float *a, int64_t n, int64_t passes, float *sum)
+{
+    ENSURE();
+    return K->read_peak(a, n, passes, sum);
 }

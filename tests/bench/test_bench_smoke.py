@@ -41,6 +41,13 @@ def test_bench_quick_runs_and_prints_tables(tmp_path):
     # the single step: the trainable layer and the served (frozen) one, each checked against the naive step
     assert {r["cell"] for r in results["step"]} == {"lstm", "gru", "rnn"}
     assert all(r["ours"] > 0 and r["served"] > 0 and r["torch"] > 0 for r in results["step"])
+    # and its floor: the weights read once at this core's read rate, or the FMAs at the FMA loop's
+    assert "served/floor" in proc.stdout and "floor of lstm B=1" in proc.stdout
+    for r in results["step"]:
+        f = r["floor"]
+        assert f["us"] == max(f["read_us"], f["fma_us"]) > 0
+        gates = {"lstm": 4, "gru": 3, "rnn": 1}[r["cell"]]
+        assert f["bytes"] == 4 * gates * (64 + 256) * 256                # W_ih and W_hh at I=64, H=256
 
 
 @pytest.mark.timeout(60)

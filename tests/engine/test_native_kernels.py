@@ -397,6 +397,17 @@ def test_the_probe_s_recurrent_product_matches_float64(G, B, H):
         np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("n", [1, 127, 128, 1000, 4096])             # 1000: 104 floats past the vectors
+def test_the_read_loop_behind_a_step_s_floor_reads_every_float(n):
+    """bench_core's step floor times mc_read_peak over a buffer the size of a step's weights: it has
+    to read all of it, each pass, the tail past its vectors included."""
+    a = (np.arange(n) % 7 + 1).astype(np.float32)                        # small integers: exact sums
+    total = np.full(1, np.nan, np.float32)
+    got = native.lib.mc_read_peak(a.ctypes.data, n, 3, total.ctypes.data)
+    assert got == 3 * n * 4
+    assert total[0] == 3 * float(a.sum())
+
+
 @pytest.mark.parametrize("env, want", [({}, native.SPINCOUNT), ({"GOMP_SPINCOUNT": "7"}, "7"),
                                        ({"OMP_WAIT_POLICY": "active"}, None)])
 def test_the_team_spins_long_unless_the_user_says_otherwise(env, want):
