@@ -125,6 +125,10 @@ static int64_t row_steps_run;               /* rows the packed forward steps ran
 
 int64_t mc_row_steps_run(void) { return __atomic_load_n(&row_steps_run, __ATOMIC_RELAXED); }
 
+static int64_t one_row_steps;               /* calls of one step of one row (first_step): their parity */
+
+int64_t mc_one_row_steps(void) { return __atomic_load_n(&one_row_steps, __ATOMIC_RELAXED); }
+
 void mc_blas_team(int sync, blas_job_t job, int n, size_t size, void *jobs, int data)
 {
     (void)sync;                                          /* OpenBLAS asks for a synchronous run: so it is */
