@@ -75,9 +75,13 @@ def measure_read(nbytes: int, repeat: int) -> float | None:
 
     if not native.AVAILABLE:
         return None
-    a = np.random.default_rng(0).standard_normal(max(1, nbytes // 4), dtype=np.float32)
+    from model_core.cells.native_weights import aligned_empty
+
+    a = aligned_empty(max(1, nbytes // 4))                  # on a cache line, as the kept weights are
+    a[...] = np.random.default_rng(0).standard_normal(a.size, dtype=np.float32)
     total = np.empty(1, np.float32)
-    passes = max(1, int(2**23 // a.nbytes))                 # ~8 MiB a call: the ctypes call is noise
+    passes = 2 * max(1, int(2**22 // a.nbytes))     # ~8 MiB a call (the ctypes call is noise), each call
+                                                    # ending where the next starts (every other pass backwards)
     t = best_seconds(lambda: native.lib.mc_read_peak(a.ctypes.data, a.size, passes, total.ctypes.data), repeat)
     return native.lib.mc_read_peak(a.ctypes.data, a.size, passes, total.ctypes.data) / t / 1e9
 

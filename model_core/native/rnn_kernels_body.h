@@ -1958,24 +1958,29 @@ static double ISA(fma_peak)(int64_t iters)
 #undef PEAK_REG
 
 /* -- the other limit: a loop that only reads n floats (a step's weights) `passes` times into 8
- * independent sums, in the same vectors. A step at B=1 reads every weight once for 2 flops per 4
- * bytes, so this rate, not the FMA loop's, bounds it. Returns the bytes read; the sum of what it read
- * (passes times a's) lands in *sum, so nothing is left out. ---------------------------------------- */
+ * independent sums, in the same vectors, every other pass backwards (as one-row steps run,
+ * item_in_order and first_step: a pass starts on what the one before ended on, still in cache). A
+ * step at B=1 reads every weight once for 2 flops per 4 bytes, so this rate, not the FMA loop's,
+ * bounds it. Returns the bytes read; the sum of what it read (passes times a's) lands in *sum, so
+ * nothing is left out. --------------------------------------------------------------------------- */
 static double ISA(read_peak)(const float *a, int64_t n, int64_t passes, float *sum)
 {
     typedef float vpu __attribute__((vector_size(sizeof(ISA(vpeak))), aligned(4), may_alias));
     const int64_t L = (int64_t)(sizeof(ISA(vpeak)) / sizeof(float)), n8 = n - n % (8 * L);
     ISA(vpeak) s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0}, s4 = {0}, s5 = {0}, s6 = {0}, s7 = {0};
     float tail = 0;
+#define READ8(q) do { s0 += *(const vpu *)(q); s1 += *(const vpu *)((q) + L); s2 += *(const vpu *)((q) + 2 * L); \
+                     s3 += *(const vpu *)((q) + 3 * L); s4 += *(const vpu *)((q) + 4 * L); \
+                     s5 += *(const vpu *)((q) + 5 * L); s6 += *(const vpu *)((q) + 6 * L); \
+                     s7 += *(const vpu *)((q) + 7 * L); } while (0)
     for (int64_t p = 0; p < passes; p++) {
-        for (int64_t i = 0; i < n8; i += 8 * L) {
-            const float *q = a + i;
-            s0 += *(const vpu *)q; s1 += *(const vpu *)(q + L); s2 += *(const vpu *)(q + 2 * L);
-            s3 += *(const vpu *)(q + 3 * L); s4 += *(const vpu *)(q + 4 * L); s5 += *(const vpu *)(q + 5 * L);
-            s6 += *(const vpu *)(q + 6 * L); s7 += *(const vpu *)(q + 7 * L);
-        }
+        if (p & 1)
+            for (int64_t v = n8 - 8 * L; v >= 0; v -= 8 * L) READ8(a + v);
+        else
+            for (int64_t v = 0; v < n8; v += 8 * L) READ8(a + v);
         for (int64_t i = n8; i < n; i++) tail += a[i];
     }
+#undef READ8
     ISA(vpeak) all = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7));
     for (int64_t l = 0; l < L; l++) tail += all[l];
     *sum = tail;
