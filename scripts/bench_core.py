@@ -15,7 +15,9 @@ Before timing a shape, ours and onnxruntime are checked against torch (1e-4 on t
 run stops if either differs. torch and onnxruntime are optional: a missing peer shows as "n/a".
 "ours fwd" is a trainable layer (its weights writable: packed per call where a call packs them);
 "ours served" the same weights frozen, as the service loads a model (packed once and kept, as
-onnxruntime prepacks its initializers once per session); in the single-step table too.
+onnxruntime prepacks its initializers once per session); in the single-step table too. The step
+table also gives each step's floor on this machine: the longer of its weights read once at this
+core's measured read rate and its FMAs at the FMA loop's rate (``step_floor``).
 
 On the GPU the peers are torch's cuDNN layers and cells (a CUDA build of torch) and onnxruntime's
 CUDA provider when installed; the single-step table then covers batched sessions, B=1 to 1024.
