@@ -211,11 +211,9 @@ def step_floor(weights: list[np.ndarray], batch: int, repeat: int) -> dict | Non
     measured on a buffer their size: the cache level they land in) and by the FMA loop's rate,
     each as if THREADS cores added up. None without the native kernels (or on the GPU)."""
     nbytes = sum(w.nbytes for w in weights)
-    read = bench_probe.measure_read(nbytes, repeat)
+    read, fma = bench_probe.measure_read(nbytes, repeat), bench_probe.measure_fma(repeat)
     if read is None:
         return None
-    iters = 200_000
-    fma = native.lib.mc_fma_peak(iters) / bench_probe.best_seconds(lambda: native.lib.mc_fma_peak(iters), repeat) / 1e9
     flops = 2.0 * batch * sum(w.size for w in weights)
     read_us, fma_us = nbytes / (read * THREADS) / 1e3, flops / (fma * THREADS) / 1e3
     return {"us": max(read_us, fma_us), "read_us": read_us, "fma_us": fma_us, "bytes": nbytes,

@@ -49,13 +49,7 @@ def best_seconds(fn, repeat: int, min_time: float = 2e-4, warm: float = 0.02) ->
 
 def measure_peak(repeat: int, torch=None) -> dict:
     """GFLOP/s of the FMA loop and of the best BLAS on a 1024^3 product; ``peak`` is the larger."""
-    from model_core import native  # after the caller's thread pin
-
-    out = {"fma_loop": None, "blas_square": None}
-    if native.AVAILABLE:
-        iters = 200_000
-        t = best_seconds(lambda: native.lib.mc_fma_peak(iters), repeat)
-        out["fma_loop"] = native.lib.mc_fma_peak(iters) / t / 1e9              # it returns the flops it did
+    out = {"fma_loop": measure_fma(repeat), "blas_square": None}
     n = 1024
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     c = np.empty_like(a)
@@ -66,6 +60,17 @@ def measure_peak(repeat: int, torch=None) -> dict:
     out["blas_square"] = best
     out["peak"] = max(v for v in out.values() if v is not None)
     return out
+
+
+def measure_fma(repeat: int) -> float | None:
+    """GFLOP/s of the kernels' FMA loop (``mc_fma_peak``) on this core. None without the kernels."""
+    from model_core import native
+
+    if not native.AVAILABLE:
+        return None
+    iters = 200_000
+    t = best_seconds(lambda: native.lib.mc_fma_peak(iters), repeat)
+    return native.lib.mc_fma_peak(iters) / t / 1e9                              # it returns the flops it did
 
 
 def measure_read(nbytes: int, repeat: int) -> float | None:

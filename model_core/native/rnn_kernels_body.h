@@ -79,8 +79,8 @@ static inline int64_t item_in_order(int64_t nb, int64_t i, int nth, int64_t item
  * B=1), the parity of such calls so far in this process, so that every other call runs the odd
  * steps' order and starts on the panels the call before ended on, as a sequence's steps do; 0 for
  * the rest. A hint about the caches, not state: either order sums each item the same, so the bits
- * never depend on it. LSTM step B=1, I=64, H=256 on Zen 4 (1 MiB of L2 per core): 0.93x the
- * time at 1 thread, 0.98x at 2 (in-process A/B, median of 11). */
+ * never depend on it. LSTM step B=1, I=64, H=256 on Zen 4 (1 MiB of L2 per core): 0.92x the
+ * time at 1 thread, 0.99x at 2 (in-process A/B, median of 11). */
 static inline int64_t first_step(int64_t T, int64_t B)
 {
     return T == 1 && B == 1 ? __atomic_fetch_add(&one_row_steps, 1, __ATOMIC_RELAXED) & 1 : 0;
@@ -1350,7 +1350,7 @@ INL void ISA(gru_row_pair)(int64_t H, int64_t u, const float *x, const float *xi
 }
 
 static void ISA(gru_forward_part)(int tid, int nth, int64_t *claims, int64_t T, int64_t i0, int64_t B, int64_t H,
-                                   int32_t reverse,
+                                  int32_t reverse,
                                   const float *x, int64_t xt, int64_t xb, const float *xi, int64_t xit, int64_t xib,
                                   int64_t I, const float *wi, const float *bx, const int64_t *lens,
                                   const float *w, int64_t wk, int64_t wg,
