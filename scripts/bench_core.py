@@ -28,6 +28,7 @@ from scripts import blas_threads  # first: --threads sizes the BLAS pool before 
 
 import argparse
 import contextlib
+import functools
 import importlib.util
 import json
 import sys
@@ -205,13 +206,20 @@ def bench_shape(env: Env, cell: str, shape, repeat: int) -> dict:
 
 
 # -- single step -------------------------------------------------------------------------------
+@functools.cache
+def _machine_rates(nbytes: int, repeat: int) -> tuple[float | None, float | None]:
+    """(read GB/s over nbytes, FMA GFLOP/s) of this core, measured once per size a run: a cell's
+    rows at every batch then share one floor's rates."""
+    return bench_probe.measure_read(nbytes, repeat), bench_probe.measure_fma(repeat)
+
+
 def step_floor(weights: list[np.ndarray], batch: int, repeat: int) -> dict | None:
     """The least one step can take on this machine: it reads every weight once and does 2 flops per
     weight and row, so it is bounded by this core's read rate over that many bytes (``mc_read_peak``,
     measured on a buffer their size: the cache level they land in) and by the FMA loop's rate,
     each as if THREADS cores added up. None without the native kernels (or on the GPU)."""
     nbytes = sum(w.nbytes for w in weights)
-    read, fma = bench_probe.measure_read(nbytes, repeat), bench_probe.measure_fma(repeat)
+    read, fma = _machine_rates(nbytes, repeat)
     if read is None:
         return None
     flops = 2.0 * batch * sum(w.size for w in weights)
