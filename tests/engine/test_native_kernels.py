@@ -34,12 +34,18 @@ def RNN_RELU(*args, **kwargs):
 CLASSES = [LSTM, GRU, RNN, RNN_RELU]
 
 
+def _on_the_numpy_cell(layer):
+    """Switch ``layer`` to the NumPy reference cell (float32), the one the kernels are checked against."""
+    layer._cell = select(layer._kind, np, np.float32, getattr(layer, "nonlinearity", "tanh"), reference=True)
+    layer._consts = layer._cell.gate_constants(np, layer.hidden_size, np.float32)
+    return layer
+
+
 def _compare_with_reference(cls, I, H, T, B, seed=0):
     """Max |native - reference| over y, final state, dx and every gradient, float32."""
     layer = cls(I, H, seed=seed)
     ref = cls(I, H, seed=seed)
-    ref._cell = select(layer._kind, np, np.float32, getattr(layer, "nonlinearity", "tanh"), reference=True)
-    ref._consts = ref._cell.gate_constants(np, H, np.float32)
+    _on_the_numpy_cell(ref)
     assert layer._cell.native and not ref._cell.fused
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
@@ -74,8 +80,7 @@ def test_step_entry_point_matches_the_reference_step(cls, B, bias, frozen):
     layer, ref = cls(I, H, num_layers=2, bias=bias, seed=5), cls(I, H, num_layers=2, bias=bias, seed=5)
     if frozen:
         layer.freeze()
-    ref._cell = select(layer._kind, np, np.float32, getattr(layer, "nonlinearity", "tanh"), reference=True)
-    ref._consts = ref._cell.gate_constants(np, H, np.float32)
+    _on_the_numpy_cell(ref)
     rng = np.random.default_rng(B)
     parts = [rng.standard_normal((2, B, H)).astype(np.float32) for _ in range(layer.state_size)]
     for layout in (parts, [np.asfortranarray(p) for p in parts]):     # Fortran order: the general path
@@ -225,8 +230,7 @@ def test_a_one_row_step_runs_its_items_in_the_other_order_every_other_call(cls, 
     for got in outs[1:]:
         assert all(np.array_equal(a, b) for a, b in zip(got, outs[0]))
     ref = cls(I, H, seed=8)                                               # the same weights, the NumPy cell
-    ref._cell = select(ref._kind, np, np.float32, getattr(ref, "nonlinearity", "tanh"), reference=True)
-    ref._consts = ref._cell.gate_constants(np, H, np.float32)
+    _on_the_numpy_cell(ref)
     np.testing.assert_allclose(outs[0][0], ref.step(x, state)[0], rtol=1e-5, atol=2e-6)
 
 
@@ -735,8 +739,7 @@ def test_a_frozen_layer_keeps_its_step_weights_only_while_its_parameters_are_the
     def expected():
         ref = cls(6, 10, num_layers=2)
         ref.load_state_dict(layer.state_dict())
-        ref._cell = select(layer._kind, np, np.float32, getattr(layer, "nonlinearity", "tanh"), reference=True)
-        ref._consts = ref._cell.gate_constants(np, 10, np.float32)
+        _on_the_numpy_cell(ref)
         return ref.step_states(x, state)
 
     def check(got, want):
@@ -782,8 +785,7 @@ def test_a_length_one_sequence_in_both_directions_matches_the_reference(cls, fro
     layer, ref = cls(5, 19, num_layers=2, bidirectional=True, seed=2), cls(5, 19, num_layers=2, bidirectional=True, seed=2)
     if frozen:
         layer.freeze()
-    ref._cell = select(layer._kind, np, np.float32, getattr(layer, "nonlinearity", "tanh"), reference=True)
-    ref._consts = ref._cell.gate_constants(np, 19, np.float32)
+    _on_the_numpy_cell(ref)
     rng = np.random.default_rng(9)
     x = rng.standard_normal((1, 3, 5), dtype=np.float32)
     state = tuple(rng.standard_normal(s.shape, dtype=np.float32) for s in layer.init_states(3))
