@@ -43,7 +43,7 @@ setup(
     ext_modules=[Extension(
         "model_core.native._rnn_kernels",
         sources=["model_core/native/rnn_kernels.c"],
-        depends=["model_core/native/rnn_kernels_body.h"],
+        depends=["model_core/native/rnn_kernels_body.h", "model_core/native/bf16_body.h"],
         extra_compile_args=["-O3", "-Wno-psabi", OPENMP],     # the flags of model_core/native/__init__.py
         extra_link_args=[OPENMP],
         optional=True,

@@ -60,6 +60,10 @@ class SequenceModel:
     def dtype(self):
         return self.rnn.dtype
 
+    @property
+    def weight_format(self) -> str:
+        return self.rnn.weight_format
+
     def _modules(self):
         mods = {"rnn": self.rnn, "head": self.head}
         if self.embedding is not None:
@@ -73,12 +77,16 @@ class SequenceModel:
     def num_parameters(self) -> int:
         return int(sum(v.size for v in self.parameters().values()))
 
-    def freeze(self) -> SequenceModel:
+    def freeze(self, weights: str = "float32") -> SequenceModel:
         """Make every parameter read-only (NumPy's ``writeable`` flag): an in-place write raises, so
         the kernels may keep layouts derived from the weights (the packed W_hh of a batched step).
-        For models that only serve; a model being trained stays writable. No-op on a GPU."""
+        For models that only serve; a model being trained stays writable. No-op on a GPU.
+        weights="bfloat16": the recurrent layers' inference reads bfloat16 weights (LSTM, GRU on the CPU:
+        ``RecurrentBase.freeze``), float32 arithmetic; the embedding and head stay float32."""
+        self.rnn.freeze(weights=weights)                  # first: it checks ``weights``
         for mod in self._modules().values():
-            mod.freeze()
+            if mod is not self.rnn:
+                mod.freeze()
         return self
 
     def state_dict(self) -> dict[str, np.ndarray]:

@@ -30,6 +30,10 @@ class ServedModel(Protocol):
     @property
     def dtype(self) -> Any: ...
 
+    @property
+    def weight_format(self) -> str:
+        """What inference reads of the recurrent weights: "float32", or "bfloat16" (``freeze(weights=...)``)."""
+
     def num_parameters(self) -> int: ...
 
     def init_state(self, batch: int = 1) -> State:

@@ -17,7 +17,10 @@ run stops if either differs. torch and onnxruntime are optional: a missing peer 
 "ours served" the same weights frozen, as the service loads a model (packed once and kept, as
 onnxruntime prepacks its initializers once per session); in the single-step table too. The step
 table also gives each step's floor on this machine: the longer of its weights read once at this
-core's measured read rate and its FMAs at the FMA loop's rate (``step_floor``).
+core's measured read rate and its FMAs at the FMA loop's rate (``step_floor``). "served bf16" (LSTM and GRU,
+CPU) is the frozen layer with opt-in bfloat16 weights, ``freeze(weights="bfloat16")``: float32
+arithmetic on weights rounded once, checked against the naive step on the same rounded weights
+(1e-4), with its own floor (half the bytes).
 
 On the GPU the peers are torch's cuDNN layers and cells (a CUDA build of torch) and onnxruntime's
 CUDA provider when installed; the single-step table then covers batched sessions, B=1 to 1024.
@@ -40,6 +43,7 @@ import numpy as np
 from model_core import jit, native
 from model_core.backend import get_xp, gpu_available, to_device, to_numpy
 from model_core.cells import uses_jit, uses_native
+from model_core.cells.native_bf16 import round_bf16
 from model_core.nn import GRU, LSTM, RNN
 from model_core.threads import set_num_threads
 from scripts import bench_peers as peers
@@ -71,7 +75,8 @@ TOL = 1e-4
 FWD_HEADERS = ["shape B,T,I,H", "ours fwd ms", "ours served ms", "torch fwd ms", "ort fwd ms", "ours/ort",
                "served/ort", "ours/torch", "ours fwd+bwd ms", "torch fwd+bwd ms", "ratio ours/torch"]
 STEP_HEADERS = ["cell", "B", "ours step µs", "ours served µs", "torch cell µs", "naive step µs", "ours/torch",
-                "served/torch", "ours/naive", "floor µs", "served/floor"]
+                "served/torch", "ours/naive", "floor µs", "served/floor", "served bf16 µs", "bf16/torch",
+                "bf16 floor µs", "bf16/floor"]
 # (column, ours, peer): ratios taken round by round (bench_peers.paired_ratio)
 PAIRS = [("ours/ort", "ours_fwd", "ort_fwd"), ("served/ort", "ours_served", "ort_fwd"),
          ("ours/torch", "ours_fwd", "torch_fwd"), ("fwd+bwd ours/torch", "ours_train", "torch_train")]
@@ -213,12 +218,13 @@ def _machine_rates(nbytes: int, repeat: int) -> tuple[float | None, float | None
     return bench_probe.measure_read(nbytes, repeat), bench_probe.measure_fma(repeat)
 
 
-def step_floor(weights: list[np.ndarray], batch: int, repeat: int) -> dict | None:
+def step_floor(weights: list[np.ndarray], batch: int, repeat: int, bytes_per_weight: int = 4) -> dict | None:
     """The least one step can take on this machine: it reads every weight once and does 2 flops per
     weight and row, so it is bounded by this core's read rate over that many bytes (``mc_read_peak``,
     measured on a buffer their size: the cache level they land in) and by the FMA loop's rate,
-    each as if THREADS cores added up. None without the native kernels (or on the GPU)."""
-    nbytes = sum(w.nbytes for w in weights)
+    each as if THREADS cores added up; bytes_per_weight 2 for bfloat16 weights. None without the
+    native kernels (or on the GPU)."""
+    nbytes = sum(w.size for w in weights) * bytes_per_weight
     read, fma = _machine_rates(nbytes, repeat)
     if read is None:
         return None
@@ -236,7 +242,12 @@ def bench_step(env: Env, cell: str, batch: int, calls: int) -> dict:
     sd = ours.state_dict()
     x = rng.standard_normal((batch, STEP_I), dtype=np.float32)
     xs = to_device(x, env.device)
-    row = {"cell": cell, "B": batch, "ours": None, "served": None, "torch": None, "naive": None, "us": {}}
+    row = {"cell": cell, "B": batch, "ours": None, "served": None, "bf16": None, "torch": None, "naive": None,
+           "us": {}}
+    # opt-in bfloat16 weights (float32 arithmetic): the LSTM on the CPU; checked against the naive step on
+    # the same weights rounded to bfloat16, to TOL
+    bf16 = (OURS[cell](STEP_I, STEP_H, device=env.device, seed=1).freeze(weights="bfloat16")
+            if not env.gpu and served.bf16_problem() is None else None)
 
     def ours_step(state):
         return ours.step(xs, state)[1]
@@ -263,6 +274,19 @@ def bench_step(env: Env, cell: str, batch: int, calls: int) -> dict:
     jobs = {"ours": (ours_step, ours.init_state(batch), env.ours_sync),
             "served": (served_step, served.init_state(batch), env.ours_sync),
             "naive": (naive_step, naive_state0, env.ours_sync)}
+    if bf16 is not None:
+        rounded = peers.naive_step(xp, cell, {k: round_bf16(v) if k.startswith("weight") else v for k, v in sd.items()})
+
+        def bf16_step(state):
+            return bf16.step(xs, state)[1]
+
+        s_bf16, s_rounded = bf16.init_state(batch), naive_state0
+        for _ in range(3):
+            s_bf16, s_rounded = bf16_step(s_bf16), rounded(xs, s_rounded)[1]
+        err = float(np.max(np.abs(s_bf16[0][0] - s_rounded[0])))
+        if err > TOL:
+            _fail("the naive step on bfloat16-rounded weights (vs ours bf16)", cell, (batch, 1, STEP_I, STEP_H), err)
+        jobs["bf16"] = (bf16_step, bf16.init_state(batch), env.ours_sync)
     if env.torch is not None:
         torch = env.torch
         tcell = peers.torch_cell(torch, cell, sd, env.tdev)
@@ -274,6 +298,8 @@ def bench_step(env: Env, cell: str, batch: int, calls: int) -> dict:
     row.update({name: st[env.stat] for name, st in row["us"].items()})
     if not env.gpu:
         row["floor"] = step_floor([sd["weight_ih_l0"], sd["weight_hh_l0"]], batch, env.floor_repeat)
+        if bf16 is not None:
+            row["bf16_floor"] = step_floor([sd["weight_ih_l0"], sd["weight_hh_l0"]], batch, env.floor_repeat, 2)
     return row
 
 
@@ -299,10 +325,10 @@ def paired_cells(row: dict) -> list[str]:
 
 
 def step_cells(row: dict) -> list[str]:
-    o, s, t, n = row["ours"], row["served"], row["torch"], row["naive"]
-    f = (row.get("floor") or {}).get("us")
+    o, s, t, n, b = row["ours"], row["served"], row["torch"], row["naive"], row.get("bf16")
+    f, bf = ((row.get(k) or {}).get("us") for k in ("floor", "bf16_floor"))
     return [row["cell"], str(row["B"]), _fmt(o, 1), _fmt(s, 1), _fmt(t, 1), _fmt(n, 1), _ratio(o, t), _ratio(s, t),
-            _ratio(o, n), _fmt(f, 1), _ratio(s, f)]
+            _ratio(o, n), _fmt(f, 1), _ratio(s, f), _fmt(b, 1), _ratio(b, t), _fmt(bf, 1), _ratio(b, bf)]
 
 
 # -- CLI ---------------------------------------------------------------------------------------
@@ -465,6 +491,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  floor of {r['cell']} B={r['B']}: the longer of {f['bytes'] / 2**20:.2f} MiB of weights read "
                       f"once at {f['read_GB_s']:.0f} GB/s a core ({f['read_us']:.1f} µs) and its FMAs at "
                       f"{f['fma_GFLOP_s']:.0f} GFLOP/s a core ({f['fma_us']:.1f} µs), on {THREADS} core(s)")
+            f = r.get("bf16_floor")
+            if f:
+                print(f"  bf16 floor of {r['cell']} B={r['B']}: {f['bytes'] / 2**20:.2f} MiB read at "
+                      f"{f['read_GB_s']:.0f} GB/s ({f['read_us']:.1f} µs), the same FMAs ({f['fma_us']:.1f} µs)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))

@@ -1,4 +1,4 @@
-"""``python -m service [--host H] [--port P] [--model-dir DIR] [--device cpu|gpu|auto]``.
+"""``python -m service [--host H] [--port P] [--model-dir DIR] [--device cpu|gpu|auto] [--weights float32|bfloat16]``.
 
 Flags override the ``RNN_SERVE_*`` environment variables.
 """
@@ -8,6 +8,7 @@ import argparse
 
 import uvicorn
 
+from model_core.nn.recurrent_base import WEIGHT_FORMATS
 from service.logs import configure_logging
 from service.main import create_app
 from service.settings import Settings
@@ -20,6 +21,7 @@ def main(argv=None) -> None:
     p.add_argument("--port", type=int)
     p.add_argument("--model-dir")
     p.add_argument("--device", choices=["cpu", "gpu", "auto"])
+    p.add_argument("--weights", choices=WEIGHT_FORMATS, help="RNN_SERVE_WEIGHTS")
     args = p.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     settings = Settings(**overrides)

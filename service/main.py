@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics = app.state.metrics
         set_num_threads(settings.engine_threads)  # before any model runs: every native pool, on purpose
         keep_freed_memory()                       # an arena, as onnxruntime's: requests reuse pages (model_core/heap.py)
-        registry = ModelRegistry(settings.model_dir, settings.device)
+        registry = ModelRegistry(settings.model_dir, settings.device, weights=settings.weights)
         if settings.device == "auto" and registry.device_in_use == "cpu":
             log.warning("RNN_SERVE_DEVICE=auto: no usable GPU (CuPy and a visible CUDA device); serving on the CPU")
         registry.load_all()                       # before yield: no request sees a half-loaded repository

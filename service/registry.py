@@ -67,7 +67,8 @@ class ModelEntry:
             "hidden_size": c.hidden_size, "num_layers": c.num_layers, "bidirectional": c.bidirectional,
             "output_size": c.output_size, "output": c.output, "labels": list(c.labels) if c.labels else None,
             "vocab_size": len(c.vocab) if c.vocab else None, "vocab": list(c.vocab) if c.vocab else None,
-            "device": self.model.device, "dtype": self.model.dtype.name, "parameters": self.model.num_parameters(),
+            "device": self.model.device, "dtype": self.model.dtype.name, "weights": self.model.weight_format,
+            "parameters": self.model.num_parameters(),
             "metadata": c.metadata,
         })
         out.update(self.model.describe())                 # an ONNX graph's opset, inputs / outputs and card
@@ -147,8 +148,9 @@ class ModelRegistry:
     sessions that started on them (up to ``keep_versions`` per model).
     """
 
-    def __init__(self, model_dir: Path, device: str = "cpu", keep_versions: int = 3):
+    def __init__(self, model_dir: Path, device: str = "cpu", keep_versions: int = 3, weights: str = "float32"):
         self.model_dir, self.device, self.keep_versions = Path(model_dir), device, keep_versions
+        self.weights = weights                    # Settings.weights: what checkpoints' recurrent layers read
         # what "auto" became on this host, for the logs and /v2 (an explicit "gpu" stays as asked: its
         # models fail to load with the reason if no GPU is usable)
         self.device_in_use = resolve_device(device) if device == "auto" else device
@@ -199,7 +201,7 @@ class ModelRegistry:
             if previous is not None and previous.status == "ready" and previous.version == entry.version:
                 return previous                                # unchanged files: keep the loaded model
             entry.model = (_load_onnx(folder, card, self.device) if path.name == ONNX
-                           else model_core.load(path, device=self.device).freeze())    # serves, never trains
+                           else self._freeze(name, model_core.load(path, device=self.device)))
             _warm_up(entry.model)
             entry.status = "ready"
             log.info("loaded model %s version %d (%s) on %s", name, number, entry.version, entry.model.device)
@@ -207,6 +209,13 @@ class ModelRegistry:
             entry.status, entry.error = "failed", str(exc)
             log.error("model %s version %d failed to load: %s", name, number, exc)
         return entry
+
+    def _freeze(self, name: str, model):
+        """A checkpoint frozen to serve (never trains), reading ``self.weights`` where its layers can."""
+        problem = model.rnn.bf16_problem() if self.weights == "bfloat16" else None
+        if problem:
+            log.warning("model %s stays float32 (RNN_SERVE_WEIGHTS=bfloat16): %s", name, problem)
+        return model.freeze(weights="float32" if problem else self.weights)
 
     def load(self, name: str) -> ModelEntry:
         """Load (or reload) the versions the model's policy selects; returns the highest one tried."""

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model_core.nn.recurrent_base import WEIGHT_FORMATS
+
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models"
 
 
@@ -27,6 +29,10 @@ class Settings(BaseSettings):
     engine_threads: int = Field(
         1, ge=1, description="threads in every native pool of the engine (OpenBLAS, Numba, the native kernels' "
                              "OpenMP team): the batcher is the parallelism, so extra pool threads only spin-wait")
+    weights: Literal[WEIGHT_FORMATS] = Field(
+        "float32", description="what checkpoint models' LSTM and GRU layers read on the CPU: bfloat16 rounds the "
+                               "weights once (float32 arithmetic; a one-row step reads half the bytes); other "
+                               "models stay float32, as GET /v1/models/{name} reports under 'weights'")
 
     # request limits: bad input is refused with a clear 4xx before any math runs
     max_request_bytes: int = Field(1_000_000, ge=1_000)

@@ -42,7 +42,7 @@ import numpy as np
 
 ENV_VAR, CACHE_VAR, ISA_VAR = "MODEL_CORE_NATIVE", "MODEL_CORE_NATIVE_CACHE", "MODEL_CORE_NATIVE_ISA"
 _HERE = Path(__file__).resolve().parent
-SOURCES = (_HERE / "rnn_kernels.c", _HERE / "rnn_kernels_body.h")
+SOURCES = (_HERE / "rnn_kernels.c", _HERE / "rnn_kernels_body.h", _HERE / "bf16_body.h")
 # The flags setup.py uses too. No -ffast-math: NaN and inf must pass through as in NumPy; GCC's
 # default -ffp-contract=fast already fuses a*b+c into FMAs.
 CFLAGS = ["-O3", "-fPIC", "-shared", "-Wno-psabi"]
@@ -72,6 +72,8 @@ _SIGNATURES = {
     "mc_rnn_forward": ([_I, _I, _I, _I, ctypes.c_int32, ctypes.c_int32, _F, _I, _I, _F, _F, _F, _F, ctypes.c_int32, _F,
                         _F, _I, _I, _F, _F, _F], ctypes.c_int32),
     "mc_rnn_backward": ([_I, _I, _I, ctypes.c_int32, ctypes.c_int32, _F, _F, _I, _I, _F, _F, _F, _F, _F], None),
+    "mc_forward_bf16": ([_I, _I, _I, _I, _I, ctypes.c_int32, _F, _I, _I, _F, _F, _F, _F, _F, _F, _I, _I, _F, _F],
+                        ctypes.c_int32),
     "mc_fma_peak": ([_I], ctypes.c_double),
     "mc_read_peak": ([_F, _I, _I, _F], ctypes.c_double),
     "mc_set_threads": ([ctypes.c_int32], ctypes.c_int32),

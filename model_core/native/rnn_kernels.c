@@ -225,6 +225,7 @@ static float *bptt_weights(int64_t T, int64_t B, int64_t H, int64_t N, const flo
 #define MR_NT 3
 #define MR_PROJ 6                              /* 8-lane: 6 rows x 4 gates, 32 registers */
 #include "rnn_kernels_body.h"
+#include "bf16_body.h"
 #undef ISA
 #undef WIDE
 #undef MR_LSTM
@@ -242,6 +243,7 @@ static float *bptt_weights(int64_t T, int64_t B, int64_t H, int64_t N, const flo
 #define MR_NT 3
 #define MR_PROJ 3
 #include "rnn_kernels_body.h"
+#include "bf16_body.h"
 #undef ISA
 #undef MR_LSTM
 #undef MR_GRU
@@ -256,6 +258,7 @@ static float *bptt_weights(int64_t T, int64_t B, int64_t H, int64_t N, const flo
 #define MR_NT 2
 #define MR_PROJ 2
 #include "rnn_kernels_body.h"
+#include "bf16_body.h"
 #undef ISA
 
 /* -- dispatch ---------------------------------------------------------------------------------- */
@@ -288,11 +291,14 @@ typedef struct {
                          const float *, const float *, float *, float *, float *);
     void (*project)(int64_t, int64_t, int64_t, int64_t, const float *, int64_t, const float *, const float *, float *,
                     int64_t);
+    void (*forward_bf16)(int, int64_t, int64_t, int64_t, int64_t, int32_t, const float *, int64_t, int64_t,
+                         const uint32_t *, const float *, const int64_t *, const float *, const float *, float *,
+                         int64_t, int64_t, float *, float *, float *, int);
 } kernels_t;
 
 #define TABLE(sfx, name) { name, product_##sfx, lstm_forward_##sfx, lstm_backward_##sfx, gru_forward_##sfx, \
                            gru_backward_##sfx, fma_peak_##sfx, read_peak_##sfx, axpy_product_##sfx, \
-                           rnn_forward_##sfx, rnn_backward_##sfx, project_##sfx }
+                           rnn_forward_##sfx, rnn_backward_##sfx, project_##sfx, forward_bf16_##sfx }
 
 static const kernels_t BASE = TABLE(base, "baseline");
 #ifdef MULTI_ISA
@@ -570,6 +576,35 @@ static size_t input_step_scratch(int64_t B, int64_t H, int64_t I, int64_t G, int
     return (size_t)(B >= STEP_PACK_MIN_BATCH ? U * (I + H) * G * VW : B * G * H);
 }
 
+/* -- bfloat16 weights (bf16_body.h): inference only, float32 arithmetic -------------------------------
+ * G = 4 (LSTM) or 3 (GRU); w: [W_ih^T; W_hh^T] packed as bf16_body.h says (native_bf16.pack), bias16
+ * (UB, 4, 16): the LSTM's folded biases, or the GRU's r and z folded, b_in, b_hn; the rest as
+ * mc_lstm_forward_fused's, but x's rows are I floats and h0, c0, hT, cT are (B, H) C-contiguous (c0
+ * and cT the LSTM's only); y may be NULL. Returns 0, -1 without memory, -2 for another G. */
+static size_t bf16_work(int64_t B, int64_t H, int64_t I)
+{
+    int64_t HB = (H + BF_BLOCK - 1) / BF_BLOCK * BF_BLOCK, vs = ((I + 1) & ~(int64_t)1) + HB;
+    return (size_t)(2 * B * vs + B * HB);
+}
+
+int32_t mc_forward_bf16(int64_t G, int64_t T, int64_t B, int64_t H, int64_t I, int32_t reverse, const float *x,
+                        int64_t xt, int64_t xb, const uint32_t *w, const float *bias16, const int64_t *lens,
+                        const float *h0, const float *c0, float *y, int64_t yt, int64_t yb, float *hT, float *cT)
+{
+    ENSURE();
+    if (G != 4 && G != 3) return -2;
+    if (B < 1) return 0;
+    float *work = scratch(bf16_work(B, H, I));
+    if (!work) return -1;
+    K->forward_bf16((int)G, T, B, H, I, reverse, x, xt, xb, w, bias16, lens, h0, c0, y, yt, yb, hT, cT, work,
+                    threads_for(0, T, B, H, G, 0));
+    return 0;
+}
+
+/* a step's `packed` = 2: w_ih holds the bf16 weights (mc_forward_bf16's w) and bias the bias16
+ * (inference: what BPTT reads must be NULL) */
+#define PACKED_BF16 2
+
 int32_t mc_lstm_input_step_data(int64_t B, int64_t H, int64_t I, const float *x, const float *w_ih, const float *bias,
                                 const float *w_hh, int64_t packed, const float *h, const float *c, float *h_out,
                                 float *c_out, float *gates, float *tanhc, float *prev_h, float *prev_c)
@@ -577,6 +612,9 @@ int32_t mc_lstm_input_step_data(int64_t B, int64_t H, int64_t I, const float *x,
     ENSURE();
     const int64_t G = 4;
     if (B < 1) return 0;                                                  /* an empty batch: nothing to do */
+    if (packed == PACKED_BF16)
+        return gates ? -2 : mc_forward_bf16(G, 1, B, H, I, 0, x, 0, I, (const uint32_t *)w_ih, bias, 0, h, c, 0, 0, 0,
+                                            h_out, c_out);
     int64_t own = whole_lines(6 * B * H);                                 /* c ping-pong, (B, 4H) */
     float *work = scratch(own + input_step_scratch(B, H, I, G, packed));
     if (!work) return -1;
@@ -607,6 +645,9 @@ int32_t mc_gru_input_step_data(int64_t B, int64_t H, int64_t I, const float *x, 
     ENSURE();
     const int64_t G = 3;
     if (B < 1) return 0;
+    if (packed == PACKED_BF16)
+        return gates ? -2 : mc_forward_bf16(G, 1, B, H, I, 0, x, 0, I, (const uint32_t *)w_ih, bias, 0, h, 0, 0, 0, 0,
+                                            h_out, 0);
     int64_t own = whole_lines(3 * B * H), zeros = whole_lines(H);        /* (B, 3H); a zero b_hn */
     float *work = scratch(own + zeros + input_step_scratch(B, H, I, G, packed));
     if (!work) return -1;

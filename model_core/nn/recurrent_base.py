@@ -15,7 +15,7 @@ import numpy as np
 
 from model_core import native
 from model_core.backend import device_of
-from model_core.cells import CellSteps, select
+from model_core.cells import CellSteps, native_bf16, select
 from model_core.cells.native_weights import aligned_copy, aligned_empty, forget_packs, frozen
 from model_core.nn.module import Module, uniform_init
 from model_core.nn.bptt import (
@@ -34,6 +34,9 @@ class LayerParams(NamedTuple):
     w_hh: Any                   # (G*H, H), Fortran order
     bias: Any                   # (G*H,) the biases folded into the input projection (cell.fold_bias), or None
     b_hh: Any                   # (G*H,) or None: the GRU's b_hn stays on the hidden side
+
+
+WEIGHT_FORMATS = ("float32", "bfloat16")      # what inference may read: RecurrentBase.freeze(weights=...)
 
 
 @functools.cache
@@ -90,6 +93,8 @@ class RecurrentBase(Module):
         self.num_directions = 2 if bidirectional else 1
         self._kept_steps: dict[int, tuple] = {}          # layer -> its parameters, cell.step_weights of them
         self._step_plan: tuple | None = None              # (entry's step, plan, its weights): _refresh_step_plan
+        self._bf16: dict[tuple[int, int], tuple] = {}     # (layer, direction) -> packed bf16 weights: freeze()
+        self._bf16_of: tuple = ()                         # the read-only parameters they were made from
         self._select_cell()
         # torch's default: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), in torch's parameter order
         rng = np.random.default_rng(seed)
@@ -336,6 +341,8 @@ class RecurrentBase(Module):
         dropout = self.dropout if train else 0.0
         if dropout and rng is None:
             raise ValueError("forward_train with dropout > 0 needs an rng for the dropout masks")
+        if not train and self._bf16_current():
+            return (*self._run_bf16(x, state0, finals, None if masks is None else lengths), None)
         inp, layer_caches = x, []
         native_np = cell.native and masks is None and xp is np and self.dtype == np.float32
         for layer in range(self.num_layers):
@@ -376,6 +383,36 @@ class RecurrentBase(Module):
         cache = StackCache(layer_caches, masks) if train else None
         return y, tuple(finals), cache
 
+    def _run_bf16(self, x, state0, finals, lengths):
+        """``_run``'s inference over the bfloat16 weights ``freeze`` kept: every layer and direction
+        one kernel call, the input projection inside it. lengths: checked by ``_prepare``, or None."""
+        T, B, _ = x.shape
+        H, D = self.hidden_size, self.num_directions
+        lens = None if lengths is None else np.asarray(lengths, np.int64)
+        inp = x
+        for layer in range(self.num_layers):
+            y = aligned_empty((T, B, D * H))
+            for d in range(D):
+                idx = layer * D + d
+                final = native_bf16.sequence_forward(inp, self._bf16[layer, d], tuple(s[idx] for s in state0),
+                                                          d == 1, y[:, :, d * H:(d + 1) * H], lens)
+                for k, f in enumerate(final):
+                    finals[k][idx] = f
+            inp = y
+        return (inp.transpose(1, 0, 2) if self.batch_first else inp), tuple(finals)
+
+    def _bf16_current(self) -> bool:
+        """Are there bfloat16 weights, made from the parameters the layer still has, still read-only?
+        Made writable since, what was kept may be stale: it is dropped, and float32 serves."""
+        if not self._bf16:
+            return False
+        params, readonly = self._bf16_of
+        if all(map(operator.is_, params, self._params.values())) and not any([a.flags.writeable for a in readonly]):
+            return True
+        self._bf16.clear()
+        self._bf16_of = ()
+        return False
+
     def _step_weights(self, layer: int):
         """``cell.step_weights`` for one layer (unidirectional): made per call, or for a frozen layer
         (read-only parameters, as the service loads a model) made once and kept while the layer's
@@ -386,7 +423,10 @@ class RecurrentBase(Module):
         if kept is not None and all(map(operator.is_, kept[0], params)) and not any([a.flags.writeable for a in kept[1]]):
             return kept[2]
         p = self._layer_params(layer, "")
-        weights = self._cell.step_weights(p.w_ih.T, p.bias, p.w_hh.T, p.b_hh)
+        if self._bf16_current():
+            weights = native_bf16.step_weights(self._bf16[layer, 0])
+        else:
+            weights = self._cell.step_weights(p.w_ih.T, p.bias, p.w_hh.T, p.b_hh)
         if self.xp is np and all([a is None or frozen(a) for a in params]):
             arrays = [a for a in params if a is not None]
             self._kept_steps[layer] = (params, arrays + [a.base for a in arrays if isinstance(a.base, np.ndarray)], weights)
@@ -462,17 +502,50 @@ class RecurrentBase(Module):
         grads = {k: grads[k] for k in self._params}                        # parameter order
         return dx, tuple(dstate0), grads
 
-    def freeze(self):
+    def freeze(self, weights: str = "float32"):
         """``Module.freeze``; what the kernels kept of earlier values goes first (packed copies, the
-        step's weights), should writes have been turned back on since a previous freeze."""
+        step's weights), should writes have been turned back on since a previous freeze.
+
+        weights="bfloat16" (LSTM and GRU, on the CPU): inference (``forward``, ``step``) then reads the
+        weights rounded once to bfloat16, with float32 arithmetic (``model_core.cells.native_bf16``):
+        half the bytes a step reads, a relative 2^-9 on each weight. The float32 parameters stay
+        (``state_dict``, export, ``forward_train``)."""
+        if weights not in WEIGHT_FORMATS:
+            raise ValueError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, got {weights!r}")
+        problem = self.bf16_problem() if weights == "bfloat16" else None
+        if problem:
+            raise ValueError(f"weights='bfloat16' is not available here: {problem}")
         forget_packs(self._params.values())
         self._kept_steps.clear()
         self._step_plan = None
-        return super().freeze()
+        self._bf16, self._bf16_of = {}, ()
+        super().freeze()
+        if weights == "bfloat16":
+            for layer in range(self.num_layers):
+                for d, suffix in enumerate(self._suffixes()):
+                    p = self._layer_params(layer, suffix)
+                    self._bf16[layer, d] = native_bf16.pack(self._cell.GATES, p.w_ih.T, p.w_hh.T, p.bias, p.b_hh)
+            arrays = list(self._params.values())
+            self._bf16_of = (tuple(arrays), tuple(arrays + [a.base for a in arrays if isinstance(a.base, np.ndarray)]))
+        return self
+
+    @property
+    def weight_format(self) -> str:
+        """What inference reads: "bfloat16" after ``freeze(weights="bfloat16")``, else "float32"."""
+        return "bfloat16" if self._bf16_current() else "float32"
+
+    def bf16_problem(self) -> str | None:
+        """Why this layer cannot take bfloat16 weights (None: it can)."""
+        if self._kind not in ("lstm", "gru"):
+            return f"bfloat16 weights serve LSTM and GRU layers, this is an {type(self).__name__}"
+        if not (self.xp is np and self.dtype == np.float32 and self._cell.native and native.AVAILABLE):
+            return "they need the compiled kernels on the CPU, float32 (model_core.native)"
+        return None
 
     def to(self, device: str):
         clone = super().to(device)
         clone._kept_steps, clone._step_plan = {}, None
+        clone._bf16, clone._bf16_of = {}, ()
         clone._select_cell()
         clone._store_weights_transposed()
         return clone

@@ -61,6 +61,10 @@ class OnnxSequenceModel:
     def dtype(self) -> np.dtype:
         return self.graph.states[0].dtype
 
+    @property
+    def weight_format(self) -> str:
+        return "float32"                           # the graph's initializers, as onnxruntime reads them
+
     def num_parameters(self) -> int:
         return self.graph.num_parameters
 

@@ -1,0 +1,172 @@
+/* The LSTM forward over bfloat16 weights (float32 arithmetic), included by rnn_kernels.c once per
+ * instruction set after rnn_kernels_body.h (whose types, ISA() names and gate functions it uses).
+ *
+ * Why: a one-row step reads every weight once for two flops, so its time is the weights' bytes over
+ * what a core reads. At H=256, I=64 the float32 weights are 1.25 MiB: past a Zen 4 core's 1 MiB L2,
+ * and 11 us to read even from L2. In bfloat16 they are 0.63 MiB and stay in L2 from step to step.
+ *
+ * Layout (mc_pack_bf16's, native_weights.bf16_pack's): [W_ih^T; W_hh^T] as one K = Ip + Hp rows
+ * (I and H each rounded up to even, the extra rows zero), by blocks of 16 hidden units: (UB, K/2,
+ * 4, 16) uint32 words, word = bf16(row 2p) | bf16(row 2p + 1) << 16 of one gate's column. A word's
+ * low half becomes a float by a shift and its high half by a mask: two integer ops for 2 x 16
+ * weights. (vcvtph2ps, float16's conversion, ran at one 16-lane convert per two cycles on Zen 4:
+ * an H=256 step's product in 11.7 us; this one in 7.2, the float32 weights' in 14.4, C harness.)
+ *
+ * The input and h sit side by side in a row buffer, v = [x_t (Ip), h_{t-1} (UB*16)], so one K loop
+ * makes the input projection and the recurrent product. Even rows sum into one accumulator and odd
+ * rows into another, added at the end, in every tile and build: a row's bits depend on neither the
+ * batch it runs in nor the instruction set. bias16: (UB, 4, 16), both biases folded, zero padded. */
+#ifndef MC_BF16_TYPES
+#define MC_BF16_TYPES
+typedef uint32_t u8w __attribute__((vector_size(32), aligned(4), may_alias));
+typedef uint32_t u16w __attribute__((vector_size(64), aligned(4), may_alias));
+#define BF_BLOCK 16                                  /* hidden units per block of the layout */
+#define BF_SLOTS 4                                   /* accumulators a row: LSTM i f g o; GRU r z, n's input and hidden sums */
+#endif
+
+#ifdef WIDE
+#define BV v16
+#define BVU v16u
+#define BVW u16w
+#define BLANES 16
+#define BSIG(v) ISA(vsigmoid16)(v)
+#define BTANH(v) ISA(vtanh16)(v)
+#define BF_MR 2                                      /* rows a tile: 2 x 4 gates x 2 sums = 16 of 32 registers */
+#else
+#define BV v8
+#define BVU v8u
+#define BVW u8w
+#define BLANES 8
+#define BSIG(v) ISA(vsigmoid)(v)
+#define BTANH(v) ISA(vtanh)(v)
+#define BF_MR 1                                      /* 8 accumulators of AVX2's 16 registers */
+#endif
+
+INL BV ISA(bf_even)(BVW w) { return (BV)(w << 16); }
+INL BV ISA(bf_odd)(BVW w) { return (BV)(w & 0xffff0000u); }
+
+/* the sums of mr rows over row pairs p0 .. p1 - 1, gate g into accumulator g, but the GRU's n (g = 2)
+ * into `n_slot`: 2 for its input rows, 3 for its hidden rows (r * (h W_hn + b_hn) needs them apart) */
+INL void ISA(bf_sums)(const int G, const int mr, const int n_slot, int64_t p0, int64_t p1, const uint32_t *w,
+                      const float *v, int64_t vs, BV ev[BF_MR][BF_SLOTS], BV od[BF_MR][BF_SLOTS])
+{
+    for (int64_t p = p0; p < p1; p++) {
+        const uint32_t *q = w + p * BF_BLOCK * G;
+        BVW wg[BF_SLOTS];
+        for (int g = 0; g < G; g++) wg[g] = *(const BVW *)(q + g * BF_BLOCK);
+        for (int r = 0; r < mr; r++) {
+            float a = v[r * vs + 2 * p], b = v[r * vs + 2 * p + 1];
+            for (int g = 0; g < G; g++) {
+                int s = g == 2 ? n_slot : g;
+                ev[r][s] += ISA(bf_even)(wg[g]) * a;
+                od[r][s] += ISA(bf_odd)(wg[g]) * b;
+            }
+        }
+    }
+}
+
+/* mr rows (of v, vs floats apart) x the G gates of BLANES units (w: their words of row pair 0, the
+ * next pair BF_BLOCK * G words on; KPx pairs of input rows, then hidden ones to KP); then the gates
+ * and the state update of the rows still running (run). LSTM (G = 4): c (mr rows cs apart) updated
+ * in place. hp: h (rows vs apart); hn: h' (rows vs apart); y: h' (rows yb apart, NULL: none), zero
+ * for a row whose sequence has ended. n: the lanes that exist (< BLANES only in the last block) */
+INL void ISA(bf_tile)(const int G, const int mr, int64_t KPx, int64_t KP, const uint32_t *w, const float *bias,
+                      const float *v, int64_t vs, const int *run, float *c, int64_t cs, const float *hp, float *hn,
+                      float *y, int64_t yb, int64_t n)
+{
+    BV ev[BF_MR][BF_SLOTS], od[BF_MR][BF_SLOTS], zero = {0};
+    for (int r = 0; r < mr; r++)
+        for (int g = 0; g < BF_SLOTS; g++) ev[r][g] = od[r][g] = zero;
+    ISA(bf_sums)(G, mr, 2, 0, KPx, w, v, vs, ev, od);
+    ISA(bf_sums)(G, mr, G == 4 ? 2 : 3, KPx, KP, w, v, vs, ev, od);
+    for (int r = 0; r < mr; r++) {
+        float *hr = hn + r * vs;
+        if (!run[r]) {                                            /* ended: the state passes through */
+            memcpy(hr, hp + r * vs, (size_t)n * sizeof(float));
+            if (y) memset(y + r * yb, 0, (size_t)n * sizeof(float));
+            continue;
+        }
+        BV pre[BF_SLOTS], h;
+        for (int g = 0; g < BF_SLOTS; g++) pre[g] = ev[r][g] + od[r][g] + (BV)*(const BVU *)(bias + g * BF_BLOCK);
+        if (G == 4) {                                             /* lstm_gates' */
+            float *cr = c + r * cs;
+            BV i = BSIG(pre[0]), f = BSIG(pre[1]), gg = BTANH(pre[2]), o = BSIG(pre[3]);
+            BV cn = f * (BV)*(const BVU *)cr + i * gg;
+            h = o * BTANH(cn);
+            *(BVU *)cr = cn;                       /* c and the h region: padded to whole blocks */
+        } else {                                                  /* gru_gates': pre[3] = h W_hn + b_hn */
+            BV rr = BSIG(pre[0]), z = BSIG(pre[1]), nn = BTANH(pre[2] + rr * pre[3]);
+            h = nn + z * ((BV)*(const BVU *)(hp + r * vs) - nn);
+        }
+        *(BVU *)hr = h;
+        if (y) {
+            if (n == BLANES) { *(BVU *)(y + r * yb) = h; }
+            else memcpy(y + r * yb, &h, (size_t)n * sizeof(float));
+        }
+    }
+}
+
+/* One direction of T steps from the raw input x (T, B, I) (rows xt / xb floats apart) over the
+ * packed bf16 weights of G gates (4 LSTM, 3 GRU); lens (B,) or NULL as mc_lstm_forward's; h0 (B, H),
+ * and c0 for the LSTM; y (T, B, H) rows yt / yb apart, or NULL; hT, and cT for the LSTM (B, H) out.
+ * The team splits the unit blocks, one barrier a step. work: 2 * B * vs + B * UB * 16 floats, on a
+ * cache line (vs = Ip + UB * 16). */
+static void ISA(forward_bf16)(const int G, int64_t T, int64_t B, int64_t H, int64_t I, int32_t reverse,
+                              const float *x, int64_t xt, int64_t xb, const uint32_t *w, const float *bias16,
+                              const int64_t *lens, const float *h0, const float *c0, float *y, int64_t yt, int64_t yb,
+                              float *hT, float *cT, float *work, int nth)
+{
+    const int64_t UB = (H + BF_BLOCK - 1) / BF_BLOCK, Ip = (I + 1) & ~(int64_t)1, Hp = (H + 1) & ~(int64_t)1;
+    const int64_t KPx = Ip / 2, KP = (Ip + Hp) / 2, HB = UB * BF_BLOCK, vs = Ip + HB;
+    float *v[2] = {work, work + B * vs}, *c = work + 2 * B * vs;
+    memset(work, 0, (size_t)(2 * B * vs + B * HB) * sizeof(float));      /* padding lanes: zero for good */
+    for (int64_t b = 0; b < B; b++) {
+        memcpy(v[0] + b * vs + Ip, h0 + b * H, (size_t)H * sizeof(float));
+        if (G == 4) memcpy(c + b * HB, c0 + b * H, (size_t)H * sizeof(float));
+        if (T > 0) memcpy(v[0] + b * vs, x + (reverse ? T - 1 : 0) * xt + b * xb, (size_t)I * sizeof(float));
+    }
+#define TILE(g, m) ISA(bf_tile)(g, m, KPx, KP, wu, bu, vc + b * vs, vs, run, c + b * HB + a, HB, vc + b * vs + Ip + a, \
+                                vn + b * vs + Ip + a, yo, yb, nl)
+#define PART(tid, nt) do { \
+        int64_t u0 = UB * (tid) / (nt), u1 = UB * ((tid) + 1) / (nt); \
+        for (int64_t s = 0; s < T; s++) { \
+            int64_t t = reverse ? T - 1 - s : s; \
+            const float *vc = v[s & 1]; float *vn = v[(s + 1) & 1]; \
+            for (int64_t b = 0; b < B; b += BF_MR) { \
+                int m = B - b < BF_MR ? (int)(B - b) : BF_MR, run[BF_MR] = {0}; \
+                for (int r = 0; r < m; r++) run[r] = !lens || t < lens[b + r]; \
+                for (int64_t u = u0; u < u1; u++) \
+                    for (int64_t l = 0; l < BF_BLOCK; l += BLANES) { \
+                        int64_t a = u * BF_BLOCK + l, nl = H - a < BLANES ? H - a : BLANES; \
+                        if (nl <= 0) break; \
+                        const uint32_t *wu = w + u * KP * BF_BLOCK * G + l; \
+                        const float *bu = bias16 + u * BF_BLOCK * BF_SLOTS + l; \
+                        float *yo = y ? y + t * yt + b * yb + a : 0; \
+                        if (G == 4) { if (m == BF_MR) TILE(4, BF_MR); else TILE(4, 1); } \
+                        else { if (m == BF_MR) TILE(3, BF_MR); else TILE(3, 1); } \
+                    } \
+            } \
+            if ((tid) == 0 && s + 1 < T) { \
+                int64_t tn = reverse ? t - 1 : t + 1; \
+                for (int64_t b = 0; b < B; b++) memcpy(vn + b * vs, x + tn * xt + b * xb, (size_t)I * sizeof(float)); \
+            } \
+            BARRIER(nt); \
+        } \
+    } while (0)
+    RUN_PARTS(nth, PART);
+#undef PART
+#undef TILE
+    const float *hl = v[T & 1];
+    for (int64_t b = 0; b < B; b++) {
+        memcpy(hT + b * H, hl + b * vs + Ip, (size_t)H * sizeof(float));
+        if (G == 4) memcpy(cT + b * H, c + b * HB, (size_t)H * sizeof(float));
+    }
+}
+
+#undef BV
+#undef BVU
+#undef BVW
+#undef BLANES
+#undef BSIG
+#undef BTANH
+#undef BF_MR
