@@ -18,9 +18,9 @@ run stops if either differs. torch and onnxruntime are optional: a missing peer 
 onnxruntime prepacks its initializers once per session); in the single-step table too. The step
 table also gives each step's floor on this machine: the longer of its weights read once at this
 core's measured read rate and its FMAs at the FMA loop's rate (``step_floor``). "served bf16" (LSTM and GRU,
-CPU) is the frozen layer with opt-in bfloat16 weights, ``freeze(weights="bfloat16")``: float32
-arithmetic on weights rounded once, checked against the naive step on the same rounded weights
-(1e-4), with its own floor (half the bytes).
+CPU; forward and step) is the frozen layer with opt-in bfloat16 weights, ``freeze(weights="bfloat16")``:
+float32 arithmetic on weights rounded once, checked against our float32 layer (the forward) or the
+naive step on the same rounded weights (1e-4); the step's has its own floor (half the bytes).
 
 On the GPU the peers are torch's cuDNN layers and cells (a CUDA build of torch) and onnxruntime's
 CUDA provider when installed; the single-step table then covers batched sessions, B=1 to 1024.
@@ -73,13 +73,15 @@ GPU_STEP_BATCHES = [1, 8, 64, 256, 1024]                               # batched
 STEP_I, STEP_H = 64, 256
 TOL = 1e-4
 FWD_HEADERS = ["shape B,T,I,H", "ours fwd ms", "ours served ms", "torch fwd ms", "ort fwd ms", "ours/ort",
-               "served/ort", "ours/torch", "ours fwd+bwd ms", "torch fwd+bwd ms", "ratio ours/torch"]
+               "served/ort", "ours/torch", "ours fwd+bwd ms", "torch fwd+bwd ms", "ratio ours/torch",
+               "served bf16 ms", "bf16/ort"]
 STEP_HEADERS = ["cell", "B", "ours step µs", "ours served µs", "torch cell µs", "naive step µs", "ours/torch",
                 "served/torch", "ours/naive", "floor µs", "served/floor", "served bf16 µs", "bf16/torch",
                 "bf16 floor µs", "bf16/floor"]
 # (column, ours, peer): ratios taken round by round (bench_peers.paired_ratio)
 PAIRS = [("ours/ort", "ours_fwd", "ort_fwd"), ("served/ort", "ours_served", "ort_fwd"),
-         ("ours/torch", "ours_fwd", "torch_fwd"), ("fwd+bwd ours/torch", "ours_train", "torch_train")]
+         ("ours/torch", "ours_fwd", "torch_fwd"), ("fwd+bwd ours/torch", "ours_train", "torch_train"),
+         ("bf16/ort", "ours_bf16", "ort_fwd")]
 PAIRED_HEADERS = ["shape B,T,I,H"] + [column for column, _, _ in PAIRS]
 
 
@@ -141,8 +143,8 @@ def bench_shape(env: Env, cell: str, shape, repeat: int) -> dict:
     x = rng.standard_normal((T, B, I), dtype=np.float32)
     dy = rng.standard_normal((T, B, H), dtype=np.float32)
     xs, dys = to_device(x, env.device), to_device(dy, env.device)
-    row = {"shape": list(shape), "ours_fwd": None, "ours_served": None, "torch_fwd": None, "ort_fwd": None,
-           "ours_train": None, "torch_train": None, "check": {}, "ms": {}}
+    row = {"shape": list(shape), "ours_fwd": None, "ours_served": None, "ours_bf16": None, "torch_fwd": None,
+           "ort_fwd": None, "ours_train": None, "torch_train": None, "check": {}, "ms": {}}
     jobs = {}                                                           # name -> (fn, sync)
 
     y_ours = to_numpy(ours.forward(xs)[0])
@@ -194,6 +196,16 @@ def bench_shape(env: Env, cell: str, shape, repeat: int) -> dict:
         if err > TOL:
             _fail("ours served (frozen)", cell, shape, err)
         jobs["ours_served"] = (lambda: served.forward(xs), env.ours_sync)
+        if served.bf16_problem() is None:
+            # opt-in bfloat16 weights: checked against our float32 layer on the same weights rounded
+            bf16 = OURS[cell](I, H, device=env.device, seed=0).freeze(weights="bfloat16")
+            rounded = OURS[cell](I, H, device=env.device, seed=0)
+            rounded.load_state_dict({k: round_bf16(v) if k.startswith("weight") else v for k, v in sd.items()})
+            err = float(np.max(np.abs(bf16.forward(xs)[0] - rounded.forward(xs)[0])))
+            row["check"]["bf16_vs_rounded"] = err
+            if err > TOL:
+                _fail("ours bf16 (against float32 on rounded weights)", cell, shape, err)
+            jobs["ours_bf16"] = (lambda: bf16.forward(xs), env.ours_sync)
     jobs["ours_train"] = (ours_train, env.ours_sync)
     row["ms"] = peers.blocks_ms(jobs, repeat, env.warmup)
     row.update({name: st[env.stat] for name, st in row["ms"].items()})
@@ -283,7 +295,7 @@ def bench_step(env: Env, cell: str, batch: int, calls: int) -> dict:
         s_bf16, s_rounded = bf16.init_state(batch), naive_state0
         for _ in range(3):
             s_bf16, s_rounded = bf16_step(s_bf16), rounded(xs, s_rounded)[1]
-        err = float(np.max(np.abs(s_bf16[0][0] - s_rounded[0])))
+        err = float(np.max(np.abs(to_numpy(s_bf16[0] if cell == "lstm" else s_bf16)[0] - to_numpy(s_rounded[0]))))
         if err > TOL:
             _fail("the naive step on bfloat16-rounded weights (vs ours bf16)", cell, (batch, 1, STEP_I, STEP_H), err)
         jobs["bf16"] = (bf16_step, bf16.init_state(batch), env.ours_sync)
@@ -314,10 +326,10 @@ def _ratio(a, b) -> str:
 
 def fwd_cells(row: dict) -> list[str]:
     shape = ",".join(str(v) for v in row["shape"])
-    o, sv, t, r, ot, tt = (row.get(k) for k in ("ours_fwd", "ours_served", "torch_fwd", "ort_fwd", "ours_train",
-                                                "torch_train"))
+    o, sv, t, r, ot, tt, bf = (row.get(k) for k in ("ours_fwd", "ours_served", "torch_fwd", "ort_fwd", "ours_train",
+                                                    "torch_train", "ours_bf16"))
     return [shape, _fmt(o), _fmt(sv), _fmt(t), _fmt(r), _ratio(o, r), _ratio(sv, r), _ratio(o, t), _fmt(ot), _fmt(tt),
-            _ratio(ot, tt)]
+            _ratio(ot, tt), _fmt(bf), _ratio(bf, r)]
 
 
 def paired_cells(row: dict) -> list[str]:

@@ -48,6 +48,18 @@ def test_bench_quick_runs_and_prints_tables(tmp_path):
         assert f["us"] == max(f["read_us"], f["fma_us"]) > 0
         gates = {"lstm": 4, "gru": 3, "rnn": 1}[r["cell"]]
         assert f["bytes"] == 4 * gates * (64 + 256) * 256                # W_ih and W_hh at I=64, H=256
+        if r["cell"] == "rnn":                                          # bfloat16 weights: LSTM and GRU only
+            assert r["bf16"] is None and "bf16_floor" not in r
+        else:
+            assert r["bf16"] > 0 and r["bf16_floor"]["bytes"] == 2 * gates * (64 + 256) * 256
+    # the forward of bfloat16 weights, checked against float32 arithmetic on the rounded weights
+    for cell, rows in results["forward"].items():
+        for r in rows:
+            if cell == "rnn":
+                assert r["ours_bf16"] is None and r["paired"]["bf16/ort"] is None
+            else:
+                assert r["ours_bf16"] > 0 and r["check"]["bf16_vs_rounded"] <= 1e-4
+                assert r["paired"]["bf16/ort"]["rounds"] == 1
 
 
 @pytest.mark.timeout(60)
