@@ -28,6 +28,14 @@ GOLDEN_ROOT = ROOT / "tests" / "golden"     # the committed reference outputs, o
 DOCKERFILE = ROOT / "Dockerfile"
 
 
+def run_python(env_vars: dict, code: str, *args: str, timeout: float = 300) -> None:
+    """``python -c code args`` in a fresh interpreter at the repository root with ``env_vars`` set (the
+    engine reads its switches, MODEL_CORE_NATIVE_ISA and the like, at import); fails with its stderr."""
+    proc = subprocess.run([sys.executable, "-c", code, *args], env={**os.environ, **env_vars}, capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

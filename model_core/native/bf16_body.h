@@ -1,21 +1,23 @@
-/* The LSTM forward over bfloat16 weights (float32 arithmetic), included by rnn_kernels.c once per
- * instruction set after rnn_kernels_body.h (whose types, ISA() names and gate functions it uses).
+/* LSTM and GRU inference over bfloat16 weights (float32 arithmetic), included by rnn_kernels.c once
+ * per instruction set after rnn_kernels_body.h (whose types, ISA() names and gate functions it uses).
  *
  * Why: a one-row step reads every weight once for two flops, so its time is the weights' bytes over
- * what a core reads. At H=256, I=64 the float32 weights are 1.25 MiB: past a Zen 4 core's 1 MiB L2,
- * and 11 us to read even from L2. In bfloat16 they are 0.63 MiB and stay in L2 from step to step.
+ * what a core reads. At H=256, I=64 the LSTM's float32 weights are 1.25 MiB: past a Zen 4 core's
+ * 1 MiB L2, and 11 us to read even from L2. In bfloat16 they are 0.63 MiB and stay in L2.
  *
- * Layout (mc_pack_bf16's, native_weights.bf16_pack's): [W_ih^T; W_hh^T] as one K = Ip + Hp rows
- * (I and H each rounded up to even, the extra rows zero), by blocks of 16 hidden units: (UB, K/2,
- * 4, 16) uint32 words, word = bf16(row 2p) | bf16(row 2p + 1) << 16 of one gate's column. A word's
- * low half becomes a float by a shift and its high half by a mask: two integer ops for 2 x 16
- * weights. (vcvtph2ps, float16's conversion, ran at one 16-lane convert per two cycles on Zen 4:
- * an H=256 step's product in 11.7 us; this one in 7.2, the float32 weights' in 14.4, C harness.)
+ * Layout (native_bf16.pack's): [W_ih^T; W_hh^T] as one K = Ip + Hp rows (I and H each rounded up to
+ * even, the extra rows zero), by blocks of 16 hidden units: (UB, K/2, G, 16) uint32 words, word =
+ * bf16(row 2p) | bf16(row 2p + 1) << 16 of one gate's column. A word's low half becomes a float by
+ * a shift and its high half by a mask: two integer ops for 2 x 16 weights. (vcvtph2ps, float16's
+ * conversion, ran at one 16-lane convert per two cycles on Zen 4: an H=256 step's product in 11.7
+ * us; this one in 7.2, the float32 weights' in 14.4, C harness.)
  *
  * The input and h sit side by side in a row buffer, v = [x_t (Ip), h_{t-1} (UB*16)], so one K loop
- * makes the input projection and the recurrent product. Even rows sum into one accumulator and odd
- * rows into another, added at the end, in every tile and build: a row's bits depend on neither the
- * batch it runs in nor the instruction set. bias16: (UB, 4, 16), both biases folded, zero padded. */
+ * makes the input projection and the recurrent product (the GRU's n keeps its two sums apart). Even
+ * rows sum into one accumulator and odd rows into another, added at the end, in every tile: a row's
+ * bits depend neither on the batch it runs in, nor on the thread count, nor on AVX2 against AVX-512
+ * (the portable build, without FMA, rounds each product). bias16: (UB, 4, 16), the cell's folded
+ * biases (the GRU's fourth: b_hn), zero padded. */
 #ifndef MC_BF16_TYPES
 #define MC_BF16_TYPES
 typedef uint32_t u8w __attribute__((vector_size(32), aligned(4), may_alias));

@@ -39,6 +39,12 @@ class LayerParams(NamedTuple):
 WEIGHT_FORMATS = ("float32", "bfloat16")      # what inference may read: RecurrentBase.freeze(weights=...)
 
 
+def _with_bases(arrays: list) -> list:
+    """The arrays and the ndarrays they view: what must stay read-only for a kept derivative of
+    them (packed copies, bfloat16 weights) to stay current (``Module.freeze`` marks both)."""
+    return arrays + [a.base for a in arrays if isinstance(a.base, np.ndarray)]
+
+
 @functools.cache
 def _param_names(layer: int, suffix: str) -> tuple[str, str, str, str]:
     """PyTorch's names for one layer direction, formatted once rather than per step."""
@@ -93,7 +99,7 @@ class RecurrentBase(Module):
         self.num_directions = 2 if bidirectional else 1
         self._kept_steps: dict[int, tuple] = {}          # layer -> its parameters, cell.step_weights of them
         self._step_plan: tuple | None = None              # (entry's step, plan, its weights): _refresh_step_plan
-        self._bf16: dict[tuple[int, int], tuple] = {}     # (layer, direction) -> packed bf16 weights: freeze()
+        self._bf16: dict[tuple[int, int], native_bf16.Bf16Weights] = {}   # (layer, direction): freeze()
         self._bf16_of: tuple = ()                         # the read-only parameters they were made from
         self._select_cell()
         # torch's default: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), in torch's parameter order
@@ -395,7 +401,7 @@ class RecurrentBase(Module):
             for d in range(D):
                 idx = layer * D + d
                 final = native_bf16.sequence_forward(inp, self._bf16[layer, d], tuple(s[idx] for s in state0),
-                                                          d == 1, y[:, :, d * H:(d + 1) * H], lens)
+                                                     d == 1, y[:, :, d * H:(d + 1) * H], lens)
                 for k, f in enumerate(final):
                     finals[k][idx] = f
             inp = y
@@ -428,8 +434,7 @@ class RecurrentBase(Module):
         else:
             weights = self._cell.step_weights(p.w_ih.T, p.bias, p.w_hh.T, p.b_hh)
         if self.xp is np and all([a is None or frozen(a) for a in params]):
-            arrays = [a for a in params if a is not None]
-            self._kept_steps[layer] = (params, arrays + [a.base for a in arrays if isinstance(a.base, np.ndarray)], weights)
+            self._kept_steps[layer] = (params, _with_bases([a for a in params if a is not None]), weights)
         else:                            # made writable since: what was kept may be stale when refrozen
             self._kept_steps.pop(layer, None)
         return weights
@@ -525,8 +530,7 @@ class RecurrentBase(Module):
                 for d, suffix in enumerate(self._suffixes()):
                     p = self._layer_params(layer, suffix)
                     self._bf16[layer, d] = native_bf16.pack(self._cell.GATES, p.w_ih.T, p.w_hh.T, p.bias, p.b_hh)
-            arrays = list(self._params.values())
-            self._bf16_of = (tuple(arrays), tuple(arrays + [a.base for a in arrays if isinstance(a.base, np.ndarray)]))
+            self._bf16_of = (tuple(self._params.values()), tuple(_with_bases(list(self._params.values()))))
         return self
 
     @property

@@ -8,10 +8,6 @@ two, and in the AVX2 build. Against float32 weights the outputs move by what the
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -20,7 +16,7 @@ from model_core import native
 from model_core.cells.native_bf16 import round_bf16
 from model_core.nn import GRU, LSTM, RNN
 from tests.engine.test_native_kernels import _on_the_numpy_cell
-from tests.helpers import ROOT
+from tests.helpers import run_python
 
 pytestmark = pytest.mark.skipif(not native.AVAILABLE, reason=f"native kernels unavailable: {native.REASON}")
 
@@ -130,8 +126,10 @@ def test_freeze_checks_the_format_and_the_layer():
         LSTM(4, 8).freeze(weights="float16")
     with pytest.raises(ValueError, match="serve LSTM and GRU layers, this is an RNN"):
         RNN(4, 8).freeze(weights="bfloat16")
+    with pytest.raises(ValueError, match="compiled kernels on the CPU, float32"):
+        GRU(4, 8, dtype="float64").freeze(weights="bfloat16")
     layer = LSTM(4, 8)
-    assert layer.weight_format == "float32" and not layer.freeze().weight_format == "bfloat16"
+    assert layer.weight_format == "float32" and layer.freeze().weight_format == "float32"
 
 
 def test_the_float32_parameters_stay_and_serve_again_when_refrozen():
@@ -190,10 +188,7 @@ def test_the_avx2_build_gives_the_avx512_build_s_bits(tmp_path):
             "assert native.REASON.endswith('avx2+fma'), native.REASON; "
             "from tests.engine.test_bf16_weights import _outputs; np.savez(sys.argv[1], **_outputs())")
     path = tmp_path / "avx2.npz"
-    env = {**os.environ, "MODEL_CORE_NATIVE_ISA": "avx2"}
-    proc = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr
+    run_python({"MODEL_CORE_NATIVE_ISA": "avx2"}, code, str(path))
     want = np.load(path)
     got = _outputs()
     assert sorted(got) == sorted(want.files)
@@ -206,10 +201,7 @@ def test_the_portable_build_matches_the_reference():
             "from tests.engine.test_bf16_weights import test_the_forward_is_float32_arithmetic_on_rounded_weights as t; "
             "from model_core.nn import LSTM, GRU; "
             "[t(c, 5, 33, 7, 3, 2, False) or t(c, 16, 48, 6, 4, 2, True) for c in (LSTM, GRU)]")
-    env = {**os.environ, "MODEL_CORE_NATIVE_ISA": "baseline"}
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
-                          cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr
+    run_python({"MODEL_CORE_NATIVE_ISA": "baseline"}, code)
 
 
 def _outputs() -> dict:

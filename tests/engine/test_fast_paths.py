@@ -10,9 +10,6 @@
 * the choice itself: float32 on the CPU picks the compiled cells, float64 the reference, and
   ``MODEL_CORE_NATIVE=0`` / ``MODEL_CORE_JIT=0`` turn them off.
 """
-import os
-import subprocess
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -25,6 +22,7 @@ from model_core.cells.matmul import SMALL_MNK, recurrent_product
 from model_core.nn import GRU, LSTM, RNN
 from model_core.nn.bptt import c_layout
 from model_core.optim.sgd import SGD
+from tests.helpers import run_python
 
 CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 needs_jit = pytest.mark.skipif(not jit.AVAILABLE, reason=f"compiled path unavailable: {jit.REASON}")
@@ -101,28 +99,22 @@ def test_selection_follows_dtype(cell):
     assert uses_jit(np, "float64") is False and uses_native(layer._kind, np, "float64") is False
 
 
-def _run_with(env_vars: dict, code: str) -> None:
-    env = {**os.environ, **env_vars}
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-
-
 def test_env_vars_disable_the_compiled_paths():
-    _run_with({"MODEL_CORE_JIT": "0", "MODEL_CORE_NATIVE": "0"}, (
+    run_python({"MODEL_CORE_JIT": "0", "MODEL_CORE_NATIVE": "0"}, (
         "import numpy as np; from model_core import jit, native; from model_core.nn import LSTM; "
         "assert not jit.AVAILABLE and 'MODEL_CORE_JIT' in jit.REASON, jit.REASON; "
         "assert not native.AVAILABLE and 'MODEL_CORE_NATIVE' in native.REASON, native.REASON; "
         "l = LSTM(3, 4, seed=0); assert not l._cell.fused; "
-        "y, _ = l.forward(np.ones((2, 1, 3), np.float32)); assert y.shape == (2, 1, 4)"))
+        "y, _ = l.forward(np.ones((2, 1, 3), np.float32)); assert y.shape == (2, 1, 4)"), timeout=120)
 
 
 @pytest.mark.skipif(not native.AVAILABLE, reason=f"native kernels unavailable: {native.REASON}")
 def test_native_off_falls_back_to_numba_and_isa_cap_is_honoured():
-    _run_with({"MODEL_CORE_NATIVE": "0"}, (
+    run_python({"MODEL_CORE_NATIVE": "0"}, (
         "from model_core import jit; from model_core.nn import GRU; "
-        "l = GRU(3, 4, seed=0); assert not l._cell.native and l._cell.fused is jit.AVAILABLE"))
-    _run_with({"MODEL_CORE_NATIVE_ISA": "baseline"}, (
-        "from model_core import native; assert native.REASON.endswith('baseline'), native.REASON"))
+        "l = GRU(3, 4, seed=0); assert not l._cell.native and l._cell.fused is jit.AVAILABLE"), timeout=120)
+    run_python({"MODEL_CORE_NATIVE_ISA": "baseline"}, (
+        "from model_core import native; assert native.REASON.endswith('baseline'), native.REASON"), timeout=120)
 
 
 # -- the compiled cells against the reference ------------------------------------------------------

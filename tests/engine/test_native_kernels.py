@@ -21,7 +21,7 @@ from model_core import native
 from model_core.cells import select
 from model_core.nn import GRU, LSTM, RNN
 from model_core.onnx import InferenceSession
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_python
 
 pytestmark = pytest.mark.skipif(not native.AVAILABLE, reason=f"native kernels unavailable: {native.REASON}")
 
@@ -473,10 +473,7 @@ def test_portable_build_matches_the_reference():
             "from tests.engine.test_native_kernels import _compare_with_reference as c, CLASSES; "
             "errs = [c(k, I, H, T, B) for k in CLASSES for (I, H, T, B) in ((5, 13, 7, 3), (6, 40, 9, 11), (4, 70, 5, 24))]; "
             "assert max(errs) < 2e-5, errs")
-    env = {**os.environ, "MODEL_CORE_NATIVE_ISA": "baseline"}
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
-                          cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr
+    run_python({"MODEL_CORE_NATIVE_ISA": "baseline"}, code)
 
 
 @pytest.mark.parametrize("cls", CLASSES)
@@ -536,10 +533,7 @@ def test_the_512_bit_tiles_give_the_256_bit_build_s_bits(tmp_path):
             "np.savez(sys.argv[1], **{f'{k.__name__}-{n}-{name}': a for k in CLASSES for n, sh in enumerate(WIDE_SHAPES) "
             "for name, a in _outputs(k, *sh).items()})")
     path = tmp_path / "avx2.npz"
-    env = {**os.environ, "MODEL_CORE_NATIVE_ISA": "avx2"}
-    proc = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr
+    run_python({"MODEL_CORE_NATIVE_ISA": "avx2"}, code, str(path))
     want = np.load(path)
     checked = 0
     for cls in CLASSES:
