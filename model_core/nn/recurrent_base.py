@@ -428,10 +428,10 @@ class RecurrentBase(Module):
         kept = self._kept_steps.get(layer)        # (params, the arrays whose flags say read-only, weights)
         if kept is not None and all(map(operator.is_, kept[0], params)) and not any([a.flags.writeable for a in kept[1]]):
             return kept[2]
-        p = self._layer_params(layer, "")
         if self._bf16_current():
             weights = native_bf16.step_weights(self._bf16[layer, 0])
         else:
+            p = self._layer_params(layer, "")
             weights = self._cell.step_weights(p.w_ih.T, p.bias, p.w_hh.T, p.b_hh)
         if self.xp is np and all([a is None or frozen(a) for a in params]):
             self._kept_steps[layer] = (params, _with_bases([a for a in params if a is not None]), weights)
