@@ -43,7 +43,7 @@ import numpy as np
 from model_core import jit, native
 from model_core.backend import get_xp, gpu_available, to_device, to_numpy
 from model_core.cells import uses_jit, uses_native
-from model_core.cells.native_bf16 import round_bf16
+from model_core.cells.native_bf16 import round_weights
 from model_core.nn import GRU, LSTM, RNN
 from model_core.threads import set_num_threads
 from scripts import bench_peers as peers
@@ -200,7 +200,7 @@ def bench_shape(env: Env, cell: str, shape, repeat: int) -> dict:
             # opt-in bfloat16 weights: checked against our float32 layer on the same weights rounded
             bf16 = OURS[cell](I, H, device=env.device, seed=0).freeze(weights="bfloat16")
             rounded = OURS[cell](I, H, device=env.device, seed=0)
-            rounded.load_state_dict({k: round_bf16(v) if k.startswith("weight") else v for k, v in sd.items()})
+            rounded.load_state_dict(round_weights(sd))
             err = float(np.max(np.abs(bf16.forward(xs)[0] - rounded.forward(xs)[0])))
             row["check"]["bf16_vs_rounded"] = err
             if err > TOL:
@@ -256,8 +256,8 @@ def bench_step(env: Env, cell: str, batch: int, calls: int) -> dict:
     xs = to_device(x, env.device)
     row = {"cell": cell, "B": batch, "ours": None, "served": None, "bf16": None, "torch": None, "naive": None,
            "us": {}}
-    # opt-in bfloat16 weights (float32 arithmetic): the LSTM on the CPU; checked against the naive step on
-    # the same weights rounded to bfloat16, to TOL
+    # opt-in bfloat16 weights (float32 arithmetic): LSTM and GRU on the CPU; checked against the naive step
+    # on the same weights rounded to bfloat16, to TOL
     bf16 = (OURS[cell](STEP_I, STEP_H, device=env.device, seed=1).freeze(weights="bfloat16")
             if not env.gpu and served.bf16_problem() is None else None)
 
@@ -287,7 +287,7 @@ def bench_step(env: Env, cell: str, batch: int, calls: int) -> dict:
             "served": (served_step, served.init_state(batch), env.ours_sync),
             "naive": (naive_step, naive_state0, env.ours_sync)}
     if bf16 is not None:
-        rounded = peers.naive_step(xp, cell, {k: round_bf16(v) if k.startswith("weight") else v for k, v in sd.items()})
+        rounded = peers.naive_step(xp, cell, round_weights(sd))
 
         def bf16_step(state):
             return bf16.step(xs, state)[1]
@@ -309,9 +309,10 @@ def bench_step(env: Env, cell: str, batch: int, calls: int) -> dict:
         row["us"] = peers.step_us(jobs, calls)
     row.update({name: st[env.stat] for name, st in row["us"].items()})
     if not env.gpu:
-        row["floor"] = step_floor([sd["weight_ih_l0"], sd["weight_hh_l0"]], batch, env.floor_repeat)
+        weights = [sd["weight_ih_l0"], sd["weight_hh_l0"]]
+        row["floor"] = step_floor(weights, batch, env.floor_repeat)
         if bf16 is not None:
-            row["bf16_floor"] = step_floor([sd["weight_ih_l0"], sd["weight_hh_l0"]], batch, env.floor_repeat, 2)
+            row["bf16_floor"] = step_floor(weights, batch, env.floor_repeat, bytes_per_weight=2)
     return row
 
 

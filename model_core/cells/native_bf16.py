@@ -4,7 +4,7 @@ Opt-in, for a frozen layer (``freeze(weights="bfloat16")``): the weights are rou
 bfloat16 (round to nearest even) and kept packed; x, h, c, the sums and the gates stay float32. A
 one-row step then reads half the bytes, and at H=256 its weights fit a core's L2. The results
 differ from float32 weights by what rounding the weights moves (a relative 2^-9 per weight); they
-equal, to float32's rounding, the float32 engine run on the rounded weights (``round_bf16``),
+equal, to float32's rounding, the float32 engine run on the rounded weights (``round_weights``),
 which is how the tests check them.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from model_core.cells.native_weights import ALIGN, NULL, c_array, data_pointer, ptr, row_strides
+from model_core.cells.native_weights import NULL, aligned_empty, c_array, ptr, row_strides
 from model_core.native import lib
 
 BLOCK = 16                 # hidden units per block of the layout (bf16_body.h's BF_BLOCK)
@@ -36,12 +36,10 @@ def round_bf16(a: np.ndarray) -> np.ndarray:
     return r.view(np.float32).reshape(np.shape(a))
 
 
-def _aligned_words(shape) -> np.ndarray:
-    """uint32 zeros starting on a cache line (the kernel loads whole vectors of them)."""
-    n = int(np.prod(shape))
-    raw = np.zeros(n + ALIGN // 4, np.uint32)
-    start = (-data_pointer(raw) % ALIGN) // 4
-    return raw[start:start + n].reshape(shape)
+def round_weights(state: dict) -> dict:
+    """A layer's ``state_dict`` with every weight rounded as ``pack`` rounds it (the biases stay
+    float32): loaded into a float32 layer, the reference the bfloat16 kernel is checked against."""
+    return {k: round_bf16(v) if k.startswith("weight") else v for k, v in state.items()}
 
 
 def pack(gates: int, weight_ih_t: np.ndarray, weight_hh_t: np.ndarray, bias, bias_hh) -> Bf16Weights:
@@ -55,7 +53,7 @@ def pack(gates: int, weight_ih_t: np.ndarray, weight_hh_t: np.ndarray, bias, bia
     rows[:I, :, :H] = weight_ih_t.reshape(I, gates, H)
     rows[I + I % 2:I + I % 2 + H, :, :H] = weight_hh_t.reshape(H, gates, H)
     halves = (round_bf16(rows).view(np.uint32) >> 16).reshape(-1, 2, gates, ub, BLOCK)   # (K/2, 2, G, UB, 16)
-    words = _aligned_words((ub, halves.shape[0], gates, BLOCK))
+    words = aligned_empty((ub, halves.shape[0], gates, BLOCK)).view(np.uint32)   # on a cache line; all written
     words[...] = (halves[:, 0] | (halves[:, 1] << 16)).transpose(2, 0, 1, 3)
     bias16 = np.zeros((SLOTS, ub * BLOCK), np.float32)
     if bias is not None:

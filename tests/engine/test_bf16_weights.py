@@ -13,7 +13,7 @@ import pytest
 
 import model_core
 from model_core import native
-from model_core.cells.native_bf16 import round_bf16
+from model_core.cells.native_bf16 import round_weights
 from model_core.nn import GRU, LSTM, RNN
 from tests.engine.test_native_kernels import _on_the_numpy_cell
 from tests.helpers import run_python
@@ -27,7 +27,7 @@ def _pair(cls, I, H, **kw):
     """(a layer frozen with bfloat16 weights, the NumPy reference cell on the same weights rounded)."""
     layer = cls(I, H, seed=7, **kw)
     ref = cls(I, H, seed=7, **kw)
-    ref.load_state_dict({k: round_bf16(v) if k.startswith("weight") else v for k, v in layer.state_dict().items()})
+    ref.load_state_dict(round_weights(layer.state_dict()))
     _on_the_numpy_cell(ref)
     return layer.freeze(weights="bfloat16"), ref
 
