@@ -79,6 +79,7 @@ _SIGNATURES = {
     "mc_set_threads": ([ctypes.c_int32], ctypes.c_int32),
     "mc_blas_team_calls": ([], _I),
     "mc_team_forwards": ([], _I),
+    "mc_team_projections": ([], _I),
     "mc_row_steps_run": ([], _I),
     "mc_one_row_steps": ([], _I),
     "mc_blas_team": ([ctypes.c_int, _F, ctypes.c_int, ctypes.c_size_t, _F, ctypes.c_int], None),   # OpenBLAS calls it

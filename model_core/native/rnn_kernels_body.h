@@ -657,14 +657,13 @@ INL void ISA(project_rows)(const int G, const int mr, int64_t nu, int64_t I, con
         for (int g = 0; g < G; g++) ISA(stn)(out + m * os + g * H + u * VW, acc[m][g], nu);
 }
 
-/* out (N, G*H), rows os floats apart = x (N, I), rows xs apart, @ W_ih^T + bias (G*H,) or NULL:
- * W_ih^T packed (U, I, G, 8) (mc_pack_rows). A unit group's panel (I x G x 8) stays in L1 while
- * every row passes. */
+/* out (N, G*H), rows os floats apart = x (N, I), rows xs apart, @ W_ih^T + bias (G*H,) or NULL,
+ * for unit groups [u0, u1): W_ih^T packed (U, I, G, 8) (mc_pack_rows). A unit group's panel
+ * (I x G x 8) stays in L1 while every row passes. */
 INL void ISA(project_g)(const int G, int64_t N, int64_t I, int64_t H, const float *x, int64_t xs, const float *wi,
-                        const float *bias, float *out, int64_t os)
+                        const float *bias, float *out, int64_t os, int64_t u0, int64_t u1)
 {
-    int64_t U = (H + VW - 1) / VW;
-    for (int64_t u = 0; u < U; u++) {
+    for (int64_t u = u0; u < u1; u++) {
         int64_t nu = group_units(H, u);
         v8 bv[4];
         ISA(bias_vectors)(G, bias, H, u, nu, bv);
@@ -678,10 +677,10 @@ INL void ISA(project_g)(const int G, int64_t N, int64_t I, int64_t H, const floa
 }
 
 static void ISA(project)(int64_t N, int64_t I, int64_t H, int64_t G, const float *x, int64_t xs, const float *wi,
-                         const float *bias, float *out, int64_t os)
+                         const float *bias, float *out, int64_t os, int64_t u0, int64_t u1)
 {
-    if (G == 4) ISA(project_g)(4, N, I, H, x, xs, wi, bias, out, os);
-    else ISA(project_g)(3, N, I, H, x, xs, wi, bias, out, os);
+    if (G == 4) ISA(project_g)(4, N, I, H, x, xs, wi, bias, out, os, u0, u1);
+    else ISA(project_g)(3, N, I, H, x, xs, wi, bias, out, os, u0, u1);
 }
 
 /* The rows of x (G gate pieces of 32 bytes each, a row apart) that the tile for unit group u will

@@ -181,8 +181,8 @@ def test_the_team_takes_calls_with_enough_work_a_step(cls, B, H, T, team):
 def test_one_row_on_a_team_runs_every_item_of_every_step_once(cls, H):
     """At B=1 the odd steps run each thread's share of items backwards (item_in_order), on one
     thread and on a team; each item's sums are the same either way, so a sequence gives the same
-    bits on 1 and 2 kernel threads (OpenBLAS, which projects the input at B=1, stays on one), and
-    an item missed or run twice would not. One thread's run is checked against the reference."""
+    bits on 1 and 2 kernel threads (the input projection, made first at B=1, too), and an item
+    missed or run twice would not. One thread's run is checked against the reference."""
     _skip_without_a_team()
     T, I = 70, 16                                              # B*T past packing
     layer = cls(I, H, seed=6).freeze()
@@ -200,6 +200,40 @@ def test_one_row_on_a_team_runs_every_item_of_every_step_once(cls, H):
     assert split == int(G * H * H >= 65536)
     for a, b in zip(_arrays(got), _arrays(want)):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("H", [100, 264])                 # U = 13, 33: unequal shares, a partial last group
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+def test_a_one_row_projection_on_a_team_gives_one_threads_bits(cls, H):
+    """A one-row sequence's input projection (mc_project) is split across the team by unit groups
+    from twice TEAM_MIN_MACS multiply-adds (N*I*G*H); each value is summed as on one thread, so the
+    projection and the layer's forward give one thread's bits, where a group missed or made twice
+    would not. A short sequence stays on one thread."""
+    from model_core.cells.native_weights import input_weights, project_packed
+    _skip_without_a_team()
+    I = 40
+    layer = cls(I, H, seed=9).freeze()
+    G = 4 if layer._kind == "lstm" else 3
+    rng = np.random.default_rng(9)
+    w, bias = rng.standard_normal((I, G * H), dtype=np.float32), rng.standard_normal(G * H, dtype=np.float32)
+    wi = input_weights(w, G)
+    for T in (100, 2):
+        team = T * I * G * H >= 2 * 65536
+        x = np.random.default_rng(T).standard_normal((T, 1, I), dtype=np.float32)
+        want_p, want_y = project_packed(x, wi, bias, H, G), layer.forward(x)
+        try:
+            model_core.set_num_threads(2)
+            split = native.lib.mc_team_projections()
+            got_p, got_y = project_packed(x, wi, bias, H, G), layer.forward(x)
+            split = native.lib.mc_team_projections() - split
+        finally:
+            model_core.set_num_threads(1)
+        assert team == (T == 100)
+        assert split == 2 * int(team)                               # project_packed, then the forward's
+        assert np.array_equal(got_p, want_p)
+        for a, b in zip(_arrays(got_y), _arrays(want_y)):
+            assert np.array_equal(a, b)
+        np.testing.assert_allclose(want_p[:, 0], x[:, 0] @ w + bias, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
