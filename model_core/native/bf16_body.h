@@ -135,8 +135,16 @@ static void ISA(forward_bf16)(const int G, int64_t T, int64_t B, int64_t H, int6
             int64_t t = reverse ? T - 1 - s : s; \
             const float *vc = v[s & 1]; float *vn = v[(s + 1) & 1]; \
             for (int64_t b = 0; b < B; b += BF_MR) { \
-                int m = B - b < BF_MR ? (int)(B - b) : BF_MR, run[BF_MR] = {0}; \
-                for (int r = 0; r < m; r++) run[r] = !lens || t < lens[b + r]; \
+                int m = B - b < BF_MR ? (int)(B - b) : BF_MR, run[BF_MR] = {0}, any = 0; \
+                for (int r = 0; r < m; r++) any |= run[r] = !lens || t < lens[b + r]; \
+                if (!any) { /* every row ended: pass the state through, no sums (a ragged batch's tail) */ \
+                    int64_t a0 = u0 * BF_BLOCK, a1 = u1 * BF_BLOCK < H ? u1 * BF_BLOCK : H; \
+                    for (int r = 0; r < m && a0 < a1; r++) { \
+                        memcpy(vn + (b + r) * vs + Ip + a0, vc + (b + r) * vs + Ip + a0, (size_t)(a1 - a0) * sizeof(float)); \
+                        if (y) memset(y + t * yt + (b + r) * yb + a0, 0, (size_t)(a1 - a0) * sizeof(float)); \
+                    } \
+                    continue; \
+                } \
                 for (int64_t u = u0; u < u1; u++) \
                     for (int64_t l = 0; l < BF_BLOCK; l += BLANES) { \
                         int64_t a = u * BF_BLOCK + l, nl = H - a < BLANES ? H - a : BLANES; \
