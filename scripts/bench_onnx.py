@@ -4,6 +4,7 @@
     python -m scripts.bench_onnx                               # default grid, 1 thread each
     python -m scripts.bench_onnx --threads 2 --repeat 15
     python -m scripts.bench_onnx --ops LSTM --shapes "32,100,64,256" --directions bidirectional
+    python -m scripts.bench_onnx --ops LSTM,GRU --bf16                # also our sessions on bfloat16 weights
 
 Each case is one recurrent node (W, R, B as initializers, zero initial state) fed X (T, B, I)
 in float32; ``ragged`` cases add sequence_lens spread over [T/2, T]. Before timing, our outputs
@@ -15,6 +16,11 @@ threads against 28 at 1, LSTM B=32; 17.5 timed alone). Times are the best of ``-
 (the stable statistic on shared cores); ratio = ours / onnxruntime (lower is better, 1.0 is
 parity). Both runtimes get ``--threads`` threads (the BLAS pool and the kernels' team for ours,
 intra-op threads for onnxruntime).
+
+``--bf16`` adds a third contestant to the LSTM and GRU rows, our session made with
+``weights="bfloat16"``, checked first against our float32 session on the graph with W and R
+rounded to bfloat16 (1e-4: the same arithmetic on the same weights), and ``bf16/ort``, its paired
+ratio to onnxruntime.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import argparse
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
+from model_core.cells.native_bf16 import round_bf16
 from model_core.onnx import InferenceSession
 from model_core.threads import set_num_threads
 from scripts import bench_peers as peers
@@ -35,13 +42,20 @@ GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 DEFAULT_SHAPES = "1,100,64,256;32,100,64,256;16,100,128,128"
 
 
-def build(op: str, direction: str, B: int, T: int, I: int, H: int, ragged: bool, seed: int = 0):
-    """(model bytes, feed) for one node."""
+BF16_OPS = ("LSTM", "GRU")        # the nodes InferenceSession(weights="bfloat16") runs
+
+
+def build(op: str, direction: str, B: int, T: int, I: int, H: int, ragged: bool, seed: int = 0,
+          rounded: bool = False):
+    """(model bytes, feed) for one node; ``rounded``: W and R rounded to bfloat16 (the same draw)."""
     rng = np.random.default_rng(seed)
     D, G = (2 if direction == "bidirectional" else 1), GATES[op]
     scale = 1 / np.sqrt(H)
-    inits = [numpy_helper.from_array((rng.standard_normal((D, G * H, I)) * scale).astype(np.float32), "W"),
-             numpy_helper.from_array((rng.standard_normal((D, G * H, H)) * scale).astype(np.float32), "R"),
+    weights = [(rng.standard_normal((D, G * H, I)) * scale).astype(np.float32),
+               (rng.standard_normal((D, G * H, H)) * scale).astype(np.float32)]
+    if rounded:
+        weights = [round_bf16(w) for w in weights]
+    inits = [numpy_helper.from_array(weights[0], "W"), numpy_helper.from_array(weights[1], "R"),
              numpy_helper.from_array((rng.standard_normal((D, 2 * G * H)) * scale).astype(np.float32), "B")]
     attrs = {"hidden_size": H, "direction": direction}
     if op == "GRU":
@@ -63,11 +77,10 @@ def build(op: str, direction: str, B: int, T: int, I: int, H: int, ragged: bool,
     return model.SerializeToString(), feed
 
 
-def timed_pair(ours, ref, repeat: int) -> tuple[float, float, dict]:
-    """Best-of-``repeat`` milliseconds for each, and ours ÷ onnxruntime round by round
-    (``paired_ratio``), from ``repeat`` rounds of turns (``bench_peers.blocks_ms``)."""
-    ms = peers.blocks_ms({"ours": (ours, peers.no_sync), "ort": (ref, peers.no_sync)}, repeat, warmup=1)
-    return ms["ours"]["min"], ms["ort"]["min"], peers.paired_ratio(ms["ours"]["runs"], ms["ort"]["runs"])
+def timed(jobs: dict, repeat: int) -> dict:
+    """``bench_peers.blocks_ms`` for ``{name: fn}``: best-of-``repeat`` milliseconds and the times round
+    by round (for ``paired_ratio``), from ``repeat`` rounds of turns."""
+    return peers.blocks_ms({name: (fn, peers.no_sync) for name, fn in jobs.items()}, repeat, warmup=1)
 
 
 def main() -> None:
@@ -80,6 +93,8 @@ def main() -> None:
     parser.add_argument("--no-ragged", action="store_true", help="skip the sequence_lens cases")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: the calling thread's CPU time (1 thread only; robust on a loaded machine)")
+    parser.add_argument("--bf16", action="store_true",
+                        help='also time our LSTM and GRU sessions made with weights="bfloat16"')
     args = parser.parse_args()
     if args.clock == "cpu":
         if args.threads != "1":
@@ -95,8 +110,8 @@ def main() -> None:
           f"ratio = ours / onnxruntime of the two bests; paired: the median [25th-75th percentile] of the "
           f"ratios round by round); heap: {heap}")
     print(f"{'op':<5} {'direction':<14} {'B,T,I,H':<16} {'lengths':<8} {'ours':>9} {'ort':>9} {'ratio':>7} "
-          f"{'paired':>18}")
-    ratios, paired = [], []
+          f"{'paired':>18}" + (f" {'bf16':>9} {'bf16/ort':>18}" if args.bf16 else ""))
+    ratios, paired, bf16_paired = [], [], []
     for op in args.ops.split(","):
         for direction in args.directions.split(","):
             for B, T, I, H in shapes:
@@ -106,14 +121,30 @@ def main() -> None:
                     ref = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
                     for got, want in zip(ours.run(None, feed), ref.run(None, feed)):
                         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-                    t_ours, t_ort, pr = timed_pair(lambda: ours.run(None, feed), lambda: ref.run(None, feed),
-                                                   args.repeat)
+                    jobs = {"ours": lambda: ours.run(None, feed), "ort": lambda: ref.run(None, feed)}
+                    if args.bf16 and op in BF16_OPS:
+                        bf16 = InferenceSession(model, weights="bfloat16")
+                        on_rounded = InferenceSession(build(op, direction, B, T, I, H, ragged, rounded=True)[0])
+                        for got, want in zip(bf16.run(None, feed), on_rounded.run(None, feed)):
+                            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+                        jobs["bf16"] = lambda: bf16.run(None, feed)
+                    ms = timed(jobs, args.repeat)
+                    t_ours, t_ort = ms["ours"]["min"], ms["ort"]["min"]
+                    pr = peers.paired_ratio(ms["ours"]["runs"], ms["ort"]["runs"])
                     ratios.append(t_ours / t_ort)
                     paired.append(pr["median"])
-                    print(f"{op:<5} {direction:<14} {f'{B},{T},{I},{H}':<16} {'ragged' if ragged else 'full':<8} "
-                          f"{t_ours:9.2f} {t_ort:9.2f} {t_ours / t_ort:7.2f} {peers.format_paired(pr):>18}", flush=True)
+                    row = (f"{op:<5} {direction:<14} {f'{B},{T},{I},{H}':<16} {'ragged' if ragged else 'full':<8} "
+                           f"{t_ours:9.2f} {t_ort:9.2f} {t_ours / t_ort:7.2f} {peers.format_paired(pr):>18}")
+                    if "bf16" in ms:
+                        pb = peers.paired_ratio(ms["bf16"]["runs"], ms["ort"]["runs"])
+                        bf16_paired.append(pb["median"])
+                        row += f" {ms['bf16']['min']:9.2f} {peers.format_paired(pb):>18}"
+                    elif args.bf16:
+                        row += f" {'n/a':>9} {'n/a':>18}"
+                    print(row, flush=True)
     print(f"geometric mean ratio {float(np.exp(np.mean(np.log(ratios)))):.2f}, "
-          f"paired {float(np.exp(np.mean(np.log(paired)))):.2f}")
+          f"paired {float(np.exp(np.mean(np.log(paired)))):.2f}"
+          + (f"; bf16/ort paired {float(np.exp(np.mean(np.log(bf16_paired)))):.2f}" if bf16_paired else ""))
 
 
 if __name__ == "__main__":

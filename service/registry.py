@@ -25,7 +25,7 @@ import numpy as np
 import model_core
 from model_core.backend import resolve_device
 from model_core.config import ModelConfig
-from model_core.onnx.errors import OnnxLoadError
+from model_core.onnx.errors import OnnxLoadError, WeightFormatError
 from model_core.onnx.sequence_model import OnnxSequenceModel
 from model_core.served import ServedModel
 from service.errors import NotFound, Unavailable
@@ -116,11 +116,14 @@ def _files(path: Path, card: Path) -> list[Path]:
     return [path, card] if path.name == ONNX and card.is_file() else [path]
 
 
-def _load_onnx(folder: Path, card: Path, device: str) -> OnnxSequenceModel:
-    """An ONNX graph with its card, or with the metadata our exporter writes when there is no card."""
+def _load_onnx(folder: Path, card: Path, device: str, weights: str = "float32") -> OnnxSequenceModel:
+    """An ONNX graph with its card, or with the metadata our exporter writes when there is no card.
+    WeightFormatError passes through: the graph loads with float32 weights."""
     binding = read_card(card) if card.is_file() else None
     try:
-        return OnnxSequenceModel.load(folder / ONNX, binding, device=device)
+        return OnnxSequenceModel.load(folder / ONNX, binding, device=device, weights=weights)
+    except WeightFormatError:
+        raise
     except OnnxLoadError as exc:           # the graph itself: unreadable, unsafe or unsupported
         raise ValueError(f"{ONNX}: {exc}") from None
     except ValueError as exc:              # a card that does not fit the graph names its field
@@ -150,7 +153,7 @@ class ModelRegistry:
 
     def __init__(self, model_dir: Path, device: str = "cpu", keep_versions: int = 3, weights: str = "float32"):
         self.model_dir, self.device, self.keep_versions = Path(model_dir), device, keep_versions
-        self.weights = weights                    # Settings.weights: what checkpoints' recurrent layers read
+        self.weights = weights                    # Settings.weights: what recurrent layers and nodes read
         # what "auto" became on this host, for the logs and /v2 (an explicit "gpu" stays as asked: its
         # models fail to load with the reason if no GPU is usable)
         self.device_in_use = resolve_device(device) if device == "auto" else device
@@ -200,7 +203,7 @@ class ModelRegistry:
             entry.version = _version_of(*_files(path, card), number=None if folder == model_folder else number)
             if previous is not None and previous.status == "ready" and previous.version == entry.version:
                 return previous                                # unchanged files: keep the loaded model
-            entry.model = (_load_onnx(folder, card, self.device) if path.name == ONNX
+            entry.model = (self._onnx(name, folder, card) if path.name == ONNX
                            else self._freeze(name, model_core.load(path, device=self.device)))
             _warm_up(entry.model)
             entry.status = "ready"
@@ -209,6 +212,14 @@ class ModelRegistry:
             entry.status, entry.error = "failed", str(exc)
             log.error("model %s version %d failed to load: %s", name, number, exc)
         return entry
+
+    def _onnx(self, name: str, folder: Path, card: Path) -> OnnxSequenceModel:
+        """An ONNX graph to serve, its LSTM and GRU nodes reading ``self.weights`` where they can."""
+        try:
+            return _load_onnx(folder, card, self.device, self.weights)
+        except WeightFormatError as exc:
+            log.warning("model %s stays float32 (RNN_SERVE_WEIGHTS=%s): %s", name, self.weights, exc)
+            return _load_onnx(folder, card, self.device)
 
     def _freeze(self, name: str, model):
         """A checkpoint frozen to serve (never trains), reading ``self.weights`` where its layers can."""

@@ -30,9 +30,10 @@ class Settings(BaseSettings):
         1, ge=1, description="threads in every native pool of the engine (OpenBLAS, Numba, the native kernels' "
                              "OpenMP team): the batcher is the parallelism, so extra pool threads only spin-wait")
     weights: Literal[WEIGHT_FORMATS] = Field(
-        "float32", description="what checkpoint models' LSTM and GRU layers read on the CPU: bfloat16 rounds the "
-                               "weights once (float32 arithmetic; a one-row step reads half the bytes); other "
-                               "models stay float32, as GET /v1/models/{name} reports under 'weights'")
+        "float32", description="what models' LSTM and GRU layers (checkpoints) and nodes (ONNX graphs) read on the "
+                               "CPU: bfloat16 rounds the weights once (float32 arithmetic; a one-row step reads "
+                               "half the bytes); other models stay float32, as GET /v1/models/{name} reports "
+                               "under 'weights'")
 
     # request limits: bad input is refused with a clear 4xx before any math runs
     max_request_bytes: int = Field(1_000_000, ge=1_000)

@@ -39,6 +39,13 @@ class LayerParams(NamedTuple):
 WEIGHT_FORMATS = ("float32", "bfloat16")      # what inference may read: RecurrentBase.freeze(weights=...)
 
 
+def check_weight_format(weights: str) -> str:
+    """``weights`` if it is one of WEIGHT_FORMATS, else a ValueError that lists them."""
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, got {weights!r}")
+    return weights
+
+
 def _with_bases(arrays: list) -> list:
     """The arrays and the ndarrays they view: what must stay read-only for a kept derivative of
     them (packed copies, bfloat16 weights) to stay current (``Module.freeze`` marks both)."""
@@ -515,9 +522,7 @@ class RecurrentBase(Module):
         weights rounded once to bfloat16, with float32 arithmetic (``model_core.cells.native_bf16``):
         half the bytes a step reads, a relative 2^-9 on each weight. The float32 parameters stay
         (``state_dict``, export, ``forward_train``)."""
-        if weights not in WEIGHT_FORMATS:
-            raise ValueError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, got {weights!r}")
-        problem = self.bf16_problem() if weights == "bfloat16" else None
+        problem = self.bf16_problem() if check_weight_format(weights) == "bfloat16" else None
         if problem:
             raise ValueError(f"weights='bfloat16' is not available here: {problem}")
         forget_packs(self._params.values())

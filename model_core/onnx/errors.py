@@ -1,4 +1,4 @@
-"""The one error a caller of ``InferenceSession`` has to know about at load time."""
+"""The errors a caller of ``InferenceSession`` has to know about at load time."""
 from __future__ import annotations
 
 
@@ -8,3 +8,9 @@ class OnnxLoadError(ValueError):
     Raised only while loading, so a session that loaded never fails a request for these reasons.
     The message lists every problem found, not just the first.
     """
+
+
+class WeightFormatError(OnnxLoadError):
+    """The graph runs, but not with the weights asked for (``InferenceSession(weights="bfloat16")``):
+    a recurrent node that cannot read bfloat16 weights, or no LSTM or GRU node at all. Loaded with
+    the default float32 weights, the same graph runs."""

@@ -16,8 +16,8 @@ import onnx.defs
 from onnx import GraphProto
 
 from model_core.onnx.dtypes import tensor_to_numpy
-from model_core.onnx.errors import OnnxLoadError
-from model_core.onnx.ops import OPS, Node, Unsupported
+from model_core.onnx.errors import OnnxLoadError, WeightFormatError
+from model_core.onnx.ops import OPS, Node, Unsupported, WeightsUnsupported
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -32,10 +32,11 @@ class Step:
 
 
 class Plan:
-    """A graph ready to run on one array module ``xp``."""
+    """A graph ready to run on one array module ``xp``, its recurrent nodes reading ``weights``
+    ("float32" or "bfloat16": then every recurrent node must, and at least one does)."""
 
     def __init__(self, graph: GraphProto, opset: int, xp: ModuleType, max_tensor_bytes: int,
-                 overridable: set[str] = frozenset()):
+                 overridable: set[str] = frozenset(), weights: str = "float32"):
         self.xp = xp
         self.output_names = [o.name for o in graph.output]
         initializers = {t.name: xp.asarray(tensor_to_numpy(t, max_tensor_bytes)) for t in graph.initializer}
@@ -44,12 +45,15 @@ class Plan:
         constants = {n: v for n, v in initializers.items() if n not in overridable}
         order = _topological_order(graph, set(initializers))
         problems: Counter[str] = Counter()
+        weight_problems: Counter[str] = Counter()
         steps: list[tuple[str, object, object]] = []
+        reads_bf16 = False
         for proto in order:
-            node = _prepare(proto, opset, xp, constants, max_tensor_bytes, problems)
+            node = _prepare(proto, opset, xp, constants, max_tensor_bytes, problems, weight_problems, weights)
             if node is None:
                 continue
-            label, kernel = node
+            label, kernel, node_bf16 = node
+            reads_bf16 |= node_bf16
             if not problems and all(name in constants for name in proto.input if name):
                 _fold(label, kernel, proto, constants)
             else:
@@ -57,6 +61,12 @@ class Plan:
         if problems:
             listed = ", ".join(p if n == 1 else f"{p} ({n} nodes)" for p, n in problems.items())
             raise OnnxLoadError(f"unsupported: {listed}")
+        if weights == "bfloat16" and not (weight_problems or reads_bf16):
+            weight_problems["no LSTM or GRU node to read them"] += 1
+        if weight_problems:
+            listed = ", ".join(p if n == 1 else f"{p} ({n} nodes)" for p, n in weight_problems.items())
+            raise WeightFormatError(f"weights={weights!r} is not available for this graph: {listed}")
+        self.weight_format = "bfloat16" if reads_bf16 else "float32"
         self.constants = constants  # read-only from here on
         self.constant_ids = frozenset(id(v) for v in [*constants.values(), *self.defaults.values()])
         self.steps = _with_release(steps, set(constants) | set(self.defaults), set(self.output_names))
@@ -82,8 +92,9 @@ class Plan:
         return [env[name] for name in output_names]
 
 
-def _prepare(proto, opset, xp, constants, max_tensor_bytes, problems):
-    """(label, kernel) for a node, or None after recording why it cannot run."""
+def _prepare(proto, opset, xp, constants, max_tensor_bytes, problems, weight_problems, weights):
+    """(label, kernel, reads_bf16) for a node, or None after recording why it cannot run (in
+    ``weight_problems`` when it could, with float32 weights)."""
     op = proto.op_type
     if proto.domain not in DEFAULT_DOMAINS:
         problems[f"op {proto.domain}.{op}"] += 1
@@ -103,9 +114,12 @@ def _prepare(proto, opset, xp, constants, max_tensor_bytes, problems):
     if arity:
         problems[arity] += 1
         return None
-    node = Node(proto, schema, xp, constants, max_tensor_bytes)
+    node = Node(proto, schema, xp, constants, max_tensor_bytes, weights)
     try:
         kernel = OPS[op].prepare(node)
+    except WeightsUnsupported as exc:
+        weight_problems[str(exc)] += 1
+        return None
     except Unsupported as exc:
         problems[str(exc)] += 1
         return None
@@ -116,7 +130,7 @@ def _prepare(proto, opset, xp, constants, max_tensor_bytes, problems):
     if unread:
         problems[f"{op} attribute {', '.join(unread)}"] += 1
         return None
-    return node.label, kernel
+    return node.label, kernel, node.reads_bf16
 
 
 def _arity_problem(proto, schema) -> str | None:

@@ -34,10 +34,11 @@ class OnnxSequenceModel:
 
     @classmethod
     def load(cls, path_or_bytes, binding: GraphBinding | None = None, device: str = "cpu",
-             max_bytes: int = DEFAULT_MAX_BYTES) -> OnnxSequenceModel:
-        """Read, check and probe a graph. ``binding`` None: the graph must be our exporter's."""
+             max_bytes: int = DEFAULT_MAX_BYTES, weights: str = "float32") -> OnnxSequenceModel:
+        """Read, check and probe a graph. ``binding`` None: the graph must be our exporter's.
+        ``weights``: what its LSTM and GRU nodes read (``InferenceSession``'s ``weights``)."""
         proto = read_model(path_or_bytes, max_bytes)
-        session = InferenceSession(proto, device=device, max_bytes=max_bytes)
+        session = InferenceSession(proto, device=device, max_bytes=max_bytes, weights=weights)
         binding = binding or binding_from_metadata(session.get_modelmeta().custom_metadata_map)
         if binding is None:
             raise ValueError("the graph has no model card and was not written by rnn-serve's exporter: describe "
@@ -63,7 +64,7 @@ class OnnxSequenceModel:
 
     @property
     def weight_format(self) -> str:
-        return "float32"                           # the graph's initializers, as onnxruntime reads them
+        return self.session.weight_format
 
     def num_parameters(self) -> int:
         return self.graph.num_parameters

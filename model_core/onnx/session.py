@@ -9,6 +9,10 @@ Code written for onnxruntime switches by changing the import::
 Everything that can go wrong with the model itself (an unsupported op, opset or attribute, an
 unsafe or oversized file) raises ``OnnxLoadError`` from the constructor; ``run`` only checks the
 feed. Outputs are always NumPy arrays that the caller owns.
+
+Beyond onnxruntime, ``weights="bfloat16"`` has the LSTM and GRU nodes read their weights rounded
+once to bfloat16, with float32 arithmetic (the engine's ``freeze(weights="bfloat16")``);
+``WeightFormatError``, an ``OnnxLoadError``, says why a graph cannot.
 """
 from __future__ import annotations
 
@@ -24,12 +28,13 @@ from onnx import ModelProto, ValueInfoProto
 from model_core.backend import get_xp, resolve_device, to_numpy
 from model_core.heap import keep_freed_memory
 from model_core.onnx.dtypes import NUMPY_DTYPES, elem_type_label, numpy_dtype, type_name
-from model_core.onnx.errors import OnnxLoadError
+from model_core.nn.recurrent_base import check_weight_format
+from model_core.onnx.errors import OnnxLoadError, WeightFormatError
 from model_core.onnx.graph import DEFAULT_DOMAINS, Plan
 from model_core.onnx.loading import DEFAULT_MAX_BYTES, read_model
 from model_core.onnx.ops import OPS
 
-__all__ = ["InferenceSession", "OnnxLoadError", "NodeArg", "ModelMetadata", "MIN_OPSET", "MAX_OPSET"]
+__all__ = ["InferenceSession", "OnnxLoadError", "WeightFormatError", "NodeArg", "ModelMetadata", "MIN_OPSET", "MAX_OPSET"]
 
 MIN_OPSET = 7  # the first opset with NumPy-style broadcasting and today's recurrent ops
 MAX_OPSET = 28  # the newest opset whose op versions this package has been checked against
@@ -67,10 +72,13 @@ class InferenceSession:
     ``enable_cpu_mem_arena`` has an effect: on by default, as in onnxruntime, it keeps freed memory
     in the process for the next call (``model_core.heap``; process-wide, glibc only). ``max_bytes``
     caps the model file, each tensor, external data and tensors created from shape inputs at run time.
+    ``weights="bfloat16"``: every LSTM and GRU node reads its W and R rounded once to bfloat16, with
+    float32 arithmetic, on the CPU (``WeightFormatError`` if a recurrent node cannot, or there is none).
     """
 
     def __init__(self, path_or_bytes, sess_options=None, providers=None, device: str = "cpu", *,
-                 max_bytes: int = DEFAULT_MAX_BYTES):
+                 max_bytes: int = DEFAULT_MAX_BYTES, weights: str = "float32"):
+        check_weight_format(weights)
         self._device = resolve_device(_device_for(providers, device))
         self._xp = get_xp(self._device)
         self._sess_options = sess_options
@@ -91,7 +99,7 @@ class InferenceSession:
         self._input_specs = {v.name: _feed_spec(v) for v in graph.input
                              if v.name not in initializers or v.name in overridable}
         self._required = [a.name for a in self._inputs]
-        self._plan = Plan(graph, opset, self._xp, max_bytes, overridable)
+        self._plan = Plan(graph, opset, self._xp, max_bytes, overridable, weights)
         self._meta = ModelMetadata(model.producer_name, graph.name, model.domain, model.doc_string,
                                    graph.doc_string, model.model_version,
                                    {p.key: p.value for p in model.metadata_props})
@@ -137,6 +145,11 @@ class InferenceSession:
     def device(self) -> str:
         """"cpu" or "gpu": where this session's kernels run."""
         return self._device
+
+    @property
+    def weight_format(self) -> str:
+        """"bfloat16" when the recurrent nodes read bfloat16 weights (``weights=``), else "float32"."""
+        return self._plan.weight_format
 
     # -- feeds -----------------------------------------------------------------------------------
     def _device_feeds(self, input_feed: dict) -> dict:

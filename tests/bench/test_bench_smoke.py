@@ -78,3 +78,18 @@ def test_bench_onnx_runs_one_node_in_turns(threads, clock):
         assert ours > 0 and ort > 0 and ratio > 0 and paired > 0
         assert r[8].startswith("[") and r[8].endswith("]")
     assert "geometric mean ratio" in proc.stdout
+
+
+def test_bench_onnx_adds_the_bfloat16_sessions_where_a_node_can_read_them():
+    """--bf16: a third contestant on the LSTM and GRU rows (checked against float32 on rounded W and
+    R first), n/a on the RNN's."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "scripts.bench_onnx", "--ops", "GRU,RNN", "--shapes", "2,5,3,8", "--directions",
+         "bidirectional", "--repeat", "2", "--no-ragged", "--bf16"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.startswith(("GRU", "RNN"))}
+    bf16, paired = float(rows["GRU"][9]), float(rows["GRU"][10])
+    assert bf16 > 0 and paired > 0 and rows["GRU"][11].startswith("[")
+    assert rows["RNN"][9:] == ["n/a", "n/a"]
+    assert "bf16/ort paired" in proc.stdout

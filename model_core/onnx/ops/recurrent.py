@@ -16,23 +16,29 @@ other configuration runs the NumPy loops of ``recurrent_loops``: each step is on
 the projection backwards through a view, and masking runs only at steps where some sequence has
 ended.
 
+A session made with ``weights="bfloat16"`` has every LSTM and GRU node read W and R rounded once
+to bfloat16, with float32 arithmetic (``model_core.cells.native_bf16``, the kernel a frozen
+layer's ``freeze(weights="bfloat16")`` runs): the configurations the native kernels run, with W, R
+and B initializers. Any other recurrent node refuses it (``WeightsUnsupported``).
+
 Ragged batches follow onnxruntime: Y is zero past each sequence's length, Y_h / Y_c hold the
 state at its last valid step, the reverse direction starts at each sequence's own last valid
 step, and a sequence of length 0 gets zero Y_h / Y_c (not initial_h).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from model_core import native
 from model_core.backend import to_numpy
+from model_core.cells import native_bf16
 from model_core.cells.native_weights import (FUSED_MIN_BATCH, aligned_copy, aligned_empty, pack, packed_weights,
                                              project_packed, reads_row_form, stored_weights)
 from model_core.onnx.ops.activations import bind_activations
 from model_core.onnx.ops.recurrent_loops import GATES, gru_loop, lstm_loop, lstm_loop_halved, native_loop, rnn_loop
-from model_core.onnx.ops.registry import Unsupported, register
+from model_core.onnx.ops.registry import Unsupported, WeightsUnsupported, register
 
 DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
 DIRECTIONS = {"forward": (False,), "reverse": (True,), "bidirectional": (False, True)}
@@ -40,6 +46,7 @@ DIRECTIONS = {"forward": (False,), "reverse": (True,), "bidirectional": (False, 
 ENGINE_GATE_ORDER = {"LSTM": (0, 2, 3, 1), "GRU": (1, 0, 2), "RNN": (0,)}
 
 ONE_ROW_PROJECTED = ("LSTM", "GRU")     # ops whose one-row input is projected by mc_project (_directions)
+BF16_OPS = ("LSTM", "GRU")              # ops whose nodes can read bfloat16 weights (Node.weights)
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,9 @@ def prepare_recurrent(node):
     xp = node.xp
     wants = tuple(node.has_output(k) for k in range(len(node.outputs)))
     constant = _constant_weights(node, cfg)  # W, R, B laid out for the loops once, not per call
+    if node.weights == "bfloat16":
+        constant = _with_bf16(node, cfg, constant)
+        node.reads_bf16 = True
 
     def kernel(X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None):
         return run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_c, P, constant)
@@ -118,7 +128,10 @@ class Weights:
     ``halved``: per direction, whether the LSTM's i, o, f columns are scaled by 1/2 (see
     ``halved_gates``). ``kernel``: per direction, R packed for the native kernels, or None when
     the NumPy loops run (then the gates keep the ONNX order). ``kernel_in``: per direction, W
-    packed the same way, for the input projection inside the kernel (None off the native path)."""
+    packed the same way, for the input projection inside the kernel (None off the native path).
+    ``bf16``: per direction, W, R and the biases rounded and packed for the bfloat16 kernel
+    (``native_bf16.pack``), which then runs the node (and ``kernel``, ``kernel_in`` are None: no
+    float32 copies kept for nothing); None: float32 weights."""
     W_T: object
     bias: object
     R_T: tuple
@@ -126,6 +139,12 @@ class Weights:
     halved: tuple
     kernel: tuple | None = None
     kernel_in: tuple | None = None
+    bf16: tuple | None = None
+
+    @property
+    def on_kernels(self) -> bool:
+        """Do compiled kernels run the node (float32 or bfloat16 weights), rather than the NumPy loops?"""
+        return self.kernel is not None or self.bf16 is not None
 
 
 def halved_gates(cfg, peepholes: bool) -> tuple:
@@ -218,6 +237,31 @@ def _constant_weights(node, cfg) -> Weights | None:
                            (False,) * D if use_native else halved_gates(cfg, node.has_input(7)), use_native)
 
 
+def _with_bf16(node, cfg, constant: Weights | None) -> Weights:
+    """``constant`` with each direction's weights packed for the bfloat16 kernel (the session asked
+    for ``weights="bfloat16"``), or WeightsUnsupported saying why this node cannot read them."""
+    if cfg.op_type not in BF16_OPS:
+        why = "bfloat16 weights serve LSTM and GRU nodes"
+    elif constant is None:
+        why = "bfloat16 weights need W, R (and B) as initializers of the right shapes"
+    elif constant.kernel is None:
+        why = ("bfloat16 weights need what the native kernels run: the CPU, float32, the default activations, "
+               "no clip, peepholes or input_forget, and for a GRU linear_before_reset=1")
+    else:
+        why = None
+    if why:
+        raise WeightsUnsupported(f"{node.label} ({why})")
+    G, H = GATES[cfg.op_type], constant.R_T[0].shape[0]
+    GH = G * H
+    packed = []
+    for d in range(len(cfg.reversed_dirs)):
+        bias = None if constant.bias is None else constant.bias[d * GH:(d + 1) * GH]
+        # the GRU's R candidate bias (linear_before_reset) as the last third of the hidden biases
+        bias_hh = None if constant.rb_h is None else np.concatenate([np.zeros(2 * H, np.float32), constant.rb_h[d]])
+        packed.append(native_bf16.pack(G, constant.W_T[:, d * GH:(d + 1) * GH], constant.R_T[d], bias, bias_hh))
+    return replace(constant, kernel=None, kernel_in=None, bf16=tuple(packed))
+
+
 def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_c, P, constant=None):
     """One recurrent node. Shapes (layout 0): X (T, N, I), W (D, G*H, I), R (D, G*H, H),
     B (D, 2*G*H), sequence_lens (N,), initial_h / initial_c (D, N, H), P (D, 3H)."""
@@ -235,14 +279,14 @@ def run_recurrent(xp, cfg, wants, X, W, R, B, sequence_lens, initial_h, initial_
     _expect(cfg, "initial_c", initial_c, (D, N, H))
     _expect(cfg, "P", P, (D, 3 * H))
     lengths = _lengths(cfg, sequence_lens, T, N)
-    if constant is None or (constant.kernel is not None and X.dtype != np.float32):
+    if constant is None or (constant.on_kernels and X.dtype != np.float32):
         use_native = runs_native(xp, cfg, P is not None, X.dtype)
         w = prepare_weights(xp, cfg, W, R, B, H, (False,) * D if use_native else halved_gates(cfg, P is not None),
                             use_native)
     else:
         w = constant
     order = None
-    if w.kernel is not None and lengths is not None and (np.diff(lengths) > 0).any():
+    if w.on_kernels and lengths is not None and (np.diff(lengths) > 0).any():
         # the native kernels run a step over the rows still running when the lengths are ranked,
         # longest first (a prefix): rank the batch once for every direction, restore it after
         order = np.argsort(-lengths, kind="stable")
@@ -269,7 +313,7 @@ def _directions(xp, cfg, wants, X, w, H, lengths, initial_h, initial_c, P):
     # what ragged batches need, made only where it is read: the step masks for the NumPy/CuPy loops
     # (which zero CuPy's Y too; the native kernels take the lengths), the reversing index for a
     # backward direction
-    on_kernels = w.kernel is not None       # (not `native`: that name is the module read by runs_native)
+    on_kernels = w.on_kernels               # (not `native`: that name is the module read by runs_native)
     mask = None if lengths is None or on_kernels else xp.asarray(np.arange(T)[:, None] < lengths[None, :])[..., None]
     reverse_index = None if lengths is None or not any(cfg.reversed_dirs) else _reverse_index(xp, lengths, T)
     ys = None  # Y in layout 0, filled in place (on a cache line for the native kernels, which write it by vectors)
@@ -280,15 +324,16 @@ def _directions(xp, cfg, wants, X, w, H, lengths, initial_h, initial_c, P):
     cs = _initial(xp, initial_c, (D, N, H), X.dtype) if cfg.op_type == "LSTM" else None
     # the native kernels make each direction's input projection in their register tile;
     # otherwise every step of every direction is projected at once: one GEMM instead of one per step
-    fused = w.kernel_in is not None and X.dtype == np.float32 and N >= FUSED_MIN_BATCH
+    bf16 = w.bf16 is not None                                       # the bfloat16 kernel reads X as it is
+    fused = not bf16 and w.kernel_in is not None and X.dtype == np.float32 and N >= FUSED_MIN_BATCH
     # one row of an LSTM or GRU: each direction's projection by the kernels' own (8-lane) tile, as a
     # one-row layer's (native_weights.projected): after OpenBLAS's AVX-512 sgemm the step kernel
     # ran 1.10-1.14x slower on the Xeon. The bias stays the kernel's to add, as with the GEMM.
-    one_row = (w.kernel_in is not None and X.dtype == np.float32 and N == 1 and not fused
+    one_row = (not bf16 and w.kernel_in is not None and X.dtype == np.float32 and N == 1 and not fused
                and cfg.op_type in ONE_ROW_PROJECTED)
-    if not fused and not one_row:
+    if not fused and not one_row and not bf16:
         xw = xp.matmul(X.reshape(T * N, I), w.W_T)  # (T*N, D*G*H)
-        if w.bias is not None and w.kernel is None:  # the native kernels add it in their gate epilogue
+        if w.bias is not None and not on_kernels:  # the native kernels add it in their gate epilogue
             xw += w.bias
         xw = xw.reshape(T, N, D, G * H)
     # a step needs masking only once some sequence has ended; the native kernels take lengths instead
@@ -298,9 +343,9 @@ def _directions(xp, cfg, wants, X, w, H, lengths, initial_h, initial_c, P):
         if one_row:
             x_d = project_packed(X, w.kernel_in[d], None, H, G)                          # (T, 1, G*H)
         else:
-            x_d = X if fused else xw[:, :, d]  # (T, N, I) or (T, N, G*H), in input time order
+            x_d = X if fused or bf16 else xw[:, :, d]  # (T, N, I) or (T, N, G*H), in input time order
         y_d = None if ys is None else ys[:, d]  # (T, N, H)
-        if backwards and reverse_index is None and w.kernel is None:
+        if backwards and reverse_index is None and not on_kernels:
             x_d, y_d = x_d[::-1], None if y_d is None else y_d[::-1]  # views: reading backwards is free
         elif backwards and reverse_index is not None:
             # each sequence runs backwards from its own last step: gather once (X is I wide, the
@@ -308,7 +353,13 @@ def _directions(xp, cfg, wants, X, w, H, lengths, initial_h, initial_c, P):
             x_d = x_d[reverse_index, xp.arange(N)[None, :]]
             y_d = None if ys is None else xp.empty((T, N, H), X.dtype)
         acts = tuple(slot[d] if len(slot) > 1 else slot[0] for slot in cfg.activations)
-        if on_kernels:
+        if bf16:
+            state = native_bf16.sequence_forward(x_d, w.bf16[d], (hs[d],) if cs is None else (hs[d], cs[d]),
+                                                 backwards and reverse_index is None,
+                                                 aligned_empty((T, N, H)) if y_d is None else y_d, lengths)
+            for kept, final in zip((hs, cs), state):
+                kept[d] = final
+        elif on_kernels:
             GH = G * H
             # one row may read R^T as stored, in the kernels' row form (a GRU's; an LSTM keeps its packed R)
             kernel = stored_weights(w.R_T[d]) if one_row and reads_row_form(w.R_T[d], 1, kept=True) else w.kernel[d]

@@ -27,6 +27,10 @@ class Unsupported(Exception):
     """This node cannot be run as written; the message names the op and what is missing."""
 
 
+class WeightsUnsupported(Unsupported):
+    """This node runs, but cannot read the session's weight format (``Node.weights``)."""
+
+
 @dataclass(frozen=True)
 class OpDef:
     prepare: Callable[[Node], Kernel]
@@ -58,12 +62,15 @@ class Node:
     by accident. ``constant(i)`` gives an input's value when it is known at load time.
     """
 
-    def __init__(self, proto: NodeProto, schema, xp: ModuleType, constants: dict, max_tensor_bytes: int):
+    def __init__(self, proto: NodeProto, schema, xp: ModuleType, constants: dict, max_tensor_bytes: int,
+                 weights: str = "float32"):
         self.op_type = proto.op_type
         self.label = f"{proto.op_type} node {proto.name!r}" if proto.name else f"{proto.op_type} node"
         self.since = schema.since_version  # the op's schema version in effect for the model's opset
         self._schema_attrs = schema.attributes
         self.xp = xp
+        self.weights = weights       # the session's weight format: what a recurrent node's kernel reads
+        self.reads_bf16 = False      # set by a prepare whose kernel reads bfloat16 weights
         self.inputs = list(proto.input)  # '' marks an omitted optional input
         self.outputs = list(proto.output)
         self.max_tensor_bytes = max_tensor_bytes
