@@ -33,16 +33,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from model_core.cells.native_bf16 import round_bf16
 from model_core.onnx import InferenceSession
+from model_core.onnx.ops.recurrent import BF16_OPS          # the nodes InferenceSession(weights="bfloat16") runs
+from model_core.onnx.ops.recurrent_loops import GATES
 from model_core.threads import set_num_threads
 from scripts import bench_peers as peers
 
 set_num_threads(blas_threads.threads(default=1))           # our kernels' team and OpenBLAS
 
-GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 DEFAULT_SHAPES = "1,100,64,256;32,100,64,256;16,100,128,128"
-
-
-BF16_OPS = ("LSTM", "GRU")        # the nodes InferenceSession(weights="bfloat16") runs
 
 
 def build(op: str, direction: str, B: int, T: int, I: int, H: int, ragged: bool, seed: int = 0,
