@@ -6,6 +6,7 @@ and bit for bit against an exported model's own bfloat16 layers. Nodes that cann
 refused with the reason, as ``WeightFormatError``."""
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -105,6 +106,34 @@ def test_an_exported_model_reads_its_layers_bfloat16_bits(cell, tmp_path):
     first, state = served.forward(x[:4])
     rest, _ = served.forward(x[4:], state)
     assert np.array_equal(np.concatenate([first, rest]), want)
+
+
+def test_one_bfloat16_session_serves_many_threads_at_once():
+    """The service runs a session from many threads: the packed weights are read-only and each call
+    has its own scratch, so threads with different feeds (batch sizes, lengths) at once get the bits
+    each feed gets alone, call after call."""
+    case = replace(CASES[1], shape=(7, 4, 6, 32))
+    session = InferenceSession(_with_initializers(case, recurrent_feed(case)), weights="bfloat16")
+    rng = np.random.default_rng(0)
+    feeds = [{"X": rng.standard_normal((7, N, 6)).astype(np.float32),
+              "sequence_lens": rng.integers(0, 8, N).astype(np.int32),
+              "initial_h": rng.standard_normal((1, N, 32)).astype(np.float32),
+              "initial_c": rng.standard_normal((1, N, 32)).astype(np.float32)} for N in (4, 1, 3, 4)]
+    expected = [session.run(None, f) for f in feeds]
+    results, barrier = [None] * len(feeds), threading.Barrier(len(feeds))
+
+    def work(k):
+        barrier.wait()
+        results[k] = [session.run(None, feeds[k]) for _ in range(20)]
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(feeds))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for runs, want in zip(results, expected):
+        for got in runs:
+            assert all(np.array_equal(g, w) for g, w in zip(got, want))
 
 
 def _refused(model_bytes, match):
