@@ -1,11 +1,13 @@
 """Builders shared by the ONNX tests and ``scripts/make_onnx_golden.py``: single-node recurrent
-graphs from the operator spec, their random feeds, onnxruntime as the reference, and golden files.
+graphs from the operator spec, their random feeds, onnxruntime as the reference, golden files, and
+the check that one session serves many threads at once.
 
 A golden case is ``<name>.onnx`` next to ``<name>.npz`` holding ``input.<name>`` and
 ``output.<name>`` arrays (loaded with ``allow_pickle=False``).
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -41,6 +43,27 @@ def make_model(nodes, inputs, outputs, opset: int, initializers=()) -> ModelProt
                               initializer=list(initializers))
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                              ir_version=ir_version_for(opset), producer_name="onnx_reference")
+
+
+def assert_concurrent_runs_match(session, feeds: list[dict], calls: int) -> None:
+    """Each feed run ``calls`` times on its own thread, all threads started together, gives the
+    arrays the same feed gives when run alone first: a session keeps no per-call state."""
+    expected = [session.run(None, f) for f in feeds]
+    results, barrier = [None] * len(feeds), threading.Barrier(len(feeds))
+
+    def work(k):
+        barrier.wait()
+        results[k] = [session.run(None, feeds[k]) for _ in range(calls)]
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(feeds))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for runs, want in zip(results, expected):
+        for got in runs:
+            for g, w in zip(got, want):
+                np.testing.assert_array_equal(g, w)
 
 
 # -- recurrent cases --------------------------------------------------------------------------------

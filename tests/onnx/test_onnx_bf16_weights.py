@@ -6,7 +6,6 @@ and bit for bit against an exported model's own bfloat16 layers. Nodes that cann
 refused with the reason, as ``WeightFormatError``."""
 from __future__ import annotations
 
-import threading
 from dataclasses import replace
 
 import numpy as np
@@ -17,7 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 from model_core import native
 from model_core.cells.native_bf16 import round_bf16
 from model_core.onnx import InferenceSession, OnnxLoadError, WeightFormatError
-from tests.onnx.onnx_reference import RecurrentCase, make_model, recurrent_feed, recurrent_model
+from tests.onnx.onnx_reference import (RecurrentCase, assert_concurrent_runs_match, make_model, recurrent_feed,
+                                       recurrent_model)
 
 pytestmark = pytest.mark.skipif(not native.AVAILABLE, reason=f"native kernels unavailable: {native.REASON}")
 
@@ -119,21 +119,7 @@ def test_one_bfloat16_session_serves_many_threads_at_once():
               "sequence_lens": rng.integers(0, 8, N).astype(np.int32),
               "initial_h": rng.standard_normal((1, N, 32)).astype(np.float32),
               "initial_c": rng.standard_normal((1, N, 32)).astype(np.float32)} for N in (4, 1, 3, 4)]
-    expected = [session.run(None, f) for f in feeds]
-    results, barrier = [None] * len(feeds), threading.Barrier(len(feeds))
-
-    def work(k):
-        barrier.wait()
-        results[k] = [session.run(None, feeds[k]) for _ in range(20)]
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(feeds))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for runs, want in zip(results, expected):
-        for got in runs:
-            assert all(np.array_equal(g, w) for g, w in zip(got, want))
+    assert_concurrent_runs_match(session, feeds, calls=20)
 
 
 def _refused(model_bytes, match):

@@ -5,14 +5,14 @@ is exercised on random data. The committed golden files (``tests/golden/onnx_ops
 ``scripts/make_onnx_golden.py``) keep the check running where onnxruntime is not installed.
 Each test runs on ``cpu`` and, when CuPy and a CUDA device are present, on ``gpu``.
 """
-import threading
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from tests.onnx.onnx_reference import (ACTIVATIONS, GOLDEN_OPS_DIR, RecurrentCase, golden_names, golden_recurrent_cases,
-                            load_case, ort_recurrent, recurrent_feed, recurrent_model)
+from tests.onnx.onnx_reference import (ACTIVATIONS, GOLDEN_OPS_DIR, RecurrentCase, assert_concurrent_runs_match,
+                                       golden_names, golden_recurrent_cases, load_case, ort_recurrent, recurrent_feed,
+                                       recurrent_model)
 
 from model_core.onnx import InferenceSession
 
@@ -179,23 +179,7 @@ def test_concurrent_runs_share_one_session(device):
     """No per-call state on the session: threads running different feeds get their own answers."""
     case = RecurrentCase("LSTM", "bidirectional", shape=(6, 3, 4, 5), peepholes=True)
     session = InferenceSession(recurrent_model(case).SerializeToString(), device=device)
-    feeds = [recurrent_feed(replace(case, seed=s)) for s in range(8)]
-    expected = [session.run(None, f) for f in feeds]
-    results, barrier = [None] * len(feeds), threading.Barrier(len(feeds))
-
-    def work(k):
-        barrier.wait()
-        results[k] = [session.run(None, feeds[k]) for _ in range(5)]
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(feeds))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for got_runs, want in zip(results, expected):
-        for got in got_runs:
-            for g, w in zip(got, want):
-                np.testing.assert_array_equal(g, w)
+    assert_concurrent_runs_match(session, [recurrent_feed(replace(case, seed=s)) for s in range(8)], calls=5)
 
 
 # -- committed golden files: run without onnxruntime ------------------------------------------------
