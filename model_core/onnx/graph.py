@@ -59,13 +59,11 @@ class Plan:
             else:
                 steps.append((label, kernel, proto))
         if problems:
-            listed = ", ".join(p if n == 1 else f"{p} ({n} nodes)" for p, n in problems.items())
-            raise OnnxLoadError(f"unsupported: {listed}")
+            raise OnnxLoadError(f"unsupported: {_listed(problems)}")
         if weights == "bfloat16" and not (weight_problems or reads_bf16):
             weight_problems["no LSTM or GRU node to read them"] += 1
         if weight_problems:
-            listed = ", ".join(p if n == 1 else f"{p} ({n} nodes)" for p, n in weight_problems.items())
-            raise WeightFormatError(f"weights={weights!r} is not available for this graph: {listed}")
+            raise WeightFormatError(f"weights={weights!r} is not available for this graph: {_listed(weight_problems)}")
         self.weight_format = "bfloat16" if reads_bf16 else "float32"
         self.constants = constants  # read-only from here on
         self.constant_ids = frozenset(id(v) for v in [*constants.values(), *self.defaults.values()])
@@ -90,6 +88,11 @@ class Plan:
                 for name in step.release:
                     env.pop(name, None)
         return [env[name] for name in output_names]
+
+
+def _listed(problems: Counter[str]) -> str:
+    """Each problem once, with how many nodes have it where more than one does."""
+    return ", ".join(p if n == 1 else f"{p} ({n} nodes)" for p, n in problems.items())
 
 
 def _prepare(proto, opset, xp, constants, max_tensor_bytes, problems, weight_problems, weights):
