@@ -24,6 +24,11 @@ typedef uint32_t u8w __attribute__((vector_size(32), aligned(4), may_alias));
 typedef uint32_t u16w __attribute__((vector_size(64), aligned(4), may_alias));
 #define BF_BLOCK 16                                  /* hidden units per block of the layout */
 #define BF_SLOTS 4                                   /* accumulators a row: LSTM i f g o; GRU r z, n's input and hidden sums */
+/* A step's work items on a team: row chunks of BF_TEAM_CHUNK rows x nth parts of the unit blocks,
+ * thread o's share part o (its weights stay in its L2), which it runs first; one thread: one item.
+ * Against 2 or 4 parts a thread and chunks of 8 or 32 (in-process A/B, 2 threads): level within
+ * the noise, 32 rows up to 1.05x. */
+#define BF_TEAM_CHUNK 16
 #endif
 
 #ifdef WIDE
@@ -108,65 +113,102 @@ INL void ISA(bf_tile)(const int G, const int mr, int64_t KPx, int64_t KP, const 
     }
 }
 
+/* Rows [b0, b1) of the step at time t for unit blocks [u0, u1) (a work item), row pairs outer so that
+ * a pair's v stays in L1 across the blocks: each BF_MR rows' tiles, or, where all of them have ended
+ * (a ragged batch's tail, ranked longest first by the ONNX nodes), the state passed through with no
+ * sums. (Blocks outer re-read v from L2: 1.01-1.04x the time at 1 thread, in-process A/B.) */
+INL void ISA(bf16_item)(const int G, int64_t H, int64_t KPx, int64_t KP, int64_t Ip, int64_t vs, int64_t u0, int64_t u1,
+                        int64_t b0, int64_t b1, int64_t t, const int64_t *lens, const uint32_t *w,
+                        const float *bias16, const float *vc, float *vn, float *c, float *y, int64_t yt, int64_t yb)
+{
+    const int64_t HB = vs - Ip, a0 = u0 * BF_BLOCK, a1 = u1 * BF_BLOCK < H ? u1 * BF_BLOCK : H;
+    for (int64_t b = b0; b < b1; b += BF_MR) {
+        int m = b1 - b < BF_MR ? (int)(b1 - b) : BF_MR, run[BF_MR] = {0}, any = 0;
+        for (int r = 0; r < m; r++) any |= run[r] = !lens || t < lens[b + r];
+        if (!any) {
+            for (int r = 0; r < m; r++) {
+                memcpy(vn + (b + r) * vs + Ip + a0, vc + (b + r) * vs + Ip + a0, (size_t)(a1 - a0) * sizeof(float));
+                if (y) memset(y + t * yt + (b + r) * yb + a0, 0, (size_t)(a1 - a0) * sizeof(float));
+            }
+            continue;
+        }
+        for (int64_t u = u0; u < u1; u++)
+            for (int64_t l = 0; l < BF_BLOCK; l += BLANES) {
+                int64_t a = u * BF_BLOCK + l, nl = H - a < BLANES ? H - a : BLANES;
+                if (nl <= 0) break;
+                const uint32_t *wu = w + u * KP * BF_BLOCK * G + l;
+                const float *bu = bias16 + u * BF_BLOCK * BF_SLOTS + l;
+                float *yo = y ? y + t * yt + b * yb + a : 0;
+#define TILE(g, mr) ISA(bf_tile)(g, mr, KPx, KP, wu, bu, vc + b * vs, vs, run, c + b * HB + a, HB, \
+                                 vc + b * vs + Ip + a, vn + b * vs + Ip + a, yo, yb, nl)
+                if (G == 4) { if (m == BF_MR) TILE(4, BF_MR); else TILE(4, 1); }
+                else { if (m == BF_MR) TILE(3, BF_MR); else TILE(3, 1); }
+#undef TILE
+            }
+    }
+}
+
+/* Thread tid of nth: the items of each step it claims (next_item; BF_TEAM_CHUNK's), thread 0 also
+ * the next step's input rows, then the wait for all of the step's work (step_done), as the float32
+ * kernels do. A static split of the blocks with an omp barrier a step left a thread waiting whenever
+ * the host slowed the other's core (GRU B=64, 2 threads: 9.5% of the samples in the barrier's
+ * spin). In-process A/B, 2 threads, H=256, median of 21: GRU B=16-256 0.89-0.93x the time, B=1
+ * 0.95; LSTM B=256 0.94, B=1-64 level (0.97-1.02); 1 thread level (0.96-1.02). */
+static void ISA(forward_bf16_part)(int tid, int nth, int64_t *claims, const int G, int64_t T, int64_t B, int64_t H,
+                                   int64_t I, int32_t reverse, const float *x, int64_t xt, int64_t xb,
+                                   const uint32_t *w, const float *bias16, const int64_t *lens, float *y, int64_t yt,
+                                   int64_t yb, float *work)
+{
+    const int64_t UB = (H + BF_BLOCK - 1) / BF_BLOCK, Ip = (I + 1) & ~(int64_t)1, Hp = (H + 1) & ~(int64_t)1;
+    const int64_t KPx = Ip / 2, KP = (Ip + Hp) / 2, vs = Ip + UB * BF_BLOCK;
+    const int64_t S = nth < UB ? nth : UB, chunk = nth > 1 ? BF_TEAM_CHUNK : B, nc = (B + chunk - 1) / chunk,
+                  items = nc * S;
+    float *v[2] = {work, work + B * vs}, *c = work + 2 * B * vs;
+    for (int64_t s = 0; s < T; s++) {
+        int64_t t = reverse ? T - 1 - s : s, ran = 0, copy = s + 1 < T;
+        const float *vc = v[s & 1];
+        float *vn = v[(s + 1) & 1];
+        if (tid == 0 && copy) {          /* vn's input rows: read by step s + 1 only, written here by no item */
+            int64_t tn = reverse ? t - 1 : t + 1;
+            for (int64_t b = 0; b < B; b++) memcpy(vn + b * vs, x + tn * xt + b * xb, (size_t)I * sizeof(float));
+        }
+        int64_t *step_claims = claims ? claims + s * (nth + 1) * CLAIM_STRIDE : 0;
+        for (int64_t j = next_item(step_claims, tid, nth, items, -1); j < items;
+             j = next_item(step_claims, tid, nth, items, j), ran++) {
+            int64_t p = j / nc, b0 = j % nc * chunk, b1 = b0 + chunk < B ? b0 + chunk : B;
+            ISA(bf16_item)(G, H, KPx, KP, Ip, vs, UB * p / S, UB * (p + 1) / S, b0, b1, t, lens, w, bias16, vc, vn, c,
+                           y, yt, yb);
+        }
+        if (step_claims) step_done(step_claims + nth * CLAIM_STRIDE, ran + (tid == 0 && copy), items + copy);
+    }
+}
+
 /* One direction of T steps from the raw input x (T, B, I) (rows xt / xb floats apart) over the
  * packed bf16 weights of G gates (4 LSTM, 3 GRU); lens (B,) or NULL as mc_lstm_forward's; h0 (B, H),
  * and c0 for the LSTM; y (T, B, H) rows yt / yb apart, or NULL; hT, and cT for the LSTM (B, H) out.
- * The team splits the unit blocks, one barrier a step. work: 2 * B * vs + B * UB * 16 floats, on a
- * cache line (vs = Ip + UB * 16). */
+ * work: 2 * B * vs + B * UB * 16 floats, on a cache line (vs = Ip + UB * 16). */
 static void ISA(forward_bf16)(const int G, int64_t T, int64_t B, int64_t H, int64_t I, int32_t reverse,
                               const float *x, int64_t xt, int64_t xb, const uint32_t *w, const float *bias16,
                               const int64_t *lens, const float *h0, const float *c0, float *y, int64_t yt, int64_t yb,
                               float *hT, float *cT, float *work, int nth)
 {
-    const int64_t UB = (H + BF_BLOCK - 1) / BF_BLOCK, Ip = (I + 1) & ~(int64_t)1, Hp = (H + 1) & ~(int64_t)1;
-    const int64_t KPx = Ip / 2, KP = (Ip + Hp) / 2, HB = UB * BF_BLOCK, vs = Ip + HB;
-    float *v[2] = {work, work + B * vs}, *c = work + 2 * B * vs;
+    const int64_t UB = (H + BF_BLOCK - 1) / BF_BLOCK, Ip = (I + 1) & ~(int64_t)1, HB = UB * BF_BLOCK, vs = Ip + HB;
+    float *v0 = work, *c = work + 2 * B * vs;
     memset(work, 0, (size_t)(2 * B * vs + B * HB) * sizeof(float));      /* padding lanes: zero for good */
     for (int64_t b = 0; b < B; b++) {
-        memcpy(v[0] + b * vs + Ip, h0 + b * H, (size_t)H * sizeof(float));
+        memcpy(v0 + b * vs + Ip, h0 + b * H, (size_t)H * sizeof(float));
         if (G == 4) memcpy(c + b * HB, c0 + b * H, (size_t)H * sizeof(float));
-        if (T > 0) memcpy(v[0] + b * vs, x + (reverse ? T - 1 : 0) * xt + b * xb, (size_t)I * sizeof(float));
+        if (T > 0) memcpy(v0 + b * vs, x + (reverse ? T - 1 : 0) * xt + b * xb, (size_t)I * sizeof(float));
     }
-#define TILE(g, m) ISA(bf_tile)(g, m, KPx, KP, wu, bu, vc + b * vs, vs, run, c + b * HB + a, HB, vc + b * vs + Ip + a, \
-                                vn + b * vs + Ip + a, yo, yb, nl)
-#define PART(tid, nt) do { \
-        int64_t u0 = UB * (tid) / (nt), u1 = UB * ((tid) + 1) / (nt); \
-        for (int64_t s = 0; s < T; s++) { \
-            int64_t t = reverse ? T - 1 - s : s; \
-            const float *vc = v[s & 1]; float *vn = v[(s + 1) & 1]; \
-            for (int64_t b = 0; b < B; b += BF_MR) { \
-                int m = B - b < BF_MR ? (int)(B - b) : BF_MR, run[BF_MR] = {0}, any = 0; \
-                for (int r = 0; r < m; r++) any |= run[r] = !lens || t < lens[b + r]; \
-                if (!any) { /* every row ended: pass the state through, no sums (a ragged batch's tail) */ \
-                    int64_t a0 = u0 * BF_BLOCK, a1 = u1 * BF_BLOCK < H ? u1 * BF_BLOCK : H; \
-                    for (int r = 0; r < m && a0 < a1; r++) { \
-                        memcpy(vn + (b + r) * vs + Ip + a0, vc + (b + r) * vs + Ip + a0, (size_t)(a1 - a0) * sizeof(float)); \
-                        if (y) memset(y + t * yt + (b + r) * yb + a0, 0, (size_t)(a1 - a0) * sizeof(float)); \
-                    } \
-                    continue; \
-                } \
-                for (int64_t u = u0; u < u1; u++) \
-                    for (int64_t l = 0; l < BF_BLOCK; l += BLANES) { \
-                        int64_t a = u * BF_BLOCK + l, nl = H - a < BLANES ? H - a : BLANES; \
-                        if (nl <= 0) break; \
-                        const uint32_t *wu = w + u * KP * BF_BLOCK * G + l; \
-                        const float *bu = bias16 + u * BF_BLOCK * BF_SLOTS + l; \
-                        float *yo = y ? y + t * yt + b * yb + a : 0; \
-                        if (G == 4) { if (m == BF_MR) TILE(4, BF_MR); else TILE(4, 1); } \
-                        else { if (m == BF_MR) TILE(3, BF_MR); else TILE(3, 1); } \
-                    } \
-            } \
-            if ((tid) == 0 && s + 1 < T) { \
-                int64_t tn = reverse ? t - 1 : t + 1; \
-                for (int64_t b = 0; b < B; b++) memcpy(vn + b * vs, x + tn * xt + b * xb, (size_t)I * sizeof(float)); \
-            } \
-            BARRIER(nt); \
-        } \
-    } while (0)
+    int64_t *claims = nth > 1 ? calloc((size_t)(T * (nth + 1) * CLAIM_STRIDE), sizeof(int64_t)) : 0;   /* next_item */
+    if (!claims) nth = 1;
+    if (nth > 1) __atomic_add_fetch(&team_forwards, 1, __ATOMIC_RELAXED);
+#define PART(tid, nt) ISA(forward_bf16_part)(tid, nt, claims, G, T, B, H, I, reverse, x, xt, xb, w, bias16, lens, y, yt, \
+                                             yb, work)
     RUN_PARTS(nth, PART);
 #undef PART
-#undef TILE
-    const float *hl = v[T & 1];
+    free(claims);
+    const float *hl = work + (T & 1) * B * vs;
     for (int64_t b = 0; b < B; b++) {
         memcpy(hT + b * H, hl + b * vs + Ip, (size_t)H * sizeof(float));
         if (G == 4) memcpy(cT + b * H, c + b * HB, (size_t)H * sizeof(float));

@@ -94,17 +94,32 @@ def test_a_step_gives_the_forward_s_bits_in_any_batch(cls):
 
 
 @pytest.mark.parametrize("cls", CELLS)
-def test_two_threads_give_one_thread_s_bits(cls):
-    layer, _ = _pair(cls, 64, 256)
-    x = np.random.default_rng(4).standard_normal((5, 3, 64)).astype(np.float32)
-    one = layer.forward_states(x)
+@pytest.mark.parametrize("I, H, T, B, lengths", [
+    (64, 256, 5, 3, None),                                   # one row chunk
+    (6, 264, 4, 37, "ranked"),                               # three chunks, the last partial; 17 blocks
+    (5, 40, 3, 50, "unranked"),                              # 3 blocks, 4 chunks; rows ending anywhere
+])
+def test_two_threads_give_one_thread_s_bits(cls, I, H, T, B, lengths):
+    """The team's items (row chunks x a thread's blocks, taken by whichever thread is free) sum each
+    row as one thread does: the same bits, in a forward over several chunks, ragged or not, and in a
+    one-row step."""
+    layer, _ = _pair(cls, I, H)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    lens = None if lengths is None else rng.integers(0, T + 1, B)
+    if lengths == "ranked":
+        lens = np.sort(lens)[::-1].copy()
+    one = layer.forward_states(x, lengths=lens)
     one_step = layer.step_states(x[0, :1], None)
+    teams = native.lib.mc_team_forwards()
     try:
         model_core.set_num_threads(2)
-        two = layer.forward_states(x)
+        two = layer.forward_states(x, lengths=lens)
         two_step = layer.step_states(x[0, :1], None)
+        team = native.threads() > 1
     finally:
         model_core.set_num_threads(1)
+    assert native.lib.mc_team_forwards() > teams or not team          # every forward here is past TEAM_MIN_MACS
     for a, b in ((one[0], two[0]), (one_step[0], two_step[0]), *zip(one[1], two[1])):
         assert np.array_equal(a, b)
 
