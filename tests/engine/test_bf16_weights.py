@@ -223,10 +223,10 @@ def _outputs() -> dict:
     out = {}
     rng = np.random.default_rng(9)
     for cls in CELLS:
-        for I, H, B in ((64, 256, 1), (5, 33, 3), (7, 40, 2)):
+        for I, H, B, lens in ((64, 256, 1, None), (5, 33, 3, None), (7, 40, 2, None), (6, 24, 5, [4, 1, 3, 0, 2])):
             layer = cls(I, H, seed=2).freeze(weights="bfloat16")
             x = rng.standard_normal((4, B, I)).astype(np.float32)
-            y, s = layer.forward_states(x)
+            y, s = layer.forward_states(x, lengths=lens)     # ragged: a tile's rows end apart
             out[f"{cls.__name__}-{H}-{B}-y"] = y
             out[f"{cls.__name__}-{H}-{B}-step"] = layer.step_states(x[0], s)[0]
     return out
