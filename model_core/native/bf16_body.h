@@ -29,6 +29,20 @@ typedef uint32_t u16w __attribute__((vector_size(64), aligned(4), may_alias));
  * Against 2 or 4 parts a thread and chunks of 8 or 32 (in-process A/B, 2 threads): level within
  * the noise, 32 rows up to 1.05x. */
 #define BF_TEAM_CHUNK 16
+/* the layout's sizes for H units and I inputs: UB blocks; Ip: I rounded up to even (H too, in KP); KPx
+ * input row pairs of KP; HB = UB * BF_BLOCK; vs: floats a row of v, [x_t (Ip), h (HB)] */
+typedef struct { int64_t UB, Ip, KPx, KP, HB, vs; } bf16_dims_t;
+static inline bf16_dims_t bf16_dims(int64_t H, int64_t I)
+{
+    bf16_dims_t d;
+    d.UB = (H + BF_BLOCK - 1) / BF_BLOCK;
+    d.Ip = (I + 1) & ~(int64_t)1;
+    d.KPx = d.Ip / 2;
+    d.KP = (d.Ip + ((H + 1) & ~(int64_t)1)) / 2;
+    d.HB = d.UB * BF_BLOCK;
+    d.vs = d.Ip + d.HB;
+    return d;
+}
 #endif
 
 #ifdef WIDE
@@ -221,8 +235,8 @@ static void ISA(forward_bf16_part)(int tid, int nth, int64_t *claims, const int 
                                    const uint32_t *w, const float *bias16, const int64_t *lens, float *y, int64_t yt,
                                    int64_t yb, float *work)
 {
-    const int64_t UB = (H + BF_BLOCK - 1) / BF_BLOCK, Ip = (I + 1) & ~(int64_t)1, Hp = (H + 1) & ~(int64_t)1;
-    const int64_t KPx = Ip / 2, KP = (Ip + Hp) / 2, vs = Ip + UB * BF_BLOCK;
+    const bf16_dims_t d = bf16_dims(H, I);
+    const int64_t UB = d.UB, Ip = d.Ip, KPx = d.KPx, KP = d.KP, vs = d.vs;
     const int64_t S = nth < UB ? nth : UB, chunk = nth > 1 ? BF_TEAM_CHUNK : B, nc = (B + chunk - 1) / chunk,
                   items = nc * S;
     float *v[2] = {work, work + B * vs}, *c = work + 2 * B * vs;
@@ -254,7 +268,8 @@ static void ISA(forward_bf16)(const int G, int64_t T, int64_t B, int64_t H, int6
                               const int64_t *lens, const float *h0, const float *c0, float *y, int64_t yt, int64_t yb,
                               float *hT, float *cT, float *work, int nth)
 {
-    const int64_t UB = (H + BF_BLOCK - 1) / BF_BLOCK, Ip = (I + 1) & ~(int64_t)1, HB = UB * BF_BLOCK, vs = Ip + HB;
+    const bf16_dims_t d = bf16_dims(H, I);
+    const int64_t Ip = d.Ip, HB = d.HB, vs = d.vs;
     float *v0 = work, *c = work + 2 * B * vs;
     memset(work, 0, (size_t)(2 * B * vs + B * HB) * sizeof(float));      /* padding lanes: zero for good */
     for (int64_t b = 0; b < B; b++) {
@@ -262,9 +277,7 @@ static void ISA(forward_bf16)(const int G, int64_t T, int64_t B, int64_t H, int6
         if (G == 4) memcpy(c + b * HB, c0 + b * H, (size_t)H * sizeof(float));
         if (T > 0) memcpy(v0 + b * vs, x + (reverse ? T - 1 : 0) * xt + b * xb, (size_t)I * sizeof(float));
     }
-    int64_t *claims = nth > 1 ? calloc((size_t)(T * (nth + 1) * CLAIM_STRIDE), sizeof(int64_t)) : 0;   /* next_item */
-    if (!claims) nth = 1;
-    if (nth > 1) __atomic_add_fetch(&team_forwards, 1, __ATOMIC_RELAXED);
+    int64_t *claims = team_claims(T, &nth);                                   /* next_item */
 #define PART(tid, nt) ISA(forward_bf16_part)(tid, nt, claims, G, T, B, H, I, reverse, x, xt, xb, w, bias16, lens, y, yt, \
                                              yb, work)
     RUN_PARTS(nth, PART);

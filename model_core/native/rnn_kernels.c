@@ -597,8 +597,8 @@ static size_t input_step_scratch(int64_t B, int64_t H, int64_t I, int64_t G, int
  * and cT the LSTM's only); y may be NULL. Returns 0, -1 without memory, -2 for another G. */
 static size_t bf16_work(int64_t B, int64_t H, int64_t I)
 {
-    int64_t HB = (H + BF_BLOCK - 1) / BF_BLOCK * BF_BLOCK, vs = ((I + 1) & ~(int64_t)1) + HB;
-    return (size_t)(2 * B * vs + B * HB);
+    const bf16_dims_t d = bf16_dims(H, I);
+    return (size_t)(2 * B * d.vs + B * d.HB);
 }
 
 int32_t mc_forward_bf16(int64_t G, int64_t T, int64_t B, int64_t H, int64_t I, int32_t reverse, const float *x,

@@ -152,6 +152,16 @@ static inline void step_done(int64_t *done, int64_t n, int64_t need)
     while (__atomic_load_n(done, __ATOMIC_ACQUIRE) < need) CPU_RELAX();
 }
 
+/* A forward's next_item counters, one set a step (then its step_done count), zeroed; NULL for one
+ * thread, or without memory, which then sets *nth to 1. Counts a call the team runs (team_forwards). */
+static inline int64_t *team_claims(int64_t T, int *nth)
+{
+    int64_t *claims = *nth > 1 ? calloc((size_t)(T * (*nth + 1) * CLAIM_STRIDE), sizeof(int64_t)) : 0;
+    if (!claims) *nth = 1;
+    else __atomic_add_fetch(&team_forwards, 1, __ATOMIC_RELAXED);
+    return claims;
+}
+
 #endif
 
 INL v8 ISA(ld)(const float *p) { return *(const v8u *)p; }
@@ -1125,9 +1135,7 @@ static void ISA(lstm_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, 
     int on_use = 0;
 #endif
     pack_first_unless(on_use, 4, I, H, &si, &sh, wi, w);
-    int64_t *claims = nth > 1 ? calloc((size_t)(T * (nth + 1) * CLAIM_STRIDE), sizeof(int64_t)) : 0;   /* next_item */
-    if (!claims) nth = 1;
-    if (nth > 1) __atomic_add_fetch(&team_forwards, 1, __ATOMIC_RELAXED);
+    int64_t *claims = team_claims(T, &nth);                                   /* next_item */
     const int64_t i0 = first_step(T, B);
 #define PART(tid, n) ISA(lstm_forward_part)(tid, n, claims, T, i0, B, H, reverse, x, xt, xb, xi, xit, xib, I, wi, bx, lens, w, \
                                             wk, wg, wu, h0, c0, \
@@ -1486,9 +1494,7 @@ static void ISA(gru_forward)(int64_t T, int64_t B, int64_t H, int32_t reverse, c
     int on_use = 0;
 #endif
     pack_first_unless(on_use, 3, I, H, &si, &sh, wi, w);
-    int64_t *claims = nth > 1 ? calloc((size_t)(T * (nth + 1) * CLAIM_STRIDE), sizeof(int64_t)) : 0;
-    if (!claims) nth = 1;
-    if (nth > 1) __atomic_add_fetch(&team_forwards, 1, __ATOMIC_RELAXED);
+    int64_t *claims = team_claims(T, &nth);                                   /* next_item */
     const int64_t i0 = first_step(T, B);
 #define PART(tid, n) ISA(gru_forward_part)(tid, n, claims, T, i0, B, H, reverse, x, xt, xb, xi, xit, xib, I, wi, bx, lens, w, wk, \
                                            wg, wu, b_hn, h0, \
@@ -1679,9 +1685,7 @@ static void ISA(rnn_forward)(int64_t T, int64_t B, int64_t H, int64_t I, int32_t
     int on_use = 0;
 #endif
     pack_first_unless(on_use, 1, I, H, &si, &sh, wi, w);
-    int64_t *claims = nth > 1 ? calloc((size_t)(T * (nth + 1) * CLAIM_STRIDE), sizeof(int64_t)) : 0;
-    if (!claims) nth = 1;
-    if (nth > 1) __atomic_add_fetch(&team_forwards, 1, __ATOMIC_RELAXED);
+    int64_t *claims = team_claims(T, &nth);                                   /* next_item */
     const int r = relu != 0;
     const int64_t i0 = first_step(T, B);
 #define PART(tid, n) ISA(rnn_forward_part)(tid, n, claims, T, i0, B, H, I, reverse, r, x, xt, xb, wi, bx, lens, w, packed, \
