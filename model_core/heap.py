@@ -5,10 +5,11 @@ raises as such blocks are freed, up to 32 MiB) and trims the heap's top once the
 passes its trim threshold. The next call's arrays then land on fresh pages, and each page's first
 touch is a fault: a ragged ONNX LSTM node (B=32, T=100, H=256, two threads), whose ranked batch
 takes two more arrays than a full one, took ~1,880 faults a call and ran slower than not ranking
-at all (docs/performance.md). Fixed thresholds keep freed pages for the next call: ~40 faults a
-call. Training pays the same way: an LSTM's forward cache and BPTT's gradients (B=32, T=100,
-H=512: ~45 MB a step) took 2,200-5,100 faults a training step at B=32, H=256 and 512. The cost is the process's
-footprint, which stays at its peak, as with an arena.
+at all (docs/performance-log.md, "Ragged batches ranked in the kernel"). Fixed thresholds keep
+freed pages for the next call: ~40 faults a call. Training pays the same way: an LSTM's forward
+cache and BPTT's gradients (B=32, T=100, H=512: ~45 MB a step) took 2,200-5,100 faults a training
+step at B=32, H=256 and 512. The cost is the process's footprint, which stays at its peak, as with
+an arena.
 
 Process-wide, so the engine never sets it on import (PyTorch leaves the C allocator alone too): the
 processes this project owns call it (``InferenceSession`` unless ``enable_cpu_mem_arena`` is off,

@@ -49,7 +49,7 @@ def _set_openblas(n: int, team: int | None) -> str:
     """OpenBLAS's thread count, and where its parallel jobs run: on the native kernels' OpenMP team
     when ``team`` (the address of ``mc_blas_team``) is given, else on OpenBLAS's own threads. Two
     pools on few cores take turns badly: each one's idle workers spin while the other computes
-    (docs/performance.md, "Results, 2 threads")."""
+    (docs/performance-log.md, "Results, 2 threads")."""
     for path in _loaded_openblas():
         try:
             lib = ctypes.CDLL(path)                      # the already-loaded copy: same handle, same pool
