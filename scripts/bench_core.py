@@ -21,6 +21,8 @@ core's measured read rate and its FMAs at the FMA loop's rate (``step_floor``). 
 CPU; forward and step) is the frozen layer with opt-in bfloat16 weights, ``freeze(weights="bfloat16")``:
 float32 arithmetic on weights rounded once, checked against our float32 layer (the forward) or the
 naive step on the same rounded weights (1e-4); the step's has its own floor (half the bytes).
+"onednn" (LSTM and GRU, CPU) is oneDNN's RNN primitive, forward inference on weights reordered once,
+where oneDNN 2.x's C library is installed (``scripts.onednn_probe``; never a dependency).
 
 On the GPU the peers are torch's cuDNN layers and cells (a CUDA build of torch) and onnxruntime's
 CUDA provider when installed; the single-step table then covers batched sessions, B=1 to 1024.
@@ -47,7 +49,7 @@ from model_core.cells.native_bf16 import round_weights
 from model_core.nn import GRU, LSTM, RNN
 from model_core.threads import set_num_threads
 from scripts import bench_peers as peers
-from scripts import bench_probe
+from scripts import bench_probe, onednn_probe
 
 THREADS = blas_threads.threads(default=2)
 if importlib.util.find_spec("threadpoolctl") is not None:
@@ -74,14 +76,14 @@ STEP_I, STEP_H = 64, 256
 TOL = 1e-4
 FWD_HEADERS = ["shape B,T,I,H", "ours fwd ms", "ours served ms", "torch fwd ms", "ort fwd ms", "ours/ort",
                "served/ort", "ours/torch", "ours fwd+bwd ms", "torch fwd+bwd ms", "ratio ours/torch",
-               "served bf16 ms", "bf16/ort"]
+               "served bf16 ms", "bf16/ort", "onednn fwd ms", "served/onednn"]
 STEP_HEADERS = ["cell", "B", "ours step µs", "ours served µs", "torch cell µs", "naive step µs", "ours/torch",
                 "served/torch", "ours/naive", "floor µs", "served/floor", "served bf16 µs", "bf16/torch",
                 "bf16 floor µs", "bf16/floor"]
 # (column, ours, peer): ratios taken round by round (bench_peers.paired_ratio)
 PAIRS = [("ours/ort", "ours_fwd", "ort_fwd"), ("served/ort", "ours_served", "ort_fwd"),
          ("ours/torch", "ours_fwd", "torch_fwd"), ("fwd+bwd ours/torch", "ours_train", "torch_train"),
-         ("bf16/ort", "ours_bf16", "ort_fwd")]
+         ("bf16/ort", "ours_bf16", "ort_fwd"), ("served/onednn", "ours_served", "onednn_fwd")]
 PAIRED_HEADERS = ["shape B,T,I,H"] + [column for column, _, _ in PAIRS]
 
 
@@ -106,6 +108,9 @@ class Env:
         ort, onnx = peers.optional("onnxruntime"), peers.optional("onnx")
         self.ort = ort if (onnx is not None and peers.ort_usable(ort, self.gpu)) else None
         self.onnx = onnx
+        self.onednn = None if self.gpu else onednn_probe.load()
+        if self.onednn is not None:
+            onednn_probe.set_threads(THREADS)
         self.warmup = 3 if self.gpu else 1
         self.stat = args.stat
         self.floor_repeat = 3 if args.quick else 15
@@ -144,7 +149,7 @@ def bench_shape(env: Env, cell: str, shape, repeat: int) -> dict:
     dy = rng.standard_normal((T, B, H), dtype=np.float32)
     xs, dys = to_device(x, env.device), to_device(dy, env.device)
     row = {"shape": list(shape), "ours_fwd": None, "ours_served": None, "ours_bf16": None, "torch_fwd": None,
-           "ort_fwd": None, "ours_train": None, "torch_train": None, "check": {}, "ms": {}}
+           "ort_fwd": None, "onednn_fwd": None, "ours_train": None, "torch_train": None, "check": {}, "ms": {}}
     jobs = {}                                                           # name -> (fn, sync)
 
     y_ours = to_numpy(ours.forward(xs)[0])
@@ -182,6 +187,13 @@ def bench_shape(env: Env, cell: str, shape, repeat: int) -> dict:
             _fail("onnxruntime", cell, shape, err)
         runner.bind(x)
         jobs["ort_fwd"] = (lambda: runner.run(x), peers.no_sync)
+    if env.onednn is not None and cell in ("lstm", "gru"):
+        primitive = onednn_probe.Recurrent(env.onednn, cell, sd, T, B)
+        err = float(np.max(np.abs(primitive.run(x) - ref)))
+        row["check"]["onednn_vs_" + ("torch" if env.torch is not None else "ours")] = err
+        if err > TOL:
+            _fail("oneDNN", cell, shape, err)
+        jobs["onednn_fwd"] = (lambda: primitive.run(x), peers.no_sync)
 
     def ours_train():
         _, _, cache = ours.forward_train(xs)
@@ -327,10 +339,10 @@ def _ratio(a, b) -> str:
 
 def fwd_cells(row: dict) -> list[str]:
     shape = ",".join(str(v) for v in row["shape"])
-    o, sv, t, r, ot, tt, bf = (row.get(k) for k in ("ours_fwd", "ours_served", "torch_fwd", "ort_fwd", "ours_train",
-                                                    "torch_train", "ours_bf16"))
+    o, sv, t, r, ot, tt, bf, dn = (row.get(k) for k in ("ours_fwd", "ours_served", "torch_fwd", "ort_fwd",
+                                                        "ours_train", "torch_train", "ours_bf16", "onednn_fwd"))
     return [shape, _fmt(o), _fmt(sv), _fmt(t), _fmt(r), _ratio(o, r), _ratio(sv, r), _ratio(o, t), _fmt(ot), _fmt(tt),
-            _ratio(ot, tt), _fmt(bf), _ratio(bf, r)]
+            _ratio(ot, tt), _fmt(bf), _ratio(bf, r), _fmt(dn), _ratio(sv, dn)]
 
 
 def paired_cells(row: dict) -> list[str]:
@@ -405,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-PROBE_NAMES = ["openblas", "torch.mm", "mkl sgemm", "mkl packed", "numba naive", "ours rows", "ours packed"]
+PROBE_NAMES = ["openblas", "torch.mm", "mkl sgemm", "mkl packed", "onednn sgemm", "numba naive", "ours rows",
+               "ours packed"]
 
 
 def run_probe(env: Env, args) -> int:

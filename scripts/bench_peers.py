@@ -20,6 +20,7 @@ import numpy as np
 
 from model_core.heap import keep_freed_memory
 from model_core.onnx.export_weights import reorder_gates
+from scripts import onednn_probe
 
 CELLS = ("lstm", "gru", "rnn")
 TORCH_LAYER = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
@@ -70,6 +71,7 @@ def machine_info(threads: int) -> dict:
         "numpy": np.__version__, "blas": _blas(),
         "torch": torch.__version__ if torch else "n/a",
         "onnxruntime": ort.__version__ if ort else "n/a",
+        "onednn": onednn_probe.version(),
         "blas_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS") if k in os.environ},
     }
 
@@ -107,7 +109,7 @@ def keep_heap() -> str:
 def machine_line(info: dict) -> str:
     return (f"{info['cpu']} | {info['cores']} cores visible, threads={info['threads']} | "
             f"python {info['python']} | numpy {info['numpy']} ({info['blas']}) | "
-            f"torch {info['torch']} | onnxruntime {info['onnxruntime']}"
+            f"torch {info['torch']} | onnxruntime {info['onnxruntime']} | onednn {info.get('onednn', 'n/a')}"
             + (f" | heap: {info['heap']}" if "heap" in info else ""))
 
 
@@ -379,7 +381,9 @@ def print_table(title: str, headers: list[str], rows: list[list[str]]) -> None:
         for r in rows:
             table.add_row(*r)
         console = Console()
-        (console if console.is_terminal else Console(width=200)).print(table)     # no ellipses in a log
+        # a log gets the table's natural width: no ellipses and no headers wrapped
+        natural = sum(max([len(h)] + [len(r[k]) for r in rows]) + 3 for k, h in enumerate(headers)) + 1
+        (console if console.is_terminal else Console(width=max(200, natural))).print(table)
         return
     widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(headers)]
 

@@ -10,7 +10,9 @@ Contestants (each checked against float64 NumPy before timing):
   the product every LSTM step of a batch runs;
 * ``ours rows``: the native kernel's row-streaming product over W^T as stored, used for small batches;
 * ``mkl sgemm`` and ``mkl packed``: MKL's ``cblas_sgemm`` and its packed GEMM, when ``libmkl_rt`` is
-  found (``scripts.mkl_probe``; never a dependency).
+  found (``scripts.mkl_probe``; never a dependency);
+* ``onednn sgemm``: oneDNN's ``dnnl_sgemm``, when oneDNN 2.x's C library is installed
+  (``scripts.onednn_probe``; never a dependency).
 
 The peak is the larger of two measurements: a loop of independent FMAs in registers
 (``mc_fma_peak``, in the widest vectors the kernels' tiles use: 512-bit in the AVX-512 build), and
@@ -116,10 +118,10 @@ def probe(repeat: int, torch=None, shapes=PROBE_SHAPES) -> list[dict]:
     from model_core import native
     from model_core.cells.native_weights import pack, ptr
 
-    from scripts import mkl_probe
+    from scripts import mkl_probe, onednn_probe
 
     panel = _numba_panel()
-    mkl = mkl_probe.load()
+    mkl, onednn = mkl_probe.load(), onednn_probe.load()
     rows = []
     for B, H in shapes:
         G = 4
@@ -142,6 +144,8 @@ def probe(repeat: int, torch=None, shapes=PROBE_SHAPES) -> list[dict]:
             jobs["ours rows"] = lambda: native.lib.mc_product(B, H, G, hp, wp, G * H, H, 8, op)
         if mkl is not None:
             jobs.update(mkl_probe.jobs(mkl, h, wt, out))
+        if onednn is not None:
+            jobs.update(onednn_probe.sgemm_jobs(onednn, h, wt, out))
         row = {"B": B, "H": H}
         for name, fn in jobs.items():
             res = fn()

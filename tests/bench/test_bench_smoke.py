@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from model_core.heap import keep_freed_memory
+from scripts import onednn_probe
 from tests.helpers import ROOT
 
 pytest.importorskip("torch")
@@ -60,6 +61,15 @@ def test_bench_quick_runs_and_prints_tables(tmp_path):
             else:
                 assert r["ours_bf16"] > 0 and r["check"]["bf16_vs_rounded"] <= 1e-4
                 assert r["paired"]["bf16/ort"]["rounds"] == 1
+    # oneDNN's primitives, where its library is installed (.ci/run installs it): checked, timed, paired
+    onednn = onednn_probe.load() is not None
+    for cell, rows in results["forward"].items():
+        for r in rows:
+            if onednn and cell != "rnn":
+                assert r["onednn_fwd"] > 0 and r["check"]["onednn_vs_torch"] <= 1e-4
+                assert r["paired"]["served/onednn"]["rounds"] == 1
+            else:
+                assert r["onednn_fwd"] is None and r["paired"]["served/onednn"] is None
 
 
 @pytest.mark.timeout(60)
