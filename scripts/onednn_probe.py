@@ -186,7 +186,6 @@ class Recurrent:
         self.m_bias = self._memory(bias_md, self.bias.ctypes.data)
         self.m_src = self._memory(src, 0)                             # no buffer: run() hands x in
         self.m_dst = self._memory(dst, self.y.ctypes.data)
-        self.src_md = src
 
     def _md(self, dims: list[int], tag: int) -> MD:
         md = MD()
