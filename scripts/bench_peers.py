@@ -109,7 +109,7 @@ def keep_heap() -> str:
 def machine_line(info: dict) -> str:
     return (f"{info['cpu']} | {info['cores']} cores visible, threads={info['threads']} | "
             f"python {info['python']} | numpy {info['numpy']} ({info['blas']}) | "
-            f"torch {info['torch']} | onnxruntime {info['onnxruntime']} | onednn {info.get('onednn', 'n/a')}"
+            f"torch {info['torch']} | onnxruntime {info['onnxruntime']} | onednn {info['onednn']}"
             + (f" | heap: {info['heap']}" if "heap" in info else ""))
 
 
@@ -371,6 +371,7 @@ def step_us(jobs: dict, calls: int, rounds: int = 10) -> dict:
 
 # -- tables ----------------------------------------------------------------------------------
 def print_table(title: str, headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max([len(h)] + [len(r[k]) for r in rows]) for k, h in enumerate(headers)]
     rich = optional("rich.table")
     if rich is not None:
         from rich.console import Console  # optional pretty output
@@ -381,11 +382,10 @@ def print_table(title: str, headers: list[str], rows: list[list[str]]) -> None:
         for r in rows:
             table.add_row(*r)
         console = Console()
-        # a log gets the table's natural width: no ellipses and no headers wrapped
-        natural = sum(max([len(h)] + [len(r[k]) for r in rows]) + 3 for k, h in enumerate(headers)) + 1
+        # a log gets the table's natural width (cells, padding and borders): no ellipses, no headers wrapped
+        natural = sum(widths) + 3 * len(widths) + 1
         (console if console.is_terminal else Console(width=max(200, natural))).print(table)
         return
-    widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(headers)]
 
     def line(cells):
         return "  ".join(c.ljust(w) if k == 0 else c.rjust(w) for k, (c, w) in enumerate(zip(cells, widths)))

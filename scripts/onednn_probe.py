@@ -24,6 +24,8 @@ import os
 
 import numpy as np
 
+from model_core.cells.native_weights import ptr
+
 # dnnl_types.h (2.6): data type, format tags, propagation kind, direction, queries, engine, stream
 F32, ANY, TNC, LDIGO, LDGO = 3, 1, 4, 7, 5
 FORWARD_INFERENCE, LEFT2RIGHT = 96, 0
@@ -35,7 +37,6 @@ ALLOCATE = ctypes.c_void_p(ctypes.c_size_t(-1).value)          # DNNL_MEMORY_ALL
 # dnnl_memory_desc_t is 696 bytes and dnnl_rnn_desc_t 15,344 in 2.6: opaque buffers with room
 MD = ctypes.c_int64 * 128
 RNN_DESC = ctypes.c_int64 * 2304
-_f32p = ctypes.POINTER(ctypes.c_float)
 _vp = ctypes.c_void_p
 
 
@@ -88,8 +89,7 @@ def version() -> str:
 
 def _declare(lib: ctypes.CDLL) -> None:
     i64, c = ctypes.c_int64, ctypes.c_char
-    lib.dnnl_sgemm.argtypes = [c, c, i64, i64, i64, ctypes.c_float, _f32p, i64, _f32p, i64, ctypes.c_float,
-                               _f32p, i64]
+    lib.dnnl_sgemm.argtypes = [c, c, i64, i64, i64, ctypes.c_float, _vp, i64, _vp, i64, ctypes.c_float, _vp, i64]
     lib.dnnl_memory_desc_init_by_tag.argtypes = [_vp, ctypes.c_int, ctypes.POINTER(i64), ctypes.c_int, ctypes.c_int]
     lib.dnnl_engine_create.argtypes = [ctypes.POINTER(_vp), ctypes.c_int, ctypes.c_size_t]
     lib.dnnl_stream_create.argtypes = [ctypes.POINTER(_vp), _vp, ctypes.c_uint]
@@ -118,15 +118,11 @@ def set_threads(n: int) -> None:
 
 
 # -- the product: dnnl_sgemm -------------------------------------------------------------------
-def _p(a: np.ndarray):
-    return a.ctypes.data_as(_f32p)
-
-
 def sgemm_jobs(lib: ctypes.CDLL, h: np.ndarray, wt: np.ndarray, out: np.ndarray) -> dict:
     """``out = h @ wt`` by oneDNN's row-major sgemm."""
     m, k = h.shape
     n = wt.shape[1]
-    hp, wp, op = _p(h), _p(wt), _p(out)
+    hp, wp, op = ptr(h), ptr(wt), ptr(out)
     return {"onednn sgemm": lambda: lib.dnnl_sgemm(b"N", b"N", m, n, k, 1.0, hp, k, wp, n, 0.0, op, n)}
 
 
@@ -183,9 +179,9 @@ class Recurrent:
                                        lib.dnnl_primitive_desc_query_md(pd, QUERY_WEIGHTS_MD, 0))
         self.w_iter = self._reordered(wi, self._md([1, 1, H, G, H], LDIGO),
                                       lib.dnnl_primitive_desc_query_md(pd, QUERY_WEIGHTS_MD, 1))
-        self.m_bias = self._memory(bias_md, self.bias.ctypes.data)
+        self.m_bias = self._memory(bias_md, ptr(self.bias))
         self.m_src = self._memory(src, 0)                             # no buffer: run() hands x in
-        self.m_dst = self._memory(dst, self.y.ctypes.data)
+        self.m_dst = self._memory(dst, ptr(self.y))
 
     def _md(self, dims: list[int], tag: int) -> MD:
         md = MD()
@@ -214,7 +210,7 @@ class Recurrent:
 
     def _reordered(self, data: np.ndarray, user_md, want_md) -> _vp:
         self._keep.append(data)
-        src, dst = self._memory(user_md, data.ctypes.data), self._memory(want_md, None)
+        src, dst = self._memory(user_md, ptr(data)), self._memory(want_md, None)
         rpd = _vp()
         _check(self.lib.dnnl_reorder_primitive_desc_create(ctypes.byref(rpd), user_md, self.engine, want_md,
                                                            self.engine, None), "reorder desc")
@@ -225,7 +221,7 @@ class Recurrent:
     def run(self, x: np.ndarray) -> np.ndarray:
         if x.shape != self.x_shape or x.dtype != np.float32 or not x.flags.c_contiguous:
             raise ValueError(f"oneDNN peer: want a C-contiguous float32 {self.x_shape}, got {x.dtype} {x.shape}")
-        _check(self.lib.dnnl_memory_set_data_handle(self.m_src, _vp(x.ctypes.data)), "set src")
+        _check(self.lib.dnnl_memory_set_data_handle(self.m_src, ptr(x)), "set src")
         self._execute(self.prim, [(ARG_SRC_LAYER, self.m_src), (ARG_WEIGHTS_LAYER, self.w_layer),
                                   (ARG_WEIGHTS_ITER, self.w_iter), (ARG_BIAS, self.m_bias),
                                   (ARG_DST_LAYER, self.m_dst)])
