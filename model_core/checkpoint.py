@@ -65,13 +65,17 @@ def save(model: SequenceModel, path, extra: dict | None = None, extra_tensors: d
 
 
 def declared_parameters(config: ModelConfig) -> int:
-    """How many parameters ``SequenceModel(config)`` would allocate, worked out without allocating."""
+    """How many parameters ``SequenceModel(config)`` would allocate, worked out without allocating,
+    in closed form: a crafted config's num_layers may be astronomically large, and counting layer by
+    layer would be unbounded work before the limit check."""
     c = config
     D, GH, H = (2 if c.bidirectional else 1), _GATES[c.cell] * c.hidden_size, c.hidden_size
+
+    def layer(in_size: int) -> int:
+        return D * (GH * in_size + GH * H + (2 * GH if c.bias else 0))
+
     total = c.input_size * c.embedding_dim if c.input_encoding == "embedding" else 0
-    for layer in range(c.num_layers):
-        in_size = c.rnn_input_size if layer == 0 else D * H
-        total += D * (GH * in_size + GH * H + (2 * GH if c.bias else 0))
+    total += layer(c.rnn_input_size) + (c.num_layers - 1) * layer(D * H)   # the first layer, then the rest
     return total + D * H * c.output_size + c.output_size                  # the head, with its bias
 
 

@@ -197,3 +197,23 @@ def test_slice_and_stack_are_inverse():
 def test_state_bytes_errors(mangle, match):
     with pytest.raises(StateFormatError, match=match):
         state_from_bytes(mangle(state_to_bytes(_state())))
+
+
+def test_a_config_declaring_endless_layers_is_refused_without_counting_them(saved, tmp_path):
+    """The parameter count is worked out in closed form: a config of 10^15 layers, crafted into a
+    checkpoint, is refused at once, not counted layer by layer (found by tests/service/test_fuzz.py)."""
+    _, path = saved
+    config = json.loads(CONFIG.to_json()) | {"num_layers": 10**15}
+    with pytest.raises(CheckpointError, match="over the limit"):
+        model_core.load(_rewrite(path, tmp_path / "deep.safetensors", config=json.dumps(config)))
+
+
+@pytest.mark.parametrize("changes", [{}, {"num_layers": 1}, {"num_layers": 3, "bias": False},
+                                     {"task": "classify", "bidirectional": True, "num_layers": 3},
+                                     {"input_encoding": "onehot", "embedding_dim": None, "cell": "gru"},
+                                     {"cell": "rnn", "num_layers": 4}])
+def test_declared_parameters_match_the_model_s(changes):
+    config = ModelConfig(**(json.loads(CONFIG.to_json()) | changes))
+    model = SequenceModel(config, seed=0)
+    held = sum(int(np.prod(p.shape)) for p in model.parameters().values())
+    assert model_core.checkpoint.declared_parameters(config) == held
