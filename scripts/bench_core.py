@@ -320,6 +320,7 @@ def bench_step(env: Env, cell: str, batch: int, calls: int) -> dict:
     with env.inference():                                               # no autograd for torch's cell
         row["us"] = peers.step_us(jobs, calls)
     row.update({name: st[env.stat] for name, st in row["us"].items()})
+    row["clock_us"] = max((st["clock_us"] for st in row["us"].values()), default=0.0)
     if not env.gpu:
         weights = [sd["weight_ih_l0"], sd["weight_hh_l0"]]
         row["floor"] = step_floor(weights, batch, env.floor_repeat)
@@ -509,8 +510,10 @@ def main(argv: list[str] | None = None) -> int:
         for batch in step_batches:
             results["step"].append(bench_step(env, cell, batch, calls))
     if results["step"]:
-        peers.print_table(f"Single step, I={STEP_I} H={STEP_H} (µs, {args.stat} of {calls} calls, {args.device})",
-                          STEP_HEADERS, [step_cells(r) for r in results["step"]])
+        clock = max(r.get("clock_us", 0.0) for r in results["step"])
+        peers.print_table(f"Single step, I={STEP_I} H={STEP_H} (µs, {args.stat} of {calls} calls, each less the "
+                          f"clock's own {clock:.2f} µs, {args.device})", STEP_HEADERS,
+                          [step_cells(r) for r in results["step"]])
         for r in results["step"]:
             f = r.get("floor")
             if f:

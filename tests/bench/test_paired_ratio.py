@@ -43,3 +43,38 @@ def test_each_step_turn_is_timed_after_its_own_untimed_warm_up(monkeypatch):
     made.update(a=0, b=0)
     peers.step_us({"a": job("a"), "b": job("b")}, calls=40, rounds=4)
     assert made == {"a": 40 + 40, "b": 40 + 40}                # the warm-up before the rounds, then the timed calls
+
+
+class _ClockThatCosts:
+    """A benchmark clock each reading of which takes 1 µs, as the thread CPU clock's system call does."""
+
+    def __init__(self):
+        self.ns = 0
+
+    def perf_counter_ns(self):
+        self.ns += 1000
+        return self.ns
+
+    def perf_counter(self):
+        return self.perf_counter_ns() / 1e9
+
+    def sleep(self, _s):
+        pass
+
+
+def test_a_step_s_time_leaves_out_what_reading_the_clock_costs(monkeypatch):
+    """Timing one call alone brackets it with two readings of the clock; the reading's own cost (0.57 µs
+    for the thread CPU clock here) would otherwise be counted as the step's, 4% of a 15 µs step."""
+    clock = _ClockThatCosts()
+    monkeypatch.setattr(peers, "time", clock)
+    monkeypatch.setattr(peers, "SETTLE_S", 0.0)
+
+    def job(us):
+        def step(state):
+            clock.ns += int(us * 1000)
+            return state
+        return step, 0, peers.no_sync
+
+    got = peers.step_us({"ours": job(5.0), "peer": job(40.0)}, calls=20, rounds=2)
+    assert got["ours"] == {"median": pytest.approx(5.0), "min": pytest.approx(5.0), "clock_us": pytest.approx(1.0)}
+    assert got["peer"]["min"] == pytest.approx(40.0)
